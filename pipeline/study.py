@@ -1,0 +1,57 @@
+"""One study folder -> the chosen MR volume and lesion mask on the same axial LPS grid.
+
+Front door of issue 3 points 1-3: :func:`load_study` indexes the folder
+(:mod:`pipeline.dicom_index`), picks the mask and series (:mod:`pipeline.select`), builds
+the volume (:mod:`pipeline.volume`) and puts the mask on its grid (:mod:`pipeline.masks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from pipeline.select import SelectionRules
+
+__all__ = ["LoadedStudy", "SelectionRules", "load_study"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedStudy:
+    """The chosen image and lesion of one study, voxel-aligned.
+
+    - ``image``: float32, RescaleSlope/RescaleIntercept applied, direction the identity
+      (index i -> +x, j -> +y, k -> +z in LPS patient coordinates, i.e. axial slices).
+    - ``lesion``: uint8 0/1 on exactly the grid of ``image``.
+    - ``brain``: uint8 0/1 brain segment from the mask object when it supplies one, else None.
+    - ``source_sop_uids[k]``: SOP Instance UIDs of the source images that contributed to
+      axial slice k (one per slice for an axial acquisition, the multi-frame UID for an
+      Enhanced MR, every crossing slice for a sagittal/coronal acquisition).
+    - ``selection``: JSON-serialisable record of what was chosen, by which rule, and the
+      candidates rejected with their reasons.
+    """
+
+    study_uid: str
+    image: sitk.Image
+    lesion: sitk.Image
+    brain: sitk.Image | None
+    series_uid: str
+    mask_sop_uid: str
+    mask_kind: str
+    lesion_number: int
+    lesion_label: str
+    source_sop_uids: tuple[tuple[str, ...], ...]
+    selection: dict[str, Any]
+
+
+def load_study(study_dir: Path, rules: SelectionRules | None = None) -> LoadedStudy:
+    """Load the lesion mask and the MR series it references from one study folder.
+
+    Raises SelectionError, VolumeError or MaskError (``pipeline.errors``) with one line.
+    """
+    raise NotImplementedError("load_study is being built (issue 3)")
