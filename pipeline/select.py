@@ -7,11 +7,17 @@ every candidate considered and why each was rejected, so a failure reason is one
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SelectionRules"]
+from pipeline.dicom_index import InstanceHeader, SeriesEntry, StudyIndex
+from pipeline.errors import SelectionError
+
+__all__ = ["Selection", "SelectionRules", "referenced_series_uids", "select_mask_and_series"]
+
+logger = logging.getLogger(__name__)
 
 _MASK_PREFERENCES = ("SEG", "RTSTRUCT", "newest")
 
@@ -55,3 +61,157 @@ class SelectionRules:
     def to_dict(self) -> dict[str, Any]:
         """The rule as plain JSON-serialisable values (recorded in provenance)."""
         return dataclasses.asdict(self)
+
+
+# --- choosing the mask and its series -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen mask instance and the image series it references, with the record."""
+
+    mask: InstanceHeader
+    series: SeriesEntry
+    record: dict[str, Any]
+
+    @property
+    def mask_kind(self) -> str:
+        """``"SEG"`` or ``"RTSTRUCT"``."""
+        return str(self.mask.mask_kind)
+
+
+def referenced_series_uids(mask: InstanceHeader, index: StudyIndex) -> list[str]:
+    """Series a mask references, in first-seen order.
+
+    SEG: Common Instance Reference module (ReferencedSeriesSequence) and the Derivation
+    Image functional group (SourceImageSequence, shared or per frame). RTSTRUCT:
+    ReferencedFrameOfReferenceSequence > RTReferencedStudySequence >
+    RTReferencedSeriesSequence, and ContourImageSequence of each contour.
+    SOP instance references are mapped to their series through the study index.
+    """
+    ds = mask.header
+    series: list[str] = []
+    sops: list[str] = []
+    if mask.mask_kind == "SEG":
+        for item in ds.get("ReferencedSeriesSequence", []):
+            series.append(str(item.SeriesInstanceUID))
+            sops.extend(str(i.ReferencedSOPInstanceUID) for i in item.get("ReferencedInstanceSequence", []))
+        groups = list(ds.get("SharedFunctionalGroupsSequence", []))
+        groups += list(ds.get("PerFrameFunctionalGroupsSequence", []))
+        for group in groups:
+            for derivation in group.get("DerivationImageSequence", []):
+                sops.extend(
+                    str(s.ReferencedSOPInstanceUID) for s in derivation.get("SourceImageSequence", [])
+                )
+    else:
+        for frame_ref in ds.get("ReferencedFrameOfReferenceSequence", []):
+            for study_ref in frame_ref.get("RTReferencedStudySequence", []):
+                for series_ref in study_ref.get("RTReferencedSeriesSequence", []):
+                    series.append(str(series_ref.SeriesInstanceUID))
+                    sops.extend(
+                        str(c.ReferencedSOPInstanceUID) for c in series_ref.get("ContourImageSequence", [])
+                    )
+        for roi in ds.get("ROIContourSequence", []):
+            for contour in roi.get("ContourSequence", []):
+                sops.extend(str(c.ReferencedSOPInstanceUID) for c in contour.get("ContourImageSequence", []))
+    for sop in sops:
+        if sop in index.by_sop_uid:
+            series.append(index.by_sop_uid[sop].series_uid)
+    return list(dict.fromkeys(series))
+
+
+def _mask_datetime(mask: InstanceHeader) -> str:
+    ds = mask.header
+    for date_tag, time_tag in (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime")):
+        if ds.get(date_tag):
+            return f"{ds.get(date_tag)}{ds.get(time_tag, '') or ''}"
+    return ""
+
+
+def _judge(mask: InstanceHeader, index: StudyIndex, rules: SelectionRules) -> tuple[str | None, str]:
+    """Return (series_uid, "") when usable, else (None, reason)."""
+    refs = referenced_series_uids(mask, index)
+    if not refs:
+        return None, "references no image series"
+    present = [uid for uid in refs if uid in index.series]
+    images = [
+        uid for uid in present
+        if index.series[uid].is_mr_image_series and index.series[uid].modality == rules.image_modality
+    ]
+    if not images:
+        if not present:
+            return None, f"mask references series {refs[0]} which is not in the study"
+        kinds = ", ".join(f"{uid} is {index.series[uid].modality or 'of no modality'}" for uid in present)
+        return None, f"references no {rules.image_modality} series ({kinds})"
+    # Several referenced MR series present (rare): the one with most instances/frames.
+    def size(uid: str) -> int:
+        return sum(int(i.header.get("NumberOfFrames", 1) or 1) for i in index.series[uid].instances)
+
+    chosen = max(images, key=lambda uid: (size(uid), uid))
+    image_for = sorted(index.series[chosen].frame_of_reference_uids)
+    if len(image_for) > 1:
+        return None, f"series {chosen} has {len(image_for)} frames of reference"
+    if mask.frame_of_reference_uid and image_for and mask.frame_of_reference_uid != image_for[0]:
+        return None, (
+            f"mask frame of reference differs from the image "
+            f"({mask.frame_of_reference_uid} vs {image_for[0]} of series {chosen})"
+        )
+    return chosen, ""
+
+
+def select_mask_and_series(index: StudyIndex, rules: SelectionRules | None = None) -> Selection:
+    """Pick the lesion mask and the MR series it references by ``rules``; record the choice.
+
+    Raises SelectionError with one line naming the study and every rejected mask's reason.
+    """
+    rules = rules or SelectionRules()
+    if not index.masks:
+        raise SelectionError(f"no lesion mask (SEG or RTSTRUCT) in study {index.study_uid}")
+    candidates: list[dict[str, Any]] = []
+    usable: list[tuple[InstanceHeader, str, dict[str, Any]]] = []
+    for mask in index.masks:
+        series_uid, reason = _judge(mask, index, rules)
+        entry: dict[str, Any] = {
+            "sop_instance_uid": mask.sop_uid,
+            "kind": mask.mask_kind,
+            "series_instance_uid": mask.series_uid,
+            "content_datetime": _mask_datetime(mask),
+            "referenced_series": referenced_series_uids(mask, index),
+            "image_series": series_uid,
+            "rejected": reason or None,
+        }
+        candidates.append(entry)
+        if series_uid is not None:
+            usable.append((mask, series_uid, entry))
+    if not usable:
+        reasons = [c["rejected"] for c in candidates]
+        if all(r == reasons[0] for r in reasons) and reasons[0].startswith("references no"):
+            raise SelectionError(f"no mask references an MR series in study {index.study_uid} ({reasons[0]})")
+        detail = "; ".join(f"{c['kind']} {c['sop_instance_uid']}: {c['rejected']}" for c in candidates)
+        raise SelectionError(f"no usable lesion mask in study {index.study_uid}: {detail}")
+
+    def rank(item: tuple[InstanceHeader, str, dict[str, Any]]) -> tuple[int, str, str, str]:
+        mask, _, entry = item
+        kind_rank = 0 if rules.mask_preference in ("newest", mask.mask_kind) else 1
+        number = f"{int(mask.header.get('InstanceNumber', 0) or 0):012d}"
+        return (-kind_rank, entry["content_datetime"], number, mask.sop_uid)
+
+    usable.sort(key=rank, reverse=True)
+    chosen_mask, chosen_series, _ = usable[0]
+    for mask, _, entry in usable[1:]:
+        entry["rejected"] = f"not preferred (rule mask_preference={rules.mask_preference}, then newest)"
+    rule = "only usable mask" if len(usable) == 1 else f"mask_preference={rules.mask_preference}, then newest"
+    record = {
+        "study_instance_uid": index.study_uid,
+        "mask_sop_instance_uid": chosen_mask.sop_uid,
+        "mask_kind": chosen_mask.mask_kind,
+        "series_instance_uid": chosen_series,
+        "rule": rule,
+        "rules": rules.to_dict(),
+        "candidates": candidates,
+    }
+    logger.info(
+        "study %s: chose %s %s on series %s (%s)",
+        index.study_uid, chosen_mask.mask_kind, chosen_mask.sop_uid, chosen_series, rule,
+    )
+    return Selection(mask=chosen_mask, series=index.series[chosen_series], record=record)

@@ -14,7 +14,10 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from pipeline.select import SelectionRules
+from pipeline.dicom_index import index_study
+from pipeline.masks import load_rtstruct_mask, load_seg_mask
+from pipeline.select import SelectionRules, select_mask_and_series
+from pipeline.volume import load_series_volume
 
 __all__ = ["LoadedStudy", "SelectionRules", "load_study"]
 
@@ -54,4 +57,37 @@ def load_study(study_dir: Path, rules: SelectionRules | None = None) -> LoadedSt
 
     Raises SelectionError, VolumeError or MaskError (``pipeline.errors``) with one line.
     """
-    raise NotImplementedError("load_study is being built (issue 3)")
+    rules = rules or SelectionRules()
+    index = index_study(Path(study_dir))
+    selection = select_mask_and_series(index, rules)
+    volume = load_series_volume(selection.series)
+    if selection.mask_kind == "SEG":
+        mask = load_seg_mask(selection.mask.path, volume.image, rules)
+    else:
+        mask = load_rtstruct_mask(selection.mask.header, volume.image, rules)
+    record = dict(selection.record)
+    record["volume"] = {
+        "acquisition_plane": volume.acquisition_plane,
+        "size": list(volume.image.GetSize()),
+        "spacing_mm": [round(v, 6) for v in volume.image.GetSpacing()],
+        "origin_mm": [round(v, 6) for v in volume.image.GetOrigin()],
+    }
+    record["lesion"] = mask.record
+    logger.info(
+        "study %s: lesion %d (%s) of %s %s, %d voxels",
+        index.study_uid, mask.lesion_number, mask.lesion_label, selection.mask_kind,
+        selection.mask.sop_uid, int(sitk.GetArrayViewFromImage(mask.lesion).sum()),
+    )
+    return LoadedStudy(
+        study_uid=index.study_uid,
+        image=volume.image,
+        lesion=mask.lesion,
+        brain=mask.brain,
+        series_uid=selection.series.series_uid,
+        mask_sop_uid=selection.mask.sop_uid,
+        mask_kind=selection.mask_kind,
+        lesion_number=mask.lesion_number,
+        lesion_label=mask.lesion_label,
+        source_sop_uids=volume.source_sop_uids,
+        selection=record,
+    )

@@ -1,0 +1,168 @@
+"""Index the DICOM files of one study folder by series, headers only.
+
+A study folder holds one study's files at any depth, possibly with non-DICOM files beside
+them (skipped). Headers are read with ``stop_before_pixels`` (PS3.10 files); pixels are read
+later, only for the chosen series and mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from pipeline.errors import SelectionError
+
+__all__ = [
+    "ENHANCED_MR_SOP_CLASSES",
+    "MR_IMAGE_SOP_CLASS",
+    "RTSTRUCT_SOP_CLASS",
+    "SEG_SOP_CLASS",
+    "InstanceHeader",
+    "SeriesEntry",
+    "StudyIndex",
+    "index_study",
+]
+
+logger = logging.getLogger(__name__)
+
+MR_IMAGE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_SOP_CLASSES = frozenset(
+    {"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4"}  # Enhanced, Legacy Converted
+)
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+_MASK_KINDS = {SEG_SOP_CLASS: "SEG", RTSTRUCT_SOP_CLASS: "RTSTRUCT"}
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """One SOP instance: where it is and its header (SOP Common, General Series, Frame of Reference)."""
+
+    path: Path
+    sop_class_uid: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    frame_of_reference_uid: str | None
+    header: Dataset = field(repr=False, compare=False)
+
+    @property
+    def mask_kind(self) -> str | None:
+        """``"SEG"`` or ``"RTSTRUCT"`` for a mask object, else None."""
+        return _MASK_KINDS.get(self.sop_class_uid)
+
+    @property
+    def is_mr_image(self) -> bool:
+        """True for MR Image, Enhanced MR and Legacy Converted Enhanced MR instances."""
+        return self.sop_class_uid == MR_IMAGE_SOP_CLASS or self.sop_class_uid in ENHANCED_MR_SOP_CLASSES
+
+
+@dataclass(frozen=True)
+class SeriesEntry:
+    """The instances of one series (SeriesInstanceUID), in file-walk order."""
+
+    series_uid: str
+    modality: str
+    instances: tuple[InstanceHeader, ...]
+
+    @property
+    def frame_of_reference_uids(self) -> frozenset[str]:
+        """Distinct FrameOfReferenceUID values of the series' instances."""
+        return frozenset(i.frame_of_reference_uid for i in self.instances if i.frame_of_reference_uid)
+
+    @property
+    def is_mr_image_series(self) -> bool:
+        """True when every instance is an MR image (single- or multi-frame)."""
+        return all(i.is_mr_image for i in self.instances)
+
+
+@dataclass(frozen=True)
+class StudyIndex:
+    """The series, masks and SOP instances of one study folder."""
+
+    folder: Path
+    study_uid: str
+    series: dict[str, SeriesEntry]
+    masks: tuple[InstanceHeader, ...]
+    by_sop_uid: dict[str, InstanceHeader]
+    skipped_files: int
+
+
+def _read_header(path: Path) -> Dataset | None:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
+        return None
+    if "SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+        return None  # DICOMDIR, fragments, or not a composite instance
+    return ds
+
+
+def index_study(folder: Path) -> StudyIndex:
+    """Read the headers of every DICOM file under ``folder`` and group them by series.
+
+    Raises SelectionError when the folder holds no DICOM instance or more than one study.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SelectionError(f"study folder {folder} does not exist or is not a folder")
+    headers: list[InstanceHeader] = []
+    skipped = 0
+    seen: set[str] = set()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        ds = _read_header(path)
+        if ds is None:
+            skipped += 1
+            continue
+        sop_uid = str(ds.SOPInstanceUID)
+        if sop_uid in seen:
+            logger.warning("duplicate SOP instance %s ignored", sop_uid)
+            continue
+        seen.add(sop_uid)
+        for_uid = ds.get("FrameOfReferenceUID")
+        if for_uid is None and "ReferencedFrameOfReferenceSequence" in ds:  # RT Structure Set
+            refs = ds.ReferencedFrameOfReferenceSequence
+            for_uid = refs[0].get("FrameOfReferenceUID") if len(refs) else None
+        headers.append(
+            InstanceHeader(
+                path=path,
+                sop_class_uid=str(ds.get("SOPClassUID", "")),
+                sop_uid=sop_uid,
+                study_uid=str(ds.StudyInstanceUID),
+                series_uid=str(ds.SeriesInstanceUID),
+                modality=str(ds.get("Modality", "")),
+                frame_of_reference_uid=str(for_uid) if for_uid else None,
+                header=ds,
+            )
+        )
+    if not headers:
+        raise SelectionError(f"no DICOM files in {folder}")
+    studies = sorted({h.study_uid for h in headers})
+    if len(studies) > 1:
+        raise SelectionError(f"folder holds {len(studies)} studies ({', '.join(studies)}); expected one")
+    grouped: dict[str, list[InstanceHeader]] = {}
+    for h in headers:
+        grouped.setdefault(h.series_uid, []).append(h)
+    series = {
+        uid: SeriesEntry(series_uid=uid, modality=items[0].modality, instances=tuple(items))
+        for uid, items in grouped.items()
+    }
+    masks = tuple(h for h in headers if h.mask_kind is not None)
+    logger.info(
+        "indexed study %s: %d instances in %d series, %d masks, %d files skipped",
+        studies[0], len(headers), len(series), len(masks), skipped,
+    )
+    return StudyIndex(
+        folder=folder,
+        study_uid=studies[0],
+        series=series,
+        masks=masks,
+        by_sop_uid={h.sop_uid: h for h in headers},
+        skipped_files=skipped,
+    )

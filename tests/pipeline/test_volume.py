@@ -1,0 +1,280 @@
+"""MR volume loading (issue 3 point 2): sorting, rescale, reorientation, malformed series.
+
+The helpers at the top build small MR series with pydicom (and highdicom for multi-frame);
+the other tests of pipeline.select/masks/study import them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pipeline.dicom_index import index_study
+from pipeline.errors import VolumeError
+from pipeline.volume import load_series_volume
+
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+AXIAL = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+SAGITTAL = ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0))
+CORONAL = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0))
+
+
+def patient_attributes(ds: Dataset, study_uid: str) -> None:
+    """Patient and General Study modules of a phantom."""
+    ds.PatientName = "PHANTOM^A1"
+    ds.PatientID = "PHANTOM-A1"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.StudyID = "1"
+    ds.AccessionNumber = "A1"
+    ds.ReferringPhysicianName = ""
+
+
+def make_mr_series(
+    values: np.ndarray,
+    *,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 2.0),
+    orientation: tuple[tuple[float, float, float], tuple[float, float, float]] = AXIAL,
+    origin: tuple[float, float, float] = (-10.0, -12.0, 5.0),
+    study_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+) -> list[Dataset]:
+    """Single-frame MR slices: ``values[k, row, col]`` stored values, slice k at origin + k*spacing[2]*normal.
+
+    ``spacing`` is (between rows, between columns, between slices) in mm.
+    """
+    study_uid = study_uid or generate_uid()
+    series_uid, for_uid = generate_uid(), frame_of_reference_uid or generate_uid()
+    row, col = np.array(orientation[0]), np.array(orientation[1])
+    normal = np.cross(row, col)
+    out = []
+    for k in range(values.shape[0]):
+        ds = Dataset()
+        sop = generate_uid()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        patient_attributes(ds, study_uid)
+        ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE, sop
+        ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = series_uid, "MR", 1, k + 1
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = for_uid, ""
+        ds.Manufacturer = "egfr-node tests"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "GR", "NONE", ""
+        ds.MRAcquisitionType, ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = "3D", 2.0, 8.0, 1
+        ds.ImageOrientationPatient = [float(v) for v in (*row, *col)]
+        ds.ImagePositionPatient = [float(round(v, 6)) for v in np.array(origin) + k * spacing[2] * normal]
+        ds.PixelSpacing = [spacing[0], spacing[1]]
+        ds.SliceThickness = spacing[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = int(values.shape[1]), int(values.shape[2])
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.WindowCenter, ds.WindowWidth = 2000, 4000
+        ds.PixelData = values[k].astype(np.uint16).tobytes()
+        out.append(ds)
+    return out
+
+
+def make_enhanced(datasets: list[Dataset]) -> Dataset:
+    """The same slices as one multi-frame instance (highdicom Legacy Converted Enhanced MR)."""
+    return hd.legacy.LegacyConvertedEnhancedMRImage(
+        datasets, series_instance_uid=generate_uid(), series_number=2,
+        sop_instance_uid=generate_uid(), instance_number=1,
+    )
+
+
+def write_datasets(datasets: list[Dataset], folder: Path, shuffle_names: bool = False) -> list[Path]:
+    """Write Part-10 files named by SOP Instance UID (or by random numbers when ``shuffle_names``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        name = f"{random.getrandbits(40):x}.dcm" if shuffle_names else f"{ds.SOPInstanceUID}.dcm"
+        path = folder / name
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def load(datasets: list[Dataset], folder: Path):
+    """Write a series and load its volume through the study index."""
+    write_datasets(datasets, folder)
+    index = index_study(folder)
+    (series,) = [s for s in index.series.values() if s.modality == "MR"]
+    return load_series_volume(series)
+
+
+def ramp(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """Distinct stored values per voxel so any misplacement shows."""
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.arange(int(np.prod(shape)))).reshape(shape) % 4000 + 10
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+def test_shuffled_slices_are_sorted_along_the_normal(tmp_path: Path) -> None:
+    values = ramp((7, 5, 6))
+    datasets = make_mr_series(values, origin=(-3.0, -2.0, 10.0), spacing=(0.8, 0.9, 2.5))
+    random.Random(1).shuffle(datasets)
+    write_datasets(datasets, tmp_path, shuffle_names=True)
+    volume = load_series_volume(next(iter(index_study(tmp_path).series.values())))
+    array = sitk.GetArrayFromImage(volume.image)
+    np.testing.assert_array_equal(array, values.astype(np.float32))
+    assert volume.image.GetOrigin() == pytest.approx((-3.0, -2.0, 10.0))
+    assert volume.image.GetSpacing() == pytest.approx((0.9, 0.8, 2.5))
+    assert volume.image.GetDirection() == pytest.approx(tuple(np.eye(3).ravel()))
+    instance_number = {ds.SOPInstanceUID: int(ds.InstanceNumber) for ds in datasets}
+    assert [instance_number[u] for (u,) in volume.source_sop_uids] == list(range(1, 8))
+
+
+def test_slices_acquired_head_to_feet_come_out_feet_first(tmp_path: Path) -> None:
+    values = ramp((4, 5, 5))
+    # Row along -x (patient left to right): DICOMOrient flips it without interpolation.
+    datasets = make_mr_series(values, orientation=((-1.0, 0.0, 0.0), (0.0, 1.0, 0.0)))
+    volume = load(datasets, tmp_path)
+    array = sitk.GetArrayFromImage(volume.image)
+    # normal = (-1,0,0) x (0,1,0) = (0,0,-1): slice k at z = 5 - 2k, so axial slice 0 is k=3.
+    np.testing.assert_array_equal(array, values[::-1, :, ::-1].astype(np.float32))
+    assert volume.image.GetOrigin() == pytest.approx((-14.0, -12.0, -1.0))
+
+
+def test_rescale_slope_and_intercept_are_applied(tmp_path: Path) -> None:
+    values = ramp((3, 4, 4))
+    volume = load(make_mr_series(values, slope=0.5, intercept=-100.0), tmp_path)
+    array = sitk.GetArrayFromImage(volume.image)
+    assert array.dtype == np.float32
+    np.testing.assert_allclose(array, values * 0.5 - 100.0)
+
+
+def test_sagittal_acquisition_reoriented_keeps_values_at_patient_points(tmp_path: Path) -> None:
+    values = ramp((6, 7, 8), seed=3)  # 6 sagittal slices of 7 rows x 8 columns
+    spacing = (1.5, 1.0, 2.0)
+    origin = (20.0, -30.0, 40.0)
+    volume = load(make_mr_series(values, orientation=SAGITTAL, spacing=spacing, origin=origin), tmp_path)
+    assert volume.acquisition_plane == "sagittal"
+    image = volume.image
+    assert image.GetDirection() == pytest.approx(tuple(np.eye(3).ravel()))
+    assert image.GetSize() == (6, 8, 7)  # x: slices, y: columns (A-P), z: rows (S-I)
+    row, col = np.array(SAGITTAL[0]), np.array(SAGITTAL[1])
+    normal = np.cross(row, col)
+    for k, r, c in [(0, 0, 0), (5, 6, 7), (2, 3, 4), (4, 1, 6), (1, 5, 2)]:
+        point = np.array(origin) + c * spacing[1] * row + r * spacing[0] * col + k * spacing[2] * normal
+        index = image.TransformPhysicalPointToIndex(tuple(point))
+        assert image[index] == pytest.approx(float(values[k, r, c]))
+    # Every axial slice crosses all six sagittal slices.
+    assert all(len(uids) == 6 for uids in volume.source_sop_uids)
+    assert len(volume.source_sop_uids) == 7
+
+
+def test_coronal_acquisition_reoriented(tmp_path: Path) -> None:
+    values = ramp((3, 4, 5), seed=4)
+    volume = load(make_mr_series(values, orientation=CORONAL), tmp_path)
+    assert volume.acquisition_plane == "coronal"
+    array = sitk.GetArrayFromImage(volume.image)  # [z, y, x]
+    # coronal: row -> +x, col -> -z, normal = (1,0,0) x (0,0,-1) = (0,1,0) -> +y
+    np.testing.assert_array_equal(array, np.transpose(values, (1, 0, 2))[::-1].astype(np.float32))
+
+
+def test_enhanced_multiframe_matches_single_frame(tmp_path: Path) -> None:
+    values = ramp((5, 6, 7), seed=5)
+    datasets = make_mr_series(values, slope=2.0, intercept=1.0)
+    single = load(datasets, tmp_path / "single")
+    multi_ds = make_enhanced(datasets)
+    multi = load([multi_ds], tmp_path / "multi")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(multi.image), sitk.GetArrayFromImage(single.image))
+    assert multi.image.GetOrigin() == pytest.approx(single.image.GetOrigin())
+    assert multi.image.GetSpacing() == pytest.approx(single.image.GetSpacing())
+    assert multi.source_sop_uids == ((str(multi_ds.SOPInstanceUID),),) * 5
+
+
+def _series_uid(datasets: list[Dataset]) -> str:
+    return str(datasets[0].SeriesInstanceUID)
+
+
+def test_missing_slice_is_named(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((6, 4, 4)), spacing=(1.0, 1.0, 4.0), origin=(0.0, 0.0, 0.0))
+    del datasets[3]  # z = 12 mm
+    with pytest.raises(VolumeError) as err:
+        load(datasets, tmp_path)
+    assert str(err.value) == (
+        f"series {_series_uid(datasets)}: slice spacing varies from 4.00 to 8.00 mm "
+        "(missing slice near 12.00 mm along the slice normal?)"
+    )
+
+
+def test_non_uniform_spacing(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((5, 4, 4)), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0))
+    datasets[4].ImagePositionPatient = [0.0, 0.0, 8.5]  # last gap 2.5 mm instead of 2.0
+    with pytest.raises(VolumeError, match=r"slice spacing varies from 2\.00 to 2\.50 mm") as err:
+        load(datasets, tmp_path)
+    assert _series_uid(datasets) in str(err.value)
+
+
+def test_gantry_tilt(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((5, 4, 4)), spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 0.0))
+    for k, ds in enumerate(datasets):  # positions sheared along y by tan(15 deg) per mm of z
+        ds.ImagePositionPatient = [0.0, k * 3.0 * math.tan(math.radians(15)), k * 3.0]
+    with pytest.raises(VolumeError) as err:
+        load(datasets, tmp_path)
+    assert str(err.value) == (
+        f"series {_series_uid(datasets)}: slice positions are not along the slice normal "
+        "(gantry tilt or shear of about 15.0 deg)"
+    )
+
+
+def test_mixed_orientations(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((4, 4, 4)))
+    c, s = math.cos(math.radians(10)), math.sin(math.radians(10))
+    datasets[2].ImageOrientationPatient = [c, s, 0.0, -s, c, 0.0]
+    with pytest.raises(VolumeError, match=r"mixed slice orientations \(ImageOrientationPatient differs by up to 0\.174"):
+        load(datasets, tmp_path)
+
+
+def test_mixed_sizes(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((4, 4, 4)))
+    datasets[1].Rows, datasets[1].Columns = 2, 8
+    with pytest.raises(VolumeError, match=r"mixed slice sizes \(2x8 and 4x4 rows x columns\)"):
+        load(datasets, tmp_path)
+
+
+def test_mixed_pixel_spacing(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((4, 4, 4)))
+    datasets[1].PixelSpacing = [0.5, 0.5]
+    with pytest.raises(VolumeError, match=r"mixed pixel spacing \(0\.500 to 1\.000 mm\)"):
+        load(datasets, tmp_path)
+
+
+def test_duplicate_positions(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((4, 4, 4)), origin=(0.0, 0.0, 0.0))
+    datasets[3].ImagePositionPatient = list(datasets[2].ImagePositionPatient)
+    with pytest.raises(VolumeError, match=r"frames share a position \(1 duplicate, first at 4\.00 mm"):
+        load(datasets, tmp_path)
+
+
+def test_oblique_acquisition_is_refused(tmp_path: Path) -> None:
+    c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+    datasets = make_mr_series(ramp((3, 4, 4)), orientation=((1.0, 0.0, 0.0), (0.0, c, s)))
+    with pytest.raises(VolumeError, match=r"oblique acquisition \(20\.0 deg from the patient axes\)"):
+        load(datasets, tmp_path)
+
+
+def test_missing_geometry_attribute(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((3, 4, 4)))
+    del datasets[1].ImagePositionPatient
+    with pytest.raises(VolumeError, match=f"instance {datasets[1].SOPInstanceUID}: ImagePositionPatient missing"):
+        load(datasets, tmp_path)
