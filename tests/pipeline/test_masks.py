@@ -1,0 +1,281 @@
+"""SEG and RTSTRUCT to a lesion mask on the MR grid (issue 3 point 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pipeline.errors import MaskError
+from pipeline.masks import load_rtstruct_mask, load_seg_mask, rasterize_contours
+from pipeline.select import SelectionRules
+
+try:  # test helpers live in test_volume.py (tests/pipeline has no package of its own)
+    from tests.pipeline.test_volume import SAGITTAL, load, make_mr_series, patient_attributes, ramp
+except ImportError:  # pragma: no cover - depends on how pytest imported the tests
+    from test_volume import SAGITTAL, load, make_mr_series, patient_attributes, ramp  # type: ignore[no-redef]
+
+RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+def make_seg(source: list[Dataset], segments: dict[str, np.ndarray], *, fractional: bool = False) -> hd.seg.Segmentation:
+    """A highdicom SEG of ``source``: label -> array [k, row, col] (bool, or fractions in [0, 1])."""
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=label,
+            segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+            segmented_property_type=hd.sr.CodedConcept("108369006", "SCT", "Neoplasm"),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for n, label in enumerate(segments, start=1)
+    ]
+    stack = np.stack(list(segments.values()), axis=-1)
+    return hd.seg.Segmentation(
+        source_images=source,
+        pixel_array=stack.astype(np.float32) if fractional else stack.astype(np.uint8),
+        segmentation_type="FRACTIONAL" if fractional else "BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=10,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="egfr-node tests",
+        manufacturer_model_name="tests",
+        software_versions="0",
+        device_serial_number="0",
+    )
+
+
+def make_rtstruct(source: list[Dataset], rois: dict[str, list[np.ndarray]], *, content_time: str = "120000") -> Dataset:
+    """An RT Structure Set on ``source``: ROI name -> closed planar contours (N x 3 mm)."""
+    ref = source[0]
+    ds = Dataset()
+    sop = generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    patient_attributes(ds, str(ref.StudyInstanceUID))
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = RTSTRUCT, sop, "RTSTRUCT"
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), 20, 1
+    ds.Manufacturer = "egfr-node tests"
+    ds.StructureSetLabel = "lesion"
+    ds.StructureSetDate, ds.StructureSetTime = "20260101", content_time
+    ds.ContentDate, ds.ContentTime = "20260101", content_time
+    images = Sequence()
+    for s in source:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = s.SOPClassUID, s.SOPInstanceUID
+        images.append(item)
+    series_ref = Dataset()
+    series_ref.SeriesInstanceUID = ref.SeriesInstanceUID
+    series_ref.ContourImageSequence = images
+    study_ref = Dataset()
+    study_ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study_ref.ReferencedSOPInstanceUID = ref.StudyInstanceUID
+    study_ref.RTReferencedSeriesSequence = Sequence([series_ref])
+    frame_ref = Dataset()
+    frame_ref.FrameOfReferenceUID = ref.FrameOfReferenceUID
+    frame_ref.RTReferencedStudySequence = Sequence([study_ref])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame_ref])
+    ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = Sequence(), Sequence(), Sequence()
+    for number, (name, contours) in enumerate(rois.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, ref.FrameOfReferenceUID
+        roi.ROIName, roi.ROIGenerationAlgorithm = name, "MANUAL"
+        ds.StructureSetROISequence.append(roi)
+        roi_contour = Dataset()
+        roi_contour.ReferencedROINumber, roi_contour.ROIDisplayColor = number, [255, 0, 0]
+        roi_contour.ContourSequence = Sequence()
+        for points in contours:
+            contour = Dataset()
+            contour.ContourGeometricType = "CLOSED_PLANAR"
+            contour.NumberOfContourPoints = len(points)
+            contour.ContourData = [float(round(v, 4)) for v in np.asarray(points).ravel()]
+            roi_contour.ContourSequence.append(contour)
+        ds.ROIContourSequence.append(roi_contour)
+        observation = Dataset()
+        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.RTROIInterpretedType, observation.ROIInterpreter = "GTV", ""
+        ds.RTROIObservationsSequence.append(observation)
+    return ds
+
+
+def _plane(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    iop = np.array(ds.ImageOrientationPatient, float)
+    row, col = iop[:3], iop[3:]
+    return np.array(ds.ImagePositionPatient, float), row, col, np.cross(row, col)
+
+
+def ball_mask(source: list[Dataset], centre: tuple[float, float, float], radius: float) -> np.ndarray:
+    """[k, row, col] voxel centres of ``source`` (in list order) within ``radius`` mm of ``centre``."""
+    out = []
+    for ds in source:
+        origin, row, col = _plane(ds)[:3]
+        dr, dc = (float(v) for v in ds.PixelSpacing)
+        r, c = np.meshgrid(np.arange(ds.Rows), np.arange(ds.Columns), indexing="ij")
+        points = origin + (c * dc)[..., None] * row + (r * dr)[..., None] * col
+        out.append(np.linalg.norm(points - np.array(centre), axis=-1) < radius)
+    return np.stack(out)
+
+
+def ball_contours(source: list[Dataset], centre: tuple[float, float, float], radius: float, n: int = 128) -> list[np.ndarray]:
+    """The ball's cross-section circle in each slice plane it crosses."""
+    contours = []
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    for ds in source:
+        origin, row, col, normal = _plane(ds)
+        d = float((np.array(centre) - origin) @ normal)
+        if abs(d) >= radius:
+            continue
+        r = np.sqrt(radius**2 - d**2)
+        c = np.array(centre) - d * normal
+        contours.append(c + r * np.cos(angles)[:, None] * row + r * np.sin(angles)[:, None] * col)
+    return contours
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float(np.logical_and(a, b).sum()) / float(a.sum() + b.sum())
+
+
+def _write(ds: Dataset, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture()
+def axial(tmp_path: Path):
+    """An axial 1 x 1 x 2 mm series of 10 slices 24 x 24, its volume, a lesion and a brain."""
+    source = make_mr_series(ramp((10, 24, 24)), origin=(-12.0, -12.0, 0.0))
+    volume = load(source, tmp_path / "mr")
+    lesion = ball_mask(source, (2.3, -1.4, 9.1), 5.0)
+    brain = ball_mask(source, (0.0, 0.0, 9.0), 11.0)
+    return source, volume, lesion, brain
+
+
+def test_seg_binary_is_voxel_exact_and_picks_labels(tmp_path: Path, axial) -> None:
+    source, volume, lesion, brain = axial
+    path = _write(make_seg(source, {"Brain": brain, "Edema": brain & ~lesion, "Metastasis": lesion}), tmp_path)
+    mask = load_seg_mask(path, volume.image, SelectionRules())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask.lesion), lesion.astype(np.uint8))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask.brain), brain.astype(np.uint8))
+    assert (mask.lesion_number, mask.lesion_label) == (3, "Metastasis")
+    assert mask.record["lesion_rule"] == "lesion_label_pattern, then largest"
+    assert mask.record["brain_number"] == 1
+    assert [s["resampled"] for s in mask.record["segments"]] == [False, False, False]
+    assert mask.lesion.GetOrigin() == volume.image.GetOrigin()
+    assert sitk.GetArrayViewFromImage(mask.lesion).dtype == np.uint8
+
+
+def test_seg_fractional_is_thresholded_at_half(tmp_path: Path, axial) -> None:
+    source, volume, lesion, _ = axial
+    fractions = np.where(lesion, 0.8, 0.0)
+    fractions[5, 0, 0], fractions[5, 0, 1] = 0.3, 0.6  # below and above the threshold
+    path = _write(make_seg(source, {"Tumour": fractions}, fractional=True), tmp_path)
+    mask = load_seg_mask(path, volume.image, SelectionRules())
+    expected = lesion.copy()
+    expected[5, 0, 1] = True
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask.lesion), expected.astype(np.uint8))
+    assert mask.record["segmentation_type"] == "FRACTIONAL"
+
+
+def test_unlabelled_segments_fall_back_to_the_largest(tmp_path: Path, axial) -> None:
+    source, volume, lesion, _ = axial
+    small = ball_mask(source, (-7.0, -7.0, 4.0), 2.5)
+    path = _write(make_seg(source, {"Segment 1": small, "Segment 2": lesion}), tmp_path)
+    mask = load_seg_mask(path, volume.image, SelectionRules())
+    assert mask.lesion_number == 2
+    assert mask.record["lesion_rule"].startswith("largest")
+    assert [x["voxels"] for x in mask.record["labels"]] == [int(small.sum()), int(lesion.sum())]
+    # A configured pattern wins over size.
+    mask = load_seg_mask(path, volume.image, SelectionRules(lesion_label_pattern=r"Segment 1$"))
+    assert mask.lesion_number == 1
+
+
+def test_empty_lesion_is_a_mask_error(tmp_path: Path, axial) -> None:
+    source, volume, lesion, brain = axial
+    seg = make_seg(source, {"Brain": brain, "Lesion": lesion})
+    path = _write(seg, tmp_path)
+    rules = SelectionRules(lesion_label_pattern="nothing-matches", lesion_fallback_largest=False)
+    with pytest.raises(MaskError, match=rf"mask {seg.SOPInstanceUID}: no non-empty lesion segment or ROI among: 1 'Brain'"):
+        load_seg_mask(path, volume.image, rules)
+
+
+def test_seg_on_another_grid_is_resampled_and_recorded(tmp_path: Path, axial) -> None:
+    source, volume, _, _ = axial
+    # A 2 x 2 x 4 mm series in the same frame of reference, offset by half a voxel.
+    coarse = make_mr_series(
+        ramp((5, 12, 12)), spacing=(2.0, 2.0, 4.0), origin=(-11.5, -11.5, 0.0),
+        study_uid=str(source[0].StudyInstanceUID), frame_of_reference_uid=str(source[0].FrameOfReferenceUID),
+    )
+    centre, radius = (2.3, -1.4, 9.1), 5.0
+    path = _write(make_seg(coarse, {"Lesion": ball_mask(coarse, centre, radius)}), tmp_path)
+    mask = load_seg_mask(path, volume.image, SelectionRules())
+    assert mask.record["segments"][0]["resampled"] is True
+    fine = ball_mask(source, centre, radius)
+    assert dice(sitk.GetArrayFromImage(mask.lesion) > 0, fine) > 0.7
+
+
+def test_rtstruct_matches_seg_of_the_same_ball(tmp_path: Path, axial) -> None:
+    source, volume, lesion, _ = axial
+    structure_set = make_rtstruct(source, {"GTV": ball_contours(source, (2.3, -1.4, 9.1), 5.0)})
+    mask = load_rtstruct_mask(structure_set, volume.image, SelectionRules())
+    got = sitk.GetArrayFromImage(mask.lesion) > 0
+    assert dice(got, lesion) >= 0.95
+    assert (mask.lesion_number, mask.lesion_label) == (1, "GTV")
+    assert mask.record["rois"][0]["max_off_plane_mm"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_rtstruct_inner_contour_cuts_a_hole(axial) -> None:
+    _, volume, _, _ = axial
+    z = 8.0  # slice k = 4
+    angles = np.linspace(0, 2 * np.pi, 200, endpoint=False)[:, None]
+    outer = np.hstack([6.2 * np.cos(angles), 6.2 * np.sin(angles), np.full_like(angles, z)])
+    inner = np.hstack([2.7 * np.cos(angles), 2.7 * np.sin(angles), np.full_like(angles, z)])
+    array, off_plane = rasterize_contours([outer, inner], volume.image)
+    assert off_plane == pytest.approx(0.0, abs=1e-6)
+    ys, xs = np.mgrid[0:24, 0:24]
+    radius = np.hypot(xs - 12.0, ys - 12.0)  # voxel centre (12, 12) is the patient origin
+    expected = (radius < 6.2) & (radius >= 2.7)
+    np.testing.assert_array_equal(array[4] > 0, expected)
+    assert array[4, 12, 12] == 0  # the hole
+    assert array.sum() == expected.sum()  # nothing on the other slices
+
+
+def test_rtstruct_on_sagittal_series_is_filled_in_the_sagittal_planes(tmp_path: Path) -> None:
+    source = make_mr_series(ramp((12, 20, 20)), orientation=SAGITTAL, spacing=(1.0, 1.0, 1.5), origin=(9.0, -10.0, 10.0))
+    volume = load(source, tmp_path / "mr")
+    centre, radius = (0.4, 0.3, 0.2), 5.5
+    structure_set = make_rtstruct(source, {"Lesion": ball_contours(source, centre, radius)})
+    mask = load_rtstruct_mask(structure_set, volume.image, SelectionRules())
+    image = volume.image
+    expected = np.zeros(image.GetSize()[::-1], bool)
+    z, y, x = np.indices(expected.shape)
+    points = np.stack([x, y, z], -1) * np.array(image.GetSpacing()) + np.array(image.GetOrigin())
+    expected = np.linalg.norm(points - np.array(centre), axis=-1) < radius
+    got = sitk.GetArrayFromImage(mask.lesion) > 0
+    assert dice(got, expected) >= 0.95
+    # Each filled sagittal plane is one x index of the axial grid.
+    assert set(np.nonzero(got.any(axis=(0, 1)))[0]) == set(np.nonzero(expected.any(axis=(0, 1)))[0])
+
+
+def test_seg_and_rtstruct_agree_on_a_sagittal_series(tmp_path: Path) -> None:
+    source = make_mr_series(ramp((12, 20, 20)), orientation=SAGITTAL, spacing=(1.0, 1.0, 1.5), origin=(9.0, -10.0, 10.0))
+    volume = load(source, tmp_path / "mr")
+    centre, radius = (0.4, 0.3, 0.2), 5.5
+    seg_path = _write(make_seg(source, {"Lesion": ball_mask(source, centre, radius)}), tmp_path)
+    from_seg = load_seg_mask(seg_path, volume.image, SelectionRules())
+    from_rt = load_rtstruct_mask(make_rtstruct(source, {"Lesion": ball_contours(source, centre, radius)}), volume.image, SelectionRules())
+    a, b = sitk.GetArrayFromImage(from_seg.lesion) > 0, sitk.GetArrayFromImage(from_rt.lesion) > 0
+    assert from_seg.record["segments"][0]["resampled"] is False
+    assert a.sum() > 300
+    assert dice(a, b) >= 0.95
