@@ -1,0 +1,1 @@
+"""Persistence: models, sessions, migrations and the queue operations. Imports nothing of ours."""

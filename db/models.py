@@ -1,0 +1,209 @@
+"""SQLAlchemy 2.0 models: what was received (study, series, instance), the work on it (job,
+delivery) and the model bundles the node can run (model).
+
+Times are naive UTC (``utcnow()``) on every backend.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "Base",
+    "Study",
+    "Series",
+    "Instance",
+    "Job",
+    "JobState",
+    "Delivery",
+    "DeliveryState",
+    "Model",
+    "utcnow",
+    "ACTIVE_JOB_STATES",
+]
+
+UID = String(64)
+
+
+def utcnow() -> datetime:
+    """Now, as naive UTC (what every column stores)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobState(str, enum.Enum):
+    """Job lifecycle (DESIGN.md "States")."""
+
+    WAITING = "waiting"  # study still arriving, or no mask yet
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+#: States in which a study may hold at most one job (the queueing lock).
+ACTIVE_JOB_STATES = (JobState.WAITING, JobState.QUEUED)
+
+
+class DeliveryState(str, enum.Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    RETRYING = "retrying"
+    FAILED = "failed"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    return Enum(cls, name=name, values_callable=lambda e: [m.value for m in e], native_enum=False, length=16)
+
+
+class Study(Base):
+    __tablename__ = "study"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
+    jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.id")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    frame_of_reference_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.id")
+
+
+class Instance(Base):
+    __tablename__ = "instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    #: Path relative to the archive root: <study>/<series>/<sop>.dcm
+    path: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime)
+    calling_aet: Mapped[str] = mapped_column(String(16), default="")
+    #: Series UIDs a mask (SEG/RTSTRUCT) references; empty for images.
+    referenced_series_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Times the same SOP Instance UID arrived again with different content (first copy kept).
+    conflict_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_conflict_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    __tablename__ = "job"
+    __table_args__ = (
+        # The queueing lock: at most one waiting or queued job per study.
+        Index(
+            "uq_job_active_per_study",
+            "study_id",
+            unique=True,
+            sqlite_where=text("state IN ('waiting', 'queued')"),
+            postgresql_where=text("state IN ('waiting', 'queued')"),
+        ),
+        Index("ix_job_state_queued_at", "state", "queued_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.WAITING)
+    #: Why the job is waiting, failed or was cancelled; one line, UIDs only.
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: arrival | replay
+    trigger: Mapped[str] = mapped_column(String(16), default="arrival")
+    replay_of_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: What the pipeline chose and produced (selection, probability, SR UID ...), JSON.
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+    study: Mapped[Study] = relationship(back_populates="jobs")
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
+
+
+class Delivery(Base):
+    """One SR to one destination (DESIGN.md: pending -> sent | retrying -> failed)."""
+
+    __tablename__ = "delivery"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState, "delivery_state"), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+    job: Mapped[Job] = relationship(back_populates="deliveries")
+
+
+class Model(Base):
+    """A model bundle the node can run; at most one is active."""
+
+    __tablename__ = "model"
+    __table_args__ = (
+        Index(
+            "uq_model_one_active",
+            "active",
+            unique=True,
+            sqlite_where=text("active = 1"),
+            postgresql_where=text("active"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    device_uid: Mapped[str] = mapped_column(UID, unique=True)
+    bundle_path: Mapped[str] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,333 @@
+"""The job queue: every queue operation in one place (the worker and CLI hold no SQL).
+
+waiting -> queued      the stable-study scan (quiet for ``study_stable_seconds``, MR + mask)
+queued  -> running     ``claim_next`` (lease with expiry; row lock ``FOR UPDATE SKIP LOCKED``
+                       on PostgreSQL, a conditional update everywhere, so N workers are safe)
+running -> done|failed ``finish_job``
+running -> queued      ``sweep_expired_leases`` (crash recovery; failed after max attempts)
+replay                 a new job for the study, history kept (``replay_of_id``)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.ingest import MASK_MODALITIES
+from db.models import ACTIVE_JOB_STATES, Instance, Job, JobState, Series, Study, utcnow
+
+__all__ = [
+    "JobView",
+    "QueueError",
+    "StudyReadiness",
+    "study_readiness",
+    "scan_waiting_jobs",
+    "claim_next",
+    "renew_lease",
+    "finish_job",
+    "sweep_expired_leases",
+    "replay",
+    "cancel",
+    "list_jobs",
+    "get_job",
+]
+
+log = logging.getLogger(__name__)
+
+
+class QueueError(ValueError):
+    """A queue operation that cannot be done (unknown job, wrong state); one clear line."""
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the admin sees it (no patient data: UIDs, states, times)."""
+
+    id: int
+    study_uid: str
+    state: str
+    reason: str | None
+    trigger: str
+    replay_of_id: int | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    result: dict | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        return cls(
+            id=job.id,
+            study_uid=job.study.study_uid,
+            state=job.state.value,
+            reason=job.reason,
+            trigger=job.trigger,
+            replay_of_id=job.replay_of_id,
+            attempts=job.attempts,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            queued_at=job.queued_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            lease_owner=job.lease_owner,
+            lease_expires_at=job.lease_expires_at,
+            result=job.result,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            out[key] = value.isoformat() + "Z" if isinstance(value, datetime) else value
+        return out
+
+
+@dataclass(frozen=True)
+class StudyReadiness:
+    """Whether a study holds what the pipeline needs: an MR series and a mask referencing it."""
+
+    ready: bool
+    reason: str | None
+
+
+def study_readiness(session: Session, study: Study) -> StudyReadiness:
+    mr_series = set(
+        session.scalars(select(Series.series_uid).where(Series.study_id == study.id, Series.modality == "MR"))
+    )
+    masks = session.scalars(
+        select(Instance.referenced_series_uids)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Series.study_id == study.id, Series.modality.in_(MASK_MODALITIES))
+    ).all()
+    if not mr_series:
+        return StudyReadiness(False, "no MR series in the study yet")
+    if not masks:
+        return StudyReadiness(False, "no lesion mask (SEG or RTSTRUCT) in the study yet")
+    if not any(mr_series.intersection(refs or ()) for refs in masks):
+        return StudyReadiness(False, "no mask references an MR series of the study")
+    return StudyReadiness(True, None)
+
+
+def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: datetime | None = None) -> list[JobView]:
+    """Queue every waiting job whose study has been quiet long enough and is complete.
+
+    The quiet time restarts with every instance of any series of the study (the study's
+    ``last_received_at``). Jobs left waiting get a reason saying why. Returns the jobs queued.
+    """
+    now = now or utcnow()
+    stable = timedelta(seconds=study_stable_seconds)
+    queued: list[JobView] = []
+    jobs = session.scalars(select(Job).where(Job.state == JobState.WAITING).order_by(Job.id)).all()
+    for job in jobs:
+        quiet = now - job.study.last_received_at
+        if quiet < stable:
+            reason = (
+                f"study still arriving: last instance {quiet.total_seconds():.0f} s ago, "
+                f"ready after {study_stable_seconds:g} s quiet"
+            )
+        else:
+            readiness = study_readiness(session, job.study)
+            if readiness.ready:
+                moved = session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.state == JobState.WAITING)
+                    .values(state=JobState.QUEUED, reason=None, queued_at=now, updated_at=now)
+                    .execution_options(synchronize_session="fetch")
+                ).rowcount
+                if moved:
+                    log.info("study %s stable and complete: job %d queued", job.study.study_uid, job.id,
+                             extra={"study_uid": job.study.study_uid, "job_id": job.id})
+                    queued.append(JobView.of(job))
+                continue
+            reason = readiness.reason
+        if job.reason != reason:
+            job.reason = reason
+            job.updated_at = now
+    return queued
+
+
+def claim_next(session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None) -> JobView | None:
+    """Move the oldest queued job to running under a lease held by ``worker_id``.
+
+    The caller commits. Safe with several workers: PostgreSQL skips rows another worker has
+    locked; on every backend the update only succeeds while the job is still queued.
+    """
+    now = now or utcnow()
+    for _ in range(5):
+        candidate = session.scalars(
+            select(Job)
+            .where(Job.state == JobState.QUEUED)
+            .order_by(Job.queued_at, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if candidate is None:
+            return None
+        moved = session.execute(
+            update(Job)
+            .where(Job.id == candidate.id, Job.state == JobState.QUEUED)
+            .values(
+                state=JobState.RUNNING,
+                started_at=now,
+                updated_at=now,
+                attempts=Job.attempts + 1,
+                lease_owner=worker_id,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+            )
+            .execution_options(synchronize_session="fetch")
+        ).rowcount
+        if moved:
+            session.refresh(candidate)
+            return JobView.of(candidate)
+    return None
+
+
+def renew_lease(session: Session, job_id: int, worker_id: str, lease_seconds: float, now: datetime | None = None) -> bool:
+    """Extend the lease (heartbeat); False when the job is no longer this worker's."""
+    now = now or utcnow()
+    return bool(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == worker_id)
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        ).rowcount
+    )
+
+
+def finish_job(
+    session: Session,
+    job_id: int,
+    worker_id: str,
+    *,
+    ok: bool,
+    reason: str | None = None,
+    result: dict | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """running -> done (ok) or failed (with ``reason``); False if the lease was lost meanwhile."""
+    now = now or utcnow()
+    return bool(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == worker_id)
+            .values(
+                state=JobState.DONE if ok else JobState.FAILED,
+                reason=reason,
+                result=result,
+                finished_at=now,
+                updated_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        ).rowcount
+    )
+
+
+def sweep_expired_leases(session: Session, max_attempts: int, now: datetime | None = None) -> list[JobView]:
+    """Jobs whose worker stopped renewing go back to queued, or fail after ``max_attempts``."""
+    now = now or utcnow()
+    expired = session.scalars(
+        select(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now).with_for_update(skip_locked=True)
+    ).all()
+    swept = []
+    for job in expired:
+        owner = job.lease_owner
+        job.lease_owner = None
+        job.lease_expires_at = None
+        job.updated_at = now
+        if job.attempts >= max_attempts:
+            job.state = JobState.FAILED
+            job.finished_at = now
+            job.reason = f"worker {owner} stopped during attempt {job.attempts} of {max_attempts} (lease expired)"
+        else:
+            job.state = JobState.QUEUED
+            job.queued_at = now
+            job.reason = f"requeued: worker {owner} stopped during attempt {job.attempts} (lease expired)"
+        log.warning("job %d lease expired (worker %s): %s", job.id, owner, job.state.value,
+                    extra={"study_uid": job.study.study_uid, "job_id": job.id})
+        swept.append(JobView.of(job))
+    return swept
+
+
+def replay(session: Session, study_uid_or_job_id: str, now: datetime | None = None) -> tuple[JobView, bool]:
+    """A new queued job for the study (named by Study Instance UID or by a job id).
+
+    Returns (job, created). A study that already has a waiting or queued job keeps it:
+    (that job, False). History is kept: the new job's ``replay_of_id`` is the latest job.
+    """
+    now = now or utcnow()
+    study = _resolve_study(session, study_uid_or_job_id)
+    active = session.scalars(select(Job).where(Job.study_id == study.id, Job.state.in_(ACTIVE_JOB_STATES))).one_or_none()
+    if active is not None:
+        return JobView.of(active), False
+    latest = session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id.desc()).limit(1)).first()
+    job = Job(
+        study_id=study.id,
+        state=JobState.QUEUED,
+        trigger="replay",
+        replay_of_id=latest.id if latest else None,
+        created_at=now,
+        updated_at=now,
+        queued_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        active = session.scalars(select(Job).where(Job.study_id == study.id, Job.state.in_(ACTIVE_JOB_STATES))).one()
+        return JobView.of(active), False
+    log.info("study %s replayed: job %d queued", study.study_uid, job.id, extra={"study_uid": study.study_uid, "job_id": job.id})
+    return JobView.of(job), True
+
+
+def cancel(session: Session, job_id: int, now: datetime | None = None) -> JobView:
+    """waiting/queued -> cancelled. A running job cannot be cancelled (its worker owns it)."""
+    now = now or utcnow()
+    job = session.get(Job, job_id)
+    if job is None:
+        raise QueueError(f"no job {job_id}")
+    if job.state not in ACTIVE_JOB_STATES:
+        raise QueueError(f"job {job_id} is {job.state.value}; only waiting or queued jobs can be cancelled")
+    job.state = JobState.CANCELLED
+    job.reason = "cancelled by an administrator"
+    job.finished_at = now
+    job.updated_at = now
+    return JobView.of(job)
+
+
+def list_jobs(session: Session, state: JobState | None = None, limit: int = 200) -> list[JobView]:
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Job.state == state)
+    return [JobView.of(job) for job in session.scalars(query)]
+
+
+def get_job(session: Session, job_id: int) -> JobView:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise QueueError(f"no job {job_id}")
+    return JobView.of(job)
+
+
+def _resolve_study(session: Session, study_uid_or_job_id: str) -> Study:
+    key = study_uid_or_job_id.strip()
+    if key.isdigit():
+        job = session.get(Job, int(key))
+        if job is None:
+            raise QueueError(f"no job {key}")
+        return job.study
+    study = session.scalars(select(Study).where(Study.study_uid == key)).one_or_none()
+    if study is None:
+        raise QueueError(f"no study {key} in the archive")
+    return study

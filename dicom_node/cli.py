@@ -1,0 +1,327 @@
+"""``egfr-node``: the one command line of the node.
+
+    egfr-node init [--data-dir DIR]      write a commented config, create data folder and database
+    egfr-node serve                      SCP + worker in one process (Ctrl-C stops cleanly)
+    egfr-node scp | worker               the two halves apart
+    egfr-node db upgrade                 migrate the database to this version's schema
+    egfr-node echo HOST PORT [--aet AET] C-ECHO a peer
+    egfr-node queue list [--state S] [--json] | show ID | replay STUDY_UID|JOB_ID | cancel ID
+    egfr-node preprocess PATH [--out DIR]
+    egfr-node phantom OUT --patients N --positive-fraction F --seed S [--mask seg|rtstruct]
+
+Every command is ``main(argv)``, so it is testable in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Sequence
+
+from dicom_node.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_CONFIG_TEXT,
+    Config,
+    ConfigError,
+    config_path_from_env,
+    load_config,
+)
+
+__all__ = ["main"]
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path_from_env(args.config))
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"egfr-node: {message}", file=sys.stderr)
+    return code
+
+
+# --- init / db --------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from db.migrate import upgrade
+
+    path = Path(args.config or config_path_from_env(None) or DEFAULT_CONFIG_PATH)
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    if path.exists() and not args.force:
+        print(f"config {path} exists; keeping it (use --force to rewrite)")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(DEFAULT_CONFIG_TEXT.replace("{data_dir}", str(data_dir)), encoding="utf-8")
+        print(f"wrote {path}")
+    config = load_config(path)
+    config.storage.archive_path.mkdir(parents=True, exist_ok=True)
+    revision = upgrade(config.database_url)
+    print(f"data folder {config.storage.data_path}")
+    print(f"database at schema {revision}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from db.migrate import upgrade
+
+    config = _load(args)
+    revision = upgrade(config.database_url)
+    print(f"database at schema {revision}")
+    return 0
+
+
+# --- serve / scp / worker ---------------------------------------------------------------
+
+
+def _run_until_stopped(start: Callable[[], None], stop: Callable[[], None]) -> int:
+    stopped = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopped.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        start()
+        print("running; Ctrl-C stops", flush=True)
+        while not stopped.wait(1.0):
+            pass
+    finally:
+        stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def _serve(args: argparse.Namespace, with_scp: bool, with_worker: bool) -> int:
+    from dicom_node.runtime import configure_logging, open_runtime
+    from dicom_node.scp import DicomNode
+    from dicom_node.worker import Worker
+
+    config = _load(args)
+    configure_logging(config.logging.level)
+    runtime = open_runtime(config)
+    node = DicomNode(config, runtime.archive, runtime.sessions) if with_scp else None
+    worker = Worker(config.worker, runtime.sessions) if with_worker else None
+
+    def start() -> None:
+        if node:
+            node.start()
+        if worker:
+            worker.start()
+
+    def stop() -> None:
+        if node:
+            node.stop()
+        if worker:
+            worker.stop()
+        runtime.close()
+
+    return _run_until_stopped(start, stop)
+
+
+# --- echo -------------------------------------------------------------------------------
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=args.calling_aet)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = args.timeout
+    assoc = ae.associate(args.host, args.port, ae_title=args.aet)
+    if not assoc.is_established:
+        return _fail(f"association with {args.aet} at {args.host}:{args.port} was not established")
+    status = assoc.send_c_echo()
+    assoc.release()
+    if not status or status.Status != 0:
+        return _fail(f"C-ECHO failed: status {getattr(status, 'Status', 'none')}")
+    print(f"C-ECHO {args.aet} at {args.host}:{args.port}: success")
+    return 0
+
+
+# --- queue ------------------------------------------------------------------------------
+
+
+def _with_session(args: argparse.Namespace, action: Callable) -> int:
+    from db.queue import QueueError
+    from dicom_node.runtime import open_runtime
+
+    runtime = open_runtime(_load(args))
+    try:
+        with runtime.sessions.begin() as session:
+            return action(session)
+    except QueueError as exc:
+        return _fail(str(exc))
+    finally:
+        runtime.close()
+
+
+def _print_jobs(jobs: list, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([job.to_json() for job in jobs], indent=2))
+        return
+    print(f"{'ID':>5}  {'STATE':<9}  {'TRIGGER':<7}  {'ATT':>3}  {'UPDATED (UTC)':<19}  {'STUDY UID':<40}  REASON")
+    for job in jobs:
+        print(
+            f"{job.id:>5}  {job.state:<9}  {job.trigger:<7}  {job.attempts:>3}  "
+            f"{job.updated_at:%Y-%m-%d %H:%M:%S}  {job.study_uid:<40}  {job.reason or ''}"
+        )
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    from db.models import JobState
+    from db.queue import list_jobs
+
+    state = JobState(args.state) if args.state else None
+    return _with_session(args, lambda s: (_print_jobs(list_jobs(s, state, args.limit), args.json), 0)[1])
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    from db.queue import get_job
+
+    def show(session) -> int:  # type: ignore[no-untyped-def]
+        job = get_job(session, args.job_id)
+        print(json.dumps(job.to_json(), indent=2))
+        return 0
+
+    return _with_session(args, show)
+
+
+def cmd_queue_replay(args: argparse.Namespace) -> int:
+    from db.queue import replay
+
+    def do(session) -> int:  # type: ignore[no-untyped-def]
+        job, created = replay(session, args.key)
+        if created:
+            print(f"job {job.id} queued for study {job.study_uid} (replay of job {job.replay_of_id})")
+        else:
+            print(f"study {job.study_uid} already has job {job.id} {job.state}; nothing new queued")
+        return 0
+
+    return _with_session(args, do)
+
+
+def cmd_queue_cancel(args: argparse.Namespace) -> int:
+    from db.queue import cancel
+
+    def do(session) -> int:  # type: ignore[no-untyped-def]
+        job = cancel(session, args.job_id)
+        print(f"job {job.id} cancelled")
+        return 0
+
+    return _with_session(args, do)
+
+
+# --- pipeline front doors ---------------------------------------------------------------
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from pipeline.preprocess_command import run
+
+    path = Path(args.path)
+    if not path.exists():
+        # Not a folder: a Study Instance UID in the archive.
+        from dicom_node.archive import InvalidUID, check_uid
+
+        try:
+            study_uid = check_uid("study", args.path)
+        except InvalidUID:
+            return _fail(f"{args.path} is neither a folder nor a Study Instance UID")
+        path = _load(args).storage.archive_path / study_uid
+        if not path.is_dir():
+            return _fail(f"study {study_uid} is not in the archive ({path})")
+    out = Path(args.out) if args.out else Path("preprocess-out") / path.name
+    return run(path, out)
+
+
+def cmd_phantom(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from pipeline.phantom.cli import main as phantom_main
+
+    return phantom_main(list(rest))
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="egfr-node", description="EGFR prediction DICOM node")
+    parser.add_argument("--config", help="config file (default: $EGFR_NODE_CONFIG, else ./egfr-node.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="write a default config, create the data folder and database")
+    p.add_argument("--data-dir", default="./egfr-data", help="data folder (default ./egfr-data)")
+    p.add_argument("--force", action="store_true", help="rewrite an existing config file")
+    p.set_defaults(func=cmd_init)
+
+    sub.add_parser("serve", help="run the SCP and the worker").set_defaults(func=lambda a: _serve(a, True, True))
+    sub.add_parser("scp", help="run the SCP only").set_defaults(func=lambda a: _serve(a, True, False))
+    sub.add_parser("worker", help="run the worker only").set_defaults(func=lambda a: _serve(a, False, True))
+
+    p = sub.add_parser("db", help="database maintenance")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("upgrade", help="migrate to this version's schema").set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("echo", help="C-ECHO a DICOM peer")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--aet", default="ANY-SCP", help="called AE title")
+    p.add_argument("--calling-aet", default="EGFR_NODE", help="our AE title")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("queue", help="watch and steer the job queue")
+    qsub = p.add_subparsers(dest="queue_command", required=True)
+    q = qsub.add_parser("list", help="jobs, newest first")
+    q.add_argument("--state", choices=["waiting", "queued", "running", "done", "failed", "cancelled"])
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--limit", type=int, default=200)
+    q.set_defaults(func=cmd_queue_list)
+    q = qsub.add_parser("show", help="one job in full")
+    q.add_argument("job_id", type=int)
+    q.set_defaults(func=cmd_queue_show)
+    q = qsub.add_parser("replay", help="queue a study again (by Study Instance UID or job id)")
+    q.add_argument("key", metavar="STUDY_UID|JOB_ID")
+    q.set_defaults(func=cmd_queue_replay)
+    q = qsub.add_parser("cancel", help="cancel a waiting or queued job")
+    q.add_argument("job_id", type=int)
+    q.set_defaults(func=cmd_queue_cancel)
+
+    p = sub.add_parser("preprocess", help="model inputs, provenance and a contact sheet for one study")
+    p.add_argument("path", help="a folder of one study's DICOM files, or a Study Instance UID in the archive")
+    p.add_argument("--out", help="output folder (default ./preprocess-out/<name>)")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("phantom", help="write a phantom cohort of DICOM studies", add_help=False)
+    p.set_defaults(func=None, forward=cmd_phantom)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "forward", None):
+        return args.forward(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", 2)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from dicom_node.runtime import SchemaOutOfDate
+
+        if isinstance(exc, SchemaOutOfDate):
+            return _fail(str(exc), 2)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""The node's one configuration file (TOML), its defaults, environment overrides and validation.
+
+Every key has a documented default (``DEFAULT_CONFIG_TEXT`` is what ``egfr-node init`` writes).
+Environment variables override the file: ``EGFR_NODE_<SECTION>_<KEY>`` (for example
+``EGFR_NODE_NODE_PORT=11113`` or ``EGFR_NODE_DATABASE_URL=postgresql+psycopg://...``);
+``EGFR_NODE_CONFIG`` names the file. A bad value stops the start with a ``ConfigError``
+that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "ConfigError",
+    "NodeSection",
+    "TlsSection",
+    "StorageSection",
+    "DatabaseSection",
+    "WorkerSection",
+    "Destination",
+    "LoggingSection",
+    "Config",
+    "load_config",
+    "config_path_from_env",
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_CONFIG_TEXT",
+]
+
+ENV_PREFIX = "EGFR_NODE_"
+DEFAULT_CONFIG_PATH = Path("egfr-node.toml")
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash, 16 chars
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """[node]: the DICOM Application Entity PACS sends to."""
+
+    ae_title: str = "EGFR_NODE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aets: tuple[str, ...] = ()
+    require_called_aet: bool = True
+    max_associations: int = 10
+    maximum_pdu_size: int = 262144
+    network_timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    """[tls]: DICOM over TLS on its own port beside the plain one."""
+
+    enabled: bool = False
+    port: int = 2762
+    certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    """[storage]: where received instances are archived."""
+
+    data_dir: str = "./egfr-data"
+    free_space_reserve_mb: int = 1024
+    fsync: bool = True
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def archive_path(self) -> Path:
+        return self.data_path / "archive"
+
+
+@dataclass(frozen=True)
+class DatabaseSection:
+    """[database]: SQLAlchemy URL; empty means the SQLite file in the data folder."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerSection:
+    """[worker]: study completeness and the job queue."""
+
+    study_stable_seconds: float = 30.0
+    scan_interval_seconds: float = 5.0
+    lease_seconds: float = 600.0
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One [[destinations]] entry: where results are sent by C-STORE."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    """[logging]"""
+
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    worker: WorkerSection = field(default_factory=WorkerSection)
+    destinations: tuple[Destination, ...] = ()
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    source: str = "<defaults>"
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.storage.data_path / 'egfr-node.sqlite3'}"
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeSection,
+    "tls": TlsSection,
+    "storage": StorageSection,
+    "database": DatabaseSection,
+    "worker": WorkerSection,
+    "logging": LoggingSection,
+}
+
+
+def config_path_from_env(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to read: an explicit path, else ``$EGFR_NODE_CONFIG``, else ./egfr-node.toml if present."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_PREFIX + "CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read, override from the environment, and validate the configuration.
+
+    Raises ConfigError naming the key at fault (``node.port: must be ...``).
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+        source = str(p)
+
+    unknown = set(raw) - set(_SECTIONS) - {"destinations"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown section (known: {', '.join([*_SECTIONS, 'destinations'])})")
+
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name}: must be a table ([{name}])")
+        table = dict(table)
+        _apply_env(name, cls, table, environ)
+        sections[name] = _build_section(name, cls, table)
+
+    destinations = _build_destinations(raw.get("destinations", []))
+    config = Config(destinations=destinations, source=source, **sections)
+    _validate(config)
+    return config
+
+
+def _apply_env(section: str, cls: type, table: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for f in fields(cls):
+        key = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
+        if key in environ:
+            table[f.name] = _parse_env(f"{section}.{f.name}", f.type, environ[key])
+
+
+def _parse_env(key: str, type_name: Any, text: str) -> Any:
+    type_name = str(type_name)
+    try:
+        if type_name == "bool":
+            lowered = text.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(text)
+        if type_name == "int":
+            return int(text)
+        if type_name == "float":
+            return float(text)
+        if type_name.startswith("tuple"):
+            return [item.strip() for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ConfigError(f"{key}: environment value {text!r} is not a {type_name}") from None
+    return text
+
+
+def _build_section(name: str, cls: type, table: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(known)})")
+    values = {}
+    for key, value in table.items():
+        values[key] = _coerce(f"{name}.{key}", str(known[key].type), value)
+    return cls(**values)
+
+
+def _coerce(key: str, type_name: str, value: Any) -> Any:
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if type_name == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if type_name == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if type_name.startswith("tuple"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: must be a list of strings, got {value!r}")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string, got {value!r}")
+    return value
+
+
+def _build_destinations(items: Any) -> tuple[Destination, ...]:
+    if not isinstance(items, list):
+        raise ConfigError("destinations: must be an array of tables ([[destinations]])")
+    known = {f.name: f for f in fields(Destination)}
+    out = []
+    for i, item in enumerate(items):
+        where = f"destinations[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: must be a table")
+        for key in item:
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
+        for key in known:
+            if key not in item:
+                raise ConfigError(f"{where}.{key}: missing")
+        values = {k: _coerce(f"{where}.{k}", str(known[k].type), v) for k, v in item.items()}
+        out.append(Destination(**values))
+    names = [d.name for d in out]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"destinations.name: {name!r} is used twice")
+    return tuple(out)
+
+
+def _check_port(key: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{key}: must be between 1 and 65535, got {port}")
+
+
+def _check_ae(key: str, title: str) -> None:
+    if not _AE_TITLE.match(title) or not title.strip():
+        raise ConfigError(f"{key}: {title!r} is not a valid AE title (1-16 characters, no backslash)")
+
+
+def _validate(config: Config) -> None:
+    n = config.node
+    _check_ae("node.ae_title", n.ae_title)
+    _check_port("node.port", n.port)
+    for aet in n.allowed_calling_aets:
+        _check_ae("node.allowed_calling_aets", aet)
+    if n.max_associations < 1:
+        raise ConfigError(f"node.max_associations: must be at least 1, got {n.max_associations}")
+    if n.maximum_pdu_size != 0 and n.maximum_pdu_size < 4096:
+        raise ConfigError(f"node.maximum_pdu_size: must be 0 (unlimited) or at least 4096, got {n.maximum_pdu_size}")
+    if n.network_timeout_seconds <= 0:
+        raise ConfigError("node.network_timeout_seconds: must be positive")
+    t = config.tls
+    if t.enabled:
+        _check_port("tls.port", t.port)
+        if t.port == n.port:
+            raise ConfigError(f"tls.port: must differ from node.port ({n.port})")
+        for key in ("certificate", "private_key"):
+            value = getattr(t, key)
+            if not value:
+                raise ConfigError(f"tls.{key}: required when tls.enabled is true")
+            if not Path(value).is_file():
+                raise ConfigError(f"tls.{key}: file {value} does not exist")
+        if t.ca_certificates and not Path(t.ca_certificates).is_file():
+            raise ConfigError(f"tls.ca_certificates: file {t.ca_certificates} does not exist")
+    s = config.storage
+    if not s.data_dir:
+        raise ConfigError("storage.data_dir: must not be empty")
+    if s.free_space_reserve_mb < 0:
+        raise ConfigError("storage.free_space_reserve_mb: must not be negative")
+    if config.database.url and "://" not in config.database.url:
+        raise ConfigError(f"database.url: {config.database.url!r} is not an SQLAlchemy URL (dialect://...)")
+    w = config.worker
+    if w.study_stable_seconds < 0:
+        raise ConfigError("worker.study_stable_seconds: must not be negative")
+    if w.scan_interval_seconds <= 0:
+        raise ConfigError("worker.scan_interval_seconds: must be positive")
+    if w.lease_seconds <= 0:
+        raise ConfigError("worker.lease_seconds: must be positive")
+    if w.max_attempts < 1:
+        raise ConfigError("worker.max_attempts: must be at least 1")
+    for i, d in enumerate(config.destinations):
+        _check_ae(f"destinations[{i}].ae_title", d.ae_title)
+        _check_port(f"destinations[{i}].port", d.port)
+    if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {config.logging.level!r}")
+
+
+def with_data_dir(config: Config, data_dir: str) -> Config:
+    """A copy of ``config`` whose data folder is ``data_dir``."""
+    return replace(config, storage=replace(config.storage, data_dir=data_dir))
+
+
+DEFAULT_CONFIG_TEXT = """\
+# egfr-node configuration. Every key shows its default; delete a key to keep the default.
+# Environment variables override this file: EGFR_NODE_<SECTION>_<KEY>, for example
+# EGFR_NODE_NODE_PORT=11113 or EGFR_NODE_DATABASE_URL=postgresql+psycopg://host/db.
+# EGFR_NODE_CONFIG names this file.
+
+[node]
+# The AE title PACS sends to (1-16 characters).
+ae_title = "EGFR_NODE"
+# Address and port of the plain DICOM listener.
+host = "0.0.0.0"
+port = 11112
+# Calling AE titles allowed to associate; empty list = any.
+allowed_calling_aets = []
+# Reject associations whose called AE title is not ae_title.
+require_called_aet = true
+# Concurrent associations accepted.
+max_associations = 10
+# Maximum PDU size we receive (bytes; 0 = unlimited). Larger PDUs = fewer round trips.
+maximum_pdu_size = 262144
+# Seconds of silence before an association is aborted.
+network_timeout_seconds = 60.0
+
+[tls]
+# DICOM over TLS on its own port beside the plain one.
+enabled = false
+port = 2762
+# PEM files: the node's certificate chain and private key.
+certificate = ""
+private_key = ""
+# PEM bundle of CAs; when set, peers must present a certificate signed by one (mutual TLS).
+ca_certificates = ""
+
+[storage]
+# Data folder: the archive (archive/<study>/<series>/<sop>.dcm) and the SQLite database.
+data_dir = "{data_dir}"
+# Below this much free space (MiB) C-STORE answers 0xA700 and writes nothing.
+free_space_reserve_mb = 1024
+# fsync every file (and its folder) before the success status goes back.
+fsync = true
+
+[database]
+# SQLAlchemy URL. Empty = SQLite (WAL) file egfr-node.sqlite3 in data_dir.
+# Scale-out: postgresql+psycopg://user@host:5432/egfr
+url = ""
+
+[worker]
+# A study is ready when nothing arrived for this many seconds and it holds an MR series
+# and a mask (SEG or RTSTRUCT) that references it.
+study_stable_seconds = 30.0
+# How often the stable-study scan and the lease sweep run.
+scan_interval_seconds = 5.0
+# A running job whose worker stopped renewing its lease for this long goes back to the queue.
+lease_seconds = 600.0
+# Attempts before a job is marked failed.
+max_attempts = 3
+
+[logging]
+# DEBUG, INFO, WARNING or ERROR. Logs carry UIDs, never patient names or IDs.
+level = "INFO"
+
+# Where results are sent (C-STORE). Repeat the table for each destination.
+# [[destinations]]
+# name = "pacs"
+# ae_title = "PACS"
+# host = "pacs.example.org"
+# port = 104
+"""

@@ -1,0 +1,62 @@
+"""Opening what a command needs from the configuration: engine, sessions, archive."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import make_engine, make_sessionmaker
+from db.migrate import current_revision, head_revision
+from dicom_node.archive import Archive
+from dicom_node.config import Config
+
+__all__ = ["Runtime", "open_runtime", "SchemaOutOfDate", "configure_logging"]
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database is not at the schema this version needs."""
+
+
+@dataclass
+class Runtime:
+    config: Config
+    engine: Engine
+    sessions: sessionmaker[Session]
+    archive: Archive
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_runtime(config: Config, *, check_schema: bool = True) -> Runtime:
+    engine = make_engine(config.database_url)
+    if check_schema:
+        current, head = current_revision(engine), head_revision()
+        if current != head:
+            engine.dispose()
+            raise SchemaOutOfDate(
+                f"database {engine.url.render_as_string(hide_password=True)} is at schema "
+                f"{current or 'none'}, this version needs {head}: run `egfr-node db upgrade`"
+            )
+    archive = Archive(
+        config.storage.archive_path,
+        free_space_reserve_bytes=config.storage.free_space_reserve_mb * 2**20,
+        fsync=config.storage.fsync,
+    )
+    return Runtime(config, engine, make_sessionmaker(engine), archive)
+
+
+def configure_logging(level: str) -> None:
+    """Handlers are configured here only (by the CLI). Messages carry UIDs, never patient data."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )
+    # pynetdicom at INFO reports every PDU and (for C-FIND/MOVE) identifiers; keep warnings only.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -1,0 +1,95 @@
+"""Fixtures shared by the node's tests: a data folder, a migrated database (SQLite by
+default, PostgreSQL where reachable), and a running SCP on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from db.migrate import upgrade
+from dicom_node.config import Config, DatabaseSection, NodeSection, StorageSection, WorkerSection
+from dicom_node.runtime import Runtime, open_runtime
+from dicom_node.scp import DicomNode
+
+PG_ADMIN_URL = os.environ.get("EGFR_NODE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def require_tool(name: str) -> str:
+    """DCMTK and dicom3tools are test requirements (installed by .ci/run): missing is a failure."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: install the Debian packages dcmtk and dicom3tools (see README)")
+    return path
+
+
+def make_config(data_dir: Path, database_url: str = "", **node: object) -> Config:
+    node_defaults = dict(ae_title="EGFR_NODE", host="127.0.0.1", port=0)
+    node_defaults.update(node)
+    return Config(
+        node=replace(NodeSection(), **node_defaults),  # port 0: a free port, read back from the server
+        storage=StorageSection(data_dir=str(data_dir), free_space_reserve_mb=0, fsync=True),
+        database=DatabaseSection(url=database_url),
+        worker=WorkerSection(study_stable_seconds=1.0, scan_interval_seconds=0.2),
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    cfg = make_config(tmp_path / "data")
+    upgrade(cfg.database_url)
+    return cfg
+
+
+@pytest.fixture
+def runtime(config: Config) -> Iterator[Runtime]:
+    rt = open_runtime(config)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def node(config: Config, runtime: Runtime) -> Iterator[DicomNode]:
+    dicom_node = DicomNode(config, runtime.archive, runtime.sessions)
+    dicom_node.start()
+    yield dicom_node
+    dicom_node.stop()
+
+
+def _pg_reachable() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3):
+            return None
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        return f"PostgreSQL at 127.0.0.1:5432 not reachable: {type(exc).__name__}: {exc}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    why = _pg_reachable()
+    if why:
+        pytest.skip(why)
+    import psycopg
+
+    name = f"egfr_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on the embedded default and on the scale-out database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'q.sqlite3'}"
+    return request.getfixturevalue("pg_url")

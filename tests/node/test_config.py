@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicom_node.cli import main
+from dicom_node.config import DEFAULT_CONFIG_TEXT, ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "egfr-node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_text_is_the_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, DEFAULT_CONFIG_TEXT.replace("{data_dir}", str(tmp_path / "d"))), environ={})
+    assert config.node.ae_title == "EGFR_NODE"
+    assert config.node.port == 11112
+    assert config.node.allowed_calling_aets == ()
+    assert config.node.require_called_aet is True
+    assert config.worker.study_stable_seconds == 30.0
+    assert config.destinations == ()
+    assert config.database_url == f"sqlite:///{tmp_path / 'd' / 'egfr-node.sqlite3'}"
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[node]\nport = 104\n[storage]\ndata_dir = "/x"\n')
+    config = load_config(
+        path,
+        environ={
+            "EGFR_NODE_NODE_PORT": "11113",
+            "EGFR_NODE_NODE_ALLOWED_CALLING_AETS": "PACS1, PACS2",
+            "EGFR_NODE_DATABASE_URL": "postgresql+psycopg://u@h/db",
+            "EGFR_NODE_STORAGE_FSYNC": "false",
+        },
+    )
+    assert config.node.port == 11113
+    assert config.node.allowed_calling_aets == ("PACS1", "PACS2")
+    assert config.database_url == "postgresql+psycopg://u@h/db"
+    assert config.storage.fsync is False
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "key"),
+    [
+        ('[node]\nport = "eleven"\n', {}, "node.port"),
+        ("[node]\nport = 70000\n", {}, "node.port"),
+        ('[node]\nae_title = "A\\\\B"\n', {}, "node.ae_title"),
+        ('[node]\nae_title = "THIS_TITLE_IS_FAR_TOO_LONG"\n', {}, "node.ae_title"),
+        ("[node]\nprot = 1\n", {}, "node.prot"),
+        ("[nodes]\nport = 1\n", {}, "nodes"),
+        ("[tls]\nenabled = true\n", {}, "tls.certificate"),
+        ("[worker]\nstudy_stable_seconds = -1\n", {}, "worker.study_stable_seconds"),
+        ('[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\n', {}, "destinations[0].port"),
+        ("", {"EGFR_NODE_NODE_PORT": "abc"}, "node.port"),
+        ('[database]\nurl = "not a url"\n', {}, "database.url"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, environ: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(write(tmp_path, text), environ=environ)
+
+
+def test_init_writes_config_data_folder_and_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EGFR_NODE_CONFIG", raising=False)
+    assert main(["init", "--data-dir", "data"]) == 0
+    assert (tmp_path / "egfr-node.toml").is_file()
+    assert (tmp_path / "data" / "archive").is_dir()
+    assert (tmp_path / "data" / "egfr-node.sqlite3").is_file()
+    config = load_config(tmp_path / "egfr-node.toml", environ={})
+    assert config.storage.data_path == tmp_path / "data"
+    # a second init keeps the existing file
+    (tmp_path / "egfr-node.toml").write_text((tmp_path / "egfr-node.toml").read_text() + "\n# mine\n")
+    assert main(["init", "--data-dir", "data"]) == 0
+    assert "# mine" in (tmp_path / "egfr-node.toml").read_text()
+
+
+def test_cli_reports_a_bad_config_by_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    path = write(tmp_path, "[node]\nport = 0\n")
+    monkeypatch.setenv("EGFR_NODE_CONFIG", str(path))
+    assert main(["queue", "list"]) == 2
+    assert "node.port" in capsys.readouterr().err

@@ -1,0 +1,206 @@
+"""The queue on a real database: SQLite file and PostgreSQL (127.0.0.1:5432)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from db.engine import make_engine, make_sessionmaker
+from db.ingest import InstanceRecord, RecordOutcome, record_instance
+from db.migrate import current_revision, head_revision, upgrade
+from db.models import Base, Instance, Job, JobState, Study
+from db import queue
+
+T0 = datetime(2026, 1, 1, 12, 0, 0)
+
+
+@pytest.fixture
+def sessions(any_db_url: str):
+    upgrade(any_db_url)
+    engine = make_engine(any_db_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def rec(study: str, series: str, sop: str, *, modality: str = "MR", refs: tuple[str, ...] = (), sha: str = "a" * 64) -> InstanceRecord:
+    return InstanceRecord(
+        study_uid=study, series_uid=series, sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+        transfer_syntax_uid="1.2.840.10008.1.2.1", path=f"{study}/{series}/{sop}.dcm", size_bytes=10, sha256=sha,
+        modality=modality, referenced_series_uids=refs,
+    )
+
+
+def receive(sessions, record: InstanceRecord, at: datetime) -> RecordOutcome:
+    with sessions.begin() as s:
+        return record_instance(s, record, at)
+
+
+def jobs_of(sessions, study_uid: str) -> list[tuple[int, str]]:
+    with sessions.begin() as s:
+        return [(j.id, j.state.value) for j in s.scalars(select(Job).join(Study).where(Study.study_uid == study_uid).order_by(Job.id))]
+
+
+def scan(sessions, at: datetime, stable: float = 30.0):
+    with sessions.begin() as s:
+        return queue.scan_waiting_jobs(s, stable, at)
+
+
+def test_migrations_match_the_models(any_db_url: str) -> None:
+    upgrade(any_db_url)
+    engine = make_engine(any_db_url)
+    try:
+        assert current_revision(engine) == head_revision()
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        assert diff == []
+    finally:
+        engine.dispose()
+
+
+def test_duplicate_is_idempotent_and_conflict_is_counted(sessions) -> None:
+    assert receive(sessions, rec("1.1", "1.1.1", "1.1.1.1"), T0) is RecordOutcome.NEW
+    assert receive(sessions, rec("1.1", "1.1.1", "1.1.1.1"), T0) is RecordOutcome.DUPLICATE
+    assert receive(sessions, rec("1.1", "1.1.1", "1.1.1.1", sha="b" * 64), T0) is RecordOutcome.CONFLICT
+    with sessions.begin() as s:
+        instances = s.scalars(select(Instance)).all()
+        assert len(instances) == 1
+        assert instances[0].sha256 == "a" * 64  # the first copy is kept
+        assert instances[0].conflict_count == 1
+        assert s.scalar(select(Study.instance_count)) == 1
+
+
+def test_study_waits_for_quiet_and_a_mask_then_queues(sessions) -> None:
+    for i in range(3):
+        receive(sessions, rec("2.1", "2.1.1", f"2.1.1.{i}"), T0 + timedelta(seconds=i))
+    assert [s for _, s in jobs_of(sessions, "2.1")] == ["waiting"]
+    # quiet but no mask: stays waiting and says so
+    assert scan(sessions, T0 + timedelta(seconds=100)) == []
+    with sessions.begin() as s:
+        job = s.scalars(select(Job)).one()
+        assert job.state is JobState.WAITING and job.reason == "no lesion mask (SEG or RTSTRUCT) in the study yet"
+    # a mask referencing another series does not make it ready
+    receive(sessions, rec("2.1", "2.1.9", "2.1.9.1", modality="SEG", refs=("9.9",)), T0 + timedelta(seconds=101))
+    assert scan(sessions, T0 + timedelta(seconds=200)) == []
+    with sessions.begin() as s:
+        assert s.scalars(select(Job)).one().reason == "no mask references an MR series of the study"
+    receive(sessions, rec("2.1", "2.1.8", "2.1.8.1", modality="SEG", refs=("2.1.1",)), T0 + timedelta(seconds=201))
+    # not yet quiet: the quiet time restarted with the mask
+    assert scan(sessions, T0 + timedelta(seconds=220)) == []
+    with sessions.begin() as s:
+        assert s.scalars(select(Job)).one().reason.startswith("study still arriving")
+    queued = scan(sessions, T0 + timedelta(seconds=231))
+    assert [j.state for j in queued] == ["queued"]
+    assert [s for _, s in jobs_of(sessions, "2.1")] == ["queued"]
+
+
+def test_a_large_series_still_arriving_keeps_the_study_waiting(sessions) -> None:
+    receive(sessions, rec("3.1", "3.1.1", "3.1.1.0"), T0)
+    receive(sessions, rec("3.1", "3.1.2", "3.1.2.0", modality="RTSTRUCT", refs=("3.1.1",)), T0)
+    for i in range(1, 10):  # one instance every 20 s, stable time 30 s
+        receive(sessions, rec("3.1", "3.1.1", f"3.1.1.{i}"), T0 + timedelta(seconds=20 * i))
+        assert scan(sessions, T0 + timedelta(seconds=20 * i + 19)) == []
+    assert [j.state for j in scan(sessions, T0 + timedelta(seconds=20 * 9 + 30))] == ["queued"]
+
+
+def test_arrival_while_queued_goes_back_to_waiting_and_after_done_makes_a_new_job(sessions) -> None:
+    receive(sessions, rec("4.1", "4.1.1", "4.1.1.0"), T0)
+    receive(sessions, rec("4.1", "4.1.2", "4.1.2.0", modality="SEG", refs=("4.1.1",)), T0)
+    scan(sessions, T0 + timedelta(seconds=60))
+    receive(sessions, rec("4.1", "4.1.1", "4.1.1.1"), T0 + timedelta(seconds=61))
+    assert [s for _, s in jobs_of(sessions, "4.1")] == ["waiting"]  # one job, never two
+    scan(sessions, T0 + timedelta(seconds=120))
+    with sessions.begin() as s:
+        job = queue.claim_next(s, "w1", 60, T0 + timedelta(seconds=121))
+    with sessions.begin() as s:
+        assert queue.finish_job(s, job.id, "w1", ok=True, now=T0 + timedelta(seconds=122))
+    # a new series after the job ran makes a new job; the queue shows both
+    receive(sessions, rec("4.1", "4.1.3", "4.1.3.0"), T0 + timedelta(seconds=130))
+    assert [s for _, s in jobs_of(sessions, "4.1")] == ["done", "waiting"]
+
+
+def test_one_active_job_per_study_is_enforced_by_the_database(sessions) -> None:
+    receive(sessions, rec("5.1", "5.1.1", "5.1.1.0"), T0)
+    with pytest.raises(IntegrityError):
+        with sessions.begin() as s:
+            study = s.scalars(select(Study)).one()
+            s.add(Job(study=study, state=JobState.QUEUED, created_at=T0, updated_at=T0))
+
+
+def _ready_study(sessions, n: int, at: datetime) -> None:
+    receive(sessions, rec(f"6.{n}", f"6.{n}.1", f"6.{n}.1.0"), at)
+    receive(sessions, rec(f"6.{n}", f"6.{n}.2", f"6.{n}.2.0", modality="SEG", refs=(f"6.{n}.1",)), at)
+
+
+def test_lease_expiry_requeues_then_fails_after_max_attempts(sessions) -> None:
+    _ready_study(sessions, 1, T0)
+    scan(sessions, T0 + timedelta(seconds=60))
+    now = T0 + timedelta(seconds=60)
+    for attempt in (1, 2):
+        with sessions.begin() as s:
+            job = queue.claim_next(s, f"w{attempt}", 10, now)
+            assert job.attempts == attempt
+        with sessions.begin() as s:
+            assert queue.renew_lease(s, job.id, f"w{attempt}", 10, now + timedelta(seconds=5))
+        now += timedelta(seconds=16)
+        with sessions.begin() as s:
+            swept = queue.sweep_expired_leases(s, max_attempts=2, now=now)
+        assert [j.state for j in swept] == (["queued"] if attempt == 1 else ["failed"])
+    with sessions.begin() as s:
+        job = s.get(Job, job.id)
+        assert job.state is JobState.FAILED and "lease expired" in job.reason
+        # the dead worker can no longer finish it
+        assert not queue.finish_job(s, job.id, "w2", ok=True, now=now)
+
+
+def test_replay_keeps_history_and_cancel(sessions) -> None:
+    _ready_study(sessions, 2, T0)
+    scan(sessions, T0 + timedelta(seconds=60))
+    with sessions.begin() as s:
+        first = queue.claim_next(s, "w", 60, T0 + timedelta(seconds=61))
+        queue.finish_job(s, first.id, "w", ok=False, reason="no mask references an MR series", now=T0 + timedelta(seconds=62))
+    with sessions.begin() as s:
+        again, created = queue.replay(s, "6.2")
+        assert created and again.state == "queued" and again.replay_of_id == first.id and again.trigger == "replay"
+    with sessions.begin() as s:
+        same, created = queue.replay(s, str(first.id))
+        assert not created and same.id == again.id
+    with sessions.begin() as s:
+        assert queue.cancel(s, again.id).state == "cancelled"
+    with sessions.begin() as s:
+        with pytest.raises(queue.QueueError, match="only waiting or queued"):
+            queue.cancel(s, first.id)
+        with pytest.raises(queue.QueueError, match="no study 9.9.9"):
+            queue.replay(s, "9.9.9")
+        assert [j.state for j in queue.list_jobs(s)] == ["cancelled", "failed"]
+
+
+def test_concurrent_workers_never_claim_the_same_job(sessions) -> None:
+    for n in range(10, 22):
+        _ready_study(sessions, n, T0)
+    scan(sessions, T0 + timedelta(seconds=60))
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def work(worker: str) -> None:
+        while True:
+            with sessions.begin() as s:
+                job = queue.claim_next(s, worker, 60)
+            if job is None:
+                return
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(claimed) == 12 and len(set(claimed)) == 12
+    with sessions.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.state == JobState.RUNNING)) == 12
