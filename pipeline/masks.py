@@ -22,13 +22,14 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
-from matplotlib.path import Path as PolygonPath
 from pydicom.dataset import Dataset
 
 from pipeline.errors import MaskError
 from pipeline.select import SelectionRules
 
-__all__ = ["LoadedMask", "choose_labels", "load_rtstruct_mask", "load_seg_mask", "rasterize_contours"]
+__all__ = [
+    "LoadedMask", "choose_labels", "fill_polygon", "load_rtstruct_mask", "load_seg_mask", "rasterize_contours",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,38 @@ def _to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return out
 
 
+def fill_polygon(xa: np.ndarray, xb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Voxel centres (integer indices) inside a closed polygon, even-odd rule, by scanlines.
+
+    ``xa``, ``xb``: vertex coordinates in continuous index units along the two plane axes.
+    Returns a bool array of ``shape`` indexed [a, b]. Each scanline b = const crosses the
+    edges with min(b0, b1) <= b < max(b0, b1) (half-open, so a vertex counts once); the
+    centres between the 1st and 2nd, 3rd and 4th, ... crossings are inside.
+    """
+    out = np.zeros(shape, dtype=bool)
+    a0, b0 = np.asarray(xa, float), np.asarray(xb, float)
+    a1, b1 = np.roll(a0, -1), np.roll(b0, -1)
+    lo, hi = max(int(np.ceil(b0.min())), 0), min(int(np.floor(b0.max())), shape[1] - 1)
+    if hi < lo:
+        return out
+    rows = np.arange(lo, hi + 1, dtype=float)[:, None]
+    crosses = (np.minimum(b0, b1) <= rows) & (rows < np.maximum(b0, b1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = a0 + (rows - b0) * (a1 - a0) / (b1 - b0)
+    at = np.sort(np.where(crosses, at, np.inf), axis=1)
+    count = crosses.sum(axis=1)
+    edges = np.zeros((len(rows), shape[0] + 1), dtype=np.int32)
+    for pair in range(0, int(count.max(initial=0)) - 1, 2):
+        valid = count > pair + 1
+        start = np.clip(np.ceil(at[valid, pair]), 0, shape[0]).astype(int)
+        end = np.clip(np.ceil(at[valid, pair + 1]), 0, shape[0]).astype(int)
+        row_ids = np.flatnonzero(valid)
+        np.add.at(edges, (row_ids, start), 1)
+        np.add.at(edges, (row_ids, end), -1)
+    out[:, lo:hi + 1] = (np.cumsum(edges, axis=1)[:, :-1] > 0).T
+    return out
+
+
 def rasterize_contours(contours: list[np.ndarray], image: sitk.Image) -> tuple[np.ndarray, float]:
     """Fill planar contours (N x 3 patient mm) into a [z, y, x] uint8 array on ``image``.
 
@@ -194,17 +227,11 @@ def rasterize_contours(contours: list[np.ndarray], image: sitk.Image) -> tuple[n
         if not 0 <= k < size[axis]:
             continue
         a, b = [i for i in range(3) if i != axis]
-        polygon = PolygonPath(np.column_stack([index[:, a], index[:, b]]), closed=False)
-        lo = np.maximum(np.floor(index[:, [a, b]].min(axis=0)).astype(int), 0)
-        hi = np.minimum(np.ceil(index[:, [a, b]].max(axis=0)).astype(int), [size[a] - 1, size[b] - 1])
-        if np.any(hi < lo):
-            continue
-        ga, gb = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
-        inside = polygon.contains_points(np.column_stack([ga.ravel(), gb.ravel()])).reshape(ga.shape)
+        inside = fill_polygon(index[:, a], index[:, b], (size[a], size[b]))
         key = (axis, k)
         if key not in filled:
             filled[key] = np.zeros((size[a], size[b]), dtype=bool)
-        filled[key][lo[0]:hi[0] + 1, lo[1]:hi[1] + 1] ^= inside
+        filled[key] ^= inside
     for (axis, k), plane_mask in filled.items():
         # out is [z, y, x]; plane_mask is indexed by the two remaining x/y/z axes in order.
         selector: list[Any] = [slice(None)] * 3

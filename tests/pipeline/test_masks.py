@@ -13,13 +13,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pipeline.errors import MaskError
-from pipeline.masks import load_rtstruct_mask, load_seg_mask, rasterize_contours
+from pipeline.masks import fill_polygon, load_rtstruct_mask, load_seg_mask, rasterize_contours
 from pipeline.select import SelectionRules
 
-try:  # test helpers live in test_volume.py (tests/pipeline has no package of its own)
-    from tests.pipeline.test_volume import SAGITTAL, load, make_mr_series, patient_attributes, ramp
-except ImportError:  # pragma: no cover - depends on how pytest imported the tests
-    from test_volume import SAGITTAL, load, make_mr_series, patient_attributes, ramp  # type: ignore[no-redef]
+from tests.pipeline.test_volume import SAGITTAL, load, make_mr_series, patient_attributes, ramp
 
 RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
 
@@ -279,3 +276,21 @@ def test_seg_and_rtstruct_agree_on_a_sagittal_series(tmp_path: Path) -> None:
     assert from_seg.record["segments"][0]["resampled"] is False
     assert a.sum() > 300
     assert dice(a, b) >= 0.95
+
+
+def test_fill_polygon_concave_and_self_intersecting() -> None:
+    # An L shape: centres with 0 <= a < 4 and 0 <= b < 2, plus 0 <= a < 2 and 2 <= b < 5.
+    a = np.array([-0.5, 3.5, 3.5, 1.5, 1.5, -0.5])
+    b = np.array([-0.5, -0.5, 1.5, 1.5, 4.5, 4.5])
+    got = fill_polygon(a, b, (6, 6))
+    expected = np.zeros((6, 6), bool)
+    expected[0:4, 0:2] = True
+    expected[0:2, 2:5] = True
+    np.testing.assert_array_equal(got, expected)
+    # A bow tie: the two triangles are inside, nothing outside them.
+    bow = fill_polygon(np.array([0.2, 8.8, 8.8, 0.2]), np.array([0.2, 8.8, 0.2, 8.8]), (10, 10))
+    assert bow[1, 4] and bow[8, 4] and not bow[4, 1] and not bow[4, 8]
+    assert bow.sum() == bow.T.sum()
+    # Vertices exactly on voxel centres are counted once (half-open scanlines).
+    square = fill_polygon(np.array([0.0, 3.0, 3.0, 0.0]), np.array([0.0, 0.0, 3.0, 3.0]), (5, 5))
+    assert square.sum() == 9
