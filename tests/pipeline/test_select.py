@@ -1,0 +1,149 @@
+"""Choosing the mask and the MR series (issue 3 point 1): reasons and rules, recorded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+
+from pipeline.dicom_index import index_study
+from pipeline.errors import SelectionError
+from pipeline.select import SelectionRules, select_mask_and_series
+from tests.pipeline.test_masks import ball_contours, ball_mask, make_rtstruct, make_seg
+from tests.pipeline.test_volume import make_mr_series, ramp, write_datasets
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def _series(study_uid: str | None = None, **kwargs):
+    return make_mr_series(ramp((4, 12, 12)), origin=(-6.0, -6.0, 0.0), study_uid=study_uid, **kwargs)
+
+
+def _lesion_seg(source):
+    return make_seg(source, {"Lesion": ball_mask(source, (0.0, 0.0, 3.0), 3.0)})
+
+
+def _lesion_rtstruct(source, **kwargs):
+    return make_rtstruct(source, {"GTV": ball_contours(source, (0.0, 0.0, 3.0), 3.0)}, **kwargs)
+
+
+def _select(folder: Path, rules: SelectionRules | None = None):
+    return select_mask_and_series(index_study(folder), rules)
+
+
+def test_study_without_mask(tmp_path: Path) -> None:
+    source = _series()
+    write_datasets(source, tmp_path)
+    with pytest.raises(SelectionError) as err:
+        _select(tmp_path)
+    assert str(err.value) == f"no lesion mask (SEG or RTSTRUCT) in study {source[0].StudyInstanceUID}"
+
+
+def test_mask_without_its_image(tmp_path: Path) -> None:
+    source = _series()
+    seg = _lesion_seg(source)
+    write_datasets([seg], tmp_path)  # the MR slices never arrived
+    with pytest.raises(SelectionError) as err:
+        _select(tmp_path)
+    assert str(err.value) == (
+        f"no usable lesion mask in study {source[0].StudyInstanceUID}: SEG {seg.SOPInstanceUID}: "
+        f"mask references series {source[0].SeriesInstanceUID} which is not in the study"
+    )
+
+
+def test_mask_frame_of_reference_differs_from_the_image(tmp_path: Path) -> None:
+    source = _series()
+    structure_set = _lesion_rtstruct(source)
+    other_for = generate_uid()
+    structure_set.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = other_for
+    write_datasets([*source, structure_set], tmp_path)
+    with pytest.raises(SelectionError, match="mask frame of reference differs from the image") as err:
+        _select(tmp_path)
+    assert f"({other_for} vs {source[0].FrameOfReferenceUID} of series {source[0].SeriesInstanceUID})" in str(err.value)
+
+
+def test_no_mask_references_an_mr_series(tmp_path: Path) -> None:
+    ct = _series()
+    for ds in ct:
+        ds.Modality, ds.SOPClassUID = "CT", CT_IMAGE
+        ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE
+    structure_set = _lesion_rtstruct(ct)
+    write_datasets([*ct, structure_set], tmp_path)
+    with pytest.raises(SelectionError) as err:
+        _select(tmp_path)
+    assert str(err.value) == (
+        f"no mask references an MR series in study {ct[0].StudyInstanceUID} "
+        f"(references no MR series ({ct[0].SeriesInstanceUID} is CT))"
+    )
+
+
+def test_seg_preferred_over_rtstruct_by_default_and_recorded(tmp_path: Path) -> None:
+    source = _series()
+    seg, structure_set = _lesion_seg(source), _lesion_rtstruct(source, content_time="235959")
+    seg.ContentDate, seg.ContentTime = "20251231", "090000"  # older than the RTSTRUCT (20260101)
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    write_datasets(source, tmp_path / "deep" / "er")
+    write_datasets([seg, structure_set], tmp_path)
+    (tmp_path / "README.txt").write_text("not DICOM")
+    (tmp_path / "deep" / "notes.json").write_text("{}")
+    index = index_study(tmp_path)
+    assert index.skipped_files == 2
+    selection = select_mask_and_series(index)
+    assert selection.mask.sop_uid == seg.SOPInstanceUID
+    assert selection.series.series_uid == source[0].SeriesInstanceUID
+    record = json.loads(json.dumps(selection.record))  # JSON-serialisable
+    assert record["rule"] == "mask_preference=SEG, then newest"
+    rejected = {c["sop_instance_uid"]: c["rejected"] for c in record["candidates"]}
+    assert rejected == {
+        seg.SOPInstanceUID: None,
+        structure_set.SOPInstanceUID: "not preferred (rule mask_preference=SEG, then newest)",
+    }
+    # The other way round when the rule says so, and the newest regardless of kind.
+    assert _select(tmp_path, SelectionRules(mask_preference="RTSTRUCT")).mask_kind == "RTSTRUCT"
+    assert _select(tmp_path, SelectionRules(mask_preference="newest")).mask.sop_uid == structure_set.SOPInstanceUID
+
+
+def test_newest_of_two_structure_sets_and_usable_over_broken(tmp_path: Path) -> None:
+    source = _series()
+    old, new = _lesion_rtstruct(source, content_time="080000"), _lesion_rtstruct(source, content_time="170000")
+    broken = _lesion_rtstruct(source, content_time="235959")
+    broken.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = generate_uid()
+    write_datasets([*source, old, new, broken], tmp_path)
+    selection = _select(tmp_path)
+    assert selection.mask.sop_uid == new.SOPInstanceUID
+    reasons = {c["sop_instance_uid"]: c["rejected"] for c in selection.record["candidates"]}
+    assert reasons[old.SOPInstanceUID].startswith("not preferred")
+    assert reasons[broken.SOPInstanceUID].startswith("mask frame of reference differs from the image")
+
+
+def test_the_referenced_series_is_chosen_among_several(tmp_path: Path) -> None:
+    first = _series()
+    second = _series(study_uid=str(first[0].StudyInstanceUID))
+    seg = _lesion_seg(second)
+    write_datasets([*first, *second, seg], tmp_path)
+    selection = _select(tmp_path)
+    assert selection.series.series_uid == second[0].SeriesInstanceUID
+    assert len(selection.series.instances) == 4
+
+
+def test_folder_problems(tmp_path: Path) -> None:
+    with pytest.raises(SelectionError, match="no DICOM files in"):
+        index_study(tmp_path)
+    with pytest.raises(SelectionError, match="does not exist"):
+        index_study(tmp_path / "absent")
+    write_datasets(_series(), tmp_path / "a")
+    write_datasets(_series(), tmp_path / "b")
+    with pytest.raises(SelectionError, match=r"folder holds 2 studies \("):
+        index_study(tmp_path)
+
+
+def test_rules_are_validated_and_serialisable() -> None:
+    with pytest.raises(ValueError, match='Argument "mask_preference" must be one of'):
+        SelectionRules(mask_preference="largest")
+    with pytest.raises(ValueError, match='Argument "lesion_label_pattern" must be a regular expression'):
+        SelectionRules(lesion_label_pattern="(unclosed")
+    rules = SelectionRules(lesion_label_pattern="(?i)resected")
+    assert json.loads(json.dumps(rules.to_dict()))["lesion_label_pattern"] == "(?i)resected"
+    assert len(rules.to_dict()) == 6
