@@ -61,19 +61,23 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = (
     sop_class.EncapsulatedPDFStorage,
 )
 
+#: In order of preference: pynetdicom accepts, per proposed context, the first of these the
+#: peer offers. Lossless encodings first (a peer offering the JPEG-LS it holds beside
+#: uncompressed sends it unconverted, and need not be able to decode it), then uncompressed,
+#: lossy last (never ask a peer to compress lossily what it holds losslessly).
 TRANSFER_SYNTAXES: tuple[str, ...] = (
+    dicom_uid.JPEGLSLossless,
+    dicom_uid.JPEG2000Lossless,
+    dicom_uid.RLELossless,
+    dicom_uid.JPEGLosslessSV1,
+    dicom_uid.JPEGLossless,
     dicom_uid.ExplicitVRLittleEndian,
     dicom_uid.ImplicitVRLittleEndian,
     dicom_uid.DeflatedExplicitVRLittleEndian,
+    dicom_uid.JPEGLSNearLossless,
+    dicom_uid.JPEG2000,
     dicom_uid.JPEGBaseline8Bit,
     dicom_uid.JPEGExtended12Bit,
-    dicom_uid.JPEGLossless,
-    dicom_uid.JPEGLosslessSV1,
-    dicom_uid.JPEGLSLossless,
-    dicom_uid.JPEGLSNearLossless,
-    dicom_uid.JPEG2000Lossless,
-    dicom_uid.JPEG2000,
-    dicom_uid.RLELossless,
 )
 
 

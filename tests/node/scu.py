@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, Association
 from pynetdicom.sop_class import Verification
 
-from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from dicom_node.scp import STORAGE_SOP_CLASSES
 
 
 @contextmanager
@@ -17,7 +17,7 @@ def association(port: int, *, calling: str = "TEST_SCU", called: str = "EGFR_NOD
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     for cls in STORAGE_SOP_CLASSES:
-        ae.add_requested_context(cls, list(transfer_syntaxes or TRANSFER_SYNTAXES[:2]))
+        ae.add_requested_context(cls, list(transfer_syntaxes or ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]))
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     try:
