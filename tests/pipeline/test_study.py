@@ -1,0 +1,133 @@
+"""load_study end to end (issue 3 points 1-3) on phantom studies and small synthetic ones."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipeline.errors import MaskError, VolumeError
+from pipeline.phantom import PhantomStudy
+from pipeline.study import LoadedStudy, SelectionRules, load_study
+from tests.pipeline.test_masks import ball_mask, make_seg
+from tests.pipeline.test_volume import make_mr_series, ramp, write_datasets
+
+GEOMETRIES = ("axial2d", "axial3d", "sagittal3d", "enhanced")
+
+
+@pytest.fixture(scope="module")
+def loaded(phantom_study: Callable[..., PhantomStudy]) -> Callable[..., tuple[PhantomStudy, LoadedStudy]]:
+    """Factory: (geometry, mask_kind) -> (phantom truth, load_study result), cached per module."""
+    cache: dict[tuple[str, str], tuple[PhantomStudy, LoadedStudy]] = {}
+
+    def get(geometry: str, mask_kind: str) -> tuple[PhantomStudy, LoadedStudy]:
+        if (geometry, mask_kind) not in cache:
+            truth = phantom_study(geometry, mask_kind)
+            cache[(geometry, mask_kind)] = (truth, load_study(truth.folder))
+        return cache[(geometry, mask_kind)]
+
+    return get
+
+
+def lesion_centroid_mm(study: LoadedStudy) -> np.ndarray:
+    """Centroid of the lesion voxels in LPS mm."""
+    index = np.argwhere(sitk.GetArrayViewFromImage(study.lesion) > 0)[:, ::-1].mean(axis=0)
+    return np.array(study.lesion.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in index)))
+
+
+@pytest.mark.parametrize("mask_kind", ["seg", "rtstruct"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_phantom_lesion_found_where_it_was_drawn(loaded, geometry: str, mask_kind: str) -> None:
+    truth, study = loaded(geometry, mask_kind)
+    assert (study.study_uid, study.series_uid, study.mask_sop_uid) == (
+        truth.study_uid, truth.image_series_uid, truth.mask_sop_uid,
+    )
+    assert study.mask_kind == mask_kind.upper()
+    image, lesion = study.image, study.lesion
+    assert image.GetPixelID() == sitk.sitkFloat32 and lesion.GetPixelID() == sitk.sitkUInt8
+    assert image.GetDirection() == tuple(np.eye(3).ravel())
+    assert (lesion.GetSize(), lesion.GetOrigin(), lesion.GetSpacing()) == (
+        image.GetSize(), image.GetOrigin(), image.GetSpacing(),
+    )
+    error = np.abs(lesion_centroid_mm(study) - np.array(truth.lesion_centroid_lps))
+    assert np.all(error <= np.array(image.GetSpacing())), f"centroid off by {error} mm"
+    volume_cm3 = float(sitk.GetArrayViewFromImage(lesion).sum()) * math.prod(image.GetSpacing()) / 1000.0
+    assert volume_cm3 == pytest.approx(truth.lesion_volume_cm3, rel=0.15)
+    assert (study.lesion_number, study.lesion_label) == (1, "Metastasis")
+    # Provenance: each axial slice names the source images crossing it.
+    assert len(study.source_sop_uids) == image.GetSize()[2]
+    contributing = {uid for uids in study.source_sop_uids for uid in uids}
+    assert contributing == set(truth.image_sop_uids)
+    per_slice = {len(uids) for uids in study.source_sop_uids}
+    expected = {truth.grid.size[2]} if truth.grid.plane == "sagittal" and geometry != "enhanced" else {1}
+    assert per_slice == expected
+    json.dumps(study.selection)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_seg_and_rtstruct_of_the_same_phantom_lesion_agree(loaded, geometry: str) -> None:
+    (_, from_seg), (_, from_rt) = loaded(geometry, "seg"), loaded(geometry, "rtstruct")
+    assert from_seg.image.GetSize() == from_rt.image.GetSize()
+    a = sitk.GetArrayViewFromImage(from_seg.lesion) > 0
+    b = sitk.GetArrayViewFromImage(from_rt.lesion) > 0
+    dice = 2.0 * float(np.logical_and(a, b).sum()) / float(a.sum() + b.sum())
+    assert dice >= 0.95, f"Dice {dice:.3f}"
+
+
+@pytest.mark.parametrize("mask_kind", ["seg", "rtstruct"])
+def test_brain_segment_and_satellite_are_told_apart(phantom_study, mask_kind: str) -> None:
+    truth = phantom_study("axial2d", mask_kind, brain_segment=True, satellite=True, satellite_in_mask=True)
+    assert truth.mask_labels == ("Metastasis", "Metastasis 2", "Brain")
+    study = load_study(truth.folder)
+    assert (study.lesion_number, study.lesion_label) == (1, "Metastasis")
+    assert study.brain is not None
+    brain = sitk.GetArrayViewFromImage(study.brain) > 0
+    lesion = sitk.GetArrayViewFromImage(study.lesion) > 0
+    assert brain.sum() > 100 * lesion.sum()
+    assert lesion[brain].sum() == lesion.sum()  # the lesion lies inside the brain
+    labels = {x["label"]: x["voxels"] for x in study.selection["lesion"]["labels"]}
+    assert labels["Metastasis"] > labels["Metastasis 2"] > 0
+    assert study.selection["lesion"]["lesion_rule"] == "lesion_label_pattern, then largest"
+    # A rule naming the satellite picks it instead.
+    other = load_study(truth.folder, SelectionRules(lesion_label_pattern=r"Metastasis 2"))
+    assert (other.lesion_number, other.lesion_label) == (2, "Metastasis 2")
+
+
+def _synthetic_study(folder: Path, *, tilt_deg: float = 0.0) -> list:
+    source = make_mr_series(ramp((6, 16, 16)), origin=(-8.0, -8.0, 0.0), spacing=(1.0, 1.0, 2.0))
+    for k, ds in enumerate(source):
+        ds.ImagePositionPatient = [-8.0, -8.0 + k * 2.0 * math.tan(math.radians(tilt_deg)), k * 2.0]
+    seg = make_seg(source, {"Lesion": ball_mask(source, (0.0, 0.0, 5.0), 3.5)})
+    write_datasets([*source, seg], folder)
+    return [*source, seg]
+
+
+def test_synthetic_study_record(tmp_path: Path) -> None:
+    datasets = _synthetic_study(tmp_path)
+    study = load_study(tmp_path)
+    record = json.loads(json.dumps(study.selection))
+    assert record["series_instance_uid"] == datasets[0].SeriesInstanceUID
+    assert record["mask_sop_instance_uid"] == datasets[-1].SOPInstanceUID
+    assert record["rule"] == "only usable mask"
+    assert record["volume"] == {
+        "acquisition_plane": "axial", "size": [16, 16, 6], "spacing_mm": [1.0, 1.0, 2.0], "origin_mm": [-8.0, -8.0, 0.0],
+    }
+    assert study.source_sop_uids == tuple((ds.SOPInstanceUID,) for ds in datasets[:6])
+    assert study.brain is None
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(study.lesion), ball_mask(datasets[:6], (0.0, 0.0, 5.0), 3.5).astype(np.uint8)
+    )
+
+
+def test_load_study_reports_volume_and_mask_errors(tmp_path: Path) -> None:
+    datasets = _synthetic_study(tmp_path / "tilted", tilt_deg=20.0)
+    with pytest.raises(VolumeError, match=rf"series {datasets[0].SeriesInstanceUID}: .*gantry tilt or shear of about 20\.0 deg"):
+        load_study(tmp_path / "tilted")
+    _synthetic_study(tmp_path / "plain")
+    with pytest.raises(MaskError, match="no non-empty lesion segment or ROI among: 1 'Lesion'"):
+        load_study(tmp_path / "plain", SelectionRules(lesion_label_pattern="^$", exclude_label_pattern="Lesion"))
