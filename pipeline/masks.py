@@ -241,6 +241,18 @@ def rasterize_contours(contours: list[np.ndarray], image: sitk.Image) -> tuple[n
     return out, off_plane
 
 
+def _contour_points(contour: Dataset) -> np.ndarray:
+    """ContourData (3006,0050) as an N x 3 array; parsed from the raw bytes when still raw.
+
+    pydicom's per-value DS objects cost about 10 us each; a brain outline has 10^5 values.
+    """
+    element = contour.get_item(0x30060050)
+    value = getattr(element, "value", None)
+    if isinstance(value, bytes):
+        return np.array(value.decode("ascii").replace("\\", " ").split(), dtype=float).reshape(-1, 3)
+    return np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+
+
 def load_rtstruct_mask(structure_set: Dataset, image: sitk.Image, rules: SelectionRules) -> LoadedMask:
     """Rasterise the RT Structure Set's ROIs onto ``image`` and pick lesion and brain."""
     uid = str(structure_set.SOPInstanceUID)
@@ -251,7 +263,7 @@ def load_rtstruct_mask(structure_set: Dataset, image: sitk.Image, rules: Selecti
     for roi in structure_set.get("ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
         contours = [
-            np.asarray(c.ContourData, dtype=float).reshape(-1, 3)
+            _contour_points(c)
             for c in roi.get("ContourSequence", [])
             if str(c.get("ContourGeometricType", "CLOSED_PLANAR")) == "CLOSED_PLANAR"
         ]
