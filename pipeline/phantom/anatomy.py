@@ -93,8 +93,12 @@ def head_model() -> HeadModel:
     wm = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / _WM), sitk.sitkFloat32)) / 255.0
 
     brain = ndimage.binary_fill_holes(t1 > 0)
-    depth = ndimage.distance_transform_edt(brain).astype(np.float32)
-    outside = ndimage.distance_transform_edt(~brain).astype(np.float32)
+    brain_image = sitk.GetImageFromArray(brain.astype(np.uint8))
+    brain_image.CopyInformation(t1_image)
+    signed = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(brain_image, insideIsPositive=True,
+                                                                 squaredDistance=False, useImageSpacing=True))
+    depth = np.maximum(signed, 0.0).astype(np.float32)
+    outside = np.maximum(-signed, 0.0).astype(np.float32)
 
     # Layer thickness varies smoothly around the head (fixed pattern: it is one anatomy).
     rng = np.random.default_rng(20220101)

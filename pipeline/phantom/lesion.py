@@ -119,22 +119,33 @@ class Lesion:
         rho, u = self.rho(q)
         r_mm = float(self.radii.mean())
         edge = 0.6 / r_mm  # soft edge half-width, in rho units
-        rim = np.clip(self.rim * (1.0 + self.rim_irregularity * self.rim_pattern(u)), 0.05, 0.6)
-        tex = 1.0 + self.heterogeneity * self.texture(q)
-        solid = SOLID_VALUE * tex
-        rim_w = _smoothstep((rho - (1.0 - rim) + edge) / (2 * edge))
-        tumour = solid + (RIM_VALUE * (1.0 + 0.5 * self.heterogeneity * self.texture(q[:, ::-1])) - solid) * rim_w
-        if self.core > 0:
-            core_w = _smoothstep((self.core - rho + edge) / (2 * edge))
-            tumour = tumour + (NECROSIS_VALUE * (1.0 + 0.3 * self.heterogeneity * self.texture(q)) - tumour) * core_w
-        alpha = _smoothstep((1.0 - rho + edge) / (2 * edge))
         outside_mm = np.maximum(rho - 1.0, 0.0) * r_mm
         edema = 1.0 - EDEMA_DROP * np.clip(wm + 0.3, 0.0, 1.0) * np.exp(-outside_mm / max(self.edema_mm, 0.5))
-        return alpha * tumour + (1.0 - alpha) * background * edema
+        result = background * edema
+        near = rho < 1.0 + edge
+        if not near.any():
+            return result
+        rho, u, qn = rho[near], u[near], q[near]
+        rim = np.clip(self.rim * (1.0 + self.rim_irregularity * self.rim_pattern(u)), 0.05, 0.6)
+        texture = self.texture(qn)
+        solid = SOLID_VALUE * (1.0 + self.heterogeneity * texture)
+        rim_w = _smoothstep((rho - (1.0 - rim) + edge) / (2 * edge))
+        rim_value = RIM_VALUE * (1.0 + 0.5 * self.heterogeneity * self.texture(qn[:, ::-1]))
+        tumour = solid + (rim_value - solid) * rim_w
+        if self.core > 0:
+            core_w = _smoothstep((self.core - rho + edge) / (2 * edge))
+            tumour = tumour + (NECROSIS_VALUE * (1.0 + 0.3 * self.heterogeneity * texture) - tumour) * core_w
+        alpha = _smoothstep((1.0 - rho + edge) / (2 * edge))
+        result[near] = alpha * tumour + (1.0 - alpha) * result[near]
+        return result
+
+    def extent_mm(self) -> float:
+        """Distance from the centre beyond which no point is inside the lesion."""
+        return float(self.radii.max() * 1.5)
 
     def reach_mm(self) -> float:
         """Distance from the centre beyond which the lesion and its edema no longer matter."""
-        return float(self.radii.max() * (1.0 + 3.0 * self.irregularity) + 3.0 * self.edema_mm)
+        return float(self.radii.max() * (1.0 + 3.0 * self.irregularity) + 2.5 * self.edema_mm)
 
 
 def _param(name: str, positive: bool, effect_size: float, rng: np.random.Generator) -> float:

@@ -8,7 +8,6 @@ RescaleIntercept (as Philips does), so readers must apply them.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +132,8 @@ def write_single_frame_series(folder: Path, stored: np.ndarray, grid: Grid, stud
     n = stored.shape[0]
     datasets = []
     for k in range(n):
-        ds = copy.deepcopy(base)
+        ds = Dataset()
+        ds.update(base)  # shares the unchanged elements; per-slice ones are set anew below
         ds.SOPInstanceUID = phantom_uid(*uid_key, "image", k)
         ds.InstanceNumber = (n - k) if reverse_order else (k + 1)
         ds.AcquisitionNumber = 1

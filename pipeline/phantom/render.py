@@ -47,14 +47,29 @@ class BiasField:
             log_field += coefficient * value
         return np.exp(log_field)
 
+    def on_grid(self, origin: tuple[float, ...], spacing: tuple[float, ...], direction: tuple[float, ...],
+                size: tuple[int, ...]) -> np.ndarray:
+        """Field values as a float32 array [k, j, i] on a SimpleITK-style grid."""
+        m = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        steps = [np.arange(n, dtype=np.float64) * d for n, d in zip(size, spacing)]
+        axes = [steps[0][None, None, :], steps[1][None, :, None], steps[2][:, None, None]]
+        u = []
+        for row in range(3):
+            value = (origin[row] - self.centre_lps[row]) + sum(m[row, c] * axes[c] for c in range(3))
+            u.append((value / self.half_extent_mm).astype(np.float32))
+        index = {"x": 0, "y": 1, "z": 2}
+        log_field = np.zeros(tuple(size[::-1]), dtype=np.float32)
+        for coefficient, term in zip(self.coefficients, self.terms):
+            value = u[index[term[0]]]
+            for letter in term[1:]:
+                value = value * u[index[letter]]
+            log_field += np.float32(coefficient) * value
+        return np.exp(log_field)
+
     def on_image(self, reference: sitk.Image) -> sitk.Image:
         """The field as a float32 image on the grid of ``reference`` (any orientation)."""
-        size = reference.GetSize()
-        k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in size[::-1]), indexing="ij")
-        idx = np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1)
-        m = np.asarray(reference.GetDirection()).reshape(3, 3)
-        points = idx * np.asarray(reference.GetSpacing()) @ m.T + np.asarray(reference.GetOrigin())
-        image = sitk.GetImageFromArray(self.evaluate(points).reshape(size[::-1]).astype(np.float32))
+        array = self.on_grid(reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection(), reference.GetSize())
+        image = sitk.GetImageFromArray(array)
         image.CopyInformation(reference)
         return image
 
@@ -92,9 +107,9 @@ def _voxel_points(grid: Grid, lo: np.ndarray, hi: np.ndarray, dk: float = 0.0) -
     return grid.index_to_lps(np.stack([i.ravel(), j.ravel(), k.ravel() + dk], axis=1))
 
 
-def _box(grid: Grid, pose: HeadPose, lesion: Lesion) -> tuple[np.ndarray, np.ndarray]:
+def _box(grid: Grid, pose: HeadPose, lesion: Lesion, reach_mm: float) -> tuple[np.ndarray, np.ndarray]:
     centre = grid.lps_to_index(pose.to_patient(lesion.centre[None]))[0]
-    half = lesion.reach_mm() / np.asarray(grid.spacing) + 1
+    half = reach_mm * 1.1 / np.asarray(grid.spacing) + 1
     lo = np.clip(np.floor(centre - half), 0, np.asarray(grid.size)).astype(int)
     hi = np.clip(np.ceil(centre + half) + 1, 0, np.asarray(grid.size)).astype(int)
     return lo, hi
@@ -119,7 +134,7 @@ def render(head: HeadModel, grid: Grid, pose: HeadPose, lesions: list[Lesion]) -
         slabs.append(sitk.GetArrayFromImage(moved))
     masks = []
     for lesion in lesions:
-        lo, hi = _box(grid, pose, lesion)
+        lo, hi = _box(grid, pose, lesion, lesion.reach_mm())
         shape = tuple(hi[a] - lo[a] for a in (2, 1, 0))
         if min(shape) <= 0:
             masks.append(np.zeros(grid.size[::-1], np.uint8))
@@ -129,9 +144,11 @@ def render(head: HeadModel, grid: Grid, pose: HeadPose, lesions: list[Lesion]) -
             q = pose.to_template(_voxel_points(grid, lo, hi, dk))
             background = slab[region].ravel()
             slab[region] = lesion.render(q, background, head.sample(head.wm, q)).reshape(shape)
+        lo, hi = _box(grid, pose, lesion, lesion.extent_mm())
+        region = tuple(slice(lo[a], hi[a]) for a in (2, 1, 0))
         inside = lesion.inside(pose.to_template(_voxel_points(grid, lo, hi)))
         mask = np.zeros(grid.size[::-1], np.uint8)
-        mask[region] = inside.reshape(shape)
+        mask[region] = inside.reshape(tuple(hi[a] - lo[a] for a in (2, 1, 0)))
         masks.append(mask)
     relative = np.mean(slabs, axis=0).astype(np.float32)
     brain_image = sitk.GetImageFromArray(head.brain.astype(np.uint8))
@@ -143,7 +160,7 @@ def render(head: HeadModel, grid: Grid, pose: HeadPose, lesions: list[Lesion]) -
 
 def lesion_truth(pose: HeadPose, lesion: Lesion, step_mm: float = 0.5) -> tuple[tuple[float, float, float], float]:
     """Centroid (patient LPS mm) and volume (cm3) of the lesion, integrated on a fine grid."""
-    reach = float(lesion.radii.max() * 1.6)
+    reach = lesion.extent_mm()
     axis = np.arange(-reach, reach + step_mm / 2, step_mm)
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
     q = lesion.centre + np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)

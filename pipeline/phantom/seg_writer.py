@@ -36,6 +36,19 @@ def _description(number: int, label: str, uid_key: tuple[object, ...]) -> hd.seg
     )
 
 
+def _make_reproducible(seg: Dataset, uid_key: tuple[object, ...], date: str, time: str) -> None:
+    """Replace what highdicom fills from the clock or a random UID, so a seed gives the same file."""
+    for keyword in ("ContentDate", "SeriesDate", "InstanceCreationDate"):
+        setattr(seg, keyword, date)
+    for keyword in ("ContentTime", "SeriesTime", "InstanceCreationTime"):
+        setattr(seg, keyword, time)
+    for item in seg.get("ContributingEquipmentSequence", []):
+        item.ContributionDateTime = date + time
+    dimension_uid = phantom_uid(*uid_key, "seg-dimension-organization")
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        item.DimensionOrganizationUID = dimension_uid
+
+
 def write_seg(folder: Path, source_images: list[Dataset], masks: list[tuple[str, np.ndarray]],
               uid_key: tuple[object, ...], series_number: int) -> Dataset:
     """Write a BINARY SEG with one segment per (label, [frames, rows, columns] uint8) on the sources.
@@ -63,9 +76,6 @@ def write_seg(folder: Path, source_images: list[Dataset], masks: list[tuple[str,
         content_creator_name="NEUROSURGEON^PHANTOM",
         series_description="Lesion segmentation",
     )
-    seg.ContentDate = source_images[0].StudyDate
-    seg.ContentTime = source_images[0].StudyTime
-    seg.SeriesDate = source_images[0].StudyDate
-    seg.SeriesTime = source_images[0].StudyTime
+    _make_reproducible(seg, uid_key, source_images[0].StudyDate, source_images[0].StudyTime)
     save(seg, folder / "SEG0001.dcm")
     return seg

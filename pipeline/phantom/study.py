@@ -90,10 +90,8 @@ def generate_study(out_dir: Path, *, seed: int, geometry: str = "axial2d", mask_
     # Bias field, Rician noise, intensity scale, 12-bit storage.
     wm_value = float(rng.uniform(300.0, 1300.0))
     noise_fraction = float(rng.uniform(0.02, 0.045))
-    size = grid.size
-    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in size[::-1]), indexing="ij")
-    field = bias.evaluate(grid.index_to_lps(np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1)))
-    signal = rendered.relative * field.reshape(rendered.relative.shape).astype(np.float32) * wm_value
+    field = bias.on_grid(grid.origin, grid.spacing, grid.direction, grid.size)
+    signal = rendered.relative * field * np.float32(wm_value)
     sd = noise_fraction * wm_value
     noisy = np.hypot(signal + rng.normal(0.0, sd, signal.shape).astype(np.float32),
                      rng.normal(0.0, sd, signal.shape).astype(np.float32))
