@@ -1,0 +1,70 @@
+"""Running the node as the admin does: the ``egfr-node`` command in its own process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(folder: Path, port: int, *, stable: float = 2.0, scan: float = 0.5) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "egfr-node.toml"
+    path.write_text(
+        f"""
+[node]
+ae_title = "EGFR_NODE"
+host = "127.0.0.1"
+port = {port}
+[storage]
+data_dir = "{folder / 'data'}"
+free_space_reserve_mb = 0
+[worker]
+study_stable_seconds = {stable}
+scan_interval_seconds = {scan}
+"""
+    )
+    return path
+
+
+def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[2],
+    )
+
+
+def start(config: Path, command: str = "serve") -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dicom_node.cli", "--config", str(config), command],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=Path(__file__).parents[2],
+    )
+
+
+def wait_until_listening(port: int, process: subprocess.Popen, deadline_s: float = 30) -> None:
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 2
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise RuntimeError(f"node exited with {process.returncode}: {process.stdout.read()}")
+        assoc = ae.associate("127.0.0.1", port, ae_title="EGFR_NODE")
+        if assoc.is_established:
+            assoc.release()
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"node not listening on {port} after {deadline_s} s")

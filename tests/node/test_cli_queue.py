@@ -1,0 +1,116 @@
+"""The admin's view: `egfr-node serve` receiving a study and `egfr-node queue` showing it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import require_tool
+from tests.dicom_factory import mask_for, mr_series, write_all
+from tests.node.process import cli, free_port, start, wait_until_listening, write_config
+
+
+def queue_json(config: Path) -> list[dict]:
+    done = cli(config, "queue", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def wait_for(predicate, deadline_s: float = 30.0, every_s: float = 0.2):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise TimeoutError("condition not reached")
+
+
+def test_study_goes_waiting_then_queued_and_can_be_replayed(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, stable=3.0, scan=0.3)
+    assert cli(config, "init", "--data-dir", str(tmp_path / "data")).returncode == 0
+    node = start(config, "serve")
+    try:
+        wait_until_listening(port, node)
+        images = mr_series(4)
+        files = write_all([*images, mask_for(images, "SEG")], tmp_path / "study")
+        done = subprocess.run(
+            [require_tool("storescu"), "-R", "-aec", "EGFR_NODE", "127.0.0.1", str(port), *map(str, files)],
+            capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        sent_at = time.monotonic()
+        jobs = queue_json(config)
+        assert [(j["state"], j["study_uid"]) for j in jobs] == [("waiting", images[0].StudyInstanceUID)]
+        assert jobs[0]["reason"].startswith("study still arriving")
+        queued = wait_for(lambda: [j for j in queue_json(config) if j["state"] == "queued"])
+        assert time.monotonic() - sent_at >= 3.0 - 0.5  # not before the stable time
+        job_id = queued[0]["id"]
+
+        listing = cli(config, "queue", "list", "--state", "queued")
+        assert images[0].StudyInstanceUID in listing.stdout and "queued" in listing.stdout
+        shown = json.loads(cli(config, "queue", "show", str(job_id)).stdout)
+        assert shown["id"] == job_id and shown["trigger"] == "arrival"
+
+        # replay while queued: nothing new; cancel; replay makes a new job and keeps history
+        assert "already has job" in cli(config, "queue", "replay", images[0].StudyInstanceUID).stdout
+        assert cli(config, "queue", "cancel", str(job_id)).returncode == 0
+        replayed = cli(config, "queue", "replay", str(job_id))
+        assert replayed.returncode == 0 and "queued" in replayed.stdout
+        states = [(j["state"], j["trigger"], j["replay_of_id"]) for j in queue_json(config)]
+        assert states == [("queued", "replay", job_id), ("cancelled", "arrival", None)]
+        bad = cli(config, "queue", "cancel", "999")
+        assert bad.returncode == 1 and "no job 999" in bad.stderr
+    finally:
+        node.send_signal(signal.SIGINT)
+        out, _ = node.communicate(timeout=30)
+    assert node.returncode == 0, out
+    assert "worker" in out and "stopped" in out
+
+
+def test_a_study_without_mask_stays_waiting_and_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, stable=0.5, scan=0.2)
+    assert cli(config, "db", "upgrade").returncode == 0
+    node = start(config, "serve")
+    try:
+        wait_until_listening(port, node)
+        files = write_all(mr_series(2), tmp_path / "study")
+        done = subprocess.run([require_tool("storescu"), "-R", "-aec", "EGFR_NODE", "127.0.0.1", str(port), *map(str, files)],
+                              capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=60)
+        assert done.returncode == 0, done.stderr
+        job = wait_for(lambda: [j for j in queue_json(config) if j["reason"] and "mask" in j["reason"]])[0]
+        assert job["state"] == "waiting"
+        assert job["reason"] == "no lesion mask (SEG or RTSTRUCT) in the study yet"
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.communicate(timeout=30)
+    assert node.returncode == 0
+
+
+def test_echo_command(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port)
+    assert cli(config, "db", "upgrade").returncode == 0
+    node = start(config, "scp")
+    try:
+        wait_until_listening(port, node)
+        ok = cli(config, "echo", "127.0.0.1", str(port), "--aet", "EGFR_NODE")
+        assert ok.returncode == 0 and "success" in ok.stdout
+    finally:
+        node.send_signal(signal.SIGINT)
+        node.communicate(timeout=30)
+    refused = cli(config, "echo", "127.0.0.1", str(port), "--aet", "EGFR_NODE", "--timeout", "2")
+    assert refused.returncode == 1 and "not established" in refused.stderr
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    config = write_config(tmp_path, free_port())
+    done = cli(config, "serve", timeout=30)
+    assert done.returncode == 2
+    assert "egfr-node db upgrade" in done.stderr
