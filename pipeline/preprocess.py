@@ -1,0 +1,190 @@
+"""From a loaded study to the model input: float32 ``[5, 3, 96, 96]`` plus provenance.
+
+Haim et al. 2022, "Image analysis / Preprocessing" and "DL analysis", in this order:
+lesion geometry and the mid-lesion slices (checked first, so a bad study fails before the
+expensive steps) -> brain mask on the image as loaded -> N4 bias field estimated inside
+the brain mask -> z-score with the brain statistics of the corrected image -> the same
+square crop on the five slices -> resize to 96x96 -> grey repeated to 3 channels.
+Training and the node both call :func:`preprocess`; the parameters are recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipeline.bias import correct_bias_field
+from pipeline.brain import brain_mask
+from pipeline.crop import SliceSelection, crop_box, extract_crops, lesion_geometry, resize_crops, select_slices
+from pipeline.errors import PreprocessError
+from pipeline.normalize import brain_statistics, zscore
+from pipeline.params import PreprocessParams
+from pipeline.study import LoadedStudy
+
+__all__ = ["ModelInput", "preprocess"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The model's input for one study.
+
+    ``array``: float32 ``[slices, channels, size, size]`` (default ``[5, 3, 96, 96]``),
+    slices ordered inferior to superior, rows anterior to posterior, columns patient right
+    to left. ``provenance``: JSON-serialisable record of how it was made. ``lesion_mask``:
+    float32 ``[slices, size, size]``, the lesion mask cropped and resized the same way
+    (fractions in 0..1; for display, e.g. ``crops.png``).
+    """
+
+    array: np.ndarray
+    provenance: dict[str, Any]
+    lesion_mask: np.ndarray | None = field(default=None, compare=False)
+
+
+def _check_study(study: LoadedStudy) -> None:
+    image, lesion = study.image, study.lesion
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise PreprocessError(f"image of series {study.series_uid} is not a 3D scalar volume")
+    if lesion.GetSize() != image.GetSize():
+        raise PreprocessError(
+            f"lesion mask grid {lesion.GetSize()} differs from the image grid {image.GetSize()}"
+        )
+
+
+def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> ModelInput:
+    """Run the preprocessing recipe on ``study`` (see module docstring).
+
+    Raises PreprocessError (one line) for an empty lesion, a lesion too close to the
+    first/last slice (``slice_edge_policy="error"``), an empty brain mask, or a brain
+    with constant intensity.
+    """
+    params = params if params is not None else PreprocessParams()
+    if not isinstance(params, PreprocessParams):
+        raise TypeError(f'Argument "params" must be a PreprocessParams, not {type(params).__name__}')
+    _check_study(study)
+    timings: dict[str, float] = {}
+    start = t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timings[name] = round(now - t, 4)
+        t = now
+
+    image = study.image
+    lesion_arr = sitk.GetArrayViewFromImage(study.lesion)
+    geometry = lesion_geometry(study.lesion)
+    slices = select_slices(geometry, image.GetSize()[2], params)
+    box = crop_box(lesion_arr, geometry, slices, image.GetSpacing(), params)
+    lap("lesion_and_slices")
+
+    brain = brain_mask(image, study.brain, params)
+    lap("brain_mask")
+
+    bias_record: dict[str, Any] = {"applied": params.bias_correction}
+    if params.bias_correction:
+        bias = correct_bias_field(image, brain.mask, params)
+        corrected = sitk.GetArrayViewFromImage(bias.corrected)
+        bias_record.update(
+            box_index=list(bias.box_index),
+            box_size=list(bias.box_size),
+            shrink=list(bias.shrink),
+            iterations_last_level=bias.iterations,
+            convergence_measure=bias.converged_measure,
+        )
+    else:
+        corrected = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    lap("bias_field")
+
+    stats = brain_statistics(corrected, sitk.GetArrayViewFromImage(brain.mask))
+    lap("zscore")
+
+    indices = np.asarray(slices.indices)
+    slab = zscore(corrected[indices], stats)
+    local = SliceSelection(mid=slices.mid, indices=tuple(range(len(indices))), replicated=slices.replicated)
+    if params.crop_pad_mode == "air":
+        pad: float | None = float(zscore(np.zeros(1), stats)[0])
+    elif params.crop_pad_mode == "constant":
+        pad = params.crop_pad_value
+    else:
+        pad = None
+    crops = extract_crops(slab, local, box, pad)
+    resized = resize_crops(crops, params.output_size, params.interpolation)
+    array = np.ascontiguousarray(np.repeat(resized[:, None], params.channels, axis=1), dtype=np.float32)
+    mask_crops = extract_crops(lesion_arr[indices].astype(np.float32), local, box, 0.0)
+    mask_resized = resize_crops(mask_crops, params.output_size, params.interpolation)
+    lap("crop_resize")
+    timings["total"] = round(time.perf_counter() - start, 4)
+
+    if not np.isfinite(array).all():
+        raise PreprocessError("model input has non-finite values after normalisation")
+
+    provenance = _provenance(study, params, geometry, slices, box, brain, bias_record, stats, timings, array)
+    logger.info(
+        "preprocessed study %s series %s: slices %s, box %d px, %.2f s",
+        study.study_uid,
+        study.series_uid,
+        list(slices.indices),
+        box.i1 - box.i0,
+        timings["total"],
+    )
+    return ModelInput(array=array, provenance=provenance, lesion_mask=mask_resized)
+
+
+def _provenance(study, params, geometry, slices, box, brain, bias_record, stats, timings, array) -> dict[str, Any]:
+    image = study.image
+    nk, nj, ni = image.GetSize()[2], image.GetSize()[1], image.GetSize()[0]
+    z_mm = [float(image.TransformIndexToPhysicalPoint((0, 0, int(k)))[2]) for k in slices.indices]
+    low, high = box.corners_lps(image, float(slices.mid))
+    mid_local = sitk.GetArrayViewFromImage(study.lesion)[slices.mid]
+    sources = [list(study.source_sop_uids[k]) if k < len(study.source_sop_uids) else [] for k in slices.indices]
+    return {
+        "study_uid": study.study_uid,
+        "series_uid": study.series_uid,
+        "mask_sop_uid": study.mask_sop_uid,
+        "mask_kind": study.mask_kind,
+        "lesion_number": study.lesion_number,
+        "lesion_label": study.lesion_label,
+        "image": {
+            "size": [int(v) for v in image.GetSize()],
+            "spacing_mm": [float(v) for v in image.GetSpacing()],
+            "origin_lps_mm": [float(v) for v in image.GetOrigin()],
+        },
+        "lesion": {
+            "centroid_lps_mm": list(geometry.centroid_lps),
+            "centroid_index": list(geometry.centroid_index),
+            "volume_cm3": geometry.volume_cm3,
+            "voxels": geometry.voxels,
+            "bbox_index_min": list(geometry.bbox_min),
+            "bbox_index_max": list(geometry.bbox_max),
+        },
+        "slices": {
+            "mid": slices.mid,
+            "indices": list(slices.indices),
+            "z_mm": z_mm,
+            "replicated_at_edge": slices.replicated,
+            "mid_slice_lesion_voxels": int(np.count_nonzero(mid_local)),
+        },
+        "crop_box": {
+            "voxels": {"i0": box.i0, "i1": box.i1, "j0": box.j0, "j1": box.j1},
+            "centre_voxel": list(box.centre),
+            "side_mm": list(box.side_mm),
+            "lps_mm": {"low": [low[0], low[1]], "high": [high[0], high[1]]},
+            "padded": bool(box.i0 < 0 or box.j0 < 0 or box.i1 > ni or box.j1 > nj),
+            "extent": params.crop_extent,
+        },
+        "source_sop_uids": sources,
+        "brain_mask": {"method": brain.method, "volume_cm3": brain.volume_cm3},
+        "bias_field": bias_record,
+        "zscore": {"mean": stats.mean, "sd": stats.sd, "voxels": stats.voxels},
+        "output": {"shape": list(array.shape), "dtype": str(array.dtype)},
+        "params": params.to_dict(),
+        "timings_s": timings,
+        "slice_count_in_volume": nk,
+    }
