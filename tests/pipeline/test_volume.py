@@ -278,3 +278,30 @@ def test_missing_geometry_attribute(tmp_path: Path) -> None:
     del datasets[1].ImagePositionPatient
     with pytest.raises(VolumeError, match=f"instance {datasets[1].SOPInstanceUID}: ImagePositionPatient missing"):
         load(datasets, tmp_path)
+
+
+@pytest.mark.parametrize("transfer_syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"])
+def test_compressed_transfer_syntaxes_decode_to_the_same_volume(tmp_path: Path, transfer_syntax: str) -> None:
+    """RLE Lossless, JPEG-LS Lossless, JPEG 2000 Lossless (decoded by pydicom / pylibjpeg / pyjpegls)."""
+    values = ramp((3, 40, 40), seed=9)
+    datasets = make_mr_series(values, slope=1.5, intercept=-3.0)
+    for ds in datasets:
+        ds.compress(transfer_syntax)
+    volume = load(datasets, tmp_path)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(volume.image), values * 1.5 - 3.0)
+
+
+def test_enhanced_multiframe_per_frame_rescale(tmp_path: Path) -> None:
+    values = ramp((3, 5, 5), seed=6)
+    multi = make_enhanced(make_mr_series(values))
+    for frame in multi.PerFrameFunctionalGroupsSequence:
+        z = float(frame.PlanePositionSequence[0].ImagePositionPatient[2])
+        slope = {5.0: 1.0, 7.0: 2.0, 9.0: 4.0}[z]  # by slice position: frame order is the converter's
+        item = Dataset()
+        item.RescaleSlope, item.RescaleIntercept, item.RescaleType = slope, 10.0, "US"
+        frame.PixelValueTransformationSequence = [item]
+    if "PixelValueTransformationSequence" in multi.SharedFunctionalGroupsSequence[0]:
+        del multi.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    volume = load([multi], tmp_path)
+    expected = values * np.array([1.0, 2.0, 4.0])[:, None, None] + 10.0
+    np.testing.assert_allclose(sitk.GetArrayFromImage(volume.image), expected)
