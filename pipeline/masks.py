@@ -204,20 +204,21 @@ def fill_polygon(xa: np.ndarray, xb: np.ndarray, shape: tuple[int, int]) -> np.n
 def rasterize_contours(contours: list[np.ndarray], image: sitk.Image) -> tuple[np.ndarray, float]:
     """Fill planar contours (N x 3 patient mm) into a [z, y, x] uint8 array on ``image``.
 
-    ``image`` must have direction identity. Each contour is filled in the grid plane it lies
-    in (the index axis along which it is flat); contours sharing a slice are combined by
+    Each contour is filled in the grid plane it lies in (the index axis along which it is
+    flat, normally the acquisition's slice axis); contours sharing a slice are combined by
     XOR (even-odd), so an inner contour cuts a hole. Returns the array and the largest
     distance (mm) of a contour plane from the voxel centres it was filled into.
     """
     size = image.GetSize()  # x, y, z
     origin, spacing = np.array(image.GetOrigin()), np.array(image.GetSpacing())
+    direction = np.array(image.GetDirection()).reshape(3, 3)  # columns: index axes in LPS
     out = np.zeros(size[::-1], dtype=np.uint8)
     filled: dict[tuple[int, int], np.ndarray] = {}
     off_plane = 0.0
     for points in contours:
         if len(points) < 3:
             continue
-        index = (points - origin) / spacing  # continuous index x, y, z
+        index = (points - origin) @ direction / spacing  # continuous index i, j, k
         axis = int(np.argmin(np.ptp(index, axis=0)))
         if float(np.ptp(index[:, axis])) > 0.5:
             raise MaskError("RTSTRUCT contour is not parallel to a plane of the image grid (oblique contour)")
@@ -241,6 +242,14 @@ def rasterize_contours(contours: list[np.ndarray], image: sitk.Image) -> tuple[n
     return out, off_plane
 
 
+def _carry(array: np.ndarray, grid: sitk.Image, target: sitk.Image) -> np.ndarray:
+    """A 0/1 array on ``grid`` onto ``target``: linear interpolation, then >= 0.5."""
+    source = sitk.GetImageFromArray(array.astype(np.float32))
+    source.CopyInformation(grid)
+    moved = sitk.Resample(source, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return (sitk.GetArrayViewFromImage(moved) >= 0.5).astype(np.uint8)
+
+
 def _contour_points(contour: Dataset) -> np.ndarray:
     """ContourData (3006,0050) as an N x 3 array; parsed from the raw bytes when still raw.
 
@@ -253,8 +262,15 @@ def _contour_points(contour: Dataset) -> np.ndarray:
     return np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
 
 
-def load_rtstruct_mask(structure_set: Dataset, image: sitk.Image, rules: SelectionRules) -> LoadedMask:
-    """Rasterise the RT Structure Set's ROIs onto ``image`` and pick lesion and brain."""
+def load_rtstruct_mask(
+    structure_set: Dataset, image: sitk.Image, rules: SelectionRules, *, raster_grid: sitk.Image | None = None
+) -> LoadedMask:
+    """Rasterise the RT Structure Set's ROIs onto ``image`` and pick lesion and brain.
+
+    ``raster_grid``: the acquisition grid when ``image`` was resampled from an oblique
+    acquisition; contours are filled there (their own planes) and the fill is carried onto
+    ``image`` by linear interpolation thresholded at 0.5.
+    """
     uid = str(structure_set.SOPInstanceUID)
     names = {int(r.ROINumber): str(r.get("ROIName", "")) for r in structure_set.get("StructureSetROISequence", [])}
     arrays: dict[int, np.ndarray] = {}
@@ -268,13 +284,16 @@ def load_rtstruct_mask(structure_set: Dataset, image: sitk.Image, rules: Selecti
             if str(c.get("ContourGeometricType", "CLOSED_PLANAR")) == "CLOSED_PLANAR"
         ]
         try:
-            array, off_plane = rasterize_contours(contours, image)
+            array, off_plane = rasterize_contours(contours, raster_grid or image)
         except MaskError as exc:
             raise MaskError(f"RTSTRUCT {uid} ROI {number}: {exc}") from exc
+        if raster_grid is not None:
+            array = _carry(array, raster_grid, image)
         arrays[number] = array
         labels.append((number, names.get(number, ""), int(array.sum())))
         per_roi.append({"number": number, "label": names.get(number, ""), "contours": len(contours),
-                        "voxels_on_image": int(array.sum()), "max_off_plane_mm": round(off_plane, 3)})
+                        "voxels_on_image": int(array.sum()), "max_off_plane_mm": round(off_plane, 3),
+                        "resampled": raster_grid is not None})
     if not labels:
         raise MaskError(f"RTSTRUCT {uid}: no ROI contours")
     lesion_number, brain_number, record = choose_labels(labels, rules, uid)

@@ -37,6 +37,10 @@ class SelectionRules:
       ``exclude_label_pattern`` is taken (``lesion_fallback_largest``).
     - ``brain_label_pattern``: a segment matching it becomes ``LoadedStudy.brain``.
     - ``image_modality``: the modality the referenced series must have.
+    - ``resample_oblique``: an oblique acquisition (slice axes more than about 0.06 deg from
+      the patient axes) is refused by default; when True it is resampled (linear; masks
+      nearest neighbour or linear >= 0.5) onto an axial grid and that is recorded. Off by
+      default: the paper's model saw acquired slices, not interpolated ones.
     """
 
     mask_preference: str = "SEG"
@@ -45,6 +49,7 @@ class SelectionRules:
     exclude_label_pattern: str = r"(?i)(edema|oedema|necro|skull|ventric|csf)"
     lesion_fallback_largest: bool = True
     image_modality: str = "MR"
+    resample_oblique: bool = False
 
     def __post_init__(self) -> None:
         if self.mask_preference not in _MASK_PREFERENCES:

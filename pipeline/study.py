@@ -60,14 +60,17 @@ def load_study(study_dir: Path, rules: SelectionRules | None = None) -> LoadedSt
     rules = rules or SelectionRules()
     index = index_study(Path(study_dir))
     selection = select_mask_and_series(index, rules)
-    volume = load_series_volume(selection.series)
+    volume = load_series_volume(selection.series, resample_oblique=rules.resample_oblique)
     if selection.mask_kind == "SEG":
         mask = load_seg_mask(selection.mask.path, volume.image, rules)
     else:
-        mask = load_rtstruct_mask(selection.mask.header, volume.image, rules)
+        raster_grid = volume.acquired if volume.resampled else None
+        mask = load_rtstruct_mask(selection.mask.header, volume.image, rules, raster_grid=raster_grid)
     record = dict(selection.record)
     record["volume"] = {
         "acquisition_plane": volume.acquisition_plane,
+        "obliquity_deg": round(volume.obliquity_deg, 3),
+        "resampled_from_oblique": volume.resampled,
         "size": list(volume.image.GetSize()),
         "spacing_mm": [round(v, 6) for v in volume.image.GetSpacing()],
         "origin_mm": [round(v, 6) for v in volume.image.GetOrigin()],

@@ -34,6 +34,8 @@ __all__ = [
     "MRVolume",
     "frame_planes",
     "load_series_volume",
+    "axial_grid",
+    "obliquity_deg",
     "orient_to_axial_lps",
     "sort_planes",
 ]
@@ -68,7 +70,10 @@ class MRVolume:
     series_uid: str
     image: sitk.Image
     source_sop_uids: tuple[tuple[str, ...], ...]
-    acquisition_plane: str  # "axial", "sagittal" or "coronal"
+    acquisition_plane: str  # "axial", "sagittal" or "coronal" (the nearest one when oblique)
+    acquired: sitk.Image  # the same voxels on the acquisition grid (slices along k, true direction)
+    obliquity_deg: float  # 0 for axial/sagittal/coronal stacks
+    resampled: bool  # True when an oblique acquisition was interpolated onto the axial grid
 
 
 def _group_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
@@ -202,19 +207,57 @@ def sort_planes(series_uid: str, planes: list[FramePlane]) -> tuple[list[FramePl
     return planes, float(np.mean(diffs)), normal
 
 
-def orient_to_axial_lps(image: sitk.Image, series_uid: str) -> sitk.Image:
-    """Permute/flip axes to direction identity (DICOMOrient "LPS"); refuse oblique grids."""
+def obliquity_deg(image: sitk.Image) -> float:
+    """Largest angle (degrees) between an image axis and the patient axis closest to it."""
+    direction = np.abs(np.array(image.GetDirection()).reshape(3, 3))
+    return math.degrees(math.acos(min(1.0, float(direction.max(axis=0).min()))))
+
+
+def axial_grid(image: sitk.Image) -> sitk.Image:
+    """An empty direction-identity grid covering ``image``'s voxel centres at its spacing.
+
+    Spacing per patient axis is the spacing of the image axis closest to it.
+    """
+    oriented = sitk.DICOMOrient(image, "LPS")  # axis i closest to x, j to y, k to z
+    size = np.array(image.GetSize())
+    corners = np.array([
+        image.TransformIndexToPhysicalPoint([int(c) for c in corner])
+        for corner in np.array(np.meshgrid(*[[0, n - 1] for n in size], indexing="ij")).reshape(3, -1).T
+    ])
+    spacing = np.array(oriented.GetSpacing())
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    grid = sitk.Image([int(v) for v in np.round((high - low) / spacing).astype(int) + 1], sitk.sitkUInt8)
+    grid.SetSpacing(tuple(float(v) for v in spacing))
+    grid.SetOrigin(tuple(float(v) for v in low))
+    return grid
+
+
+def orient_to_axial_lps(
+    image: sitk.Image, series_uid: str, *, resample_oblique: bool = False,
+    interpolator: int = sitk.sitkLinear, outside: float = 0.0,
+) -> sitk.Image:
+    """Direction identity (index i -> +x, j -> +y, k -> +z, LPS).
+
+    Axis-aligned grids are permuted/flipped by DICOMOrient("LPS"), without interpolation.
+    Oblique grids are a VolumeError, or with ``resample_oblique`` are resampled onto
+    :func:`axial_grid` with ``interpolator`` (voxels outside the acquisition get ``outside``).
+    """
     oriented = sitk.DICOMOrient(image, "LPS")
     direction = np.array(oriented.GetDirection()).reshape(3, 3)
-    deviation = float(np.abs(direction - np.eye(3)).max())
-    if deviation > ORIENTATION_TOLERANCE:
-        angle = math.degrees(math.acos(min(1.0, float(np.min(np.diag(direction))))))
+    if float(np.abs(direction - np.eye(3)).max()) <= ORIENTATION_TOLERANCE:
+        oriented.SetDirection(tuple(np.eye(3).ravel()))
+        return oriented
+    if not resample_oblique:
         raise VolumeError(
-            f"series {series_uid}: oblique acquisition ({angle:.1f} deg from the patient axes); "
-            f"only axial, sagittal and coronal stacks are loaded without resampling"
+            f"series {series_uid}: oblique acquisition ({obliquity_deg(image):.1f} deg from the patient axes); "
+            f"only axial, sagittal and coronal stacks are loaded without resampling (rule resample_oblique)"
         )
-    oriented.SetDirection(tuple(np.eye(3).ravel()))
-    return oriented
+    return sitk.Resample(image, axial_grid(image), sitk.Transform(), interpolator, outside, image.GetPixelID())
+
+
+def _is_oblique(image: sitk.Image) -> bool:
+    direction = np.array(sitk.DICOMOrient(image, "LPS").GetDirection()).reshape(3, 3)
+    return float(np.abs(direction - np.eye(3)).max()) > ORIENTATION_TOLERANCE
 
 
 def _acquisition_plane(normal: np.ndarray) -> str:
@@ -239,8 +282,12 @@ def _read_frames(instances: dict[str, InstanceHeader], planes: list[FramePlane])
     return out
 
 
-def load_series_volume(series: SeriesEntry) -> MRVolume:
-    """Build the series' volume, rescaled to float32 and reoriented to axial LPS."""
+def load_series_volume(series: SeriesEntry, *, resample_oblique: bool = False) -> MRVolume:
+    """Build the series' volume, rescaled to float32 and reoriented to axial LPS.
+
+    ``resample_oblique``: interpolate an oblique acquisition (linear) onto an axial grid
+    instead of refusing it; ``source_sop_uids`` then lists the slices nearest each voxel.
+    """
     instances = {i.sop_uid: i for i in series.instances if i.is_mr_image}
     planes = [p for inst in instances.values() for p in frame_planes(inst)]
     planes, slice_spacing, normal = sort_planes(series.series_uid, planes)
@@ -255,14 +302,22 @@ def load_series_volume(series: SeriesEntry) -> MRVolume:
         np.broadcast_to(np.arange(len(planes), dtype=np.int32)[:, None, None], voxels.shape).copy()
     )
     provenance.CopyInformation(image)
-    oriented = orient_to_axial_lps(image, series.series_uid)
-    provenance = orient_to_axial_lps(provenance, series.series_uid)
+    oriented = orient_to_axial_lps(image, series.series_uid, resample_oblique=resample_oblique)
+    provenance = orient_to_axial_lps(
+        provenance, series.series_uid, resample_oblique=resample_oblique,
+        interpolator=sitk.sitkNearestNeighbor, outside=-1,
+    )
     index = sitk.GetArrayViewFromImage(provenance)
     source: list[tuple[str, ...]] = []
     for k in range(index.shape[0]):
-        uids = [planes[i].sop_uid for i in np.unique(index[k])]
+        uids = [planes[i].sop_uid for i in np.unique(index[k]) if i >= 0]
         source.append(tuple(dict.fromkeys(uids)))
     plane = _acquisition_plane(normal)
+    oblique = _is_oblique(image)
+    angle = obliquity_deg(image) if oblique else 0.0
+    resampled = resample_oblique and oblique
+    if resampled:
+        logger.warning("series %s: oblique by %.1f deg, resampled onto an axial grid", series.series_uid, angle)
     logger.info(
         "series %s: %d %s frames -> volume %s at %s mm",
         series.series_uid, len(planes), plane, oriented.GetSize(),
@@ -273,4 +328,7 @@ def load_series_volume(series: SeriesEntry) -> MRVolume:
         image=sitk.Cast(oriented, sitk.sitkFloat32),
         source_sop_uids=tuple(source),
         acquisition_plane=plane,
+        acquired=image,
+        obliquity_deg=angle,
+        resampled=resampled,
     )

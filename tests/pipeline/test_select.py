@@ -146,4 +146,4 @@ def test_rules_are_validated_and_serialisable() -> None:
         SelectionRules(lesion_label_pattern="(unclosed")
     rules = SelectionRules(lesion_label_pattern="(?i)resected")
     assert json.loads(json.dumps(rules.to_dict()))["lesion_label_pattern"] == "(?i)resected"
-    assert len(rules.to_dict()) == 6
+    assert len(rules.to_dict()) == 7

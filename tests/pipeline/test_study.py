@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from pipeline.errors import MaskError, VolumeError
 from pipeline.phantom import PhantomStudy
 from pipeline.study import LoadedStudy, SelectionRules, load_study
-from tests.pipeline.test_masks import ball_mask, make_seg
+from tests.pipeline.test_masks import ball_contours, ball_mask, make_rtstruct, make_seg
 from tests.pipeline.test_volume import make_mr_series, ramp, write_datasets
 
 GEOMETRIES = ("axial2d", "axial3d", "sagittal3d", "enhanced")
@@ -115,7 +115,8 @@ def test_synthetic_study_record(tmp_path: Path) -> None:
     assert record["mask_sop_instance_uid"] == datasets[-1].SOPInstanceUID
     assert record["rule"] == "only usable mask"
     assert record["volume"] == {
-        "acquisition_plane": "axial", "size": [16, 16, 6], "spacing_mm": [1.0, 1.0, 2.0], "origin_mm": [-8.0, -8.0, 0.0],
+        "acquisition_plane": "axial", "obliquity_deg": 0.0, "resampled_from_oblique": False,
+        "size": [16, 16, 6], "spacing_mm": [1.0, 1.0, 2.0], "origin_mm": [-8.0, -8.0, 0.0],
     }
     assert study.source_sop_uids == tuple((ds.SOPInstanceUID,) for ds in datasets[:6])
     assert study.brain is None
@@ -131,3 +132,31 @@ def test_load_study_reports_volume_and_mask_errors(tmp_path: Path) -> None:
     _synthetic_study(tmp_path / "plain")
     with pytest.raises(MaskError, match="no non-empty lesion segment or ROI among: 1 'Lesion'"):
         load_study(tmp_path / "plain", SelectionRules(lesion_label_pattern="^$", exclude_label_pattern="Lesion"))
+
+
+def test_oblique_study_refused_by_default_and_resampled_on_request(tmp_path: Path) -> None:
+    c, s = math.cos(math.radians(15)), math.sin(math.radians(15))
+    source = make_mr_series(ramp((14, 24, 24)), orientation=((1.0, 0.0, 0.0), (0.0, c, s)),
+                            origin=(-12.0, -12.0, -6.0), spacing=(1.0, 1.0, 1.0))
+    centre, radius = (0.5, 0.2, 1.0), 4.5
+    seg = make_seg(source, {"Lesion": ball_mask(source, centre, radius)})
+    structure_set = make_rtstruct(source, {"GTV": ball_contours(source, centre, radius)})
+    write_datasets(source, tmp_path / "seg")
+    write_datasets([seg], tmp_path / "seg")
+    write_datasets(source, tmp_path / "rt")
+    write_datasets([structure_set], tmp_path / "rt")
+    with pytest.raises(VolumeError, match=r"oblique acquisition \(15\.0 deg from the patient axes\)"):
+        load_study(tmp_path / "seg")
+    rules = SelectionRules(resample_oblique=True)
+    from_seg, from_rt = load_study(tmp_path / "seg", rules), load_study(tmp_path / "rt", rules)
+    assert from_seg.selection["volume"]["resampled_from_oblique"] is True
+    assert from_seg.selection["volume"]["obliquity_deg"] == pytest.approx(15.0, abs=1e-3)
+    for study in (from_seg, from_rt):
+        assert study.image.GetDirection() == tuple(np.eye(3).ravel())
+        error = np.abs(lesion_centroid_mm(study) - np.array(centre))
+        assert np.all(error <= 0.5), error
+    a = sitk.GetArrayViewFromImage(from_seg.lesion) > 0
+    b = sitk.GetArrayViewFromImage(from_rt.lesion) > 0
+    assert 2.0 * float((a & b).sum()) / float(a.sum() + b.sum()) >= 0.95
+    volume_mm3 = 4.0 / 3.0 * math.pi * radius**3
+    assert float(a.sum()) == pytest.approx(volume_mm3, rel=0.05)

@@ -305,3 +305,27 @@ def test_enhanced_multiframe_per_frame_rescale(tmp_path: Path) -> None:
     volume = load([multi], tmp_path)
     expected = values * np.array([1.0, 2.0, 4.0])[:, None, None] + 10.0
     np.testing.assert_allclose(sitk.GetArrayFromImage(volume.image), expected)
+
+
+def test_oblique_acquisition_resampled_when_the_rule_allows(tmp_path: Path) -> None:
+    c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+    orientation = ((1.0, 0.0, 0.0), (0.0, c, s))
+    k, r, col = np.indices((8, 12, 10))
+    values = 100 + 3 * col + 2 * r + 5 * k  # linear: trilinear interpolation reproduces it exactly
+    datasets = make_mr_series(values, orientation=orientation, spacing=(1.0, 1.0, 1.5))
+    write_datasets(datasets, tmp_path)
+    volume = load_series_volume(next(iter(index_study(tmp_path).series.values())), resample_oblique=True)
+    assert volume.resampled and volume.obliquity_deg == pytest.approx(20.0, abs=1e-3)
+    image = volume.image
+    assert image.GetDirection() == tuple(np.eye(3).ravel())
+    assert image.GetSpacing() == pytest.approx((1.0, 1.0, 1.5))
+    acquired = volume.acquired
+    checked = 0
+    for index in np.ndindex(*image.GetSize()):
+        point = image.TransformIndexToPhysicalPoint(index)
+        ijk = np.array(acquired.TransformPhysicalPointToContinuousIndex(point))
+        if np.all(ijk >= 0) and np.all(ijk <= np.array(acquired.GetSize()) - 1):
+            assert image[index] == pytest.approx(100 + 3 * ijk[0] + 2 * ijk[1] + 5 * ijk[2], abs=1e-3)
+            checked += 1
+    assert checked > 300
+    assert all(len(uids) >= 1 for uids in volume.source_sop_uids)
