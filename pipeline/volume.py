@@ -9,8 +9,13 @@ projection of their position; anything that is not one regular stack is a Volume
 The volume is then permuted/flipped, without interpolation, to direction identity in LPS
 (SimpleITK DICOMOrient), so index k runs over axial slices whatever plane was acquired.
 Oblique acquisitions (slice axes more than ``ORIENTATION_TOLERANCE`` from a patient axis) are
-refused: resampling them would interpolate the image and blur the mapping from axial slices
-back to source SOP instances that the report relies on.
+refused by default: resampling interpolates the image (the paper's model saw acquired slices)
+and blurs the mapping from axial slices back to source SOP instances; with
+``resample_oblique`` they are resampled (linear) onto an axial grid at the acquired spacing.
+
+Tolerances: direction cosines 1e-3; slice spacing 1 % of the median spacing, pixel spacing
+1 % of the pixel spacing, slice positions 1 % of the distance along the normal (about
+0.6 deg of tilt), each with a 0.025 mm floor so positions written with two decimals pass.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ logger = logging.getLogger(__name__)
 ORIENTATION_TOLERANCE = 1e-3  # on direction cosines
 SPACING_RELATIVE_TOLERANCE = 0.01  # of the median slice spacing
 TILT_TOLERANCE = 0.01  # lateral shift per mm along the normal (about 0.6 degrees)
+POSITION_ROUNDING_MM = 0.025  # absolute floor (mm): positions written with two decimals still pass
 
 
 @dataclass(frozen=True)
@@ -189,15 +195,15 @@ def sort_planes(series_uid: str, planes: list[FramePlane]) -> tuple[list[FramePl
     shift = positions - positions[0]
     along = shift @ normal
     lateral = np.linalg.norm(shift - np.outer(along, normal), axis=1)
-    ratio = lateral[1:] / np.abs(along[1:])
-    if float(ratio.max()) > TILT_TOLERANCE:
-        angle = math.degrees(math.atan(float(ratio.max())))
+    tilted = lateral[1:] > TILT_TOLERANCE * np.abs(along[1:]) + POSITION_ROUNDING_MM
+    if tilted.any():
+        angle = math.degrees(math.atan(float((lateral[1:] / np.abs(along[1:]))[tilted].max())))
         raise VolumeError(
             f"series {series_uid}: slice positions are not along the slice normal "
             f"(gantry tilt or shear of about {angle:.1f} deg)"
         )
     low, high = float(diffs.min()), float(diffs.max())
-    if high - low > SPACING_RELATIVE_TOLERANCE * median:
+    if high - low > max(SPACING_RELATIVE_TOLERANCE * median, POSITION_ROUNDING_MM):
         gap = int(np.argmax(diffs))
         where = 0.5 * (proj[gap] + proj[gap + 1])
         raise VolumeError(

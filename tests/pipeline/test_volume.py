@@ -329,3 +329,12 @@ def test_oblique_acquisition_resampled_when_the_rule_allows(tmp_path: Path) -> N
             checked += 1
     assert checked > 300
     assert all(len(uids) >= 1 for uids in volume.source_sop_uids)
+
+
+def test_positions_rounded_to_two_decimals_still_form_a_volume(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((6, 4, 4)), spacing=(0.5, 0.5, 0.6), origin=(0.0, 0.0, 0.0))
+    z = [0.0, 0.61, 1.2, 1.8, 2.39, 3.0]  # spacing 0.59 to 0.61 mm: 3 % of 0.6 mm, but rounding
+    for k, ds in enumerate(datasets):
+        ds.ImagePositionPatient = [0.01 * (k % 2), 0.0, z[k]]
+    volume = load(datasets, tmp_path)
+    assert volume.image.GetSpacing()[2] == pytest.approx(0.6, abs=1e-3)
