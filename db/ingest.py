@@ -1,8 +1,11 @@
 """Recording received instances: study, series and instance rows plus the study's waiting job.
 
 Called by the SCP after the file is durable in the archive and before the success status
-goes back, in one transaction. Safe with several associations and processes at once: the
-unique SOP Instance UID and the one-active-job-per-study index decide races.
+goes back. The common case (a new instance) is a handful of Core statements in one
+transaction: upsert study, upsert series, insert instance, touch the study's active job.
+A SOP Instance UID seen before falls back to a comparison of content (duplicate or
+conflict). Safe with several associations and processes: the unique SOP Instance UID and
+the one-active-job-per-study index decide races.
 """
 
 from __future__ import annotations
@@ -11,19 +14,23 @@ import enum
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, case, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import ACTIVE_JOB_STATES, Instance, Job, JobState, Series, Study, utcnow
+from db.models import ACTIVE_JOB_PREDICATE_SQL, ACTIVE_JOB_STATES, Instance, Job, JobState, Series, Study, utcnow
 
-__all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "find_instance", "MASK_MODALITIES"]
+__all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "find_instance", "MASK_MODALITIES", "ARRIVING_REASON"]
 
 log = logging.getLogger(__name__)
 
 MASK_MODALITIES = ("SEG", "RTSTRUCT")
 ARRIVING_REASON = "study still arriving"
+#: The predicate of the partial unique index uq_job_active_per_study, word for word.
+ACTIVE_JOB_PREDICATE = text(ACTIVE_JOB_PREDICATE_SQL)
 
 
 @dataclass(frozen=True)
@@ -56,29 +63,33 @@ def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
     return session.scalars(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)).one_or_none()
 
 
-def record_instance(session: Session, record: InstanceRecord, now: datetime | None = None) -> RecordOutcome:
-    """Record ``record`` and mark its study as having just received something.
+def record_instance(
+    sessions: sessionmaker[Session], record: InstanceRecord, now: datetime | None = None
+) -> RecordOutcome:
+    """Record ``record`` (committed when this returns) and restart its study's quiet time.
 
-    The caller commits. A new instance restarts the study's quiet time and makes sure the
-    study has a waiting job (a queued job goes back to waiting: the study is still arriving).
+    A new instance makes sure the study has a waiting job (a queued job goes back to
+    waiting: the study is still arriving). A known SOP Instance UID changes nothing but
+    the quiet time (same content) or the instance's conflict count (other content).
     """
     now = now or utcnow()
-    existing = find_instance(session, record.sop_instance_uid)
-    if existing is None:
-        try:
-            with session.begin_nested():
-                return _insert(session, record, now)
-        except IntegrityError:
-            # Another association recorded the same SOP Instance UID a moment ago.
-            existing = find_instance(session, record.sop_instance_uid)
-            if existing is None:
-                raise
-    return _compare(session, existing, record, now)
+    try:
+        with sessions.begin() as session:
+            _insert_new(session, record, now)
+        return RecordOutcome.NEW
+    except IntegrityError:
+        pass  # the SOP Instance UID is known (or another association just recorded it)
+    with sessions.begin() as session:
+        existing = find_instance(session, record.sop_instance_uid)
+        if existing is None:
+            raise RuntimeError(f"instance {record.sop_instance_uid} violates a constraint but is not recorded")
+        return _compare(existing, record, now)
 
 
-def _compare(session: Session, existing: Instance, record: InstanceRecord, now: datetime) -> RecordOutcome:
+def _compare(existing: Instance, record: InstanceRecord, now: datetime) -> RecordOutcome:
+    study = existing.series.study
+    study.last_received_at = max(study.last_received_at, now)
     if existing.sha256 == record.sha256:
-        existing.series.study.last_received_at = max(existing.series.study.last_received_at, now)
         return RecordOutcome.DUPLICATE
     existing.conflict_count += 1
     existing.last_conflict_at = now
@@ -91,87 +102,100 @@ def _compare(session: Session, existing: Instance, record: InstanceRecord, now: 
     return RecordOutcome.CONFLICT
 
 
-def _insert(session: Session, record: InstanceRecord, now: datetime) -> RecordOutcome:
-    study = _get_or_create_study(session, record.study_uid, now)
-    series = _get_or_create_series(session, study, record, now)
-    session.add(
-        Instance(
-            sop_instance_uid=record.sop_instance_uid,
-            sop_class_uid=record.sop_class_uid,
-            series=series,
-            transfer_syntax_uid=record.transfer_syntax_uid,
-            path=record.path,
-            size_bytes=record.size_bytes,
-            sha256=record.sha256,
-            received_at=now,
-            calling_aet=record.calling_aet,
-            referenced_series_uids=list(record.referenced_series_uids),
-        )
+@dataclass(frozen=True)
+class _Statements:
+    """The new-instance statements, built once per dialect (SQLAlchemy's statement building
+    costs more than SQLite running them); Core on tables, values bound per call."""
+
+    upsert_study: Any
+    upsert_series: Any
+    insert_instance: Any
+    touch_job: Any
+    insert_job: Any
+
+
+_STATEMENTS: dict[str, _Statements] = {}
+
+
+def _statements(dialect: str) -> _Statements:
+    cached = _STATEMENTS.get(dialect)
+    if cached is not None:
+        return cached
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    study_t, series_t, instance_t, job_t = Study.__table__, Series.__table__, Instance.__table__, Job.__table__
+    study = insert(study_t).values(
+        study_uid=bindparam("study_uid"), first_received_at=bindparam("now"), last_received_at=bindparam("now")
     )
-    series.instance_count += 1
-    series.last_received_at = now
-    study.instance_count += 1
-    study.last_received_at = max(study.last_received_at, now)
-    session.flush()
-    _touch_active_job(session, study, now)
-    return RecordOutcome.NEW
-
-
-def _get_or_create_study(session: Session, study_uid: str, now: datetime) -> Study:
-    study = session.scalars(select(Study).where(Study.study_uid == study_uid)).one_or_none()
-    if study is not None:
-        return study
-    try:
-        with session.begin_nested():
-            study = Study(study_uid=study_uid, first_received_at=now, last_received_at=now, instance_count=0)
-            session.add(study)
-            session.flush()
-            return study
-    except IntegrityError:
-        return session.scalars(select(Study).where(Study.study_uid == study_uid)).one()
-
-
-def _get_or_create_series(session: Session, study: Study, record: InstanceRecord, now: datetime) -> Series:
-    series = session.scalars(select(Series).where(Series.series_uid == record.series_uid)).one_or_none()
-    if series is not None:
-        return series
-    try:
-        with session.begin_nested():
-            series = Series(
-                series_uid=record.series_uid,
-                study=study,
-                modality=record.modality,
-                series_number=record.series_number,
-                series_description=record.series_description[:64],
-                frame_of_reference_uid=record.frame_of_reference_uid,
-                instance_count=0,
-                last_received_at=now,
+    study = study.on_conflict_do_update(
+        index_elements=[study_t.c.study_uid],
+        set_={
+            "last_received_at": case(
+                (study.excluded.last_received_at > study_t.c.last_received_at, study.excluded.last_received_at),
+                else_=study_t.c.last_received_at,
             )
-            session.add(series)
-            session.flush()
-            return series
-    except IntegrityError:
-        return session.scalars(select(Series).where(Series.series_uid == record.series_uid)).one()
+        },
+    ).returning(study_t.c.id)
+    series = insert(series_t).values(
+        series_uid=bindparam("series_uid"),
+        study_id=bindparam("study_id"),
+        modality=bindparam("modality"),
+        series_number=bindparam("series_number"),
+        series_description=bindparam("series_description"),
+        frame_of_reference_uid=bindparam("frame_of_reference_uid"),
+        last_received_at=bindparam("now"),
+    )
+    series = series.on_conflict_do_update(
+        index_elements=[series_t.c.series_uid], set_={"last_received_at": series.excluded.last_received_at}
+    ).returning(series_t.c.id)
+    statements = _Statements(
+        upsert_study=study,
+        upsert_series=series,
+        insert_instance=insert(instance_t),
+        touch_job=update(job_t)
+        .where(job_t.c.study_id == bindparam("job_study_id"), ACTIVE_JOB_PREDICATE)
+        .values(state=JobState.WAITING, reason=ARRIVING_REASON, updated_at=bindparam("now"), queued_at=None),
+        insert_job=insert(job_t)
+        .values(study_id=bindparam("study_id"), state=JobState.WAITING, reason=ARRIVING_REASON, trigger="arrival",
+                attempts=0, created_at=bindparam("now"), updated_at=bindparam("now"))
+        .on_conflict_do_nothing(index_elements=[job_t.c.study_id], index_where=ACTIVE_JOB_PREDICATE),
+    )
+    _STATEMENTS[dialect] = statements
+    return statements
 
 
-def _touch_active_job(session: Session, study: Study, now: datetime) -> None:
-    job = session.scalars(
-        select(Job).where(Job.study_id == study.id, Job.state.in_(ACTIVE_JOB_STATES))
-    ).one_or_none()
-    if job is None:
-        try:
-            with session.begin_nested():
-                session.add(
-                    Job(study=study, state=JobState.WAITING, reason=ARRIVING_REASON, created_at=now, updated_at=now)
-                )
-                session.flush()
-        except IntegrityError:
-            pass  # another association made the study's waiting job
-        return
-    if job.state is JobState.QUEUED:
-        log.info("study %s received more instances; job %d back to waiting", study.study_uid, job.id,
-                 extra={"study_uid": study.study_uid, "job_id": job.id})
-        job.queued_at = None
-    job.state = JobState.WAITING
-    job.reason = ARRIVING_REASON
-    job.updated_at = now
+def _insert_new(session: Session, record: InstanceRecord, now: datetime) -> None:
+    connection = session.connection()
+    sql = _statements(connection.dialect.name)
+    study_id = connection.execute(sql.upsert_study, {"study_uid": record.study_uid, "now": now}).scalar_one()
+    series_id = connection.execute(
+        sql.upsert_series,
+        {
+            "series_uid": record.series_uid,
+            "study_id": study_id,
+            "modality": record.modality,
+            "series_number": record.series_number,
+            "series_description": record.series_description[:64],
+            "frame_of_reference_uid": record.frame_of_reference_uid,
+            "now": now,
+        },
+    ).scalar_one()
+    connection.execute(
+        sql.insert_instance,
+        {
+            "sop_instance_uid": record.sop_instance_uid,
+            "sop_class_uid": record.sop_class_uid,
+            "series_id": series_id,
+            "transfer_syntax_uid": record.transfer_syntax_uid,
+            "path": record.path,
+            "size_bytes": record.size_bytes,
+            "sha256": record.sha256,
+            "received_at": now,
+            "calling_aet": record.calling_aet,
+            "referenced_series_uids": list(record.referenced_series_uids),
+            "conflict_count": 0,
+        },
+    )
+    # The study's waiting job now says "still arriving"; a queued one goes back to waiting
+    # (the quiet time restarted); a study without an active job gets a waiting one.
+    if not connection.execute(sql.touch_job, {"job_study_id": study_id, "now": now}).rowcount:
+        connection.execute(sql.insert_job, {"study_id": study_id, "now": now})

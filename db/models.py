@@ -63,6 +63,8 @@ class JobState(str, enum.Enum):
 
 #: States in which a study may hold at most one job (the queueing lock).
 ACTIVE_JOB_STATES = (JobState.WAITING, JobState.QUEUED)
+ACTIVE_JOB_PREDICATE_SQL = "state IN ('waiting', 'queued')"
+
 
 
 class DeliveryState(str, enum.Enum):
@@ -83,7 +85,6 @@ class Study(Base):
     study_uid: Mapped[str] = mapped_column(UID, unique=True)
     first_received_at: Mapped[datetime] = mapped_column(DateTime)
     last_received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
-    instance_count: Mapped[int] = mapped_column(Integer, default=0)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.id")
@@ -99,7 +100,6 @@ class Series(Base):
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     series_description: Mapped[str] = mapped_column(String(64), default="")
     frame_of_reference_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
-    instance_count: Mapped[int] = mapped_column(Integer, default=0)
     last_received_at: Mapped[datetime] = mapped_column(DateTime)
 
     study: Mapped[Study] = relationship(back_populates="series")
@@ -137,8 +137,8 @@ class Job(Base):
             "uq_job_active_per_study",
             "study_id",
             unique=True,
-            sqlite_where=text("state IN ('waiting', 'queued')"),
-            postgresql_where=text("state IN ('waiting', 'queued')"),
+            sqlite_where=text(ACTIVE_JOB_PREDICATE_SQL),
+            postgresql_where=text(ACTIVE_JOB_PREDICATE_SQL),
         ),
         Index("ix_job_state_queued_at", "state", "queued_at"),
     )

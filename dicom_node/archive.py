@@ -87,29 +87,26 @@ class Archive:
                 f"archive {self.root}: {free // 2**20} MiB free, reserve is {self.free_space_reserve_bytes // 2**20} MiB",
             )
 
-    def store(self, relative_path: str, data: bytes, *, replace_existing: bool = False) -> StoredFile:
+    def store(self, relative_path: str, data: bytes) -> StoredFile:
         """Write ``data`` at ``relative_path`` durably, never leaving a partial file there.
 
-        An existing file is kept (``written=False``) unless ``replace_existing``, which is only
-        for a file that was never registered (a crash between write and record).
+        An existing file is never replaced (``written=False``; ``identical`` says whether it
+        holds the same bytes).
         """
-        self.check_free_space(len(data))
         digest = hashlib.sha256(data).hexdigest()
         final = self.root / relative_path
-        if final.exists() and not replace_existing:
+        if final.exists():
             return StoredFile(relative_path, len(data), digest, written=False, identical=_sha256(final) == digest)
+        self.check_free_space(len(data))
         folder = final.parent
         self._make_folders(folder)
         tmp = folder / f".{final.name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
         try:
             self._write(tmp, data)
-            if replace_existing:
-                os.replace(tmp, final)
-            else:
-                try:
-                    os.link(tmp, final)
-                except FileExistsError:
-                    return StoredFile(relative_path, len(data), digest, written=False, identical=_sha256(final) == digest)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:  # another association wrote it a moment ago
+                return StoredFile(relative_path, len(data), digest, written=False, identical=_sha256(final) == digest)
             if self.fsync:
                 _fsync_dir(folder)
         except OSError as exc:

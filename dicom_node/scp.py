@@ -23,7 +23,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.ingest import InstanceRecord, RecordOutcome, find_instance, record_instance
+from db.ingest import InstanceRecord, RecordOutcome, record_instance
 from dicom_node.archive import Archive, ArchiveFull, InvalidUID
 from dicom_node.config import Config
 from dicom_node.instance_header import InstanceHeader, NonConformant, SOPClassMismatch, read_header
@@ -188,30 +188,20 @@ def _archive_and_record(
         calling_aet=calling_aet,
         referenced_series_uids=header.referenced_series_uids,
     )
-    with sessions.begin() as session:
-        known = find_instance(session, header.sop_instance_uid) is not None
-    if known:
-        # Already archived: nothing is written; the database compares the content.
-        outcome = _record(sessions, replace(record, sha256=hashlib.sha256(encoded).hexdigest()))
+    stored = archive.store(relative, encoded)
+    if stored.written or stored.identical:
+        outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
     else:
-        stored = archive.store(relative, encoded)
-        if stored.written or stored.identical:
-            outcome = _record(sessions, replace(record, sha256=stored.sha256))
-        else:
-            # A complete file from an earlier send that was never recorded (a crash before
-            # the commit, or another association in flight): it is the first copy.
-            data = archive.path(relative).read_bytes()
-            _record(sessions, replace(record, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
-            outcome = _record(sessions, replace(record, sha256=stored.sha256))
+        # A file with other bytes is there: the recorded first copy (a conflict), or a
+        # complete file from an earlier send never recorded (a crash before the commit):
+        # either way it is the first copy; it is recorded, and this send counted against it.
+        data = archive.path(relative).read_bytes()
+        record_instance(sessions, replace(record, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
+        outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
     counters.add({RecordOutcome.NEW: "stored", RecordOutcome.DUPLICATE: "duplicates", RecordOutcome.CONFLICT: "conflicts"}[outcome])
     log.debug("C-STORE %s from %s: %s", header.sop_instance_uid, calling_aet, outcome.value,
               extra={"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid})
     return Status.SUCCESS
-
-
-def _record(sessions: sessionmaker[Session], record: InstanceRecord) -> RecordOutcome:
-    with sessions.begin() as session:
-        return record_instance(session, record)
 
 
 def make_ssl_context(certificate: str, private_key: str, ca_certificates: str = "") -> ssl.SSLContext:
