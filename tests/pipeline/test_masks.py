@@ -294,3 +294,19 @@ def test_fill_polygon_concave_and_self_intersecting() -> None:
     # Vertices exactly on voxel centres are counted once (half-open scanlines).
     square = fill_polygon(np.array([0.0, 3.0, 3.0, 0.0]), np.array([0.0, 0.0, 3.0, 3.0]), (5, 5))
     assert square.sum() == 9
+
+
+def test_empty_lesion_segment_and_contours_off_the_image(tmp_path: Path, axial) -> None:
+    source, volume, lesion, _ = axial
+    seg = make_seg(source, {"Lesion": np.zeros_like(lesion)})
+    with pytest.raises(MaskError) as err:
+        load_seg_mask(_write(seg, tmp_path), volume.image, SelectionRules())
+    assert str(err.value) == f"mask {seg.SOPInstanceUID}: no non-empty lesion segment or ROI among: 1 'Lesion' (0 voxels)"
+    # Contours drawn 100 mm above the last slice land on no voxel.
+    structure_set = make_rtstruct(source, {"GTV": ball_contours(source, (0.0, 0.0, 9.0), 4.0)})
+    for roi in structure_set.ROIContourSequence:
+        for contour in roi.ContourSequence:
+            points = np.asarray(contour.ContourData, float).reshape(-1, 3) + [0.0, 0.0, 100.0]
+            contour.ContourData = [float(v) for v in points.ravel()]
+    with pytest.raises(MaskError, match=r"no non-empty lesion segment or ROI among: 1 'GTV' \(0 voxels\)"):
+        load_rtstruct_mask(structure_set, volume.image, SelectionRules())
