@@ -78,8 +78,8 @@ class SeriesEntry:
 
     @property
     def is_mr_image_series(self) -> bool:
-        """True when every instance is an MR image (single- or multi-frame)."""
-        return all(i.is_mr_image for i in self.instances)
+        """True when the series holds MR images (single- or multi-frame); others beside them are ignored."""
+        return any(i.is_mr_image for i in self.instances)
 
 
 @dataclass(frozen=True)

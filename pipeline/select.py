@@ -133,11 +133,11 @@ def _mask_datetime(mask: InstanceHeader) -> str:
     return ""
 
 
-def _judge(mask: InstanceHeader, index: StudyIndex, rules: SelectionRules) -> tuple[str | None, str]:
-    """Return (series_uid, "") when usable, else (None, reason)."""
+def _judge(mask: InstanceHeader, index: StudyIndex, rules: SelectionRules) -> tuple[str | None, str, str | None]:
+    """Return (series_uid, "", note) when usable, else (None, reason, None)."""
     refs = referenced_series_uids(mask, index)
     if not refs:
-        return None, "references no image series"
+        return None, "references no image series", None
     present = [uid for uid in refs if uid in index.series]
     images = [
         uid for uid in present
@@ -145,23 +145,26 @@ def _judge(mask: InstanceHeader, index: StudyIndex, rules: SelectionRules) -> tu
     ]
     if not images:
         if not present:
-            return None, f"mask references series {refs[0]} which is not in the study"
+            return None, f"mask references series {refs[0]} which is not in the study", None
         kinds = ", ".join(f"{uid} is {index.series[uid].modality or 'of no modality'}" for uid in present)
-        return None, f"references no {rules.image_modality} series ({kinds})"
+        return None, f"references no {rules.image_modality} series ({kinds})", None
     # Several referenced MR series present (rare): the one with most instances/frames.
     def size(uid: str) -> int:
-        return sum(int(i.header.get("NumberOfFrames", 1) or 1) for i in index.series[uid].instances)
+        return sum(int(i.header.get("NumberOfFrames", 1) or 1) for i in index.series[uid].instances if i.is_mr_image)
 
     chosen = max(images, key=lambda uid: (size(uid), uid))
-    image_for = sorted(index.series[chosen].frame_of_reference_uids)
+    note = f"the largest of {len(images)} referenced {rules.image_modality} series" if len(images) > 1 else None
+    image_for = sorted(
+        {i.frame_of_reference_uid for i in index.series[chosen].instances if i.is_mr_image and i.frame_of_reference_uid}
+    )
     if len(image_for) > 1:
-        return None, f"series {chosen} has {len(image_for)} frames of reference"
+        return None, f"series {chosen} has {len(image_for)} frames of reference", None
     if mask.frame_of_reference_uid and image_for and mask.frame_of_reference_uid != image_for[0]:
         return None, (
             f"mask frame of reference differs from the image "
             f"({mask.frame_of_reference_uid} vs {image_for[0]} of series {chosen})"
-        )
-    return chosen, ""
+        ), None
+    return chosen, "", note
 
 
 def select_mask_and_series(index: StudyIndex, rules: SelectionRules | None = None) -> Selection:
@@ -175,7 +178,7 @@ def select_mask_and_series(index: StudyIndex, rules: SelectionRules | None = Non
     candidates: list[dict[str, Any]] = []
     usable: list[tuple[InstanceHeader, str, dict[str, Any]]] = []
     for mask in index.masks:
-        series_uid, reason = _judge(mask, index, rules)
+        series_uid, reason, note = _judge(mask, index, rules)
         entry: dict[str, Any] = {
             "sop_instance_uid": mask.sop_uid,
             "kind": mask.mask_kind,
@@ -185,6 +188,8 @@ def select_mask_and_series(index: StudyIndex, rules: SelectionRules | None = Non
             "image_series": series_uid,
             "rejected": reason or None,
         }
+        if note:
+            entry["image_series_rule"] = note
         candidates.append(entry)
         if series_uid is not None:
             usable.append((mask, series_uid, entry))

@@ -147,3 +147,24 @@ def test_rules_are_validated_and_serialisable() -> None:
     rules = SelectionRules(lesion_label_pattern="(?i)resected")
     assert json.loads(json.dumps(rules.to_dict()))["lesion_label_pattern"] == "(?i)resected"
     assert len(rules.to_dict()) == 7
+
+
+def test_structure_set_referencing_two_mr_series_takes_the_larger_and_says_so(tmp_path: Path) -> None:
+    small = _series()
+    study_uid, for_uid = str(small[0].StudyInstanceUID), str(small[0].FrameOfReferenceUID)
+    large = make_mr_series(ramp((6, 12, 12)), origin=(-6.0, -6.0, 0.0), study_uid=study_uid, frame_of_reference_uid=for_uid)
+    structure_set = _lesion_rtstruct(small)
+    study_ref = structure_set.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    extra = type(study_ref.RTReferencedSeriesSequence[0])()
+    extra.SeriesInstanceUID = large[0].SeriesInstanceUID
+    study_ref.RTReferencedSeriesSequence.append(extra)
+    # A non-image instance filed in the MR series (a screenshot) does not spoil it.
+    screenshot = make_mr_series(ramp((1, 4, 4)), study_uid=study_uid)[0]
+    screenshot.SeriesInstanceUID, screenshot.SOPClassUID = large[0].SeriesInstanceUID, "1.2.840.10008.5.1.4.1.1.7"
+    screenshot.file_meta.MediaStorageSOPClassUID = screenshot.SOPClassUID
+    write_datasets([*small, *large, screenshot, structure_set], tmp_path)
+    selection = _select(tmp_path)
+    assert selection.series.series_uid == large[0].SeriesInstanceUID
+    (candidate,) = selection.record["candidates"]
+    assert candidate["image_series_rule"] == "the largest of 2 referenced MR series"
+    assert candidate["referenced_series"][:2] == [small[0].SeriesInstanceUID, large[0].SeriesInstanceUID]
