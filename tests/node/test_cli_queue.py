@@ -114,3 +114,28 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     done = cli(config, "serve", timeout=30)
     assert done.returncode == 2
     assert "egfr-node db upgrade" in done.stderr
+
+
+def test_a_restart_inside_the_quiet_window_loses_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, stable=4.0, scan=0.2)
+    assert cli(config, "db", "upgrade").returncode == 0
+    node = start(config, "serve")
+    images = mr_series(3)
+    try:
+        wait_until_listening(port, node)
+        files = write_all([*images, mask_for(images, "RTSTRUCT")], tmp_path / "study")
+        done = subprocess.run([require_tool("storescu"), "-aec", "EGFR_NODE", "127.0.0.1", str(port), *map(str, files)],
+                              capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=60)
+        assert done.returncode == 0, done.stderr
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.communicate(timeout=30)
+    assert [j["state"] for j in queue_json(config)] == ["waiting"]
+    node = start(config, "worker")
+    try:
+        queued = wait_for(lambda: [j for j in queue_json(config) if j["state"] == "queued"])
+        assert queued[0]["study_uid"] == images[0].StudyInstanceUID
+    finally:
+        node.send_signal(signal.SIGINT)
+        node.communicate(timeout=30)

@@ -234,3 +234,36 @@ def test_below_the_free_space_reserve_answers_out_of_resources(config, runtime) 
             assert assoc.send_c_echo().Status == 0
     finally:
         node.stop()
+
+
+def test_scale_out_database_two_scps_share_postgresql(pg_url: str, tmp_path: Path) -> None:
+    """Two SCP processes' worth of nodes on one PostgreSQL and one archive, same instances at once."""
+    from db.migrate import upgrade
+    from dicom_node.runtime import open_runtime
+    from tests.conftest import make_config
+
+    config = make_config(tmp_path / "data", database_url=pg_url)
+    upgrade(pg_url)
+    runtimes = [open_runtime(config), open_runtime(config)]
+    nodes = [DicomNode(config, rt.archive, rt.sessions) for rt in runtimes]
+    for n in nodes:
+        n.start()
+    try:
+        images = mr_series(15)
+        mask = mask_for(images, "RTSTRUCT")
+        results: list[list[int]] = []
+        threads = [threading.Thread(target=lambda p=n.port: results.append(store(p, [*images, mask]))) for n in nodes * 2]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert results == [[0] * 16] * 4
+        with runtimes[0].sessions.begin() as s:
+            assert len(s.scalars(select(Instance)).all()) == 16
+            assert [j.state.value for j in s.scalars(select(Job))] == ["waiting"]
+        assert len(list((tmp_path / "data" / "archive").rglob("*.dcm"))) == 16
+    finally:
+        for n in nodes:
+            n.stop()
+        for rt in runtimes:
+            rt.close()
