@@ -41,10 +41,14 @@ class PreprocessParams:
 
     - ``bias_correction``: run N4 at all (True; the paper always corrects).
     - ``n4_shrink_spacing_mm``: N4 is estimated on the image shrunk, per axis, by the
-      integer factor ``max(1, round(n4_shrink_spacing_mm / spacing))``: 4.0 mm gives the
-      usual factor 4 on a 1 mm volume, and leaves a 5 mm slice axis unshrunk. A voxel size
-      rather than a fixed factor keeps the bias-field resolution the same for every
-      acquisition.
+      integer factor ``max(1, round(n4_shrink_spacing_mm / spacing))``; a 5 mm slice axis
+      stays unshrunk. A voxel size rather than a fixed factor keeps the bias-field
+      resolution the same for every acquisition. Default 6.0 mm (factor 6 on a 1 mm
+      volume) instead of the customary factor 4: measured on phantom heads (1 mm 3D and
+      5 mm 2D), the known field is removed equally well (residual log-field SD 0.003 at
+      6 mm vs 0.002 at 4 mm, against 0.06 before; correlation of the removed field with the
+      known one 0.999-1.000 for both) while N4 takes about a third of the time (2 s instead
+      of 6-9 s for 240x240x150 on 2 shared cores). Set 4.0 for the customary factor.
     - ``n4_box_margin_mm``: N4 is estimated only on the bounding box of the brain mask plus
       this margin (measured: 40% less N4 time on a 256x256x176 1 mm head than the whole
       field of view). The log bias field is evaluated at full resolution on that box
@@ -94,7 +98,7 @@ class PreprocessParams:
     """
 
     bias_correction: bool = True
-    n4_shrink_spacing_mm: float = 4.0
+    n4_shrink_spacing_mm: float = 6.0
     n4_box_margin_mm: float = 10.0
     n4_levels: int = 4
     n4_iterations: int = 50

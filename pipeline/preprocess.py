@@ -18,15 +18,24 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.bias import correct_bias_field
-from pipeline.brain import brain_mask
-from pipeline.crop import SliceSelection, crop_box, extract_crops, lesion_geometry, resize_crops, select_slices
+from pipeline.bias import BiasCorrection, correct_bias_field
+from pipeline.brain import BrainMask, brain_mask
+from pipeline.crop import (
+    CropBox,
+    LesionGeometry,
+    SliceSelection,
+    crop_box,
+    extract_crops,
+    lesion_geometry,
+    resize_crops,
+    select_slices,
+)
 from pipeline.errors import PreprocessError
-from pipeline.normalize import brain_statistics, zscore
+from pipeline.normalize import IntensityStats, brain_statistics, zscore
 from pipeline.params import PreprocessParams
 from pipeline.study import LoadedStudy
 
-__all__ = ["ModelInput", "preprocess"]
+__all__ = ["ModelInput", "PreparedVolume", "prepare", "model_input_from", "preprocess"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +66,43 @@ def _check_study(study: LoadedStudy) -> None:
         )
 
 
-def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> ModelInput:
-    """Run the preprocessing recipe on ``study`` (see module docstring).
+@dataclass(frozen=True)
+class PreparedVolume:
+    """The whole corrected volume and what the crop needs (step 1 of :func:`preprocess`).
 
-    Raises PreprocessError (one line) for an empty lesion, a lesion too close to the
-    first/last slice (``slice_edge_policy="error"``), an empty brain mask, or a brain
-    with constant intensity.
+    ``corrected``: float32 ``[k, j, i]`` bias-corrected intensities (z-score them with
+    ``stats``); ``bias``: the N4 result (None when ``bias_correction`` is off);
+    ``timings``: seconds per step so far.
     """
+
+    geometry: LesionGeometry
+    slices: SliceSelection
+    box: CropBox
+    brain: BrainMask
+    corrected: np.ndarray
+    stats: IntensityStats
+    bias: BiasCorrection | None
+    timings: dict[str, float]
+
+
+def _check_params(params: PreprocessParams | None) -> PreprocessParams:
     params = params if params is not None else PreprocessParams()
     if not isinstance(params, PreprocessParams):
         raise TypeError(f'Argument "params" must be a PreprocessParams, not {type(params).__name__}')
+    return params
+
+
+def prepare(study: LoadedStudy, params: PreprocessParams | None = None) -> PreparedVolume:
+    """Lesion geometry, slices and crop box (checked first), brain mask, N4, brain statistics.
+
+    Haim et al. 2022, "Preprocessing". Raises PreprocessError for an empty lesion, a lesion
+    too close to the first/last slice (``slice_edge_policy="error"``), an empty brain mask,
+    or a brain of constant intensity.
+    """
+    params = _check_params(params)
     _check_study(study)
     timings: dict[str, float] = {}
-    start = t = time.perf_counter()
+    t = time.perf_counter()
 
     def lap(name: str) -> None:
         nonlocal t
@@ -78,35 +111,39 @@ def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> Mo
         t = now
 
     image = study.image
-    lesion_arr = sitk.GetArrayViewFromImage(study.lesion)
     geometry = lesion_geometry(study.lesion)
     slices = select_slices(geometry, image.GetSize()[2], params)
-    box = crop_box(lesion_arr, geometry, slices, image.GetSpacing(), params)
+    box = crop_box(sitk.GetArrayViewFromImage(study.lesion), geometry, slices, image.GetSpacing(), params)
     lap("lesion_and_slices")
 
     brain = brain_mask(image, study.brain, params)
     lap("brain_mask")
 
-    bias_record: dict[str, Any] = {"applied": params.bias_correction}
+    bias: BiasCorrection | None = None
     if params.bias_correction:
         bias = correct_bias_field(image, brain.mask, params)
-        corrected = sitk.GetArrayViewFromImage(bias.corrected)
-        bias_record.update(
-            box_index=list(bias.box_index),
-            box_size=list(bias.box_size),
-            shrink=list(bias.shrink),
-            iterations_last_level=bias.iterations,
-            convergence_measure=bias.converged_measure,
-        )
+        corrected = sitk.GetArrayFromImage(bias.corrected)
     else:
         corrected = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     lap("bias_field")
 
     stats = brain_statistics(corrected, sitk.GetArrayViewFromImage(brain.mask))
     lap("zscore")
+    return PreparedVolume(geometry, slices, box, brain, corrected, stats, bias, timings)
 
+
+def model_input_from(
+    study: LoadedStudy, prepared: PreparedVolume, params: PreprocessParams | None = None
+) -> ModelInput:
+    """z-scored crops of the chosen slices, resized, repeated to channels (step 2 of :func:`preprocess`).
+
+    Haim et al. 2022, "DL analysis": mid-tumour slice +-2, cropped, resized to 96x96.
+    """
+    params = _check_params(params)
+    t = time.perf_counter()
+    slices, box, stats = prepared.slices, prepared.box, prepared.stats
     indices = np.asarray(slices.indices)
-    slab = zscore(corrected[indices], stats)
+    slab = zscore(prepared.corrected[indices], stats)
     local = SliceSelection(mid=slices.mid, indices=tuple(range(len(indices))), replicated=slices.replicated)
     if params.crop_pad_mode == "air":
         pad: float | None = float(zscore(np.zeros(1), stats)[0])
@@ -117,15 +154,15 @@ def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> Mo
     crops = extract_crops(slab, local, box, pad)
     resized = resize_crops(crops, params.output_size, params.interpolation)
     array = np.ascontiguousarray(np.repeat(resized[:, None], params.channels, axis=1), dtype=np.float32)
-    mask_crops = extract_crops(lesion_arr[indices].astype(np.float32), local, box, 0.0)
-    mask_resized = resize_crops(mask_crops, params.output_size, params.interpolation)
-    lap("crop_resize")
-    timings["total"] = round(time.perf_counter() - start, 4)
-
+    lesion_slab = sitk.GetArrayViewFromImage(study.lesion)[indices].astype(np.float32)
+    mask_resized = resize_crops(extract_crops(lesion_slab, local, box, 0.0), params.output_size, params.interpolation)
     if not np.isfinite(array).all():
         raise PreprocessError("model input has non-finite values after normalisation")
+    timings = dict(prepared.timings)
+    timings["crop_resize"] = round(time.perf_counter() - t, 4)
+    timings["total"] = round(sum(timings.values()), 4)
 
-    provenance = _provenance(study, params, geometry, slices, box, brain, bias_record, stats, timings, array)
+    provenance = _provenance(study, params, prepared, timings, array)
     logger.info(
         "preprocessed study %s series %s: slices %s, box %d px, %.2f s",
         study.study_uid,
@@ -137,7 +174,37 @@ def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> Mo
     return ModelInput(array=array, provenance=provenance, lesion_mask=mask_resized)
 
 
-def _provenance(study, params, geometry, slices, box, brain, bias_record, stats, timings, array) -> dict[str, Any]:
+def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> ModelInput:
+    """Run the preprocessing recipe on ``study``: :func:`prepare` then :func:`model_input_from`.
+
+    Raises PreprocessError (one line) for an empty lesion, a lesion too close to the
+    first/last slice (``slice_edge_policy="error"``), an empty brain mask, or a brain
+    with constant intensity.
+    """
+    params = _check_params(params)
+    return model_input_from(study, prepare(study, params), params)
+
+
+def _bias_record(bias: BiasCorrection | None) -> dict[str, Any]:
+    if bias is None:
+        return {"applied": False}
+    return {
+        "applied": True,
+        "box_index": list(bias.box_index),
+        "box_size": list(bias.box_size),
+        "shrink": list(bias.shrink),
+        "iterations_last_level": bias.iterations,
+        "convergence_measure": bias.converged_measure,
+    }
+
+
+def _provenance(
+    study: LoadedStudy, params: PreprocessParams, prepared: PreparedVolume, timings: dict[str, float], array: np.ndarray
+) -> dict[str, Any]:
+    geometry, slices, box, brain, stats = (
+        prepared.geometry, prepared.slices, prepared.box, prepared.brain, prepared.stats
+    )
+    bias_record = _bias_record(prepared.bias)
     image = study.image
     nk, nj, ni = image.GetSize()[2], image.GetSize()[1], image.GetSize()[0]
     z_mm = [float(image.TransformIndexToPhysicalPoint((0, 0, int(k)))[2]) for k in slices.indices]
