@@ -137,6 +137,8 @@ def load_seg_mask(path: Path, image: sitk.Image, rules: SelectionRules) -> Loade
         binary = (values >= 0.5) if fractional else (values > 0)
         volume = volume.with_array(binary.astype(np.uint8))
         source = _volume_to_sitk(volume)
+        if source.GetSize()[2] == 1:  # one frame: no spacing across it; reach the nearest image plane only
+            source.SetSpacing((*source.GetSpacing()[:2], 0.5 * min(image.GetSpacing())))
         aligned = _lattice_aligned(source, image)
         placed = sitk.Resample(source, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         array = sitk.GetArrayFromImage(placed)

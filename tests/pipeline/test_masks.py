@@ -310,3 +310,16 @@ def test_empty_lesion_segment_and_contours_off_the_image(tmp_path: Path, axial) 
             contour.ContourData = [float(v) for v in points.ravel()]
     with pytest.raises(MaskError, match=r"no non-empty lesion segment or ROI among: 1 'GTV' \(0 voxels\)"):
         load_rtstruct_mask(structure_set, volume.image, SelectionRules())
+
+
+def test_single_frame_seg_lands_on_one_thin_slice(tmp_path: Path) -> None:
+    source = make_mr_series(ramp((8, 12, 12)), origin=(-6.0, -6.0, 0.0), spacing=(1.0, 1.0, 0.4))
+    volume = load(source, tmp_path / "mr")
+    lesion = np.zeros((8, 12, 12), bool)
+    lesion[3, 4:7, 4:8] = True
+    seg = make_seg(source, {"Lesion": lesion})
+    for item in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence:  # as some writers do
+        del item.SpacingBetweenSlices
+    mask = load_seg_mask(_write(seg, tmp_path), volume.image, SelectionRules())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask.lesion), lesion.astype(np.uint8))
+    assert mask.record["segments"][0]["resampled"] is False
