@@ -61,6 +61,8 @@ class HeadModel:
     wm: np.ndarray  # float32 probability [z, y, x]
     gm: np.ndarray  # float32 probability [z, y, x]
     depth_mm: np.ndarray  # float32 distance inside the brain to its surface [z, y, x]
+    junction_lps: np.ndarray  # (N, 3) grey-white junction voxels (P(GM), P(WM) > 0.15), LPS mm
+    junction_depth_mm: np.ndarray  # (N,) their distance to the brain surface
 
     def to_index(self, points_lps: np.ndarray) -> np.ndarray:
         """Continuous array indices ``[z, y, x]`` (N, 3) of patient points (N, 3) in template space."""
@@ -116,4 +118,13 @@ def head_model() -> HeadModel:
     # Sulcal CSF inside the template mask stays dark; the cortex keeps the template contrast.
     image = sitk.GetImageFromArray(relative)
     image.CopyInformation(t1_image)
-    return HeadModel(t1c=image, brain=brain, wm=wm.astype(np.float32), gm=gm.astype(np.float32), depth_mm=depth)
+    junction = np.argwhere((gm > 0.15) & (wm > 0.15) & (depth >= 4.0))
+    junction_lps = _index_to_lps(t1_image, junction)
+    return HeadModel(t1c=image, brain=brain, wm=wm.astype(np.float32), gm=gm.astype(np.float32), depth_mm=depth,
+                     junction_lps=junction_lps, junction_depth_mm=depth[tuple(junction.T)])
+
+
+def _index_to_lps(image: sitk.Image, index_zyx: np.ndarray) -> np.ndarray:
+    origin, spacing = np.asarray(image.GetOrigin()), np.asarray(image.GetSpacing())
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    return (np.asarray(index_zyx, dtype=np.float64)[:, ::-1] * spacing) @ direction.T + origin

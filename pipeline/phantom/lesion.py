@@ -10,27 +10,27 @@ an enhancing rim of relative thickness ``rim`` (itself varying around the lesion
 vasogenic edema darkens white matter over ``edema_mm``.
 
 Relative intensities (white matter = 1.0): rim 1.55, solid tumour 1.2, necrosis 0.35,
-edema down to 0.78 x white matter.
+edema down to 0.7 x white matter.
 
 EGFR effect (``effect_size`` s in [0, 1]; 0 = the label carries no signal). An EGFR-positive
 lesion draws each parameter around ``negative + s * (positive - negative)`` of these means;
 a negative lesion draws around the negative mean. The spread between lesions is the same for
 both groups, so at moderate s the groups overlap, as real ones do:
 
-=====================  ========  ========
-parameter              negative  positive
-=====================  ========  ========
-rim (fraction of r)    0.30      0.14      thinner rim
-rim_irregularity       0.15      0.60      more irregular rim
-irregularity           0.06      0.16      more lobulated outline
-lobulation frequency   2.5       5.0       finer lobules
-core (fraction of r)   0.55      0.20      smaller necrotic core
-heterogeneity (SD)     0.04      0.22      more heterogeneous enhancement
-edema_mm               10        5         less edema
-volume cm3 (median)    1.21      0.96      paper Table 1
-P(cerebellar)          0.14      0.25      paper Table 1
-P(posterior cerebral)  0.15      0.30      parietal/occipital
-=====================  ========  ========
+=====================  ========  ========  ======
+parameter              negative  positive  SD
+=====================  ========  ========  ======
+rim (fraction of r)    0.30      0.16      0.05    thinner rim
+rim_irregularity       0.30      0.60      0.15    more irregular rim
+irregularity           0.08      0.15      0.03    more lobulated outline
+lobulation frequency   3.0       4.5       0.8     finer lobules
+core (fraction of r)   0.50      0.22      0.12    smaller necrotic core
+heterogeneity (SD)     0.06      0.18      0.04    more heterogeneous enhancement
+edema_mm               10        5         2.5     less edema
+volume cm3 (median)    1.21      0.96      -       paper Table 1
+P(cerebellar)          0.14      0.25      -       paper Table 1
+P(posterior cerebral)  0.15      0.30      -       parietal/occipital
+=====================  ========  ========  ======
 
 All of these show in the mid-lesion axial slice and its neighbours (the paper's model input).
 """
@@ -47,19 +47,19 @@ __all__ = ["EFFECT_TABLE", "Lesion", "sample_lesion", "sample_satellite"]
 
 # parameter: (negative mean, positive mean, spread SD shared by both groups)
 EFFECT_TABLE: dict[str, tuple[float, float, float]] = {
-    "rim": (0.30, 0.14, 0.04),
-    "rim_irregularity": (0.15, 0.60, 0.10),
-    "irregularity": (0.06, 0.16, 0.03),
-    "lobulation": (2.5, 5.0, 0.6),
-    "core": (0.55, 0.20, 0.10),
-    "heterogeneity": (0.04, 0.22, 0.04),
-    "edema_mm": (10.0, 5.0, 2.0),
+    "rim": (0.30, 0.16, 0.05),
+    "rim_irregularity": (0.30, 0.60, 0.15),
+    "irregularity": (0.08, 0.15, 0.03),
+    "lobulation": (3.0, 4.5, 0.8),
+    "core": (0.50, 0.22, 0.12),
+    "heterogeneity": (0.06, 0.18, 0.04),
+    "edema_mm": (10.0, 5.0, 2.5),
     "volume_cm3": (1.21, 0.96, 0.0),
     "p_cerebellar": (0.14, 0.25, 0.0),
     "p_posterior": (0.15, 0.30, 0.0),
 }
 
-RIM_VALUE, SOLID_VALUE, NECROSIS_VALUE, EDEMA_DROP = 1.55, 1.2, 0.35, 0.22
+RIM_VALUE, SOLID_VALUE, NECROSIS_VALUE, EDEMA_DROP = 1.55, 1.2, 0.35, 0.3
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -161,8 +161,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 def _place(head: HeadModel, region: str, reach: float, rng: np.random.Generator, avoid: np.ndarray | None) -> np.ndarray:
     """A centre at the grey-white junction, deep enough in the brain, in the asked region."""
-    zyx = np.argwhere((head.depth_mm >= reach) & (head.gm > 0.15) & (head.wm > 0.15))
-    lps = head.to_lps(zyx)
+    lps = head.junction_lps[head.junction_depth_mm >= reach]
     cerebellar = (lps[:, 2] < -18.0) & (lps[:, 1] > 40.0) & (lps[:, 2] > -50.0)
     posterior = (lps[:, 1] > 25.0) & (lps[:, 2] >= -18.0)
     regions = {"cerebellar": cerebellar, "posterior": posterior, "anywhere": lps[:, 2] > -50.0}

@@ -118,7 +118,6 @@ def _series_base(study: StudyMeta, grid: Grid, protocol: Protocol, series_uid: s
     if protocol.rescale_slope is not None:
         ds.RescaleIntercept = "0"
         ds.RescaleSlope = format_ds(protocol.rescale_slope)
-        ds.RescaleType = "US"
     return ds
 
 

@@ -1,6 +1,6 @@
 """Image formation: anatomy + lesions on the acquisition grid, bias field, Rician noise, scale.
 
-Thick slices (2D 5 mm) are integrated over the slab (five sub-planes averaged), so partial
+Thick slices (2D 5 mm) are integrated over the slab (three sub-planes averaged), so partial
 volume looks like a real 2D acquisition. The lesion mask is the analytic lesion sampled at
 voxel centres; its true centroid and volume are integrated on a 0.5 mm grid independently
 of the acquisition grid, so tests can check the written mask against them.
@@ -118,7 +118,7 @@ def _box(grid: Grid, pose: HeadPose, lesion: Lesion, reach_mm: float) -> tuple[n
 def _slab_offsets(grid: Grid) -> np.ndarray:
     if grid.slice_thickness <= 1.5 * min(grid.spacing[:2]):
         return np.zeros(1)
-    return np.array([-0.4, -0.2, 0.0, 0.2, 0.4]) * grid.slice_thickness / grid.spacing[2]
+    return np.array([-1.0, 0.0, 1.0]) / 3.0 * grid.slice_thickness / grid.spacing[2]
 
 
 def render(head: HeadModel, grid: Grid, pose: HeadPose, lesions: list[Lesion]) -> Rendered:

@@ -58,14 +58,16 @@ def _rng(*parts: object) -> np.random.Generator:
 def generate_study(out_dir: Path, *, seed: int, geometry: str = "axial2d", mask_kind: str = "seg",
                    egfr_positive: bool = False, patient_index: int = 0,
                    effect_size: float = DEFAULT_EFFECT_SIZE, satellite: bool | None = None,
-                   satellite_in_mask: bool | None = None, brain_segment: bool | None = None) -> PhantomStudy:
+                   satellite_in_mask: bool | None = None, brain_segment: bool | None = None,
+                   apply_bias_field: bool = True) -> PhantomStudy:
     """Write one phantom T1+c study with its lesion mask under ``out_dir/PHANTOM-nnnn``.
 
     The images depend on (seed, patient_index, geometry, egfr_positive, effect_size) only, so
     the same call with ``mask_kind`` "seg" and "rtstruct" writes the same image series with
     two kinds of mask. ``satellite`` (a second small lesion), ``satellite_in_mask`` (it is a
     second segment / ROI) and ``brain_segment`` (a "Brain" segment / ROI) are drawn at random
-    when None.
+    when None. ``apply_bias_field=False`` writes the same study without the bias field (the
+    returned ``bias_field`` is then flat), for tests of bias correction.
     """
     if geometry not in GEOMETRIES:
         raise ValueError(f'Argument "geometry" must be one of {", ".join(GEOMETRIES)}, not {geometry!r}')
@@ -86,6 +88,8 @@ def generate_study(out_dir: Path, *, seed: int, geometry: str = "axial2d", mask_
     rendered = render(head, grid, pose, lesions)
     bias = sample_bias_field(rng, np.asarray(pose.to_patient(np.array([[0.0, 18.0, 12.0]]))[0]))
     protocol = sample_protocol(geometry, study.field_strength, rng)
+    if not apply_bias_field:
+        bias = BiasField(bias.centre_lps, bias.half_extent_mm, tuple(0.0 for _ in bias.coefficients))
 
     # Bias field, Rician noise, intensity scale, 12-bit storage.
     wm_value = float(rng.uniform(300.0, 1300.0))
