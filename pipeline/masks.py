@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 _LATTICE_TOLERANCE = 0.01  # voxel fraction within which two grids' voxel centres coincide
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds images: identity, not value, equality
 class LoadedMask:
     """The chosen lesion (and brain, if any) as uint8 0/1 images on the MR grid."""
 

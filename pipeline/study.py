@@ -24,7 +24,7 @@ __all__ = ["LoadedStudy", "SelectionRules", "load_study"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds images: identity, not value, equality
 class LoadedStudy:
     """The chosen image and lesion of one study, voxel-aligned.
 

@@ -69,7 +69,7 @@ class FramePlane:
     slice_spacing_hint: float | None  # SpacingBetweenSlices or SliceThickness
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds images: identity, not value, equality
 class MRVolume:
     """The series as a float32 axial LPS volume, and the source SOP UIDs of each axial slice."""
 
