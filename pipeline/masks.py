@@ -116,12 +116,16 @@ def _lattice_aligned(source: sitk.Image, target: sitk.Image) -> bool:
     return True
 
 
-def load_seg_mask(path: Path, image: sitk.Image, rules: SelectionRules) -> LoadedMask:
-    """Decode a SEG with highdicom and put its lesion (and brain) segment on ``image``'s grid."""
+def load_seg_mask(path: Path, image: sitk.Image, rules: SelectionRules, *, sop_uid: str = "") -> LoadedMask:
+    """Decode a SEG with highdicom and put its lesion (and brain) segment on ``image``'s grid.
+
+    ``sop_uid`` names the SEG in errors when the file cannot be read (file names may carry
+    patient details outside the archive, so they are never shown).
+    """
     try:
         seg = hd.seg.segread(path)
     except Exception as exc:  # highdicom raises many kinds on malformed SEGs
-        raise MaskError(f"SEG {path.name}: cannot be read by highdicom ({exc})") from exc
+        raise MaskError(f"SEG {sop_uid or '(unreadable)'}: cannot be read by highdicom ({exc})") from exc
     uid = str(seg.SOPInstanceUID)
     fractional = seg.SegmentationType == "FRACTIONAL"
     on_grid: dict[int, np.ndarray] = {}

@@ -62,7 +62,7 @@ def load_study(study_dir: Path, rules: SelectionRules | None = None) -> LoadedSt
     selection = select_mask_and_series(index, rules)
     volume = load_series_volume(selection.series, resample_oblique=rules.resample_oblique)
     if selection.mask_kind == "SEG":
-        mask = load_seg_mask(selection.mask.path, volume.image, rules)
+        mask = load_seg_mask(selection.mask.path, volume.image, rules, sop_uid=selection.mask.sop_uid)
     else:
         raster_grid = volume.acquired if volume.resampled else None
         mask = load_rtstruct_mask(selection.mask.header, volume.image, rules, raster_grid=raster_grid)

@@ -323,3 +323,12 @@ def test_single_frame_seg_lands_on_one_thin_slice(tmp_path: Path) -> None:
     mask = load_seg_mask(_write(seg, tmp_path), volume.image, SelectionRules())
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask.lesion), lesion.astype(np.uint8))
     assert mask.record["segments"][0]["resampled"] is False
+
+
+def test_unreadable_seg_is_named_by_uid(tmp_path: Path, axial) -> None:
+    source, volume, lesion, _ = axial
+    seg = make_seg(source, {"Lesion": lesion})
+    path = _write(seg, tmp_path)
+    path.write_bytes(path.read_bytes()[:1500])  # a truncated file
+    with pytest.raises(MaskError, match=rf"^SEG {seg.SOPInstanceUID}: cannot be read by highdicom \("):
+        load_seg_mask(path, volume.image, SelectionRules(), sop_uid=str(seg.SOPInstanceUID))
