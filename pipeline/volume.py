@@ -276,8 +276,10 @@ def _read_frames(instances: dict[str, InstanceHeader], planes: list[FramePlane])
     out = np.empty((len(planes), planes[0].rows, planes[0].columns), dtype=np.float32)
     for k, plane in enumerate(planes):
         if plane.sop_uid not in cache:
-            ds = pydicom.dcmread(instances[plane.sop_uid].path)
-            pixels = ds.pixel_array
+            try:
+                pixels = pydicom.dcmread(instances[plane.sop_uid].path).pixel_array
+            except Exception as exc:  # truncated files, unsupported transfer syntaxes, ...
+                raise VolumeError(f"instance {plane.sop_uid}: pixel data cannot be decoded ({exc})") from exc
             if pixels.ndim == 2:
                 pixels = pixels[np.newaxis]
             cache = {plane.sop_uid: pixels}  # keep one instance's pixels at a time

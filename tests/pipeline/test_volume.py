@@ -338,3 +338,11 @@ def test_positions_rounded_to_two_decimals_still_form_a_volume(tmp_path: Path) -
         ds.ImagePositionPatient = [0.01 * (k % 2), 0.0, z[k]]
     volume = load(datasets, tmp_path)
     assert volume.image.GetSpacing()[2] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_truncated_pixel_data_is_named(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((3, 16, 16)))
+    paths = write_datasets(datasets, tmp_path)
+    paths[1].write_bytes(paths[1].read_bytes()[:-100])
+    with pytest.raises(VolumeError, match=f"^instance {datasets[1].SOPInstanceUID}: pixel data cannot be decoded"):
+        load_series_volume(next(iter(index_study(tmp_path).series.values())))
