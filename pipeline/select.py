@@ -35,7 +35,8 @@ class SelectionRules:
       matches is a lesion candidate; among several matches the largest wins. When no label
       matches, the largest segment not matching ``brain_label_pattern`` or
       ``exclude_label_pattern`` is taken (``lesion_fallback_largest``).
-    - ``brain_label_pattern``: a segment matching it becomes ``LoadedStudy.brain``.
+    - ``brain_label_pattern``: a segment matching it, and not the lesion pattern ("Brain
+      metastasis" is a lesion), becomes ``LoadedStudy.brain``.
     - ``image_modality``: the modality the referenced series must have.
     - ``resample_oblique``: an oblique acquisition (slice axes more than about 0.06 deg from
       the patient axes) is refused by default; when True it is resampled (linear; masks

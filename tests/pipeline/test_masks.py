@@ -332,3 +332,10 @@ def test_unreadable_seg_is_named_by_uid(tmp_path: Path, axial) -> None:
     path.write_bytes(path.read_bytes()[:1500])  # a truncated file
     with pytest.raises(MaskError, match=rf"^SEG {seg.SOPInstanceUID}: cannot be read by highdicom \("):
         load_seg_mask(path, volume.image, SelectionRules(), sop_uid=str(seg.SOPInstanceUID))
+
+
+def test_brain_metastasis_label_is_the_lesion_not_the_brain(tmp_path: Path, axial) -> None:
+    source, volume, lesion, brain = axial
+    path = _write(make_seg(source, {"Whole brain": brain, "Brain metastasis": lesion}), tmp_path)
+    mask = load_seg_mask(path, volume.image, SelectionRules())
+    assert (mask.lesion_number, mask.lesion_label, mask.record["brain_number"]) == (2, "Brain metastasis", 1)
