@@ -52,15 +52,16 @@ def choose_labels(
 ) -> tuple[int, int | None, dict[str, Any]]:
     """Pick the lesion and brain among (number, label, voxels on the image grid).
 
-    Lesion: the largest non-empty label matching ``lesion_label_pattern`` (even if it also
-    matches the brain pattern, as "Brain metastasis" does); else, if ``lesion_fallback_largest``, the largest non-empty label matching
+    Lesion: the largest non-empty label matching ``lesion_label_pattern`` and not
+    ``exclude_label_pattern`` ("Peritumoral edema" is not the lesion), even if it also
+    matches the brain pattern, as "Brain metastasis" does; else, if ``lesion_fallback_largest``, the largest non-empty label matching
     neither ``brain_label_pattern`` nor ``exclude_label_pattern``. Brain: the largest
     non-empty label matching ``brain_label_pattern`` but not ``lesion_label_pattern``.
     """
     lesion_re, brain_re = re.compile(rules.lesion_label_pattern), re.compile(rules.brain_label_pattern)
     exclude_re = re.compile(rules.exclude_label_pattern)
     # "Brain metastasis" is a lesion: the lesion pattern wins over the brain pattern.
-    named = [x for x in labels if lesion_re.search(x[1]) and x[2] > 0]
+    named = [x for x in labels if lesion_re.search(x[1]) and not exclude_re.search(x[1]) and x[2] > 0]
     brains = [x for x in labels if brain_re.search(x[1]) and not lesion_re.search(x[1]) and x[2] > 0]
     if named:
         lesion, rule = max(named, key=lambda x: (x[2], -x[0])), "lesion_label_pattern, then largest"

@@ -32,7 +32,8 @@ class SelectionRules:
       ignores the kind. Within a kind, the newest mask wins (ContentDate/ContentTime,
       then SeriesDate/SeriesTime, then InstanceNumber), ties broken by SOP Instance UID.
     - ``lesion_label_pattern``: a segment (SegmentLabel) or ROI (ROIName) whose label
-      matches is a lesion candidate; among several matches the largest wins. When no label
+      matches, and does not match ``exclude_label_pattern`` (edema, necrosis, ...), is a
+      lesion candidate; among several candidates the largest wins. When no label
       matches, the largest segment not matching ``brain_label_pattern`` or
       ``exclude_label_pattern`` is taken (``lesion_fallback_largest``).
     - ``brain_label_pattern``: a segment matching it, and not the lesion pattern ("Brain
@@ -63,6 +64,14 @@ class SelectionRules:
                 re.compile(getattr(self, name))
             except re.error as exc:
                 raise ValueError(f'Argument "{name}" must be a regular expression: {exc}') from exc
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SelectionRules:
+        """The rule back from :meth:`to_dict` (a model bundle or a config file)."""
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f'Argument "values" has unknown selection rule keys: {", ".join(unknown)}')
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """The rule as plain JSON-serialisable values (recorded in provenance)."""

@@ -339,3 +339,11 @@ def test_brain_metastasis_label_is_the_lesion_not_the_brain(tmp_path: Path, axia
     path = _write(make_seg(source, {"Whole brain": brain, "Brain metastasis": lesion}), tmp_path)
     mask = load_seg_mask(path, volume.image, SelectionRules())
     assert (mask.lesion_number, mask.lesion_label, mask.record["brain_number"]) == (2, "Brain metastasis", 1)
+
+
+def test_edema_and_necrosis_labels_are_not_the_lesion(tmp_path: Path, axial) -> None:
+    source, volume, lesion, brain = axial
+    core = ball_mask(source, (2.3, -1.4, 9.1), 2.0)
+    segments = {"Peritumoral edema": brain & ~lesion, "Necrotic tumor core": core, "Enhancing tumor": lesion & ~core}
+    mask = load_seg_mask(_write(make_seg(source, segments), tmp_path), volume.image, SelectionRules())
+    assert (mask.lesion_number, mask.lesion_label) == (3, "Enhancing tumor")

@@ -168,3 +168,10 @@ def test_structure_set_referencing_two_mr_series_takes_the_larger_and_says_so(tm
     (candidate,) = selection.record["candidates"]
     assert candidate["image_series_rule"] == "the largest of 2 referenced MR series"
     assert candidate["referenced_series"][:2] == [small[0].SeriesInstanceUID, large[0].SeriesInstanceUID]
+
+
+def test_rules_round_trip_through_a_dict() -> None:
+    rules = SelectionRules(mask_preference="newest", resample_oblique=True)
+    assert SelectionRules.from_dict(json.loads(json.dumps(rules.to_dict()))) == rules
+    with pytest.raises(ValueError, match="unknown selection rule keys: colour"):
+        SelectionRules.from_dict({"colour": "red"})
