@@ -1,8 +1,8 @@
 """``crops.png``: the five model-input crops side by side with the lesion outline.
 
 So that a person sees at a glance what the model will look at (issue 3 point 5; the paper
-notes "All extracted samples were manually reviewed"). Matplotlib with the Agg backend,
-no display needed.
+notes "All extracted samples were manually reviewed"). A matplotlib ``Figure`` rendered
+by Agg without pyplot: no display needed, the host's backend is left alone.
 """
 
 from __future__ import annotations
@@ -27,10 +27,7 @@ def write_contact_sheet(
     study UID, crop side and lesion volume. Grey levels span z-scores -2..+4 for every
     panel, so panels compare.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg, leaves the backend alone
 
     slices = provenance.get("slices", {})
     ks = slices.get("indices", list(range(array.shape[0])))

@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             study = synthetic_study()
     size, spacing = study.image.GetSize(), study.image.GetSpacing()
     print(f"volume: {source}, {size[0]}x{size[1]}x{size[2]} voxels, spacing "
-          f"{'x'.join(f'{s:.2f}' for s in spacing)} mm; load_study {load_s:.2f} s (not repeated)")
+          f"{'x'.join(f'{s:.2f}' for s in spacing)} mm; load_study "
+          f"{'n/a' if load_s != load_s else f'{load_s:.2f} s'} (not repeated)")
     preprocess(study, PreprocessParams(bias_correction=False))  # warm-up: imports, allocator
     for shrink_mm in args.shrink_mm:
         params = dataclasses.replace(PreprocessParams(), n4_shrink_spacing_mm=shrink_mm)
