@@ -366,3 +366,25 @@ def test_preprocess_does_not_import_torch() -> None:
     code = "import sys, pipeline.preprocess, pipeline.outputs, pipeline.preprocess_command; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_crop_extent_slices_ignores_lesion_parts_away_from_the_slices(head: SyntheticHead) -> None:
+    """A lesion with a thin in-plane tail 10 slices above its centre: the whole-lesion box
+    holds the tail, the five-slice box does not, and both are centred on the centroid voxel.
+    """
+    lesion = sitk.GetArrayFromImage(head.lesion)
+    lesion[46, 44, 62:80] = 1  # tail along +i, on slice k = 46 (centre k = 36)
+    image = sitk.GetImageFromArray(lesion)
+    image.CopyInformation(head.lesion)
+    geom = lesion_geometry(image)
+    whole = PreprocessParams(crop_extent="lesion")
+    slices = select_slices(geom, 72, whole)
+    box_lesion = crop_box(lesion, geom, slices, (1.6, 1.6, 1.6), whole)
+    box_slices = crop_box(lesion, geom, slices, (1.6, 1.6, 1.6), PreprocessParams(crop_extent="slices"))
+    assert box_lesion.i1 > 79 and box_slices.i1 <= 79
+    assert box_slices.side_mm[0] < box_lesion.side_mm[0]
+    assert box_slices.centre == box_lesion.centre
+    on_slices = lesion[list(slices.indices)]
+    rows, cols = np.nonzero(on_slices.any(axis=0))
+    assert box_slices.i0 <= cols.min() and cols.max() < box_slices.i1
+    assert box_slices.j0 <= rows.min() and rows.max() < box_slices.j1
