@@ -252,6 +252,7 @@ def _provenance(
         "zscore": {"mean": stats.mean, "sd": stats.sd, "voxels": stats.voxels},
         "output": {"shape": list(array.shape), "dtype": str(array.dtype)},
         "params": params.to_dict(),
+        "software": {"SimpleITK": sitk.Version.VersionString(), "numpy": np.__version__},
         "timings_s": timings,
         "slice_count_in_volume": nk,
     }
