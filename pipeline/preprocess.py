@@ -177,12 +177,15 @@ def model_input_from(
 def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> ModelInput:
     """Run the preprocessing recipe on ``study``: :func:`prepare` then :func:`model_input_from`.
 
-    Raises PreprocessError (one line) for an empty lesion, a lesion too close to the
+    Raises PreprocessError (one line, ending with the study and series UIDs) for an empty lesion, a lesion too close to the
     first/last slice (``slice_edge_policy="error"``), an empty brain mask, or a brain
     with constant intensity.
     """
     params = _check_params(params)
-    return model_input_from(study, prepare(study, params), params)
+    try:
+        return model_input_from(study, prepare(study, params), params)
+    except PreprocessError as exc:
+        raise PreprocessError(f"{exc} (study {study.study_uid}, series {study.series_uid})") from exc
 
 
 def _bias_record(bias: BiasCorrection | None) -> dict[str, Any]:

@@ -342,12 +342,13 @@ def test_preprocess_normalises_with_brain_statistics(head: SyntheticHead) -> Non
 def test_preprocess_errors(head: SyntheticHead) -> None:
     empty = sitk.Image(head.image.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(head.image)
-    with pytest.raises(PreprocessError, match="^lesion mask is empty on the image grid$"):
+    where = r" \(study 1\.2\.826\.0\.1\.3680043\.8\.498\.1, series 1\.2\.826\.0\.1\.3680043\.8\.498\.2\)$"
+    with pytest.raises(PreprocessError, match="^lesion mask is empty on the image grid" + where):
         preprocess(loaded(head, lesion=empty))
     edge = make_head(lesion_ijk=(62.0, 44.0, 70.0), lesion_radius_mm=2.5)
-    with pytest.raises(PreprocessError, match="^lesion centre is on slice 70 of 72"):
+    with pytest.raises(PreprocessError, match="^lesion centre is on slice 70 of 72: too close to the edge of the volume for [+]-2 slices" + where):
         preprocess(loaded(edge))
-    with pytest.raises(PreprocessError, match=r"^brain mask \(segment\) is empty$"):
+    with pytest.raises(PreprocessError, match=r"^brain mask \(segment\) is empty" + where):
         preprocess(loaded(head, brain=empty), PreprocessParams(brain_mask_method="segment"))
 
 
