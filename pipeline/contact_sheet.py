@@ -34,10 +34,11 @@ def write_contact_sheet(
     zs = slices.get("z_mm", [float("nan")] * array.shape[0])
     mid = slices.get("mid")
     n = array.shape[0]
+    vmin, vmax = -3.0, max(3.0, float(np.percentile(array[:, 0], 99.5)))
     fig = Figure(figsize=(2.2 * n, 2.75), dpi=100)
     axes = fig.subplots(1, n, squeeze=False)[0]
     for idx, ax in enumerate(axes):
-        ax.imshow(array[idx, 0], cmap="gray", vmin=-2.0, vmax=4.0, interpolation="nearest")
+        ax.imshow(array[idx, 0], cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
         if lesion_mask is not None and float(lesion_mask[idx].max()) > 0.5:
             ax.contour(lesion_mask[idx], levels=[0.5], colors=["#ff3b30"], linewidths=0.9)
         label = f"k={ks[idx]}  z={zs[idx]:.1f} mm"
@@ -52,7 +53,7 @@ def write_contact_sheet(
     fig.suptitle(
         f"study {provenance.get('study_uid', '?')}\n"
         f"crop {side:.1f} mm -> {array.shape[-1]} px, lesion {lesion.get('volume_cm3', float('nan')):.2f} cm3, "
-        f"red: lesion mask",
+        f"window z {vmin:.0f}..{vmax:.1f}, red: lesion mask",
         fontsize=8,
     )
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.74, wspace=0.05)
