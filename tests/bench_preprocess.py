@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  CPU time per run (all threads): median {statistics.median(cpu):.2f} s")
         verdict = "under" if med["total"] < 5.0 else "OVER"
         print(f"  total median {med['total']:.2f} s: {verdict} the 5 s budget")
+        if load_s == load_s:
+            print(f"  with load_study (DICOM -> volume + mask, once): {load_s + med['total']:.2f} s")
     return 0
 
 
