@@ -70,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
               f"lesion {study.lesion_volume_cm3:.2f} cm3 ({now - last[0]:.1f} s)", flush=True)
         last[0] = now
 
-    studies = generate_cohort(args.out, args.patients, args.positive_fraction, args.seed, mask_kind=args.mask,
-                              geometry=args.geometry, effect_size=args.effect_size, progress=progress)
+    try:
+        studies = generate_cohort(args.out, args.patients, args.positive_fraction, args.seed, mask_kind=args.mask,
+                                  geometry=args.geometry, effect_size=args.effect_size, progress=progress)
+    except (FileExistsError, ValueError) as error:
+        print(f"egfr-node phantom: {error}", file=sys.stderr)
+        return 1
     positives = sum(s.egfr_positive for s in studies)
     print(f"wrote {len(studies)} studies ({positives} EGFR-positive) and {args.out / 'labels.csv'} "
           f"in {time.perf_counter() - started:.1f} s")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from pipeline.phantom.anatomy import head_model
 from pipeline.phantom.dicom_common import sample_study_meta
@@ -53,6 +54,16 @@ class PhantomStudy:
 
 def _rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(str(p).encode()) for p in parts])
+
+
+def _check_folder_free(folder: Path, study_uid: str) -> None:
+    """Refuse to mix two studies in one folder (rewriting the same study is fine)."""
+    for path in folder.rglob("*.dcm") if folder.is_dir() else ():
+        other = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).get(
+            "StudyInstanceUID")
+        if other != study_uid:
+            raise FileExistsError(f"{folder} already holds another study ({other}); write into an empty folder")
+        return
 
 
 def generate_study(out_dir: Path, *, seed: int, geometry: str = "axial2d", mask_kind: str = "seg",
@@ -104,6 +115,7 @@ def generate_study(out_dir: Path, *, seed: int, geometry: str = "axial2d", mask_
     window = (wm_value * 0.75, wm_value * 1.6)
 
     folder = Path(out_dir) / study.patient_id
+    _check_folder_free(folder, study.study_uid)
     image_folder = folder / f"MR{protocol.series_number:02d}"
     if geometry == "enhanced":
         from pipeline.phantom.mr_enhanced import write_enhanced_image

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import highdicom as hd
@@ -31,12 +32,18 @@ def _digests(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in _files(folder)}
 
 
+def _dciodvfy(path: Path) -> tuple[Path, str]:
+    result = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, timeout=60)
+    return path, result.stdout + result.stderr
+
+
 def _dciodvfy_errors(paths: list[Path]) -> tuple[list[str], list[str]]:
     """Error lines and warning lines dciodvfy -new reports for the files."""
     errors, warnings = [], []
-    for path in paths:
-        result = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, timeout=60)
-        for line in (result.stdout + result.stderr).splitlines():
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(_dciodvfy, paths))
+    for path, report in reports:
+        for line in report.splitlines():
             if line.startswith("Error"):
                 errors.append(f"{path.name}: {line}")
             elif line.startswith("Warning"):
@@ -251,7 +258,8 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, argv: list[str], capsys) -> N
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), *argv])
     assert exit_info.value.code == 2
-    assert "error: argument" in capsys.readouterr().err or True
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("egfr-node phantom: error: ")
 
 
 def test_generate_study_rejects_unknown_geometry(tmp_path: Path) -> None:
@@ -259,3 +267,11 @@ def test_generate_study_rejects_unknown_geometry(tmp_path: Path) -> None:
         generate_study(tmp_path, seed=1, geometry="coronal")
     with pytest.raises(ValueError, match='"mask_kind"'):
         generate_study(tmp_path, seed=1, mask_kind="nifti")
+
+
+def test_a_folder_never_mixes_two_studies(phantom_study) -> None:
+    existing = phantom_study("axial2d", "seg")
+    before = _digests(existing.folder)
+    with pytest.raises(FileExistsError, match="already holds another study"):
+        generate_study(existing.folder.parent, seed=8, geometry="axial2d", patient_index=0)
+    assert _digests(existing.folder) == before
