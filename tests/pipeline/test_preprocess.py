@@ -120,6 +120,9 @@ def test_params_round_trip_and_defaults() -> None:
     params = PreprocessParams(crop_margin_mm=12.5, slice_edge_policy="replicate", n4_levels=3)
     values = params.to_dict()
     assert PreprocessParams.from_dict(values) == params
+    import json
+
+    assert PreprocessParams.from_dict(json.loads(json.dumps(values))) == params  # as a bundle manifest
     assert PreprocessParams.from_dict({}) == PreprocessParams()
     default = PreprocessParams()
     assert default.slice_count == 5
