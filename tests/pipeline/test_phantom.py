@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import shutil
 import subprocess
@@ -59,9 +60,15 @@ def _mask_path(study: PhantomStudy) -> Path:
     return next(p for p in _files(study.folder) if p.parent.name in ("SEG", "RTSTRUCT"))
 
 
+@functools.lru_cache(maxsize=32)
+def _read_mask(path: Path) -> pydicom.Dataset:
+    """The mask object (SEG through highdicom), read once per test session."""
+    return hd.seg.segread(path) if path.parent.name == "SEG" else pydicom.dcmread(path)
+
+
 def _seg_points(study: PhantomStudy, segment: int = 1) -> np.ndarray:
     """Patient coordinates (N, 3) of the voxels of a SEG segment, from the file's own geometry."""
-    seg = hd.seg.segread(_mask_path(study))
+    seg = _read_mask(_mask_path(study))
     shared = seg.SharedFunctionalGroupsSequence[0]
     orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
     row_spacing, column_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
@@ -80,7 +87,7 @@ def _seg_points(study: PhantomStudy, segment: int = 1) -> np.ndarray:
 
 def _rtstruct_mask(study: PhantomStudy, roi: int = 1) -> np.ndarray:
     """The ROI's contours rasterised (even-odd) on the acquisition grid, [k, j, i] uint8."""
-    ds = pydicom.dcmread(_mask_path(study))
+    ds = _read_mask(_mask_path(study))
     grid = study.grid
     mask = np.zeros(grid.size[::-1], dtype=np.uint8)
     jj, ii = np.mgrid[0 : grid.size[1], 0 : grid.size[0]]
@@ -275,3 +282,22 @@ def test_a_folder_never_mixes_two_studies(phantom_study) -> None:
     with pytest.raises(FileExistsError, match="already holds another study"):
         generate_study(existing.folder.parent, seed=8, geometry="axial2d", patient_index=0)
     assert _digests(existing.folder) == before
+
+
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+def test_satellite_and_brain_segments_are_written_and_valid(phantom_study, mask_kind: str) -> None:
+    if DCIODVFY is None:
+        pytest.skip("dicom3tools dciodvfy is not installed")
+    study = phantom_study("axial2d", mask_kind, brain_segment=True, satellite=True, satellite_in_mask=True)
+    assert study.mask_labels == ("Metastasis", "Metastasis 2", "Brain") and study.satellite
+    errors, warnings = _dciodvfy_errors([_mask_path(study)])
+    assert errors == [] and warnings == []
+    masks = [(_seg_mask if mask_kind == "seg" else _rtstruct_mask)(study, number) for number in (1, 2, 3)]
+    lesion, satellite, brain = (m.astype(bool) for m in masks)
+    assert satellite.sum() < lesion.sum() and not np.any(lesion & satellite)
+    assert np.mean(brain[lesion]) > 0.95 and np.mean(brain[satellite]) > 0.95  # both in the brain
+    if mask_kind == "seg":
+        labels = [item.SegmentLabel for item in hd.seg.segread(_mask_path(study)).SegmentSequence]
+    else:
+        labels = [item.ROIName for item in pydicom.dcmread(_mask_path(study)).StructureSetROISequence]
+    assert labels == ["Metastasis", "Metastasis 2", "Brain"]
