@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.dicom_index import InstanceHeader, SeriesEntry, StudyIndex
 from pipeline.errors import SelectionError
+from pipeline.volume import DEFAULT_MAX_AXIAL_TILT_DEG, DEFAULT_MAX_RESAMPLE_SLICE_MM
 
 __all__ = ["Selection", "SelectionRules", "referenced_series_uids", "select_mask_and_series"]
 
@@ -39,10 +41,20 @@ class SelectionRules:
     - ``brain_label_pattern``: a segment matching it, and not the lesion pattern ("Brain
       metastasis" is a lesion), becomes ``LoadedStudy.brain``.
     - ``image_modality``: the modality the referenced series must have.
-    - ``resample_oblique``: an oblique acquisition (slice axes more than about 0.06 deg from
-      the patient axes) is refused by default; when True it is resampled (linear; masks
-      nearest neighbour or linear >= 0.5) onto an axial grid and that is recorded. Off by
-      default: the paper's model saw acquired slices, not interpolated ones.
+
+    Oblique acquisitions (slice axes more than about 0.06 deg from the patient axes; the
+    policy is :mod:`pipeline.volume`'s, the choice is recorded in ``LoadedStudy.selection``):
+
+    - ``max_axial_tilt_degrees`` (default 25, 0 <= value < 45): a near-axial acquisition,
+      every image axis within this angle of its LPS axis (AC-PC tilt, small in-plane
+      rotation), keeps its ACQUIRED slices on their tilted grid, no interpolation; the
+      tilt is recorded. 0 sends every oblique acquisition to ``resample_oblique``.
+    - ``resample_oblique`` (``"auto"``, ``True`` or ``False``): any other oblique
+      acquisition is interpolated (linear; masks nearest neighbour or linear >= 0.5) onto
+      an axial grid: ``"auto"`` (default) only when its slice spacing is at most
+      ``max_resample_slice_mm`` (default 1.5 mm: near-isotropic 3D data), and thick-slice
+      2D data is refused (an axial slice resampled from it blends acquired slices, and the
+      paper's model saw acquired slices); ``True`` always; ``False`` never.
     """
 
     mask_preference: str = "SEG"
@@ -51,9 +63,26 @@ class SelectionRules:
     exclude_label_pattern: str = r"(?i)(edema|oedema|necro|skull|ventric|csf)"
     lesion_fallback_largest: bool = True
     image_modality: str = "MR"
-    resample_oblique: bool = False
+    resample_oblique: bool | str = "auto"
+    max_axial_tilt_degrees: float = DEFAULT_MAX_AXIAL_TILT_DEG
+    max_resample_slice_mm: float = DEFAULT_MAX_RESAMPLE_SLICE_MM
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.resample_oblique, bool) or self.resample_oblique == "auto"):
+            raise ValueError(
+                f'Argument "resample_oblique" must be true, false or "auto", not {self.resample_oblique!r}'
+            )
+        for name in ("max_axial_tilt_degrees", "max_resample_slice_mm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f'Argument "{name}" must be a finite number, not {value!r}')
+            object.__setattr__(self, name, float(value))  # TOML/JSON integers compare and record as floats
+        if not 0.0 <= self.max_axial_tilt_degrees < 45.0:
+            raise ValueError(
+                f'Argument "max_axial_tilt_degrees" must be at least 0 and less than 45, not {self.max_axial_tilt_degrees:g}'
+            )
+        if self.max_resample_slice_mm <= 0.0:
+            raise ValueError(f'Argument "max_resample_slice_mm" must be more than 0, not {self.max_resample_slice_mm:g}')
         if self.mask_preference not in _MASK_PREFERENCES:
             raise ValueError(
                 f'Argument "mask_preference" must be one of {_MASK_PREFERENCES}, '

@@ -1,4 +1,4 @@
-"""One study folder -> the chosen MR volume and lesion mask on the same axial LPS grid.
+"""One study folder -> the chosen MR volume and lesion mask on the same grid, in axial LPS index order.
 
 Front door of issue 3 points 1-3: :func:`load_study` indexes the folder
 (:mod:`pipeline.dicom_index`), picks the mask and series (:mod:`pipeline.select`), builds
@@ -28,13 +28,21 @@ logger = logging.getLogger(__name__)
 class LoadedStudy:
     """The chosen image and lesion of one study, voxel-aligned.
 
-    - ``image``: float32, RescaleSlope/RescaleIntercept applied, direction the identity
-      (index i -> +x, j -> +y, k -> +z in LPS patient coordinates, i.e. axial slices).
+    - ``image``: float32, RescaleSlope/RescaleIntercept applied, in axial LPS index order:
+      index i runs towards patient left (+x), j posterior (+y), k inferior -> superior
+      (+z), so slice k is an axial slice. The direction is exactly the identity for an
+      acquisition along the patient axes (any plane, permuted/flipped) and for an oblique
+      one resampled onto an axial grid; a near-axial oblique acquisition keeps its acquired
+      slices and its direction is that tilt, every axis within
+      ``SelectionRules.max_axial_tilt_degrees`` of the identity (recorded in
+      ``selection["volume"]``: ``grid``, ``tilt_deg``, ``obliquity_deg``, ``direction``).
+      Map index <-> patient mm with ``TransformIndexToPhysicalPoint`` /
+      ``TransformPhysicalPointToIndex``, never origin + index * spacing.
     - ``lesion``: uint8 0/1 on exactly the grid of ``image``.
     - ``brain``: uint8 0/1 brain segment from the mask object when it supplies one, else None.
     - ``source_sop_uids[k]``: SOP Instance UIDs of the source images that contributed to
-      axial slice k (one per slice for an axial acquisition, the multi-frame UID for an
-      Enhanced MR, every crossing slice for a sagittal/coronal acquisition).
+      axial slice k (one per slice for an axial acquisition, tilted or not, the multi-frame
+      UID for an Enhanced MR, every crossing slice for a sagittal/coronal or resampled one).
     - ``selection``: JSON-serialisable record of what was chosen, by which rule, and the
       candidates rejected with their reasons.
     """
@@ -60,7 +68,10 @@ def load_study(study_dir: Path, rules: SelectionRules | None = None) -> LoadedSt
     rules = rules or SelectionRules()
     index = index_study(Path(study_dir))
     selection = select_mask_and_series(index, rules)
-    volume = load_series_volume(selection.series, resample_oblique=rules.resample_oblique)
+    volume = load_series_volume(
+        selection.series, resample_oblique=rules.resample_oblique,
+        max_axial_tilt_degrees=rules.max_axial_tilt_degrees, max_resample_slice_mm=rules.max_resample_slice_mm,
+    )
     if selection.mask_kind == "SEG":
         mask = load_seg_mask(selection.mask.path, volume.image, rules, sop_uid=selection.mask.sop_uid)
     else:
@@ -69,8 +80,13 @@ def load_study(study_dir: Path, rules: SelectionRules | None = None) -> LoadedSt
     record = dict(selection.record)
     record["volume"] = {
         "acquisition_plane": volume.acquisition_plane,
+        "grid": volume.grid,
+        "grid_rule": volume.grid_rule,
+        "tilt_deg": round(volume.tilt_deg, 3),
         "obliquity_deg": round(volume.obliquity_deg, 3),
         "resampled_from_oblique": volume.resampled,
+        "acquired_slice_spacing_mm": round(volume.slice_spacing_mm, 6),
+        "direction": [round(v, 6) for v in volume.image.GetDirection()],
         "size": list(volume.image.GetSize()),
         "spacing_mm": [round(v, 6) for v in volume.image.GetSpacing()],
         "origin_mm": [round(v, 6) for v in volume.image.GetOrigin()],

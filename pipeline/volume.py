@@ -1,4 +1,4 @@
-"""MR volume from one series: single-frame MR slices or Enhanced MR multi-frame, as axial LPS.
+"""MR volume from one series: single-frame MR slices or Enhanced MR multi-frame, in axial LPS index order.
 
 Implements issue 3 point 2. Geometry comes from the Image Plane module (single-frame:
 ImagePositionPatient, ImageOrientationPatient, PixelSpacing) or the Plane Position (Patient),
@@ -6,12 +6,30 @@ Plane Orientation (Patient) and Pixel Measures functional groups (multi-frame); 
 from RescaleSlope/RescaleIntercept (MR Image module or Pixel Value Transformation functional
 group). Slices are sorted along the slice normal (row cosines x column cosines) by the
 projection of their position; anything that is not one regular stack is a VolumeError.
-The volume is then permuted/flipped, without interpolation, to direction identity in LPS
-(SimpleITK DICOMOrient), so index k runs over axial slices whatever plane was acquired.
-Oblique acquisitions (slice axes more than ``ORIENTATION_TOLERANCE`` from a patient axis) are
-refused by default: resampling interpolates the image (the paper's model saw acquired slices)
-and blurs the mapping from axial slices back to source SOP instances; with
-``resample_oblique`` they are resampled (linear) onto an axial grid at the acquired spacing.
+
+Oblique policy (:func:`grid_policy`; the numbers are rules of
+:class:`pipeline.select.SelectionRules`), recorded as ``MRVolume.grid``:
+
+1. ``"orthogonal"``: every slice axis within ``ORIENTATION_TOLERANCE`` (about 0.06 deg) of a
+   patient axis, any plane. DICOMOrient("LPS") permutes/flips the voxels, no interpolation;
+   the direction is set to exactly the identity, so index k runs over axial slices.
+2. ``"acquired_tilted"``: a near-axial oblique acquisition, every image axis within
+   ``max_axial_tilt_degrees`` (default 25) of its LPS axis - the usual AC-PC-aligned
+   "axial" brain MRI. The ACQUIRED slices are kept, no interpolation: the native grid,
+   axes permuted/flipped to the closest LPS order, so index i runs about +x (left), j about
+   +y (posterior), k along the slice normal about +z (inferior -> superior), and the
+   direction is a rotation within the limit of the identity. Slice k is one acquired slice.
+   Downstream code must map index <-> patient mm with the image's direction
+   (TransformIndexToPhysicalPoint / TransformPhysicalPointToIndex), never origin + index *
+   spacing: at 100 mm from the centre a 3 deg tilt moves a slice 5 mm along z.
+3. ``"resampled"``: any other oblique acquisition (sagittal/coronal-ish, or tilted more than
+   the limit) is interpolated (linear) onto an axial direction-identity grid at the acquired
+   spacing, ``resample_oblique="auto"`` (default) only when the slice spacing is at most
+   ``max_resample_slice_mm`` (near-isotropic 3D data, default 1.5 mm); thick-slice 2D data
+   is a VolumeError, because an axial slice resampled from it blends several acquired
+   slices (at 5 mm spacing a 3 deg tilt crosses a whole slice 100 mm from the centre), and
+   the paper's model saw acquired slices. ``resample_oblique=True`` resamples whatever the
+   spacing, ``False`` refuses every such acquisition.
 
 Tolerances: direction cosines 1e-3; slice spacing 1 % of the median spacing, pixel spacing
 1 % of the pixel spacing, slice positions 1 % of the distance along the normal (about
@@ -33,16 +51,24 @@ from pipeline.dicom_index import InstanceHeader, SeriesEntry
 from pipeline.errors import VolumeError
 
 __all__ = [
+    "DEFAULT_MAX_AXIAL_TILT_DEG",
+    "DEFAULT_MAX_RESAMPLE_SLICE_MM",
+    "GRID_ACQUIRED_TILTED",
+    "GRID_ORTHOGONAL",
+    "GRID_RESAMPLED",
     "ORIENTATION_TOLERANCE",
     "SPACING_RELATIVE_TOLERANCE",
     "FramePlane",
+    "GridDecision",
     "MRVolume",
     "frame_planes",
+    "grid_policy",
     "load_series_volume",
     "axial_grid",
     "obliquity_deg",
     "orient_to_axial_lps",
     "sort_planes",
+    "tilt_deg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +77,12 @@ ORIENTATION_TOLERANCE = 1e-3  # on direction cosines
 SPACING_RELATIVE_TOLERANCE = 0.01  # of the median slice spacing
 TILT_TOLERANCE = 0.01  # lateral shift per mm along the normal (about 0.6 degrees)
 POSITION_ROUNDING_MM = 0.025  # absolute floor (mm): positions written with two decimals still pass
+DEFAULT_MAX_AXIAL_TILT_DEG = 25.0  # near-axial oblique: acquired slices kept up to this tilt
+DEFAULT_MAX_RESAMPLE_SLICE_MM = 1.5  # other oblique: resampled by default up to this slice spacing
+GRID_ORTHOGONAL = "orthogonal"  # permuted/flipped, direction exactly the identity
+GRID_ACQUIRED_TILTED = "acquired_tilted"  # near-axial oblique: acquired slices, direction near identity
+GRID_RESAMPLED = "resampled"  # other oblique: interpolated onto an axial direction-identity grid
+_AXIS_NAMES = ("L", "P", "S")
 
 
 @dataclass(frozen=True)
@@ -71,15 +103,24 @@ class FramePlane:
 
 @dataclass(frozen=True, eq=False)  # holds images: identity, not value, equality
 class MRVolume:
-    """The series as a float32 axial LPS volume, and the source SOP UIDs of each axial slice."""
+    """The series as a float32 volume in axial LPS index order, and the source SOP UIDs of each slice k.
+
+    ``image`` direction: exactly the identity for ``grid`` "orthogonal" and "resampled"; for
+    "acquired_tilted" the acquisition's rotation (every axis within ``obliquity_deg`` of its
+    LPS axis), i.e. index i ~ +x, j ~ +y, k ~ +z, and slice k is one acquired slice.
+    """
 
     series_uid: str
     image: sitk.Image
     source_sop_uids: tuple[tuple[str, ...], ...]
     acquisition_plane: str  # "axial", "sagittal" or "coronal" (the nearest one when oblique)
     acquired: sitk.Image  # the same voxels on the acquisition grid (slices along k, true direction)
-    obliquity_deg: float  # 0 for axial/sagittal/coronal stacks
+    obliquity_deg: float  # largest angle of an image axis from its patient axis; 0 when orthogonal
     resampled: bool  # True when an oblique acquisition was interpolated onto the axial grid
+    grid: str = GRID_ORTHOGONAL  # GRID_ORTHOGONAL, GRID_ACQUIRED_TILTED or GRID_RESAMPLED
+    tilt_deg: float = 0.0  # angle of the slice normal from its patient axis (S for axial); 0 when orthogonal
+    slice_spacing_mm: float = 0.0  # spacing between the acquired slices
+    grid_rule: str = ""  # one sentence: which branch of the oblique policy and why
 
 
 def _group_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
@@ -219,6 +260,12 @@ def obliquity_deg(image: sitk.Image) -> float:
     return math.degrees(math.acos(min(1.0, float(direction.max(axis=0).min()))))
 
 
+def tilt_deg(image: sitk.Image) -> float:
+    """Angle (degrees) between the slice normal (index axis k) and the patient axis closest to it."""
+    normal = np.abs(np.array(image.GetDirection()).reshape(3, 3)[:, 2])
+    return math.degrees(math.acos(min(1.0, float(normal.max()))))
+
+
 def axial_grid(image: sitk.Image) -> sitk.Image:
     """An empty direction-identity grid covering ``image``'s voxel centres at its spacing.
 
@@ -238,32 +285,99 @@ def axial_grid(image: sitk.Image) -> sitk.Image:
     return grid
 
 
-def orient_to_axial_lps(
-    image: sitk.Image, series_uid: str, *, resample_oblique: bool = False,
-    interpolator: int = sitk.sitkLinear, outside: float = 0.0,
-) -> sitk.Image:
-    """Direction identity (index i -> +x, j -> +y, k -> +z, LPS).
+@dataclass(frozen=True)
+class GridDecision:
+    """Which branch of the oblique policy an acquisition takes (see the module docstring)."""
 
-    Axis-aligned grids are permuted/flipped by DICOMOrient("LPS"), without interpolation.
-    Oblique grids are a VolumeError, or with ``resample_oblique`` are resampled onto
-    :func:`axial_grid` with ``interpolator`` (voxels outside the acquisition get ``outside``).
+    grid: str  # GRID_ORTHOGONAL, GRID_ACQUIRED_TILTED or GRID_RESAMPLED
+    plane: str  # nearest acquisition plane
+    tilt_deg: float  # slice normal from its patient axis (0 when orthogonal)
+    obliquity_deg: float  # largest image axis angle from its patient axis (0 when orthogonal)
+    rule: str  # one sentence for the record
+
+
+def _check_resample_oblique(value: object) -> bool | str:
+    if isinstance(value, bool) or value == "auto":
+        return value  # type: ignore[return-value]
+    raise ValueError(f'Argument "resample_oblique" must be true, false or "auto", not {value!r}')
+
+
+def grid_policy(
+    image: sitk.Image,
+    series_uid: str,
+    slice_spacing_mm: float,
+    *,
+    resample_oblique: bool | str = "auto",
+    max_axial_tilt_degrees: float = DEFAULT_MAX_AXIAL_TILT_DEG,
+    max_resample_slice_mm: float = DEFAULT_MAX_RESAMPLE_SLICE_MM,
+) -> GridDecision:
+    """Decide how the acquisition grid ``image`` becomes axial (module docstring, points 1-3).
+
+    Raises VolumeError (one line: series UID, tilt, limits, slice spacing) for an oblique
+    acquisition that is neither near-axial nor allowed to be resampled.
     """
+    resample_oblique = _check_resample_oblique(resample_oblique)
     oriented = sitk.DICOMOrient(image, "LPS")
     direction = np.array(oriented.GetDirection()).reshape(3, 3)
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+    plane = _acquisition_plane(normal)
     if float(np.abs(direction - np.eye(3)).max()) <= ORIENTATION_TOLERANCE:
-        oriented.SetDirection(tuple(np.eye(3).ravel()))
-        return oriented
-    if not resample_oblique:
-        raise VolumeError(
-            f"series {series_uid}: oblique acquisition ({obliquity_deg(image):.1f} deg from the patient axes); "
-            f"only axial, sagittal and coronal stacks are loaded without resampling (rule resample_oblique)"
+        return GridDecision(GRID_ORTHOGONAL, plane, 0.0, 0.0,
+                            f"{plane} acquisition along the patient axes: permuted/flipped, no interpolation")
+    tilt, oblique = tilt_deg(image), obliquity_deg(image)
+    axis = _AXIS_NAMES[int(np.argmax(np.abs(normal)))]
+    what = f"oblique {plane} acquisition, slice normal {tilt:.1f} deg from the {axis} axis"
+    if oblique - tilt >= 0.05:
+        what += f" (axes up to {oblique:.1f} deg from the patient axes)"
+    if plane == "axial" and oblique <= max_axial_tilt_degrees:
+        # Each axis within < 45 deg of a distinct patient axis: DICOMOrient's order is that one.
+        if not (np.all(np.argmax(np.abs(direction), axis=0) == [0, 1, 2]) and np.all(np.diag(direction) > 0)):
+            raise VolumeError(f"series {series_uid}: {what}: axes could not be put in LPS order")
+        return GridDecision(
+            GRID_ACQUIRED_TILTED, plane, tilt, oblique,
+            f"{what}, within max_axial_tilt_degrees={max_axial_tilt_degrees:g}: "
+            f"acquired slices kept on their tilted grid, no interpolation",
         )
-    return sitk.Resample(image, axial_grid(image), sitk.Transform(), interpolator, outside, image.GetPixelID())
+    if plane == "axial":
+        why_not = f"more than max_axial_tilt_degrees={max_axial_tilt_degrees:g}"
+    else:
+        why_not = f"not near-axial (acquired slices are kept only for axial tilts up to max_axial_tilt_degrees={max_axial_tilt_degrees:g})"
+    if resample_oblique is False:
+        raise VolumeError(
+            f"series {series_uid}: {what}, {why_not}; resampling onto an axial grid is off (rule resample_oblique=false)"
+        )
+    if resample_oblique == "auto" and slice_spacing_mm > max_resample_slice_mm:
+        raise VolumeError(
+            f"series {series_uid}: {what}, {why_not}; its slices are {slice_spacing_mm:.2f} mm apart, more than "
+            f"max_resample_slice_mm={max_resample_slice_mm:g}: resampling onto an axial grid would blend acquired slices "
+            f"(rule resample_oblique=true forces it)"
+        )
+    how = "rule resample_oblique=true" if resample_oblique is True else (
+        f"slice spacing {slice_spacing_mm:.2f} mm <= max_resample_slice_mm={max_resample_slice_mm:g}"
+    )
+    return GridDecision(GRID_RESAMPLED, plane, tilt, oblique,
+                        f"{what}, {why_not}: resampled (linear) onto an axial grid ({how})")
 
 
-def _is_oblique(image: sitk.Image) -> bool:
-    direction = np.array(sitk.DICOMOrient(image, "LPS").GetDirection()).reshape(3, 3)
-    return float(np.abs(direction - np.eye(3)).max()) > ORIENTATION_TOLERANCE
+def orient_to_axial_lps(
+    image: sitk.Image, grid: str, *, interpolator: int = sitk.sitkLinear, outside: float = 0.0,
+) -> sitk.Image:
+    """Put the acquisition grid ``image`` in axial LPS index order as decided by :func:`grid_policy`.
+
+    ``GRID_ORTHOGONAL``: DICOMOrient("LPS") permutes/flips, direction set to exactly the
+    identity. ``GRID_ACQUIRED_TILTED``: DICOMOrient("LPS") permutes/flips, the tilted
+    direction is kept (no interpolation). ``GRID_RESAMPLED``: resampled onto
+    :func:`axial_grid` with ``interpolator`` (voxels outside the acquisition get ``outside``).
+    """
+    if grid == GRID_RESAMPLED:
+        return sitk.Resample(image, axial_grid(image), sitk.Transform(), interpolator, outside, image.GetPixelID())
+    oriented = sitk.DICOMOrient(image, "LPS")
+    if grid == GRID_ORTHOGONAL:
+        oriented.SetDirection(tuple(np.eye(3).ravel()))
+    elif grid != GRID_ACQUIRED_TILTED:
+        raise ValueError(f'Argument "grid" must be one of {GRID_ORTHOGONAL!r}, {GRID_ACQUIRED_TILTED!r}, '
+                         f"{GRID_RESAMPLED!r}, not {grid!r}")
+    return oriented
 
 
 def _acquisition_plane(normal: np.ndarray) -> str:
@@ -290,53 +404,65 @@ def _read_frames(instances: dict[str, InstanceHeader], planes: list[FramePlane])
     return out
 
 
-def load_series_volume(series: SeriesEntry, *, resample_oblique: bool = False) -> MRVolume:
-    """Build the series' volume, rescaled to float32 and reoriented to axial LPS.
+def load_series_volume(
+    series: SeriesEntry,
+    *,
+    resample_oblique: bool | str = "auto",
+    max_axial_tilt_degrees: float = DEFAULT_MAX_AXIAL_TILT_DEG,
+    max_resample_slice_mm: float = DEFAULT_MAX_RESAMPLE_SLICE_MM,
+) -> MRVolume:
+    """Build the series' volume, rescaled to float32, in axial LPS index order by the oblique policy.
 
-    ``resample_oblique``: interpolate an oblique acquisition (linear) onto an axial grid
-    instead of refusing it; ``source_sop_uids`` then lists the slices nearest each voxel.
+    See the module docstring and :func:`grid_policy` for ``resample_oblique``,
+    ``max_axial_tilt_degrees`` and ``max_resample_slice_mm``. ``source_sop_uids[k]``: the
+    acquired slice(s) of axial slice k (for a resampled grid, those nearest its voxels).
     """
     instances = {i.sop_uid: i for i in series.instances if i.is_mr_image}
     planes = [p for inst in instances.values() for p in frame_planes(inst)]
     planes, slice_spacing, normal = sort_planes(series.series_uid, planes)
-    voxels = _read_frames(instances, planes)
     first = planes[0]
-    image = sitk.GetImageFromArray(voxels)
+    row, col = np.array(first.orientation[:3]), np.array(first.orientation[3:])
+    image = sitk.Image([first.columns, first.rows, len(planes)], sitk.sitkUInt8)  # geometry only, for the policy
     image.SetSpacing((first.pixel_spacing[1], first.pixel_spacing[0], slice_spacing))
     image.SetOrigin(first.position)
-    row, col = np.array(first.orientation[:3]), np.array(first.orientation[3:])
     image.SetDirection(tuple(np.column_stack([row, col, normal]).ravel()))
+    decision = grid_policy(
+        image, series.series_uid, slice_spacing, resample_oblique=resample_oblique,
+        max_axial_tilt_degrees=max_axial_tilt_degrees, max_resample_slice_mm=max_resample_slice_mm,
+    )  # before decoding pixels: a refused series costs headers only
+    voxels = _read_frames(instances, planes)
+    geometry = image
+    image = sitk.GetImageFromArray(voxels)
+    image.CopyInformation(geometry)
     provenance = sitk.GetImageFromArray(
         np.broadcast_to(np.arange(len(planes), dtype=np.int32)[:, None, None], voxels.shape).copy()
     )
     provenance.CopyInformation(image)
-    oriented = orient_to_axial_lps(image, series.series_uid, resample_oblique=resample_oblique)
-    provenance = orient_to_axial_lps(
-        provenance, series.series_uid, resample_oblique=resample_oblique,
-        interpolator=sitk.sitkNearestNeighbor, outside=-1,
-    )
+    oriented = orient_to_axial_lps(image, decision.grid)
+    provenance = orient_to_axial_lps(provenance, decision.grid, interpolator=sitk.sitkNearestNeighbor, outside=-1)
     index = sitk.GetArrayViewFromImage(provenance)
     source: list[tuple[str, ...]] = []
     for k in range(index.shape[0]):
         uids = [planes[i].sop_uid for i in np.unique(index[k]) if i >= 0]
         source.append(tuple(dict.fromkeys(uids)))
-    plane = _acquisition_plane(normal)
-    oblique = _is_oblique(image)
-    angle = obliquity_deg(image) if oblique else 0.0
-    resampled = resample_oblique and oblique
-    if resampled:
-        logger.warning("series %s: oblique by %.1f deg, resampled onto an axial grid", series.series_uid, angle)
+    resampled = decision.grid == GRID_RESAMPLED
+    if decision.grid != GRID_ORTHOGONAL:
+        logger.warning("series %s: %s", series.series_uid, decision.rule)
     logger.info(
-        "series %s: %d %s frames -> volume %s at %s mm",
-        series.series_uid, len(planes), plane, oriented.GetSize(),
-        tuple(round(s, 3) for s in oriented.GetSpacing()),
+        "series %s: %d %s frames -> volume %s at %s mm (%s)",
+        series.series_uid, len(planes), decision.plane, oriented.GetSize(),
+        tuple(round(s, 3) for s in oriented.GetSpacing()), decision.grid,
     )
     return MRVolume(
         series_uid=series.series_uid,
         image=sitk.Cast(oriented, sitk.sitkFloat32),
         source_sop_uids=tuple(source),
-        acquisition_plane=plane,
+        acquisition_plane=decision.plane,
         acquired=image,
-        obliquity_deg=angle,
+        obliquity_deg=decision.obliquity_deg,
         resampled=resampled,
+        grid=decision.grid,
+        tilt_deg=decision.tilt_deg,
+        slice_spacing_mm=slice_spacing,
+        grid_rule=decision.rule,
     )

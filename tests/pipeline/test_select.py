@@ -146,7 +146,32 @@ def test_rules_are_validated_and_serialisable() -> None:
         SelectionRules(lesion_label_pattern="(unclosed")
     rules = SelectionRules(lesion_label_pattern="(?i)resected")
     assert json.loads(json.dumps(rules.to_dict()))["lesion_label_pattern"] == "(?i)resected"
-    assert len(rules.to_dict()) == 7
+    assert len(rules.to_dict()) == 9
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"resample_oblique": "yes"}, r'"resample_oblique" must be true, false or "auto", not \'yes\''),
+        ({"resample_oblique": 1}, r'"resample_oblique" must be true, false or "auto", not 1'),
+        ({"max_axial_tilt_degrees": 45}, r'"max_axial_tilt_degrees" must be at least 0 and less than 45, not 45'),
+        ({"max_axial_tilt_degrees": -1.0}, r'"max_axial_tilt_degrees" must be at least 0 and less than 45, not -1'),
+        ({"max_axial_tilt_degrees": "25"}, r'"max_axial_tilt_degrees" must be a finite number, not \'25\''),
+        ({"max_resample_slice_mm": 0}, r'"max_resample_slice_mm" must be more than 0, not 0'),
+        ({"max_resample_slice_mm": float("nan")}, r'"max_resample_slice_mm" must be a finite number, not nan'),
+    ],
+)
+def test_oblique_policy_rules_are_validated(values: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SelectionRules(**values)
+
+
+def test_oblique_policy_defaults_and_integers_from_a_config_file() -> None:
+    rules = SelectionRules()
+    assert (rules.resample_oblique, rules.max_axial_tilt_degrees, rules.max_resample_slice_mm) == ("auto", 25.0, 1.5)
+    from_toml = SelectionRules.from_dict({"max_axial_tilt_degrees": 10, "max_resample_slice_mm": 2})
+    assert from_toml.to_dict()["max_axial_tilt_degrees"] == 10.0 and isinstance(from_toml.max_axial_tilt_degrees, float)
+    assert from_toml == SelectionRules(max_axial_tilt_degrees=10.0, max_resample_slice_mm=2.0)
 
 
 def test_structure_set_referencing_two_mr_series_takes_the_larger_and_says_so(tmp_path: Path) -> None:
@@ -173,5 +198,10 @@ def test_structure_set_referencing_two_mr_series_takes_the_larger_and_says_so(tm
 def test_rules_round_trip_through_a_dict() -> None:
     rules = SelectionRules(mask_preference="newest", resample_oblique=True)
     assert SelectionRules.from_dict(json.loads(json.dumps(rules.to_dict()))) == rules
+    rules = SelectionRules(resample_oblique="auto", max_axial_tilt_degrees=12.5, max_resample_slice_mm=1.2)
+    assert SelectionRules.from_dict(json.loads(json.dumps(rules.to_dict()))) == rules
+    # A rule recorded before the oblique policy had these keys still loads (defaults fill in).
+    old = {k: v for k, v in SelectionRules(resample_oblique=False).to_dict().items() if not k.startswith("max_")}
+    assert SelectionRules.from_dict(old) == SelectionRules(resample_oblique=False)
     with pytest.raises(ValueError, match="unknown selection rule keys: colour"):
         SelectionRules.from_dict({"colour": "red"})

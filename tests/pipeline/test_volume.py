@@ -19,12 +19,27 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pipeline.dicom_index import index_study
 from pipeline.errors import VolumeError
-from pipeline.volume import load_series_volume
+from pipeline.volume import GRID_ACQUIRED_TILTED, GRID_ORTHOGONAL, GRID_RESAMPLED, load_series_volume
 
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 AXIAL = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 SAGITTAL = ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0))
 CORONAL = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0))
+
+
+def tilted_axial(degrees: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Axial rows along +x, columns tilted ``degrees`` about the left-right axis (an AC-PC tilt).
+
+    Slice normal (0, -sin, cos): the slices climb towards the front of the head.
+    """
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    return (1.0, 0.0, 0.0), (0.0, c, s)
+
+
+def oblique_sagittal(degrees: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Sagittal rows along +y (A->P), columns rotated ``degrees`` about the anterior-posterior axis from -z."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    return (0.0, 1.0, 0.0), (s, 0.0, -c)
 
 
 def patient_attributes(ds: Dataset, study_uid: str) -> None:
@@ -110,12 +125,36 @@ def write_datasets(datasets: list[Dataset], folder: Path, shuffle_names: bool = 
     return paths
 
 
-def load(datasets: list[Dataset], folder: Path):
-    """Write a series and load its volume through the study index."""
+def load(datasets: list[Dataset], folder: Path, **policy: object):
+    """Write a series and load its volume through the study index (``policy``: load_series_volume keywords)."""
     write_datasets(datasets, folder)
     index = index_study(folder)
     (series,) = [s for s in index.series.values() if s.modality == "MR"]
-    return load_series_volume(series)
+    return load_series_volume(series, **policy)  # type: ignore[arg-type]
+
+
+def source_points(datasets: list[Dataset]) -> tuple[np.ndarray, np.ndarray]:
+    """Patient mm of every stored pixel centre, [k, row, col, 3] in list order, and the stored values."""
+    points, values = [], []
+    for ds in datasets:
+        iop = np.array(ds.ImageOrientationPatient, float)
+        dr, dc = (float(v) for v in ds.PixelSpacing)
+        r, c = np.meshgrid(np.arange(ds.Rows), np.arange(ds.Columns), indexing="ij")
+        origin = np.array(ds.ImagePositionPatient, float)
+        points.append(origin + (c * dc)[..., None] * iop[:3] + (r * dr)[..., None] * iop[3:])
+        values.append(np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(ds.Rows, ds.Columns))
+    return np.stack(points), np.stack(values)
+
+
+def assert_values_at_patient_points(image: sitk.Image, datasets: list[Dataset]) -> int:
+    """Every source pixel's value is found, exactly, in the voxel its patient point maps to."""
+    points, values = source_points(datasets)
+    checked = 0
+    for point, value in zip(points.reshape(-1, 3), values.ravel()):
+        index = image.TransformPhysicalPointToIndex(tuple(float(v) for v in point))
+        assert image[index] == float(value)
+        checked += 1
+    return checked
 
 
 def ramp(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -137,7 +176,8 @@ def test_shuffled_slices_are_sorted_along_the_normal(tmp_path: Path) -> None:
     np.testing.assert_array_equal(array, values.astype(np.float32))
     assert volume.image.GetOrigin() == pytest.approx((-3.0, -2.0, 10.0))
     assert volume.image.GetSpacing() == pytest.approx((0.9, 0.8, 2.5))
-    assert volume.image.GetDirection() == pytest.approx(tuple(np.eye(3).ravel()))
+    assert volume.image.GetDirection() == tuple(np.eye(3).ravel())
+    assert (volume.grid, volume.tilt_deg, volume.obliquity_deg) == (GRID_ORTHOGONAL, 0.0, 0.0)
     instance_number = {ds.SOPInstanceUID: int(ds.InstanceNumber) for ds in datasets}
     assert [instance_number[u] for (u,) in volume.source_sop_uids] == list(range(1, 8))
 
@@ -266,11 +306,116 @@ def test_duplicate_positions(tmp_path: Path) -> None:
         load(datasets, tmp_path)
 
 
-def test_oblique_acquisition_is_refused(tmp_path: Path) -> None:
-    c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
-    datasets = make_mr_series(ramp((3, 4, 4)), orientation=((1.0, 0.0, 0.0), (0.0, c, s)))
-    with pytest.raises(VolumeError, match=r"oblique acquisition \(20\.0 deg from the patient axes\)"):
+def test_axial_series_tilted_5_deg_keeps_its_acquired_slices(tmp_path: Path) -> None:
+    values = ramp((6, 12, 10), seed=11)
+    datasets = make_mr_series(values, orientation=tilted_axial(5.0), spacing=(1.0, 1.0, 5.0), origin=(-5.0, -6.0, -12.0))
+    volume = load(datasets, tmp_path)
+    assert volume.grid == GRID_ACQUIRED_TILTED and not volume.resampled
+    assert volume.tilt_deg == pytest.approx(5.0, abs=1e-4)
+    assert volume.obliquity_deg == pytest.approx(5.0, abs=1e-4)
+    assert volume.slice_spacing_mm == pytest.approx(5.0)
+    assert "within max_axial_tilt_degrees=25" in volume.grid_rule
+    image = volume.image
+    # No interpolation: the voxels are the stored pixels, slice k = acquired slice k.
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), values.astype(np.float32))
+    assert image.GetSize() == (10, 12, 6) and image.GetSpacing() == pytest.approx((1.0, 1.0, 5.0))
+    c, s = math.cos(math.radians(5.0)), math.sin(math.radians(5.0))
+    assert image.GetDirection() == pytest.approx((1.0, 0.0, 0.0, 0.0, c, -s, 0.0, s, c), abs=1e-9)
+    assert image.GetOrigin() == pytest.approx((-5.0, -6.0, -12.0))
+    assert volume.source_sop_uids == tuple((ds.SOPInstanceUID,) for ds in datasets)
+    assert assert_values_at_patient_points(image, datasets) == values.size
+    # The far corner of the last slice: index -> mm goes through the tilted direction.
+    corner = np.array(image.TransformIndexToPhysicalPoint((9, 11, 5)))
+    expected = np.array([-5.0, -6.0, -12.0]) + 9 * np.array([1.0, 0, 0]) + 11 * np.array([0, c, s]) + 25 * np.array([0, -s, c])
+    assert corner == pytest.approx(expected, abs=1e-6)
+
+
+def test_tilted_axial_series_stored_right_to_left_and_head_first_is_flipped_not_interpolated(tmp_path: Path) -> None:
+    values = ramp((5, 8, 9), seed=12)
+    c, s = math.cos(math.radians(7.0)), math.sin(math.radians(7.0))
+    # Rows towards patient right, slices stored superior -> inferior (normal (0, s, -c)).
+    datasets = make_mr_series(values, orientation=((-1.0, 0.0, 0.0), (0.0, c, s)), spacing=(1.0, 1.0, 3.0),
+                              origin=(4.0, -4.0, 6.0))
+    volume = load(datasets, tmp_path)
+    assert volume.grid == GRID_ACQUIRED_TILTED and volume.tilt_deg == pytest.approx(7.0, abs=1e-4)
+    image = volume.image
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), values[::-1, :, ::-1].astype(np.float32))
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    assert np.all(np.diag(direction) > math.cos(math.radians(7.0)) - 1e-9)  # i ~ +x, j ~ +y, k ~ +z
+    assert assert_values_at_patient_points(image, datasets) == values.size
+    assert volume.source_sop_uids == tuple((ds.SOPInstanceUID,) for ds in datasets[::-1])
+
+
+def test_axial_series_tilted_40_deg_is_refused_naming_tilt_and_limit(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((4, 6, 6)), orientation=tilted_axial(40.0), spacing=(1.0, 1.0, 5.0))
+    with pytest.raises(VolumeError) as err:
         load(datasets, tmp_path)
+    assert str(err.value) == (
+        f"series {_series_uid(datasets)}: oblique axial acquisition, slice normal 40.0 deg from the S axis, "
+        "more than max_axial_tilt_degrees=25; its slices are 5.00 mm apart, more than max_resample_slice_mm=1.5: "
+        "resampling onto an axial grid would blend acquired slices (rule resample_oblique=true forces it)"
+    )
+    # A wider limit keeps its acquired slices.
+    volume = load_series_volume(next(iter(index_study(tmp_path).series.values())), max_axial_tilt_degrees=44.0)
+    assert volume.grid == GRID_ACQUIRED_TILTED and volume.tilt_deg == pytest.approx(40.0, abs=1e-4)
+
+
+def test_in_plane_rotation_counts_against_the_axial_limit(tmp_path: Path) -> None:
+    c, s = math.cos(math.radians(30.0)), math.sin(math.radians(30.0))
+    datasets = make_mr_series(ramp((4, 6, 6)), orientation=((c, s, 0.0), (-s, c, 0.0)), spacing=(1.0, 1.0, 5.0))
+    with pytest.raises(VolumeError, match=r"slice normal 0\.0 deg from the S axis \(axes up to 30\.0 deg from the "
+                                          r"patient axes\), more than max_axial_tilt_degrees=25; its slices are 5\.00 mm"):
+        load(datasets, tmp_path)
+
+
+def test_zero_axial_limit_sends_a_small_tilt_to_the_resampling_rule(tmp_path: Path) -> None:
+    datasets = make_mr_series(ramp((4, 6, 6)), orientation=tilted_axial(5.0), spacing=(1.0, 1.0, 5.0))
+    with pytest.raises(VolumeError, match=r"5\.0 deg from the S axis, more than max_axial_tilt_degrees=0; "
+                                          r"its slices are 5\.00 mm apart.*would blend acquired slices"):
+        load(datasets, tmp_path, max_axial_tilt_degrees=0.0)
+
+
+def _linear_sagittal(spacing: tuple[float, float, float], tmp_path: Path, **policy: object):
+    k, r, col = np.indices((8, 12, 10))
+    values = 100 + 3 * col + 2 * r + 5 * k  # linear: trilinear interpolation reproduces it exactly
+    datasets = make_mr_series(values, orientation=oblique_sagittal(10.0), spacing=spacing, origin=(20.0, -6.0, 6.0))
+    return datasets, load(datasets, tmp_path, **policy)
+
+
+def test_oblique_sagittal_1mm_series_is_resampled_by_default(tmp_path: Path) -> None:
+    _, volume = _linear_sagittal((1.0, 1.0, 1.0), tmp_path)
+    assert volume.grid == GRID_RESAMPLED and volume.resampled
+    assert volume.acquisition_plane == "sagittal" and volume.tilt_deg == pytest.approx(10.0, abs=1e-4)
+    assert "slice spacing 1.00 mm <= max_resample_slice_mm=1.5" in volume.grid_rule
+    image, acquired = volume.image, volume.acquired
+    assert image.GetDirection() == tuple(np.eye(3).ravel())
+    checked = 0
+    for index in np.ndindex(*image.GetSize()):
+        ijk = np.array(acquired.TransformPhysicalPointToContinuousIndex(image.TransformIndexToPhysicalPoint(index)))
+        if np.all(ijk >= 0) and np.all(ijk <= np.array(acquired.GetSize()) - 1):
+            assert image[index] == pytest.approx(100 + 3 * ijk[0] + 2 * ijk[1] + 5 * ijk[2], abs=1e-3)
+            checked += 1
+    assert checked > 300
+
+
+def test_oblique_sagittal_5mm_series_is_refused_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(VolumeError) as err:  # the same series as above, at 5 mm slice spacing
+        _linear_sagittal((1.0, 1.0, 5.0), tmp_path)
+    message = str(err.value)
+    assert message.startswith("series ") and message.count("\n") == 0
+    assert ": oblique sagittal acquisition, slice normal 10.0 deg from the L axis, not near-axial" in message
+    assert ("its slices are 5.00 mm apart, more than max_resample_slice_mm=1.5: "
+            "resampling onto an axial grid would blend acquired slices") in message
+
+
+def test_resample_oblique_true_and_false_override_the_spacing_rule(tmp_path: Path) -> None:
+    _, forced = _linear_sagittal((1.0, 1.0, 5.0), tmp_path / "forced", resample_oblique=True)
+    assert forced.grid == GRID_RESAMPLED and "rule resample_oblique=true" in forced.grid_rule
+    assert forced.image.GetSpacing() == pytest.approx((5.0, 1.0, 1.0))
+    with pytest.raises(VolumeError, match=r"resampling onto an axial grid is off \(rule resample_oblique=false\)$"):
+        _linear_sagittal((1.0, 1.0, 1.0), tmp_path / "off", resample_oblique=False)
+    with pytest.raises(ValueError, match='Argument "resample_oblique" must be true, false or "auto"'):
+        _linear_sagittal((1.0, 1.0, 1.0), tmp_path / "bad", resample_oblique="yes")
 
 
 def test_missing_geometry_attribute(tmp_path: Path) -> None:
@@ -307,15 +452,13 @@ def test_enhanced_multiframe_per_frame_rescale(tmp_path: Path) -> None:
     np.testing.assert_allclose(sitk.GetArrayFromImage(volume.image), expected)
 
 
-def test_oblique_acquisition_resampled_when_the_rule_allows(tmp_path: Path) -> None:
-    c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
-    orientation = ((1.0, 0.0, 0.0), (0.0, c, s))
+def test_axial_series_tilted_beyond_the_limit_resampled_when_the_rule_allows(tmp_path: Path) -> None:
     k, r, col = np.indices((8, 12, 10))
     values = 100 + 3 * col + 2 * r + 5 * k  # linear: trilinear interpolation reproduces it exactly
-    datasets = make_mr_series(values, orientation=orientation, spacing=(1.0, 1.0, 1.5))
+    datasets = make_mr_series(values, orientation=tilted_axial(30.0), spacing=(1.0, 1.0, 1.5))
     write_datasets(datasets, tmp_path)
     volume = load_series_volume(next(iter(index_study(tmp_path).series.values())), resample_oblique=True)
-    assert volume.resampled and volume.obliquity_deg == pytest.approx(20.0, abs=1e-3)
+    assert volume.resampled and volume.obliquity_deg == pytest.approx(30.0, abs=1e-3)
     image = volume.image
     assert image.GetDirection() == tuple(np.eye(3).ravel())
     assert image.GetSpacing() == pytest.approx((1.0, 1.0, 1.5))
