@@ -9,6 +9,13 @@ RTSTRUCT (RT ROI Contour module, CLOSED_PLANAR ContourData in patient mm) is ras
 slice by slice in the plane the contour lies in, voxel centres inside the polygon, contours
 of one ROI on one slice combined by even-odd (XOR), so holes drawn as inner contours stay
 empty. Segment/ROI choice follows :class:`pipeline.select.SelectionRules`.
+
+Both work on any grid, including the tilted (non-identity direction) grid of a near-axial
+oblique acquisition (:mod:`pipeline.volume`): SEG frames are placed by their patient
+position and RTSTRUCT points are mapped to continuous indices through the image's origin,
+spacing and direction, so contours in patient mm land on the acquired slices they were
+drawn on. A contour that does not lie in a grid plane within half a voxel (drawn on a
+reformat) is a MaskError naming how far it spans.
 """
 
 from __future__ import annotations
@@ -215,7 +222,8 @@ def rasterize_contours(contours: list[np.ndarray], image: sitk.Image) -> tuple[n
     Each contour is filled in the grid plane it lies in (the index axis along which it is
     flat, normally the acquisition's slice axis); contours sharing a slice are combined by
     XOR (even-odd), so an inner contour cuts a hole. Returns the array and the largest
-    distance (mm) of a contour plane from the voxel centres it was filled into.
+    distance (mm) of a contour point from the plane of voxel centres it was filled into.
+    Index <-> mm uses the full direction matrix, so tilted grids are handled.
     """
     size = image.GetSize()  # x, y, z
     origin, spacing = np.array(image.GetOrigin()), np.array(image.GetSpacing())
@@ -226,13 +234,18 @@ def rasterize_contours(contours: list[np.ndarray], image: sitk.Image) -> tuple[n
     for points in contours:
         if len(points) < 3:
             continue
-        index = (points - origin) @ direction / spacing  # continuous index i, j, k
+        index = (points - origin) @ direction / spacing  # continuous index i, j, k (direction is orthonormal)
         axis = int(np.argmin(np.ptp(index, axis=0)))
-        if float(np.ptp(index[:, axis])) > 0.5:
-            raise MaskError("RTSTRUCT contour is not parallel to a plane of the image grid (oblique contour)")
+        span = float(np.ptp(index[:, axis]))
+        if span > 0.5:
+            raise MaskError(
+                f"contour is not in a plane of the image grid: its points span {span:.2f} voxels "
+                f"({span * float(spacing[axis]):.2f} mm) across the nearest grid plane, more than 0.5 "
+                f"(drawn on an oblique reformat?)"
+            )
         plane = float(np.mean(index[:, axis]))
         k = int(round(plane))
-        off_plane = max(off_plane, abs(plane - k) * float(spacing[axis]))
+        off_plane = max(off_plane, float(np.abs(index[:, axis] - k).max()) * float(spacing[axis]))
         if not 0 <= k < size[axis]:
             continue
         a, b = [i for i in range(3) if i != axis]

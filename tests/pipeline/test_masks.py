@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import highdicom as hd
@@ -16,7 +17,7 @@ from pipeline.errors import MaskError
 from pipeline.masks import fill_polygon, load_rtstruct_mask, load_seg_mask, rasterize_contours
 from pipeline.select import SelectionRules
 
-from tests.pipeline.test_volume import SAGITTAL, load, make_mr_series, patient_attributes, ramp
+from tests.pipeline.test_volume import SAGITTAL, load, make_mr_series, patient_attributes, ramp, tilted_axial
 
 RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
 
@@ -347,3 +348,53 @@ def test_edema_and_necrosis_labels_are_not_the_lesion(tmp_path: Path, axial) -> 
     segments = {"Peritumoral edema": brain & ~lesion, "Necrotic tumor core": core, "Enhancing tumor": lesion & ~core}
     mask = load_seg_mask(_write(make_seg(source, segments), tmp_path), volume.image, SelectionRules())
     assert (mask.lesion_number, mask.lesion_label) == (3, "Enhancing tumor")
+
+
+def test_seg_and_rtstruct_on_a_tilted_axial_grid_land_on_the_acquired_slices(tmp_path: Path) -> None:
+    source = make_mr_series(ramp((8, 30, 30)), orientation=tilted_axial(5.0), spacing=(1.0, 1.0, 3.0),
+                            origin=(-15.0, -15.0, -10.0))
+    volume = load(source, tmp_path / "mr")
+    assert volume.grid == "acquired_tilted"
+    centre, radius = (-2.0, 8.5, 1.5), 6.0
+    expected = ball_mask(source, centre, radius)
+    from_seg = load_seg_mask(_write(make_seg(source, {"Lesion": expected}), tmp_path), volume.image, SelectionRules())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(from_seg.lesion), expected.astype(np.uint8))
+    assert from_seg.record["segments"][0]["resampled"] is False
+    from_rt = load_rtstruct_mask(make_rtstruct(source, {"GTV": ball_contours(source, centre, radius)}),
+                                 volume.image, SelectionRules())
+    got = sitk.GetArrayFromImage(from_rt.lesion) > 0
+    assert dice(got, expected) >= 0.95
+    assert from_rt.record["rois"][0]["max_off_plane_mm"] == pytest.approx(0.0, abs=1e-3)
+    # Centroid of the filled voxels, mapped through the tilted direction, is the ball's centre.
+    index = np.argwhere(got)[:, ::-1].mean(axis=0)
+    centroid = np.array(volume.image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in index)))
+    direction = np.array(volume.image.GetDirection()).reshape(3, 3)
+    assert np.all(np.abs((centroid - np.array(centre)) @ direction) <= np.array(volume.image.GetSpacing()))
+
+
+def test_contours_drawn_in_true_axial_planes_on_a_tilted_grid(tmp_path: Path) -> None:
+    source = make_mr_series(ramp((8, 30, 30)), orientation=tilted_axial(5.0), spacing=(1.0, 1.0, 2.0),
+                            origin=(-15.0, -15.0, -8.0))
+    volume = load(source, tmp_path / "mr")
+    angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)[:, None]
+
+    def axial_circle(r: float) -> np.ndarray:  # in the plane z = 0, not in a slice plane of the grid
+        return np.hstack([r * np.cos(angles), r * np.sin(angles), np.zeros_like(angles)])
+
+    # Small: within half a slice of the nearest acquired slice; filled there, the distance recorded.
+    mask = load_rtstruct_mask(make_rtstruct(source, {"GTV": [axial_circle(3.0)]}), volume.image, SelectionRules())
+    # (0, 0, 0) is 6.66 mm along the normal from the grid origin: slice k = 3 at 6 mm, 0.66 mm
+    # away, and the circle leaves the axial plane by 3 mm * sin(5 deg) = 0.26 mm either side.
+    distance = -15.0 * math.sin(math.radians(5.0)) + 8.0 * math.cos(math.radians(5.0))
+    expected = (distance - 6.0) + 3.0 * math.sin(math.radians(5.0))
+    assert mask.record["rois"][0]["max_off_plane_mm"] == pytest.approx(expected, abs=1e-3)
+    assert expected == pytest.approx(0.924, abs=1e-3)
+    assert int(np.count_nonzero(sitk.GetArrayViewFromImage(mask.lesion).any(axis=(1, 2)))) == 1
+    # Large: spans more than half a slice across the tilted planes.
+    structure_set = make_rtstruct(source, {"GTV": [axial_circle(10.0)]})
+    with pytest.raises(MaskError) as err:
+        load_rtstruct_mask(structure_set, volume.image, SelectionRules())
+    assert str(err.value) == (
+        f"RTSTRUCT {structure_set.SOPInstanceUID} ROI 1: contour is not in a plane of the image grid: its points "
+        "span 0.87 voxels (1.74 mm) across the nearest grid plane, more than 0.5 (drawn on an oblique reformat?)"
+    )
