@@ -77,12 +77,11 @@ class SelectionRules:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f'Argument "{name}" must be a finite number, not {value!r}')
             object.__setattr__(self, name, float(value))  # TOML/JSON integers compare and record as floats
-        if not 0.0 <= self.max_axial_tilt_degrees < 45.0:
-            raise ValueError(
-                f'Argument "max_axial_tilt_degrees" must be at least 0 and less than 45, not {self.max_axial_tilt_degrees:g}'
-            )
-        if self.max_resample_slice_mm <= 0.0:
-            raise ValueError(f'Argument "max_resample_slice_mm" must be more than 0, not {self.max_resample_slice_mm:g}')
+        tilt, thick = self.max_axial_tilt_degrees, self.max_resample_slice_mm
+        if not 0.0 <= tilt < 45.0:  # below 45 deg each axis has one nearest LPS axis
+            raise ValueError(f'Argument "max_axial_tilt_degrees" must be at least 0 and less than 45, not {tilt:g}')
+        if thick <= 0.0:
+            raise ValueError(f'Argument "max_resample_slice_mm" must be more than 0, not {thick:g}')
         if self.mask_preference not in _MASK_PREFERENCES:
             raise ValueError(
                 f'Argument "mask_preference" must be one of {_MASK_PREFERENCES}, '

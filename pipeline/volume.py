@@ -341,16 +341,20 @@ def grid_policy(
     if plane == "axial":
         why_not = f"more than max_axial_tilt_degrees={max_axial_tilt_degrees:g}"
     else:
-        why_not = f"not near-axial (acquired slices are kept only for axial tilts up to max_axial_tilt_degrees={max_axial_tilt_degrees:g})"
+        why_not = (
+            "not near-axial (acquired slices are kept only for axial tilts up to "
+            f"max_axial_tilt_degrees={max_axial_tilt_degrees:g})"
+        )
     if resample_oblique is False:
         raise VolumeError(
-            f"series {series_uid}: {what}, {why_not}; resampling onto an axial grid is off (rule resample_oblique=false)"
+            f"series {series_uid}: {what}, {why_not}; "
+            "resampling onto an axial grid is off (rule resample_oblique=false)"
         )
     if resample_oblique == "auto" and slice_spacing_mm > max_resample_slice_mm:
         raise VolumeError(
             f"series {series_uid}: {what}, {why_not}; its slices are {slice_spacing_mm:.2f} mm apart, more than "
-            f"max_resample_slice_mm={max_resample_slice_mm:g}: resampling onto an axial grid would blend acquired slices "
-            f"(rule resample_oblique=true forces it)"
+            f"max_resample_slice_mm={max_resample_slice_mm:g}: resampling onto an axial grid would blend "
+            "acquired slices (rule resample_oblique=true forces it)"
         )
     how = "rule resample_oblique=true" if resample_oblique is True else (
         f"slice spacing {slice_spacing_mm:.2f} mm <= max_resample_slice_mm={max_resample_slice_mm:g}"

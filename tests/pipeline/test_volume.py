@@ -346,6 +346,17 @@ def test_tilted_axial_series_stored_right_to_left_and_head_first_is_flipped_not_
     assert volume.source_sop_uids == tuple((ds.SOPInstanceUID,) for ds in datasets[::-1])
 
 
+def test_tilted_enhanced_multiframe_matches_its_single_frames(tmp_path: Path) -> None:
+    values = ramp((4, 6, 7), seed=13)
+    datasets = make_mr_series(values, orientation=tilted_axial(6.0), spacing=(1.0, 1.0, 4.0))
+    single = load(datasets, tmp_path / "single")
+    multi = load([make_enhanced(datasets)], tmp_path / "multi")
+    assert multi.grid == GRID_ACQUIRED_TILTED and multi.tilt_deg == pytest.approx(6.0, abs=1e-4)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(multi.image), values.astype(np.float32))
+    assert multi.image.GetDirection() == pytest.approx(single.image.GetDirection(), abs=1e-9)
+    assert multi.image.GetOrigin() == pytest.approx(single.image.GetOrigin(), abs=1e-6)
+
+
 def test_axial_series_tilted_40_deg_is_refused_naming_tilt_and_limit(tmp_path: Path) -> None:
     datasets = make_mr_series(ramp((4, 6, 6)), orientation=tilted_axial(40.0), spacing=(1.0, 1.0, 5.0))
     with pytest.raises(VolumeError) as err:
