@@ -46,7 +46,7 @@ class ModelInput:
 
     ``array``: float32 ``[slices, channels, size, size]`` (default ``[5, 3, 96, 96]``),
     slices ordered inferior to superior, rows anterior to posterior, columns patient right
-    to left. ``provenance``: JSON-serialisable record of how it was made. ``lesion_mask``:
+    to left (to within the acquisition's tilt, recorded in the selection). ``provenance``: JSON-serialisable record of how it was made. ``lesion_mask``:
     float32 ``[slices, size, size]``, the lesion mask cropped and resized the same way
     (fractions in 0..1; for display, e.g. ``crops.png``).
     """
@@ -210,7 +210,9 @@ def _provenance(
     bias_record = _bias_record(prepared.bias)
     image = study.image
     nk, nj, ni = image.GetSize()[2], image.GetSize()[1], image.GetSize()[0]
-    z_mm = [float(image.TransformIndexToPhysicalPoint((0, 0, int(k)))[2]) for k in slices.indices]
+    # z of each slice at the crop centre (on a tilted grid z varies across the slice)
+    ci, cj = box.centre
+    z_mm = [float(image.TransformContinuousIndexToPhysicalPoint((float(ci), float(cj), float(k)))[2]) for k in slices.indices]
     low, high = box.corners_lps(image, float(slices.mid))
     mid_local = sitk.GetArrayViewFromImage(study.lesion)[slices.mid]
     sources = [list(study.source_sop_uids[k]) if k < len(study.source_sop_uids) else [] for k in slices.indices]
@@ -245,7 +247,7 @@ def _provenance(
             "voxels": {"i0": box.i0, "i1": box.i1, "j0": box.j0, "j1": box.j1},
             "centre_voxel": list(box.centre),
             "side_mm": list(box.side_mm),
-            "lps_mm": {"low": [low[0], low[1]], "high": [high[0], high[1]]},
+            "lps_mm": {"low": list(low), "high": list(high)},
             "padded": bool(box.i0 < 0 or box.j0 < 0 or box.i1 > ni or box.j1 > nj),
             "extent": params.crop_extent,
         },

@@ -392,3 +392,23 @@ def test_crop_extent_slices_ignores_lesion_parts_away_from_the_slices(head: Synt
     rows, cols = np.nonzero(on_slices.any(axis=0))
     assert box_slices.i0 <= cols.min() and cols.max() < box_slices.i1
     assert box_slices.j0 <= rows.min() and rows.max() < box_slices.j1
+
+
+def test_provenance_on_a_tilted_grid_gives_slice_z_at_the_lesion(head: SyntheticHead) -> None:
+    """A near-axial acquisition tilted 8 deg keeps its acquired slices (pipeline.volume): the
+    recorded z of the mid slice is where the crop is, not at the image corner."""
+    tilt = np.deg2rad(8.0)
+    direction = (1.0, 0.0, 0.0, 0.0, np.cos(tilt), -np.sin(tilt), 0.0, np.sin(tilt), np.cos(tilt))
+    image, lesion = sitk.Image(head.image), sitk.Image(head.lesion)
+    for im in (image, lesion):
+        im.SetDirection(direction)
+    study = loaded(SyntheticHead(image, lesion, head.brain, head.grey, head.log_bias, head.lesion_ijk, head.clean))
+    prov = preprocess(study).provenance
+    centroid_z = prov["lesion"]["centroid_lps_mm"][2]
+    mid = prov["slices"]["indices"].index(prov["slices"]["mid"])
+    spacing_z = image.GetSpacing()[2]
+    assert abs(prov["slices"]["z_mm"][mid] - centroid_z) <= spacing_z
+    corner_z = image.TransformIndexToPhysicalPoint((0, 0, prov["slices"]["mid"]))[2]
+    assert abs(corner_z - centroid_z) > 3 * spacing_z  # what the corner would have said
+    low, high = prov["crop_box"]["lps_mm"]["low"], prov["crop_box"]["lps_mm"]["high"]
+    assert len(low) == len(high) == 3 and abs(low[2] - high[2]) > 1.0  # the box is tilted too
