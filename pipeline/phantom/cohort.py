@@ -69,7 +69,10 @@ def generate_cohort(out_dir: Path, patients: int, positive_fraction: float, seed
     labels = np.zeros(patients, dtype=bool)
     labels[rng.permutation(patients)[:positives]] = True
     names, shares = list(GEOMETRY_MIX), np.array(list(GEOMETRY_MIX.values()))
-    geometries = rng.choice(names, size=patients, p=shares / shares.sum()) if geometry == "mixed" else [geometry] * patients
+    if geometry == "mixed":
+        geometries = rng.choice(names, size=patients, p=shares / shares.sum())
+    else:
+        geometries = [geometry] * patients
     masks = rng.choice(MASK_KINDS, size=patients) if mask_kind == "mixed" else [mask_kind] * patients
     studies = []
     for index in range(patients):

@@ -78,7 +78,8 @@ class HeadPose:
     def to_template(self, points: np.ndarray) -> np.ndarray:
         """Template-space points (N, 3) of patient points (N, 3)."""
         m = np.asarray(self.matrix).reshape(3, 3)
-        return (np.asarray(points, dtype=np.float64) - _HEAD_CENTRE_LPS) @ m.T + _HEAD_CENTRE_LPS + np.asarray(self.shift)
+        centred = np.asarray(points, dtype=np.float64) - _HEAD_CENTRE_LPS
+        return centred @ m.T + _HEAD_CENTRE_LPS + np.asarray(self.shift)
 
     def to_patient(self, points: np.ndarray) -> np.ndarray:
         """Patient points (N, 3) of template-space points (N, 3)."""

@@ -159,7 +159,8 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _place(head: HeadModel, region: str, reach: float, rng: np.random.Generator, avoid: np.ndarray | None) -> np.ndarray:
+def _place(head: HeadModel, region: str, reach: float, rng: np.random.Generator,
+           avoid: np.ndarray | None) -> np.ndarray:
     """A centre at the grey-white junction, deep enough in the brain, in the asked region."""
     lps = head.junction_lps[head.junction_depth_mm >= reach]
     cerebellar = (lps[:, 2] < -18.0) & (lps[:, 1] > 40.0) & (lps[:, 2] > -50.0)

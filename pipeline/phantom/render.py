@@ -68,7 +68,8 @@ class BiasField:
 
     def on_image(self, reference: sitk.Image) -> sitk.Image:
         """The field as a float32 image on the grid of ``reference`` (any orientation)."""
-        array = self.on_grid(reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection(), reference.GetSize())
+        array = self.on_grid(reference.GetOrigin(), reference.GetSpacing(), reference.GetDirection(),
+                             reference.GetSize())
         image = sitk.GetImageFromArray(array)
         image.CopyInformation(reference)
         return image
@@ -155,7 +156,8 @@ def render(head: HeadModel, grid: Grid, pose: HeadPose, lesions: list[Lesion]) -
     brain_image.CopyInformation(head.t1c)
     brain = sitk.GetArrayFromImage(sitk.Resample(brain_image, grid.reference(), transform, sitk.sitkNearestNeighbor, 0))
     satellite = masks[1] if len(masks) > 1 else np.zeros_like(masks[0])
-    return Rendered(relative=relative, lesion_mask=masks[0], satellite_mask=satellite, brain_mask=brain.astype(np.uint8))
+    return Rendered(relative=relative, lesion_mask=masks[0], satellite_mask=satellite,
+                    brain_mask=brain.astype(np.uint8))
 
 
 def lesion_truth(pose: HeadPose, lesion: Lesion, step_mm: float = 0.5) -> tuple[tuple[float, float, float], float]:

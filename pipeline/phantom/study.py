@@ -140,7 +140,8 @@ def generate_study(out_dir: Path, *, seed: int, geometry: str = "axial2d", mask_
         mask_ds = write_rtstruct(folder / "RTSTRUCT", study, grid, sources, image_series_uid, masks, mask_key,
                                  series_number=101)
     centroid, volume = lesion_truth(pose, lesion)
-    log.info("phantom study written", extra={"study_uid": study.study_uid, "geometry": geometry, "mask_kind": mask_kind})
+    log.info("phantom study written",
+             extra={"study_uid": study.study_uid, "geometry": geometry, "mask_kind": mask_kind})
     return PhantomStudy(
         folder=folder,
         study_uid=study.study_uid,
