@@ -51,6 +51,8 @@ def build_parser(prog: str = "egfr-node phantom") -> argparse.ArgumentParser:
                         help="acquisition geometry (default mixed = drawn per patient)")
     parser.add_argument("--effect-size", type=_unit_interval, default=DEFAULT_EFFECT_SIZE,
                         help=f"strength of the EGFR appearance effect in [0, 1] (default {DEFAULT_EFFECT_SIZE})")
+    parser.add_argument("--jobs", type=_positive_int, default=1,
+                        help="studies generated in parallel processes (default 1; the files do not depend on it)")
     return parser
 
 
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         studies = generate_cohort(args.out, args.patients, args.positive_fraction, args.seed, mask_kind=args.mask,
-                                  geometry=args.geometry, effect_size=args.effect_size, progress=progress)
+                                  geometry=args.geometry, effect_size=args.effect_size, progress=progress,
+                                  jobs=args.jobs)
     except (FileExistsError, ValueError) as error:
         print(f"egfr-node phantom: {error}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,10 @@ LABEL_COLUMNS = (
 )
 
 
-def _check(patients: int, positive_fraction: float, mask_kind: str, geometry: str, effect_size: float) -> None:
+def _check(patients: int, positive_fraction: float, mask_kind: str, geometry: str, effect_size: float,
+           jobs: int) -> None:
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f'Argument "jobs" must be a positive integer, not {jobs!r}')
     if not isinstance(patients, int) or patients < 1:
         raise ValueError(f'Argument "patients" must be a positive integer, not {patients!r}')
     if not 0.0 <= positive_fraction <= 1.0:
@@ -53,15 +57,17 @@ def write_labels(path: Path, studies: list[PhantomStudy], root: Path) -> None:
 
 def generate_cohort(out_dir: Path, patients: int, positive_fraction: float, seed: int, mask_kind: str = "seg",
                     geometry: str = "mixed", effect_size: float = DEFAULT_EFFECT_SIZE,
-                    progress: Callable[[int, int, PhantomStudy], None] | None = None) -> list[PhantomStudy]:
+                    progress: Callable[[int, int, PhantomStudy], None] | None = None,
+                    jobs: int = 1) -> list[PhantomStudy]:
     """Write ``patients`` studies (PHANTOM-0001 ...) and ``labels.csv`` under ``out_dir``.
 
     Exactly ``round(patients * positive_fraction)`` patients are EGFR-positive, chosen at
     random. ``mask_kind`` and ``geometry`` may be "mixed" (drawn per patient; geometries
     with the shares in ``GEOMETRY_MIX``). ``progress(done, total, study)`` is called after
-    each study.
+    each study (in patient order). ``jobs`` > 1 generates in that many processes; the files
+    are the same as with one.
     """
-    _check(patients, positive_fraction, mask_kind, geometry, effect_size)
+    _check(patients, positive_fraction, mask_kind, geometry, effect_size, jobs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([zlib.crc32(b"cohort"), seed])
@@ -74,12 +80,21 @@ def generate_cohort(out_dir: Path, patients: int, positive_fraction: float, seed
     else:
         geometries = [geometry] * patients
     masks = rng.choice(MASK_KINDS, size=patients) if mask_kind == "mixed" else [mask_kind] * patients
-    studies = []
-    for index in range(patients):
-        study = generate_study(out_dir, seed=seed, geometry=str(geometries[index]), mask_kind=str(masks[index]),
-                               egfr_positive=bool(labels[index]), patient_index=index + 1, effect_size=effect_size)
-        studies.append(study)
-        if progress is not None:
-            progress(index + 1, patients, study)
+    calls = [dict(seed=seed, geometry=str(geometries[index]), mask_kind=str(masks[index]),
+                  egfr_positive=bool(labels[index]), patient_index=index + 1, effect_size=effect_size)
+             for index in range(patients)]
+    studies: list[PhantomStudy] = []
+    if jobs <= 1:
+        for call in calls:
+            studies.append(generate_study(out_dir, **call))
+            if progress is not None:
+                progress(len(studies), patients, studies[-1])
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(generate_study, out_dir, **call) for call in calls]
+            for future in futures:
+                studies.append(future.result())
+                if progress is not None:
+                    progress(len(studies), patients, studies[-1])
     write_labels(out_dir / "labels.csv", studies, out_dir)
     return studies

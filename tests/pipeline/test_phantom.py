@@ -238,7 +238,7 @@ def test_egfr_effect_is_measurable_and_vanishes_at_effect_size_zero() -> None:
 def test_cli_writes_a_labelled_reproducible_cohort(tmp_path: Path, capsys) -> None:
     out = tmp_path / "cohort"
     assert main([str(out), "--patients", "3", "--positive-fraction", "0.34", "--seed", "5",
-                 "--geometry", "axial2d", "--mask", "mixed"]) == 0
+                 "--geometry", "axial2d", "--mask", "mixed", "--jobs", "2"]) == 0
     printed = capsys.readouterr().out
     assert "[1/3] PHANTOM-0001" in printed and "[3/3] PHANTOM-0003" in printed
     with open(out / "labels.csv", newline="") as handle:
@@ -247,7 +247,7 @@ def test_cli_writes_a_labelled_reproducible_cohort(tmp_path: Path, capsys) -> No
     assert sum(r["egfr_status"] == "positive" for r in rows) == round(3 * 0.34)
     assert {r["egfr_status"] for r in rows} <= {"positive", "negative"}
     assert len({r["study_uid"] for r in rows}) == 3
-    # Same seed, same study: identical UIDs and bytes.
+    # Same seed, same study: identical UIDs and bytes (generated here serially, there in a pool).
     row = rows[1]
     again = generate_study(tmp_path / "again", seed=5, geometry="axial2d", mask_kind=row["mask_kind"],
                            egfr_positive=row["egfr_status"] == "positive", patient_index=2)
