@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -24,20 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.machine import describe  # noqa: E402
+
 from tests.dicom_factory import mr_series, write_all  # noqa: E402
 from tests.node.process import cli, free_port, start, wait_until_listening, write_config  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def send(port: int, aet: str, files: list[Path], associations: int) -> float:
@@ -108,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = write_all(mr_series(args.count, rows=256, columns=256), work / "study")
         size = sum(f.stat().st_size for f in files) / len(files) / 1024
-        print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, disk under {work}")
+        print(f"machine: {describe()}, disk under {work}")
         print(f"sending {len(files)} MR slices of {size:.0f} KiB with storescu, {args.associations} association(s), TCP_NODELAY=1")
         results: dict[str, float] = {}
         runs = [("DCMTK storescp (files, no fsync)", lambda i: bench_storescp(files, work / f"r{i}", args.associations)),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,19 +25,11 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.machine import describe  # noqa: E402
+
 from pipeline.params import PreprocessParams  # noqa: E402
 from pipeline.preprocess import preprocess  # noqa: E402
 from pipeline.study import LoadedStudy, load_study  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def synthetic_study() -> LoadedStudy:
@@ -84,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", action="store_true", help="skip the phantom, use the synthetic head")
     args = parser.parse_args(argv)
 
-    print(f"device: {cpu_model()}, {os.cpu_count()} cores, SimpleITK {sitk.Version.VersionString()}, "
+    print(f"device: {describe()}, SimpleITK {sitk.Version.VersionString()}, "
           f"ITK threads {sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}")
     with tempfile.TemporaryDirectory() as tmp:
         load_s = float("nan")
