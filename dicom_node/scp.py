@@ -217,11 +217,14 @@ def make_ssl_context(certificate: str, private_key: str, ca_certificates: str = 
     return context
 
 
-def _set_tcp_nodelay(event: evt.Event) -> None:
+def _tune_connection(event: evt.Event, reactor_poll_seconds: float) -> None:
+    """TCP_NODELAY on the node's socket (no Nagle + delayed-ACK stall per C-STORE) and the
+    association reader's poll interval (``node.reactor_poll_seconds``)."""
     try:
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError):  # pragma: no cover - socket already gone
         pass
+    event.assoc.dul._run_loop_delay = reactor_poll_seconds
 
 
 def _log_accepted(event: evt.Event) -> None:
@@ -262,7 +265,7 @@ class DicomNode:
 
     def _handlers(self) -> list[Any]:
         return [
-            (evt.EVT_CONN_OPEN, _set_tcp_nodelay),
+            (evt.EVT_CONN_OPEN, _tune_connection, [self.config.node.reactor_poll_seconds]),
             (evt.EVT_ACCEPTED, _log_accepted),
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_C_ECHO, handle_echo),
