@@ -1,5 +1,13 @@
-"""Fixtures shared by the node's tests: a data folder, a migrated database (SQLite by
-default, PostgreSQL where reachable), and a running SCP on a free loopback port."""
+"""Fixtures shared by the tests: a data folder, a migrated database (SQLite by default,
+PostgreSQL where reachable), a running SCP on a free loopback port, and phantom studies.
+
+``phantom_study(geometry, mask_kind, **options)`` returns a ``PhantomStudy`` (ground truth +
+the folder of its DICOM files), generated once per session and cached per request. The same
+geometry with mask_kind "seg" and "rtstruct" gives the same image series (same seed), so SEG
+and RTSTRUCT of one lesion can be compared. Defaults: seed 7, patient 0, EGFR negative, no
+satellite lesion, no brain segment; any ``generate_study`` keyword may be overridden. Do not
+modify the returned folders: other tests share them (copy them to ``tmp_path`` first).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import shutil
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Iterator
 
 import pytest
@@ -16,6 +25,7 @@ from db.migrate import upgrade
 from dicom_node.config import Config, DatabaseSection, NodeSection, StorageSection, WorkerSection
 from dicom_node.runtime import Runtime, open_runtime
 from dicom_node.scp import DicomNode
+from pipeline.phantom import PhantomStudy, generate_study
 
 PG_ADMIN_URL = os.environ.get("EGFR_NODE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -93,3 +103,23 @@ def any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'q.sqlite3'}"
     return request.getfixturevalue("pg_url")
+
+
+_DEFAULTS = {"seed": 7, "patient_index": 0, "egfr_positive": False, "satellite": False,
+             "satellite_in_mask": False, "brain_segment": False}
+
+
+@pytest.fixture(scope="session")
+def phantom_study(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., PhantomStudy]:
+    """Factory: ``phantom_study("axial3d", "rtstruct", brain_segment=True) -> PhantomStudy``."""
+    cache: dict[tuple, PhantomStudy] = {}
+
+    def make(geometry: str = "axial2d", mask_kind: str = "seg", **options: object) -> PhantomStudy:
+        arguments = {**_DEFAULTS, **options}
+        key = (geometry, mask_kind, tuple(sorted(arguments.items())))
+        if key not in cache:
+            out: Path = tmp_path_factory.mktemp(f"phantom-{geometry}-{mask_kind}")
+            cache[key] = generate_study(out, geometry=geometry, mask_kind=mask_kind, **arguments)
+        return cache[key]
+
+    return make
