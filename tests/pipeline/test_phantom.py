@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +20,8 @@ from pipeline.phantom import GEOMETRIES, MASK_KINDS, PhantomStudy, generate_stud
 from pipeline.phantom.anatomy import head_model
 from pipeline.phantom.cli import main
 from pipeline.phantom.lesion import sample_lesion
+from tests.conftest import require_tool
 
-DCIODVFY = shutil.which("dciodvfy")
 
 
 def _files(folder: Path) -> list[Path]:
@@ -34,7 +33,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 def _dciodvfy(path: Path) -> tuple[Path, str]:
-    result = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([require_tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True, timeout=60)
     return path, result.stdout + result.stderr
 
 
@@ -123,8 +122,6 @@ def _check_centroid(study: PhantomStudy, points: np.ndarray) -> None:
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_every_file_is_valid_dicom_that_reads_back(phantom_study, geometry: str) -> None:
-    if DCIODVFY is None:
-        pytest.skip("dicom3tools dciodvfy is not installed")
     seg, rtstruct = phantom_study(geometry, "seg"), phantom_study(geometry, "rtstruct")
     image_folder = next(p.parent for p in _files(seg.folder) if p.parent.name.startswith("MR"))
     rt_image_folder = rtstruct.folder / image_folder.name
@@ -253,6 +250,9 @@ def test_cli_writes_a_labelled_reproducible_cohort(tmp_path: Path, capsys) -> No
                            egfr_positive=row["egfr_status"] == "positive", patient_index=2)
     assert again.study_uid == row["study_uid"] and again.mask_sop_uid == row["mask_sop_uid"]
     assert _digests(again.folder) == _digests(out / row["folder"])
+    # what the command wrote is valid DICOM, every file
+    errors, warnings = _dciodvfy_errors(_files(out))
+    assert errors == [] and all("Rescale" in line for line in warnings), (errors + warnings)[:5]
 
 
 @pytest.mark.parametrize("argv", [
@@ -286,8 +286,6 @@ def test_a_folder_never_mixes_two_studies(phantom_study) -> None:
 
 @pytest.mark.parametrize("mask_kind", MASK_KINDS)
 def test_satellite_and_brain_segments_are_written_and_valid(phantom_study, mask_kind: str) -> None:
-    if DCIODVFY is None:
-        pytest.skip("dicom3tools dciodvfy is not installed")
     study = phantom_study("axial2d", mask_kind, brain_segment=True, satellite=True, satellite_in_mask=True)
     assert study.mask_labels == ("Metastasis", "Metastasis 2", "Brain") and study.satellite
     errors, warnings = _dciodvfy_errors([_mask_path(study)])
