@@ -1,13 +1,18 @@
 """Index the DICOM files of one study folder by series, headers only.
 
 A study folder holds one study's files at any depth, possibly with non-DICOM files beside
-them (skipped). Headers are read with ``stop_before_pixels`` (PS3.10 files); pixels are read
+them (skipped). Hidden files and folders (name starting with ".") and ``*.tmp`` files are
+not read at all: the archive writes each instance to a hidden temporary file (and the node to
+a hidden ``.incoming/`` folder) before renaming it into place, so such a file may be half
+written. Headers are read with ``stop_before_pixels`` (PS3.10 files); pixels are read
 later, only for the chosen series and mask.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +109,20 @@ def _read_header(path: Path) -> Dataset | None:
     return ds
 
 
+def _is_in_progress(name: str) -> bool:
+    """True for a hidden name or a ``.tmp`` file: possibly half written, never read."""
+    return name.startswith(".") or name.endswith(".tmp")
+
+
+def _study_files(folder: Path) -> Iterator[Path]:
+    """Every complete file under ``folder``, in sorted path order; hidden folders are not entered."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not _is_in_progress(name):
+                yield Path(root) / name
+
+
 def index_study(folder: Path) -> StudyIndex:
     """Read the headers of every DICOM file under ``folder`` and group them by series.
 
@@ -115,7 +134,7 @@ def index_study(folder: Path) -> StudyIndex:
     headers: list[InstanceHeader] = []
     skipped = 0
     seen: set[str] = set()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(_study_files(folder)):
         ds = _read_header(path)
         if ds is None:
             skipped += 1

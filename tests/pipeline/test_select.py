@@ -128,6 +128,26 @@ def test_the_referenced_series_is_chosen_among_several(tmp_path: Path) -> None:
     assert len(selection.series.instances) == 4
 
 
+def test_half_written_temporary_files_are_not_read(tmp_path: Path) -> None:
+    """The archive's hidden ``.<uid>.dcm.<hex>.tmp`` files and a hidden ``.incoming/`` folder are
+    ignored: a truncated temp copy sorts before the complete file and must not win as a "duplicate"."""
+    source = _series()
+    seg = _lesion_seg(source)
+    paths = write_datasets([*source, seg], tmp_path)
+    (tmp_path / ".incoming").mkdir()
+    for path in paths[:2]:
+        truncated = path.read_bytes()[:-16]  # header complete, pixel data cut short
+        (tmp_path / f".{path.name}.0a1b2c.tmp").write_bytes(truncated)
+        (tmp_path / ".incoming" / path.name).write_bytes(truncated)
+    (tmp_path / f"{paths[2].name}.tmp").write_bytes(paths[2].read_bytes())
+    index = index_study(tmp_path)
+    assert index.skipped_files == 0
+    assert {h.path for h in index.by_sop_uid.values()} == set(paths)
+    series = index.series[source[0].SeriesInstanceUID]
+    assert len(series.instances) == len(source)
+    assert _select(tmp_path).mask.sop_uid == seg.SOPInstanceUID
+
+
 def test_folder_problems(tmp_path: Path) -> None:
     with pytest.raises(SelectionError, match="no DICOM files in"):
         index_study(tmp_path)
