@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.dicom_index import InstanceHeader, SeriesEntry, StudyIndex
 from pipeline.errors import SelectionError
+from pipeline.references import mask_referenced_instances, mask_referenced_series
 from pipeline.volume import DEFAULT_MAX_AXIAL_TILT_DEG, DEFAULT_MAX_RESAMPLE_SLICE_MM
 
 __all__ = ["Selection", "SelectionRules", "referenced_series_uids", "select_mask_and_series"]
@@ -126,38 +127,12 @@ class Selection:
 def referenced_series_uids(mask: InstanceHeader, index: StudyIndex) -> list[str]:
     """Series a mask references, in first-seen order.
 
-    SEG: Common Instance Reference module (ReferencedSeriesSequence) and the Derivation
-    Image functional group (SourceImageSequence, shared or per frame). RTSTRUCT:
-    ReferencedFrameOfReferenceSequence > RTReferencedStudySequence >
-    RTReferencedSeriesSequence, and ContourImageSequence of each contour.
-    SOP instance references are mapped to their series through the study index.
+    The series it names (:func:`pipeline.references.mask_referenced_series`), then the
+    series of the SOP instances it names (:func:`pipeline.references.mask_referenced_instances`)
+    that are in the study index.
     """
-    ds = mask.header
-    series: list[str] = []
-    sops: list[str] = []
-    if mask.mask_kind == "SEG":
-        for item in ds.get("ReferencedSeriesSequence", []):
-            series.append(str(item.SeriesInstanceUID))
-            sops.extend(str(i.ReferencedSOPInstanceUID) for i in item.get("ReferencedInstanceSequence", []))
-        groups = list(ds.get("SharedFunctionalGroupsSequence", []))
-        groups += list(ds.get("PerFrameFunctionalGroupsSequence", []))
-        for group in groups:
-            for derivation in group.get("DerivationImageSequence", []):
-                sops.extend(
-                    str(s.ReferencedSOPInstanceUID) for s in derivation.get("SourceImageSequence", [])
-                )
-    else:
-        for frame_ref in ds.get("ReferencedFrameOfReferenceSequence", []):
-            for study_ref in frame_ref.get("RTReferencedStudySequence", []):
-                for series_ref in study_ref.get("RTReferencedSeriesSequence", []):
-                    series.append(str(series_ref.SeriesInstanceUID))
-                    sops.extend(
-                        str(c.ReferencedSOPInstanceUID) for c in series_ref.get("ContourImageSequence", [])
-                    )
-        for roi in ds.get("ROIContourSequence", []):
-            for contour in roi.get("ContourSequence", []):
-                sops.extend(str(c.ReferencedSOPInstanceUID) for c in contour.get("ContourImageSequence", []))
-    for sop in sops:
+    series = list(mask_referenced_series(mask.header))
+    for sop in mask_referenced_instances(mask.header):
         if sop in index.by_sop_uid:
             series.append(index.by_sop_uid[sop].series_uid)
     return list(dict.fromkeys(series))
