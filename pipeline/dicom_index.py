@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+import pydicom.uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -35,12 +36,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MR_IMAGE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
+MR_IMAGE_SOP_CLASS = str(pydicom.uid.MRImageStorage)
 ENHANCED_MR_SOP_CLASSES = frozenset(
-    {"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4"}  # Enhanced, Legacy Converted
+    str(uid) for uid in (pydicom.uid.EnhancedMRImageStorage, pydicom.uid.LegacyConvertedEnhancedMRImageStorage)
 )
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+SEG_SOP_CLASS = str(pydicom.uid.SegmentationStorage)
+RTSTRUCT_SOP_CLASS = str(pydicom.uid.RTStructureSetStorage)
 _MASK_KINDS = {SEG_SOP_CLASS: "SEG", RTSTRUCT_SOP_CLASS: "RTSTRUCT"}
 
 
