@@ -3,7 +3,8 @@
 ``inputs.npz`` holds ``array`` (float32 ``[5, 3, 96, 96]``), ``slice_indices`` (int64 k of
 each slice) and ``slice_z_mm``; ``provenance.json`` what was chosen (series, mask, lesion,
 selection record), the slices, the crop box in voxels and mm, the lesion centroid in
-patient mm, the timings per step and the preprocessing parameters.
+patient mm, the timings per step (``write_outputs``: the two other files; provenance.json is
+written once, last) and the preprocessing parameters.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ PROVENANCE_FILE = "provenance.json"
 CROPS_FILE = "crops.png"
 
 
-def write_outputs(model_input: ModelInput, out_dir: Path) -> dict[str, Path]:
-    """Write the three files of one preprocessed study into ``out_dir`` (created)."""
+def _write_files(model_input: ModelInput, out_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Write the three files; return their paths and the provenance as written.
+
+    ``inputs.npz`` and ``crops.png`` first, then ``provenance.json`` once, with the time the
+    other two took as ``timings_s.write_outputs`` (its own write is not timed).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prov = model_input.provenance
+    start = time.perf_counter()
+    prov = dict(model_input.provenance)
     slices = prov.get("slices", {})
     inputs = out_dir / INPUTS_FILE
     np.savez_compressed(
@@ -46,10 +52,16 @@ def write_outputs(model_input: ModelInput, out_dir: Path) -> dict[str, Path]:
         slice_indices=np.asarray(slices.get("indices", []), dtype=np.int64),
         slice_z_mm=np.asarray(slices.get("z_mm", []), dtype=np.float64),
     )
-    provenance = out_dir / PROVENANCE_FILE
-    provenance.write_text(json.dumps(prov, indent=2, sort_keys=False, allow_nan=False) + "\n")
     crops = write_contact_sheet(model_input.array, model_input.lesion_mask, prov, out_dir / CROPS_FILE)
-    return {"inputs": inputs, "provenance": provenance, "crops": crops}
+    prov["timings_s"] = {**prov.get("timings_s", {}), "write_outputs": round(time.perf_counter() - start, 4)}
+    provenance = out_dir / PROVENANCE_FILE
+    provenance.write_text(json.dumps(prov, indent=2, allow_nan=False) + "\n")
+    return {"inputs": inputs, "provenance": provenance, "crops": crops}, prov
+
+
+def write_outputs(model_input: ModelInput, out_dir: Path) -> dict[str, Path]:
+    """Write the three files of one preprocessed study into ``out_dir`` (created)."""
+    return _write_files(model_input, out_dir)[0]
 
 
 def preprocess_study_to_folder(
@@ -72,9 +84,6 @@ def preprocess_study_to_folder(
     timings = {"load_study": round(load_s, 4), **timings}
     prov["timings_s"] = timings
     model_input = ModelInput(array=model_input.array, provenance=prov, lesion_mask=model_input.lesion_mask)
-    t = time.perf_counter()
-    write_outputs(model_input, out_dir)
-    prov["timings_s"]["write_outputs"] = round(time.perf_counter() - t, 4)
-    (Path(out_dir) / PROVENANCE_FILE).write_text(json.dumps(prov, indent=2, allow_nan=False) + "\n")
+    _, prov = _write_files(model_input, out_dir)
     logger.info("study %s preprocessed into %s", study.study_uid, out_dir)
     return prov

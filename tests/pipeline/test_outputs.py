@@ -92,3 +92,25 @@ def test_run_missing_folder(tmp_path: Path) -> None:
     assert run(tmp_path / "nope", tmp_path / "out", stdout=io.StringIO(), stderr=stderr) == 1
     assert stderr.getvalue().count("\n") == 1
     assert "does not exist" in stderr.getvalue()
+
+
+def test_provenance_written_once_after_the_other_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import outputs
+    from pipeline.preprocess import ModelInput
+
+    written_paths: list[str] = []
+    write_text = Path.write_text
+
+    def recording_write_text(self: Path, *args, **kwargs):
+        written_paths.append(self.name)
+        assert (self.parent / "inputs.npz").is_file() and (self.parent / "crops.png").is_file()
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", recording_write_text)
+    array = np.zeros((5, 3, 8, 8), np.float32)
+    prov = {"study_uid": "1.2.3", "slices": {"indices": [0, 1, 2, 3, 4]}, "timings_s": {"zscore": 0.5}}
+    paths = outputs.write_outputs(ModelInput(array=array, provenance=prov), tmp_path)
+    assert written_paths == ["provenance.json"]
+    saved = json.loads(paths["provenance"].read_text())
+    assert saved["timings_s"]["zscore"] == 0.5 and saved["timings_s"]["write_outputs"] >= 0.0
+    assert "write_outputs" not in prov["timings_s"]  # the caller's record is left as it was
