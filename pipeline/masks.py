@@ -125,6 +125,13 @@ def _lattice_aligned(source: sitk.Image, target: sitk.Image) -> bool:
     return True
 
 
+def _library_error(what: str, exc: Exception) -> MaskError:
+    """``what (ExceptionType)``: a library's message can quote dataset content, so it is
+    logged at DEBUG only and left out of the error (and its chain)."""
+    logger.debug("%s: %s: %s", what, type(exc).__name__, exc)
+    return MaskError(f"{what} ({type(exc).__name__})")
+
+
 def load_seg_mask(path: Path, image: sitk.Image, rules: SelectionRules, *, sop_uid: str = "") -> LoadedMask:
     """Decode a SEG with highdicom and put its lesion (and brain) segment on ``image``'s grid.
 
@@ -134,7 +141,7 @@ def load_seg_mask(path: Path, image: sitk.Image, rules: SelectionRules, *, sop_u
     try:
         seg = hd.seg.segread(path)
     except Exception as exc:  # highdicom raises many kinds on malformed SEGs
-        raise MaskError(f"SEG {sop_uid or '(unreadable)'}: cannot be read by highdicom ({exc})") from exc
+        raise _library_error(f"SEG {sop_uid or '(unreadable)'}: cannot be read by highdicom", exc) from None
     uid = str(seg.SOPInstanceUID)
     fractional = seg.SegmentationType == "FRACTIONAL"
     on_grid: dict[int, np.ndarray] = {}
@@ -145,7 +152,7 @@ def load_seg_mask(path: Path, image: sitk.Image, rules: SelectionRules, *, sop_u
         try:
             volume = seg.get_volume(segment_numbers=[number], rescale_fractional=True)
         except (ValueError, RuntimeError) as exc:
-            raise MaskError(f"SEG {uid}: segment {number} does not form a volume ({exc})") from exc
+            raise _library_error(f"SEG {uid}: segment {number} does not form a volume", exc) from None
         values = np.asarray(volume.array)
         binary = (values >= 0.5) if fractional else (values > 0)
         volume = volume.with_array(binary.astype(np.uint8))

@@ -326,12 +326,25 @@ def test_single_frame_seg_lands_on_one_thin_slice(tmp_path: Path) -> None:
     assert mask.record["segments"][0]["resampled"] is False
 
 
-def test_unreadable_seg_is_named_by_uid(tmp_path: Path, axial) -> None:
+def test_unreadable_seg_is_named_by_uid(tmp_path: Path, axial, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """The error names the SEG and the exception type; the library's message (it can quote
+    dataset content) goes to the DEBUG log only."""
     source, volume, lesion, _ = axial
     seg = make_seg(source, {"Lesion": lesion})
     path = _write(seg, tmp_path)
+
+    def quoting_segread(*args, **kwargs):
+        raise ValueError("Patient's Name 'DOE^JANE' is not valid")
+
+    monkeypatch.setattr(hd.seg, "segread", quoting_segread)
+    with caplog.at_level("DEBUG", logger="pipeline.masks"), pytest.raises(MaskError) as err:
+        load_seg_mask(path, volume.image, SelectionRules(), sop_uid=str(seg.SOPInstanceUID))
+    assert str(err.value) == f"SEG {seg.SOPInstanceUID}: cannot be read by highdicom (ValueError)"
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert [r.levelname for r in caplog.records if "DOE^JANE" in r.getMessage()] == ["DEBUG"]
+    monkeypatch.undo()
     path.write_bytes(path.read_bytes()[:1500])  # a truncated file
-    with pytest.raises(MaskError, match=rf"^SEG {seg.SOPInstanceUID}: cannot be read by highdicom \("):
+    with pytest.raises(MaskError, match=rf"^SEG {seg.SOPInstanceUID}: cannot be read by highdicom \(\w+\)$"):
         load_seg_mask(path, volume.image, SelectionRules(), sop_uid=str(seg.SOPInstanceUID))
 
 
