@@ -11,7 +11,7 @@ of one ROI on one slice combined by even-odd (XOR), so holes drawn as inner cont
 empty. Segment/ROI choice follows :class:`pipeline.select.SelectionRules`.
 
 Both work on any grid, including the tilted (non-identity direction) grid of a near-axial
-oblique acquisition (:mod:`pipeline.volume`): SEG frames are placed by their patient
+oblique acquisition (:mod:`pipeline.grid`): SEG frames are placed by their patient
 position and RTSTRUCT points are mapped to continuous indices through the image's origin,
 spacing and direction, so contours in patient mm land on the acquired slices they were
 drawn on. A contour that does not lie in a grid plane within half a voxel (drawn on a

@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.dicom_index import InstanceHeader, SeriesEntry, StudyIndex
 from pipeline.errors import SelectionError
 from pipeline.references import mask_referenced_instances, mask_referenced_series
-from pipeline.volume import DEFAULT_MAX_AXIAL_TILT_DEG, DEFAULT_MAX_RESAMPLE_SLICE_MM
+from pipeline.grid import DEFAULT_MAX_AXIAL_TILT_DEG, DEFAULT_MAX_RESAMPLE_SLICE_MM
 
 __all__ = ["Selection", "SelectionRules", "referenced_series_uids", "select_mask_and_series"]
 
@@ -44,7 +44,7 @@ class SelectionRules:
     - ``image_modality``: the modality the referenced series must have.
 
     Oblique acquisitions (slice axes more than about 0.06 deg from the patient axes; the
-    policy is :mod:`pipeline.volume`'s, the choice is recorded in ``LoadedStudy.selection``):
+    policy is :mod:`pipeline.grid`'s, the choice is recorded in ``LoadedStudy.selection``):
 
     - ``max_axial_tilt_degrees`` (default 25, 0 <= value < 45): a near-axial acquisition,
       every image axis within this angle of its LPS axis (AC-PC tilt, small in-plane

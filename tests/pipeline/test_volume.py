@@ -19,7 +19,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pipeline.dicom_index import index_study
 from pipeline.errors import VolumeError
-from pipeline.volume import GRID_ACQUIRED_TILTED, GRID_ORTHOGONAL, GRID_RESAMPLED, load_series_volume
+from pipeline.grid import GRID_ACQUIRED_TILTED, GRID_ORTHOGONAL, GRID_RESAMPLED
+from pipeline.volume import load_series_volume
 
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 AXIAL = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
