@@ -12,14 +12,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_sessionmaker", "is_sqlite", "SQLITE_BUSY_TIMEOUT_MS"]
+__all__ = ["make_engine", "make_sessionmaker", "SQLITE_BUSY_TIMEOUT_MS"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-def is_sqlite(engine_or_url: Engine | str) -> bool:
-    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
-    return url.get_backend_name() == "sqlite"
 
 
 def make_engine(url: str) -> Engine:

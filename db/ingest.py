@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import ACTIVE_JOB_PREDICATE_SQL, ACTIVE_JOB_STATES, Instance, Job, JobState, Series, Study, utcnow
+from db.models import ACTIVE_JOB_PREDICATE_SQL, Instance, Job, JobState, Series, Study, utcnow
 
 __all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "find_instance", "MASK_MODALITIES", "ARRIVING_REASON"]
 

@@ -138,9 +138,12 @@ def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: dateti
         else:
             readiness = study_readiness(session, job.study)
             if readiness.ready:
+                # Quiet time checked again in the UPDATE: on PostgreSQL an instance committed
+                # since the read above must keep the study waiting.
+                still_quiet = select(Study.id).where(Study.id == job.study_id, Study.last_received_at <= now - stable)
                 moved = session.execute(
                     update(Job)
-                    .where(Job.id == job.id, Job.state == JobState.WAITING)
+                    .where(Job.id == job.id, Job.state == JobState.WAITING, Job.study_id.in_(still_quiet))
                     .values(state=JobState.QUEUED, reason=None, queued_at=now, updated_at=now)
                     .execution_options(synchronize_session="fetch")
                 ).rowcount

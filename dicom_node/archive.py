@@ -2,10 +2,11 @@
 
 Layout ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``; UIDs are
 checked against the UI value representation before they become path parts. A file is
-written to a temporary name in its folder, fsynced, then linked to its final name (a link
-never replaces an existing file, so two associations writing the same instance leave one
-whole file), and the folder is fsynced. Temporary files are never registered; a crash
-leaves at most a ``.tmp`` file, removed at the next start.
+written under ``<root>/.incoming/`` (same file system) as ``<host>-<pid>-<random>.tmp``,
+fsynced, then linked to its final name (a link never replaces an existing file, so two
+associations writing the same instance leave one whole file), and the folder is fsynced.
+Temporary files are never registered. At start a node removes only the temporary files its
+own host's dead processes left (or any older than a day): several SCPs may share the archive.
 """
 
 from __future__ import annotations
@@ -16,16 +17,20 @@ import logging
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Archive", "ArchiveFull", "StoredFile", "InvalidUID", "check_uid"]
+__all__ = ["Archive", "ArchiveFull", "StoredFile", "InvalidUID", "check_uid", "INCOMING"]
 
 log = logging.getLogger(__name__)
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+INCOMING = ".incoming"
 TMP_SUFFIX = ".tmp"
+STALE_SECONDS = 24 * 3600
 
 
 class ArchiveFull(OSError):
@@ -48,10 +53,8 @@ def check_uid(name: str, value: object) -> str:
 
 @dataclass(frozen=True)
 class StoredFile:
-    relative_path: str
-    size_bytes: int
     sha256: str
-    #: False when a file with this name was already there (not overwritten).
+    #: False when a file with this name was already there (it is never overwritten).
     written: bool
     #: When not written: whether the file already there has the same bytes.
     identical: bool
@@ -62,7 +65,9 @@ class Archive:
         self.root = Path(root)
         self.free_space_reserve_bytes = free_space_reserve_bytes
         self.fsync = fsync
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.incoming = self.root / INCOMING
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        self._tmp_prefix = f"{socket.gethostname()}-{os.getpid()}-"
 
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
         return "/".join(
@@ -76,9 +81,6 @@ class Archive:
     def path(self, relative_path: str) -> Path:
         return self.root / relative_path
 
-    def study_folder(self, study_uid: str) -> Path:
-        return self.root / check_uid("StudyInstanceUID", study_uid)
-
     def check_free_space(self, incoming_bytes: int) -> None:
         free = shutil.disk_usage(self.root).free
         if free - incoming_bytes < self.free_space_reserve_bytes:
@@ -91,31 +93,42 @@ class Archive:
         """Write ``data`` at ``relative_path`` durably, never leaving a partial file there.
 
         An existing file is never replaced (``written=False``; ``identical`` says whether it
-        holds the same bytes).
+        holds the same bytes); it is fsynced before this returns, since the caller may
+        acknowledge it.
         """
         digest = hashlib.sha256(data).hexdigest()
         final = self.root / relative_path
         if final.exists():
-            return StoredFile(relative_path, len(data), digest, written=False, identical=_sha256(final) == digest)
+            return self._existing(final, digest)
         self.check_free_space(len(data))
-        folder = final.parent
-        self._make_folders(folder)
-        tmp = folder / f".{final.name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+        tmp = self.incoming / f"{self._tmp_prefix}{uuid.uuid4().hex}{TMP_SUFFIX}"
         try:
+            self._make_folders(final.parent)
             self._write(tmp, data)
             try:
                 os.link(tmp, final)
             except FileExistsError:  # another association wrote it a moment ago
-                return StoredFile(relative_path, len(data), digest, written=False, identical=_sha256(final) == digest)
+                return self._existing(final, digest)
             if self.fsync:
-                _fsync_dir(folder)
+                _fsync_dir(final.parent)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ArchiveFull(exc.errno, f"archive {self.root}: disk full while writing {relative_path}") from exc
             raise
         finally:
             tmp.unlink(missing_ok=True)
-        return StoredFile(relative_path, len(data), digest, written=True, identical=True)
+        return StoredFile(digest, written=True, identical=True)
+
+    def _existing(self, final: Path, digest: str) -> StoredFile:
+        """A file already at ``final``: make it durable (its writer may not have yet) and compare."""
+        if self.fsync:
+            fd = os.open(final, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(final.parent)
+        return StoredFile(digest, written=False, identical=_sha256(final) == digest)
 
     def _make_folders(self, folder: Path) -> None:
         """Create the study/series folders; a new folder's entry is made durable in its parent."""
@@ -143,15 +156,35 @@ class Archive:
         finally:
             os.close(fd)
 
-    def remove_temporary_files(self) -> int:
-        """Delete ``.tmp`` files a crash left behind; returns how many."""
+    def remove_stale_temporary_files(self) -> int:
+        """Delete temporary files left by this host's dead processes, or older than a day."""
+        host = socket.gethostname()
+        now = time.time()
         count = 0
-        for tmp in self.root.rglob(f".*{TMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
-            count += 1
+        for tmp in self.incoming.glob(f"*{TMP_SUFFIX}"):
+            owner_host, _, rest = tmp.name.rpartition("-")[0].rpartition("-")
+            pid = int(rest) if rest.isdigit() else -1
+            dead = owner_host == host and pid > 0 and not _alive(pid)
+            try:
+                old = now - tmp.stat().st_mtime > STALE_SECONDS
+            except FileNotFoundError:
+                continue
+            if dead or old:
+                tmp.unlink(missing_ok=True)
+                count += 1
         if count:
-            log.warning("removed %d temporary files left by an interrupted write", count)
+            log.warning("removed %d temporary files left by interrupted writes", count)
         return count
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _sha256(path: Path) -> str:

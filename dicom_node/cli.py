@@ -224,6 +224,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from pipeline.preprocess_command import run
 
     path = Path(args.path)
+    out = Path(args.out) if args.out else Path("preprocess-out")
     if not path.exists():
         # Not a folder: a Study Instance UID in the archive.
         from dicom_node.archive import InvalidUID, check_uid
@@ -235,7 +236,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         path = _load(args).storage.archive_path / study_uid
         if not path.is_dir():
             return _fail(f"study {study_uid} is not in the archive ({path})")
-    out = Path(args.out) if args.out else Path("preprocess-out") / path.name
+        out = Path(args.out) if args.out else Path("preprocess-out") / study_uid
     return run(path, out)
 
 
@@ -293,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("preprocess", help="model inputs, provenance and a contact sheet for one study")
     p.add_argument("path", help="a folder of one study's DICOM files, or a Study Instance UID in the archive")
-    p.add_argument("--out", help="output folder (default ./preprocess-out/<name>)")
+    p.add_argument("--out", help="output folder (default ./preprocess-out, or ./preprocess-out/<study UID>)")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("phantom", help="write a phantom cohort of DICOM studies", add_help=False)

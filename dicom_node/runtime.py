@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from pathlib import Path
+
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_sessionmaker
@@ -32,6 +35,12 @@ class Runtime:
 
 
 def open_runtime(config: Config, *, check_schema: bool = True) -> Runtime:
+    url = make_url(config.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise SchemaOutOfDate(
+            f"database {url.database} does not exist: run `egfr-node init` (or `egfr-node db upgrade`) "
+            f"with this configuration ({config.source})"
+        )
     engine = make_engine(config.database_url)
     if check_schema:
         current, head = current_revision(engine), head_revision()

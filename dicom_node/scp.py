@@ -13,10 +13,13 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
 from pydicom import uid as dicom_uid
 from pynetdicom import AE, _config as pynetdicom_config, evt, sop_class
 from pynetdicom.transport import ThreadedAssociationServer
@@ -24,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.ingest import InstanceRecord, RecordOutcome, record_instance
-from dicom_node.archive import Archive, ArchiveFull, InvalidUID
+from dicom_node.archive import Archive, ArchiveFull
 from dicom_node.config import Config
 from dicom_node.instance_header import InstanceHeader, NonConformant, SOPClassMismatch, read_header
 
@@ -85,6 +88,7 @@ class Status:
     """C-STORE / C-ECHO status codes the node answers with (PS3.4 B.2.3, PS3.7 C)."""
 
     SUCCESS = 0x0000
+    CONFLICT_FIRST_COPY_KEPT = 0xB006  # warning, elements discarded: the earlier copy is kept
     OUT_OF_RESOURCES = 0xA700  # archive below its free-space reserve or disk full
     DATABASE_UNAVAILABLE = 0xA701  # out of resources: the record could not be committed
     DATASET_DOES_NOT_MATCH = 0xA900  # SOP class/instance differs from the request
@@ -138,8 +142,10 @@ def handle_store(
         return _status(Status.NON_CONFORMANT, str(exc))
     except Exception as exc:  # pydicom raises many kinds on a garbled stream
         counters.add("failures")
-        log.error("C-STORE %s from %s: dataset cannot be decoded: %s: %s", affected, calling_aet,
-                  type(exc).__name__, exc, extra={"sop_instance_uid": affected})
+        # The library's message may quote element values: the type at ERROR, the text at DEBUG.
+        log.error("C-STORE %s from %s: dataset cannot be decoded: %s", affected, calling_aet,
+                  type(exc).__name__, extra={"sop_instance_uid": affected})
+        log.debug("decode failure detail: %s", exc)
         return _status(Status.CANNOT_UNDERSTAND, f"dataset cannot be decoded: {type(exc).__name__}")
     extra = {"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid}
     try:
@@ -148,10 +154,6 @@ def handle_store(
         counters.add("failures")
         log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
         return _status(Status.OUT_OF_RESOURCES, "archive out of disk space")
-    except InvalidUID as exc:
-        counters.add("failures")
-        log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc, extra=extra)
-        return _status(Status.NON_CONFORMANT, str(exc))
     except SQLAlchemyError as exc:
         counters.add("failures")
         log.error("C-STORE %s: database unavailable: %s", header.sop_instance_uid, type(exc).__name__, extra=extra)
@@ -169,7 +171,7 @@ def _archive_and_record(
     archive: Archive,
     sessions: sessionmaker[Session],
     counters: StoreCounters,
-) -> int:
+) -> int | Dataset:
     encoded = event.encoded_dataset(include_meta=True)
     relative = archive.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
     record = InstanceRecord(
@@ -195,13 +197,29 @@ def _archive_and_record(
         # A file with other bytes is there: the recorded first copy (a conflict), or a
         # complete file from an earlier send never recorded (a crash before the commit):
         # either way it is the first copy; it is recorded, and this send counted against it.
-        data = archive.path(relative).read_bytes()
-        record_instance(sessions, replace(record, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
+        record_instance(sessions, _record_of_file(archive.path(relative), record))
         outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
     counters.add({RecordOutcome.NEW: "stored", RecordOutcome.DUPLICATE: "duplicates", RecordOutcome.CONFLICT: "conflicts"}[outcome])
     log.debug("C-STORE %s from %s: %s", header.sop_instance_uid, calling_aet, outcome.value,
               extra={"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid})
+    if outcome is RecordOutcome.CONFLICT:
+        # Stored earlier with other content: the first copy stays. A warning, not a failure,
+        # so the sender logs it and does not retry in a loop.
+        return _status(Status.CONFLICT_FIRST_COPY_KEPT, "stored earlier with other content; first copy kept")
     return Status.SUCCESS
+
+
+def _record_of_file(path: Path, record: InstanceRecord) -> InstanceRecord:
+    """``record`` as it describes the file already at ``path`` (its bytes and file meta)."""
+    data = path.read_bytes()
+    meta = read_file_meta_info(path)
+    return replace(
+        record,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", record.transfer_syntax_uid)),
+        sop_class_uid=str(meta.get("MediaStorageSOPClassUID", record.sop_class_uid)),
+    )
 
 
 def make_ssl_context(certificate: str, private_key: str, ca_certificates: str = "") -> ssl.SSLContext:
@@ -217,14 +235,12 @@ def make_ssl_context(certificate: str, private_key: str, ca_certificates: str = 
     return context
 
 
-def _tune_connection(event: evt.Event, reactor_poll_seconds: float) -> None:
-    """TCP_NODELAY on the node's socket (no Nagle + delayed-ACK stall per C-STORE) and the
-    association reader's poll interval (``node.reactor_poll_seconds``)."""
+def _set_tcp_nodelay(event: evt.Event) -> None:
+    """TCP_NODELAY on the node's socket: no Nagle + delayed-ACK stall per C-STORE."""
     try:
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError):  # pragma: no cover - socket already gone
         pass
-    event.assoc.dul._run_loop_delay = reactor_poll_seconds
 
 
 def _log_accepted(event: evt.Event) -> None:
@@ -265,7 +281,7 @@ class DicomNode:
 
     def _handlers(self) -> list[Any]:
         return [
-            (evt.EVT_CONN_OPEN, _tune_connection, [self.config.node.reactor_poll_seconds]),
+            (evt.EVT_CONN_OPEN, _set_tcp_nodelay),
             (evt.EVT_ACCEPTED, _log_accepted),
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_C_ECHO, handle_echo),
@@ -274,7 +290,7 @@ class DicomNode:
 
     def start(self) -> None:
         """Start listening (non-blocking): the plain port, and the TLS port when enabled."""
-        self.archive.remove_temporary_files()
+        self.archive.remove_stale_temporary_files()
         node, tls = self.config.node, self.config.tls
         self.servers.append(self.ae.start_server((node.host, node.port), block=False, evt_handlers=self._handlers()))
         log.info("listening as %s on %s:%d", node.ae_title, node.host, self.port)
@@ -293,8 +309,16 @@ class DicomNode:
     def tls_port(self) -> int | None:
         return self.servers[1].server_address[1] if len(self.servers) > 1 else None
 
-    def stop(self) -> None:
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop listening, then let associations in progress finish (up to ``grace_seconds``,
+        default the network timeout) so a PACS push is not cut at every restart."""
         for server in self.servers:
             server.shutdown()
         self.servers.clear()
+        deadline = time.monotonic() + (self.config.node.network_timeout_seconds if grace_seconds is None else grace_seconds)
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.ae.active_associations:
+            log.warning("stopping with %d associations still open", len(self.ae.active_associations))
+        self.ae.shutdown()
         log.info("stopped; %s", self.counters)

@@ -65,15 +65,18 @@ def test_sigkill_mid_association_loses_nothing_acknowledged(tmp_path: Path) -> N
         data = (archive / row.path).read_bytes()
         assert hashlib.sha256(data).hexdigest() == row.sha256
         assert dcmread(archive / row.path).SOPInstanceUID == row.sop_instance_uid
-    # a leftover temporary file is never registered
-    temporary = [p for p in archive.rglob("*.tmp")]
-    assert not {p.name for p in temporary} & {Path(r.path).name for r in rows.values()}
+    # only whole, linked files are registered: every row names a .dcm in the study folders,
+    # never the temporary folder; a file on disk without a row was never acknowledged
+    assert all(r.path.endswith(".dcm") and not r.path.startswith(".") for r in rows.values())
+    on_disk = {p.stem for p in archive.glob("*/*/*.dcm")}
+    assert set(rows) <= on_disk
+    assert not (on_disk - set(rows)) & set(acknowledged)
 
     # restart: temporary files are cleared, the rest of the study is accepted, nothing twice
     node = start(config_path, "scp")
     try:
         wait_until_listening(port, node)
-        assert list(archive.rglob("*.tmp")) == []
+        assert list((archive / ".incoming").iterdir()) == []  # the dead process's leftovers
         assoc = ae.associate("127.0.0.1", port, ae_title="EGFR_NODE")
         assert all(assoc.send_c_store(ds).Status == 0 for ds in images)
         assoc.release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from io import BytesIO
 import subprocess
 import threading
 from dataclasses import replace
@@ -11,13 +12,12 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-from pynetdicom import AE
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from db.models import Instance, Job
 from dicom_node.scp import DicomNode, Status
+from tests.conftest import skip_or_fail
 from tests.dicom_factory import mask_for, mr_series
 from tests.node.scu import association, store
 
@@ -70,7 +70,8 @@ def test_same_uid_with_other_content_keeps_the_first_copy(node: DicomNode, runti
     first = runtime.archive.path(instances(runtime)[0].path).read_bytes()
     changed = dcmread(runtime.archive.path(instances(runtime)[0].path))
     changed.SeriesDescription = "something else"
-    assert store(node.port, changed) == [0]
+    # a warning (the sender logs it, does not retry): stored earlier, first copy kept
+    assert store(node.port, changed) == [Status.CONFLICT_FIRST_COPY_KEPT]
     (row,) = instances(runtime)
     assert row.conflict_count == 1
     assert runtime.archive.path(row.path).read_bytes() == first
@@ -79,17 +80,29 @@ def test_same_uid_with_other_content_keeps_the_first_copy(node: DicomNode, runti
 
 
 def test_compressed_transfer_syntaxes_are_archived_as_sent(node: DicomNode, runtime) -> None:
-    names = ["MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
+    names = ["MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+             "MR_small_deflated.dcm"]
     for name in names:
-        ds = dcmread(get_testdata_file(name))
+        ds = dcmread(get_testdata_file(name) if name != "MR_small_deflated.dcm" else _deflated())
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # the MR_small files share one
         with association(node.port, transfer_syntaxes=[ds.file_meta.TransferSyntaxUID]) as assoc:
             assert assoc.send_c_store(ds).Status == 0, name
     rows = instances(runtime)
     assert {r.transfer_syntax_uid for r in rows} == {
-        "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.50"}
+        "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.1.99"}
     for row in rows:  # decodable from the archive with the installed plugins
         assert dcmread(runtime.archive.path(row.path)).pixel_array.size > 0
+
+
+def _deflated() -> BytesIO:
+    """An MR slice in Deflated Explicit VR Little Endian."""
+    (ds,) = mr_series(1)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return buffer
 
 
 def test_unknown_calling_ae_is_rejected(config, runtime) -> None:
@@ -189,7 +202,7 @@ def tiny_disk(tmp_path: Path):
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {done.stderr.strip()}")
+        skip_or_fail(f"cannot mount a tmpfs to fill (needs root): {done.stderr.strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 

@@ -1,0 +1,41 @@
+"""The archive's temporary files: cleaned up after a crash, never another live process's."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dicom_node.archive import Archive, StoredFile
+
+
+def test_store_never_replaces_and_compares(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    assert archive.store("1.2/1.2.3/1.2.3.4.dcm", b"first") == StoredFile(
+        "a7937b64b8caa58f03721bb6bacf5c78cb235febe0e70b1b84cd99541461a08e", written=True, identical=True)
+    again = archive.store("1.2/1.2.3/1.2.3.4.dcm", b"first")
+    other = archive.store("1.2/1.2.3/1.2.3.4.dcm", b"other")
+    assert (again.written, again.identical) == (False, True)
+    assert (other.written, other.identical) == (False, False)
+    assert (tmp_path / "1.2/1.2.3/1.2.3.4.dcm").read_bytes() == b"first"
+    assert list(archive.incoming.iterdir()) == []
+
+
+def test_only_stale_temporary_files_are_removed(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    mine = archive.incoming / f"{host}-{os.getpid()}-aaaa.tmp"  # a live writer: this process
+    crashed = archive.incoming / f"{host}-{dead_pid}-bbbb.tmp"  # its process is gone
+    elsewhere = archive.incoming / f"other-host-{dead_pid}-cccc.tmp"  # another SCP on shared storage
+    ancient = archive.incoming / "other-host-1-dddd.tmp"
+    for path in (mine, crashed, elsewhere, ancient):
+        path.write_bytes(b"partial")
+    day_ago = time.time() - 2 * 86400
+    os.utime(ancient, (day_ago, day_ago))
+    assert archive.remove_stale_temporary_files() == 2
+    assert sorted(p.name for p in archive.incoming.iterdir()) == sorted([mine.name, elsewhere.name])
