@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from importlib import resources
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -337,71 +338,6 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {config.logging.level!r}")
 
 
-DEFAULT_CONFIG_TEXT = """\
-# egfr-node configuration. Every key shows its default; delete a key to keep the default.
-# Environment variables override this file: EGFR_NODE_<SECTION>_<KEY>, for example
-# EGFR_NODE_NODE_PORT=11113 or EGFR_NODE_DATABASE_URL=postgresql+psycopg://host/db.
-# EGFR_NODE_CONFIG names this file.
-
-[node]
-# The AE title PACS sends to (1-16 characters).
-ae_title = "EGFR_NODE"
-# Address and port of the plain DICOM listener.
-host = "0.0.0.0"
-port = 11112
-# Calling AE titles allowed to associate; empty list = any.
-allowed_calling_aets = []
-# Reject associations whose called AE title is not ae_title.
-require_called_aet = true
-# Concurrent associations accepted.
-max_associations = 10
-# Maximum PDU size we receive (bytes; 0 = unlimited). Larger PDUs = fewer round trips.
-maximum_pdu_size = 262144
-# Seconds of silence before an association is aborted.
-network_timeout_seconds = 60.0
-
-[tls]
-# DICOM over TLS on its own port beside the plain one.
-enabled = false
-port = 2762
-# PEM files: the node's certificate chain and private key.
-certificate = ""
-private_key = ""
-# PEM bundle of CAs; when set, peers must present a certificate signed by one (mutual TLS).
-ca_certificates = ""
-
-[storage]
-# Data folder: the archive (archive/<study>/<series>/<sop>.dcm) and the SQLite database.
-data_dir = "{data_dir}"
-# Below this much free space (MiB) C-STORE answers 0xA700 and writes nothing.
-free_space_reserve_mb = 1024
-# fsync every file (and its folder) before the success status goes back.
-fsync = true
-
-[database]
-# SQLAlchemy URL. Empty = SQLite (WAL) file egfr-node.sqlite3 in data_dir.
-# Scale-out: postgresql+psycopg://user@host:5432/egfr
-url = ""
-
-[worker]
-# A study is ready when nothing arrived for this many seconds and it holds an MR series
-# and a mask (SEG or RTSTRUCT) that references it.
-study_stable_seconds = 30.0
-# How often the stable-study scan and the lease sweep run.
-scan_interval_seconds = 5.0
-# A running job whose worker stopped renewing its lease for this long goes back to the queue.
-lease_seconds = 600.0
-# Attempts before a job is marked failed.
-max_attempts = 3
-
-[logging]
-# DEBUG, INFO, WARNING or ERROR. Logs carry UIDs, never patient names or IDs.
-level = "INFO"
-
-# Where results are sent (C-STORE). Repeat the table for each destination.
-# [[destinations]]
-# name = "pacs"
-# ae_title = "PACS"
-# host = "pacs.example.org"
-# port = 104
-"""
+#: What ``egfr-node init`` writes: every key with its default and what it means
+#: (``{data_dir}`` is filled in). Kept in step with the sections above by a test.
+DEFAULT_CONFIG_TEXT = (resources.files("dicom_node") / "default-config.toml").read_text(encoding="utf-8")

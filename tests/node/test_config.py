@@ -83,3 +83,20 @@ def test_cli_reports_a_bad_config_by_key(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("EGFR_NODE_CONFIG", str(path))
     assert main(["queue", "list"]) == 2
     assert "node.port" in capsys.readouterr().err
+
+
+def test_default_config_documents_every_key(tmp_path: Path) -> None:
+    """Every key of every section appears in what `init` writes, so each has its documented default."""
+    from dataclasses import fields
+
+    from dicom_node.config import Config, Destination
+
+    text = DEFAULT_CONFIG_TEXT
+    for section in fields(Config):
+        if section.name in ("source", "destinations"):
+            continue
+        assert f"[{section.name}]" in text
+        for key in fields(section.default_factory()):
+            assert f"\n{key.name} = " in text, f"{section.name}.{key.name} is not in the default config"
+    for key in fields(Destination):
+        assert f"# {key.name} = " in text
