@@ -331,15 +331,26 @@ def test_preprocess_slices_and_provenance(model_input: ModelInput) -> None:
 
 
 def test_preprocess_normalises_with_brain_statistics(head: SyntheticHead) -> None:
-    """Without resizing effects: z-scored crop values equal (corrected - mean) / sd."""
+    """Without resizing effects (output size = crop side in voxels): the model input is
+    (image - mean) / sd of the crop, mean and SD of the brain voxels computed here with numpy."""
     segment = sitk.GetImageFromArray(head.brain.astype(np.uint8))
     segment.CopyInformation(head.image)
     params = PreprocessParams(brain_mask_method="segment", bias_correction=False, output_size=8, crop_margin_mm=0.0)
-    out = preprocess(loaded(head, brain=segment), params)
-    raw = sitk.GetArrayViewFromImage(head.image)[head.brain].astype(np.float64)
-    assert out.provenance["zscore"]["mean"] == pytest.approx(raw.mean(), rel=1e-9)
-    assert out.provenance["zscore"]["sd"] == pytest.approx(raw.std(), rel=1e-9)
+    box = preprocess(loaded(head, brain=segment), params).provenance["crop_box"]["voxels"]
+    side = box["i1"] - box["i0"]
+    assert box["j1"] - box["j0"] == side and side >= 8
+    out = preprocess(loaded(head, brain=segment), dataclasses.replace(params, output_size=side))
+    assert out.provenance["crop_box"]["voxels"] == box
+    image = sitk.GetArrayFromImage(head.image).astype(np.float64)  # no bias correction: corrected = image
+    mean, sd = image[head.brain].mean(), image[head.brain].std()
+    assert out.provenance["zscore"]["mean"] == pytest.approx(mean, rel=1e-9)
+    assert out.provenance["zscore"]["sd"] == pytest.approx(sd, rel=1e-9)
     assert out.provenance["brain_mask"]["method"] == "segment"
+    assert out.array.shape == (5, 3, side, side)
+    for s, k in enumerate(out.provenance["slices"]["indices"]):
+        expected = (image[k, box["j0"]:box["j1"], box["i0"]:box["i1"]] - mean) / sd
+        np.testing.assert_allclose(out.array[s, 0], expected, rtol=0, atol=1e-4)
+    assert np.array_equal(out.array[:, 1:], np.broadcast_to(out.array[:, :1], out.array[:, 1:].shape))
 
 
 def test_preprocess_errors(head: SyntheticHead) -> None:

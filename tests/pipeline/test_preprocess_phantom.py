@@ -92,12 +92,22 @@ def test_phantom_zscore_inside_brain_mask(preprocessed: Callable, geometry: str)
     z = zscore(prepared.corrected, prepared.stats)[inside].astype(np.float64)
     assert abs(z.mean()) < 1e-3
     assert abs(z.std() - 1.0) < 1e-3
-    # the statistics are those of the corrected image inside the brain mask, and the model
-    # input was normalised with them
+    # the recorded statistics are those of the corrected image inside the brain mask (numpy
+    # here), and the model input was normalised with them: with the output size equal to the
+    # crop side in voxels the resize is the identity, so each slice is (corrected - mean) / sd
     values = prepared.corrected[inside].astype(np.float64)
-    assert prepared.stats.mean == pytest.approx(values.mean(), rel=1e-9)
-    assert model_input.provenance["zscore"]["mean"] == prepared.stats.mean
-    assert model_input.provenance["zscore"]["sd"] == prepared.stats.sd
+    mean, sd = values.mean(), values.std()
+    assert model_input.provenance["zscore"]["mean"] == pytest.approx(mean, rel=1e-9)
+    assert model_input.provenance["zscore"]["sd"] == pytest.approx(sd, rel=1e-9)
+    box = model_input.provenance["crop_box"]["voxels"]
+    side = box["i1"] - box["i0"]
+    assert box["j1"] - box["j0"] == side and side >= 8 and not model_input.provenance["crop_box"]["padded"]
+    native = model_input_from(study, prepared, PreprocessParams(output_size=side))
+    for s, k in enumerate(model_input.provenance["slices"]["indices"]):
+        crop = prepared.corrected[k, box["j0"]:box["j1"], box["i0"]:box["i1"]].astype(np.float64)
+        np.testing.assert_allclose(native.array[s, 0], (crop - mean) / sd, rtol=0, atol=1e-4)
+    for array in (native.array, model_input.array):
+        assert np.array_equal(array[:, 1:], np.broadcast_to(array[:, :1], array[:, 1:].shape))
     brain = prepared.brain
     # a brain of plausible size (the phantom is the MNI152 brain, scaled: about 1.5-2.1 l)
     assert 1000 < brain.volume_cm3 < 2800
