@@ -15,7 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
-__all__ = ["MANUFACTURER", "StudyMeta", "phantom_uid", "sample_study_meta", "save", "set_common"]
+__all__ = ["MANUFACTURER", "StudyMeta", "phantom_uid", "sample_study_meta", "save", "set_common", "set_series"]
 
 MANUFACTURER = "egfr-node phantom"
 MODEL_NAME = "MNI152 head phantom"
@@ -93,6 +93,35 @@ def set_common(ds: Dataset, study: StudyMeta) -> None:
     ds.ManufacturerModelName = MODEL_NAME
     ds.DeviceSerialNumber = "0001"
     ds.SoftwareVersions = SOFTWARE_VERSION
+
+
+def set_series(
+    ds: Dataset,
+    study: StudyMeta,
+    *,
+    modality: str,
+    series_uid: str,
+    series_number: int,
+    series_description: str,
+    protocol_name: str | None = None,
+) -> None:
+    """General Series (PS3.3 C.7.3.1) and Frame of Reference (C.7.4.1) attributes.
+
+    ``protocol_name`` marks an acquired image series: it also sets ProtocolName,
+    BodyPartExamined ("BRAIN") and PatientPosition ("HFS", head first supine).
+    """
+    ds.Modality = modality
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = series_description
+    if protocol_name is not None:
+        ds.ProtocolName = protocol_name
+        ds.BodyPartExamined = "BRAIN"
+        ds.PatientPosition = "HFS"
+    ds.SeriesDate = study.study_date
+    ds.SeriesTime = study.study_time
+    ds.FrameOfReferenceUID = study.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
 
 
 def save(ds: Dataset, path: Path) -> None:

@@ -22,7 +22,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import EnhancedMRImageStorage
 
-from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_common
+from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_common, set_series
 from pipeline.phantom.geometry import Grid
 from pipeline.phantom.mr_single import Protocol, format_ds
 
@@ -134,17 +134,8 @@ def write_enhanced_image(folder: Path, stored: np.ndarray, grid: Grid, study: St
     set_common(ds, study)
     ds.SOPClassUID = EnhancedMRImageStorage
     ds.SOPInstanceUID = phantom_uid(*uid_key, "enhanced-image")
-    ds.Modality = "MR"
-    ds.SeriesInstanceUID = phantom_uid(*uid_key, "series")
-    ds.SeriesNumber = protocol.series_number
-    ds.SeriesDescription = protocol.series_description
-    ds.ProtocolName = protocol.series_description
-    ds.BodyPartExamined = "BRAIN"
-    ds.PatientPosition = "HFS"
-    ds.SeriesDate = study.study_date
-    ds.SeriesTime = study.study_time
-    ds.FrameOfReferenceUID = study.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
+    set_series(ds, study, modality="MR", series_uid=phantom_uid(*uid_key, "series"), series_number=protocol.series_number,
+               series_description=protocol.series_description, protocol_name=protocol.series_description)
     ds.InstanceNumber = 1
     ds.ContentDate = study.study_date
     ds.ContentTime = study.study_time

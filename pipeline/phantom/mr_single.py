@@ -15,7 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage
 
-from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_common
+from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_common, set_series
 from pipeline.phantom.geometry import Grid
 
 __all__ = ["Protocol", "sample_protocol", "write_single_frame_series", "format_ds"]
@@ -64,17 +64,8 @@ def _series_base(study: StudyMeta, grid: Grid, protocol: Protocol, series_uid: s
     ds = Dataset()
     set_common(ds, study)
     ds.SOPClassUID = MRImageStorage
-    ds.Modality = "MR"
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = protocol.series_number
-    ds.SeriesDescription = protocol.series_description
-    ds.ProtocolName = protocol.series_description
-    ds.BodyPartExamined = "BRAIN"
-    ds.PatientPosition = "HFS"
-    ds.SeriesDate = study.study_date
-    ds.SeriesTime = study.study_time
-    ds.FrameOfReferenceUID = study.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
+    set_series(ds, study, modality="MR", series_uid=series_uid, series_number=protocol.series_number,
+               series_description=protocol.series_description, protocol_name=protocol.series_description)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
     ds.ContentDate = study.study_date
     ds.AcquisitionDate = study.study_date

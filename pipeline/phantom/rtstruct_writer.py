@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import RTStructureSetStorage
 
-from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_common
+from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_common, set_series
 from pipeline.phantom.geometry import Grid
 from pipeline.phantom.mr_single import format_ds
 
@@ -66,15 +66,9 @@ def write_rtstruct(folder: Path, study: StudyMeta, grid: Grid, sources: list[Dat
     set_common(ds, study)
     ds.SOPClassUID = RTStructureSetStorage
     ds.SOPInstanceUID = phantom_uid(*uid_key, "rtstruct-instance")
-    ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = phantom_uid(*uid_key, "rtstruct-series")
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = "Lesion contours"
-    ds.SeriesDate = study.study_date
-    ds.SeriesTime = study.study_time
+    set_series(ds, study, modality="RTSTRUCT", series_uid=phantom_uid(*uid_key, "rtstruct-series"),
+               series_number=series_number, series_description="Lesion contours")
     ds.OperatorsName = "NEUROSURGEON^PHANTOM"
-    ds.FrameOfReferenceUID = study.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
     ds.InstanceNumber = 1
     ds.StructureSetLabel = "LESION"
     ds.StructureSetName = "Resected metastasis"
