@@ -83,3 +83,15 @@ def test_no_references() -> None:
     empty.ReferencedFrameOfReferenceSequence = Sequence([Dataset()])
     assert mask_referenced_series(empty) == ()
     assert mask_referenced_instances(empty) == ()
+
+
+def test_importing_it_loads_no_other_pipeline_module() -> None:
+    """The node's receive path uses it: it must stay pydicom-only (no SimpleITK, highdicom, torch)."""
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.references; print('\\n'.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(done.stdout.split())
+    assert {m for m in loaded if m.startswith("pipeline")} == {"pipeline", "pipeline.references"}
+    assert not loaded & {"SimpleITK", "highdicom", "torch"}
