@@ -9,6 +9,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from pipeline.phantom.rtstruct_writer import referenced_frame_of_reference
+
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -91,17 +93,7 @@ def mask_for(images: list[Dataset], kind: str = "SEG") -> Dataset:
     else:
         ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
         ds.Modality = "RTSTRUCT"
-        rt_series = Dataset()
-        rt_series.SeriesInstanceUID = first.SeriesInstanceUID
-        rt_series.ContourImageSequence = ref_instances
-        rt_study = Dataset()
-        rt_study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
-        rt_study.ReferencedSOPInstanceUID = first.StudyInstanceUID
-        rt_study.RTReferencedSeriesSequence = Sequence([rt_series])
-        frame = Dataset()
-        frame.FrameOfReferenceUID = first.FrameOfReferenceUID
-        frame.RTReferencedStudySequence = Sequence([rt_study])
-        ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+        ds.ReferencedFrameOfReferenceSequence = referenced_frame_of_reference(images)
     _meta(ds)
     return ds
 

@@ -22,8 +22,9 @@ from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_comm
 from pipeline.phantom.geometry import Grid
 from pipeline.phantom.mr_single import format_ds
 
-__all__ = ["mask_contours", "write_rtstruct"]
+__all__ = ["mask_contours", "referenced_frame_of_reference", "write_rtstruct"]
 
+DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # retired; PS3.3 C.8.8.5 still names it for the study reference
 _COLOURS = {"Metastasis": [255, 0, 0], "Metastasis 2": [255, 160, 0], "Brain": [0, 160, 255]}
 
 
@@ -50,7 +51,33 @@ def _image_reference(source: Dataset, frame: int | None) -> Dataset:
     return item
 
 
-def write_rtstruct(folder: Path, study: StudyMeta, grid: Grid, sources: list[Dataset], series_uid: str,
+def referenced_frame_of_reference(images: list[Dataset]) -> Sequence:
+    """ReferencedFrameOfReferenceSequence of a structure set drawn on ``images`` (one series).
+
+    RT Structure Set module (PS3.3 C.8.8.5): Frame of Reference > RTReferencedStudySequence >
+    RTReferencedSeriesSequence > ContourImageSequence, one item per image, or per frame
+    (ReferencedFrameNumber) of a multi-frame image.
+    """
+    first = images[0]
+    contour_images = Sequence()
+    for image in images:
+        frames = int(image.get("NumberOfFrames", 1) or 1)
+        for frame in range(1, frames + 1):
+            contour_images.append(_image_reference(image, frame if frames > 1 else None))
+    series_ref = Dataset()
+    series_ref.SeriesInstanceUID = first.SeriesInstanceUID
+    series_ref.ContourImageSequence = contour_images
+    study_ref = Dataset()
+    study_ref.ReferencedSOPClassUID = DETACHED_STUDY_MANAGEMENT
+    study_ref.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    study_ref.RTReferencedSeriesSequence = Sequence([series_ref])
+    frame_ref = Dataset()
+    frame_ref.FrameOfReferenceUID = first.FrameOfReferenceUID
+    frame_ref.RTReferencedStudySequence = Sequence([study_ref])
+    return Sequence([frame_ref])
+
+
+def write_rtstruct(folder: Path, study: StudyMeta, grid: Grid, sources: list[Dataset],
                    masks: list[tuple[str, np.ndarray]], uid_key: tuple[object, ...], series_number: int) -> Dataset:
     """Write an RT Structure Set with one ROI per (label, [k, rows, columns] mask) on ``grid``.
 
@@ -77,17 +104,7 @@ def write_rtstruct(folder: Path, study: StudyMeta, grid: Grid, sources: list[Dat
     ds.InstanceCreationDate = study.study_date
     ds.InstanceCreationTime = study.study_time
 
-    series_ref = Dataset()
-    series_ref.SeriesInstanceUID = series_uid
-    series_ref.ContourImageSequence = Sequence([reference(k) for k in range(grid.size[2])])
-    study_ref = Dataset()
-    study_ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retired), as PS3.3 expects
-    study_ref.ReferencedSOPInstanceUID = study.study_uid
-    study_ref.RTReferencedSeriesSequence = Sequence([series_ref])
-    frame_ref = Dataset()
-    frame_ref.FrameOfReferenceUID = study.frame_of_reference_uid
-    frame_ref.RTReferencedStudySequence = Sequence([study_ref])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([frame_ref])
+    ds.ReferencedFrameOfReferenceSequence = referenced_frame_of_reference(sources)
 
     roi_items, contour_items, observation_items = [], [], []
     matrix, spacing = grid.matrix, np.asarray(grid.spacing)

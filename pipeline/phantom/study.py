@@ -137,7 +137,7 @@ def generate_study(out_dir: Path, *, seed: int, geometry: str = "axial2d", mask_
     if mask_kind == "seg":
         mask_ds = write_seg(folder / "SEG", sources, masks, mask_key, series_number=100)
     else:
-        mask_ds = write_rtstruct(folder / "RTSTRUCT", study, grid, sources, image_series_uid, masks, mask_key,
+        mask_ds = write_rtstruct(folder / "RTSTRUCT", study, grid, sources, masks, mask_key,
                                  series_number=101)
     centroid, volume = lesion_truth(pose, lesion)
     log.info("phantom study written",

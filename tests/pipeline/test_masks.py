@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pipeline.errors import MaskError
 from pipeline.masks import fill_polygon, load_rtstruct_mask, load_seg_mask, rasterize_contours
+from pipeline.phantom.rtstruct_writer import referenced_frame_of_reference
 from pipeline.select import SelectionRules
 
 from tests.pipeline.test_volume import SAGITTAL, load, make_mr_series, patient_attributes, ramp, tilted_axial
@@ -67,22 +68,7 @@ def make_rtstruct(source: list[Dataset], rois: dict[str, list[np.ndarray]], *, c
     ds.StructureSetLabel = "lesion"
     ds.StructureSetDate, ds.StructureSetTime = "20260101", content_time
     ds.ContentDate, ds.ContentTime = "20260101", content_time
-    images = Sequence()
-    for s in source:
-        item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = s.SOPClassUID, s.SOPInstanceUID
-        images.append(item)
-    series_ref = Dataset()
-    series_ref.SeriesInstanceUID = ref.SeriesInstanceUID
-    series_ref.ContourImageSequence = images
-    study_ref = Dataset()
-    study_ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
-    study_ref.ReferencedSOPInstanceUID = ref.StudyInstanceUID
-    study_ref.RTReferencedSeriesSequence = Sequence([series_ref])
-    frame_ref = Dataset()
-    frame_ref.FrameOfReferenceUID = ref.FrameOfReferenceUID
-    frame_ref.RTReferencedStudySequence = Sequence([study_ref])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([frame_ref])
+    ds.ReferencedFrameOfReferenceSequence = referenced_frame_of_reference(source)
     ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = Sequence(), Sequence(), Sequence()
     for number, (name, contours) in enumerate(rois.items(), start=1):
         roi = Dataset()
