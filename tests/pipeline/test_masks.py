@@ -9,120 +9,22 @@ import highdicom as hd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
 from pipeline.errors import MaskError
 from pipeline.masks import fill_polygon, load_rtstruct_mask, load_seg_mask, rasterize_contours
-from pipeline.phantom.rtstruct_writer import referenced_frame_of_reference
 from pipeline.select import SelectionRules
-
-from tests.pipeline.test_volume import SAGITTAL, load, make_mr_series, patient_attributes, ramp, tilted_axial
-
-RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
-
-
-def make_seg(source: list[Dataset], segments: dict[str, np.ndarray], *, fractional: bool = False) -> hd.seg.Segmentation:
-    """A highdicom SEG of ``source``: label -> array [k, row, col] (bool, or fractions in [0, 1])."""
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=n,
-            segment_label=label,
-            segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
-            segmented_property_type=hd.sr.CodedConcept("108369006", "SCT", "Neoplasm"),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-        )
-        for n, label in enumerate(segments, start=1)
-    ]
-    stack = np.stack(list(segments.values()), axis=-1)
-    return hd.seg.Segmentation(
-        source_images=source,
-        pixel_array=stack.astype(np.float32) if fractional else stack.astype(np.uint8),
-        segmentation_type="FRACTIONAL" if fractional else "BINARY",
-        segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
-        series_number=10,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="egfr-node tests",
-        manufacturer_model_name="tests",
-        software_versions="0",
-        device_serial_number="0",
-    )
-
-
-def make_rtstruct(source: list[Dataset], rois: dict[str, list[np.ndarray]], *, content_time: str = "120000") -> Dataset:
-    """An RT Structure Set on ``source``: ROI name -> closed planar contours (N x 3 mm)."""
-    ref = source[0]
-    ds = Dataset()
-    sop = generate_uid()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    patient_attributes(ds, str(ref.StudyInstanceUID))
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = RTSTRUCT, sop, "RTSTRUCT"
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), 20, 1
-    ds.Manufacturer = "egfr-node tests"
-    ds.StructureSetLabel = "lesion"
-    ds.StructureSetDate, ds.StructureSetTime = "20260101", content_time
-    ds.ContentDate, ds.ContentTime = "20260101", content_time
-    ds.ReferencedFrameOfReferenceSequence = referenced_frame_of_reference(source)
-    ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = Sequence(), Sequence(), Sequence()
-    for number, (name, contours) in enumerate(rois.items(), start=1):
-        roi = Dataset()
-        roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, ref.FrameOfReferenceUID
-        roi.ROIName, roi.ROIGenerationAlgorithm = name, "MANUAL"
-        ds.StructureSetROISequence.append(roi)
-        roi_contour = Dataset()
-        roi_contour.ReferencedROINumber, roi_contour.ROIDisplayColor = number, [255, 0, 0]
-        roi_contour.ContourSequence = Sequence()
-        for points in contours:
-            contour = Dataset()
-            contour.ContourGeometricType = "CLOSED_PLANAR"
-            contour.NumberOfContourPoints = len(points)
-            contour.ContourData = [float(round(v, 4)) for v in np.asarray(points).ravel()]
-            roi_contour.ContourSequence.append(contour)
-        ds.ROIContourSequence.append(roi_contour)
-        observation = Dataset()
-        observation.ObservationNumber, observation.ReferencedROINumber = number, number
-        observation.RTROIInterpretedType, observation.ROIInterpreter = "GTV", ""
-        ds.RTROIObservationsSequence.append(observation)
-    return ds
-
-
-def _plane(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    iop = np.array(ds.ImageOrientationPatient, float)
-    row, col = iop[:3], iop[3:]
-    return np.array(ds.ImagePositionPatient, float), row, col, np.cross(row, col)
-
-
-def ball_mask(source: list[Dataset], centre: tuple[float, float, float], radius: float) -> np.ndarray:
-    """[k, row, col] voxel centres of ``source`` (in list order) within ``radius`` mm of ``centre``."""
-    out = []
-    for ds in source:
-        origin, row, col = _plane(ds)[:3]
-        dr, dc = (float(v) for v in ds.PixelSpacing)
-        r, c = np.meshgrid(np.arange(ds.Rows), np.arange(ds.Columns), indexing="ij")
-        points = origin + (c * dc)[..., None] * row + (r * dr)[..., None] * col
-        out.append(np.linalg.norm(points - np.array(centre), axis=-1) < radius)
-    return np.stack(out)
-
-
-def ball_contours(source: list[Dataset], centre: tuple[float, float, float], radius: float, n: int = 128) -> list[np.ndarray]:
-    """The ball's cross-section circle in each slice plane it crosses."""
-    contours = []
-    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    for ds in source:
-        origin, row, col, normal = _plane(ds)
-        d = float((np.array(centre) - origin) @ normal)
-        if abs(d) >= radius:
-            continue
-        r = np.sqrt(radius**2 - d**2)
-        c = np.array(centre) - d * normal
-        contours.append(c + r * np.cos(angles)[:, None] * row + r * np.sin(angles)[:, None] * col)
-    return contours
+from tests.dicom_factory import (
+    SAGITTAL,
+    ball_contours,
+    ball_mask,
+    load,
+    make_mr_series,
+    make_rtstruct,
+    make_seg,
+    ramp,
+    tilted_axial,
+)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

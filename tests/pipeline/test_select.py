@@ -11,8 +11,7 @@ from pydicom.uid import generate_uid
 from pipeline.dicom_index import index_study
 from pipeline.errors import SelectionError
 from pipeline.select import SelectionRules, select_mask_and_series
-from tests.pipeline.test_masks import ball_contours, ball_mask, make_rtstruct, make_seg
-from tests.pipeline.test_volume import make_mr_series, ramp, write_datasets
+from tests.dicom_factory import ball_contours, ball_mask, make_mr_series, make_rtstruct, make_seg, ramp, write_datasets
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 

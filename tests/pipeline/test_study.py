@@ -14,9 +14,17 @@ import SimpleITK as sitk
 from pipeline.errors import MaskError, VolumeError
 from pipeline.phantom import PhantomStudy
 from pipeline.study import LoadedStudy, SelectionRules, load_study
-from tests.pipeline.test_masks import ball_contours, ball_mask, make_rtstruct, make_seg
-from tests.pipeline.test_volume import (
-    make_mr_series, oblique_sagittal, ramp, source_points, tilted_axial, write_datasets,
+from tests.dicom_factory import (
+    ball_contours,
+    ball_mask,
+    make_mr_series,
+    make_rtstruct,
+    make_seg,
+    oblique_sagittal,
+    ramp,
+    source_points,
+    tilted_axial,
+    write_datasets,
 )
 
 GEOMETRIES = ("axial2d", "axial3d", "sagittal3d", "enhanced")

@@ -1,7 +1,6 @@
 """MR volume loading (issue 3 point 2): sorting, rescale, reorientation, malformed series.
 
-The helpers at the top build small MR series with pydicom (and highdicom for multi-frame);
-the other tests of pipeline.select/masks/study import them.
+The series are built by :mod:`tests.dicom_factory` (pydicom, and highdicom for multi-frame).
 """
 
 from __future__ import annotations
@@ -10,141 +9,27 @@ import math
 import random
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
 from pipeline.dicom_index import index_study
 from pipeline.errors import VolumeError
 from pipeline.grid import GRID_ACQUIRED_TILTED, GRID_ORTHOGONAL, GRID_RESAMPLED
 from pipeline.volume import load_series_volume
-
-MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
-AXIAL = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
-SAGITTAL = ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0))
-CORONAL = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0))
-
-
-def tilted_axial(degrees: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Axial rows along +x, columns tilted ``degrees`` about the left-right axis (an AC-PC tilt).
-
-    Slice normal (0, -sin, cos): the slices climb towards the front of the head.
-    """
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    return (1.0, 0.0, 0.0), (0.0, c, s)
-
-
-def oblique_sagittal(degrees: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Sagittal rows along +y (A->P), columns rotated ``degrees`` about the anterior-posterior axis from -z."""
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    return (0.0, 1.0, 0.0), (s, 0.0, -c)
-
-
-def patient_attributes(ds: Dataset, study_uid: str) -> None:
-    """Patient and General Study modules of a phantom."""
-    ds.PatientName = "PHANTOM^A1"
-    ds.PatientID = "PHANTOM-A1"
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    ds.StudyInstanceUID = study_uid
-    ds.StudyDate = "20260101"
-    ds.StudyTime = "120000"
-    ds.StudyID = "1"
-    ds.AccessionNumber = "A1"
-    ds.ReferringPhysicianName = ""
-
-
-def make_mr_series(
-    values: np.ndarray,
-    *,
-    spacing: tuple[float, float, float] = (1.0, 1.0, 2.0),
-    orientation: tuple[tuple[float, float, float], tuple[float, float, float]] = AXIAL,
-    origin: tuple[float, float, float] = (-10.0, -12.0, 5.0),
-    study_uid: str | None = None,
-    frame_of_reference_uid: str | None = None,
-    slope: float = 1.0,
-    intercept: float = 0.0,
-) -> list[Dataset]:
-    """Single-frame MR slices: ``values[k, row, col]`` stored values, slice k at origin + k*spacing[2]*normal.
-
-    ``spacing`` is (between rows, between columns, between slices) in mm.
-    """
-    study_uid = study_uid or generate_uid()
-    series_uid, for_uid = generate_uid(), frame_of_reference_uid or generate_uid()
-    row, col = np.array(orientation[0]), np.array(orientation[1])
-    normal = np.cross(row, col)
-    out = []
-    for k in range(values.shape[0]):
-        ds = Dataset()
-        sop = generate_uid()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE
-        ds.file_meta.MediaStorageSOPInstanceUID = sop
-        patient_attributes(ds, study_uid)
-        ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE, sop
-        ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = series_uid, "MR", 1, k + 1
-        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = for_uid, ""
-        ds.Manufacturer = "egfr-node tests"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
-        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "GR", "NONE", ""
-        ds.MRAcquisitionType, ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = "3D", 2.0, 8.0, 1
-        ds.ImageOrientationPatient = [float(v) for v in (*row, *col)]
-        ds.ImagePositionPatient = [float(round(v, 6)) for v in np.array(origin) + k * spacing[2] * normal]
-        ds.PixelSpacing = [spacing[0], spacing[1]]
-        ds.SliceThickness = spacing[2]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = int(values.shape[1]), int(values.shape[2])
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        ds.WindowCenter, ds.WindowWidth = 2000, 4000
-        ds.PixelData = values[k].astype(np.uint16).tobytes()
-        out.append(ds)
-    return out
-
-
-def make_enhanced(datasets: list[Dataset]) -> Dataset:
-    """The same slices as one multi-frame instance (highdicom Legacy Converted Enhanced MR)."""
-    return hd.legacy.LegacyConvertedEnhancedMRImage(
-        datasets, series_instance_uid=generate_uid(), series_number=2,
-        sop_instance_uid=generate_uid(), instance_number=1,
-    )
-
-
-def write_datasets(datasets: list[Dataset], folder: Path, shuffle_names: bool = False) -> list[Path]:
-    """Write Part-10 files named by SOP Instance UID (or by random numbers when ``shuffle_names``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ds in datasets:
-        name = f"{random.getrandbits(40):x}.dcm" if shuffle_names else f"{ds.SOPInstanceUID}.dcm"
-        path = folder / name
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def load(datasets: list[Dataset], folder: Path, **policy: object):
-    """Write a series and load its volume through the study index (``policy``: load_series_volume keywords)."""
-    write_datasets(datasets, folder)
-    index = index_study(folder)
-    (series,) = [s for s in index.series.values() if s.modality == "MR"]
-    return load_series_volume(series, **policy)  # type: ignore[arg-type]
-
-
-def source_points(datasets: list[Dataset]) -> tuple[np.ndarray, np.ndarray]:
-    """Patient mm of every stored pixel centre, [k, row, col, 3] in list order, and the stored values."""
-    points, values = [], []
-    for ds in datasets:
-        iop = np.array(ds.ImageOrientationPatient, float)
-        dr, dc = (float(v) for v in ds.PixelSpacing)
-        r, c = np.meshgrid(np.arange(ds.Rows), np.arange(ds.Columns), indexing="ij")
-        origin = np.array(ds.ImagePositionPatient, float)
-        points.append(origin + (c * dc)[..., None] * iop[:3] + (r * dr)[..., None] * iop[3:])
-        values.append(np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(ds.Rows, ds.Columns))
-    return np.stack(points), np.stack(values)
+from tests.dicom_factory import (
+    CORONAL,
+    SAGITTAL,
+    load,
+    make_enhanced,
+    make_mr_series,
+    oblique_sagittal,
+    ramp,
+    source_points,
+    tilted_axial,
+    write_datasets,
+)
 
 
 def assert_values_at_patient_points(image: sitk.Image, datasets: list[Dataset]) -> int:
@@ -156,12 +41,6 @@ def assert_values_at_patient_points(image: sitk.Image, datasets: list[Dataset]) 
         assert image[index] == float(value)
         checked += 1
     return checked
-
-
-def ramp(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    """Distinct stored values per voxel so any misplacement shows."""
-    rng = np.random.default_rng(seed)
-    return rng.permutation(np.arange(int(np.prod(shape)))).reshape(shape) % 4000 + 10
 
 
 # --- tests -----------------------------------------------------------------------------------
