@@ -15,7 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
-__all__ = ["MANUFACTURER", "StudyMeta", "phantom_uid", "sample_study_meta", "save", "set_common", "set_series"]
+__all__ = ["MANUFACTURER", "StudyMeta", "phantom_uid", "sample_study_meta", "save", "set_common", "set_image_pixel", "set_series"]
 
 MANUFACTURER = "egfr-node phantom"
 MODEL_NAME = "MNI152 head phantom"
@@ -122,6 +122,18 @@ def set_series(
     ds.SeriesTime = study.study_time
     ds.FrameOfReferenceUID = study.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
+
+
+def set_image_pixel(ds: Dataset, rows: int, columns: int) -> None:
+    """Image Pixel module (PS3.3 C.7.6.3) of the phantom's MR images: unsigned 16-bit, 12 bits stored."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
 
 
 def save(ds: Dataset, path: Path) -> None:

@@ -22,7 +22,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import EnhancedMRImageStorage
 
-from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_common, set_series
+from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_common, set_image_pixel, set_series
 from pipeline.phantom.geometry import Grid
 from pipeline.phantom.mr_single import Protocol, format_ds
 
@@ -165,15 +165,8 @@ def write_enhanced_image(folder: Path, stored: np.ndarray, grid: Grid, study: St
         ContrastBolusIngredientCodeSequence=Sequence([_code("38007005", "SCT", "Gadolinium")]),
         ContrastBolusVolume="7.5", ContrastBolusIngredientConcentration="604.72")])
     ds.AcquisitionContextSequence = Sequence([])
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    set_image_pixel(ds, rows=grid.size[1], columns=grid.size[0])
     ds.NumberOfFrames = stored.shape[0]
-    ds.Rows = grid.size[1]
-    ds.Columns = grid.size[0]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
 
     dimension_uid = phantom_uid(*uid_key, "dimension-organization")
     ds.DimensionOrganizationSequence = Sequence([_item(DimensionOrganizationUID=dimension_uid)])

@@ -15,7 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage
 
-from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_common, set_series
+from pipeline.phantom.dicom_common import StudyMeta, phantom_uid, save, set_common, set_image_pixel, set_series
 from pipeline.phantom.geometry import Grid
 
 __all__ = ["Protocol", "sample_protocol", "write_single_frame_series", "format_ds"]
@@ -74,14 +74,7 @@ def _series_base(study: StudyMeta, grid: Grid, protocol: Protocol, series_uid: s
     ds.PixelSpacing = [format_ds(grid.spacing[1]), format_ds(grid.spacing[0])]
     ds.SliceThickness = format_ds(grid.slice_thickness)
     ds.SpacingBetweenSlices = format_ds(grid.spacing[2])
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = grid.size[1]
-    ds.Columns = grid.size[0]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
+    set_image_pixel(ds, rows=grid.size[1], columns=grid.size[0])
     ds.ContrastBolusAgent = "gadobutrol"
     ds.ContrastBolusRoute = "IV"
     ds.ContrastBolusVolume = "7.5"
