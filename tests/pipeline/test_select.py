@@ -6,14 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage, generate_uid
 
 from pipeline.dicom_index import index_study
 from pipeline.errors import SelectionError
 from pipeline.select import SelectionRules, select_mask_and_series
 from tests.dicom_factory import ball_contours, ball_mask, make_mr_series, make_rtstruct, make_seg, ramp, write_datasets
-
-CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _series(study_uid: str | None = None, **kwargs):
@@ -66,8 +64,8 @@ def test_mask_frame_of_reference_differs_from_the_image(tmp_path: Path) -> None:
 def test_no_mask_references_an_mr_series(tmp_path: Path) -> None:
     ct = _series()
     for ds in ct:
-        ds.Modality, ds.SOPClassUID = "CT", CT_IMAGE
-        ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE
+        ds.Modality, ds.SOPClassUID = "CT", CTImageStorage
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
     structure_set = _lesion_rtstruct(ct)
     write_datasets([*ct, structure_set], tmp_path)
     with pytest.raises(SelectionError) as err:
@@ -204,7 +202,7 @@ def test_structure_set_referencing_two_mr_series_takes_the_larger_and_says_so(tm
     study_ref.RTReferencedSeriesSequence.append(extra)
     # A non-image instance filed in the MR series (a screenshot) does not spoil it.
     screenshot = make_mr_series(ramp((1, 4, 4)), study_uid=study_uid)[0]
-    screenshot.SeriesInstanceUID, screenshot.SOPClassUID = large[0].SeriesInstanceUID, "1.2.840.10008.5.1.4.1.1.7"
+    screenshot.SeriesInstanceUID, screenshot.SOPClassUID = large[0].SeriesInstanceUID, SecondaryCaptureImageStorage
     screenshot.file_meta.MediaStorageSOPClassUID = screenshot.SOPClassUID
     write_datasets([*small, *large, screenshot, structure_set], tmp_path)
     selection = _select(tmp_path)

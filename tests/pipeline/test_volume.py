@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from pipeline.dicom_index import index_study
 from pipeline.errors import VolumeError
@@ -316,7 +317,7 @@ def test_missing_geometry_attribute(tmp_path: Path) -> None:
         load(datasets, tmp_path)
 
 
-@pytest.mark.parametrize("transfer_syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"])
+@pytest.mark.parametrize("transfer_syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
 def test_compressed_transfer_syntaxes_decode_to_the_same_volume(tmp_path: Path, transfer_syntax: str) -> None:
     """RLE Lossless, JPEG-LS Lossless, JPEG 2000 Lossless (decoded by pydicom / pylibjpeg / pyjpegls)."""
     values = ramp((3, 40, 40), seed=9)
