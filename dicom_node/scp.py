@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.ingest import InstanceRecord, RecordOutcome, record_instance
 from dicom_node.archive import Archive, ArchiveFull
 from dicom_node.config import Config
-from dicom_node.instance_header import InstanceHeader, NonConformant, SOPClassMismatch, read_header
+from dicom_node.received_header import NonConformant, ReceivedHeader, SOPClassMismatch, read_header
 
 __all__ = [
     "STORAGE_SOP_CLASSES",
@@ -166,7 +166,7 @@ def handle_store(
 
 def _archive_and_record(
     event: evt.Event,
-    header: InstanceHeader,
+    header: ReceivedHeader,
     calling_aet: str,
     archive: Archive,
     sessions: sessionmaker[Session],

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from dicom_node.archive import InvalidUID, check_uid
+from pipeline.references import mask_referenced_series
 
-__all__ = ["InstanceHeader", "NonConformant", "SOPClassMismatch", "read_header", "referenced_series_uids"]
+__all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header"]
 
 
 class NonConformant(ValueError):
@@ -24,7 +25,7 @@ class SOPClassMismatch(NonConformant):
 
 
 @dataclass(frozen=True)
-class InstanceHeader:
+class ReceivedHeader:
     study_uid: str
     series_uid: str
     sop_instance_uid: str
@@ -43,24 +44,7 @@ def _uid(ds: Dataset, keyword: str) -> str:
         raise NonConformant(str(exc)) from None
 
 
-def referenced_series_uids(ds: Dataset) -> tuple[str, ...]:
-    """Series a mask references: SEG ReferencedSeriesSequence (Common Instance Reference
-    module); RTSTRUCT ReferencedFrameOfReference > RTReferencedStudy > RTReferencedSeries."""
-    found: list[str] = []
-    for item in ds.get("ReferencedSeriesSequence", []):
-        uid = item.get("SeriesInstanceUID")
-        if uid:
-            found.append(str(uid))
-    for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
-        for study in frame.get("RTReferencedStudySequence", []):
-            for series in study.get("RTReferencedSeriesSequence", []):
-                uid = series.get("SeriesInstanceUID")
-                if uid:
-                    found.append(str(uid))
-    return tuple(dict.fromkeys(found))
-
-
-def read_header(ds: Dataset, affected_sop_class_uid: str | None = None, affected_sop_instance_uid: str | None = None) -> InstanceHeader:
+def read_header(ds: Dataset, affected_sop_class_uid: str | None = None, affected_sop_instance_uid: str | None = None) -> ReceivedHeader:
     """The header of a received instance, checked against the C-STORE request."""
     sop_class = _uid(ds, "SOPClassUID")
     sop_instance = _uid(ds, "SOPInstanceUID")
@@ -74,7 +58,7 @@ def read_header(ds: Dataset, affected_sop_class_uid: str | None = None, affected
     except (TypeError, ValueError):
         series_number = None
     frame_of_reference = ds.get("FrameOfReferenceUID")
-    return InstanceHeader(
+    return ReceivedHeader(
         study_uid=_uid(ds, "StudyInstanceUID"),
         series_uid=_uid(ds, "SeriesInstanceUID"),
         sop_instance_uid=sop_instance,
@@ -83,5 +67,5 @@ def read_header(ds: Dataset, affected_sop_class_uid: str | None = None, affected
         series_number=series_number,
         series_description=str(ds.get("SeriesDescription", "") or "")[:64],
         frame_of_reference_uid=str(frame_of_reference) if frame_of_reference else None,
-        referenced_series_uids=referenced_series_uids(ds),
+        referenced_series_uids=mask_referenced_series(ds),
     )
