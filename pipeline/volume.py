@@ -232,7 +232,11 @@ def _read_frames(instances: dict[str, InstanceHeader], planes: list[FramePlane])
             try:
                 pixels = pydicom.dcmread(instances[plane.sop_uid].path).pixel_array
             except Exception as exc:  # truncated files, unsupported transfer syntaxes, ...
-                raise VolumeError(f"instance {plane.sop_uid}: pixel data cannot be decoded ({exc})") from exc
+                # The library's text can name the file's path (often a patient's name): DEBUG only.
+                logger.debug("instance %s: pixel decode failure: %s", plane.sop_uid, exc)
+                raise VolumeError(
+                    f"instance {plane.sop_uid}: pixel data cannot be decoded ({type(exc).__name__})"
+                ) from None
             if pixels.ndim == 2:
                 pixels = pixels[np.newaxis]
             cache = {plane.sop_uid: pixels}  # keep one instance's pixels at a time
