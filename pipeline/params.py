@@ -43,12 +43,11 @@ class PreprocessParams:
     - ``n4_shrink_spacing_mm``: N4 is estimated on the image shrunk, per axis, by the
       integer factor ``max(1, round(n4_shrink_spacing_mm / spacing))``; a 5 mm slice axis
       stays unshrunk. A voxel size rather than a fixed factor keeps the bias-field
-      resolution the same for every acquisition. Default 6.0 mm (factor 6 on a 1 mm
-      volume) instead of the customary factor 4: measured on phantom heads (1 mm 3D and
-      5 mm 2D), the known field is removed equally well (residual log-field SD 0.003 at
-      6 mm vs 0.002 at 4 mm, against 0.06 before; correlation of the removed field with the
-      known one 0.999-1.000 for both) while N4 takes about a third of the time (2 s instead
-      of 6-9 s for 240x240x150 on 2 shared cores). Set 4.0 for the customary factor.
+      resolution the same for every acquisition. Default 4.0 mm: the customary factor 4
+      (ANTs, Slicer; ../shared/METHOD.md) on a 1 mm volume. Measured on a 240x240x153 1 mm
+      phantom, 2 quiet cores (tests/bench_preprocess.py): 4 mm -> N4 2.7 s, whole step 3.1 s;
+      6 mm -> N4 1.3 s, 1.6 s, with a slightly larger residual of the known field (log-field
+      SD 0.003 vs 0.002, against 0.06 before). 6.0 is the option for a loaded machine.
     - ``n4_box_margin_mm``: N4 is estimated only on the bounding box of the brain mask plus
       this margin (measured: 40% less N4 time on a 256x256x176 1 mm head than the whole
       field of view). The log bias field is evaluated at full resolution on that box
@@ -98,7 +97,7 @@ class PreprocessParams:
     """
 
     bias_correction: bool = True
-    n4_shrink_spacing_mm: float = 6.0
+    n4_shrink_spacing_mm: float = 4.0
     n4_box_margin_mm: float = 10.0
     n4_levels: int = 4
     n4_iterations: int = 50

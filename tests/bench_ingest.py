@@ -4,7 +4,8 @@
 
 Sends the same MR slices (256x256, 16-bit, about 129 KiB each) with DCMTK storescu to
 (1) DCMTK storescp writing files and (2) egfr-node's SCP (archive with fsync before the
-success status, SQLite record), and, for reference, (3) egfr-node with fsync off. Both DCMTK
+success status, SQLite record), and, for reference, (3) egfr-node with fsync off and (4) a
+pynetdicom SCP that stores nothing (the ceiling for any pynetdicom receiver). Both DCMTK
 peers run with TCP_NODELAY=1 (../shared/NOTES.md: without it every C-STORE waits ~44 ms).
 Prints instances/s for each, the ratio, and the machine it ran on. Not a test: figures only.
 """
@@ -66,6 +67,31 @@ def bench_storescp(files: list[Path], work: Path, associations: int) -> float:
     return seconds
 
 
+def bench_pynetdicom_floor(files: list[Path], work: Path, associations: int) -> float:
+    """pynetdicom with a C-STORE handler that stores nothing: the ceiling of any pynetdicom SCP."""
+    import socket as _socket
+
+    from pynetdicom import AE, _config, evt
+
+    from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+
+    _config.LOG_HANDLER_LEVEL = "none"
+    ae = AE("FLOOR")
+    ae.maximum_pdu_size = 262144
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+
+    def nodelay(event: evt.Event) -> None:
+        event.assoc.dul.socket.socket.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000), (evt.EVT_CONN_OPEN, nodelay)])
+    try:
+        return send(server.server_address[1], "FLOOR", files, associations)
+    finally:
+        server.shutdown()
+
+
 def bench_node(files: list[Path], work: Path, associations: int, fsync: bool) -> float:
     port = free_port()
     folder = work / f"node-fsync-{fsync}"
@@ -89,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300, help="MR slices to send (default 300)")
     parser.add_argument("--associations", type=int, default=1, help="parallel storescu associations (default 1)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per receiver; the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per receiver; the best is reported")
     args = parser.parse_args(argv)
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
@@ -104,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, float] = {}
         runs = [("DCMTK storescp (files, no fsync)", lambda i: bench_storescp(files, work / f"r{i}", args.associations)),
                 ("egfr-node (fsync + SQLite before ack)", lambda i: bench_node(files, work / f"n{i}", args.associations, True)),
-                ("egfr-node (fsync off, reference only)", lambda i: bench_node(files, work / f"m{i}", args.associations, False))]
+                ("egfr-node (fsync off, reference only)", lambda i: bench_node(files, work / f"m{i}", args.associations, False)),
+                ("pynetdicom, handler stores nothing", lambda i: bench_pynetdicom_floor(files, work, args.associations))]
         for name, run in runs:
             best = float("inf")
             for i in range(args.repeat):
@@ -115,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         names = list(results)
         print(f"ratio egfr-node / storescp: {results[names[1]] / results[names[0]]:.2f} (fsync), "
               f"{results[names[2]] / results[names[0]]:.2f} (no fsync); target >= 0.50 with fsync")
+        print(f"ratio pynetdicom storing nothing / storescp: {results[names[3]] / results[names[0]]:.2f} "
+              f"(the ceiling for any pynetdicom receiver on this machine)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
