@@ -35,7 +35,7 @@ def skip_or_fail(reason: str) -> None:
     sets) a missing PostgreSQL or tmpfs fails instead, so CI cannot go green without them."""
     if os.environ.get("EGFR_NODE_TESTS_STRICT") == "1":
         pytest.fail(f"{reason} (EGFR_NODE_TESTS_STRICT=1)")
-    pytest.skip(reason)
+    pytest.skip(reason=reason)
 
 
 def require_tool(name: str) -> str:
