@@ -2,8 +2,10 @@
 
 Nothing acknowledged is lost: the encoded dataset is written to the archive (fsynced) and
 recorded in the database before the success status goes back. Status codes say what
-happened: 0xA700 out of space, 0xA701 database unavailable, 0xA900 dataset does not match
-the request, 0xC210 undecodable, 0xC220 a required attribute missing or invalid.
+happened: 0xB006 (warning) stored earlier with other content, first copy kept; 0xA700 out
+of space; 0xA701 database unavailable; 0xA900 dataset does not match the request; 0xC210
+undecodable; 0xC220 a required attribute missing or invalid; 0xC211 anything else (logged
+with its traceback). The reason also goes back in the response's Error Comment.
 """
 
 from __future__ import annotations
