@@ -51,6 +51,7 @@ class InstanceRecord:
     frame_of_reference_uid: str | None = None
     calling_aet: str = ""
     referenced_series_uids: tuple[str, ...] = field(default_factory=tuple)
+    referenced_sop_uids: tuple[str, ...] = field(default_factory=tuple)
 
 
 class RecordOutcome(str, enum.Enum):
@@ -192,6 +193,7 @@ def _insert_new(session: Session, record: InstanceRecord, now: datetime) -> None
             "received_at": now,
             "calling_aet": record.calling_aet,
             "referenced_series_uids": list(record.referenced_series_uids),
+            "referenced_sop_uids": list(record.referenced_sop_uids),
             "conflict_count": 0,
         },
     )

@@ -122,6 +122,8 @@ class Instance(Base):
     calling_aet: Mapped[str] = mapped_column(String(16), default="")
     #: Series UIDs a mask (SEG/RTSTRUCT) references; empty for images.
     referenced_series_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: SOP Instance UIDs of the images a mask references (for masks that name no series).
+    referenced_sop_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
     #: Times the same SOP Instance UID arrived again with different content (first copy kept).
     conflict_count: Mapped[int] = mapped_column(Integer, default=0)
     last_conflict_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -104,8 +104,8 @@ def study_readiness(session: Session, study: Study) -> StudyReadiness:
     mr_series = set(
         session.scalars(select(Series.series_uid).where(Series.study_id == study.id, Series.modality == "MR"))
     )
-    masks = session.scalars(
-        select(Instance.referenced_series_uids)
+    masks = session.execute(
+        select(Instance.referenced_series_uids, Instance.referenced_sop_uids)
         .join(Series, Instance.series_id == Series.id)
         .where(Series.study_id == study.id, Series.modality.in_(MASK_MODALITIES))
     ).all()
@@ -113,9 +113,18 @@ def study_readiness(session: Session, study: Study) -> StudyReadiness:
         return StudyReadiness(False, "no MR series in the study yet")
     if not masks:
         return StudyReadiness(False, "no lesion mask (SEG or RTSTRUCT) in the study yet")
-    if not any(mr_series.intersection(refs or ()) for refs in masks):
-        return StudyReadiness(False, "no mask references an MR series of the study")
-    return StudyReadiness(True, None)
+    if any(mr_series.intersection(series or ()) for series, _ in masks):
+        return StudyReadiness(True, None)
+    # A mask that names only its source images (per-frame or per-contour references)
+    referenced = {uid for _, sops in masks for uid in (sops or ())}
+    if referenced and session.scalar(
+        select(Instance.id)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Series.study_id == study.id, Series.modality == "MR", Instance.sop_instance_uid.in_(referenced))
+        .limit(1)
+    ):
+        return StudyReadiness(True, None)
+    return StudyReadiness(False, "no mask references an MR series of the study")
 
 
 def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: datetime | None = None) -> list[JobView]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pydicom.uid import RTStructureSetStorage, SegmentationStorage
 
 from dicom_node.archive import InvalidUID, check_uid
-from pipeline.references import mask_referenced_series
+from pipeline.references import mask_referenced_instances, mask_referenced_series
 
-__all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header"]
+__all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header", "MASK_SOP_CLASSES"]
+
+MASK_SOP_CLASSES = (SegmentationStorage, RTStructureSetStorage)
 
 
 class NonConformant(ValueError):
@@ -35,6 +38,7 @@ class ReceivedHeader:
     series_description: str
     frame_of_reference_uid: str | None
     referenced_series_uids: tuple[str, ...]
+    referenced_sop_uids: tuple[str, ...]
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
@@ -68,4 +72,6 @@ def read_header(ds: Dataset, affected_sop_class_uid: str | None = None, affected
         series_description=str(ds.get("SeriesDescription", "") or "")[:64],
         frame_of_reference_uid=str(frame_of_reference) if frame_of_reference else None,
         referenced_series_uids=mask_referenced_series(ds),
+        # per-image references are read for masks only (an Enhanced MR has functional groups too)
+        referenced_sop_uids=mask_referenced_instances(ds) if sop_class in MASK_SOP_CLASSES else (),
     )

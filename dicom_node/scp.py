@@ -191,6 +191,7 @@ def _archive_and_record(
         frame_of_reference_uid=header.frame_of_reference_uid,
         calling_aet=calling_aet,
         referenced_series_uids=header.referenced_series_uids,
+        referenced_sop_uids=header.referenced_sop_uids,
     )
     stored = archive.store(relative, encoded)
     if stored.written or stored.identical:

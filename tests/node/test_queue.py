@@ -28,11 +28,12 @@ def sessions(any_db_url: str):
     engine.dispose()
 
 
-def rec(study: str, series: str, sop: str, *, modality: str = "MR", refs: tuple[str, ...] = (), sha: str = "a" * 64) -> InstanceRecord:
+def rec(study: str, series: str, sop: str, *, modality: str = "MR", refs: tuple[str, ...] = (),
+        sop_refs: tuple[str, ...] = (), sha: str = "a" * 64) -> InstanceRecord:
     return InstanceRecord(
         study_uid=study, series_uid=series, sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
         transfer_syntax_uid="1.2.840.10008.1.2.1", path=f"{study}/{series}/{sop}.dcm", size_bytes=10, sha256=sha,
-        modality=modality, referenced_series_uids=refs,
+        modality=modality, referenced_series_uids=refs, referenced_sop_uids=sop_refs,
     )
 
 
@@ -95,6 +96,14 @@ def test_study_waits_for_quiet_and_a_mask_then_queues(sessions) -> None:
     queued = scan(sessions, T0 + timedelta(seconds=231))
     assert [j.state for j in queued] == ["queued"]
     assert [s for _, s in jobs_of(sessions, "2.1")] == ["queued"]
+
+
+def test_a_mask_naming_only_its_source_images_makes_the_study_ready(sessions) -> None:
+    receive(sessions, rec("2.7", "2.7.1", "2.7.1.1"), T0)
+    receive(sessions, rec("2.7", "2.7.2", "2.7.2.1", modality="RTSTRUCT", sop_refs=("9.9.9",)), T0)
+    assert scan(sessions, T0 + timedelta(seconds=60)) == []  # references an image not in the study
+    receive(sessions, rec("2.7", "2.7.3", "2.7.3.1", modality="RTSTRUCT", sop_refs=("2.7.1.1",)), T0 + timedelta(seconds=61))
+    assert [j.state for j in scan(sessions, T0 + timedelta(seconds=120))] == ["queued"]
 
 
 def test_a_large_series_still_arriving_keeps_the_study_waiting(sessions) -> None:

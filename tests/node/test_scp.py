@@ -51,6 +51,8 @@ def test_store_writes_the_sent_bytes_and_records_before_success(node: DicomNode,
         assert back.file_meta.TransferSyntaxUID == row.transfer_syntax_uid
     assert dcmread(runtime.archive.path(rows[0].path)).PixelData == images[0].PixelData
     assert rows[-1].referenced_series_uids == [images[0].SeriesInstanceUID]
+    assert rows[-1].referenced_sop_uids == [d.SOPInstanceUID for d in images]
+    assert rows[0].referenced_sop_uids == []
     with runtime.sessions.begin() as s:
         assert [j.state.value for j in s.scalars(select(Job))] == ["waiting"]
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 07:48:29.060973
+Create Date: 2026-11-27 08:51:40.365912
 """
 
 from alembic import op
@@ -112,6 +112,7 @@ def upgrade() -> None:
     sa.Column('received_at', sa.DateTime(), nullable=False),
     sa.Column('calling_aet', sa.String(length=16), nullable=False),
     sa.Column('referenced_series_uids', sa.JSON(), nullable=False),
+    sa.Column('referenced_sop_uids', sa.JSON(), nullable=False),
     sa.Column('conflict_count', sa.Integer(), nullable=False),
     sa.Column('last_conflict_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['series_id'], ['series.id'], ondelete='CASCADE'),
