@@ -178,7 +178,12 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     from db.queue import list_jobs
 
     state = JobState(args.state) if args.state else None
-    return _with_session(args, lambda s: (_print_jobs(list_jobs(s, state, args.limit), args.json), 0)[1])
+
+    def show(session) -> int:  # type: ignore[no-untyped-def]
+        _print_jobs(list_jobs(session, state, args.limit), args.json)
+        return 0
+
+    return _with_session(args, show)
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
