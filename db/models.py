@@ -127,6 +127,9 @@ class Instance(Base):
     #: Times the same SOP Instance UID arrived again with different content (first copy kept).
     conflict_count: Mapped[int] = mapped_column(Integer, default=0)
     last_conflict_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: received (from a peer or ``egfr-node import``) | node (a result the node built: SR, SEG, card).
+    #: The node's own instances are never pipeline input and never move the queue.
+    origin: Mapped[str] = mapped_column(String(8), default="received", server_default="received")
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -163,6 +166,11 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     #: What the pipeline chose and produced (selection, probability, SR UID ...), JSON.
     result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    #: The model bundle the job runs with, fixed when it is claimed (a bundle activated
+    #: meanwhile is for the next jobs).
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("model.id"), nullable=True)
+    #: A replay that re-sends the stored results rather than predicting again.
+    resend_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
@@ -183,8 +191,11 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     job: Mapped[Job] = relationship(back_populates="deliveries")
+
+    __table_args__ = (Index("ix_delivery_state_next", "state", "next_attempt_at"),)
 
 
 class Model(Base):

@@ -124,10 +124,11 @@ def _study_files(folder: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def index_study(folder: Path) -> StudyIndex:
+def index_study(folder: Path, exclude_sop_uids: frozenset[str] = frozenset()) -> StudyIndex:
     """Read the headers of every DICOM file under ``folder`` and group them by series.
 
-    Raises SelectionError when the folder holds no DICOM instance or more than one study.
+    Instances whose SOP Instance UID is in ``exclude_sop_uids`` are left out (the node's own
+    results archived beside the study are never input). Raises SelectionError when the folder holds no DICOM instance or more than one study.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -141,6 +142,8 @@ def index_study(folder: Path) -> StudyIndex:
             skipped += 1
             continue
         sop_uid = str(ds.SOPInstanceUID)
+        if sop_uid in exclude_sop_uids:
+            continue
         if sop_uid in seen:
             logger.warning("duplicate SOP instance %s ignored", sop_uid)
             continue

@@ -19,8 +19,8 @@ import numpy as np
 
 from pipeline.contact_sheet import write_contact_sheet
 from pipeline.params import PreprocessParams
-from pipeline.preprocess import ModelInput, preprocess
-from pipeline.study import load_study
+from pipeline.prepare import prepare_study
+from pipeline.preprocess import ModelInput
 
 if TYPE_CHECKING:
     from pipeline.select import SelectionRules
@@ -74,16 +74,7 @@ def preprocess_study_to_folder(
 
     Raises the ``PipelineError`` of whichever step fails (selection, volume, mask, preprocess).
     """
-    start = time.perf_counter()
-    study = load_study(Path(study_dir), rules)
-    load_s = time.perf_counter() - start
-    model_input = preprocess(study, params)
-    prov = dict(model_input.provenance)
-    prov["selection"] = study.selection
-    timings = dict(prov.get("timings_s", {}))
-    timings = {"load_study": round(load_s, 4), **timings}
-    prov["timings_s"] = timings
-    model_input = ModelInput(array=model_input.array, provenance=prov, lesion_mask=model_input.lesion_mask)
-    _, prov = _write_files(model_input, out_dir)
-    logger.info("study %s preprocessed into %s", study.study_uid, out_dir)
+    prepared = prepare_study(Path(study_dir), params, rules)
+    _, prov = _write_files(prepared.model_input, out_dir)
+    logger.info("study %s preprocessed into %s", prepared.study.study_uid, out_dir)
     return prov

@@ -60,13 +60,17 @@ class LoadedStudy:
     selection: dict[str, Any]
 
 
-def load_study(study_dir: Path, rules: SelectionRules | None = None) -> LoadedStudy:
+def load_study(
+    study_dir: Path, rules: SelectionRules | None = None, exclude_sop_uids: frozenset[str] = frozenset()
+) -> LoadedStudy:
     """Load the lesion mask and the MR series it references from one study folder.
+
+    ``exclude_sop_uids``: instances never to consider (the node's own results).
 
     Raises SelectionError, VolumeError or MaskError (``pipeline.errors``) with one line.
     """
     rules = rules or SelectionRules()
-    index = index_study(Path(study_dir))
+    index = index_study(Path(study_dir), exclude_sop_uids)
     selection = select_mask_and_series(index, rules)
     volume = load_series_volume(
         selection.series, resample_oblique=rules.resample_oblique,

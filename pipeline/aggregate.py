@@ -1,0 +1,77 @@
+"""From per-slice model scores to one patient's probability and status.
+
+Haim et al. 2022, "DL analysis" and Fig. 1: the model scores the mid-lesion slice and its
++-2 neighbours; the patient score is the median (the paper's best row of Table 2), min,
+max or mean of the slice scores. The node averages the K fold models' patient scores
+(``fold_aggregation="mean"``) into the probability it reports; a study is positive when
+that probability is at least the bundle's decision threshold (0.5 in the paper).
+
+Pure functions on numpy arrays: the node's inference and training's evaluation call the
+same code, so the numbers in a bundle's report are the numbers the node computes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "SLICE_AGGREGATIONS",
+    "FOLD_AGGREGATIONS",
+    "aggregate_slices",
+    "aggregate_folds",
+    "patient_probability",
+    "is_positive",
+    "check_slice_aggregation",
+    "check_fold_aggregation",
+]
+
+#: The rows of the paper's Table 2, in its order.
+SLICE_AGGREGATIONS: tuple[str, ...] = ("min", "max", "median", "mean")
+FOLD_AGGREGATIONS: tuple[str, ...] = ("mean", "median")
+
+_REDUCE = {"min": np.min, "max": np.max, "median": np.median, "mean": np.mean}
+
+
+def check_slice_aggregation(name: str) -> str:
+    if name not in SLICE_AGGREGATIONS:
+        raise ValueError(f'Argument "slice_aggregation" must be one of {", ".join(SLICE_AGGREGATIONS)}; got {name!r}')
+    return name
+
+
+def check_fold_aggregation(name: str) -> str:
+    if name not in FOLD_AGGREGATIONS:
+        raise ValueError(f'Argument "fold_aggregation" must be one of {", ".join(FOLD_AGGREGATIONS)}; got {name!r}')
+    return name
+
+
+def aggregate_slices(scores: np.ndarray | Sequence[float], how: str = "median") -> np.ndarray:
+    """Slice scores ``[..., S]`` (probability of the positive class per slice) -> ``[...]``."""
+    check_slice_aggregation(how)
+    array = np.asarray(scores, dtype=np.float64)
+    if array.ndim == 0 or array.shape[-1] == 0:
+        raise ValueError(f'Argument "scores" must have at least one slice on its last axis, got shape {array.shape}')
+    return _REDUCE[how](array, axis=-1)
+
+
+def aggregate_folds(patient_scores: np.ndarray | Sequence[float], how: str = "mean") -> float:
+    """Per-fold patient scores ``[K]`` -> one probability."""
+    check_fold_aggregation(how)
+    array = np.asarray(patient_scores, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f'Argument "patient_scores" must be a non-empty 1-D array, got shape {array.shape}')
+    return float(_REDUCE[how](array))
+
+
+def patient_probability(scores: np.ndarray, slice_aggregation: str = "median", fold_aggregation: str = "mean") -> float:
+    """Scores ``[K, S]`` of K fold models on S slices -> the patient's probability."""
+    array = np.asarray(scores, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f'Argument "scores" must be [folds, slices], got shape {array.shape}')
+    return aggregate_folds(aggregate_slices(array, slice_aggregation), fold_aggregation)
+
+
+def is_positive(probability: float, threshold: float) -> bool:
+    """Positive when ``probability >= threshold`` (the paper's "network result threshold 0.5")."""
+    return bool(probability >= threshold)
