@@ -22,12 +22,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import ACTIVE_JOB_PREDICATE_SQL, Instance, Job, JobState, Series, Study, utcnow
+from db.sop_classes import moves_queue
 
-__all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "find_instance", "MASK_MODALITIES", "ARRIVING_REASON"]
+__all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "find_instance", "ARRIVING_REASON"]
 
 log = logging.getLogger(__name__)
 
-MASK_MODALITIES = ("SEG", "RTSTRUCT")
 ARRIVING_REASON = "study still arriving"
 #: The predicate of the partial unique index uq_job_active_per_study, word for word.
 ACTIVE_JOB_PREDICATE = text(ACTIVE_JOB_PREDICATE_SQL)
@@ -52,6 +52,12 @@ class InstanceRecord:
     calling_aet: str = ""
     referenced_series_uids: tuple[str, ...] = field(default_factory=tuple)
     referenced_sop_uids: tuple[str, ...] = field(default_factory=tuple)
+    #: "received" (a peer, ``egfr-node import``) or "node" (a result the node built).
+    origin: str = "received"
+
+    @property
+    def moves_queue(self) -> bool:
+        return moves_queue(self.sop_class_uid, self.origin)
 
 
 class RecordOutcome(str, enum.Enum):
@@ -67,11 +73,13 @@ def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
 def record_instance(
     sessions: sessionmaker[Session], record: InstanceRecord, now: datetime | None = None
 ) -> RecordOutcome:
-    """Record ``record`` (committed when this returns) and restart its study's quiet time.
+    """Record ``record`` (committed when this returns); an image or mask restarts its study's quiet time.
 
-    A new instance makes sure the study has a waiting job (a queued job goes back to
-    waiting: the study is still arriving). A known SOP Instance UID changes nothing but
-    the quiet time (same content) or the instance's conflict count (other content).
+    A new image or mask (``db.sop_classes``) makes sure the study has a waiting job (a
+    queued job goes back to waiting: the study is still arriving); any other instance (an
+    SR, a Secondary Capture, the node's own results) is recorded and moves nothing. A known
+    SOP Instance UID changes nothing but the quiet time (same content, an image or mask
+    received from a peer) or the instance's conflict count (other content).
     """
     now = now or utcnow()
     try:
@@ -88,8 +96,9 @@ def record_instance(
 
 
 def _compare(existing: Instance, record: InstanceRecord, now: datetime) -> RecordOutcome:
-    study = existing.series.study
-    study.last_received_at = max(study.last_received_at, now)
+    if moves_queue(existing.sop_class_uid, existing.origin):
+        study = existing.series.study
+        study.last_received_at = max(study.last_received_at, now)
     if existing.sha256 == record.sha256:
         return RecordOutcome.DUPLICATE
     existing.conflict_count += 1
@@ -109,6 +118,7 @@ class _Statements:
     costs more than SQLite running them); Core on tables, values bound per call."""
 
     upsert_study: Any
+    upsert_study_quiet: Any
     upsert_series: Any
     insert_instance: Any
     touch_job: Any
@@ -136,6 +146,13 @@ def _statements(dialect: str) -> _Statements:
             )
         },
     ).returning(study_t.c.id)
+    # For instances that do not move the queue: the study row exists, its quiet time stays.
+    study_quiet = insert(study_t).values(
+        study_uid=bindparam("study_uid"), first_received_at=bindparam("now"), last_received_at=bindparam("now")
+    )
+    study_quiet = study_quiet.on_conflict_do_update(
+        index_elements=[study_t.c.study_uid], set_={"last_received_at": study_t.c.last_received_at}
+    ).returning(study_t.c.id)
     series = insert(series_t).values(
         series_uid=bindparam("series_uid"),
         study_id=bindparam("study_id"),
@@ -150,6 +167,7 @@ def _statements(dialect: str) -> _Statements:
     ).returning(series_t.c.id)
     statements = _Statements(
         upsert_study=study,
+        upsert_study_quiet=study_quiet,
         upsert_series=series,
         insert_instance=insert(instance_t),
         touch_job=update(job_t)
@@ -167,7 +185,8 @@ def _statements(dialect: str) -> _Statements:
 def _insert_new(session: Session, record: InstanceRecord, now: datetime) -> None:
     connection = session.connection()
     sql = _statements(connection.dialect.name)
-    study_id = connection.execute(sql.upsert_study, {"study_uid": record.study_uid, "now": now}).scalar_one()
+    upsert_study = sql.upsert_study if record.moves_queue else sql.upsert_study_quiet
+    study_id = connection.execute(upsert_study, {"study_uid": record.study_uid, "now": now}).scalar_one()
     series_id = connection.execute(
         sql.upsert_series,
         {
@@ -195,8 +214,11 @@ def _insert_new(session: Session, record: InstanceRecord, now: datetime) -> None
             "referenced_series_uids": list(record.referenced_series_uids),
             "referenced_sop_uids": list(record.referenced_sop_uids),
             "conflict_count": 0,
+            "origin": record.origin,
         },
     )
+    if not record.moves_queue:
+        return
     # The study's waiting job now says "still arriving"; a queued one goes back to waiting
     # (the quiet time restarted); a study without an active job gets a waiting one.
     if not connection.execute(sql.touch_job, {"job_study_id": study_id, "now": now}).rowcount:

@@ -19,8 +19,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.ingest import MASK_MODALITIES
 from db.models import ACTIVE_JOB_STATES, Instance, Job, JobState, Series, Study, utcnow
+from db.sop_classes import IMAGE_SOP_CLASSES, MASK_SOP_CLASSES
 
 __all__ = [
     "JobView",
@@ -100,14 +100,20 @@ class StudyReadiness:
     reason: str | None
 
 
-def study_readiness(session: Session, study: Study) -> StudyReadiness:
-    mr_series = set(
-        session.scalars(select(Series.series_uid).where(Series.study_id == study.id, Series.modality == "MR"))
-    )
-    masks = session.execute(
-        select(Instance.referenced_series_uids, Instance.referenced_sop_uids)
+def _received(study: Study, sop_classes: frozenset[str]):  # type: ignore[no-untyped-def]
+    """Instances of the study received from peers (never the node's own) of these classes."""
+    return (
+        select(Instance.id)
         .join(Series, Instance.series_id == Series.id)
-        .where(Series.study_id == study.id, Series.modality.in_(MASK_MODALITIES))
+        .where(Series.study_id == study.id, Instance.origin == "received", Instance.sop_class_uid.in_(sop_classes))
+    )
+
+
+def study_readiness(session: Session, study: Study) -> StudyReadiness:
+    images = _received(study, IMAGE_SOP_CLASSES)
+    mr_series = set(session.scalars(images.with_only_columns(Series.series_uid).distinct()))
+    masks = session.execute(
+        _received(study, MASK_SOP_CLASSES).with_only_columns(Instance.referenced_series_uids, Instance.referenced_sop_uids)
     ).all()
     if not mr_series:
         return StudyReadiness(False, "no MR series in the study yet")
@@ -117,12 +123,7 @@ def study_readiness(session: Session, study: Study) -> StudyReadiness:
         return StudyReadiness(True, None)
     # A mask that names only its source images (per-frame or per-contour references)
     referenced = {uid for _, sops in masks for uid in (sops or ())}
-    if referenced and session.scalar(
-        select(Instance.id)
-        .join(Series, Instance.series_id == Series.id)
-        .where(Series.study_id == study.id, Series.modality == "MR", Instance.sop_instance_uid.in_(referenced))
-        .limit(1)
-    ):
+    if referenced and session.scalar(images.where(Instance.sop_instance_uid.in_(referenced)).limit(1)):
         return StudyReadiness(True, None)
     return StudyReadiness(False, "no mask references an MR series of the study")
 

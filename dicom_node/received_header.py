@@ -9,14 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pydicom.uid import RTStructureSetStorage, SegmentationStorage
 
+from db.sop_classes import MASK_SOP_CLASSES
 from dicom_node.archive import InvalidUID, check_uid
 from pipeline.references import mask_referenced_instances, mask_referenced_series
 
 __all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header", "MASK_SOP_CLASSES"]
 
-MASK_SOP_CLASSES = (SegmentationStorage, RTStructureSetStorage)
 
 
 class NonConformant(ValueError):

@@ -10,27 +10,25 @@ with its traceback). The reason also goes back in the response's Error Comment.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_file_meta_info
 from pydicom import uid as dicom_uid
 from pynetdicom import AE, _config as pynetdicom_config, evt, sop_class
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.ingest import InstanceRecord, RecordOutcome, record_instance
+from db.ingest import RecordOutcome
 from dicom_node.archive import Archive, ArchiveFull
 from dicom_node.config import Config
+from dicom_node.intake import store_instance
 from dicom_node.received_header import NonConformant, ReceivedHeader, SOPClassMismatch, read_header
 
 __all__ = [
@@ -175,54 +173,13 @@ def _archive_and_record(
     counters: StoreCounters,
 ) -> int | Dataset:
     encoded = event.encoded_dataset(include_meta=True)
-    relative = archive.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
-    record = InstanceRecord(
-        study_uid=header.study_uid,
-        series_uid=header.series_uid,
-        sop_instance_uid=header.sop_instance_uid,
-        sop_class_uid=header.sop_class_uid,
-        transfer_syntax_uid=str(event.context.transfer_syntax),
-        path=relative,
-        size_bytes=len(encoded),
-        sha256="",
-        modality=header.modality,
-        series_number=header.series_number,
-        series_description=header.series_description,
-        frame_of_reference_uid=header.frame_of_reference_uid,
-        calling_aet=calling_aet,
-        referenced_series_uids=header.referenced_series_uids,
-        referenced_sop_uids=header.referenced_sop_uids,
-    )
-    stored = archive.store(relative, encoded)
-    if stored.written or stored.identical:
-        outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
-    else:
-        # A file with other bytes is there: the recorded first copy (a conflict), or a
-        # complete file from an earlier send never recorded (a crash before the commit):
-        # either way it is the first copy; it is recorded, and this send counted against it.
-        record_instance(sessions, _record_of_file(archive.path(relative), record))
-        outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
+    outcome = store_instance(archive, sessions, encoded, header, str(event.context.transfer_syntax), calling_aet=calling_aet)
     counters.add({RecordOutcome.NEW: "stored", RecordOutcome.DUPLICATE: "duplicates", RecordOutcome.CONFLICT: "conflicts"}[outcome])
-    log.debug("C-STORE %s from %s: %s", header.sop_instance_uid, calling_aet, outcome.value,
-              extra={"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid})
     if outcome is RecordOutcome.CONFLICT:
         # Stored earlier with other content: the first copy stays. A warning, not a failure,
         # so the sender logs it and does not retry in a loop.
         return _status(Status.CONFLICT_FIRST_COPY_KEPT, "stored earlier with other content; first copy kept")
     return Status.SUCCESS
-
-
-def _record_of_file(path: Path, record: InstanceRecord) -> InstanceRecord:
-    """``record`` as it describes the file already at ``path`` (its bytes and file meta)."""
-    data = path.read_bytes()
-    meta = read_file_meta_info(path)
-    return replace(
-        record,
-        sha256=hashlib.sha256(data).hexdigest(),
-        size_bytes=len(data),
-        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", record.transfer_syntax_uid)),
-        sop_class_uid=str(meta.get("MediaStorageSOPClassUID", record.sop_class_uid)),
-    )
 
 
 def make_ssl_context(certificate: str, private_key: str, ca_certificates: str = "") -> ssl.SSLContext:

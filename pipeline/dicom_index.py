@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-import pydicom.uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from db import sop_classes
 from pipeline.errors import SelectionError
 
 __all__ = [
@@ -36,12 +36,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MR_IMAGE_SOP_CLASS = str(pydicom.uid.MRImageStorage)
-ENHANCED_MR_SOP_CLASSES = frozenset(
-    str(uid) for uid in (pydicom.uid.EnhancedMRImageStorage, pydicom.uid.LegacyConvertedEnhancedMRImageStorage)
-)
-SEG_SOP_CLASS = str(pydicom.uid.SegmentationStorage)
-RTSTRUCT_SOP_CLASS = str(pydicom.uid.RTStructureSetStorage)
+# What is an image and what is a mask: one definition for the node (db.sop_classes).
+MR_IMAGE_SOP_CLASS = sop_classes.MR_IMAGE
+ENHANCED_MR_SOP_CLASSES = sop_classes.ENHANCED_MR_IMAGES
+SEG_SOP_CLASS = sop_classes.SEG
+RTSTRUCT_SOP_CLASS = sop_classes.RTSTRUCT
 _MASK_KINDS = {SEG_SOP_CLASS: "SEG", RTSTRUCT_SOP_CLASS: "RTSTRUCT"}
 
 

@@ -15,7 +15,7 @@ from db.engine import make_engine, make_sessionmaker
 from db.ingest import InstanceRecord, RecordOutcome, record_instance
 from db.migrate import current_revision, head_revision, upgrade
 from db.models import Base, Instance, Job, JobState, Study
-from db import queue
+from db import queue, sop_classes
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 
@@ -28,10 +28,15 @@ def sessions(any_db_url: str):
     engine.dispose()
 
 
+#: The SOP class each test modality stands for (what moves the queue is decided by SOP class).
+SOP_CLASS_OF = {"MR": sop_classes.MR_IMAGE, "SEG": sop_classes.SEG, "RTSTRUCT": sop_classes.RTSTRUCT,
+                "SR": "1.2.840.10008.5.1.4.1.1.88.34", "OT": "1.2.840.10008.5.1.4.1.1.7"}
+
+
 def rec(study: str, series: str, sop: str, *, modality: str = "MR", refs: tuple[str, ...] = (),
-        sop_refs: tuple[str, ...] = (), sha: str = "a" * 64) -> InstanceRecord:
+        sop_refs: tuple[str, ...] = (), sha: str = "a" * 64, origin: str = "received") -> InstanceRecord:
     return InstanceRecord(
-        study_uid=study, series_uid=series, sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+        study_uid=study, series_uid=series, sop_instance_uid=sop, sop_class_uid=SOP_CLASS_OF[modality], origin=origin,
         transfer_syntax_uid="1.2.840.10008.1.2.1", path=f"{study}/{series}/{sop}.dcm", size_bytes=10, sha256=sha,
         modality=modality, referenced_series_uids=refs, referenced_sop_uids=sop_refs,
     )
@@ -211,3 +216,40 @@ def test_concurrent_workers_never_claim_the_same_job(sessions) -> None:
     assert len(claimed) == 12 and len(set(claimed)) == 12
     with sessions.begin() as s:
         assert s.scalar(select(func.count()).select_from(Job).where(Job.state == JobState.RUNNING)) == 12
+
+
+def test_reports_and_captures_are_archived_but_never_move_the_queue(sessions) -> None:
+    receive(sessions, rec("4.1", "4.1.1", "4.1.1.1"), T0)
+    receive(sessions, rec("4.1", "4.1.2", "4.1.2.1", modality="SEG", refs=("4.1.1",)), T0)
+    queued = scan(sessions, T0 + timedelta(seconds=31))
+    assert [j.state for j in queued] == ["queued"]
+    # An SR and a Secondary Capture from a peer: recorded, the queued job stays queued.
+    assert receive(sessions, rec("4.1", "4.1.3", "4.1.3.1", modality="SR"), T0 + timedelta(seconds=40)) is RecordOutcome.NEW
+    receive(sessions, rec("4.1", "4.1.4", "4.1.4.1", modality="OT"), T0 + timedelta(seconds=41))
+    assert [s for _, s in jobs_of(sessions, "4.1")] == ["queued"]
+    with sessions.begin() as s:
+        assert s.scalars(select(Study).where(Study.study_uid == "4.1")).one().last_received_at == T0
+        assert s.scalar(select(Instance.id).where(Instance.sop_instance_uid == "4.1.3.1")) is not None
+
+
+def test_the_nodes_own_results_never_move_the_queue_even_when_sent_back(sessions) -> None:
+    receive(sessions, rec("5.1", "5.1.1", "5.1.1.1"), T0)
+    receive(sessions, rec("5.1", "5.1.2", "5.1.2.1", modality="SEG", refs=("5.1.1",)), T0)
+    [job] = scan(sessions, T0 + timedelta(seconds=31))
+    with sessions.begin() as s:
+        claimed = queue.claim_next(s, "w1", 60, T0 + timedelta(seconds=32))
+        assert queue.finish_job(s, claimed.id, "w1", ok=True, now=T0 + timedelta(seconds=33))
+    # The node archives its SR and the SEG it derived (a SEG: a mask class) as its own ...
+    for sop, modality in (("5.1.8.1", "SR"), ("5.1.9.1", "SEG")):
+        record = rec("5.1", sop.rsplit(".", 1)[0], sop, modality=modality, refs=("5.1.1",), origin="node")
+        assert receive(sessions, record, T0 + timedelta(seconds=34)) is RecordOutcome.NEW
+    assert [s for _, s in jobs_of(sessions, "5.1")] == ["done"]
+    # ... and PACS routes both back: duplicates of the node's own instances, nothing moves.
+    for sop, modality in (("5.1.8.1", "SR"), ("5.1.9.1", "SEG")):
+        back = rec("5.1", sop.rsplit(".", 1)[0], sop, modality=modality, refs=("5.1.1",))
+        assert receive(sessions, back, T0 + timedelta(seconds=50)) is RecordOutcome.DUPLICATE
+    assert [s for _, s in jobs_of(sessions, "5.1")] == ["done"]
+    assert scan(sessions, T0 + timedelta(seconds=200)) == []
+    # A new image series from a peer does make a new job.
+    receive(sessions, rec("5.1", "5.1.3", "5.1.3.1"), T0 + timedelta(seconds=300))
+    assert [s for _, s in jobs_of(sessions, "5.1")] == ["done", "waiting"]

@@ -1,0 +1,94 @@
+"""The one way into the archive: encoded bytes + their parsed header -> file and record.
+
+The SCP's C-STORE handler, ``egfr-node import`` and the node's own results (the SR, the SEG
+it derives, the result card) all call :func:`store_instance`, so every instance gets the
+same checks, the same durable write (``Archive.store``: fsynced, linked into place, never
+replacing a file) and the same record (``db.ingest.record_instance``, committed before this
+returns). No pynetdicom event here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.ingest import InstanceRecord, RecordOutcome, record_instance
+from dicom_node.archive import Archive
+from dicom_node.received_header import ReceivedHeader
+
+__all__ = ["store_instance", "record_of"]
+
+log = logging.getLogger(__name__)
+
+
+def record_of(header: ReceivedHeader, relative_path: str, transfer_syntax_uid: str, size_bytes: int,
+              calling_aet: str = "", origin: str = "received") -> InstanceRecord:
+    """The database record of an instance with this header stored at ``relative_path``."""
+    return InstanceRecord(
+        study_uid=header.study_uid,
+        series_uid=header.series_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        transfer_syntax_uid=transfer_syntax_uid,
+        path=relative_path,
+        size_bytes=size_bytes,
+        sha256="",
+        modality=header.modality,
+        series_number=header.series_number,
+        series_description=header.series_description,
+        frame_of_reference_uid=header.frame_of_reference_uid,
+        calling_aet=calling_aet,
+        referenced_series_uids=header.referenced_series_uids,
+        referenced_sop_uids=header.referenced_sop_uids,
+        origin=origin,
+    )
+
+
+def store_instance(
+    archive: Archive,
+    sessions: sessionmaker[Session],
+    encoded: bytes,
+    header: ReceivedHeader,
+    transfer_syntax_uid: str,
+    *,
+    calling_aet: str = "",
+    origin: str = "received",
+) -> RecordOutcome:
+    """Archive ``encoded`` (a Part-10 file: preamble, file meta, dataset) and record it.
+
+    Returns NEW, DUPLICATE (same UID, same bytes: idempotent) or CONFLICT (same UID, other
+    bytes: the first copy is kept). Raises ``ArchiveFull`` (no space), ``InvalidUID`` and
+    SQLAlchemy errors (database unavailable); nothing is acknowledged by then.
+    """
+    relative = archive.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
+    record = record_of(header, relative, transfer_syntax_uid, len(encoded), calling_aet, origin)
+    stored = archive.store(relative, encoded)
+    if stored.written or stored.identical:
+        outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
+    else:
+        # A file with other bytes is there: the recorded first copy (a conflict), or a
+        # complete file from an earlier send never recorded (a crash before the commit):
+        # either way it is the first copy; it is recorded, and this send counted against it.
+        record_instance(sessions, _record_of_file(archive.path(relative), record))
+        outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
+    log.debug("%s %s: %s", origin, header.sop_instance_uid, outcome.value,
+              extra={"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid})
+    return outcome
+
+
+def _record_of_file(path: Path, record: InstanceRecord) -> InstanceRecord:
+    """``record`` as it describes the file already at ``path`` (its bytes and file meta)."""
+    data = path.read_bytes()
+    meta = read_file_meta_info(path)
+    return replace(
+        record,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", record.transfer_syntax_uid)),
+        sop_class_uid=str(meta.get("MediaStorageSOPClassUID", record.sop_class_uid)),
+    )
