@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -64,6 +64,8 @@ class JobView:
     lease_owner: str | None
     lease_expires_at: datetime | None
     result: dict | None
+    model_id: int | None = None
+    resend_only: bool = False
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -83,6 +85,8 @@ class JobView:
             lease_owner=job.lease_owner,
             lease_expires_at=job.lease_expires_at,
             result=job.result,
+            model_id=job.model_id,
+            resend_only=bool(job.resend_only),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -169,17 +173,26 @@ def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: dateti
     return queued
 
 
-def claim_next(session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None) -> JobView | None:
+def claim_next(
+    session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None, *, model_id: int | None = None,
+    any_job: bool = True,
+) -> JobView | None:
     """Move the oldest queued job to running under a lease held by ``worker_id``.
 
-    The caller commits. Safe with several workers: PostgreSQL skips rows another worker has
-    locked; on every backend the update only succeeds while the job is still queued.
+    ``model_id``: the bundle the job will run with, fixed on the job now (a bundle activated
+    while it runs is for the next jobs). With ``any_job=False`` (no active bundle) only
+    replays that re-send stored results are claimed. The caller commits. Safe with several
+    workers: PostgreSQL skips rows another worker has locked; on every backend the update
+    only succeeds while the job is still queued.
     """
     now = now or utcnow()
+    eligible = Job.state == JobState.QUEUED
+    if not any_job:
+        eligible = eligible & Job.resend_only.is_(True)
     for _ in range(5):
         candidate = session.scalars(
             select(Job)
-            .where(Job.state == JobState.QUEUED)
+            .where(eligible)
             .order_by(Job.queued_at, Job.id)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -196,6 +209,8 @@ def claim_next(session: Session, worker_id: str, lease_seconds: float, now: date
                 attempts=Job.attempts + 1,
                 lease_owner=worker_id,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
+                model_id=None if candidate.resend_only else model_id,
+                reason=None,
             )
             .execution_options(synchronize_session="fetch")
         ).rowcount
@@ -203,6 +218,16 @@ def claim_next(session: Session, worker_id: str, lease_seconds: float, now: date
             session.refresh(candidate)
             return JobView.of(candidate)
     return None
+
+
+def note_waiting_for(session: Session, reason: str, now: datetime | None = None) -> int:
+    """Say on every queued job that needs a model why it is not claimed (e.g. "no active model")."""
+    now = now or utcnow()
+    return session.execute(
+        update(Job)
+        .where(Job.state == JobState.QUEUED, Job.resend_only.is_(False), or_(Job.reason.is_(None), Job.reason != reason))
+        .values(reason=reason, updated_at=now)
+    ).rowcount
 
 
 def renew_lease(session: Session, job_id: int, worker_id: str, lease_seconds: float, now: datetime | None = None) -> bool:
@@ -246,6 +271,26 @@ def finish_job(
     )
 
 
+def release_for_retry(
+    session: Session, job_id: int, worker_id: str, reason: str, max_attempts: int, now: datetime | None = None
+) -> JobState | None:
+    """A transient failure: back to queued while attempts remain, else failed. None if the lease was lost."""
+    now = now or utcnow()
+    job = session.get(Job, job_id)
+    if job is None or job.state is not JobState.RUNNING or job.lease_owner != worker_id:
+        return None
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.updated_at = now
+    if job.attempts >= max_attempts:
+        job.state, job.finished_at = JobState.FAILED, now
+        job.reason = f"attempt {job.attempts} of {max_attempts} failed: {reason}"
+    else:
+        job.state, job.queued_at = JobState.QUEUED, now
+        job.reason = f"requeued after attempt {job.attempts} failed: {reason}"
+    return job.state
+
+
 def sweep_expired_leases(session: Session, max_attempts: int, now: datetime | None = None) -> list[JobView]:
     """Jobs whose worker stopped renewing go back to queued, or fail after ``max_attempts``."""
     now = now or utcnow()
@@ -272,22 +317,34 @@ def sweep_expired_leases(session: Session, max_attempts: int, now: datetime | No
     return swept
 
 
-def replay(session: Session, study_uid_or_job_id: str, now: datetime | None = None) -> tuple[JobView, bool]:
+def replay(session: Session, study_uid_or_job_id: str, now: datetime | None = None, *, rerun: bool = False) -> tuple[JobView, bool]:
     """A new queued job for the study (named by Study Instance UID or by a job id).
 
-    Returns (job, created). A study that already has a waiting or queued job keeps it:
-    (that job, False). History is kept: the new job's ``replay_of_id`` is the latest job.
+    When the study's latest finished job built results (``result["instances"]``) and
+    ``rerun`` is False, the new job only re-sends those stored results (same SOP Instance
+    UIDs, so PACS keeps one copy); otherwise it predicts again. Returns (job, created). A
+    study that already has a waiting or queued job keeps it: (that job, False). History is
+    kept: the new job's ``replay_of_id`` is the job replayed (the named job, else the
+    study's latest).
     """
     now = now or utcnow()
     study = _resolve_study(session, study_uid_or_job_id)
     active = session.scalars(select(Job).where(Job.study_id == study.id, Job.state.in_(ACTIVE_JOB_STATES))).one_or_none()
     if active is not None:
         return JobView.of(active), False
-    latest = session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id.desc()).limit(1)).first()
+    key = study_uid_or_job_id.strip()
+    if key.isdigit():
+        latest = session.get(Job, int(key))
+    else:
+        latest = session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id.desc()).limit(1)).first()
+    source = _with_results(session, latest)
+    resend = not rerun and source is not None
     job = Job(
         study_id=study.id,
         state=JobState.QUEUED,
-        trigger="replay",
+        trigger="resend" if resend else "replay",
+        resend_only=resend,
+        result={"resend_of_job": source.id} if resend else None,
         replay_of_id=latest.id if latest else None,
         created_at=now,
         updated_at=now,
@@ -302,6 +359,18 @@ def replay(session: Session, study_uid_or_job_id: str, now: datetime | None = No
         return JobView.of(active), False
     log.info("study %s replayed: job %d queued", study.study_uid, job.id, extra={"study_uid": study.study_uid, "job_id": job.id})
     return JobView.of(job), True
+
+
+def _with_results(session: Session, job: Job | None) -> Job | None:
+    """``job`` if it built results, else the job it re-sent (following resend chains)."""
+    seen = 0
+    while job is not None and seen < 100:
+        if job.result and job.result.get("instances"):
+            return job
+        source_id = (job.result or {}).get("resend_of_job") if job.resend_only else None
+        job = session.get(Job, source_id) if source_id else None
+        seen += 1
+    return None
 
 
 def cancel(session: Session, job_id: int, now: datetime | None = None) -> JobView:

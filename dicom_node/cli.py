@@ -5,7 +5,11 @@
     egfr-node scp | worker               the two halves apart
     egfr-node db upgrade                 migrate the database to this version's schema
     egfr-node echo HOST PORT [--aet AET] C-ECHO a peer
-    egfr-node queue list [--state S] [--json] | show ID | replay STUDY_UID|JOB_ID | cancel ID
+    egfr-node queue list [--state S] [--json] | show ID | replay STUDY_UID|JOB_ID [--rerun] | cancel ID
+    egfr-node models list | activate PATH|ID | show [ID]
+    egfr-node import DIR                 bulk-load DICOM files through the SCP's intake
+    egfr-node train --cohort CSV --out DIR [...]   (training package)
+    egfr-node demo                       the main job end to end on a phantom cohort
     egfr-node preprocess PATH [--out DIR]
     egfr-node phantom OUT --patients N --positive-fraction F --seed S [--mask seg|rtstruct]
 
@@ -105,7 +109,7 @@ def _serve(args: argparse.Namespace, with_scp: bool, with_worker: bool) -> int:
     configure_logging(config.logging.level)
     runtime = open_runtime(config)
     node = DicomNode(config, runtime.archive, runtime.sessions) if with_scp else None
-    worker = Worker(config.worker, runtime.sessions) if with_worker else None
+    worker = Worker(config, runtime.sessions, runtime.archive) if with_worker else None
 
     def start() -> None:
         if node:
@@ -127,19 +131,16 @@ def _serve(args: argparse.Namespace, with_scp: bool, with_worker: bool) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from dicom_node.config import Destination
+    from dicom_node.scu import SendError, echo
 
-    ae = AE(ae_title=args.calling_aet)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = args.timeout
-    assoc = ae.associate(args.host, args.port, ae_title=args.aet)
-    if not assoc.is_established:
-        return _fail(f"association with {args.aet} at {args.host}:{args.port} was not established")
-    status = assoc.send_c_echo()
-    assoc.release()
-    if not status or status.Status != 0:
-        return _fail(f"C-ECHO failed: status {getattr(status, 'Status', 'none')}")
+    peer = Destination(name="peer", ae_title=args.aet, host=args.host, port=args.port)
+    try:
+        status = echo(peer, calling_aet=args.calling_aet, timeout=args.timeout)
+    except SendError as exc:
+        return _fail(str(exc))
+    if status != 0:
+        return _fail(f"C-ECHO failed: status {status}")
     print(f"C-ECHO {args.aet} at {args.host}:{args.port}: success")
     return 0
 
@@ -187,11 +188,13 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
+    from db.deliveries import deliveries_of_job
     from db.queue import get_job
 
     def show(session) -> int:  # type: ignore[no-untyped-def]
-        job = get_job(session, args.job_id)
-        print(json.dumps(job.to_json(), indent=2))
+        job = get_job(session, args.job_id).to_json()
+        job["deliveries"] = [d.to_json() for d in deliveries_of_job(session, args.job_id)]
+        print(json.dumps(job, indent=2))
         return 0
 
     return _with_session(args, show)
@@ -201,8 +204,11 @@ def cmd_queue_replay(args: argparse.Namespace) -> int:
     from db.queue import replay
 
     def do(session) -> int:  # type: ignore[no-untyped-def]
-        job, created = replay(session, args.key)
-        if created:
+        job, created = replay(session, args.key, rerun=args.rerun)
+        if created and job.resend_only:
+            print(f"job {job.id} queued for study {job.study_uid}: re-sends the results of job "
+                  f"{job.result['resend_of_job']} (use --rerun to predict again)")
+        elif created:
             print(f"job {job.id} queued for study {job.study_uid} (replay of job {job.replay_of_id})")
         else:
             print(f"study {job.study_uid} already has job {job.id} {job.state}; nothing new queued")
@@ -220,6 +226,67 @@ def cmd_queue_cancel(args: argparse.Namespace) -> int:
         return 0
 
     return _with_session(args, do)
+
+
+# --- models / import / train / demo ----------------------------------------------------
+
+
+def _with_runtime(args: argparse.Namespace, action: Callable) -> int:
+    from db.bundles import BundleRegistryError
+    from dicom_node.runtime import open_runtime
+    from pipeline.bundle import BundleError
+
+    runtime = open_runtime(_load(args))
+    try:
+        return action(runtime)
+    except (BundleError, BundleRegistryError) as exc:
+        return _fail(str(exc))
+    finally:
+        runtime.close()
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from dicom_node.commands import models
+
+    def do(runtime) -> int:  # type: ignore[no-untyped-def]
+        if args.models_command == "list":
+            print("\n".join(models.list_lines(runtime.sessions)))
+        elif args.models_command == "activate":
+            record = models.activate(runtime.sessions, args.key)
+            print(f"model bundle {record.id} ({record.name} {record.version}) is active; new jobs use it")
+        else:
+            print(models.show_text(runtime.sessions, args.model_id))
+        return 0
+
+    return _with_runtime(args, do)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from dicom_node.commands.importing import import_folder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        return _fail(f"{folder} is not a folder")
+
+    def do(runtime) -> int:  # type: ignore[no-untyped-def]
+        summary = import_folder(folder, runtime.archive, runtime.sessions, progress=not args.quiet)
+        print("\n".join(summary.lines()))
+        return 0
+
+    return _with_runtime(args, do)
+
+
+def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from training.cli import main as train_main
+
+    config = _load(args)
+    return train_main(list(rest), archive_root=config.storage.archive_path, database_url=config.database_url)
+
+
+def cmd_demo(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from dicom_node.commands.demo import main as demo_main
+
+    return demo_main(list(rest))
 
 
 # --- pipeline front doors ---------------------------------------------------------------
@@ -290,12 +357,33 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("show", help="one job in full")
     q.add_argument("job_id", type=int)
     q.set_defaults(func=cmd_queue_show)
-    q = qsub.add_parser("replay", help="queue a study again (by Study Instance UID or job id)")
+    q = qsub.add_parser("replay", help="queue a study again (by Study Instance UID or job id): re-sends stored results")
     q.add_argument("key", metavar="STUDY_UID|JOB_ID")
+    q.add_argument("--rerun", action="store_true", help="predict again instead of re-sending the stored results")
     q.set_defaults(func=cmd_queue_replay)
     q = qsub.add_parser("cancel", help="cancel a waiting or queued job")
     q.add_argument("job_id", type=int)
     q.set_defaults(func=cmd_queue_cancel)
+
+    p = sub.add_parser("models", help="model bundles: list, activate, show")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="registered bundles").set_defaults(func=cmd_models)
+    m = msub.add_parser("activate", help="check, register and activate a bundle (folder or id)")
+    m.add_argument("key", metavar="PATH|ID")
+    m.set_defaults(func=cmd_models)
+    m = msub.add_parser("show", help="a bundle's manifest summary (default: the active one)")
+    m.add_argument("model_id", nargs="?", type=int)
+    m.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("import", help="bulk-load a folder of DICOM files into the archive")
+    p.add_argument("folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("train", help="train and evaluate a fold ensemble (training package)", add_help=False)
+    p.set_defaults(func=None, forward=cmd_train)
+    p = sub.add_parser("demo", help="the main job end to end on a phantom cohort, on loopback", add_help=False)
+    p.set_defaults(func=None, forward=cmd_demo)
 
     p = sub.add_parser("preprocess", help="model inputs, provenance and a contact sheet for one study")
     p.add_argument("path", help="a folder of one study's DICOM files, or a Study Instance UID in the archive")

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from importlib import resources
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +24,9 @@ __all__ = [
     "StorageSection",
     "DatabaseSection",
     "WorkerSection",
+    "InferenceSection",
+    "DeliverySection",
+    "ReportSection",
     "Destination",
     "LoggingSection",
     "Config",
@@ -99,16 +102,54 @@ class WorkerSection:
     scan_interval_seconds: float = 5.0
     lease_seconds: float = 600.0
     max_attempts: int = 3
+    claim_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class InferenceSection:
+    """[inference]: where and how the fold ensemble runs."""
+
+    device: str = "auto"
+    torch_threads: int = 0
+
+    def threads(self, cores: int) -> int:
+        """CPU threads for torch: the configured count, or all cores but one (the SCP's)."""
+        return self.torch_threads if self.torch_threads > 0 else max(1, cores - 1)
+
+
+@dataclass(frozen=True)
+class DeliverySection:
+    """[delivery]: C-STORE of results to the destinations, with retries."""
+
+    max_attempts: int = 8
+    initial_backoff_seconds: float = 5.0
+    max_backoff_seconds: float = 600.0
+    timeout_seconds: float = 30.0
+    scan_interval_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """[report]: what the node sends back."""
+
+    sr_sop_class: str = "comprehensive3d"
+    result_card: bool = True
+    manufacturer: str = "egfr-node"
+    institution_name: str = ""
 
 
 @dataclass(frozen=True)
 class Destination:
-    """One [[destinations]] entry: where results are sent by C-STORE."""
+    """One [[destinations]] entry: where results are sent by C-STORE (TLS when ``tls``)."""
 
     name: str
     ae_title: str
     host: str
     port: int
+    tls: bool = False
+    ca_certificates: str = ""
+    certificate: str = ""
+    private_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,6 +166,9 @@ class Config:
     storage: StorageSection = field(default_factory=StorageSection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
     worker: WorkerSection = field(default_factory=WorkerSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
+    delivery: DeliverySection = field(default_factory=DeliverySection)
+    report: ReportSection = field(default_factory=ReportSection)
     destinations: tuple[Destination, ...] = ()
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "<defaults>"
@@ -142,6 +186,9 @@ _SECTIONS: dict[str, type] = {
     "storage": StorageSection,
     "database": DatabaseSection,
     "worker": WorkerSection,
+    "inference": InferenceSection,
+    "delivery": DeliverySection,
+    "report": ReportSection,
     "logging": LoggingSection,
 }
 
@@ -268,8 +315,8 @@ def _build_destinations(items: Any) -> tuple[Destination, ...]:
         for key in item:
             if key not in known:
                 raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
-        for key in known:
-            if key not in item:
+        for key, f in known.items():
+            if key not in item and f.default is MISSING:
                 raise ConfigError(f"{where}.{key}: missing")
         values = {k: _coerce(f"{where}.{k}", str(known[k].type), v) for k, v in item.items()}
         out.append(Destination(**values))
@@ -331,9 +378,29 @@ def _validate(config: Config) -> None:
         raise ConfigError("worker.lease_seconds: must be positive")
     if w.max_attempts < 1:
         raise ConfigError("worker.max_attempts: must be at least 1")
-    for i, d in enumerate(config.destinations):
-        _check_ae(f"destinations[{i}].ae_title", d.ae_title)
-        _check_port(f"destinations[{i}].port", d.port)
+    if w.claim_interval_seconds <= 0:
+        raise ConfigError("worker.claim_interval_seconds: must be positive")
+    if config.inference.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"inference.device: must be auto, cpu or cuda, got {config.inference.device!r}")
+    if config.inference.torch_threads < 0:
+        raise ConfigError("inference.torch_threads: must not be negative (0 = all cores but one)")
+    d = config.delivery
+    if d.max_attempts < 1:
+        raise ConfigError("delivery.max_attempts: must be at least 1")
+    for key in ("initial_backoff_seconds", "max_backoff_seconds", "timeout_seconds", "scan_interval_seconds"):
+        if getattr(d, key) <= 0:
+            raise ConfigError(f"delivery.{key}: must be positive")
+    if config.report.sr_sop_class not in ("comprehensive3d", "comprehensive"):
+        raise ConfigError(f"report.sr_sop_class: must be comprehensive3d or comprehensive, got {config.report.sr_sop_class!r}")
+    if not config.report.manufacturer.strip():
+        raise ConfigError("report.manufacturer: must not be empty")
+    for i, dest in enumerate(config.destinations):
+        _check_ae(f"destinations[{i}].ae_title", dest.ae_title)
+        _check_port(f"destinations[{i}].port", dest.port)
+        for key in ("ca_certificates", "certificate", "private_key"):
+            value = getattr(dest, key)
+            if value and not Path(value).is_file():
+                raise ConfigError(f"destinations[{i}].{key}: file {value} does not exist")
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {config.logging.level!r}")
 

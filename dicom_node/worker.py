@@ -1,7 +1,16 @@
-"""The worker: APScheduler jobs that move the queue along.
+"""The worker: APScheduler jobs that move the queue along and run the pipeline.
 
-Today: the stable-study scan (waiting -> queued) and the lease sweep (crash recovery). The
-pipeline stages (select, preprocess, infer, report, deliver) join here as they are built.
+- stable-study scan: expired leases back to the queue; stable, complete studies queued.
+- claim: one queued job -> running under a lease (renewed by a heartbeat thread while the
+  job runs, so a slow study on a loaded machine is not taken twice), run with the bundle
+  active at claim time (``dicom_node.process``), finished with its result and its
+  deliveries in one transaction. With no active bundle, queued jobs wait with the reason
+  "no active model".
+- delivery: due deliveries are sent (``dicom_node.scu``), retried with backoff, failed after
+  ``delivery.max_attempts``.
+
+The pipeline (torch, SimpleITK, highdicom) is imported when the first job runs, never on the
+receive path.
 """
 
 from __future__ import annotations
@@ -9,15 +18,29 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from datetime import datetime
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.queue import JobView, scan_waiting_jobs, sweep_expired_leases
-from dicom_node.config import WorkerSection
+from db import bundles, deliveries
+from db.queue import (
+    JobView,
+    claim_next,
+    finish_job,
+    get_job,
+    note_waiting_for,
+    release_for_retry,
+    renew_lease,
+    scan_waiting_jobs,
+    sweep_expired_leases,
+)
+from dicom_node.archive import Archive
+from dicom_node.config import Config
 
-__all__ = ["Worker", "default_worker_id"]
+__all__ = ["Worker", "default_worker_id", "result_sop_uids"]
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +49,64 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def result_sop_uids(result: dict[str, Any] | None) -> list[str]:
+    """The instances a job's result sends: the derived SEG first (the SR references it), the SR, the card."""
+    instances = (result or {}).get("instances") or {}
+    return [uid for uid in (instances.get("seg"), instances.get("sr"), instances.get("card")) if uid]
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Heartbeat:
+    """Renews a running job's lease every third of the lease time until stopped."""
+
+    def __init__(self, worker: Worker, job_id: int) -> None:
+        self.worker, self.job_id = worker, job_id
+        self.stopped = threading.Event()
+        self.lost = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        interval = self.worker.config.worker.lease_seconds / 3
+        while not self.stopped.wait(interval):
+            try:
+                with self.worker.sessions.begin() as session:
+                    if not renew_lease(session, self.job_id, self.worker.worker_id, self.worker.config.worker.lease_seconds):
+                        self.lost.set()
+                        log.warning("job %d: lease lost", self.job_id, extra={"job_id": self.job_id})
+                        return
+            except Exception:
+                log.exception("job %d: lease renewal failed; retrying", self.job_id)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
 class Worker:
-    def __init__(self, settings: WorkerSection, sessions: sessionmaker[Session], worker_id: str | None = None) -> None:
-        self.settings = settings
+    def __init__(self, config: Config, sessions: sessionmaker[Session], archive: Archive, worker_id: str | None = None) -> None:
+        self.config = config
+        self.settings = config.worker
         self.sessions = sessions
+        self.archive = archive
         self.worker_id = worker_id or default_worker_id()
         self.scheduler: BackgroundScheduler | None = None
+        self._ensembles: dict[int, Any] = {}
+        self._deliver_lock = threading.Lock()
+        self.retry_policy = deliveries.RetryPolicy(
+            max_attempts=config.delivery.max_attempts,
+            initial_backoff_seconds=config.delivery.initial_backoff_seconds,
+            max_backoff_seconds=config.delivery.max_backoff_seconds,
+        )
+
+    # --- stable-study scan --------------------------------------------------------------
 
     def scan_once(self, now: datetime | None = None) -> list[JobView]:
         """One pass: expired leases back to the queue, stable complete studies queued."""
@@ -40,26 +115,144 @@ class Worker:
         with self.sessions.begin() as session:
             return scan_waiting_jobs(session, self.settings.study_stable_seconds, now)
 
-    def _scan_job(self) -> None:
+    # --- claim and run ------------------------------------------------------------------
+
+    def claim_once(self) -> JobView | None:
+        """Claim one queued job and run it to done or failed; None when nothing was claimed."""
+        with self.sessions.begin() as session:
+            model = bundles.active(session)
+            if model is None:
+                note_waiting_for(session, bundles.NO_ACTIVE_MODEL)
+            job = claim_next(session, self.worker_id, self.settings.lease_seconds,
+                             model_id=model.id if model else None, any_job=model is not None)
+        if job is None:
+            return None
+        log.info("job %d claimed for study %s (attempt %d)", job.id, job.study_uid, job.attempts,
+                 extra={"job_id": job.id, "study_uid": job.study_uid})
+        with _Heartbeat(self, job.id) as heartbeat:
+            ok, reason, result, transient = self._run(job)
+        if heartbeat.lost.is_set():
+            log.warning("job %d: lease lost while running; its result is discarded", job.id)
+            return job
+        destinations = [d.name for d in self.config.destinations]
+        with self.sessions.begin() as session:
+            if transient:
+                release_for_retry(session, job.id, self.worker_id, reason or "", self.settings.max_attempts)
+            elif finish_job(session, job.id, self.worker_id, ok=ok, reason=reason, result=result) and ok:
+                deliveries.create_deliveries(session, job.id, result_sop_uids(result), destinations)
+        if ok:
+            self.deliver_due()
+        with self.sessions() as session:
+            return get_job(session, job.id)
+
+    def _run(self, job: JobView) -> tuple[bool, str | None, dict | None, bool]:
+        """(ok, reason, result, transient): a study the pipeline cannot use fails at once; any
+        other error (database, disk, a bundle file) is retried up to ``worker.max_attempts``."""
+        if job.resend_only:
+            return (*self._resend(job), False)
         try:
-            self.scan_once()
+            from dicom_node.process import JobContext, run_job
+
+            ensemble = self._ensemble(job.model_id)
+            result = run_job(JobContext(self.config, self.archive, self.sessions), job.study_uid, ensemble)
+            result["model"]["id"] = job.model_id
+            return True, None, result, False
+        except Exception as exc:
+            from pipeline.errors import PipelineError
+
+            study_fault = isinstance(exc, PipelineError)
+            if not study_fault:
+                log.exception("job %d failed", job.id, extra={"job_id": job.id, "study_uid": job.study_uid})
+            reason = " ".join(str(exc).split()) if study_fault else one_line(exc)
+            log.error("job %d for study %s failed: %s", job.id, job.study_uid, reason,
+                      extra={"job_id": job.id, "study_uid": job.study_uid})
+            return False, reason[:1000], None, not study_fault
+
+    def _resend(self, job: JobView) -> tuple[bool, str | None, dict | None]:
+        source_id = (job.result or {}).get("resend_of_job")
+        with self.sessions() as session:
+            source = get_job(session, source_id) if source_id else None
+        if source is None or not result_sop_uids(source.result):
+            return False, f"job {source_id} has no stored results to re-send", None
+        return True, None, {"resend_of_job": source.id, "instances": source.result["instances"],
+                            "probability": source.result.get("probability"), "status": source.result.get("status")}
+
+    def _ensemble(self, model_id: int | None) -> Any:
+        """The FoldEnsemble of bundle ``model_id``, loaded once (sha256 checked on load)."""
+        if model_id is None:
+            raise RuntimeError("job has no model bundle")
+        if model_id not in self._ensembles:
+            import torch
+
+            from pipeline.infer import FoldEnsemble
+
+            with self.sessions() as session:
+                record = bundles.get_bundle(session, model_id)
+            device = self.config.inference.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            torch.set_num_threads(self.config.inference.threads(os.cpu_count() or 1))
+            self._ensembles = {model_id: FoldEnsemble.load(record.bundle_path, device=device)}  # keep only the newest
+            log.info("model bundle %d (%s %s) loaded on %s", model_id, record.name, record.version, device)
+        return self._ensembles[model_id]
+
+    # --- delivery -----------------------------------------------------------------------
+
+    def deliver_due(self) -> int:
+        """Send every due delivery once; returns how many were sent."""
+        from dicom_node.scu import SendError, send_files
+
+        by_name = {d.name: d for d in self.config.destinations}
+        sent = 0
+        with self._deliver_lock:
+            with self.sessions.begin() as session:
+                due = deliveries.claim_due(session, lease_seconds=4 * self.config.delivery.timeout_seconds)
+            for delivery in due:
+                destination = by_name.get(delivery.destination)
+                try:
+                    if destination is None:
+                        raise SendError(f"destination {delivery.destination!r} is no longer configured")
+                    send_files(destination, [self.archive.path(delivery.path)], calling_aet=self.config.node.ae_title,
+                               timeout=self.config.delivery.timeout_seconds)
+                except Exception as exc:
+                    reason = str(exc) if isinstance(exc, SendError) else one_line(exc)
+                    with self.sessions.begin() as session:
+                        view = deliveries.mark_failed_try(session, delivery.id, reason, self.retry_policy)
+                    log.warning("delivery %d of %s to %s: try %d failed (%s); %s", delivery.id, delivery.sop_instance_uid,
+                                delivery.destination, view.attempts, reason,
+                                f"next try at {view.next_attempt_at:%H:%M:%S}" if view.state == "retrying" else "failed")
+                    continue
+                with self.sessions.begin() as session:
+                    deliveries.mark_sent(session, delivery.id)
+                sent += 1
+                log.info("delivery %d: %s sent to %s", delivery.id, delivery.sop_instance_uid, delivery.destination)
+        return sent
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    def _guard(self, name: str, action: Any) -> None:
+        try:
+            action()
         except Exception:
-            log.exception("stable-study scan failed; retrying at the next interval")
+            log.exception("%s failed; retrying at the next interval", name)
+
+    def _claim_loop(self) -> None:
+        while self.claim_once() is not None:
+            pass
 
     def start(self) -> None:
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.scheduler.add_job(
-            self._scan_job,
-            "interval",
-            seconds=self.settings.scan_interval_seconds,
-            id="stable-study-scan",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now().astimezone(),
-        )
+        now = datetime.now().astimezone()
+        for name, action, seconds in (
+            ("stable-study-scan", self.scan_once, self.settings.scan_interval_seconds),
+            ("claim", self._claim_loop, self.settings.claim_interval_seconds),
+            ("delivery", self.deliver_due, self.config.delivery.scan_interval_seconds),
+        ):
+            self.scheduler.add_job(self._guard, "interval", args=(name, action), seconds=seconds, id=name,
+                                   max_instances=1, coalesce=True, next_run_time=now)
         self.scheduler.start()
-        log.info("worker %s started: stable-study scan every %g s (stable after %g s)", self.worker_id,
-                 self.settings.scan_interval_seconds, self.settings.study_stable_seconds)
+        log.info("worker %s started: stable-study scan every %g s (stable after %g s), claim every %g s", self.worker_id,
+                 self.settings.scan_interval_seconds, self.settings.study_stable_seconds, self.settings.claim_interval_seconds)
 
     def stop(self) -> None:
         if self.scheduler is not None:

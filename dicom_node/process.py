@@ -1,0 +1,198 @@
+"""One job: select -> preprocess -> infer -> report, results archived through the intake path.
+
+DESIGN.md data flow. :func:`run_job` takes a claimed job and the bundle it was claimed with,
+and returns what the job record keeps (model, selection, scores, probability, status, the
+result instances' UIDs, per-stage times). Deliveries are created by the caller in the same
+transaction that marks the job done (``dicom_node.worker``). Every result (the SR, the SEG
+derived from an RTSTRUCT, the result card) gets its SOP Instance UID here and is archived
+with ``origin="node"`` before anything is sent: a retry re-sends the same instance, and the
+node never treats its own results as input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Instance, Series, Study
+from dicom_node.archive import Archive
+from dicom_node.config import Config
+from dicom_node.intake import store_instance
+from dicom_node.received_header import read_header
+from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
+from pipeline.infer import FoldEnsemble, Prediction
+from pipeline.prepare import PreparedStudy, prepare_study
+
+__all__ = ["JobContext", "run_job", "node_instances_of", "encode_part10"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    """What a job needs from the node: configuration, archive and database."""
+
+    config: Config
+    archive: Archive
+    sessions: sessionmaker[Session]
+
+
+def encode_part10(ds: Dataset) -> bytes:
+    """``ds`` as a Part-10 file (preamble, file meta, dataset), the bytes that are archived and sent."""
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def node_instances_of(session: Session, study_uid: str) -> frozenset[str]:
+    """SOP Instance UIDs of the results the node built for this study (never pipeline input)."""
+    return frozenset(session.scalars(
+        select(Instance.sop_instance_uid).join(Series).join(Study)
+        .where(Study.study_uid == study_uid, Instance.origin == "node")
+    ))
+
+
+def _paths(session: Session, sop_uids: list[str]) -> dict[str, str]:
+    rows = session.execute(select(Instance.sop_instance_uid, Instance.path).where(Instance.sop_instance_uid.in_(sop_uids)))
+    return dict(rows.all())
+
+
+def _series_paths(session: Session, series_uid: str) -> list[str]:
+    return list(session.scalars(
+        select(Instance.path).join(Series).where(Series.series_uid == series_uid, Instance.origin == "received")
+        .order_by(Instance.id)
+    ))
+
+
+def _headers(archive: Archive, paths: list[str]) -> list[Dataset]:
+    return [pydicom.dcmread(archive.path(p), stop_before_pixels=True) for p in paths]
+
+
+def _archive(ctx: JobContext, ds: Dataset) -> str:
+    encoded = encode_part10(ds)
+    header = read_header(ds)
+    store_instance(ctx.archive, ctx.sessions, encoded, header, str(ds.file_meta.TransferSyntaxUID), origin="node")
+    return header.sop_instance_uid
+
+
+def _segment_tracking(seg: Dataset, segment_number: int) -> tuple[str | None, str | None]:
+    for item in seg.get("SegmentSequence", []):
+        if int(item.get("SegmentNumber", 0)) == segment_number:
+            uid = item.get("TrackingUID")
+            ident = item.get("TrackingID")
+            return (str(ident) if ident else None), (str(uid) if uid else None)
+    return None, None
+
+
+def _algorithm(bundle: FoldEnsemble, config: Config) -> AlgorithmInfo:
+    m = bundle.manifest
+    return AlgorithmInfo(
+        name=m.name[:64], version=m.version[:64], device_uid=m.device_uid, manufacturer=config.report.manufacturer[:64],
+        model_name=f"{m.architecture} x{len(m.folds)} folds"[:64], threshold=m.threshold,
+        slice_aggregation=m.slice_aggregation, fold_aggregation=m.fold_aggregation,
+    )
+
+
+def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble) -> dict[str, Any]:
+    """Run the pipeline on ``study_uid`` with ``ensemble``; archive the results; return the record.
+
+    Raises ``pipeline.errors.PipelineError`` (one line) when the study cannot be used.
+    """
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timings[name] = round(now - t, 4)
+        t = now
+
+    with ctx.sessions() as session:
+        own = node_instances_of(session, study_uid)
+    manifest = ensemble.manifest
+    prepared = prepare_study(ctx.archive.root / study_uid, manifest.preprocessing, exclude_sop_uids=own)
+    lap("preprocess")
+    prediction = ensemble.predict(prepared.model_input.array)
+    lap("infer")
+    instances = _build_and_archive(ctx, prepared, prediction, ensemble)
+    lap("report")
+    study = prepared.study
+    slices = prepared.model_input.provenance["slices"]
+    log.info("study %s: EGFR %s, probability %.3f (bundle %s %s); SR %s", study_uid,
+             "positive" if prediction.positive else "negative", prediction.probability, manifest.name,
+             manifest.version, instances["sr"], extra={"study_uid": study_uid})
+    return {
+        "model": {"name": manifest.name, "version": manifest.version, "device_uid": manifest.device_uid},
+        "selection": {
+            "series_uid": study.series_uid, "mask_sop_uid": study.mask_sop_uid, "mask_kind": study.mask_kind,
+            "lesion_number": study.lesion_number, "lesion_label": study.lesion_label,
+            "slices": slices["indices"], "mid_slice": slices["mid"],
+        },
+        "scores": [[round(float(v), 6) for v in row] for row in prediction.scores],
+        "probability": round(prediction.probability, 6),
+        "status": "positive" if prediction.positive else "negative",
+        "threshold": manifest.threshold,
+        "slice_aggregation": manifest.slice_aggregation,
+        "fold_aggregation": manifest.fold_aggregation,
+        "instances": instances,
+        "timings_s": {**{f"preprocess.{k}": v for k, v in prepared.model_input.provenance["timings_s"].items()}, **timings},
+    }
+
+
+def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Prediction, ensemble: FoldEnsemble) -> dict[str, str | None]:
+    """SEG (when the lesion came from an RTSTRUCT), SR and result card, each archived as the node's own."""
+    study, config = prepared.study, ctx.config
+    algorithm = _algorithm(ensemble, config)
+    used = sorted({uid for k in prepared.model_input.provenance["slices"]["indices"] for uid in study.source_sop_uids[k]})
+    with ctx.sessions() as session:
+        paths = _paths(session, [*used, study.mask_sop_uid])
+        series_paths = _series_paths(session, study.series_uid)
+    sources = _headers(ctx.archive, [paths[uid] for uid in used if uid in paths])
+    derived_seg_uid: str | None = None
+    if study.mask_kind == "SEG":
+        seg = pydicom.dcmread(ctx.archive.path(paths[study.mask_sop_uid]), stop_before_pixels=False)
+        segment = study.lesion_number
+        tracking_id, tracking_uid = _segment_tracking(seg, segment)
+    else:
+        segment, tracking_id, tracking_uid = 1, None, None
+        lesion = study.lesion
+        seg = seg_from_volume_mask(
+            _headers(ctx.archive, series_paths), sitk.GetArrayViewFromImage(lesion).astype(np.uint8),
+            lesion.GetOrigin(), lesion.GetSpacing(), lesion.GetDirection(),
+            segment_label=(study.lesion_label or "Lesion")[:64], tracking_id=f"Lesion {study.lesion_number}",
+            tracking_uid=generate_uid(), sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
+            manufacturer=config.report.manufacturer[:64], software_version=ensemble.manifest.version[:64],
+            device_uid=ensemble.manifest.device_uid,
+        )
+        tracking_id, tracking_uid = _segment_tracking(seg, 1)
+        derived_seg_uid = _archive(ctx, seg)
+    finding = LesionFinding(
+        segment_number=segment, tracking_id=(tracking_id or f"Lesion {segment}")[:64],
+        tracking_uid=tracking_uid or generate_uid(), probability=float(np.clip(prediction.probability, 0.0, 1.0)),
+        positive=prediction.positive,
+    )
+    sr = build_sr(sources, seg, finding, algorithm, sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
+                  comprehensive_3d=config.report.sr_sop_class == "comprehensive3d",
+                  institution_name=config.report.institution_name)
+    card_uid: str | None = None
+    if config.report.result_card:
+        model_input = prepared.model_input
+        card = build_result_card(
+            sources[0], model_input.array[:, 0], model_input.lesion_mask, [float(v) for v in prediction.slice_scores],
+            float(np.clip(prediction.probability, 0.0, 1.0)), prediction.positive, algorithm,
+            sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
+        )
+        card_uid = _archive(ctx, card)
+    sr_uid = _archive(ctx, sr)
+    return {"sr": sr_uid, "seg": derived_seg_uid, "card": card_uid}

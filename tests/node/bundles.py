@@ -1,0 +1,32 @@
+"""Small model bundles for the node's tests: random-initialised folds, written the way
+training writes them (``pipeline.bundle.Manifest`` + one ``state_dict`` file per fold)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.bundle import FoldFile, Manifest, new_device_uid, sha256_of
+from pipeline.model import build_resnet50
+from pipeline.params import PreprocessParams
+
+#: Small crops keep the tests quick; the node runs whatever the manifest says.
+TEST_PARAMS = PreprocessParams(output_size=32)
+
+
+def write_random_bundle(folder: Path, *, folds: int = 2, seed: int = 0, name: str = "test-bundle",
+                        version: str = "0.0.1", params: PreprocessParams = TEST_PARAMS, threshold: float = 0.5) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    files = []
+    for fold in range(folds):
+        path = folder / f"fold{fold}.pt"
+        torch.save(build_resnet50().state_dict(), path)
+        files.append(FoldFile(fold, path.name, sha256_of(path)))
+    Manifest(
+        name=name, version=version, device_uid=new_device_uid(), preprocessing=params,
+        input_shape=(params.slice_count, params.channels, params.output_size), folds=tuple(files), threshold=threshold,
+        training={"note": "random initialisation, for tests"},
+    ).write(folder)
+    return folder
