@@ -32,10 +32,10 @@ _DPI = 100
 
 
 def _check_inputs(crops: object, lesion_mask: object, slice_scores: object) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    for name, value in (("crops", crops), ("lesion_mask", lesion_mask)):
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f'Argument "{name}" must be a numpy array, not {type(value).__name__}')
-    assert isinstance(crops, np.ndarray) and isinstance(lesion_mask, np.ndarray)
+    if not isinstance(crops, np.ndarray):
+        raise TypeError(f'Argument "crops" must be a numpy array, not {type(crops).__name__}')
+    if not isinstance(lesion_mask, np.ndarray):
+        raise TypeError(f'Argument "lesion_mask" must be a numpy array, not {type(lesion_mask).__name__}')
     if crops.ndim != 3 or crops.shape[0] < 1 or min(crops.shape[1:]) < 2:
         raise ValueError(f'Argument "crops" must be [S, H, W] with S >= 1, not shape {crops.shape}')
     if lesion_mask.shape != crops.shape:

@@ -1,0 +1,284 @@
+"""The node's main job on loopback: a study and its mask in, exactly one SR (plus the result
+card, and the SEG derived from an RTSTRUCT) out to PACS; nothing loops when PACS sends them
+back; deliveries retried with growing intervals; bundles swapped while a job runs."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+from pydicom import dcmread
+from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+from sqlalchemy import select
+
+from db import bundles
+from db.models import Job, utcnow
+from db.queue import get_job, replay
+from dicom_node.commands import models
+from dicom_node.config import Config, DeliverySection, Destination
+from dicom_node.runtime import open_runtime
+from dicom_node.scp import DicomNode
+from dicom_node.worker import Worker
+from pipeline.bundle import BundleError
+from tests.conftest import make_config, require_tool
+from tests.node.bundles import write_random_bundle
+from tests.node.peers import PynetdicomPacs, StorescpPacs
+from tests.node.process import free_port
+from tests.node.scu import store
+from db.migrate import upgrade
+
+
+class Node:
+    """SCP + worker of one test, talking to one PACS destination."""
+
+    def __init__(self, tmp: Path, pacs_port: int, *, delivery: DeliverySection | None = None) -> None:
+        config = make_config(tmp / "data")
+        self.config: Config = replace(
+            config,
+            destinations=(Destination("pacs", "PACS", "127.0.0.1", pacs_port),),
+            delivery=delivery or DeliverySection(initial_backoff_seconds=0.2, max_backoff_seconds=2.0, timeout_seconds=5.0),
+        )
+        upgrade(self.config.database_url)
+        self.runtime = open_runtime(self.config)
+        self.scp = DicomNode(self.config, self.runtime.archive, self.runtime.sessions)
+        self.scp.start()
+        self.worker = Worker(self.config, self.runtime.sessions, self.runtime.archive, worker_id="test-worker")
+
+    def send(self, folder: Path) -> None:
+        files = sorted(str(p) for p in folder.rglob("*.dcm"))
+        assert set(store(self.scp.port, files)) == {0}
+
+    def queue_stable(self) -> None:
+        queued = self.worker.scan_once(now=utcnow() + timedelta(seconds=10))
+        assert [j.state for j in queued] == ["queued"]
+
+    def activate(self, folder: Path) -> int:
+        return models.activate(self.runtime.sessions, str(folder)).id
+
+    def close(self) -> None:
+        self.scp.stop()
+        self.runtime.close()
+
+
+@pytest.fixture
+def pacs(tmp_path: Path):
+    peer = PynetdicomPacs(tmp_path / "pacs")
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def bundle_a(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_bundle(tmp_path_factory.mktemp("bundle-a"), seed=1, name="bundle-a")
+
+
+def dsrdump(path: Path) -> str:
+    require_tool("dsrdump")
+    done = subprocess.run(["dsrdump", "-v", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    require_tool("dciodvfy")
+    done = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_study_in_one_sr_out_readable_and_sent_back_triggers_nothing(tmp_path, pacs, bundle_a, phantom_study) -> None:
+    node = Node(tmp_path, pacs.port)
+    try:
+        node.activate(bundle_a)
+        node.send(phantom_study("axial2d", "seg").folder)
+        node.queue_stable()
+        job = node.worker.claim_once()
+        assert job.state == "done", job.reason
+        [sr] = pacs.of_class(Comprehensive3DSRStorage)
+        [card] = pacs.of_class(SecondaryCaptureImageStorage)
+        assert pacs.of_class(SegmentationStorage) == []  # the received SEG is referenced, not re-sent
+        assert str(sr.SOPInstanceUID) == job.result["instances"]["sr"]
+        assert str(card.SOPInstanceUID) == job.result["instances"]["card"]
+        sr_file = next(p for p in pacs.files() if str(sr.SOPInstanceUID) in p.name)
+        assert dciodvfy_errors(sr_file) == []
+        dump = dsrdump(sr_file)
+        for label in ("Imaging Measurement Report", "EGFR Gene Mutation", "Probability", "Negative" if job.result["status"] == "negative" else "Positive"):
+            assert label in dump
+        # highdicom reads back what `queue show` says
+        group = hd.sr.srread(sr_file).content.get_volumetric_roi_measurement_groups()[0]
+        [probability] = [m for m in group.get_measurements() if m.name.value == "122157"]
+        assert probability.value == pytest.approx(job.result["probability"], abs=1e-6)
+        [status] = group.get_qualitative_evaluations()
+        assert status.value.meaning.lower() == job.result["status"]
+        assert sr.StudyInstanceUID == phantom_study("axial2d", "seg").study_uid
+        assert sr.VerificationFlag == "UNVERIFIED"
+        # PACS routes the SR and the card back to the node (re-encoded by the peer: answered
+        # success, or 0xB006 when the bytes differ, first copy kept); nothing runs again
+        assert set(store(node.scp.port, [str(p) for p in pacs.files()])) <= {0x0000, 0xB006}
+        assert node.worker.scan_once(now=utcnow() + timedelta(seconds=60)) == []
+        assert node.worker.claim_once() is None
+        with node.runtime.sessions() as s:
+            assert [j.state.value for j in s.scalars(select(Job))] == ["done"]
+    finally:
+        node.close()
+
+
+def test_rtstruct_lesion_becomes_a_seg_the_sr_references_with_dcmtk_as_pacs(tmp_path, bundle_a, phantom_study) -> None:
+    peer = StorescpPacs(tmp_path / "storescp")
+    node = Node(tmp_path, peer.port)
+    try:
+        node.activate(bundle_a)
+        node.send(phantom_study("axial2d", "rtstruct").folder)
+        node.queue_stable()
+        job = node.worker.claim_once()
+        assert job.state == "done", job.reason
+        received = {str(ds.SOPClassUID): ds for ds in peer.datasets()}
+        assert set(received) == {SegmentationStorage, Comprehensive3DSRStorage, SecondaryCaptureImageStorage}
+        seg, sr = received[SegmentationStorage], received[Comprehensive3DSRStorage]
+        assert str(seg.SOPInstanceUID) == job.result["instances"]["seg"]
+        group = hd.sr.srread(next(p for p in peer.files() if dcmread(p).SOPClassUID == Comprehensive3DSRStorage)).content \
+            .get_volumetric_roi_measurement_groups()[0]
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert group.tracking_uid == seg.SegmentSequence[0].TrackingUID
+    finally:
+        node.close()
+        peer.stop()
+
+
+def test_destination_down_is_retried_with_growing_intervals_then_delivered_once(tmp_path, bundle_a, phantom_study) -> None:
+    port = free_port()  # nobody listens yet
+    node = Node(tmp_path, port, delivery=DeliverySection(initial_backoff_seconds=0.3, max_backoff_seconds=10.0,
+                                                        timeout_seconds=2.0, max_attempts=10))
+    pacs = None
+    try:
+        node.activate(bundle_a)
+        node.send(phantom_study("axial2d", "seg").folder)
+        node.queue_stable()
+        job = node.worker.claim_once()  # the first try fails inside claim_once
+        sr_uid = job.result["instances"]["sr"]
+        tries: list[tuple[int, float]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with node.runtime.sessions() as s:
+                from db.deliveries import deliveries_of_job
+
+                [delivery] = [d for d in deliveries_of_job(s, job.id) if d.sop_instance_uid == sr_uid]
+            if delivery.state == "sent":
+                break
+            if not tries or tries[-1][0] != delivery.attempts:
+                tries.append((delivery.attempts, time.monotonic()))
+            if delivery.attempts >= 4 and pacs is None:
+                pacs = PynetdicomPacs(tmp_path / "late-pacs", port=port)
+            node.worker.deliver_due()
+            time.sleep(0.05)
+        assert delivery.state == "sent" and delivery.attempts >= 5, delivery
+        gaps = [b[1] - a[1] for a, b in zip(tries, tries[1:])]
+        assert len(gaps) >= 3 and gaps[2] > gaps[0], f"intervals between tries do not grow: {gaps}"
+        assert [str(ds.SOPInstanceUID) for ds in pacs.of_class(Comprehensive3DSRStorage)] == [sr_uid]
+    finally:
+        node.close()
+        if pacs:
+            pacs.stop()
+
+
+def test_no_active_model_keeps_jobs_queued_with_the_reason(tmp_path, pacs, phantom_study) -> None:
+    node = Node(tmp_path, pacs.port)
+    try:
+        node.send(phantom_study("axial2d", "seg").folder)
+        node.queue_stable()
+        assert node.worker.claim_once() is None
+        with node.runtime.sessions() as s:
+            [job] = s.scalars(select(Job)).all()
+            assert (job.state.value, job.reason) == ("queued", "no active model")
+    finally:
+        node.close()
+
+
+def test_bundle_swapped_while_a_job_runs_then_replay_resends_and_rerun_uses_the_new_one(
+    tmp_path, pacs, bundle_a, phantom_study
+) -> None:
+    bundle_b = write_random_bundle(tmp_path / "bundle-b", seed=2, name="bundle-b")
+    node = Node(tmp_path, pacs.port)
+    try:
+        a = node.activate(bundle_a)
+        node.send(phantom_study("axial2d", "seg").folder)
+        node.queue_stable()
+        finished: list = []
+        runner = threading.Thread(target=lambda: finished.append(node.worker.claim_once()))
+        runner.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with node.runtime.sessions() as s:
+                if s.scalars(select(Job)).one().state.value == "running":
+                    break
+            time.sleep(0.02)
+        b = node.activate(bundle_b)  # while the job runs
+        with node.runtime.sessions() as s:
+            assert s.scalars(select(Job)).one().state.value == "running"
+        runner.join(120)
+        [first] = finished
+        assert first.state == "done" and first.model_id == a and first.result["model"]["name"] == "bundle-a"
+        # replay re-sends the stored SR: same SOP Instance UID, nothing predicted again
+        with node.runtime.sessions.begin() as s:
+            resend, created = replay(s, str(first.id))
+        assert created and resend.resend_only
+        second = node.worker.claim_once()
+        assert second.state == "done" and second.model_id is None
+        srs = [str(ds.SOPInstanceUID) for ds in pacs.of_class(Comprehensive3DSRStorage)]
+        assert srs == [first.result["instances"]["sr"]] * 2
+        # --rerun predicts again with the bundle active now
+        with node.runtime.sessions.begin() as s:
+            rerun, _ = replay(s, first.study_uid, rerun=True)
+        third = node.worker.claim_once()
+        assert third.model_id == b and third.result["model"]["name"] == "bundle-b"
+        assert third.result["instances"]["sr"] != first.result["instances"]["sr"]
+    finally:
+        node.close()
+
+
+def test_activation_checks_the_bundle_and_never_unpickles(tmp_path, pacs) -> None:
+    node = Node(tmp_path, pacs.port)
+    try:
+        tampered = write_random_bundle(tmp_path / "tampered")
+        with open(tampered / "fold1.pt", "ab") as handle:
+            handle.write(b"\0")
+        with pytest.raises(BundleError, match="fold 1: fold1.pt has sha256"):
+            node.activate(tampered)
+        misfit = write_random_bundle(tmp_path / "misfit")
+        manifest = (misfit / "manifest.json").read_text().replace('"input_shape": [\n    5,\n    3,\n    32\n  ]',
+                                                                '"input_shape": [\n    5,\n    3,\n    96\n  ]')
+        (misfit / "manifest.json").write_text(manifest)
+        with pytest.raises(BundleError, match="input_shape \\[5, 3, 96\\] does not match the preprocessing"):
+            node.activate(misfit)
+        with node.runtime.sessions() as s:
+            assert bundles.list_bundles(s) == []
+        # weights that are a pickled object, with a matching sha256: refused at load, nothing executed
+        import pickle
+
+        from pipeline.bundle import Manifest, sha256_of
+        from pipeline.infer import FoldEnsemble
+
+        evil = write_random_bundle(tmp_path / "evil", folds=1)
+        marker = tmp_path / "executed"
+        (evil / "fold0.pt").write_bytes(pickle.dumps(_Exploit(str(marker))))
+        manifest = Manifest.read(evil)
+        fixed = replace(manifest, folds=(replace(manifest.folds[0], sha256=sha256_of(evil / "fold0.pt")),))
+        fixed.write(evil)
+        with pytest.raises(BundleError, match="not a state_dict"):
+            FoldEnsemble.load(evil)
+        assert not marker.exists()
+    finally:
+        node.close()
+
+
+class _Exploit:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
