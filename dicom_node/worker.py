@@ -45,6 +45,17 @@ __all__ = ["Worker", "default_worker_id", "result_sop_uids"]
 log = logging.getLogger(__name__)
 
 
+class _SkipBusyRuns(logging.Filter):
+    """APScheduler warns each time an interval job is due while its previous run goes on; for
+    the claim loop (a job can run for minutes) that is the normal case, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_SkipBusyRuns())
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
