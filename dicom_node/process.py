@@ -12,7 +12,6 @@ node never treats its own results as input.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -33,6 +32,7 @@ from dicom_node.received_header import read_header
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
 from pipeline.infer import FoldEnsemble, Prediction
 from pipeline.prepare import PreparedStudy, prepare_study
+from pipeline.timing import Laps
 
 __all__ = ["JobContext", "run_job", "node_instances_of", "encode_part10"]
 
@@ -109,15 +109,8 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble) -> dict[str
 
     Raises ``pipeline.errors.PipelineError`` (one line) when the study cannot be used.
     """
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        timings[name] = round(now - t, 4)
-        t = now
-
+    laps = Laps()
+    lap, timings = laps.lap, laps.timings
     with ctx.sessions() as session:
         own = node_instances_of(session, study_uid)
     manifest = ensemble.manifest

@@ -34,6 +34,7 @@ from pipeline.errors import PreprocessError
 from pipeline.normalize import IntensityStats, brain_statistics, zscore
 from pipeline.params import PreprocessParams
 from pipeline.study import LoadedStudy
+from pipeline.timing import Laps
 
 __all__ = ["ModelInput", "PreparedVolume", "prepare", "model_input_from", "preprocess"]
 
@@ -101,14 +102,8 @@ def prepare(study: LoadedStudy, params: PreprocessParams | None = None) -> Prepa
     """
     params = _check_params(params)
     _check_study(study)
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        timings[name] = round(now - t, 4)
-        t = now
+    laps = Laps()
+    lap, timings = laps.lap, laps.timings
 
     image = study.image
     geometry = lesion_geometry(study.lesion)
