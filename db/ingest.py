@@ -54,10 +54,12 @@ class InstanceRecord:
     referenced_sop_uids: tuple[str, ...] = field(default_factory=tuple)
     #: "received" (a peer, ``egfr-node import``) or "node" (a result the node built).
     origin: str = "received"
+    #: False for a retrospective import: archived for training, no job made.
+    enqueue: bool = True
 
     @property
     def moves_queue(self) -> bool:
-        return moves_queue(self.sop_class_uid, self.origin)
+        return self.enqueue and moves_queue(self.sop_class_uid, self.origin)
 
 
 class RecordOutcome(str, enum.Enum):

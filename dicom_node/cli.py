@@ -269,7 +269,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         return _fail(f"{folder} is not a folder")
 
     def do(runtime) -> int:  # type: ignore[no-untyped-def]
-        summary = import_folder(folder, runtime.archive, runtime.sessions, progress=not args.quiet)
+        summary = import_folder(folder, runtime.archive, runtime.sessions, progress=not args.quiet, queue=args.queue)
         print("\n".join(summary.lines()))
         return 0
 
@@ -378,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="bulk-load a folder of DICOM files into the archive")
     p.add_argument("folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--queue", action="store_true", help="also queue each study for prediction (default: archive only)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("train", help="train and evaluate a fold ensemble (training package)", add_help=False)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def record_of(header: ReceivedHeader, relative_path: str, transfer_syntax_uid: str, size_bytes: int,
-              calling_aet: str = "", origin: str = "received") -> InstanceRecord:
+              calling_aet: str = "", origin: str = "received", enqueue: bool = True) -> InstanceRecord:
     """The database record of an instance with this header stored at ``relative_path``."""
     return InstanceRecord(
         study_uid=header.study_uid,
@@ -46,6 +46,7 @@ def record_of(header: ReceivedHeader, relative_path: str, transfer_syntax_uid: s
         referenced_series_uids=header.referenced_series_uids,
         referenced_sop_uids=header.referenced_sop_uids,
         origin=origin,
+        enqueue=enqueue,
     )
 
 
@@ -58,15 +59,17 @@ def store_instance(
     *,
     calling_aet: str = "",
     origin: str = "received",
+    enqueue: bool = True,
 ) -> RecordOutcome:
     """Archive ``encoded`` (a Part-10 file: preamble, file meta, dataset) and record it.
 
     Returns NEW, DUPLICATE (same UID, same bytes: idempotent) or CONFLICT (same UID, other
-    bytes: the first copy is kept). Raises ``ArchiveFull`` (no space), ``InvalidUID`` and
+    bytes: the first copy is kept). ``enqueue=False`` (a retrospective import) archives and
+    records without making a job. Raises ``ArchiveFull`` (no space), ``InvalidUID`` and
     SQLAlchemy errors (database unavailable); nothing is acknowledged by then.
     """
     relative = archive.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
-    record = record_of(header, relative, transfer_syntax_uid, len(encoded), calling_aet, origin)
+    record = record_of(header, relative, transfer_syntax_uid, len(encoded), calling_aet, origin, enqueue)
     stored = archive.store(relative, encoded)
     if stored.written or stored.identical:
         outcome = record_instance(sessions, replace(record, sha256=stored.sha256))

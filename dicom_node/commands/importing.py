@@ -50,8 +50,13 @@ def _files(folder: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session], *, progress: bool = True) -> ImportSummary:
-    """Import every DICOM Part-10 file under ``folder``; files that are not are refused with the reason."""
+def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session], *, progress: bool = True,
+                  queue: bool = False) -> ImportSummary:
+    """Import every DICOM Part-10 file under ``folder``; files that are not are refused with the reason.
+
+    A retrospective cohort is archived for training: no job is made unless ``queue`` (then
+    each study waits to be predicted as if PACS had sent it).
+    """
     summary = ImportSummary()
     files = list(_files(Path(folder)))
     accepted = set(STORAGE_SOP_CLASSES)
@@ -66,7 +71,7 @@ def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session
             if header.sop_class_uid not in accepted:
                 raise NonConformant(f"SOP class {header.sop_class_uid} is not one the node stores")
             outcome = store_instance(archive, sessions, path.read_bytes(), header, str(meta.TransferSyntaxUID),
-                                     calling_aet="IMPORT")
+                                     calling_aet="IMPORT", enqueue=queue)
         except (InvalidDicomError, NonConformant, InvalidUID) as exc:
             summary.refused.append((shown, str(exc) or type(exc).__name__))
             continue
