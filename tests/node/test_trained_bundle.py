@@ -1,0 +1,64 @@
+"""From a folder of DICOM and a spreadsheet to a prediction, with the commands a researcher and
+an admin run: import the cohort, train and register a bundle, activate it, and the node
+predicts a routed study with it, with no conversion step."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+from pydicom.uid import Comprehensive3DSRStorage
+
+from db.models import utcnow
+from dicom_node.commands.demo import LocalPacs, _send_like_pacs
+from dicom_node.config import Destination, load_config
+from dicom_node.runtime import open_runtime
+from dicom_node.scp import DicomNode
+from dicom_node.worker import Worker
+from pipeline.phantom import generate_cohort, generate_study
+from tests.node.process import cli, free_port, write_config
+
+
+def test_import_train_register_activate_then_the_node_predicts(tmp_path: Path) -> None:
+    cohort = tmp_path / "cohort"
+    generate_cohort(cohort, 8, 0.5, seed=11, geometry="axial2d", mask_kind="seg")
+    config_path = write_config(tmp_path / "node", free_port())
+    assert cli(config_path, "db", "upgrade").returncode == 0
+
+    imported = cli(config_path, "import", str(cohort), "--quiet")
+    assert imported.returncode == 0 and "8 studies" in imported.stdout, imported.stdout + imported.stderr
+    # the cohort CSV names studies by Study Instance UID: train reads them from the archive
+    trained = cli(config_path, "train", "--cohort", str(cohort / "labels.csv"), "--out", str(tmp_path / "bundle"),
+                  "--folds", "2", "--epochs", "1", "--output-size", "32", "--no-bias-correction", "--lr", "1e-3",
+                  "--selection", "paper", "--register", "--no-progress", timeout=900)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert "registered as model 1" in trained.stdout
+    listed = cli(config_path, "models", "list")
+    [row] = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert row[0] == "1" and row[1] != "yes"  # registered, not active
+    activated = cli(config_path, "models", "activate", "1")
+    assert activated.returncode == 0, activated.stderr
+
+    pacs = LocalPacs(tmp_path / "pacs")
+    config = replace(load_config(config_path), destinations=(Destination("pacs", "PACS", "127.0.0.1", pacs.port),))
+    runtime = open_runtime(config)
+    node = DicomNode(config, runtime.archive, runtime.sessions)
+    node.start()
+    try:
+        held_out = generate_study(tmp_path / "held-out", seed=99, geometry="axial2d", mask_kind="rtstruct",
+                                  egfr_positive=True, patient_index=50)
+        _send_like_pacs(held_out.folder, node.port)
+        worker = Worker(config, runtime.sessions, runtime.archive)
+        assert [j.state for j in worker.scan_once(now=utcnow() + timedelta(seconds=60))] == ["queued"]
+        job = worker.claim_once()
+        assert job.state == "done", job.reason
+        assert job.model_id == 1 and job.result["model"]["name"].startswith("EGFR ResNet-50")
+        [sr] = pacs.of_class(Comprehensive3DSRStorage)
+        assert str(sr.SOPInstanceUID) == job.result["instances"]["sr"]
+        shown = cli(config_path, "queue", "show", str(job.id))
+        assert f'"probability": {job.result["probability"]}' in shown.stdout
+    finally:
+        node.stop()
+        pacs.stop()
+        runtime.close()
