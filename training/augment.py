@@ -1,0 +1,88 @@
+"""Batch-level augmentation on the training device, and mixup.
+
+Haim et al. 2022, "DL analysis": random rotations, zooming, contrast modification and
+mixup. fastai's ``aug_transforms`` values (../shared/METHOD.md): rotation U(+-10 deg) and zoom
+U(1, 1.1) with p 0.75, as ONE ``affine_grid`` + ``grid_sample`` per batch with reflection
+padding (so the GPU is never waiting for per-image CPU work); lighting 0.2 with p 0.75.
+fastai's lighting works in logit space on [0, 1] images; the inputs here are z-scored, so
+contrast is defined directly: ``x -> mean + c (x - mean) + b`` per image, c log-uniform in
+[1 - l, 1 / (1 - l)], b uniform in [-l, l] z-units. Every random draw comes from the
+caller's ``torch.Generator``: a seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from training.settings import TrainSettings
+
+__all__ = ["augment_batch", "mixup_batch"]
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+
+def _bernoulli(n: int, p: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def augment_batch(x: torch.Tensor, settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
+    """Rotation + zoom (+ optional flip) as one affine resample, then contrast/brightness."""
+    n, device = x.shape[0], x.device
+    angle = _uniform(n, -settings.rotate_degrees, settings.rotate_degrees, generator, device) * (math.pi / 180)
+    zoom = _uniform(n, 1.0, settings.zoom_max, generator, device)
+    apply = _bernoulli(n, settings.affine_p, generator, device)
+    angle = torch.where(apply, angle, torch.zeros_like(angle))
+    zoom = torch.where(apply, zoom, torch.ones_like(zoom))
+    flip = torch.where(_bernoulli(n, settings.flip_p, generator, device), -1.0, 1.0)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.zeros(n, 2, 3, device=device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    if bool(apply.any()) or settings.flip_p > 0:
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if settings.lighting > 0 and settings.lighting_p > 0:
+        light = _bernoulli(n, settings.lighting_p, generator, device)
+        low = math.log(1 - settings.lighting)
+        contrast = torch.exp(_uniform(n, low, -low, generator, device))
+        brightness = _uniform(n, -settings.lighting, settings.lighting, generator, device)
+        contrast = torch.where(light, contrast, torch.ones_like(contrast)).view(n, 1, 1, 1)
+        brightness = torch.where(light, brightness, torch.zeros_like(brightness)).view(n, 1, 1, 1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = mean + contrast * (x - mean) + brightness
+    return x
+
+
+def mixup_batch(x: torch.Tensor, y_onehot: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """fastai MixUp: per-sample lambda ~ Beta(alpha, alpha), lambda = max(lambda, 1 - lambda),
+    partner = a random permutation of the batch; inputs and one-hot targets are mixed alike
+    (a batch-level soft-F1 loss cannot mix per-sample losses)."""
+    n = x.shape[0]
+    # Beta draws through the generator: Beta(a, a) = G1 / (G1 + G2) with Gamma(a) draws is not
+    # generator-aware in torch, so use the inverse of two uniforms' powers (Johnk) instead.
+    lam = _beta(n, alpha, generator, x.device).to(x.dtype)
+    lam = torch.maximum(lam, 1 - lam)
+    partner = torch.randperm(n, generator=generator, device=x.device)
+    lx = lam.view(n, 1, 1, 1)
+    ly = lam.view(n, 1)
+    return lx * x + (1 - lx) * x[partner], ly * y_onehot + (1 - ly) * y_onehot[partner]
+
+
+def _beta(n: int, alpha: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Beta(alpha, alpha) draws from the given generator (Johnk's method, exact for any alpha)."""
+    out = torch.empty(n, device=device)
+    filled = 0
+    while filled < n:
+        u = torch.rand(2 * n, generator=generator, device=device).view(2, n)
+        a, b = u[0] ** (1 / alpha), u[1] ** (1 / alpha)
+        ok = (a + b <= 1) & (a + b > 0)
+        draws = (a / (a + b))[ok]
+        take = min(n - filled, draws.numel())
+        out[filled:filled + take] = draws[:take]
+        filled += take
+    return out

@@ -1,0 +1,129 @@
+"""Preprocessed model inputs on disk, so a second run does not redo N4.
+
+Each study goes through the node's own :func:`pipeline.prepare.prepare_study` with the
+bundle's :class:`PreprocessParams` (train/serve skew is a defect). The array is stored as
+``<cache>/<params hash>/<study uid>.npz`` (with the provenance as JSON beside it): the key is
+the study and the exact preprocessing parameters. A study that fails is not cached (it is
+tried again next run) but returned with its one-line reason and written to
+``failures.json``, so the report lists it; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.params import PreprocessParams
+from pipeline.prepare import prepare_study
+from pipeline.select import SelectionRules
+from training.cohort import Cohort, CohortEntry
+
+__all__ = ["params_key", "PreparedCohort", "StudyFailure", "prepare_cohort"]
+
+log = logging.getLogger(__name__)
+_SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
+
+
+def params_key(params: PreprocessParams) -> str:
+    """A short hash of every preprocessing parameter (the cache folder's name)."""
+    text = json.dumps(params.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StudyFailure:
+    patient_id: str
+    study_uid: str
+    reason: str
+
+
+@dataclass
+class PreparedCohort:
+    """The studies that made it: inputs ``[N, S, C, H, W]``, labels ``[N]``, their entries;
+    and the ones that did not, with reasons."""
+
+    entries: list[CohortEntry]
+    inputs: np.ndarray
+    labels: np.ndarray
+    failures: list[StudyFailure] = field(default_factory=list)
+    cached: int = 0
+    computed: int = 0
+
+
+def _rules_for(entry: CohortEntry) -> SelectionRules | None:
+    if entry.lesion_label is None:
+        return None
+    return SelectionRules(lesion_label_pattern=f"^{re.escape(entry.lesion_label)}$", exclude_label_pattern=r"(?!)",
+                          lesion_fallback_largest=False)
+
+
+def _atomic_save(path: Path, array: np.ndarray, provenance: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, array=array, provenance=np.array(json.dumps(provenance, default=str)))
+    os.replace(tmp, path)
+
+
+def prepare_cohort(
+    cohort: Cohort,
+    params: PreprocessParams,
+    cache_dir: Path | None,
+    progress: Callable[[int, int], None] | None = None,
+    prepare: Callable[..., object] = prepare_study,
+) -> PreparedCohort:
+    """Model inputs for every study of ``cohort`` (from the cache where present)."""
+    folder = Path(cache_dir) / params_key(params) if cache_dir is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "params.json").write_text(json.dumps(params.to_dict(), indent=2, sort_keys=True))
+    kept: list[CohortEntry] = []
+    arrays: list[np.ndarray] = []
+    failures: list[StudyFailure] = []
+    cached = computed = 0
+    for index, entry in enumerate(cohort.entries):
+        target = folder / f"{entry.study_uid}.npz" if folder is not None and _SAFE_UID.match(entry.study_uid) else None
+        array = None
+        if target is not None and target.is_file():
+            try:
+                with np.load(target) as data:
+                    array = data["array"].astype(np.float32)
+                cached += 1
+            except (OSError, ValueError, KeyError):
+                array = None  # unreadable cache file: compute again
+        if array is None:
+            try:
+                if not entry.folder.is_dir():
+                    raise PipelineError(f"study folder {entry.folder} does not exist")
+                prepared = prepare(entry.folder, params, _rules_for(entry))
+                array = np.asarray(prepared.model_input.array, dtype=np.float32)
+                computed += 1
+                if target is not None:
+                    _atomic_save(target, array, prepared.model_input.provenance)
+            except PipelineError as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                failures.append(StudyFailure(entry.patient_id, entry.study_uid, f"{type(exc).__name__}: {reason}"))
+                log.warning("study failed preprocessing", extra={"study_uid": entry.study_uid, "reason": reason})
+        if array is not None:
+            expected = (params.slice_count, params.channels, params.output_size, params.output_size)
+            if array.shape != expected:
+                failures.append(StudyFailure(entry.patient_id, entry.study_uid, f"model input has shape {list(array.shape)}, expected {list(expected)}"))
+            else:
+                kept.append(entry)
+                arrays.append(array)
+        if progress is not None:
+            progress(index + 1, len(cohort.entries))
+    if folder is not None:
+        (folder / "failures.json").write_text(json.dumps([f.__dict__ for f in failures], indent=2))
+    shape = (0, params.slice_count, params.channels, params.output_size, params.output_size)
+    inputs = np.stack(arrays) if arrays else np.zeros(shape, np.float32)
+    labels = np.array([e.label for e in kept], dtype=np.int64)
+    return PreparedCohort(kept, inputs, labels, failures, cached, computed)

@@ -1,0 +1,142 @@
+"""``egfr-node train``: rebuild and evaluate the fold ensemble from a cohort CSV.
+
+    train --cohort cohort.csv --out DIR [--device cpu|cuda|auto] [--epochs N] [--folds K]
+          [--seed S] [--repeats R] [--shuffle-labels] [--selection paper|nested]
+          [--freeze-body | --full-finetune] [--output-size N] [--imagenet-weights FILE]
+          [--lr LR] [--loss f1|ce] [--config FILE.toml] [--cache DIR] [--register] [--no-progress]
+
+Settings come from the paper's defaults (:class:`training.settings.TrainSettings`), then the
+``[training]`` table of ``--config``, then the flags. ``--register`` records the bundle in
+the node's database (needs ``database_url``); activation stays a separate, explicit step.
+Exit status 0 on success, 1 on a one-line error (printed), 130 on Ctrl-C (no bundle left).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import tomllib
+from pathlib import Path
+
+from pipeline.bundle import MANIFEST_FILE, sha256_of
+from pipeline.params import PreprocessParams
+
+__all__ = ["main", "build_parser", "register_bundle"]
+
+log = logging.getLogger(__name__)
+
+
+def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train and evaluate the EGFR fold ensemble (Haim et al. 2022 recipe).")
+    p.add_argument("--cohort", type=Path, required=True, help="cohort CSV: patient id, Study Instance UID, EGFR status")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to create (must not exist)")
+    p.add_argument("--config", type=Path, help="TOML file whose [training] table overrides the defaults")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--folds", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--repeats", type=int, help="repeat the whole CV with seeds seed, seed+1, ... (spread in the report)")
+    p.add_argument("--shuffle-labels", action="store_true", default=None, help="negative control: permuted labels")
+    p.add_argument("--selection", choices=("nested", "paper"))
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--freeze-body", dest="freeze_body", action="store_true", default=None)
+    body.add_argument("--full-finetune", dest="freeze_body", action="store_false")
+    p.add_argument("--lr", type=float, dest="max_lr", help="one-cycle max learning rate (paper 4e-2)")
+    p.add_argument("--loss", choices=("f1", "ce"))
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--imagenet-weights", type=Path, help="local torchvision resnet50-0676ba61.pth (nothing is downloaded)")
+    p.add_argument("--output-size", type=int, help="model input side in pixels (paper 96)")
+    p.add_argument("--no-bias-correction", action="store_true", help="skip N4 (quick experiments only; recorded)")
+    p.add_argument("--cache", type=Path, help="preprocessing cache folder (default: beside --out)")
+    p.add_argument("--name", default="EGFR ResNet-50 (Haim 2022 recipe)")
+    p.add_argument("--version")
+    p.add_argument("--register", action="store_true", help="record the bundle in the node's database (not activated)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _settings(args: argparse.Namespace):
+    from training.settings import TrainSettings
+
+    values: dict = {}
+    if args.config is not None:
+        try:
+            table = tomllib.loads(args.config.read_text(encoding="utf-8")).get("training", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"config {args.config}: {exc}") from None
+        values.update(table)
+    for key in ("device", "epochs", "folds", "seed", "repeats", "shuffle_labels", "selection", "freeze_body", "max_lr",
+                "loss", "batch_size"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    if args.imagenet_weights is not None:
+        values["imagenet_weights"] = str(args.imagenet_weights)
+    return TrainSettings.from_mapping(values)
+
+
+def register_bundle(bundle: Path, database_url: str, name: str, version: str, device_uid: str) -> tuple[int, bool]:
+    """Record ``bundle`` in the node's database (migrated first); never activates it."""
+    from db.bundles import register
+    from db.engine import make_engine, make_sessionmaker
+    from db.migrate import upgrade
+
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        with sessions.begin() as session:
+            record, created = register(session, name=name, version=version, device_uid=device_uid,
+                                       bundle_path=str(Path(bundle).resolve()),
+                                       manifest_sha256=sha256_of(Path(bundle) / MANIFEST_FILE))
+        return record.id, created
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None, *, archive_root: Path | None = None, database_url: str | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training.cohort import CohortError
+    from training.run import TrainingError, train_bundle
+
+    try:
+        settings = _settings(args)
+        if args.register and not database_url:
+            raise ValueError("--register needs the node's database (database_url)")
+        if args.register and settings.shuffle_labels:
+            raise ValueError("--register with --shuffle-labels: a label-shuffled control is never registered")
+        params = PreprocessParams()
+        changes = {}
+        if args.output_size is not None:
+            changes["output_size"] = args.output_size
+        if args.no_bias_correction:
+            changes["bias_correction"] = False
+        if changes:
+            params = PreprocessParams.from_dict(params.to_dict() | changes)
+        if settings.pretrained and not Path(settings.imagenet_weights).is_file():  # type: ignore[arg-type]
+            raise ValueError(f"--imagenet-weights {settings.imagenet_weights} does not exist (nothing is downloaded)")
+        outcome = train_bundle(args.cohort, args.out, settings=settings, params=params, archive_root=archive_root,
+                               cache_dir=args.cache, name=args.name, version=args.version, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("interrupted: no bundle written", file=sys.stderr)
+        return 130
+    except (CohortError, TrainingError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    h = outcome.report["headline"]
+    d = outcome.report["data"]
+    print(f"bundle {outcome.bundle}: {d['patients_used']} patients ({d['positive']} positive), "
+          f"{len(d['failures'])} failed; pooled out-of-fold patient AUC {h['auc'] if h['auc'] is not None else 'n/a'} "
+          f"(95% CI {h['auc_ci95']}), selection {settings.selection}")
+    if args.register:
+        m = outcome.manifest
+        model_id, created = register_bundle(outcome.bundle, database_url, m.name, m.version, m.device_uid)  # type: ignore[arg-type]
+        print(f"registered as model {model_id}{'' if created else ' (already known)'}; not active: activate it explicitly")
+    return 0
+
+
+if __name__ == "__main__":  # python -m training.cli
+    logging.basicConfig(level=logging.WARNING)
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The cohort CSV: one study per patient, its EGFR status and where its files are.
+
+Columns are matched case-insensitively, ignoring spaces, ``_`` and ``-``:
+
+- patient: ``patient_id``, ``PatientID``, ``patient``, ``subject``, ``subject_id``
+- study: ``study_uid``, ``study_instance_uid``, ``StudyInstanceUID``
+- status: ``egfr_status``, ``egfr``, ``label``, ``status``; values positive/negative,
+  mutant/wild-type (wildtype, wt), pos/neg, 1/0, true/false, yes/no (case-insensitive)
+- optional: lesion label (``lesion_label``, ``lesion``, ``segment``, ``segment_label``,
+  ``roi``) naming the mask segment / ROI of the resected lesion; split group
+  (``group``, ``split_group``, ``site``, ``centre``, ``center``) kept together in one fold;
+  ``folder`` / ``path`` relative to the CSV's folder (used when no archive root is given).
+
+With an archive root each study is ``<archive_root>/<study_uid>`` (the node's archive
+layout); otherwise the ``folder``/``path`` column names it.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CohortError", "CohortEntry", "Cohort", "read_cohort", "parse_status", "STATUS_VALUES"]
+
+_ALIASES = {
+    "patient_id": ("patient_id", "PatientID", "patient", "subject", "subject_id"),
+    "study_uid": ("study_uid", "study_instance_uid", "StudyInstanceUID", "study"),
+    "status": ("egfr_status", "egfr", "label", "status", "egfr_mutation"),
+    "lesion_label": ("lesion_label", "lesion", "segment", "segment_label", "roi", "roi_name"),
+    "group": ("group", "split_group", "site", "centre", "center"),
+    "folder": ("folder", "path", "study_folder", "study_dir"),
+}
+_POSITIVE = ("positive", "pos", "mutant", "mutated", "mut", "1", "true", "yes")
+_NEGATIVE = ("negative", "neg", "wild-type", "wildtype", "wild type", "wt", "0", "false", "no")
+#: What a status cell may hold (shown in the error for anything else).
+STATUS_VALUES = (_POSITIVE, _NEGATIVE)
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class CohortError(ValueError):
+    """The cohort CSV cannot be used; the message names the file, row and column."""
+
+
+@dataclass(frozen=True)
+class CohortEntry:
+    patient_id: str
+    study_uid: str
+    label: int  # 1 = EGFR positive (mutant)
+    folder: Path
+    lesion_label: str | None = None
+    group: str | None = None
+    row: int = 0
+
+
+@dataclass(frozen=True)
+class Cohort:
+    source: Path
+    entries: tuple[CohortEntry, ...]
+
+    @property
+    def positives(self) -> int:
+        return sum(e.label for e in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def summary(self) -> dict[str, int]:
+        return {"patients": len(self.entries), "positive": self.positives, "negative": len(self.entries) - self.positives}
+
+
+def parse_status(value: str) -> int:
+    """1 for positive/mutant/1/true, 0 for negative/wild-type/0/false; else ValueError listing what is accepted."""
+    text = str(value).strip().lower()
+    if text in _POSITIVE:
+        return 1
+    if text in _NEGATIVE:
+        return 0
+    raise ValueError(
+        f"EGFR status {value!r} is not understood; accepted (any case): positive: {', '.join(_POSITIVE)}; "
+        f"negative: {', '.join(_NEGATIVE)}"
+    )
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name.strip().lower())
+
+
+def _columns(header: list[str], path: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for column in header:
+        key = _key(column)
+        for field, aliases in _ALIASES.items():
+            if key in {_key(a) for a in aliases}:
+                if field in found:
+                    raise CohortError(f"{path}: columns {found[field]!r} and {column!r} both name the {field.replace('_', ' ')}")
+                found[field] = column
+    missing = [f for f in ("patient_id", "study_uid", "status") if f not in found]
+    if missing:
+        spell = "; ".join(f"{f}: {', '.join(_ALIASES[f])}" for f in missing)
+        raise CohortError(f"{path}: no column for {', '.join(missing)} (accepted spellings, any case: {spell}); header is {header}")
+    return found
+
+
+def read_cohort(csv_path: Path, archive_root: Path | None = None) -> Cohort:
+    """Read and check the cohort CSV; every problem is a CohortError naming the row."""
+    path = Path(csv_path)
+    if not path.is_file():
+        raise CohortError(f"cohort file {path} does not exist")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise CohortError(f"{path}: empty file (a header row is needed)")
+        cols = _columns(list(reader.fieldnames), path)
+        if archive_root is None and "folder" not in cols:
+            raise CohortError(f"{path}: without an archive root a 'folder' or 'path' column must name each study's folder")
+        entries: list[CohortEntry] = []
+        seen_patients: dict[str, int] = {}
+        seen_studies: dict[str, int] = {}
+        for number, row in enumerate(reader, start=2):
+            if not any((v or "").strip() for v in row.values()):
+                continue
+            patient = (row.get(cols["patient_id"]) or "").strip()
+            study = (row.get(cols["study_uid"]) or "").strip()
+            if not patient:
+                raise CohortError(f"{path} row {number}: empty patient id")
+            if not _UID.match(study) or len(study) > 64:
+                raise CohortError(f"{path} row {number}: {study!r} is not a Study Instance UID")
+            try:
+                label = parse_status(row.get(cols["status"]) or "")
+            except ValueError as exc:
+                raise CohortError(f"{path} row {number}, column {cols['status']!r}: {exc}") from None
+            if patient in seen_patients:
+                raise CohortError(f"{path} row {number}: patient listed again (first on row {seen_patients[patient]}); one study per patient")
+            if study in seen_studies:
+                raise CohortError(f"{path} row {number}: study {study} listed again (first on row {seen_studies[study]})")
+            seen_patients[patient], seen_studies[study] = number, number
+            if archive_root is not None:
+                folder = Path(archive_root) / study
+            else:
+                relative = (row.get(cols["folder"]) or "").strip()
+                if not relative:
+                    raise CohortError(f"{path} row {number}: empty {cols['folder']!r}")
+                folder = (path.parent / relative).resolve()
+            lesion = (row.get(cols["lesion_label"]) or "").strip() or None if "lesion_label" in cols else None
+            group = (row.get(cols["group"]) or "").strip() or None if "group" in cols else None
+            entries.append(CohortEntry(patient, study, label, folder, lesion, group, number))
+    if not entries:
+        raise CohortError(f"{path}: no patients listed")
+    return Cohort(path, tuple(entries))

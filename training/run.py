@@ -1,0 +1,224 @@
+"""Cross-validation and the whole training run: cohort -> prepared inputs -> K folds ->
+metrics -> bundle + report. The CLI (:mod:`training.cli`) and the node's ``demo`` call
+:func:`train_bundle`.
+
+Selection modes (issue 7, "Model selection, honestly"):
+
+- ``nested`` (default): inside each outer training fold an inner split
+  (``inner_folds``) holds out patients; the kept epoch, the slice aggregation and the
+  decision threshold are chosen on them only; the outer test fold is touched once.
+- ``paper``: the epoch with the best accuracy on the outer test fold itself (the paper's
+  "preserving the model which achieved the best level of accuracy"), median, 0.5:
+  optimistic, kept for comparison.
+
+The bundle holds the K fold models of the first repeat; ``--repeats`` re-runs the whole CV
+with seeds seed+1, ... and reports the spread.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.aggregate import SLICE_AGGREGATIONS, aggregate_slices
+from pipeline.bundle import FoldFile, Manifest, new_device_uid
+from pipeline.params import PreprocessParams
+from training.cache import PreparedCohort, prepare_cohort
+from training.cohort import read_cohort
+from training.engine import FoldResult, resolve_device, train_fold
+from training.export import write_bundle
+from training.metrics import binary_metrics, bootstrap_auc_ci, calibration, fold_table, pooled_metrics
+from training.settings import TrainSettings
+from training.splits import assign_folds, inner_split
+
+__all__ = ["CVRun", "TrainOutcome", "run_cv", "train_bundle", "bundle_choice", "code_version", "TrainingError"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (too few usable studies, one class only); one line."""
+
+
+@dataclass
+class CVRun:
+    """One complete K-fold cross-validation."""
+
+    seed: int
+    folds: np.ndarray  # test fold of every patient
+    results: list[FoldResult]
+    labels: np.ndarray
+    oof_scores: np.ndarray  # [N, S]
+    oof_threshold: np.ndarray  # [N], the threshold of the fold that scored the patient
+    oof_aggregation: list[str]  # [N], that fold's slice aggregation
+    per_fold: list[dict[str, Any]] = field(default_factory=list)
+    pooled: dict[str, Any] = field(default_factory=dict)
+    selected: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def selected_scores(self) -> np.ndarray:
+        """Each patient's score with its fold's chosen slice aggregation."""
+        return np.array([float(aggregate_slices(s, how)) for s, how in zip(self.oof_scores, self.oof_aggregation)])
+
+
+def run_cv(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: TrainSettings, seed: int,
+           progress: bool = True) -> CVRun:
+    """K-fold CV on prepared inputs ``[N, S, C, H, W]``; every patient scored out of fold."""
+    start = time.perf_counter()
+    device = resolve_device(settings.device)
+    folds = assign_folds(labels, groups, settings.folds, seed)
+    x = torch.as_tensor(inputs, dtype=torch.float32, device=device)
+    n, s = inputs.shape[:2]
+    oof = np.full((n, s), np.nan)
+    threshold = np.full(n, np.nan)
+    aggregation = [""] * n
+    results: list[FoldResult] = []
+    bar = tqdm(range(settings.folds), desc=f"CV seed {seed}", unit="fold", position=0, disable=not progress)
+    for k in bar:
+        test = np.where(folds == k)[0]
+        train = np.where(folds != k)[0]
+        if settings.selection == "nested":
+            fit, select = inner_split(train, labels, groups, settings.inner_folds, seed + 7919 * (k + 1))
+        else:
+            fit, select = train, test
+        result = train_fold(k, x, labels, fit, select, test, settings, seed=seed * 1000 + k, device=device,
+                            progress=progress)
+        results.append(result)
+        oof[test] = result.test_scores
+        threshold[test] = result.threshold
+        for i in test:
+            aggregation[i] = result.slice_aggregation
+    bar.close()
+    if np.isnan(oof).any():
+        raise TrainingError("a patient was not scored out of fold (fold assignment bug)")
+    run = CVRun(seed, folds, results, labels, oof, threshold, aggregation)
+    run.per_fold = fold_table(
+        [{"fold": r.fold, "labels": labels[r.test_index], "scores": r.test_scores} for r in results],
+        [r.threshold for r in results],
+    )
+    run.pooled = pooled_metrics(labels, oof, threshold, settings.bootstrap, seed)
+
+    selected = run.selected_scores
+    run.selected = {
+        **binary_metrics(labels, selected, threshold),
+        "auc_ci95": list(bootstrap_auc_ci(labels, selected, settings.bootstrap, seed)),
+        "calibration": calibration(labels, selected),
+        "aggregations": dict(Counter(aggregation)),
+    }
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def bundle_choice(run: CVRun, settings: TrainSettings) -> tuple[str, float]:
+    """The bundle's slice aggregation and threshold. Paper mode: median, ``settings.threshold``.
+    Nested mode: the aggregation most folds chose (ties: median, mean, min, max) and the
+    median of the folds' thresholds: both from training-fold data only."""
+    if settings.selection == "paper":
+        return "median", settings.threshold
+    counts = Counter(r.slice_aggregation for r in run.results)
+    order = ("median", "mean", "min", "max")
+    how = max(order, key=lambda h: (counts.get(h, 0), -order.index(h)))
+    return how, float(np.median([r.threshold for r in run.results]))
+
+
+def code_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        package = version("egfr-node")
+    except Exception:  # not installed as a distribution
+        package = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training", "pipeline"], capture_output=True, text=True,
+                               timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return f"egfr-node {package}" + (f" git {commit}{'+dirty' if dirty else ''}" if commit else "")
+
+
+@dataclass
+class TrainOutcome:
+    bundle: Path
+    manifest: Manifest
+    report: dict[str, Any]
+    runs: list[CVRun]
+    prepared: PreparedCohort
+
+
+def train_bundle(
+    cohort_csv: Path,
+    out_dir: Path,
+    *,
+    settings: TrainSettings | None = None,
+    params: PreprocessParams | None = None,
+    archive_root: Path | None = None,
+    cache_dir: Path | None = None,
+    name: str = "EGFR ResNet-50 (Haim 2022 recipe)",
+    version: str | None = None,
+    progress: bool = True,
+) -> TrainOutcome:
+    """Read the cohort, prepare every study (cached), run the CV (``settings.repeats`` times),
+    write the bundle with its report to ``out_dir`` atomically, and return what was written.
+
+    ``cache_dir`` defaults to ``<out_dir's parent>/.egfr-train-cache``."""
+    from training.report import build_report, write_report_files
+
+    settings = settings or TrainSettings()
+    params = params or PreprocessParams()
+    started = datetime.now(timezone.utc)
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise TrainingError(f"{out_dir} already exists; choose a new folder for the bundle")
+    cohort = read_cohort(Path(cohort_csv), archive_root)
+    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.absolute().parent / ".egfr-train-cache"
+    bar = tqdm(total=len(cohort), desc="preprocess", unit="study", disable=not progress)
+    prepared = prepare_cohort(cohort, params, cache_dir, progress=lambda done, total: bar.update(1))
+    bar.close()
+    labels = prepared.labels.copy()
+    if settings.shuffle_labels:
+        labels = np.random.default_rng([settings.seed, 0x5EED]).permutation(labels)
+    positives = int(labels.sum())
+    if len(labels) < 2 * settings.folds or positives < 1 or positives == len(labels):
+        reasons = "; ".join(f"{f.study_uid}: {f.reason}" for f in prepared.failures[:5])
+        raise TrainingError(f"{len(labels)} usable studies ({positives} positive) cannot be split into {settings.folds} folds"
+                            + (f"; failures: {reasons}" if reasons else ""))
+    groups = [e.group or e.patient_id for e in prepared.entries]
+    runs = [run_cv(prepared.inputs, labels, groups, settings, settings.seed + r, progress) for r in range(settings.repeats)]
+    first = runs[0]
+    how, threshold = bundle_choice(first, settings)
+    report = build_report(cohort, prepared, labels, runs, settings, params, how, threshold, code_version(), started)
+    normalization = "imagenet" if settings.pretrained else "none"
+    version = version or started.strftime("%Y%m%d%H%M%S")
+
+    def make_manifest(files: tuple[FoldFile, ...]) -> Manifest:
+        return Manifest(
+            name=name + (" [SHUFFLED-LABEL CONTROL]" if settings.shuffle_labels else ""),
+            version=version,
+            device_uid=new_device_uid(),
+            preprocessing=params,
+            input_shape=(params.slice_count, params.channels, params.output_size),
+            folds=files,
+            normalization=normalization,
+            slice_aggregation=how,
+            fold_aggregation="mean",
+            threshold=threshold,
+            metrics=report["metrics_summary"],
+            training=report["training_summary"],
+        )
+
+    manifest = write_bundle(out_dir, [r.state_dict for r in first.results], make_manifest,
+                            lambda folder: write_report_files(folder, report, runs, prepared))
+    return TrainOutcome(out_dir, manifest, report, runs, prepared)

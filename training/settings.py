@@ -1,0 +1,193 @@
+"""Every value of the training recipe, in one frozen object a bundle records.
+
+Haim et al. 2022, "DL analysis": ResNet-50 (fastai), F1 loss, initial learning rate 4e-2,
+batch 32, 40 epochs, rotation / zoom / contrast augmentation, mixup, oversampling, fivefold
+stratified patient-level cross-validation, "the model which achieved the best level of
+accuracy". What the paper leaves out is taken from fastai v2's defaults as
+../shared/METHOD.md records them; each is a field here with that value as its default.
+
+``TrainSettings.from_mapping(values)`` reads a ``[training]`` TOML table (or any dict) and
+names the key in every error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["TrainSettings", "LOSSES", "SELECTIONS", "SELECTION_METRICS", "DEVICES"]
+
+LOSSES = ("f1", "ce")
+#: ``nested``: epoch, threshold and slice aggregation chosen on an inner split of the
+#: training folds (honest, default). ``paper``: the epoch with the best accuracy on the test
+#: fold itself, threshold 0.5, median (the paper's reading; optimistic).
+SELECTIONS = ("nested", "paper")
+#: What picks the kept epoch: slice-level accuracy at 0.5 (the paper's), patient-level AUC
+#: (median of slices), or simply the last epoch.
+SELECTION_METRICS = ("accuracy", "auc", "last")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The training recipe (paper values as defaults; METHOD.md for the rest).
+
+    Schedule and optimiser (fastai ``fit_one_cycle``): ``epochs`` 40, ``batch_size`` 32,
+    ``max_lr`` 4e-2, ``pct_start`` 0.25, ``div_factor`` 25, ``final_div_factor`` 4000
+    (final lr = max_lr / 1e5), momentum (Adam beta1) cycled ``max_momentum`` 0.95 ->
+    ``base_momentum`` 0.85 -> 0.95; Adam ``beta2`` 0.99, ``eps`` 1e-5, decoupled
+    ``weight_decay`` 0.01 (none on BatchNorm and bias parameters).
+
+    Loss: ``loss`` "f1" (soft F1 on softmax probabilities, mean over the two classes) or
+    "ce" (cross-entropy). ``mixup``: lambda ~ Beta(``mixup_alpha``, ``mixup_alpha``),
+    lambda = max(lambda, 1 - lambda), partner a permutation of the batch.
+    ``oversample``: draw training slices with weights 1 / count(class).
+
+    Augmentation (batch level, on the device): rotation U(+-``rotate_degrees``) and zoom
+    U(1, ``zoom_max``) with probability ``affine_p``; contrast x U(1 - l, 1 / (1 - l)) and
+    brightness + U(-l, l) z-units with ``l = lighting`` and probability ``lighting_p``;
+    horizontal flip with ``flip_p`` (fastai default 0.5, not in the paper: 0 here).
+
+    Network: ``freeze_body`` (fastai's default with pretrained weights: only the head and
+    the body's BatchNorm layers train) or full fine-tuning; ``imagenet_weights``: a local
+    torchvision ``resnet50-0676ba61.pth`` (none: trained from scratch, recorded).
+
+    Evaluation: ``folds`` (5), ``seed``, ``repeats`` (the whole CV over seeds seed,
+    seed+1, ...; the bundle keeps the first), ``selection`` / ``selection_metric``,
+    ``inner_folds`` (nested mode holds out 1/inner_folds of the training patients),
+    ``threshold`` (paper mode's decision threshold), ``bootstrap`` resamples for the CIs.
+    """
+
+    epochs: int = 40
+    folds: int = 5
+    batch_size: int = 32
+    max_lr: float = 4e-2
+    pct_start: float = 0.25
+    div_factor: float = 25.0
+    final_div_factor: float = 4000.0
+    max_momentum: float = 0.95
+    base_momentum: float = 0.85
+    beta2: float = 0.99
+    eps: float = 1e-5
+    weight_decay: float = 0.01
+    loss: str = "f1"
+    mixup: bool = True
+    mixup_alpha: float = 0.4
+    oversample: bool = True
+    rotate_degrees: float = 10.0
+    zoom_max: float = 1.1
+    affine_p: float = 0.75
+    lighting: float = 0.2
+    lighting_p: float = 0.75
+    flip_p: float = 0.0
+    freeze_body: bool = True
+    imagenet_weights: str | None = None
+    selection: str = "nested"
+    selection_metric: str = "accuracy"
+    inner_folds: int = 4
+    threshold: float = 0.5
+    seed: int = 0
+    repeats: int = 1
+    shuffle_labels: bool = False
+    device: str = "cpu"
+    eval_batch_size: int = 256
+    bootstrap: int = 2000
+
+    def __post_init__(self) -> None:
+        _int("epochs", self.epochs, 1)
+        _int("folds", self.folds, 2)
+        _int("batch_size", self.batch_size, 2)
+        _num("max_lr", self.max_lr, 0.0, strict=True)
+        _num("pct_start", self.pct_start, 0.0, strict=True, maximum=1.0)
+        _num("div_factor", self.div_factor, 0.0, strict=True)
+        _num("final_div_factor", self.final_div_factor, 0.0, strict=True)
+        _num("max_momentum", self.max_momentum, 0.0, maximum=1.0)
+        _num("base_momentum", self.base_momentum, 0.0, maximum=1.0)
+        _num("beta2", self.beta2, 0.0, maximum=1.0)
+        _num("eps", self.eps, 0.0, strict=True)
+        _num("weight_decay", self.weight_decay, 0.0)
+        _choice("loss", self.loss, LOSSES)
+        _bool("mixup", self.mixup)
+        _num("mixup_alpha", self.mixup_alpha, 0.0, strict=True)
+        _bool("oversample", self.oversample)
+        _num("rotate_degrees", self.rotate_degrees, 0.0, maximum=180.0)
+        _num("zoom_max", self.zoom_max, 1.0)
+        _num("affine_p", self.affine_p, 0.0, maximum=1.0)
+        _num("lighting", self.lighting, 0.0, maximum=0.9)
+        _num("lighting_p", self.lighting_p, 0.0, maximum=1.0)
+        _num("flip_p", self.flip_p, 0.0, maximum=1.0)
+        _bool("freeze_body", self.freeze_body)
+        if self.imagenet_weights is not None and (not isinstance(self.imagenet_weights, str) or not self.imagenet_weights):
+            raise TypeError(f'Setting "imagenet_weights" must be a file path or absent, got {self.imagenet_weights!r}')
+        _choice("selection", self.selection, SELECTIONS)
+        _choice("selection_metric", self.selection_metric, SELECTION_METRICS)
+        _int("inner_folds", self.inner_folds, 2)
+        _num("threshold", self.threshold, 0.0, maximum=1.0)
+        _int("seed", self.seed, 0)
+        _int("repeats", self.repeats, 1)
+        _bool("shuffle_labels", self.shuffle_labels)
+        _choice("device", self.device, DEVICES)
+        _int("eval_batch_size", self.eval_batch_size, 1)
+        _int("bootstrap", self.bootstrap, 0)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.imagenet_weights is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainSettings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], base: TrainSettings | None = None) -> TrainSettings:
+        """Settings from a dict (a ``[training]`` TOML table): unknown keys are an error that
+        names them; missing keys keep ``base``'s (default: the paper's) values."""
+        if not isinstance(values, Mapping):
+            raise TypeError(f"[training] must be a table, not {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"[training] has unknown key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        data = dict(values)
+        if isinstance(data.get("imagenet_weights"), Path):
+            data["imagenet_weights"] = str(data["imagenet_weights"])
+        for key, value in list(data.items()):
+            # TOML writes 40 for a float field; accept ints where a float is expected.
+            default = getattr(base or cls(), key)
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                data[key] = float(value)
+        try:
+            return dataclasses.replace(base or cls(), **data)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"[training] {exc}") from None
+
+
+def _bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f'Setting "{name}" must be true or false, not {type(value).__name__} {value!r}')
+
+
+def _int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'Setting "{name}" must be an integer, not {type(value).__name__} {value!r}')
+    if value < minimum:
+        raise ValueError(f'Setting "{name}" must be at least {minimum}, got {value}')
+
+
+def _num(name: str, value: Any, minimum: float, *, strict: bool = False, maximum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'Setting "{name}" must be a number, not {type(value).__name__} {value!r}')
+    if not math.isfinite(value) or (value <= minimum if strict else value < minimum) or (maximum is not None and value > maximum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        upper = f" and <= {maximum:g}" if maximum is not None else ""
+        raise ValueError(f'Setting "{name}" must be {bound}{upper}, got {value!r}')
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f'Setting "{name}" must be one of {", ".join(choices)}; got {value!r}')

@@ -1,0 +1,69 @@
+"""Patient-level stratified K-fold (Haim et al. 2022, "Data splitting").
+
+``StratifiedGroupKFold(n_splits=K, shuffle=True, random_state=seed)``: groups are the
+cohort's split group where given (e.g. a site or a patient with several rows), otherwise
+the patient. Every assignment is checked: no group in two test folds, every patient in
+exactly one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+__all__ = ["SplitError", "assign_folds", "inner_split", "check_disjoint"]
+
+
+class SplitError(ValueError):
+    """The cohort cannot be split as asked (too few patients or positives)."""
+
+
+def assign_folds(labels: Sequence[int], groups: Sequence[str], k: int, seed: int) -> np.ndarray:
+    """The test fold (0..k-1) of every patient."""
+    y = np.asarray(labels, dtype=int)
+    g = np.asarray(groups, dtype=object)
+    if len(y) != len(g):
+        raise SplitError("labels and groups differ in length")
+    minority = int(min(y.sum(), len(y) - y.sum()))
+    if len(set(g)) < k:
+        raise SplitError(f"{len(set(g))} patient groups cannot fill {k} folds")
+    if minority < k:
+        warnings.warn(f"only {minority} patients in the smaller class for {k} folds: some test folds hold none "
+                      "(their AUC is undefined)", stacklevel=2)
+    folds = np.full(len(y), -1, dtype=int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sklearn's "least populated class" note, covered above
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        for fold, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y, g)):
+            folds[test] = fold
+    check_disjoint(folds, g)
+    return folds
+
+
+def check_disjoint(folds: np.ndarray, groups: Sequence[str]) -> None:
+    """Raise SplitError if a patient/group is in no fold or in two."""
+    folds = np.asarray(folds)
+    if (folds < 0).any():
+        raise SplitError(f"{int((folds < 0).sum())} patients are in no fold")
+    seen: dict[object, int] = {}
+    for group, fold in zip(groups, folds):
+        if seen.setdefault(group, int(fold)) != int(fold):
+            raise SplitError(f"group {group!r} is in folds {seen[group]} and {int(fold)}")
+
+
+def inner_split(train_index: np.ndarray, labels: Sequence[int], groups: Sequence[str], inner_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a training fold's patients into (fit, inner validation): one fold of an inner
+    ``StratifiedGroupKFold(inner_folds)``. Nested selection chooses epoch, threshold and
+    slice aggregation on the inner validation patients only."""
+    train_index = np.asarray(train_index)
+    y = np.asarray(labels)[train_index]
+    g = np.asarray(groups, dtype=object)[train_index]
+    k = min(inner_folds, len(set(g)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        fit, val = next(splitter.split(np.zeros(len(y)), y, g))
+    return train_index[fit], train_index[val]
