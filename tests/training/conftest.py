@@ -1,0 +1,45 @@
+"""Phantom cohorts for the training tests, generated once per session.
+
+Tiny settings so the module runs in minutes on 2 CPU cores: axial2d studies (the cheapest
+to preprocess), 32x32 model inputs, N4 off (``bias_correction=False``: the cache test
+covers the N4 path by counting calls instead), 3 folds, a few epochs. The preprocessing
+cache is shared by every test of the session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.params import PreprocessParams
+from pipeline.phantom import generate_cohort
+
+TEST_PARAMS = PreprocessParams(output_size=32, bias_correction=False)
+PATIENTS = 30
+
+
+@pytest.fixture(scope="session")
+def training_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("training")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(training_root: Path) -> Path:
+    return training_root / "cache"
+
+
+@pytest.fixture(scope="session")
+def clear_cohort(training_root: Path) -> Path:
+    """30 axial2d patients, half EGFR positive, the strongest phantom effect (1.0)."""
+    out = training_root / "clear"
+    generate_cohort(out, patients=PATIENTS, positive_fraction=0.5, seed=5, geometry="axial2d", effect_size=1.0, jobs=2)
+    return out / "labels.csv"
+
+
+@pytest.fixture(scope="session")
+def null_cohort(training_root: Path) -> Path:
+    """The same design with effect size 0: the label carries no signal."""
+    out = training_root / "null"
+    generate_cohort(out, patients=PATIENTS, positive_fraction=0.5, seed=6, geometry="axial2d", effect_size=0.0, jobs=2)
+    return out / "labels.csv"

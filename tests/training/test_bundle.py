@@ -1,0 +1,142 @@
+"""End to end through the CLI: cohort CSV -> bundle -> the node's FoldEnsemble; report files;
+registration; determinism; an interrupted export leaves no bundle."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.aggregate import patient_probability
+from pipeline.bundle import Manifest
+from pipeline.infer import FoldEnsemble
+from pipeline.model import build_resnet50
+from pipeline.prepare import prepare_study
+from training import cli, export
+from training.cohort import read_cohort
+from training.engine import patient_scores
+from training.report import NOT_EXTERNAL_VALIDATION
+from training.run import run_cv
+from training.settings import TrainSettings
+
+from .conftest import TEST_PARAMS
+
+TINY = ["--epochs", "1", "--folds", "2", "--output-size", "32", "--no-bias-correction", "--lr", "1e-3", "--loss", "ce",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(clear_cohort: Path, training_root: Path, cache_dir: Path) -> Path:
+    out = training_root / "tiny-bundle"
+    config = training_root / "train.toml"
+    config.write_text("[training]\nbootstrap = 200\nbatch_size = 32\n")
+    assert cli.main(["--cohort", str(clear_cohort), "--out", str(out), "--cache", str(cache_dir), "--config", str(config),
+                     "--selection", "nested", "--full-finetune", *TINY]) == 0
+    return out
+
+
+def test_bundle_loads_in_the_node_and_predicts_what_training_computes(tiny_bundle: Path, clear_cohort: Path) -> None:
+    manifest = Manifest.load_checked(tiny_bundle)
+    assert manifest.input_shape == (5, 3, 32) and manifest.preprocessing == TEST_PARAMS
+    assert len(manifest.folds) == 2 and manifest.normalization == "none"
+    assert manifest.training["selection_mode"] == "nested" and manifest.training["pretrained"] is False
+    assert manifest.metrics["statement"] == NOT_EXTERNAL_VALIDATION
+    assert {r["fold"] for r in manifest.training["splits"]} == {0, 1}
+    ensemble = FoldEnsemble.load(tiny_bundle)
+    entry = read_cohort(clear_cohort).entries[0]
+    x = prepare_study(entry.folder, manifest.preprocessing).model_input.array
+    prediction = ensemble.predict(x)
+    # Training's own code on the same input: each fold's state_dict, engine.patient_scores, pipeline.aggregate.
+    scores = []
+    for fold in manifest.folds:
+        model = build_resnet50(normalization=manifest.normalization)
+        model.load_state_dict(torch.load(tiny_bundle / fold.file, weights_only=True))
+        scores.append(patient_scores(model, torch.as_tensor(x)[None])[0])
+    ours = patient_probability(np.stack(scores), manifest.slice_aggregation, manifest.fold_aggregation)
+    assert prediction.scores.shape == (2, 5)
+    np.testing.assert_allclose(prediction.scores, np.stack(scores), atol=1e-5)
+    assert prediction.probability == pytest.approx(ours, abs=1e-5)
+    assert prediction.positive == (ours >= manifest.threshold)
+
+
+def test_report_files_and_statements(tiny_bundle: Path) -> None:
+    for name in ("report.md", "report.json", "roc.png", "calibration.png", "folds.csv", "splits.csv"):
+        assert (tiny_bundle / name).is_file(), name
+    report = json.loads((tiny_bundle / "report.json").read_text())
+    text = (tiny_bundle / "report.md").read_text()
+    assert report["data"]["patients_used"] == 30 and report["data"]["positive"] == 15
+    assert "30 used: 15 EGFR positive, 15 negative" in text
+    assert "not external validation" in text and "trained from scratch" in text and "Selection mode: nested" in text
+    assert report["selection_mode"] == "nested" and report["pretrained"] is False
+    assert set(report["table2"]) == {"min", "max", "median", "mean"}
+    with open(tiny_bundle / "folds.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 30 and {r["fold"] for r in rows} == {"0", "1"}
+    assert all(0.0 <= float(r["median"]) <= 1.0 for r in rows)
+    assert (tiny_bundle / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_register_records_the_bundle_without_activating(clear_cohort: Path, training_root: Path, cache_dir: Path,
+                                                        tmp_path: Path) -> None:
+    from db.bundles import activate, active, list_bundles
+    from db.engine import make_engine, make_sessionmaker
+
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    out = tmp_path / "bundle"
+    assert cli.main(["--cohort", str(clear_cohort), "--out", str(out), "--cache", str(cache_dir), "--register",
+                     "--selection", "paper", *TINY], database_url=url) == 0
+    sessions = make_sessionmaker(make_engine(url))
+    with sessions.begin() as s:
+        records = list_bundles(s)
+        assert len(records) == 1 and records[0].bundle_path == str(out.resolve()) and not records[0].active
+        assert active(s) is None
+        activate(s, records[0].id)
+    with sessions.begin() as s:
+        assert FoldEnsemble.load(Path(active(s).bundle_path)).folds == 2
+    assert cli.main(["--cohort", str(clear_cohort), "--out", str(tmp_path / "b2"), "--register", *TINY]) == 1  # no database
+
+
+def test_interrupted_export_leaves_no_bundle(clear_cohort: Path, tmp_path: Path, cache_dir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = torch.save
+    calls = []
+
+    def save_then_interrupt(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(export.torch, "save", save_then_interrupt)
+    out = tmp_path / "bundle"
+    assert cli.main(["--cohort", str(clear_cohort), "--out", str(out), "--cache", str(cache_dir), "--selection", "paper",
+                     *TINY]) == 130
+    assert len(calls) == 2 and not out.exists()
+    assert list(tmp_path.iterdir()) == []  # the staging folder is gone too
+
+
+def test_same_seed_same_scores_and_weights(clear_cohort: Path, cache_dir: Path) -> None:
+    from training.cache import prepare_cohort
+
+    prepared = prepare_cohort(read_cohort(clear_cohort), TEST_PARAMS, cache_dir)
+    x, y = prepared.inputs[:16], prepared.labels[:16]
+    groups = [e.patient_id for e in prepared.entries[:16]]
+    settings = TrainSettings(epochs=1, folds=2, max_lr=1e-3, bootstrap=0, selection="nested")
+
+    def digest(run) -> str:
+        h = hashlib.sha256()
+        for r in run.results:
+            for key, value in sorted(r.state_dict.items()):
+                h.update(key.encode())
+                h.update(value.numpy().tobytes())
+        return h.hexdigest()
+
+    a, b = run_cv(x, y, groups, settings, seed=3, progress=False), run_cv(x, y, groups, settings, seed=3, progress=False)
+    assert np.array_equal(a.oof_scores, b.oof_scores) and digest(a) == digest(b)
+    c = run_cv(x, y, groups, settings, seed=4, progress=False)
+    assert not np.array_equal(a.oof_scores, c.oof_scores) and digest(a) != digest(c)
