@@ -166,11 +166,13 @@ def _print_jobs(jobs: list, as_json: bool) -> None:
     if as_json:
         print(json.dumps([job.to_json() for job in jobs], indent=2))
         return
-    print(f"{'ID':>5}  {'STATE':<9}  {'TRIGGER':<7}  {'ATT':>3}  {'UPDATED (UTC)':<19}  {'STUDY UID':<40}  REASON")
+    print(f"{'ID':>5}  {'STATE':<9}  {'TRIGGER':<7}  {'ATT':>3}  {'UPDATED (UTC)':<19}  {'STUDY UID':<40}  RESULT / REASON")
     for job in jobs:
+        result = job.result or {}
+        outcome = f"EGFR {result['status']} p={result['probability']:.3f}" if "status" in result and result.get("probability") is not None else ""
         print(
             f"{job.id:>5}  {job.state:<9}  {job.trigger:<7}  {job.attempts:>3}  "
-            f"{job.updated_at:%Y-%m-%d %H:%M:%S}  {job.study_uid:<40}  {job.reason or ''}"
+            f"{job.updated_at:%Y-%m-%d %H:%M:%S}  {job.study_uid:<40}  {outcome or job.reason or ''}"
         )
 
 

@@ -262,6 +262,8 @@ class Worker:
             self.scheduler.add_job(self._guard, "interval", args=(name, action), seconds=seconds, id=name,
                                    max_instances=1, coalesce=True, next_run_time=now)
         self.scheduler.start()
+        if not self.config.destinations:
+            log.warning("no [[destinations]] configured: results are archived but sent nowhere")
         log.info("worker %s started: stable-study scan every %g s (stable after %g s), claim every %g s", self.worker_id,
                  self.settings.scan_interval_seconds, self.settings.study_stable_seconds, self.settings.claim_interval_seconds)
 

@@ -159,8 +159,8 @@ def test_a_restart_inside_the_quiet_window_loses_nothing(tmp_path: Path) -> None
         node.communicate(timeout=30)
 
 
-def test_readme_first_command_init_then_serve_in_a_fresh_folder(tmp_path: Path) -> None:
-    """README: `egfr-node init && egfr-node serve` with the defaults (./egfr-node.toml, ./egfr-data)."""
+def test_readme_running_the_node_init_then_serve_in_a_fresh_folder(tmp_path: Path) -> None:
+    """README "Running the node": `egfr-node init && egfr-node serve` with the defaults (./egfr-node.toml, ./egfr-data)."""
     command = Path(sys.executable).parent / "egfr-node"
     assert command.exists(), "the egfr-node console script is installed with the package"
     port = free_port()
