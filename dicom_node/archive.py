@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Archive", "ArchiveFull", "StoredFile", "InvalidUID", "check_uid", "INCOMING"]
+__all__ = ["Archive", "ArchiveFull", "StoredFile", "InvalidUID", "check_uid", "sha256_of", "INCOMING"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,60 @@ class Archive:
             tmp.unlink(missing_ok=True)
         return StoredFile(digest, written=True, identical=True)
 
+    def store_file(self, relative_path: str, source: Path) -> StoredFile:
+        """As :meth:`store`, for a whole file already written (the SCP's spool under
+        ``.incoming``): fsynced and hard-linked into place, not copied, so memory does not
+        grow with its size. ``source`` stays where it is; the caller removes it.
+        """
+        digest = sha256_of(source)
+        final = self.root / relative_path
+        if final.exists():
+            return self._existing(final, digest)
+        self.check_free_space(0)  # its bytes are on the disk already
+        try:
+            self._make_folders(final.parent)
+            if self.fsync:
+                fd = os.open(source, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            try:
+                os.link(source, final)
+            except FileExistsError:  # another association linked it a moment ago
+                return self._existing(final, digest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                return self._copy_into_place(relative_path, source, digest)
+            if self.fsync:
+                _fsync_dir(final.parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ArchiveFull(exc.errno, f"archive {self.root}: disk full while writing {relative_path}") from exc
+            raise
+        return StoredFile(digest, written=True, identical=True)
+
+    def _copy_into_place(self, relative_path: str, source: Path, digest: str) -> StoredFile:
+        """``source`` on another file system: copied in chunks to ``.incoming``, then linked."""
+        final = self.root / relative_path
+        tmp = self.incoming / f"{self._tmp_prefix}{uuid.uuid4().hex}{TMP_SUFFIX}"
+        try:
+            with source.open("rb") as src, open(tmp, "xb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                if self.fsync:
+                    os.fsync(dst.fileno())
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return self._existing(final, digest)
+            if self.fsync:
+                _fsync_dir(final.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return StoredFile(digest, written=True, identical=True)
+
     def _existing(self, final: Path, digest: str) -> StoredFile:
         """A file already at ``final``: make it durable (its writer may not have yet) and compare."""
         if self.fsync:
@@ -185,6 +239,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of the file at ``path``, read in 1 MiB chunks."""
+    return _sha256(path)
 
 
 def _sha256(path: Path) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "ReportSection",
     "Destination",
     "LoggingSection",
+    "MonitoringSection",
     "Config",
     "load_config",
     "config_path_from_env",
@@ -57,6 +58,13 @@ class NodeSection:
     max_associations: int = 10
     maximum_pdu_size: int = 262144
     network_timeout_seconds: float = 60.0
+    acse_timeout_seconds: float = 10.0
+    max_associate_request_bytes: int = 1048576
+    max_associations_per_calling_ae: int = 0
+    max_negotiating_per_source: int = 8
+    max_negotiating: int = 64
+    max_instance_size_mb: int = 1024
+    receive_processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,16 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class MonitoringSection:
+    """[monitoring]: /metrics (Prometheus) and /healthz over HTTP, served by the SCP process."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9112
+    allow_non_loopback: bool = False
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     """[logging]"""
 
@@ -171,6 +189,7 @@ class Config:
     report: ReportSection = field(default_factory=ReportSection)
     destinations: tuple[Destination, ...] = ()
     logging: LoggingSection = field(default_factory=LoggingSection)
+    monitoring: MonitoringSection = field(default_factory=MonitoringSection)
     source: str = "<defaults>"
 
     @property
@@ -190,6 +209,7 @@ _SECTIONS: dict[str, type] = {
     "delivery": DeliverySection,
     "report": ReportSection,
     "logging": LoggingSection,
+    "monitoring": MonitoringSection,
 }
 
 
@@ -337,6 +357,17 @@ def _check_ae(key: str, title: str) -> None:
         raise ConfigError(f"{key}: {title!r} is not a valid AE title (1-16 characters, no backslash)")
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _validate(config: Config) -> None:
     n = config.node
     _check_ae("node.ae_title", n.ae_title)
@@ -349,6 +380,20 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"node.maximum_pdu_size: must be 0 (unlimited) or at least 4096, got {n.maximum_pdu_size}")
     if n.network_timeout_seconds <= 0:
         raise ConfigError("node.network_timeout_seconds: must be positive")
+    if n.acse_timeout_seconds <= 0:
+        raise ConfigError("node.acse_timeout_seconds: must be positive")
+    if n.max_associate_request_bytes < 4096:
+        raise ConfigError(f"node.max_associate_request_bytes: must be at least 4096, got {n.max_associate_request_bytes}")
+    if n.max_associations_per_calling_ae < 0:
+        raise ConfigError("node.max_associations_per_calling_ae: must not be negative (0 = only node.max_associations)")
+    if n.max_negotiating_per_source < 1:
+        raise ConfigError(f"node.max_negotiating_per_source: must be at least 1, got {n.max_negotiating_per_source}")
+    if n.max_negotiating < n.max_negotiating_per_source:
+        raise ConfigError(f"node.max_negotiating: must be at least node.max_negotiating_per_source, got {n.max_negotiating}")
+    if not 1 <= n.receive_processes <= 64:
+        raise ConfigError(f"node.receive_processes: must be between 1 and 64, got {n.receive_processes}")
+    if n.max_instance_size_mb < 1:
+        raise ConfigError(f"node.max_instance_size_mb: must be at least 1, got {n.max_instance_size_mb}")
     t = config.tls
     if t.enabled:
         _check_port("tls.port", t.port)
@@ -401,6 +446,11 @@ def _validate(config: Config) -> None:
             value = getattr(dest, key)
             if value and not Path(value).is_file():
                 raise ConfigError(f"destinations[{i}].{key}: file {value} does not exist")
+    m = config.monitoring
+    if m.enabled:
+        _check_port("monitoring.port", m.port)
+        if not m.allow_non_loopback and not _is_loopback(m.host):
+            raise ConfigError(f"monitoring.host: {m.host!r} is not a loopback address; set monitoring.allow_non_loopback = true to serve metrics off this host")
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {config.logging.level!r}")
 

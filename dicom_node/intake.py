@@ -1,15 +1,15 @@
-"""The one way into the archive: encoded bytes + their parsed header -> file and record.
+"""The one way into the archive: an encoded instance + its parsed header -> file and record.
 
-The SCP's C-STORE handler, ``egfr-node import`` and the node's own results (the SR, the SEG
-it derives, the result card) all call :func:`store_instance`, so every instance gets the
-same checks, the same durable write (``Archive.store``: fsynced, linked into place, never
-replacing a file) and the same record (``db.ingest.record_instance``, committed before this
-returns). No pynetdicom event here.
+The SCP's C-STORE handler (its spooled file), ``egfr-node import`` and the node's own results
+(the SR, the SEG it derives, the result card; bytes in memory) all call
+:func:`store_instance`, so every instance gets the same checks, the same durable write
+(``Archive.store`` / ``Archive.store_file``: fsynced, linked into place, never replacing a
+file) and the same record (``db.ingest.record_instance``, committed before this returns).
+A file is hashed in chunks and linked, never read whole. No pynetdicom event here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +18,7 @@ from pydicom.filereader import read_file_meta_info
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.ingest import InstanceRecord, RecordOutcome, record_instance
-from dicom_node.archive import Archive
+from dicom_node.archive import Archive, sha256_of
 from dicom_node.received_header import ReceivedHeader
 
 __all__ = ["store_instance", "record_of"]
@@ -53,7 +53,7 @@ def record_of(header: ReceivedHeader, relative_path: str, transfer_syntax_uid: s
 def store_instance(
     archive: Archive,
     sessions: sessionmaker[Session],
-    encoded: bytes,
+    encoded: bytes | Path,
     header: ReceivedHeader,
     transfer_syntax_uid: str,
     *,
@@ -61,7 +61,8 @@ def store_instance(
     origin: str = "received",
     enqueue: bool = True,
 ) -> RecordOutcome:
-    """Archive ``encoded`` (a Part-10 file: preamble, file meta, dataset) and record it.
+    """Archive ``encoded`` (a Part-10 file: preamble, file meta, dataset; its bytes, or the
+    path of a file written whole, which stays where it is) and record it.
 
     Returns NEW, DUPLICATE (same UID, same bytes: idempotent) or CONFLICT (same UID, other
     bytes: the first copy is kept). ``enqueue=False`` (a retrospective import) archives and
@@ -69,8 +70,12 @@ def store_instance(
     SQLAlchemy errors (database unavailable); nothing is acknowledged by then.
     """
     relative = archive.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
-    record = record_of(header, relative, transfer_syntax_uid, len(encoded), calling_aet, origin, enqueue)
-    stored = archive.store(relative, encoded)
+    if isinstance(encoded, Path):
+        size, stored_file = encoded.stat().st_size, archive.store_file
+    else:
+        size, stored_file = len(encoded), archive.store
+    record = record_of(header, relative, transfer_syntax_uid, size, calling_aet, origin, enqueue)
+    stored = stored_file(relative, encoded)
     if stored.written or stored.identical:
         outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
     else:
@@ -86,12 +91,11 @@ def store_instance(
 
 def _record_of_file(path: Path, record: InstanceRecord) -> InstanceRecord:
     """``record`` as it describes the file already at ``path`` (its bytes and file meta)."""
-    data = path.read_bytes()
     meta = read_file_meta_info(path)
     return replace(
         record,
-        sha256=hashlib.sha256(data).hexdigest(),
-        size_bytes=len(data),
+        sha256=sha256_of(path),
+        size_bytes=path.stat().st_size,
         transfer_syntax_uid=str(meta.get("TransferSyntaxUID", record.transfer_syntax_uid)),
         sop_class_uid=str(meta.get("MediaStorageSOPClassUID", record.sop_class_uid)),
     )

@@ -15,6 +15,7 @@ from db.engine import make_engine, make_sessionmaker
 from db.migrate import current_revision, head_revision
 from dicom_node.archive import Archive
 from dicom_node.config import Config
+from dicom_node.log_safety import LibraryRepeatFilter, SafeFormatter
 
 __all__ = ["Runtime", "open_runtime", "SchemaOutOfDate", "configure_logging"]
 
@@ -59,12 +60,17 @@ def open_runtime(config: Config, *, check_schema: bool = True) -> Runtime:
 
 
 def configure_logging(level: str) -> None:
-    """Handlers are configured here only (by the CLI). Messages carry UIDs, never patient data."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        force=True,
-    )
+    """Handlers are configured here only (by the CLI). Messages carry UIDs, never patient data.
+
+    One format for everything, the node's and its libraries' (``SafeFormatter``: CR/LF in a
+    message escaped, traceback lines fenced, so no peer text can start a forged line); Python
+    warnings (pydicom's) go through it too instead of raw to stderr.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter())
+    handler.addFilter(LibraryRepeatFilter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.captureWarnings(True)
     # pynetdicom at INFO reports every PDU and (for C-FIND/MOVE) identifiers; keep warnings only.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("apscheduler").setLevel(logging.WARNING)

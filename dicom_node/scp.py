@@ -1,35 +1,52 @@
 """The Storage SCP: C-ECHO and C-STORE for the classes PACS routes to the node.
 
-Nothing acknowledged is lost: the encoded dataset is written to the archive (fsynced) and
+Nothing acknowledged is lost: the dataset is spooled to the archive's ``.incoming`` as it
+arrives (memory does not grow with its size), walked to its end (``dataset_check``: whole,
+Pixel Data as long as its attributes say), then linked into the archive (fsynced) and
 recorded in the database before the success status goes back. Status codes say what
 happened: 0xB006 (warning) stored earlier with other content, first copy kept; 0xA700 out
-of space; 0xA701 database unavailable; 0xA900 dataset does not match the request; 0xC210
-undecodable; 0xC220 a required attribute missing or invalid; 0xC211 anything else (logged
-with its traceback). The reason also goes back in the response's Error Comment.
+of space, or the instance is over ``node.max_instance_size_mb``; 0xA701 database
+unavailable; 0xA900 dataset does not match the request; 0xC210 undecodable or incomplete
+(cut short, Pixel Data of the wrong length, malformed fragments); 0xC220 a required
+attribute missing or invalid; 0xC211 anything else (logged with its traceback). The reason
+also goes back in the response's Error Comment. The network edge (timeouts, PDU limits,
+association slots) is ``dicom_node.transport``.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
+import os
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread, uid as dicom_uid
 from pydicom.dataset import Dataset
-from pydicom import uid as dicom_uid
 from pynetdicom import AE, _config as pynetdicom_config, evt, sop_class
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.ingest import RecordOutcome
 from dicom_node.archive import Archive, ArchiveFull
 from dicom_node.config import Config
+from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
 from dicom_node.intake import store_instance
+from dicom_node.log_safety import RejectionLog, peer_text
+from dicom_node.metrics import MetricsServer, NodeMetrics, database_answers
 from dicom_node.received_header import NonConformant, ReceivedHeader, SOPClassMismatch, read_header
+from dicom_node.transport import (
+    ConnectionTable,
+    NodeAssociationServer,
+    TransportLimits,
+    install_spooling,
+    spool_error,
+    start_server,
+    take_dataset_verdict,
+)
 
 __all__ = [
     "STORAGE_SOP_CLASSES",
@@ -48,6 +65,8 @@ log = logging.getLogger(__name__)
 pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+# Bounded memory: C-STORE datasets are spooled to disk as they arrive (dicom_node.transport).
+install_spooling()
 
 STORAGE_SOP_CLASSES: tuple[str, ...] = (
     sop_class.MRImageStorage,
@@ -63,6 +82,17 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = (
     sop_class.SecondaryCaptureImageStorage,
     sop_class.EncapsulatedPDFStorage,
 )
+
+#: Image storage classes whose IODs require Pixel Data (Type 1): an instance without it is
+#: incomplete. (SEG requires it too, but masks are read by their references as well, and
+#: the node's own tests use SEG stand-ins without pixels; its Pixel Data, when present, is
+#: checked like any other.)
+IMAGE_SOP_CLASSES: frozenset[str] = frozenset({
+    sop_class.MRImageStorage,
+    sop_class.EnhancedMRImageStorage,
+    sop_class.LegacyConvertedEnhancedMRImageStorage,
+    sop_class.SecondaryCaptureImageStorage,
+})
 
 #: In order of preference: pynetdicom accepts, per proposed context, the first of these the
 #: peer offers. Lossless encodings first (a peer offering the JPEG-LS it holds beside
@@ -124,32 +154,59 @@ def handle_echo(event: evt.Event) -> int:
 
 
 def handle_store(
-    event: evt.Event, archive: Archive, sessions: sessionmaker[Session], counters: StoreCounters
+    event: evt.Event,
+    archive: Archive,
+    sessions: sessionmaker[Session],
+    counters: StoreCounters,
+    max_instance_bytes: int = 1024 * 2**20,
+    refusals: RejectionLog | None = None,
 ) -> int | Dataset:
-    """C-STORE: archive the encoded dataset, record it, then answer (never the other way round)."""
+    """C-STORE: check the spooled dataset is whole, archive it, record it, then answer
+    (never the other way round)."""
     request = event.request
     calling_aet = event.assoc.requestor.ae_title.strip() if event.assoc else ""
-    affected = str(request.AffectedSOPInstanceUID or "")
+    source = str(event.assoc.requestor.address) if event.assoc else ""
+    affected = peer_text(str(request.AffectedSOPInstanceUID or ""), 64)
+    extra = {"sop_instance_uid": affected}
+
+    def refuse(code: int, reason: str, comment: str) -> Dataset:
+        counters.add("failures")
+        if refusals is not None:
+            refusals.note(source, reason, f"C-STORE {affected} from {calling_aet}: {comment}")
+        else:
+            log.error("C-STORE %s from %s refused: %s", affected, peer_text(calling_aet, 16), comment, extra=extra)
+        return _status(code, comment)
+
+    path = event.dataset_path
+    verdict = take_dataset_verdict(event.assoc) if event.assoc else None
+    if verdict is not None and verdict.over_limit:
+        return refuse(Status.OUT_OF_RESOURCES, "instance over node.max_instance_size_mb",
+                      f"instance over the limit of {max_instance_bytes // 2**20} MiB")
+    if spool_error(request) is not None:
+        return refuse(Status.OUT_OF_RESOURCES, "archive out of disk space", "archive out of disk space")
     try:
-        header = read_header(event.dataset, str(request.AffectedSOPClassUID or ""), affected)
+        check_part10_file(path, max_instance_bytes,
+                          pixel_data_required=str(request.AffectedSOPClassUID or "") in IMAGE_SOP_CLASSES)
+    except DatasetTooLarge:
+        return refuse(Status.OUT_OF_RESOURCES, "instance over node.max_instance_size_mb",
+                      f"instance over the limit of {max_instance_bytes // 2**20} MiB")
+    except IncompleteDataset as exc:
+        return refuse(Status.CANNOT_UNDERSTAND, "incomplete dataset", f"incomplete dataset: {exc}")
+    try:
+        dataset = dcmread(path, stop_before_pixels=True, defer_size=1 << 16)
+        header = read_header(dataset, str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""))
     except SOPClassMismatch as exc:
-        counters.add("failures")
-        log.error("C-STORE %s from %s refused: %s", affected, calling_aet, exc, extra={"sop_instance_uid": affected})
-        return _status(Status.DATASET_DOES_NOT_MATCH, str(exc))
+        return refuse(Status.DATASET_DOES_NOT_MATCH, "dataset does not match the request", str(exc))
     except NonConformant as exc:
-        counters.add("failures")
-        log.error("C-STORE %s from %s refused: %s", affected, calling_aet, exc, extra={"sop_instance_uid": affected})
-        return _status(Status.NON_CONFORMANT, str(exc))
+        return refuse(Status.NON_CONFORMANT, "dataset non-conformant", str(exc))
     except Exception as exc:  # pydicom raises many kinds on a garbled stream
-        counters.add("failures")
         # The library's message may quote element values: the type at ERROR, the text at DEBUG.
-        log.error("C-STORE %s from %s: dataset cannot be decoded: %s", affected, calling_aet,
-                  type(exc).__name__, extra={"sop_instance_uid": affected})
-        log.debug("decode failure detail: %s", exc)
-        return _status(Status.CANNOT_UNDERSTAND, f"dataset cannot be decoded: {type(exc).__name__}")
+        log.debug("decode failure detail: %s", peer_text(exc, 200))
+        return refuse(Status.CANNOT_UNDERSTAND, "dataset cannot be decoded",
+                      f"dataset cannot be decoded: {type(exc).__name__}")
     extra = {"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid}
     try:
-        return _archive_and_record(event, header, calling_aet, archive, sessions, counters)
+        return _archive_and_record(event, path, header, calling_aet, archive, sessions, counters)
     except ArchiveFull as exc:
         counters.add("failures")
         log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
@@ -166,14 +223,14 @@ def handle_store(
 
 def _archive_and_record(
     event: evt.Event,
+    path: Path,
     header: ReceivedHeader,
     calling_aet: str,
     archive: Archive,
     sessions: sessionmaker[Session],
     counters: StoreCounters,
 ) -> int | Dataset:
-    encoded = event.encoded_dataset(include_meta=True)
-    outcome = store_instance(archive, sessions, encoded, header, str(event.context.transfer_syntax), calling_aet=calling_aet)
+    outcome = store_instance(archive, sessions, Path(path), header, str(event.context.transfer_syntax), calling_aet=calling_aet)
     counters.add({RecordOutcome.NEW: "stored", RecordOutcome.DUPLICATE: "duplicates", RecordOutcome.CONFLICT: "conflicts"}[outcome])
     if outcome is RecordOutcome.CONFLICT:
         # Stored earlier with other content: the first copy stays. A warning, not a failure,
@@ -195,22 +252,16 @@ def make_ssl_context(certificate: str, private_key: str, ca_certificates: str = 
     return context
 
 
-def _set_tcp_nodelay(event: evt.Event) -> None:
-    """TCP_NODELAY on the node's socket: no Nagle + delayed-ACK stall per C-STORE."""
-    try:
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError):  # pragma: no cover - socket already gone
-        pass
-
-
-def _log_accepted(event: evt.Event) -> None:
+def _log_accepted(event: evt.Event, metrics: NodeMetrics) -> None:
+    metrics.association("accepted")
     rq = event.assoc.requestor
-    log.info("association accepted from %s (%s:%s)", rq.ae_title.strip(), rq.address, rq.port)
+    log.info("association accepted from %s (%s:%s)", peer_text(rq.ae_title.strip(), 16), rq.address, rq.port)
 
 
-def _log_rejected(event: evt.Event) -> None:
+def _log_rejected(event: evt.Event, refusals: RejectionLog, metrics: NodeMetrics) -> None:
+    metrics.association("rejected")
     rq = event.assoc.requestor
-    log.warning("association rejected from %s (%s:%s)", rq.ae_title.strip(), rq.address, rq.port)
+    refusals.note(str(rq.address), "association rejected", f"calling AE {rq.ae_title.strip()}")
 
 
 class DicomNode:
@@ -221,16 +272,41 @@ class DicomNode:
         self.archive = archive
         self.sessions = sessions
         self.counters = StoreCounters()
-        self.servers: list[ThreadedAssociationServer] = []
+        self.refusals = RejectionLog(logging.getLogger("dicom_node.refused"))
+        self.limits = self._limits()
+        self.connections = ConnectionTable(self.limits, self.refusals)
+        self.servers: list[NodeAssociationServer] = []
+        self.metrics = NodeMetrics(self)
+        self.metrics_server: MetricsServer | None = None
+        self.receivers: list[Any] = []
+        self._receivers_stop: Any = None
         self.ae = self._make_ae()
+
+    def _limits(self) -> TransportLimits:
+        node = self.config.node
+        return TransportLimits(
+            acse_timeout=node.acse_timeout_seconds,
+            network_timeout=node.network_timeout_seconds,
+            maximum_pdu_size=node.maximum_pdu_size,
+            max_associate_request_bytes=node.max_associate_request_bytes,
+            max_associations=node.max_associations,
+            max_associations_per_calling_ae=node.max_associations_per_calling_ae,
+            max_negotiating_per_source=node.max_negotiating_per_source,
+            max_negotiating=node.max_negotiating,
+            max_instance_bytes=node.max_instance_size_mb * 2**20,
+            spool_dir=self.archive.incoming,
+            reuse_port=node.receive_processes > 1,
+        )
 
     def _make_ae(self) -> AE:
         node = self.config.node
         ae = AE(ae_title=node.ae_title)
-        ae.maximum_associations = node.max_associations
+        # Slots are counted by dicom_node.transport (only associations that sent a valid
+        # A-ASSOCIATE-RQ); pynetdicom's own count includes connections still negotiating.
+        ae.maximum_associations = 1_000_000
         ae.maximum_pdu_size = node.maximum_pdu_size
         ae.network_timeout = node.network_timeout_seconds
-        ae.acse_timeout = node.network_timeout_seconds
+        ae.acse_timeout = node.acse_timeout_seconds
         ae.dimse_timeout = node.network_timeout_seconds
         ae.require_called_aet = node.require_called_aet
         ae.require_calling_aet = list(node.allowed_calling_aets)
@@ -241,25 +317,87 @@ class DicomNode:
 
     def _handlers(self) -> list[Any]:
         return [
-            (evt.EVT_CONN_OPEN, _set_tcp_nodelay),
-            (evt.EVT_ACCEPTED, _log_accepted),
-            (evt.EVT_REJECTED, _log_rejected),
+            (evt.EVT_ACCEPTED, _log_accepted, [self.metrics]),
+            (evt.EVT_REJECTED, _log_rejected, [self.refusals, self.metrics]),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.archive, self.sessions, self.counters]),
+            (evt.EVT_C_STORE, self._on_store),
         ]
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        result = handle_store(event, self.archive, self.sessions, self.counters, self.limits.max_instance_bytes,
+                              self.refusals)
+        status = int(result.Status) if isinstance(result, Dataset) else int(result)
+        try:
+            size = event.dataset_path.stat().st_size if status in (Status.SUCCESS, Status.CONFLICT_FIRST_COPY_KEPT) else 0
+        except OSError:
+            size = 0
+        self.metrics.stored(status, size)
+        return result
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why) for /healthz: listening, and the database answers."""
+        if not self.servers:
+            return False, "not listening"
+        if not database_answers(self.sessions):
+            return False, "database does not answer"
+        return True, "ok"
 
     def start(self) -> None:
         """Start listening (non-blocking): the plain port, and the TLS port when enabled."""
         self.archive.remove_stale_temporary_files()
         node, tls = self.config.node, self.config.tls
-        self.servers.append(self.ae.start_server((node.host, node.port), block=False, evt_handlers=self._handlers()))
+        self.servers.append(self._listen((node.host, node.port)))
         log.info("listening as %s on %s:%d", node.ae_title, node.host, self.port)
         if tls.enabled:
             context = make_ssl_context(tls.certificate, tls.private_key, tls.ca_certificates)
-            self.servers.append(
-                self.ae.start_server((node.host, tls.port), block=False, ssl_context=context, evt_handlers=self._handlers())
-            )
+            self.servers.append(self._listen((node.host, tls.port), context))
             log.info("listening with TLS on %s:%d", node.host, self.tls_port)
+        self._housekeeping_stop = threading.Event()
+        threading.Thread(target=self._housekeeping, name="RefusalSummaries", daemon=True).start()
+        if node.receive_processes > 1:
+            self._start_receivers(node.receive_processes - 1)
+        monitoring = self.config.monitoring
+        if monitoring.enabled:
+            self.metrics_server = MetricsServer(monitoring.host, monitoring.port, self.metrics, self.health)
+            log.info("metrics on http://%s:%d/metrics", monitoring.host, self.metrics_server.port)
+
+    def _listen(self, address: tuple[str, int], ssl_context: ssl.SSLContext | None = None) -> NodeAssociationServer:
+        return start_server(self.ae, address, limits=self.limits, connections=self.connections,
+                            ssl_context=ssl_context, evt_handlers=self._handlers())
+
+    def _housekeeping(self) -> None:
+        while not self._housekeeping_stop.wait(5.0):
+            self.refusals.flush_expired()
+
+    def _start_receivers(self, count: int) -> None:
+        """More processes on the same port(s) (SO_REUSEPORT): the kernel spreads connections
+        over them, so parallel associations use several cores. They share the archive and
+        the database; each has its own limits; metrics are this process's only."""
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._receivers_stop = context.Event()
+        node = replace(self.config.node, port=self.port, receive_processes=1)
+        tls = replace(self.config.tls, port=self.tls_port) if self.tls_port else self.config.tls
+        config = replace(self.config, node=node, tls=tls, monitoring=replace(self.config.monitoring, enabled=False))
+        for index in range(count):
+            process = context.Process(target=_receiver_main, args=(config, self._receivers_stop, os.getpid()),
+                                      name=f"egfr-node-receiver-{index + 1}", daemon=False)
+            process.start()
+            self.receivers.append(process)
+        log.info("%d more receive processes on port %d", count, self.port)
+
+    def _stop_receivers(self, grace: float) -> None:
+        if not self.receivers:
+            return
+        self._receivers_stop.set()
+        deadline = time.monotonic() + grace + 5
+        for process in self.receivers:
+            process.join(max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(2)
+        self.receivers.clear()
 
     @property
     def port(self) -> int:
@@ -270,15 +408,55 @@ class DicomNode:
         return self.servers[1].server_address[1] if len(self.servers) > 1 else None
 
     def stop(self, grace_seconds: float | None = None) -> None:
-        """Stop listening, then let associations in progress finish (up to ``grace_seconds``,
-        default the network timeout) so a PACS push is not cut at every restart."""
+        """Stop listening, drop connections still negotiating, let associations in progress
+        finish (up to ``grace_seconds``, default the network timeout) so a PACS push is not
+        cut at every restart, then close whatever is left: this returns within the grace
+        plus a few seconds whatever the peers do."""
+        grace = self.config.node.network_timeout_seconds if grace_seconds is None else grace_seconds
+        if self._receivers_stop is not None:
+            self._receivers_stop.set()  # they stop in parallel with this one
         for server in self.servers:
             server.shutdown()
         self.servers.clear()
-        deadline = time.monotonic() + (self.config.node.network_timeout_seconds if grace_seconds is None else grace_seconds)
-        while self.ae.active_associations and time.monotonic() < deadline:
+        self.connections.close(negotiating_only=True)
+        deadline = time.monotonic() + grace
+        while self.connections.counts()["established"] and time.monotonic() < deadline:
             time.sleep(0.05)
-        if self.ae.active_associations:
-            log.warning("stopping with %d associations still open", len(self.ae.active_associations))
+        if self.connections.counts()["established"]:
+            log.warning("stopping with %d associations still open", self.connections.counts()["established"])
+        self.connections.close()
+        deadline = time.monotonic() + 3.0
+        while (any(self.connections.counts().values()) or self.ae.active_associations) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for assoc in self.ae.active_associations:
+            assoc.kill()  # stuck after its socket closed: end its threads without a network exchange
         self.ae.shutdown()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
+        self._stop_receivers(grace)
+        if getattr(self, "_housekeeping_stop", None) is not None:
+            self._housekeeping_stop.set()
+        self.refusals.flush()
         log.info("stopped; %s", self.counters)
+
+
+def _receiver_main(config: Config, stop: Any, parent_pid: int) -> None:
+    """A receive process: the same SCP on the same port until told to stop (or the parent dies)."""
+    import signal
+
+    from dicom_node.runtime import configure_logging, open_runtime
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    configure_logging(config.logging.level)
+    runtime = open_runtime(config, check_schema=False)
+    node = DicomNode(config, runtime.archive, runtime.sessions)
+    node.start()
+    try:
+        while not stop.wait(0.5):
+            if os.getppid() != parent_pid:  # the parent was killed: do not linger on the port
+                break
+    finally:
+        node.stop()
+        runtime.close()

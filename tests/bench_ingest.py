@@ -1,13 +1,17 @@
-"""Benchmark: the node's receive path against DCMTK's storescp, same files, same sender.
+"""Benchmark: the node's receive path against DCMTK's storescp, Orthanc and a pynetdicom SCP
+that stores nothing, on the same files with the same sender, in one run.
 
-    .venv/bin/python tests/bench_ingest.py [--count 300] [--associations 1]
+    .venv/bin/python tests/bench_ingest.py [--count 300] [--repeat 1]
 
-Sends the same MR slices (256x256, 16-bit, about 129 KiB each) with DCMTK storescu to
-(1) DCMTK storescp writing files and (2) egfr-node's SCP (archive with fsync before the
-success status, SQLite record), and, for reference, (3) egfr-node with fsync off and (4) a
-pynetdicom SCP that stores nothing (the ceiling for any pynetdicom receiver). Both DCMTK
-peers run with TCP_NODELAY=1 (../shared/NOTES.md: without it every C-STORE waits ~44 ms).
-Prints instances/s for each, the ratio, and the machine it ran on. Not a test: figures only.
+Sends the same MR slices (256x256, 16-bit, about 129 KiB each) with DCMTK storescu over 1 and
+4 parallel associations to: (1) DCMTK storescp writing files (no fsync); (2) a private
+Orthanc (Debian package, started here on loopback ports; it fsyncs every file by default, the
+like-for-like durable anchor); (3) a pynetdicom SCP whose handler stores nothing (the ceiling
+of any pynetdicom receiver); (4) egfr-node (archive fsynced and SQLite record committed
+before the success status) with 1, 2 and 4 receive processes (``node.receive_processes``,
+SO_REUSEPORT). storescu and the DCMTK-based receivers run with TCP_NODELAY=1
+(../shared/NOTES.md: without it every C-STORE waits ~44 ms). Prints instances/s for each and
+the node's ratio to the store-nothing ceiling. Not a test: figures only.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def bench_pynetdicom_floor(files: list[Path], work: Path, associations: int) -> 
     from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 
     _config.LOG_HANDLER_LEVEL = "none"
+    _config.STORE_RECV_CHUNKED_DATASET = False  # importing dicom_node.scp turned it on: keep datasets in memory
     ae = AE("FLOOR")
     ae.maximum_pdu_size = 262144
     for sop_class in STORAGE_SOP_CLASSES:
@@ -92,17 +97,49 @@ def bench_pynetdicom_floor(files: list[Path], work: Path, associations: int) -> 
         server.shutdown()
 
 
-def bench_node(files: list[Path], work: Path, associations: int, fsync: bool) -> float:
+def bench_orthanc(files: list[Path], work: Path, associations: int) -> float:
+    """A private Orthanc on loopback ports (default SyncStorageArea: every file fsynced)."""
+    import json
+
+    orthanc = shutil.which("Orthanc")
+    if orthanc is None:
+        raise SystemExit("Orthanc not found: apt-get install orthanc")
+    port, http_port = free_port(), free_port()
+    folder = work / f"orthanc-{associations}"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "orthanc.json"
+    config.write_text(json.dumps({
+        "Name": "bench", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
+        "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http_port, "RemoteAccessAllowed": False,
+        "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
+        "Plugins": [], "DicomThreadsCount": 4, "HttpServerEnabled": True,
+    }))
+    proc = subprocess.Popen([orthanc, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        for _ in range(200):
+            if subprocess.run(["echoscu", "-aec", "ORTHANC", "127.0.0.1", str(port)], capture_output=True, env=ENV).returncode == 0:
+                break
+            time.sleep(0.05)
+        return send(port, "ORTHANC", files, associations)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def bench_node(files: list[Path], work: Path, associations: int, fsync: bool = True, processes: int = 1) -> float:
     port = free_port()
-    folder = work / f"node-fsync-{fsync}"
+    folder = work / f"node-fsync-{fsync}-p{processes}-a{associations}"
     config = write_config(folder, port, stable=3600)
     config.write_text(config.read_text() + f"\n[database]\nurl = \"sqlite:///{folder / 'node.sqlite3'}\"\n")
     text = config.read_text().replace("free_space_reserve_mb = 0", f"free_space_reserve_mb = 0\nfsync = {str(fsync).lower()}")
+    text = text.replace("[node]\n", f"[node]\nreceive_processes = {processes}\n", 1)
     config.write_text(text)
     assert cli(config, "db", "upgrade").returncode == 0
     proc = start(config, "scp")
     try:
         wait_until_listening(port, proc)
+        if processes > 1:
+            time.sleep(3 + processes)  # the receive processes start (spawned) and listen
         seconds = send(port, "EGFR_NODE", files, associations)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -111,11 +148,70 @@ def bench_node(files: list[Path], work: Path, associations: int, fsync: bool) ->
     return seconds
 
 
+_STAGES = [  # (function on the association thread's stack, stage), first match wins
+    ("archive.py:_fsync_dir", "archive: fsync of the series folder"),
+    ("archive.py:_sha256", "archive: sha256 of the file"),
+    ("ingest.py:record_instance", "database: record + commit (SQLite, synchronous=FULL)"),
+    ("archive.py:store_file", "archive: fsync + link of the file"),
+    ("dataset_check.py:check_part10_file", "dataset walk (whole? Pixel Data length?)"),
+    ("filereader.py:dcmread", "header read (pydicom, stop before pixels)"),
+    ("received_header.py:read_header", "header read (pydicom, stop before pixels)"),
+    ("scp.py:handle_store", "handler: other"),
+    ("association.py:_run_reactor", "waiting for the next C-STORE (network, DUL, sender)"),
+]
+
+
+def stage_profile(files: list[Path], work: Path) -> None:
+    """Where one association's time goes in the node: the association thread sampled every
+    0.5 ms while storescu sends ``files`` to an in-process SCP (fsync on, SQLite)."""
+    import collections
+    import threading
+    import traceback
+
+    from db.migrate import upgrade
+    from dicom_node.runtime import open_runtime
+    from dicom_node.scp import DicomNode
+    from tests.conftest import make_config
+
+    config = make_config(work / "stages")
+    upgrade(config.database_url)
+    runtime = open_runtime(config)
+    node = DicomNode(config, runtime.archive, runtime.sessions)
+    node.start()
+    counts: collections.Counter[str] = collections.Counter()
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            names = {t.ident: t.name for t in threading.enumerate()}
+            for ident, frame in sys._current_frames().items():
+                if not names.get(ident, "").startswith("AcceptorThread"):
+                    continue
+                functions = [f"{Path(f.filename).name}:{f.name}" for f in traceback.extract_stack(frame)]
+                stage = next((label for name, label in _STAGES if name in functions), "other")
+                counts[stage] += 1
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        seconds = send(node.port, "EGFR_NODE", files, 1)
+    finally:
+        done.set()
+        node.stop()
+        runtime.close()
+    total = sum(counts.values()) or 1
+    per_instance_ms = seconds / len(files) * 1000
+    print(f"stages, 1 association, in-process node: {len(files) / seconds:.1f} instances/s, {per_instance_ms:.1f} ms each")
+    for stage, count in counts.most_common():
+        print(f"  {stage:<56} {count / total * 100:5.1f} %  ~{count / total * per_instance_ms:5.2f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300, help="MR slices to send (default 300)")
-    parser.add_argument("--associations", type=int, default=1, help="parallel storescu associations (default 1)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per receiver; the best is reported")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per receiver; the best is reported")
+    parser.add_argument("--stages", action="store_true", help="only the node's stage-by-stage profile")
     args = parser.parse_args(argv)
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
@@ -126,24 +222,32 @@ def main(argv: list[str] | None = None) -> int:
         files = write_all(mr_series(args.count, rows=256, columns=256), work / "study")
         size = sum(f.stat().st_size for f in files) / len(files) / 1024
         print(f"machine: {describe()}, disk under {work}")
-        print(f"sending {len(files)} MR slices of {size:.0f} KiB with storescu, {args.associations} association(s), TCP_NODELAY=1")
-        results: dict[str, float] = {}
-        runs = [("DCMTK storescp (files, no fsync)", lambda i: bench_storescp(files, work / f"r{i}", args.associations)),
-                ("egfr-node (fsync + SQLite before ack)", lambda i: bench_node(files, work / f"n{i}", args.associations, True)),
-                ("egfr-node (fsync off, reference only)", lambda i: bench_node(files, work / f"m{i}", args.associations, False)),
-                ("pynetdicom, handler stores nothing", lambda i: bench_pynetdicom_floor(files, work, args.associations))]
-        for name, run in runs:
+        print(f"sending {len(files)} MR slices of {size:.0f} KiB with storescu, TCP_NODELAY=1; best of {args.repeat}")
+        if args.stages:
+            stage_profile(files, work)
+            return 0
+        runs: list[tuple[str, int, object]] = []
+        for a in (1, 4):
+            runs += [
+                ("DCMTK storescp (files, no fsync)", a, lambda i, a=a: bench_storescp(files, work / f"s{a}-{i}", a)),
+                ("Orthanc (fsync per file)", a, lambda i, a=a: bench_orthanc(files, work / f"o{i}", a)),
+                ("pynetdicom, handler stores nothing", a, lambda i, a=a: bench_pynetdicom_floor(files, work, a)),
+            ]
+            for p in (1, 2, 4):
+                runs.append((f"egfr-node, {p} receive process(es)", a,
+                             lambda i, a=a, p=p: bench_node(files, work / f"n{i}", a, True, p)))
+        results: dict[tuple[str, int], float] = {}
+        for name, a, run in runs:
             best = float("inf")
             for i in range(args.repeat):
-                (work / f"r{i}").mkdir(exist_ok=True)
-                best = min(best, run(i))
-            results[name] = len(files) / best
-            print(f"  {name:<40} {results[name]:8.1f} instances/s  ({best:.2f} s)")
-        names = list(results)
-        print(f"ratio egfr-node / storescp: {results[names[1]] / results[names[0]]:.2f} (fsync), "
-              f"{results[names[2]] / results[names[0]]:.2f} (no fsync); target >= 0.50 with fsync")
-        print(f"ratio pynetdicom storing nothing / storescp: {results[names[3]] / results[names[0]]:.2f} "
-              f"(the ceiling for any pynetdicom receiver on this machine)")
+                (work / f"s{a}-{i}").mkdir(parents=True, exist_ok=True)
+                best = min(best, run(i))  # type: ignore[operator]
+            results[(name, a)] = len(files) / best
+            print(f"  {a} assoc  {name:<40} {results[(name, a)]:8.1f} instances/s  ({best:.2f} s)", flush=True)
+        for a in (1, 4):
+            floor = results[("pynetdicom, handler stores nothing", a)]
+            ratios = ", ".join(f"{p} proc {results[(f'egfr-node, {p} receive process(es)', a)] / floor:.2f}" for p in (1, 2, 4))
+            print(f"{a} association(s): egfr-node / store-nothing pynetdicom: {ratios}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -1,0 +1,168 @@
+"""Logs a peer cannot forge or flood.
+
+- :func:`peer_text` escapes a peer-supplied string (AE title, UID from a bad dataset, a
+  library's error text) before it goes into a message: control characters, backslash and
+  anything non-ASCII become ``\\xNN`` / ``\\uNNNN``, and it is cut at 80 characters.
+- :class:`SafeFormatter` is the node's log format; it escapes CR/LF in every message (defence
+  in depth for strings nobody escaped) and prefixes each traceback line with ``  | `` so no
+  text inside an exception can start a line that looks like a log record.
+- :class:`LibraryRepeatFilter` caps what the libraries (pynetdicom, pydicom, Python warnings)
+  log from one line of their code: a peer that makes pynetdicom log an invalid AE title a
+  thousand times gets a few lines and a count.
+- :class:`RejectionLog` summarises refusals: the first refusal of a kind from a source is
+  logged, the rest within ``interval_seconds`` are counted and reported on one line when the
+  interval ends, so an unauthenticated flood writes a bounded number of lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+__all__ = ["peer_text", "SafeFormatter", "RejectionLog", "LibraryRepeatFilter", "LOG_FORMAT"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_MAX_PEER_TEXT = 80
+
+
+def peer_text(value: object, limit: int = _MAX_PEER_TEXT) -> str:
+    """``value`` as printable ASCII: what a peer sent, safe to put in one log line."""
+    text = value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
+    out = []
+    for ch in text[: limit + 1]:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    escaped = "".join(out)
+    return escaped[:limit] + ("..." if len(text) > limit else "")
+
+
+class SafeFormatter(logging.Formatter):
+    """The node's log line format with CR/LF escaped in messages and tracebacks fenced."""
+
+    def __init__(self, fmt: str = LOG_FORMAT) -> None:
+        super().__init__(fmt)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = record.message.replace("\r", "\\r").replace("\n", "\\n")
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]  # noqa: N802
+        text = super().formatException(ei).replace("\r", "\\r")
+        return "\n".join("  | " + line for line in text.split("\n"))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return "\n".join("  | " + line for line in stack_info.replace("\r", "\\r").split("\n"))
+
+
+@dataclass
+class _Window:
+    started: float
+    count: int = 0
+
+
+class RejectionLog:
+    """One line per (source, reason) per interval: the first refusal, then a count."""
+
+    def __init__(self, logger: logging.Logger, interval_seconds: float = 60.0, max_keys: int = 4096) -> None:
+        self.logger = logger
+        self.interval = interval_seconds
+        self.max_keys = max_keys
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._lock = threading.Lock()
+        #: Refusals seen, by reason (metrics read this).
+        self.totals: dict[str, int] = {}
+
+    def note(self, source: str, reason: str, detail: str = "") -> None:
+        """A refusal of ``reason`` (a fixed text) from ``source`` (an address); ``detail`` is
+        peer text, escaped here, shown on the first line of the interval only."""
+        now = time.monotonic()
+        key = (source, reason)
+        first = False
+        with self._lock:
+            self.totals[reason] = self.totals.get(reason, 0) + 1
+            expired = self._expired(now)
+            window = self._windows.get(key)
+            if window is None:
+                if len(self._windows) < self.max_keys:
+                    self._windows[key] = _Window(now)
+                first = True
+            else:
+                window.count += 1
+        for (src, why), count, seconds in expired:
+            self._summary(src, why, count, seconds)
+        if first:
+            suffix = f" ({peer_text(detail)})" if detail else ""
+            self.logger.warning("refused %s: %s%s", peer_text(source, 64), reason, suffix)
+
+    def _expired(self, now: float) -> list[tuple[tuple[str, str], int, float]]:
+        out = []
+        for key, window in list(self._windows.items()):
+            if now - window.started >= self.interval:
+                del self._windows[key]
+                if window.count:
+                    out.append((key, window.count, now - window.started))
+        return out
+
+    def _summary(self, source: str, reason: str, count: int, seconds: float) -> None:
+        self.logger.warning("refused %s: %s, %d more times in the last %.0f s",
+                            peer_text(source, 64), reason, count, seconds)
+
+    def flush_expired(self) -> None:
+        """Report the counts of intervals that have ended (the node calls this periodically,
+        so a flood that stops still gets its count line)."""
+        with self._lock:
+            expired = self._expired(time.monotonic())
+        for (src, why), count, seconds in expired:
+            self._summary(src, why, count, seconds)
+
+    def flush(self) -> None:
+        """Report the counts of every open interval now (at stop)."""
+        with self._lock:
+            pending = [(k, w.count, time.monotonic() - w.started) for k, w in self._windows.items() if w.count]
+            self._windows.clear()
+        for (src, why), count, seconds in pending:
+            self._summary(src, why, count, seconds)
+
+
+class LibraryRepeatFilter(logging.Filter):
+    """At most ``burst`` records per library call site per ``interval_seconds``; the next one
+    after a quiet spell says how many were held back."""
+
+    LIBRARIES = ("pynetdicom", "pydicom", "py.warnings")
+
+    def __init__(self, burst: int = 5, interval_seconds: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.interval = interval_seconds
+        self._sites: dict[tuple[str, int], list[float | int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.LIBRARIES):
+            return True
+        now = time.monotonic()
+        key = (record.pathname, record.lineno)
+        with self._lock:
+            site = self._sites.get(key)
+            if site is None or now - site[0] >= self.interval:
+                held = int(site[2]) if site else 0
+                if len(self._sites) > 4096:
+                    self._sites.clear()
+                self._sites[key] = [now, 1, 0]
+                if held:
+                    record.msg = f"{record.msg} [{held} more like this held back in the last {self.interval:.0f} s]"
+                return True
+            site[1] += 1
+            if site[1] <= self.burst:
+                return True
+            site[2] += 1
+            return False
