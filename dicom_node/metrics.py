@@ -15,7 +15,6 @@ nodes in one process (the tests) do not mix their figures. What is counted:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -27,18 +26,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["NodeMetrics", "MetricsServer", "is_loopback"]
+__all__ = ["NodeMetrics", "MetricsServer"]
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class NodeMetrics:
