@@ -110,7 +110,7 @@ class Archive:
             except FileExistsError:  # another association wrote it a moment ago
                 return self._existing(final, digest)
             if self.fsync:
-                _fsync_dir(final.parent)
+                _fsync_path(final.parent)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ArchiveFull(exc.errno, f"archive {self.root}: disk full while writing {relative_path}") from exc
@@ -132,11 +132,7 @@ class Archive:
         try:
             self._make_folders(final.parent)
             if self.fsync:
-                fd = os.open(source, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _fsync_path(source)
             try:
                 os.link(source, final)
             except FileExistsError:  # another association linked it a moment ago
@@ -146,7 +142,7 @@ class Archive:
                     raise
                 return self._copy_into_place(relative_path, source, digest)
             if self.fsync:
-                _fsync_dir(final.parent)
+                _fsync_path(final.parent)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ArchiveFull(exc.errno, f"archive {self.root}: disk full while writing {relative_path}") from exc
@@ -168,7 +164,7 @@ class Archive:
             except FileExistsError:
                 return self._existing(final, digest)
             if self.fsync:
-                _fsync_dir(final.parent)
+                _fsync_path(final.parent)
         finally:
             tmp.unlink(missing_ok=True)
         return StoredFile(digest, written=True, identical=True)
@@ -176,13 +172,9 @@ class Archive:
     def _existing(self, final: Path, digest: str) -> StoredFile:
         """A file already at ``final``: make it durable (its writer may not have yet) and compare."""
         if self.fsync:
-            fd = os.open(final, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            _fsync_dir(final.parent)
-        return StoredFile(digest, written=False, identical=_sha256(final) == digest)
+            _fsync_path(final)
+            _fsync_path(final.parent)
+        return StoredFile(digest, written=False, identical=sha256_of(final) == digest)
 
     def _make_folders(self, folder: Path) -> None:
         """Create the study/series folders; a new folder's entry is made durable in its parent."""
@@ -197,7 +189,7 @@ class Archive:
             except FileExistsError:
                 continue
             if self.fsync:
-                _fsync_dir(path.parent)
+                _fsync_path(path.parent)
 
     def _write(self, tmp: Path, data: bytes) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -243,10 +235,6 @@ def _alive(pid: int) -> bool:
 
 def sha256_of(path: Path) -> str:
     """The sha256 of the file at ``path``, read in 1 MiB chunks."""
-    return _sha256(path)
-
-
-def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -254,8 +242,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder (its entries) by path."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
