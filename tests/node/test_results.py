@@ -282,3 +282,39 @@ class _Exploit:
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (open, (self.path, "w"))
+
+
+def test_a_failing_study_fails_once_with_its_reason_and_a_broken_bundle_stops_after_max_attempts(
+    tmp_path, pacs, phantom_study
+) -> None:
+    node = Node(tmp_path, pacs.port)
+    try:
+        bundle = write_random_bundle(tmp_path / "bundle")
+        node.activate(bundle)
+        study = phantom_study("axial2d", "seg")
+        node.send(study.folder)
+        node.queue_stable()
+        # the mask's file is gone from the archive: the pipeline cannot select, the job fails at once
+        archive = node.config.storage.archive_path / study.study_uid
+        [mask_file] = [p for p in archive.rglob("*.dcm") if dcmread(p, stop_before_pixels=True).Modality == "SEG"]
+        mask_file.unlink()
+        job = node.worker.claim_once()
+        assert job.state == "failed" and job.attempts == 1
+        assert "no" in job.reason and "\n" not in job.reason and study.study_uid in job.reason, job.reason
+        assert node.worker.claim_once() is None  # failed stays failed
+        # a bundle whose weights vanished is not the study's fault: retried, failed after max_attempts
+        with node.runtime.sessions.begin() as s:
+            retry, _ = replay(s, study.study_uid, rerun=True)
+        (bundle / "fold0.pt").unlink()
+        restarted = Worker(node.config, node.runtime.sessions, node.runtime.archive, worker_id="restarted")
+        states = []
+        for _ in range(node.config.worker.max_attempts):
+            states.append(restarted.claim_once().state)
+        assert states == ["queued"] * (node.config.worker.max_attempts - 1) + ["failed"]
+        with node.runtime.sessions() as s:
+            final = get_job(s, retry.id)
+        assert final.attempts == node.config.worker.max_attempts and "fold 0" in final.reason
+        assert restarted.claim_once() is None
+        assert pacs.received == []
+    finally:
+        node.close()
