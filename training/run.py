@@ -18,6 +18,7 @@ with seeds seed+1, ... and reports the spread.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 from collections import Counter
@@ -196,7 +197,14 @@ def train_bundle(
         raise TrainingError(f"{len(labels)} usable studies ({positives} positive) cannot be split into {settings.folds} folds"
                             + (f"; failures: {reasons}" if reasons else ""))
     groups = [e.group or e.patient_id for e in prepared.entries]
-    runs = [run_cv(prepared.inputs, labels, groups, settings, settings.seed + r, progress) for r in range(settings.repeats)]
+    # CPU results depend on the thread count (oneDNN's reduction order): fix it for the run so
+    # the same cohort and seed give the same scores whatever the calling process set before.
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+    try:
+        runs = [run_cv(prepared.inputs, labels, groups, settings, settings.seed + r, progress) for r in range(settings.repeats)]
+    finally:
+        torch.set_num_threads(previous_threads)
     first = runs[0]
     how, threshold = bundle_choice(first, settings)
     report = build_report(cohort, prepared, labels, runs, settings, params, how, threshold, code_version(), started)

@@ -59,6 +59,7 @@ class TrainSettings:
     seed+1, ...; the bundle keeps the first), ``selection`` / ``selection_metric``,
     ``inner_folds`` (nested mode holds out 1/inner_folds of the training patients),
     ``threshold`` (paper mode's decision threshold), ``bootstrap`` resamples for the CIs.
+    ``threads``: CPU threads for the run (0 = all cores); CPU results depend on it.
     """
 
     epochs: int = 40
@@ -94,6 +95,7 @@ class TrainSettings:
     shuffle_labels: bool = False
     device: str = "cpu"
     eval_batch_size: int = 256
+    threads: int = 0
     bootstrap: int = 2000
 
     def __post_init__(self) -> None:
@@ -131,6 +133,7 @@ class TrainSettings:
         _bool("shuffle_labels", self.shuffle_labels)
         _choice("device", self.device, DEVICES)
         _int("eval_batch_size", self.eval_batch_size, 1)
+        _int("threads", self.threads, 0)
         _int("bootstrap", self.bootstrap, 0)
 
     @property
