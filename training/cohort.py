@@ -136,13 +136,14 @@ def read_cohort(csv_path: Path, archive_root: Path | None = None) -> Cohort:
             if study in seen_studies:
                 raise CohortError(f"{path} row {number}: study {study} listed again (first on row {seen_studies[study]})")
             seen_patients[patient], seen_studies[study] = number, number
-            if archive_root is not None:
+            # A folder named in the CSV wins (a study outside the archive); else the archive's.
+            relative = (row.get(cols["folder"]) or "").strip() if "folder" in cols else ""
+            if relative:
+                folder = (path.parent / relative).resolve()
+            elif archive_root is not None:
                 folder = Path(archive_root) / study
             else:
-                relative = (row.get(cols["folder"]) or "").strip()
-                if not relative:
-                    raise CohortError(f"{path} row {number}: empty {cols['folder']!r}")
-                folder = (path.parent / relative).resolve()
+                raise CohortError(f"{path} row {number}: empty {cols['folder']!r}")
             lesion = (row.get(cols["lesion_label"]) or "").strip() or None if "lesion_label" in cols else None
             group = (row.get(cols["group"]) or "").strip() or None if "group" in cols else None
             entries.append(CohortEntry(patient, study, label, folder, lesion, group, number))

@@ -4,6 +4,8 @@ predicts a routed study with it, with no conversion step."""
 
 from __future__ import annotations
 
+import csv
+import shutil
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -28,8 +30,16 @@ def test_import_train_register_activate_then_the_node_predicts(tmp_path: Path) -
 
     imported = cli(config_path, "import", str(cohort), "--quiet")
     assert imported.returncode == 0 and "8 studies" in imported.stdout, imported.stdout + imported.stderr
-    # the cohort CSV names studies by Study Instance UID: train reads them from the archive
-    trained = cli(config_path, "train", "--cohort", str(cohort / "labels.csv"), "--out", str(tmp_path / "bundle"),
+    # the researcher's spreadsheet names studies by Study Instance UID only: train reads them from the archive
+    spreadsheet = tmp_path / "cohort.csv"
+    with open(cohort / "labels.csv", newline="") as source, open(spreadsheet, "w", newline="") as target:
+        rows = list(csv.DictReader(source))
+        writer = csv.writer(target)
+        writer.writerow(["PatientID", "StudyInstanceUID", "EGFR"])
+        writer.writerows([r["patient_id"], r["study_uid"], "mutant" if r["egfr_status"] == "positive" else "wild-type"]
+                         for r in rows)
+    shutil.rmtree(cohort)  # only the archive holds the studies now
+    trained = cli(config_path, "train", "--cohort", str(spreadsheet), "--out", str(tmp_path / "bundle"),
                   "--folds", "2", "--epochs", "1", "--output-size", "32", "--no-bias-correction", "--lr", "1e-3",
                   "--selection", "paper", "--register", "--no-progress", timeout=900)
     assert trained.returncode == 0, trained.stdout + trained.stderr
