@@ -37,8 +37,9 @@ from db.migrate import upgrade
 class Node:
     """SCP + worker of one test, talking to one PACS destination."""
 
-    def __init__(self, tmp: Path, pacs_port: int, *, delivery: DeliverySection | None = None) -> None:
-        config = make_config(tmp / "data")
+    def __init__(self, tmp: Path, pacs_port: int, *, delivery: DeliverySection | None = None,
+                 database_url: str = "") -> None:
+        config = make_config(tmp / "data", database_url)
         self.config: Config = replace(
             config,
             destinations=(Destination("pacs", "PACS", "127.0.0.1", pacs_port),),
@@ -316,5 +317,36 @@ def test_a_failing_study_fails_once_with_its_reason_and_a_broken_bundle_stops_af
         assert final.attempts == node.config.worker.max_attempts and "fold 0" in final.reason
         assert restarted.claim_once() is None
         assert pacs.received == []
+    finally:
+        node.close()
+
+
+def test_two_workers_on_postgresql_run_each_job_once(tmp_path, pacs, bundle_a, phantom_study, pg_url) -> None:
+    node = Node(tmp_path, pacs.port, database_url=pg_url)
+    try:
+        node.activate(bundle_a)
+        studies = [phantom_study("axial2d", "seg", patient_index=i, seed=20 + i) for i in range(3)]
+        for study in studies:
+            node.send(study.folder)
+        assert len(node.worker.scan_once(now=utcnow() + timedelta(seconds=10))) == 3
+        workers = [Worker(node.config, node.runtime.sessions, node.runtime.archive, worker_id=f"w{i}") for i in range(2)]
+        ran: dict[str, list[int]] = {w.worker_id: [] for w in workers}
+
+        def drain(worker: Worker) -> None:
+            while (job := worker.claim_once()) is not None:
+                ran[worker.worker_id].append(job.id)
+
+        threads = [threading.Thread(target=drain, args=(w,)) for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        claimed = sorted(ran["w0"] + ran["w1"])
+        assert len(claimed) == 3 and len(set(claimed)) == 3, ran
+        with node.runtime.sessions() as s:
+            jobs = s.scalars(select(Job)).all()
+            assert {(j.state.value, j.attempts) for j in jobs} == {("done", 1)}
+        srs = pacs.of_class(Comprehensive3DSRStorage)
+        assert sorted(str(sr.StudyInstanceUID) for sr in srs) == sorted(s.study_uid for s in studies)
     finally:
         node.close()
