@@ -98,6 +98,17 @@ def register_bundle(bundle: Path, database_url: str, name: str, version: str, de
 
 def main(argv: list[str] | None = None, *, archive_root: Path | None = None, database_url: str | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from training import distributed
+
+    distributed.init_from_env(args.device or "cpu")  # under torchrun: join the process group
+    try:
+        return _train(args, archive_root, database_url)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, archive_root: Path | None, database_url: str | None) -> int:
+    from training import distributed
     from training.cohort import CohortError
     from training.run import TrainingError, train_bundle
 
@@ -125,6 +136,8 @@ def main(argv: list[str] | None = None, *, archive_root: Path | None = None, dat
     except (CohortError, TrainingError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if not distributed.is_main():
+        return 0  # rank 0 reports, writes and registers
     h = outcome.report["headline"]
     d = outcome.report["data"]
     print(f"bundle {outcome.bundle}: {d['patients_used']} patients ({d['positive']} positive), "

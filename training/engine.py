@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from pipeline.aggregate import SLICE_AGGREGATIONS, aggregate_slices
 from pipeline.model import EGFRNet, build_resnet50, load_imagenet_body
+from training import distributed
 from training.augment import augment_batch, mixup_batch
 from training.losses import loss_fn
 from training.settings import TrainSettings
@@ -156,7 +157,7 @@ def train_one_epoch(
     criterion = loss_fn(settings.loss)
     total, count = torch.zeros((), device=x.device), 0
     for batch in epoch_batches(y.cpu(), settings, generator):
-        batch = batch.to(x.device)
+        batch = distributed.shard(batch).to(x.device)  # all of it, or this rank's share under torchrun
         xb = augment_batch(x[batch], settings, device_generator)
         yb = torch.nn.functional.one_hot(y[batch], 2).to(xb.dtype)
         if settings.mixup:
@@ -242,14 +243,16 @@ def train_fold(
     keep the best epoch (paper mode: ``select_index`` is the test fold itself; nested mode:
     an inner split of the training patients). ``inputs [N, S, C, H, W]`` on ``device``."""
     start = time.perf_counter()
-    model = build_model(settings, seed).to(device)
+    network = build_model(settings, seed).to(device)
+    model = distributed.wrap(network)  # DDP under torchrun; the network itself otherwise
     s = inputs.shape[1]
     x_fit = inputs[torch.as_tensor(fit_index, device=device)].reshape(-1, *inputs.shape[2:])
     y_fit = torch.as_tensor(np.repeat(labels[fit_index], s), device=device)
     x_select = inputs[torch.as_tensor(select_index, device=device)]
     generator = torch.Generator().manual_seed(seed)
-    device_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    optimizer = make_optimizer(model, settings)
+    # each rank augments its own share of the batch differently (rank 0 alone: seed + 1)
+    device_generator = torch.Generator(device=device).manual_seed(seed + 1 + 7919 * distributed.rank())
+    optimizer = make_optimizer(network, settings)
     scheduler = make_scheduler(optimizer, settings, steps_per_epoch(x_fit.shape[0], settings.batch_size))
     best_value, best_epoch, best_state = -float("inf"), 0, None
     history: list[dict[str, float]] = []
@@ -259,21 +262,21 @@ def train_fold(
         loss = train_one_epoch(model, optimizer, scheduler, x_fit, y_fit, settings, generator, device_generator)
         value = 0.0
         if settings.selection_metric != "last" or epoch == settings.epochs:
-            scores = patient_scores(model, x_select, settings.eval_batch_size)
+            scores = patient_scores(network, x_select, settings.eval_batch_size)
             value = _selection_value(settings.selection_metric, labels[select_index], scores)
         history.append({"epoch": epoch, "loss": round(loss, 6), settings.selection_metric: round(value, 6)})
         bar.set_postfix(loss=f"{loss:.3f}", **{settings.selection_metric[:3]: f"{value:.3f}"})
         if value > best_value or (settings.selection_metric == "last" and epoch == settings.epochs):
             best_value, best_epoch = value, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
     bar.close()
     assert best_state is not None
-    model.load_state_dict(best_state)
-    test_scores = patient_scores(model, inputs[torch.as_tensor(test_index, device=device)], settings.eval_batch_size)
+    network.load_state_dict(best_state)
+    test_scores = patient_scores(network, inputs[torch.as_tensor(test_index, device=device)], settings.eval_batch_size)
     selection: dict[str, Any] = {"epoch": best_epoch, "metric": settings.selection_metric, "value": best_value,
                                  "patients": int(len(select_index))}
     if settings.selection == "nested":
-        select_scores = patient_scores(model, x_select, settings.eval_batch_size)
+        select_scores = patient_scores(network, x_select, settings.eval_batch_size)
         how, threshold, aucs = choose_aggregation_and_threshold(labels[select_index], select_scores)
         selection["inner_auc"] = {k: (None if np.isnan(v) else round(v, 6)) for k, v in aucs.items()}
     else:

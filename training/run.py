@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from pipeline.aggregate import SLICE_AGGREGATIONS, aggregate_slices
 from pipeline.bundle import FoldFile, Manifest, new_device_uid
 from pipeline.params import PreprocessParams
+from training import distributed
 from training.cache import PreparedCohort, prepare_cohort
 from training.cohort import read_cohort
 from training.engine import FoldResult, resolve_device, train_fold
@@ -153,7 +154,7 @@ def code_version() -> str:
 @dataclass
 class TrainOutcome:
     bundle: Path
-    manifest: Manifest
+    manifest: Manifest | None  # None on the ranks other than 0 under torchrun (they write nothing)
     report: dict[str, Any]
     runs: list[CVRun]
     prepared: PreparedCohort
@@ -185,9 +186,13 @@ def train_bundle(
         raise TrainingError(f"{out_dir} already exists; choose a new folder for the bundle")
     cohort = read_cohort(Path(cohort_csv), archive_root)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.absolute().parent / ".egfr-train-cache"
-    bar = tqdm(total=len(cohort), desc="preprocess", unit="study", disable=not progress)
+    if not distributed.is_main():
+        distributed.barrier()  # under torchrun rank 0 preprocesses; the others read its cache
+    bar = tqdm(total=len(cohort), desc="preprocess", unit="study", disable=not (progress and distributed.is_main()))
     prepared = prepare_cohort(cohort, params, cache_dir, progress=lambda done, total: bar.update(1))
     bar.close()
+    if distributed.is_main():
+        distributed.barrier()
     labels = prepared.labels.copy()
     if settings.shuffle_labels:
         labels = np.random.default_rng([settings.seed, 0x5EED]).permutation(labels)
@@ -200,7 +205,7 @@ def train_bundle(
     # CPU results depend on the thread count (oneDNN's reduction order): fix it for the run so
     # the same cohort and seed give the same scores whatever the calling process set before.
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+    torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // distributed.world_size()))
     try:
         runs = [run_cv(prepared.inputs, labels, groups, settings, settings.seed + r, progress) for r in range(settings.repeats)]
     finally:
@@ -208,6 +213,7 @@ def train_bundle(
     first = runs[0]
     how, threshold = bundle_choice(first, settings)
     report = build_report(cohort, prepared, labels, runs, settings, params, how, threshold, code_version(), started)
+    report["training_summary"]["processes"] = distributed.world_size()  # > 1: data-parallel under torchrun
     normalization = "imagenet" if settings.pretrained else "none"
     version = version or started.strftime("%Y%m%d%H%M%S")
 
@@ -227,6 +233,8 @@ def train_bundle(
             training=report["training_summary"],
         )
 
+    if not distributed.is_main():  # under torchrun only rank 0 writes the bundle (same weights on every rank)
+        return TrainOutcome(out_dir, None, report, runs, prepared)
     manifest = write_bundle(out_dir, [r.state_dict for r in first.results], make_manifest,
                             lambda folder: write_report_files(folder, report, runs, prepared))
     return TrainOutcome(out_dir, manifest, report, runs, prepared)
