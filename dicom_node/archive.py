@@ -94,35 +94,29 @@ class Archive:
 
         An existing file is never replaced (``written=False``; ``identical`` says whether it
         holds the same bytes); it is fsynced before this returns, since the caller may
-        acknowledge it.
+        acknowledge it. The bytes go to a temporary file under ``.incoming`` (fsynced), which
+        :meth:`store_file` links into place.
         """
-        digest = hashlib.sha256(data).hexdigest()
         final = self.root / relative_path
         if final.exists():
-            return self._existing(final, digest)
+            return self._existing(final, hashlib.sha256(data).hexdigest())
         self.check_free_space(len(data))
         tmp = self.incoming / f"{self._tmp_prefix}{uuid.uuid4().hex}{TMP_SUFFIX}"
         try:
-            self._make_folders(final.parent)
-            self._write(tmp, data)
             try:
-                os.link(tmp, final)
-            except FileExistsError:  # another association wrote it a moment ago
-                return self._existing(final, digest)
-            if self.fsync:
-                _fsync_path(final.parent)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ArchiveFull(exc.errno, f"archive {self.root}: disk full while writing {relative_path}") from exc
-            raise
+                self._write(tmp, data)
+            except OSError as exc:
+                self._raise_if_full(exc, relative_path)
+                raise
+            return self.store_file(relative_path, tmp, synced=True)
         finally:
             tmp.unlink(missing_ok=True)
-        return StoredFile(digest, written=True, identical=True)
 
-    def store_file(self, relative_path: str, source: Path) -> StoredFile:
+    def store_file(self, relative_path: str, source: Path, *, synced: bool = False) -> StoredFile:
         """As :meth:`store`, for a whole file already written (the SCP's spool under
-        ``.incoming``): fsynced and hard-linked into place, not copied, so memory does not
-        grow with its size. ``source`` stays where it is; the caller removes it.
+        ``.incoming``): fsynced (unless ``synced``) and hard-linked into place, not copied,
+        so memory does not grow with its size. ``source`` stays where it is; the caller
+        removes it.
         """
         digest = sha256_of(source)
         final = self.root / relative_path
@@ -131,7 +125,7 @@ class Archive:
         self.check_free_space(0)  # its bytes are on the disk already
         try:
             self._make_folders(final.parent)
-            if self.fsync:
+            if self.fsync and not synced:
                 _fsync_path(source)
             try:
                 os.link(source, final)
@@ -144,10 +138,14 @@ class Archive:
             if self.fsync:
                 _fsync_path(final.parent)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ArchiveFull(exc.errno, f"archive {self.root}: disk full while writing {relative_path}") from exc
+            self._raise_if_full(exc, relative_path)
             raise
         return StoredFile(digest, written=True, identical=True)
+
+    def _raise_if_full(self, exc: OSError, relative_path: str) -> None:
+        """ENOSPC/EDQUOT become ArchiveFull (the SCP answers 0xA700)."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, ArchiveFull):
+            raise ArchiveFull(exc.errno, f"archive {self.root}: disk full while writing {relative_path}") from exc
 
     def _copy_into_place(self, relative_path: str, source: Path, digest: str) -> StoredFile:
         """``source`` on another file system: copied in chunks to ``.incoming``, then linked."""

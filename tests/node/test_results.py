@@ -55,7 +55,9 @@ class Node:
         files = sorted(str(p) for p in folder.rglob("*.dcm"))
         assert set(store(self.scp.port, files)) == {0}
 
-    def queue_stable(self) -> None:
+    def arrive(self, folder: Path) -> None:
+        """PACS sends the study; its quiet time passes and its job is queued."""
+        self.send(folder)
         queued = self.worker.scan_once(now=utcnow() + timedelta(seconds=10))
         assert [j.state for j in queued] == ["queued"]
 
@@ -96,8 +98,7 @@ def test_study_in_one_sr_out_readable_and_sent_back_triggers_nothing(tmp_path, p
     node = Node(tmp_path, pacs.port)
     try:
         node.activate(bundle_a)
-        node.send(phantom_study("axial2d", "seg").folder)
-        node.queue_stable()
+        node.arrive(phantom_study("axial2d", "seg").folder)
         job = node.worker.claim_once()
         assert job.state == "done", job.reason
         [sr] = pacs.of_class(Comprehensive3DSRStorage)
@@ -134,8 +135,7 @@ def test_rtstruct_lesion_becomes_a_seg_the_sr_references_with_dcmtk_as_pacs(tmp_
     node = Node(tmp_path, peer.port)
     try:
         node.activate(bundle_a)
-        node.send(phantom_study("axial2d", "rtstruct").folder)
-        node.queue_stable()
+        node.arrive(phantom_study("axial2d", "rtstruct").folder)
         job = node.worker.claim_once()
         assert job.state == "done", job.reason
         received = {str(ds.SOPClassUID): ds for ds in peer.datasets()}
@@ -158,8 +158,7 @@ def test_destination_down_is_retried_with_growing_intervals_then_delivered_once(
     pacs = None
     try:
         node.activate(bundle_a)
-        node.send(phantom_study("axial2d", "seg").folder)
-        node.queue_stable()
+        node.arrive(phantom_study("axial2d", "seg").folder)
         job = node.worker.claim_once()  # the first try fails inside claim_once
         sr_uid = job.result["instances"]["sr"]
         tries: list[tuple[int, float]] = []
@@ -190,8 +189,7 @@ def test_destination_down_is_retried_with_growing_intervals_then_delivered_once(
 def test_no_active_model_keeps_jobs_queued_with_the_reason(tmp_path, pacs, phantom_study) -> None:
     node = Node(tmp_path, pacs.port)
     try:
-        node.send(phantom_study("axial2d", "seg").folder)
-        node.queue_stable()
+        node.arrive(phantom_study("axial2d", "seg").folder)
         assert node.worker.claim_once() is None
         with node.runtime.sessions() as s:
             [job] = s.scalars(select(Job)).all()
@@ -207,8 +205,7 @@ def test_bundle_swapped_while_a_job_runs_then_replay_resends_and_rerun_uses_the_
     node = Node(tmp_path, pacs.port)
     try:
         a = node.activate(bundle_a)
-        node.send(phantom_study("axial2d", "seg").folder)
-        node.queue_stable()
+        node.arrive(phantom_study("axial2d", "seg").folder)
         finished: list = []
         runner = threading.Thread(target=lambda: finished.append(node.worker.claim_once()))
         runner.start()
@@ -293,8 +290,7 @@ def test_a_failing_study_fails_once_with_its_reason_and_a_broken_bundle_stops_af
         bundle = write_random_bundle(tmp_path / "bundle")
         node.activate(bundle)
         study = phantom_study("axial2d", "seg")
-        node.send(study.folder)
-        node.queue_stable()
+        node.arrive(study.folder)
         # the mask's file is gone from the archive: the pipeline cannot select, the job fails at once
         archive = node.config.storage.archive_path / study.study_uid
         [mask_file] = [p for p in archive.rglob("*.dcm") if dcmread(p, stop_before_pixels=True).Modality == "SEG"]
