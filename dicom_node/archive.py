@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Archive", "ArchiveFull", "StoredFile", "InvalidUID", "check_uid", "sha256_of", "INCOMING"]
+__all__ = ["Archive", "ArchiveFull", "StoredFile", "InvalidUID", "check_uid", "sha256_of", "INCOMING", "process_alive"]
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class Archive:
         for tmp in self.incoming.glob(f"*{TMP_SUFFIX}"):
             owner_host, _, rest = tmp.name.rpartition("-")[0].rpartition("-")
             pid = int(rest) if rest.isdigit() else -1
-            dead = owner_host == host and pid > 0 and not _alive(pid)
+            dead = owner_host == host and pid > 0 and not process_alive(pid)
             try:
                 old = now - tmp.stat().st_mtime > STALE_SECONDS
             except FileNotFoundError:
@@ -221,7 +221,8 @@ class Archive:
         return count
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

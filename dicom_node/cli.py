@@ -101,11 +101,14 @@ def _run_until_stopped(start: Callable[[], None], stop: Callable[[], None]) -> i
 
 
 def _serve(args: argparse.Namespace, with_scp: bool, with_worker: bool) -> int:
-    from dicom_node.runtime import configure_logging, open_runtime
+    from dicom_node.runtime import configure_logging, open_runtime, share_metrics_between_processes
+
+    config = _load(args)
+    if with_scp:
+        share_metrics_between_processes(config)  # before prometheus_client is imported
     from dicom_node.scp import DicomNode
     from dicom_node.worker import Worker
 
-    config = _load(args)
     configure_logging(config.logging.level)
     runtime = open_runtime(config)
     node = DicomNode(config, runtime.archive, runtime.sessions) if with_scp else None

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 __all__ = ["peer_text", "SafeFormatter", "RejectionLog", "LibraryRepeatFilter", "LOG_FORMAT"]
 
@@ -78,8 +79,10 @@ class RejectionLog:
         self.max_keys = max_keys
         self._windows: dict[tuple[str, str], _Window] = {}
         self._lock = threading.Lock()
-        #: Refusals seen, by reason (metrics read this).
+        #: Refusals seen, by reason.
         self.totals: dict[str, int] = {}
+        #: Called with the reason of every refusal (the node's metrics count them).
+        self.on_refusal: Callable[[str], None] | None = None
 
     def note(self, source: str, reason: str, detail: str = "") -> None:
         """A refusal of ``reason`` (a fixed text) from ``source`` (an address); ``detail`` is
@@ -97,6 +100,8 @@ class RejectionLog:
                 first = True
             else:
                 window.count += 1
+        if self.on_refusal is not None:
+            self.on_refusal(reason)
         for (src, why), count, seconds in expired:
             self._summary(src, why, count, seconds)
         if first:

@@ -2,13 +2,21 @@
 
 Served on ``[monitoring] host:port`` (loopback by default; another address only with
 ``allow_non_loopback = true``) by the SCP process. Each node has its own registry, so two
-nodes in one process (the tests) do not mix their figures. What is counted:
+nodes in one process (the tests) do not mix their figures. With several receive processes
+(``node.receive_processes``) the counters and the association gauges are shared through
+prometheus_client's multiprocess mode (``dicom_node.runtime.share_metrics_between_processes``, set up by the
+``egfr-node scp|serve`` command before prometheus_client is imported): the page sums every
+receive process. What is counted:
 
 - associations open and negotiating (gauges), associations accepted / rejected, and every
   refusal by reason (from the node's refusal log);
 - C-STORE outcomes by status code, bytes stored;
 - archive free space and its reserve;
-- jobs by state and deliveries by state (read from the database at scrape time).
+- jobs by state and deliveries by state (read from the database at scrape time);
+- job stage durations (select/preprocess/infer/report, and the preprocessing steps) and
+  the wait from queued to started, as histograms of the jobs finished since this process
+  started: read from the finished jobs' records at scrape time, since the worker may run
+  in another process or on another machine.
 
 ``/healthz`` answers 200 when the listeners are up and the database answers, else 503.
 """
@@ -16,34 +24,55 @@ nodes in one process (the tests) do not mix their figures. What is counted:
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from datetime import datetime, timedelta
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["NodeMetrics", "MetricsServer"]
+from dicom_node.runtime import SHARED_METRICS_ENV as SHARED_DIR_ENV
+
+__all__ = ["NodeMetrics", "MetricsServer", "JobTimes", "forget_process"]
 
 log = logging.getLogger(__name__)
 
 
 class NodeMetrics:
-    """The node's figures; the SCP calls :meth:`stored`, the rest is read at scrape time."""
+    """The node's figures; the SCP calls :meth:`stored` and :meth:`association`, the refusal
+    log :meth:`refusal`; the rest is read at scrape time (or, in a receive process, every
+    second by :meth:`refresh_gauges`)."""
 
     def __init__(self, node: Any) -> None:
         self.node = node
-        self.registry = CollectorRegistry(auto_describe=True)
+        shared = os.environ.get(SHARED_DIR_ENV)
+        # In multiprocess mode each process's values go to its files, and the page is made
+        # from all of them; the metric objects then live in a registry that is not served.
+        own = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=True) if shared else own
+        if shared:
+            multiprocess.MultiProcessCollector(self.registry, path=shared)
         self.instances = Counter("egfr_node_instances", "C-STORE requests answered, by status",
-                                 ["status"], registry=self.registry)
+                                 ["status"], registry=own)
         self.bytes = Counter("egfr_node_received_bytes", "Bytes of instances archived (Part-10 files)",
-                             registry=self.registry)
+                             registry=own)
         self.associations = Counter("egfr_node_associations", "Associations by outcome",
-                                    ["outcome"], registry=self.registry)
+                                    ["outcome"], registry=own)
+        self.refusals = Counter("egfr_node_refusals", "Refusals (connections, associations, PDUs, datasets) by reason",
+                                ["reason"], registry=own)
+        self.open = Gauge("egfr_node_associations_open", "Associations established now", registry=own,
+                          multiprocess_mode="livesum")
+        self.negotiating = Gauge("egfr_node_connections_negotiating", "Connections without an association yet",
+                                 registry=own, multiprocess_mode="livesum")
         self.registry.register(_LiveCollector(node))
+        self.job_times = JobTimes(node.sessions, own)
 
     def stored(self, status: int, size_bytes: int) -> None:
         self.instances.labels(status=f"0x{status:04X}").inc()
@@ -53,8 +82,72 @@ class NodeMetrics:
     def association(self, outcome: str) -> None:
         self.associations.labels(outcome=outcome).inc()
 
+    def refusal(self, reason: str) -> None:
+        self.refusals.labels(reason=reason).inc()
+
+    def refresh_gauges(self) -> None:
+        counts = self.node.connections.counts()
+        self.open.set(counts["established"])
+        self.negotiating.set(counts["negotiating"])
+
     def exposition(self) -> bytes:
+        self.refresh_gauges()
+        self.job_times.refresh()
         return generate_latest(self.registry)
+
+
+class JobTimes:
+    """Histograms of job stage durations, fed from the records of jobs finished since this
+    process started (``result["timings_s"]``, ``queued_at``/``started_at``), each job once.
+
+    Workers write ``finished_at`` from their own clocks and commit a moment later, so each
+    read looks back ``LOOKBACK`` before the latest finish it has seen and skips jobs it has
+    already counted.
+    """
+
+    LOOKBACK = timedelta(minutes=10)
+    BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+    def __init__(self, sessions: sessionmaker[Session], registry: CollectorRegistry,
+                 since: datetime | None = None) -> None:
+        from db.models import utcnow
+
+        self.sessions = sessions
+        self.stage = Histogram("egfr_node_job_stage_seconds", "Job stage durations (jobs finished since start)",
+                               ["stage"], buckets=self.BUCKETS, registry=registry)
+        self.wait = Histogram("egfr_node_job_wait_seconds", "Seconds from queued to started (jobs finished since start)",
+                              buckets=self.BUCKETS, registry=registry)
+        self._since = since or utcnow()
+        self._latest = self._since
+        self._counted: dict[int, datetime] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        from db.models import Job, JobState
+
+        with self._lock:
+            low = max(self._since, self._latest - self.LOOKBACK)
+            try:
+                with self.sessions() as session:
+                    rows = session.execute(
+                        select(Job.id, Job.finished_at, Job.queued_at, Job.started_at, Job.result)
+                        .where(Job.state == JobState.DONE, Job.finished_at >= low)
+                    ).all()
+            except Exception as exc:  # the database may be down: the scrape still answers
+                log.debug("metrics: job times not read: %s", type(exc).__name__)
+                return
+            for job_id, finished, queued, started, result in rows:
+                if job_id in self._counted:
+                    continue
+                self._counted[job_id] = finished
+                self._latest = max(self._latest, finished)
+                for stage, seconds in ((result or {}).get("timings_s") or {}).items():
+                    if isinstance(seconds, (int, float)) and seconds >= 0:
+                        self.stage.labels(stage=str(stage)[:64]).observe(float(seconds))
+                if queued is not None and started is not None and started >= queued:
+                    self.wait.observe((started - queued).total_seconds())
+            low = max(self._since, self._latest - self.LOOKBACK)
+            self._counted = {k: v for k, v in self._counted.items() if v >= low}
 
 
 class _LiveCollector:
@@ -68,17 +161,7 @@ class _LiveCollector:
 
     def collect(self) -> Iterator[Any]:
         node = self.node
-        counts = node.connections.counts()
-        yield _gauge("egfr_node_associations_open", "Associations established now", counts["established"])
-        yield _gauge("egfr_node_connections_negotiating", "Connections without an association yet", counts["negotiating"])
-        refused = CounterMetricFamily("egfr_node_refusals", "Refusals (connections, associations, PDUs, datasets) by reason",
-                                      labels=["reason"])
-        for reason, count in sorted(node.refusals.totals.items()):
-            refused.add_metric([reason], count)
-        yield refused
         try:
-            import shutil
-
             free = shutil.disk_usage(node.archive.root).free
             yield _gauge("egfr_node_archive_free_bytes", "Free space on the archive's file system", free)
         except OSError:
@@ -156,3 +239,10 @@ def database_answers(sessions: sessionmaker[Session]) -> bool:
         return True
     except Exception:
         return False
+
+
+def forget_process(pid: int) -> None:
+    """A receive process ended: its gauges no longer count (its counters do)."""
+    shared = os.environ.get(SHARED_DIR_ENV)
+    if shared:
+        multiprocess.mark_process_dead(pid, shared)

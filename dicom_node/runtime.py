@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 from pathlib import Path
@@ -13,11 +16,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import current_revision, head_revision
-from dicom_node.archive import Archive
+from dicom_node.archive import Archive, process_alive
 from dicom_node.config import Config
 from dicom_node.log_safety import LibraryRepeatFilter, SafeFormatter
 
-__all__ = ["Runtime", "open_runtime", "SchemaOutOfDate", "configure_logging"]
+__all__ = ["Runtime", "open_runtime", "SchemaOutOfDate", "configure_logging", "share_metrics_between_processes",
+           "SHARED_METRICS_ENV"]
+
+#: prometheus_client reads this when it is imported: a folder of per-process value files.
+SHARED_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -75,3 +82,20 @@ def configure_logging(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def share_metrics_between_processes(config: Config) -> None:
+    """With several receive processes, count in prometheus_client's multiprocess mode, in
+    ``<data_dir>/.metrics/<pid>`` (emptied): called before prometheus_client is imported, by
+    the process that starts the receive processes (they inherit the setting)."""
+    if config.node.receive_processes <= 1 or not config.monitoring.enabled or os.environ.get(SHARED_METRICS_ENV):
+        return
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")
+    shared = config.storage.data_path / ".metrics"
+    for old in shared.glob("*"):  # left by nodes that ended (their pid names the folder)
+        if not old.name.isdigit() or not process_alive(int(old.name)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = shared / str(os.getpid())
+    folder.mkdir(parents=True)
+    os.environ[SHARED_METRICS_ENV] = str(folder)

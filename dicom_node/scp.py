@@ -36,7 +36,7 @@ from dicom_node.config import Config
 from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
 from dicom_node.intake import store_instance
 from dicom_node.log_safety import RejectionLog, peer_text
-from dicom_node.metrics import MetricsServer, NodeMetrics, database_answers
+from dicom_node.metrics import MetricsServer, NodeMetrics, database_answers, forget_process
 from dicom_node.received_header import NonConformant, ReceivedHeader, SOPClassMismatch, read_header
 from dicom_node.transport import (
     ConnectionTable,
@@ -267,8 +267,11 @@ def _log_rejected(event: evt.Event, refusals: RejectionLog, metrics: NodeMetrics
 class DicomNode:
     """The node's Application Entity: a plain listener and, when configured, a TLS one."""
 
-    def __init__(self, config: Config, archive: Archive, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, config: Config, archive: Archive, sessions: sessionmaker[Session], *,
+                 receiver: bool = False) -> None:
         self.config = config
+        #: A receive process started by another node process: it shares that one's port.
+        self.receiver = receiver
         self.archive = archive
         self.sessions = sessions
         self.counters = StoreCounters()
@@ -277,6 +280,7 @@ class DicomNode:
         self.connections = ConnectionTable(self.limits, self.refusals)
         self.servers: list[NodeAssociationServer] = []
         self.metrics = NodeMetrics(self)
+        self.refusals.on_refusal = self.metrics.refusal
         self.metrics_server: MetricsServer | None = None
         self.receivers: list[Any] = []
         self._receivers_stop: Any = None
@@ -295,7 +299,7 @@ class DicomNode:
             max_negotiating=node.max_negotiating,
             max_instance_bytes=node.max_instance_size_mb * 2**20,
             spool_dir=self.archive.incoming,
-            reuse_port=node.receive_processes > 1,
+            reuse_port=node.receive_processes > 1 or self.receiver,
         )
 
     def _make_ae(self) -> AE:
@@ -366,13 +370,15 @@ class DicomNode:
                             ssl_context=ssl_context, evt_handlers=self._handlers())
 
     def _housekeeping(self) -> None:
-        while not self._housekeeping_stop.wait(5.0):
+        while not self._housekeeping_stop.wait(1.0):
             self.refusals.flush_expired()
+            self.metrics.refresh_gauges()  # a receive process's gauges reach the shared page
 
     def _start_receivers(self, count: int) -> None:
         """More processes on the same port(s) (SO_REUSEPORT): the kernel spreads connections
         over them, so parallel associations use several cores. They share the archive and
-        the database; each has its own limits; metrics are this process's only."""
+        the database; each has its own limits; their metrics are summed on this process's
+        page (``dicom_node.runtime.share_metrics_between_processes``)."""
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
@@ -397,6 +403,8 @@ class DicomNode:
             if process.is_alive():
                 process.kill()
                 process.join(2)
+            if process.pid is not None:
+                forget_process(process.pid)
         self.receivers.clear()
 
     @property
@@ -451,7 +459,7 @@ def _receiver_main(config: Config, stop: Any, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(config.logging.level)
     runtime = open_runtime(config, check_schema=False)
-    node = DicomNode(config, runtime.archive, runtime.sessions)
+    node = DicomNode(config, runtime.archive, runtime.sessions, receiver=True)
     node.start()
     try:
         while not stop.wait(0.5):

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -47,13 +48,13 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 class NodeProcess:
-    def __init__(self, folder: Path, extra: str = "") -> None:
+    def __init__(self, folder: Path, extra: str = "", sections: str = "") -> None:
         self.port = free_port()
         self.config = write_config(folder, self.port)
         text = self.config.read_text().replace(
             "[node]\n",
             f"[node]\nacse_timeout_seconds = {ACSE_TIMEOUT}\nnetwork_timeout_seconds = {NETWORK_TIMEOUT}\n{extra}", 1)
-        self.config.write_text(text)
+        self.config.write_text(text + sections)
         assert cli(self.config, "db", "upgrade").returncode == 0
         self.log_path = folder / "node.log"
         self.log_file = self.log_path.open("w")
@@ -471,16 +472,23 @@ def test_peer_strings_cannot_forge_log_lines_and_a_flood_is_summarised(tmp_path:
 
 
 def test_receive_processes_share_the_port_and_stop_together(tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path / "node", extra="receive_processes = 2\n")
+    """The kernel spreads associations over the processes; /metrics sums them all."""
+    metrics_port = free_port()
+    node = NodeProcess(tmp_path / "node", extra="receive_processes = 2\n",
+                       sections=f"[monitoring]\nenabled = true\nport = {metrics_port}\n")
     try:
         children = lambda: [int(p) for p in Path(f"/proc/{node.pid}/task/{node.pid}/children").read_text().split()]  # noqa: E731
         assert wait_for(lambda: len(children()) >= 1, 10)
         time.sleep(4)  # the receive process imports and listens
         files = write_all(mr_series(40, rows=64, columns=64), tmp_path / "series")
-        procs = [subprocess.Popen(["storescu", "-aec", "EGFR_NODE", "127.0.0.1", str(node.port), *map(str, files[i::4])],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=DCMTK_ENV) for i in range(4)]
+        procs = [subprocess.Popen(["storescu", "-aec", "EGFR_NODE", "127.0.0.1", str(node.port), *map(str, files[i::8])],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=DCMTK_ENV) for i in range(8)]
         assert all(p.wait(60) == 0 for p in procs)
         assert len(node.archived()) == 40
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as rsp:
+            page = rsp.read().decode()
+        assert 'egfr_node_instances_total{status="0x0000"} 40.0' in page, page  # 8 associations, both processes
+        assert node.log().count("listening as EGFR_NODE") == 2 and "Error" not in node.log(), node.log()
         receivers = children()
         seconds = node.stop()
         assert node.process.returncode == 0 and seconds < NETWORK_TIMEOUT + 5

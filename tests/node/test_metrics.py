@@ -78,3 +78,40 @@ def test_metrics_off_loopback_only_when_configured(tmp_path) -> None:
         load_config(path)
     path.write_text('[monitoring]\nenabled = true\nhost = "0.0.0.0"\nallow_non_loopback = true\n')
     assert load_config(path).monitoring.host == "0.0.0.0"
+
+
+def test_metrics_show_job_stage_durations_of_jobs_finished_since_start(monitored: DicomNode) -> None:
+    """The worker's per-stage times reach /metrics from the job records, each job counted once;
+    jobs finished before the node started are not counted."""
+    from datetime import timedelta
+
+    from db.models import utcnow
+    from db.queue import claim_next, finish_job, scan_waiting_jobs
+    from tests.dicom_factory import mask_for
+
+    port = monitored.metrics_server.port
+    images = mr_series(3)
+    assert store(monitored.port, [*images, mask_for(images)]) == [0, 0, 0, 0]
+    start = utcnow()
+    with monitored.sessions.begin() as session:
+        assert len(scan_waiting_jobs(session, 0.0, start + timedelta(seconds=1))) == 1
+        job = claim_next(session, "w1", 60, start + timedelta(seconds=3))
+        assert finish_job(session, job.id, "w1", ok=True, now=start + timedelta(seconds=10),
+                          result={"timings_s": {"preprocess": 4.2, "infer": 0.3, "preprocess.n4": 3.9}})
+    _, text = get(port, "/metrics")
+    assert value(text, 'egfr_node_job_stage_seconds_count{stage="preprocess"}') == 1
+    assert value(text, 'egfr_node_job_stage_seconds_sum{stage="preprocess"}') == pytest.approx(4.2)
+    assert value(text, 'egfr_node_job_stage_seconds_bucket{le="5.0",stage="preprocess"}') == 1
+    assert value(text, 'egfr_node_job_stage_seconds_bucket{le="2.0",stage="preprocess"}') == 0
+    assert value(text, 'egfr_node_job_stage_seconds_sum{stage="preprocess.n4"}') == pytest.approx(3.9)
+    assert value(text, "egfr_node_job_wait_seconds_count") == 1
+    assert value(text, "egfr_node_job_wait_seconds_sum") == pytest.approx(2.0)
+    _, text = get(port, "/metrics")  # a second scrape does not count the job again
+    assert value(text, 'egfr_node_job_stage_seconds_count{stage="infer"}') == 1
+
+    # a node started after that job finished does not count it
+    from dicom_node.metrics import NodeMetrics
+
+    later = NodeMetrics(monitored)
+    later.job_times._since = later.job_times._latest = start + timedelta(seconds=11)
+    assert 'egfr_node_job_stage_seconds_count{stage="infer"}' not in later.exposition().decode()
