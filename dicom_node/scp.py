@@ -373,6 +373,12 @@ class DicomNode:
         while not self._housekeeping_stop.wait(1.0):
             self.refusals.flush_expired()
             self.metrics.refresh_gauges()  # a receive process's gauges reach the shared page
+            for process in list(self.receivers):
+                if not process.is_alive() and not self._receivers_stop.is_set():
+                    log.error("receive process %s ended with exit code %s; this process still listens",
+                              process.name, process.exitcode)
+                    self.receivers.remove(process)
+                    forget_process(process.pid)
 
     def _start_receivers(self, count: int) -> None:
         """More processes on the same port(s) (SO_REUSEPORT): the kernel spreads connections
