@@ -1,5 +1,7 @@
-"""Training one fold model: ``train_one_epoch`` and ``evaluate`` kept apart (the torchvision
-references' layout), and ``train_fold`` that runs the recipe and keeps the selected epoch.
+"""Training the fold models: :class:`FoldTrainer` holds one fold's model, data and optimiser
+and trains it step by step; :func:`train_fold` runs one fold alone, and
+:func:`train_folds_together` runs the K folds in turns (each on its own CUDA stream on a
+GPU), with the same results. ``evaluate`` is kept apart (the torchvision references' layout).
 
 The recipe (Haim et al. 2022, "DL analysis"; fastai v2 defaults from ../shared/METHOD.md):
 ResNet-50 + fastai head (:func:`pipeline.model.build_resnet50`), Adam(W) betas (0.9, 0.99),
@@ -13,15 +15,16 @@ Determinism: every random draw (initialisation, dropout, sampling, augmentation,
 comes from seeds derived from ``(seed, repeat, fold)``; on CPU with the same thread count
 the same cohort and seed give the same weights bit for bit.
 
-The folds run one after another, on CPU and on CUDA alike (training the K folds together
-on one GPU is not implemented yet).
+``TrainSettings.folds_together`` (default on) trains the K folds together; under torchrun
+(data-parallel) they run one after another.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +49,11 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "epoch_batches",
-    "train_one_epoch",
     "evaluate",
     "patient_scores",
+    "FoldTrainer",
     "train_fold",
+    "train_folds_together",
     "choose_aggregation_and_threshold",
 ]
 
@@ -142,36 +146,6 @@ def epoch_batches(labels: torch.Tensor, settings: TrainSettings, generator: torc
     return [order[i * size:(i + 1) * size] for i in range(steps)]
 
 
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    settings: TrainSettings,
-    generator: torch.Generator,
-    device_generator: torch.Generator,
-) -> float:
-    """One pass over ``x [N, C, H, W]`` (slices, on the device); returns the mean loss."""
-    model.train()
-    criterion = loss_fn(settings.loss)
-    total, count = torch.zeros((), device=x.device), 0
-    for batch in epoch_batches(y.cpu(), settings, generator):
-        batch = distributed.shard(batch).to(x.device)  # all of it, or this rank's share under torchrun
-        xb = augment_batch(x[batch], settings, device_generator)
-        yb = torch.nn.functional.one_hot(y[batch], 2).to(xb.dtype)
-        if settings.mixup:
-            xb, yb = mixup_batch(xb, yb, settings.mixup_alpha, device_generator)
-        loss = criterion(model(xb), yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total = total + loss.detach()  # no host sync per step
-        count += 1
-    return float(total) / max(count, 1)
-
-
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Probability of EGFR positive for every slice of ``x [N, C, H, W]`` (float64 numpy)."""
@@ -226,61 +200,179 @@ def choose_aggregation_and_threshold(labels: np.ndarray, scores: np.ndarray) -> 
     return best, threshold, aucs
 
 
-def train_fold(
-    fold: int,
-    inputs: torch.Tensor,
-    labels: np.ndarray,
-    fit_index: np.ndarray,
-    select_index: np.ndarray,
-    test_index: np.ndarray,
-    settings: TrainSettings,
-    seed: int,
-    device: torch.device,
-    progress: bool = True,
-    position: int = 1,
-) -> FoldResult:
-    """Train on ``fit_index`` patients; after every epoch score ``select_index`` patients and
-    keep the best epoch (paper mode: ``select_index`` is the test fold itself; nested mode:
-    an inner split of the training patients). ``inputs [N, S, C, H, W]`` on ``device``."""
-    start = time.perf_counter()
-    network = build_model(settings, seed).to(device)
-    model = distributed.wrap(network)  # DDP under torchrun; the network itself otherwise
-    s = inputs.shape[1]
-    x_fit = inputs[torch.as_tensor(fit_index, device=device)].reshape(-1, *inputs.shape[2:])
-    y_fit = torch.as_tensor(np.repeat(labels[fit_index], s), device=device)
-    x_select = inputs[torch.as_tensor(select_index, device=device)]
-    generator = torch.Generator().manual_seed(seed)
-    # each rank augments its own share of the batch differently (rank 0 alone: seed + 1)
-    device_generator = torch.Generator(device=device).manual_seed(seed + 1 + 7919 * distributed.rank())
-    optimizer = make_optimizer(network, settings)
-    scheduler = make_scheduler(optimizer, settings, steps_per_epoch(x_fit.shape[0], settings.batch_size))
-    best_value, best_epoch, best_state = -float("inf"), 0, None
-    history: list[dict[str, float]] = []
-    bar = tqdm(range(1, settings.epochs + 1), desc=f"fold {fold + 1}", unit="epoch", leave=False, position=position,
-               disable=not progress)
-    for epoch in bar:
-        loss = train_one_epoch(model, optimizer, scheduler, x_fit, y_fit, settings, generator, device_generator)
+class _RandomState:
+    """The global RNG state one fold's dropout draws from, swapped in around each of its steps,
+    so folds stepped in turns draw exactly what they would alone."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        outer_cpu = torch.get_rng_state()
+        outer_cuda = torch.cuda.get_rng_state(self.device) if self.cuda is not None else None
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+        try:
+            yield
+        finally:
+            self.cpu = torch.get_rng_state()
+            torch.set_rng_state(outer_cpu)
+            if self.cuda is not None:
+                self.cuda = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(outer_cuda, self.device)
+
+
+class FoldTrainer:
+    """One fold's model, data and optimiser, trained step by step: alone (:func:`train_fold`)
+    or in turns with the other folds (:func:`train_folds_together`). Train on ``fit_index``
+    patients; after every epoch score ``select_index`` patients and keep the best epoch
+    (paper mode: ``select_index`` is the test fold itself; nested mode: an inner split of the
+    training patients). ``inputs [N, S, C, H, W]`` on ``device``. No host synchronisation
+    per step: batch indices go to the device once per epoch, losses stay there until the
+    epoch ends."""
+
+    def __init__(self, fold: int, inputs: torch.Tensor, labels: np.ndarray, fit_index: np.ndarray,
+                 select_index: np.ndarray, test_index: np.ndarray, settings: TrainSettings, seed: int,
+                 device: torch.device, progress: bool = True, position: int = 1) -> None:
+        self.started = time.perf_counter()
+        self.fold, self.settings, self.device = fold, settings, device
+        self.inputs, self.labels = inputs, labels
+        self.select_index, self.test_index = np.asarray(select_index), np.asarray(test_index)
+        self.network = build_model(settings, seed).to(device)
+        self.random = _RandomState(device)  # right after initialisation: what the first step draws from
+        self.model = distributed.wrap(self.network)  # DDP under torchrun; the network itself otherwise
+        s = inputs.shape[1]
+        self.x_fit = inputs[torch.as_tensor(fit_index, device=device)].reshape(-1, *inputs.shape[2:])
+        self.y_fit = torch.as_tensor(np.repeat(labels[fit_index], s), device=device)
+        self.y_fit_host = self.y_fit.cpu()
+        self.x_select = inputs[torch.as_tensor(self.select_index, device=device)]
+        self.generator = torch.Generator().manual_seed(seed)
+        # each rank augments its own share of the batch differently (rank 0 alone: seed + 1)
+        self.device_generator = torch.Generator(device=device).manual_seed(seed + 1 + 7919 * distributed.rank())
+        self.optimizer = make_optimizer(self.network, settings)
+        self.steps = steps_per_epoch(self.x_fit.shape[0], settings.batch_size)
+        self.scheduler = make_scheduler(self.optimizer, settings, self.steps)
+        self.criterion = loss_fn(settings.loss)
+        self.epoch = 0
+        self.best_value, self.best_epoch = -float("inf"), 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []
+        self._batches = torch.empty(0)
+        self._loss = torch.zeros((), device=device)
+        self.bar = tqdm(total=settings.epochs, desc=f"fold {fold + 1}", unit="epoch", leave=False, position=position,
+                        disable=not progress)
+
+    def begin_epoch(self) -> None:
+        self.epoch += 1
+        self.model.train()
+        batches = [distributed.shard(b) for b in epoch_batches(self.y_fit_host, self.settings, self.generator)]
+        self._batches = torch.stack(batches).to(self.device)  # [steps, batch]: one copy per epoch
+        self._loss = torch.zeros((), device=self.device)
+
+    def step(self, i: int) -> None:
+        """Batch ``i`` of this epoch: augment, mixup, forward, backward, optimiser, schedule."""
+        with self.random.active():
+            batch = self._batches[i]
+            xb = augment_batch(self.x_fit[batch], self.settings, self.device_generator)
+            yb = torch.nn.functional.one_hot(self.y_fit[batch], 2).to(xb.dtype)
+            if self.settings.mixup:
+                xb, yb = mixup_batch(xb, yb, self.settings.mixup_alpha, self.device_generator)
+            loss = self.criterion(self.model(xb), yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self._loss += loss.detach()  # no host sync per step
+
+    def end_epoch(self) -> None:
+        """Score the selection patients; keep this epoch if it is the best so far."""
+        settings = self.settings
+        loss = float(self._loss) / self.steps
         value = 0.0
-        if settings.selection_metric != "last" or epoch == settings.epochs:
-            scores = patient_scores(network, x_select, settings.eval_batch_size)
-            value = _selection_value(settings.selection_metric, labels[select_index], scores)
-        history.append({"epoch": epoch, "loss": round(loss, 6), settings.selection_metric: round(value, 6)})
-        bar.set_postfix(loss=f"{loss:.3f}", **{settings.selection_metric[:3]: f"{value:.3f}"})
-        if value > best_value or (settings.selection_metric == "last" and epoch == settings.epochs):
-            best_value, best_epoch = value, epoch
-            best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    bar.close()
-    assert best_state is not None
-    network.load_state_dict(best_state)
-    test_scores = patient_scores(network, inputs[torch.as_tensor(test_index, device=device)], settings.eval_batch_size)
-    selection: dict[str, Any] = {"epoch": best_epoch, "metric": settings.selection_metric, "value": best_value,
-                                 "patients": int(len(select_index))}
-    if settings.selection == "nested":
-        select_scores = patient_scores(network, x_select, settings.eval_batch_size)
-        how, threshold, aucs = choose_aggregation_and_threshold(labels[select_index], select_scores)
-        selection["inner_auc"] = {k: (None if np.isnan(v) else round(v, 6)) for k, v in aucs.items()}
-    else:
-        how, threshold = "median", settings.threshold
-    state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
-    return FoldResult(fold, state, best_epoch, history, np.asarray(test_index), test_scores, how, threshold, selection,
-                      train_images=int(x_fit.shape[0]) * settings.epochs, seconds=time.perf_counter() - start)
+        if settings.selection_metric != "last" or self.epoch == settings.epochs:
+            scores = patient_scores(self.network, self.x_select, settings.eval_batch_size)
+            value = _selection_value(settings.selection_metric, self.labels[self.select_index], scores)
+        self.history.append({"epoch": self.epoch, "loss": round(loss, 6), settings.selection_metric: round(value, 6)})
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", **{settings.selection_metric[:3]: f"{value:.3f}"})
+        if value > self.best_value or (settings.selection_metric == "last" and self.epoch == settings.epochs):
+            self.best_value, self.best_epoch = value, self.epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+
+    def finish(self) -> FoldResult:
+        """The kept epoch's model, its scores on the test patients and the selection record."""
+        settings = self.settings
+        self.bar.close()
+        assert self.best_state is not None
+        network = self.network
+        network.load_state_dict(self.best_state)
+        test_scores = patient_scores(network, self.inputs[torch.as_tensor(self.test_index, device=self.device)],
+                                     settings.eval_batch_size)
+        selection: dict[str, Any] = {"epoch": self.best_epoch, "metric": settings.selection_metric,
+                                     "value": self.best_value, "patients": int(len(self.select_index))}
+        if settings.selection == "nested":
+            select_scores = patient_scores(network, self.x_select, settings.eval_batch_size)
+            how, threshold, aucs = choose_aggregation_and_threshold(self.labels[self.select_index], select_scores)
+            selection["inner_auc"] = {k: (None if np.isnan(v) else round(v, 6)) for k, v in aucs.items()}
+        else:
+            how, threshold = "median", settings.threshold
+        state = {k: v.detach().cpu().clone() for k, v in self.best_state.items()}
+        return FoldResult(self.fold, state, self.best_epoch, self.history, self.test_index, test_scores, how, threshold,
+                          selection, train_images=int(self.x_fit.shape[0]) * settings.epochs,
+                          seconds=time.perf_counter() - self.started)
+
+
+def train_fold(fold: int, inputs: torch.Tensor, labels: np.ndarray, fit_index: np.ndarray, select_index: np.ndarray,
+               test_index: np.ndarray, settings: TrainSettings, seed: int, device: torch.device, progress: bool = True,
+               position: int = 1) -> FoldResult:
+    """One fold on its own: every epoch's steps, then its selection (see :class:`FoldTrainer`)."""
+    trainer = FoldTrainer(fold, inputs, labels, fit_index, select_index, test_index, settings, seed, device,
+                          progress, position)
+    for _ in range(settings.epochs):
+        trainer.begin_epoch()
+        for i in range(trainer.steps):
+            trainer.step(i)
+        trainer.end_epoch()
+    return trainer.finish()
+
+
+def train_folds_together(trainers: list[FoldTrainer]) -> list[FoldResult]:
+    """The folds trained in turns, step by step, each on its own CUDA stream on a GPU, so a
+    small cohort's batches of K models overlap on the device instead of waiting one fold
+    after another. Every fold draws from its own generators and RNG state, so the results
+    are those of :func:`train_fold` on each (on the CPU bit for bit; a test checks it)."""
+    if not trainers:
+        return []
+    device = trainers[0].device
+    streams: list[Any] = [None] * len(trainers)
+    if device.type == "cuda":
+        streams = [torch.cuda.Stream(device) for _ in trainers]
+        for stream in streams:
+            stream.wait_stream(torch.cuda.current_stream(device))  # the inputs are ready
+
+    def on(stream: Any) -> contextlib.AbstractContextManager[Any]:
+        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+    for _ in range(trainers[0].settings.epochs):
+        for trainer, stream in zip(trainers, streams):
+            with on(stream):
+                trainer.begin_epoch()
+        for i in range(max(t.steps for t in trainers)):
+            for trainer, stream in zip(trainers, streams):
+                if i < trainer.steps:
+                    with on(stream):
+                        trainer.step(i)
+        for trainer, stream in zip(trainers, streams):
+            with on(stream):
+                trainer.end_epoch()
+    results = []
+    for trainer, stream in zip(trainers, streams):
+        with on(stream):
+            results.append(trainer.finish())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return results

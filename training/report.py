@@ -114,6 +114,12 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         else "trained from scratch (no ImageNet weights): not the paper's transfer learning",
         "body": "frozen (head + BatchNorm train)" if settings.freeze_body else "full fine-tuning",
         "device": settings.device,
+        "throughput": {
+            "folds": "trained together, in turns" if settings.folds_together else "trained one after another",
+            "cv_seconds": round(first.seconds, 2),
+            "training_images": int(sum(r.train_images for r in first.results)),
+            "images_per_second": round(sum(r.train_images for r in first.results) / first.seconds, 2) if first.seconds else None,
+        },
         "data": data,
         "settings": settings.to_dict(),
         "preprocessing": params.to_dict(),
@@ -194,6 +200,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"mixup {'Beta(%g,%g)' % (s['mixup_alpha'], s['mixup_alpha']) if s['mixup'] else 'off'}, "
         f"oversampling {'on' if s['oversample'] else 'off'}, rotation +-{s['rotate_degrees']:g} deg, zoom <= {s['zoom_max']:g}, "
         f"lighting {s['lighting']:g}, device {report['device']}.",
+        f"- Time: the {s['folds']} folds {report['throughput']['folds']}; cross-validation "
+        f"{_fmt(report['throughput']['cv_seconds'], 1)} s, {report['throughput']['training_images']} training images, "
+        f"{_fmt(report['throughput']['images_per_second'], 1)} images/s (each fold's own time is in the per-fold table).",
         f"- Splits: stratified group {s['folds']}-fold at patient level (seed {s['seed']}), patient-disjoint (checked); "
         "assignment in `splits.csv`.",
         f"- Selection mode: {report['selection_text']}.",

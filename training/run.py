@@ -37,7 +37,7 @@ from pipeline.params import PreprocessParams
 from training import distributed
 from training.cache import PreparedCohort, prepare_cohort
 from training.cohort import read_cohort
-from training.engine import FoldResult, resolve_device, train_fold
+from training.engine import FoldResult, FoldTrainer, resolve_device, train_fold, train_folds_together
 from training.export import write_bundle
 from training.metrics import binary_metrics, bootstrap_auc_ci, calibration, fold_table, pooled_metrics
 from training.settings import TrainSettings
@@ -85,23 +85,29 @@ def run_cv(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: 
     oof = np.full((n, s), np.nan)
     threshold = np.full(n, np.nan)
     aggregation = [""] * n
-    results: list[FoldResult] = []
-    bar = tqdm(range(settings.folds), desc=f"CV seed {seed}", unit="fold", position=0, disable=not progress)
-    for k in bar:
+    plan = []
+    for k in range(settings.folds):
         test = np.where(folds == k)[0]
         train = np.where(folds != k)[0]
         if settings.selection == "nested":
             fit, select = inner_split(train, labels, groups, settings.inner_folds, seed + 7919 * (k + 1))
         else:
             fit, select = train, test
-        result = train_fold(k, x, labels, fit, select, test, settings, seed=seed * 1000 + k, device=device,
-                            progress=progress)
-        results.append(result)
-        oof[test] = result.test_scores
-        threshold[test] = result.threshold
-        for i in test:
+        plan.append((k, fit, select, test))
+    if settings.folds_together and distributed.world_size() == 1:
+        trainers = [FoldTrainer(k, x, labels, fit, select, test, settings, seed=seed * 1000 + k, device=device,
+                                progress=progress, position=k + 1) for k, fit, select, test in plan]
+        results = train_folds_together(trainers)
+    else:
+        bar = tqdm(plan, desc=f"CV seed {seed}", unit="fold", position=0, disable=not progress)
+        results = [train_fold(k, x, labels, fit, select, test, settings, seed=seed * 1000 + k, device=device,
+                              progress=progress) for k, fit, select, test in bar]
+        bar.close()
+    for result in results:
+        oof[result.test_index] = result.test_scores
+        threshold[result.test_index] = result.threshold
+        for i in result.test_index:
             aggregation[i] = result.slice_aggregation
-    bar.close()
     if np.isnan(oof).any():
         raise TrainingError("a patient was not scored out of fold (fold assignment bug)")
     run = CVRun(seed, folds, results, labels, oof, threshold, aggregation)

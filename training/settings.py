@@ -60,6 +60,9 @@ class TrainSettings:
     ``inner_folds`` (nested mode holds out 1/inner_folds of the training patients),
     ``threshold`` (paper mode's decision threshold), ``bootstrap`` resamples for the CIs.
     ``threads``: CPU threads for the run (0 = all cores); CPU results depend on it.
+    ``folds_together``: train the K folds in turns, step by step (each on its own CUDA
+    stream on a GPU, so a small cohort keeps the device busy); the results are those of
+    training them one after another (off: one after another; always so under torchrun).
     """
 
     epochs: int = 40
@@ -97,6 +100,7 @@ class TrainSettings:
     eval_batch_size: int = 256
     threads: int = 0
     bootstrap: int = 2000
+    folds_together: bool = True
 
     def __post_init__(self) -> None:
         _int("epochs", self.epochs, 1)
@@ -135,6 +139,7 @@ class TrainSettings:
         _int("eval_batch_size", self.eval_batch_size, 1)
         _int("threads", self.threads, 0)
         _int("bootstrap", self.bootstrap, 0)
+        _bool("folds_together", self.folds_together)
 
     @property
     def pretrained(self) -> bool:

@@ -85,3 +85,13 @@ def test_oversampling_draws_classes_about_equally() -> None:
     assert 0.42 < share < 0.58
     plain = torch.cat(epoch_batches(labels, TrainSettings(batch_size=10, oversample=False), g))
     assert float(labels[plain].float().mean()) == pytest.approx(0.1)
+
+
+def test_mixup_lambda_is_beta_distributed() -> None:
+    """Johnk's Beta(0.4, 0.4) draws, taken without a host sync, have the Beta's moments."""
+    from training.augment import _beta
+
+    draws = _beta(20000, 0.4, torch.Generator().manual_seed(3), torch.device("cpu")).double()
+    assert draws.shape == (20000,) and bool(((draws >= 0) & (draws <= 1)).all())
+    assert float(draws.mean()) == pytest.approx(0.5, abs=0.01)
+    assert float(draws.var()) == pytest.approx(0.25 / 1.8, abs=0.01)  # a^2 / ((2a)^2 (2a + 1)) = 1 / (4 (2a + 1))
