@@ -320,5 +320,5 @@ def check_part10_file(path: Path, max_bytes: int, *, pixel_data_required: bool =
             raise IncompleteDataset("dataset ends inside an element") from None
         pixel = _check_pixel_data(walker, syntax)
         if pixel_data_required and pixel == "none":
-            raise IncompleteDataset("no Pixel Data in an image")
+            raise IncompleteDataset("no Pixel Data (Type 1 in this IOD)")
         return DatasetSummary(syntax_text, source.pos - (0 if syntax.is_deflated else start), pixel)

@@ -83,15 +83,14 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = (
     sop_class.EncapsulatedPDFStorage,
 )
 
-#: Image storage classes whose IODs require Pixel Data (Type 1): an instance without it is
-#: incomplete. (SEG requires it too, but masks are read by their references as well, and
-#: the node's own tests use SEG stand-ins without pixels; its Pixel Data, when present, is
-#: checked like any other.)
-IMAGE_SOP_CLASSES: frozenset[str] = frozenset({
+#: Storage classes whose IODs require Pixel Data (Type 1): an instance without it is
+#: incomplete (0xC210). RTSTRUCT, SR and PDF carry none.
+PIXEL_DATA_REQUIRED: frozenset[str] = frozenset({
     sop_class.MRImageStorage,
     sop_class.EnhancedMRImageStorage,
     sop_class.LegacyConvertedEnhancedMRImageStorage,
     sop_class.SecondaryCaptureImageStorage,
+    sop_class.SegmentationStorage,
 })
 
 #: In order of preference: pynetdicom accepts, per proposed context, the first of these the
@@ -186,7 +185,7 @@ def handle_store(
         return refuse(Status.OUT_OF_RESOURCES, "archive out of disk space", "archive out of disk space")
     try:
         check_part10_file(path, max_instance_bytes,
-                          pixel_data_required=str(request.AffectedSOPClassUID or "") in IMAGE_SOP_CLASSES)
+                          pixel_data_required=str(request.AffectedSOPClassUID or "") in PIXEL_DATA_REQUIRED)
     except DatasetTooLarge:
         return refuse(Status.OUT_OF_RESOURCES, "instance over node.max_instance_size_mb",
                       f"instance over the limit of {max_instance_bytes // 2**20} MiB")

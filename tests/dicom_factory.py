@@ -270,7 +270,8 @@ def make_rtstruct(source: list[Dataset], rois: dict[str, list[np.ndarray]], *, c
 
 
 def mask_for(images: list[Dataset], kind: str = "SEG") -> Dataset:
-    """A header-level lesion mask object referencing ``images``' series (SEG or RTSTRUCT)."""
+    """A header-level lesion mask object referencing ``images``' series (SEG or RTSTRUCT); a
+    SEG carries one empty 1-bit frame (its Pixel Data is Type 1), not a real segmentation."""
     first = images[0]
     ds = Dataset()
     ds.SOPInstanceUID = generate_uid()
@@ -293,6 +294,10 @@ def mask_for(images: list[Dataset], kind: str = "SEG") -> Dataset:
         series.SeriesInstanceUID = first.SeriesInstanceUID
         series.ReferencedInstanceSequence = ref_instances
         ds.ReferencedSeriesSequence = Sequence([series])
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns, ds.NumberOfFrames = first.Rows, first.Columns, 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+        ds.PixelData = bytes((first.Rows * first.Columns + 7) // 8 + ((first.Rows * first.Columns + 7) // 8) % 2)
     else:
         ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
         ds.Modality = "RTSTRUCT"

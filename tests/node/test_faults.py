@@ -9,6 +9,7 @@ source, as it would be on a hospital network.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import signal
@@ -34,7 +35,7 @@ from sqlalchemy import select
 from db.models import Instance
 from dicom_node.scp import DicomNode, Status
 from tests.conftest import require_tool
-from tests.dicom_factory import mr_series, write_all
+from tests.dicom_factory import mask_for, mr_series, write_all
 from tests.node.process import cli, free_port, wait_until_listening, write_config
 from tests.node.scu import association
 
@@ -333,6 +334,21 @@ def test_native_pixel_data_shorter_than_its_attributes_say_is_refused(node: Dico
         rsp = assoc.send_c_store(image)
     assert rsp.Status == Status.CANNOT_UNDERSTAND and "4096" in rsp.ErrorComment and "8192" in rsp.ErrorComment
     assert stored(runtime) == [] and archive_files(runtime) == []
+
+
+def test_an_image_or_segmentation_without_pixel_data_is_refused(node: DicomNode, runtime) -> None:
+    """Pixel Data is Type 1 in the MR and SEG IODs: a dataset that ends before it is incomplete
+    (an RTSTRUCT has none and is taken)."""
+    images = mr_series(2, rows=64, columns=64)
+    seg, rtstruct = mask_for(images, "SEG"), mask_for(images, "RTSTRUCT")
+    image, bare_seg = copy.deepcopy(images[0]), copy.deepcopy(seg)
+    del image.PixelData, bare_seg.PixelData
+    with association(node.port) as assoc:
+        for ds in (image, bare_seg):
+            rsp = assoc.send_c_store(ds)
+            assert rsp.Status == Status.CANNOT_UNDERSTAND and "no Pixel Data" in rsp.ErrorComment, ds.Modality
+        assert stored(runtime) == [] and archive_files(runtime) == []
+        assert [(assoc.send_c_store(ds).Status, ds.Modality) for ds in (images[1], seg, rtstruct)] == [(0, "MR"), (0, "SEG"), (0, "RTSTRUCT")]
 
 
 def test_malformed_encapsulated_pixel_data_is_refused(node: DicomNode, runtime, tmp_path: Path, send_files_raw) -> None:
