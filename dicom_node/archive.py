@@ -108,17 +108,17 @@ class Archive:
             except OSError as exc:
                 self._raise_if_full(exc, relative_path)
                 raise
-            return self.store_file(relative_path, tmp, synced=True)
+            return self.store_file(relative_path, tmp, synced=True, sha256=hashlib.sha256(data).hexdigest())
         finally:
             tmp.unlink(missing_ok=True)
 
-    def store_file(self, relative_path: str, source: Path, *, synced: bool = False) -> StoredFile:
+    def store_file(self, relative_path: str, source: Path, *, synced: bool = False, sha256: str | None = None) -> StoredFile:
         """As :meth:`store`, for a whole file already written (the SCP's spool under
         ``.incoming``): fsynced (unless ``synced``) and hard-linked into place, not copied,
         so memory does not grow with its size. ``source`` stays where it is; the caller
-        removes it.
+        removes it. ``sha256``: its hash when the writer computed it (else it is read).
         """
-        digest = sha256_of(source)
+        digest = sha256 or sha256_of(source)
         final = self.root / relative_path
         if final.exists():
             return self._existing(final, digest)

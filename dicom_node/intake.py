@@ -60,22 +60,25 @@ def store_instance(
     calling_aet: str = "",
     origin: str = "received",
     enqueue: bool = True,
+    sha256: str | None = None,
 ) -> RecordOutcome:
     """Archive ``encoded`` (a Part-10 file: preamble, file meta, dataset; its bytes, or the
     path of a file written whole, which stays where it is) and record it.
 
     Returns NEW, DUPLICATE (same UID, same bytes: idempotent) or CONFLICT (same UID, other
     bytes: the first copy is kept). ``enqueue=False`` (a retrospective import) archives and
-    records without making a job. Raises ``ArchiveFull`` (no space), ``InvalidUID`` and
+    records without making a job. ``sha256``: the file's hash when its writer computed it
+    (the SCP's spool), so it is not read again. Raises ``ArchiveFull`` (no space), ``InvalidUID`` and
     SQLAlchemy errors (database unavailable); nothing is acknowledged by then.
     """
     relative = archive.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
     if isinstance(encoded, Path):
-        size, stored_file = encoded.stat().st_size, archive.store_file
+        size = encoded.stat().st_size
+        stored = archive.store_file(relative, encoded, sha256=sha256)
     else:
-        size, stored_file = len(encoded), archive.store
+        size = len(encoded)
+        stored = archive.store(relative, encoded)
     record = record_of(header, relative, transfer_syntax_uid, size, calling_aet, origin, enqueue)
-    stored = stored_file(relative, encoded)
     if stored.written or stored.identical:
         outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
     else:

@@ -44,6 +44,7 @@ from dicom_node.transport import (
     TransportLimits,
     install_spooling,
     spool_error,
+    spool_sha256,
     start_server,
     take_dataset_verdict,
 )
@@ -229,7 +230,8 @@ def _archive_and_record(
     sessions: sessionmaker[Session],
     counters: StoreCounters,
 ) -> int | Dataset:
-    outcome = store_instance(archive, sessions, Path(path), header, str(event.context.transfer_syntax), calling_aet=calling_aet)
+    outcome = store_instance(archive, sessions, Path(path), header, str(event.context.transfer_syntax),
+                             calling_aet=calling_aet, sha256=spool_sha256(event.request))
     counters.add({RecordOutcome.NEW: "stored", RecordOutcome.DUPLICATE: "duplicates", RecordOutcome.CONFLICT: "conflicts"}[outcome])
     if outcome is RecordOutcome.CONFLICT:
         # Stored earlier with other content: the first copy stays. A warning, not a failure,

@@ -36,6 +36,7 @@ each override is the smallest that removes one behaviour:
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import socket
@@ -65,6 +66,7 @@ __all__ = [
     "start_server",
     "install_spooling",
     "spool_error",
+    "spool_sha256",
 ]
 
 log = logging.getLogger(__name__)
@@ -207,21 +209,30 @@ _NamedTemporaryFile = dimse_messages.NamedTemporaryFile
 class SpoolFile:
     """pynetdicom's spool file, wrapped so that a failed write (disk full) does not end the
     association: pynetdicom writes in the DUL thread, where an exception aborts it. The
-    failure is kept (``error``) and the C-STORE handler answers 0xA700."""
+    failure is kept (``error``) and the C-STORE handler answers 0xA700. Every byte is hashed
+    as it is written (``sha256``), so the archive need not read the file again for it."""
 
     def __init__(self, file: Any) -> None:
         self._file = file
         self.file = self  # pynetdicom calls ``.file.flush()``
         self.name = file.name
         self.error: OSError | None = None
+        self._hash = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
         if self.error is None:
             try:
-                return self._file.write(data)
+                written = self._file.write(data)
+                self._hash.update(data)
+                return written
             except OSError as exc:
                 self.error = exc
         return len(data)
+
+    @property
+    def sha256(self) -> str | None:
+        """The hex sha256 of what was written (None after a write error)."""
+        return self._hash.hexdigest() if self.error is None else None
 
     def flush(self) -> None:
         if self.error is None:
@@ -256,6 +267,11 @@ def _spool_file(*args: Any, **kwargs: Any) -> Any:
 def spool_error(request: Any) -> OSError | None:
     """The write error of a C-STORE request's spool file, if writing it failed."""
     return getattr(getattr(request, "_dataset_file", None), "error", None)
+
+
+def spool_sha256(request: Any) -> str | None:
+    """The sha256 of a C-STORE request's spool file as written (None when not known)."""
+    return getattr(getattr(request, "_dataset_file", None), "sha256", None)
 
 
 def install_spooling() -> None:
