@@ -80,6 +80,7 @@ def bench_pynetdicom_floor(files: list[Path], work: Path, associations: int) -> 
     from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 
     _config.LOG_HANDLER_LEVEL = "none"
+    chunked = _config.STORE_RECV_CHUNKED_DATASET
     _config.STORE_RECV_CHUNKED_DATASET = False  # importing dicom_node.scp turned it on: keep datasets in memory
     ae = AE("FLOOR")
     ae.maximum_pdu_size = 262144
@@ -95,6 +96,7 @@ def bench_pynetdicom_floor(files: list[Path], work: Path, associations: int) -> 
         return send(server.server_address[1], "FLOOR", files, associations)
     finally:
         server.shutdown()
+        _config.STORE_RECV_CHUNKED_DATASET = chunked
 
 
 def bench_orthanc(files: list[Path], work: Path, associations: int) -> float:
@@ -207,11 +209,78 @@ def stage_profile(files: list[Path], work: Path) -> None:
         print(f"  {stage:<56} {count / total * 100:5.1f} %  ~{count / total * per_instance_ms:5.2f} ms")
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bounds(files: list[Path], work: Path) -> None:
+    """What bounds one association: wall and this process's CPU per instance for the
+    store-nothing pynetdicom SCP and an in-process node (1) as configured, (2) without fsync,
+    (3) without fsync and with the database record moved to a background thread (a what-if:
+    not durable, never a configuration). When (3) is still far from the store-nothing SCP, the
+    gap is CPU in one Python process (pynetdicom's per-instance work, spooling, the checks),
+    not durability."""
+    import dataclasses
+    import queue
+    import threading
+
+    import dicom_node.intake as intake
+    from db.ingest import RecordOutcome
+    from db.migrate import upgrade
+    from dicom_node.runtime import open_runtime
+    from dicom_node.scp import DicomNode
+    from tests.conftest import make_config
+
+    def measure(label: str, run) -> None:  # type: ignore[no-untyped-def]
+        cpu = _cpu_seconds()
+        seconds = run()
+        cpu = _cpu_seconds() - cpu
+        print(f"  {label:<58} {len(files) / seconds:7.1f} instances/s  {seconds / len(files) * 1e3:5.2f} ms wall  "
+              f"{cpu / len(files) * 1e3:5.2f} ms CPU per instance", flush=True)
+
+    def node_run(name: str, fsync: bool, deferred: bool) -> float:
+        config = make_config(work / name)
+        config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, fsync=fsync))
+        upgrade(config.database_url)
+        runtime = open_runtime(config)
+        real = intake.record_instance
+        pending: queue.Queue = queue.Queue()
+        if deferred:
+            def drain() -> None:
+                while (item := pending.get()) is not None:
+                    real(*item)
+            drainer = threading.Thread(target=drain, daemon=True)
+            drainer.start()
+            intake.record_instance = lambda sessions, record: (pending.put((sessions, record)), RecordOutcome.NEW)[1]
+        node = DicomNode(config, runtime.archive, runtime.sessions)
+        node.start()
+        try:
+            return send(node.port, "EGFR_NODE", files, 1)
+        finally:
+            intake.record_instance = real
+            if deferred:
+                pending.put(None)
+                drainer.join()
+            node.stop()
+            runtime.close()
+
+    print("bounds, 1 association, in-process receivers (this process's CPU includes its idle polling):")
+    measure("pynetdicom, handler stores nothing", lambda: bench_pynetdicom_floor(files, work, 1))
+    measure("egfr-node (fsync, record committed before the status)", lambda: node_run("b1", True, False))
+    measure("egfr-node without fsync (what-if)", lambda: node_run("b2", False, False))
+    measure("egfr-node without fsync, record after the status (what-if)", lambda: node_run("b3", False, True))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300, help="MR slices to send (default 300)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per receiver; the best is reported")
     parser.add_argument("--stages", action="store_true", help="only the node's stage-by-stage profile")
+    parser.add_argument("--bounds", action="store_true",
+                        help="only what bounds one association: wall and CPU per instance, with what-if variants")
     args = parser.parse_args(argv)
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
@@ -225,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sending {len(files)} MR slices of {size:.0f} KiB with storescu, TCP_NODELAY=1; best of {args.repeat}")
         if args.stages:
             stage_profile(files, work)
+            return 0
+        if args.bounds:
+            bounds(files, work)
             return 0
         runs: list[tuple[str, int, object]] = []
         for a in (1, 4):
