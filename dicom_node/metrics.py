@@ -4,9 +4,9 @@ Served on ``[monitoring] host:port`` (loopback by default; another address only 
 ``allow_non_loopback = true``) by the SCP process. Each node has its own registry, so two
 nodes in one process (the tests) do not mix their figures. With several receive processes
 (``node.receive_processes``) the counters and the association gauges are shared through
-prometheus_client's multiprocess mode (``dicom_node.runtime.share_metrics_between_processes``, set up by the
-``egfr-node scp|serve`` command before prometheus_client is imported): the page sums every
-receive process. What is counted:
+prometheus_client's multiprocess mode (set up by ``egfr-node scp|serve`` before
+prometheus_client is imported: ``dicom_node.runtime.share_metrics_between_processes``): the
+page sums every receive process. What is counted:
 
 - associations open and negotiating (gauges), associations accepted / rejected, and every
   refusal by reason (from the node's refusal log);
@@ -28,13 +28,13 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from datetime import datetime, timedelta
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 

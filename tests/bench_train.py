@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             row, out = results[0]
             text = (out / "report.md").read_text()
             lines = ["", "## Benchmark (tests/bench_train.py)", "", f"- Device: {device} ({name}), torch {torch.__version__}.",
-                     f"- Command: `python tests/bench_train.py {' '.join(argv or [])}`".rstrip()]
+                     f"- Command: `python tests/bench_train.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip()]
             lines += [f"- {r['mode']}: {r['wall_s']} s wall, {r['train_s']} s training, {r['images_per_s']} images/s, "
                       f"pooled AUC {r['pooled_auc']}" for r, _ in results]
             if bare:

@@ -278,7 +278,8 @@ class FoldTrainer:
         with self.random.active():
             batch = self._batches[i]
             xb = augment_batch(self.x_fit[batch], self.settings, self.device_generator)
-            yb = torch.nn.functional.one_hot(self.y_fit[batch], 2).to(xb.dtype)
+            y = self.y_fit[batch]
+            yb = torch.stack((1 - y, y), dim=1).to(xb.dtype)  # one-hot of 0/1 labels (F.one_hot checks its range: a sync)
             if self.settings.mixup:
                 xb, yb = mixup_batch(xb, yb, self.settings.mixup_alpha, self.device_generator)
             loss = self.criterion(self.model(xb), yb)
