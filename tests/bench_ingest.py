@@ -71,8 +71,10 @@ def bench_storescp(files: list[Path], work: Path, associations: int) -> float:
     return seconds
 
 
-def bench_pynetdicom_floor(files: list[Path], work: Path, associations: int) -> float:
-    """pynetdicom with a C-STORE handler that stores nothing: the ceiling of any pynetdicom SCP."""
+def bench_pynetdicom_floor(files: list[Path], work: Path, associations: int, spool: bool = False) -> float:
+    """pynetdicom with a C-STORE handler that stores nothing: the ceiling of any pynetdicom SCP.
+    ``spool``: pynetdicom writes each dataset to a file as it arrives (its chunked receive, as
+    the node does; the handler deletes it) instead of keeping it in memory."""
     import socket as _socket
 
     from pynetdicom import AE, _config, evt
@@ -81,7 +83,7 @@ def bench_pynetdicom_floor(files: list[Path], work: Path, associations: int) -> 
 
     _config.LOG_HANDLER_LEVEL = "none"
     chunked = _config.STORE_RECV_CHUNKED_DATASET
-    _config.STORE_RECV_CHUNKED_DATASET = False  # importing dicom_node.scp turned it on: keep datasets in memory
+    _config.STORE_RECV_CHUNKED_DATASET = spool  # importing dicom_node.scp turned it on
     ae = AE("FLOOR")
     ae.maximum_pdu_size = 262144
     for sop_class in STORAGE_SOP_CLASSES:
@@ -90,8 +92,13 @@ def bench_pynetdicom_floor(files: list[Path], work: Path, associations: int) -> 
     def nodelay(event: evt.Event) -> None:
         event.assoc.dul.socket.socket.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
 
+    def store_nothing(event: evt.Event) -> int:
+        if spool:
+            Path(event.dataset_path).unlink()
+        return 0x0000
+
     server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000), (evt.EVT_CONN_OPEN, nodelay)])
+                             evt_handlers=[(evt.EVT_C_STORE, store_nothing), (evt.EVT_CONN_OPEN, nodelay)])
     try:
         return send(server.server_address[1], "FLOOR", files, associations)
     finally:
@@ -218,7 +225,8 @@ def _cpu_seconds() -> float:
 
 def bounds(files: list[Path], work: Path) -> None:
     """What bounds one association: wall and this process's CPU per instance for the
-    store-nothing pynetdicom SCP and an in-process node (1) as configured, (2) without fsync,
+    store-nothing pynetdicom SCP (datasets in memory, and spooled to disk as the node receives
+    them) and an in-process node (1) as configured, (2) without fsync,
     (3) without fsync and with the database record moved to a background thread (a what-if:
     not durable, never a configuration). When (3) is still far from the store-nothing SCP, the
     gap is CPU in one Python process (pynetdicom's per-instance work, spooling, the checks),
@@ -269,6 +277,7 @@ def bounds(files: list[Path], work: Path) -> None:
 
     print("bounds, 1 association, in-process receivers (this process's CPU includes its idle polling):")
     measure("pynetdicom, handler stores nothing", lambda: bench_pynetdicom_floor(files, work, 1))
+    measure("pynetdicom, stores nothing, datasets spooled to disk", lambda: bench_pynetdicom_floor(files, work, 1, True))
     measure("egfr-node (fsync, record committed before the status)", lambda: node_run("b1", True, False))
     measure("egfr-node without fsync (what-if)", lambda: node_run("b2", False, False))
     measure("egfr-node without fsync, record after the status (what-if)", lambda: node_run("b3", False, True))
