@@ -147,11 +147,12 @@ def code_version() -> str:
         package = version("egfr-node")
     except Exception:  # not installed as a distribution
         package = "unknown"
+    root = Path(__file__).resolve().parents[1]  # the pathspecs below are relative to it
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
+                                cwd=root).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "training", "pipeline"], capture_output=True, text=True,
-                               timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+                               timeout=5, cwd=root).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", ""
     return f"egfr-node {package}" + (f" git {commit}{'+dirty' if dirty else ''}" if commit else "")
