@@ -110,8 +110,11 @@ def test_metrics_show_job_stage_durations_of_jobs_finished_since_start(monitored
     assert value(text, 'egfr_node_job_stage_seconds_count{stage="infer"}') == 1
 
     # a node started after that job finished does not count it
-    from dicom_node.metrics import NodeMetrics
+    from prometheus_client import CollectorRegistry, generate_latest
 
-    later = NodeMetrics(monitored)
-    later.job_times._since = later.job_times._latest = start + timedelta(seconds=11)
-    assert 'egfr_node_job_stage_seconds_count{stage="infer"}' not in later.exposition().decode()
+    from dicom_node.metrics import JobTimes
+
+    registry = CollectorRegistry()
+    later = JobTimes(monitored.sessions, registry, since=start + timedelta(seconds=11))
+    later.refresh()
+    assert 'egfr_node_job_stage_seconds_count{stage="infer"}' not in generate_latest(registry).decode()
