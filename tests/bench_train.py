@@ -10,6 +10,8 @@ at the same batch size (the ceiling the recipe's steps are compared with).
     python tests/bench_train.py --device cuda --example docs/examples/train-report.md
 
 Only torch, numpy and ``pipeline`` are imported at module level (``training`` inside main).
+With ``--work`` holding a cohort already prepared (``cohort/labels.csv`` and ``cache/``), the
+phantom generator and N4 (SimpleITK) are not imported: that is how it runs on a GPU machine.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.params import PreprocessParams
-from pipeline.phantom import generate_cohort
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's pipeline, not tests/pipeline
+
+from pipeline.params import PreprocessParams  # noqa: E402
 
 
 def bare_loop(device: torch.device, batch: int, size: int, steps: int) -> float:
@@ -80,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cohort_dir = work / "cohort"
         if not (cohort_dir / "labels.csv").is_file():
+            from pipeline.phantom import generate_cohort  # SimpleITK: not needed when --work holds a prepared cohort
+
             start = time.perf_counter()
             generate_cohort(cohort_dir, patients=args.patients, positive_fraction=args.positives / args.patients, seed=59,
                             geometry=args.geometry, jobs=2)

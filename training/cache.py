@@ -17,15 +17,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.params import PreprocessParams
-from pipeline.prepare import prepare_study
-from pipeline.select import SelectionRules
 from training.cohort import Cohort, CohortEntry
+
+if TYPE_CHECKING:
+    from pipeline.select import SelectionRules
 
 __all__ = ["params_key", "PreparedCohort", "StudyFailure", "prepare_cohort"]
 
@@ -62,6 +63,8 @@ class PreparedCohort:
 def _rules_for(entry: CohortEntry) -> SelectionRules | None:
     if entry.lesion_label is None:
         return None
+    from pipeline.select import SelectionRules  # with prepare_study: SimpleITK only for uncached studies
+
     return SelectionRules(lesion_label_pattern=f"^{re.escape(entry.lesion_label)}$", exclude_label_pattern=r"(?!)",
                           lesion_fallback_largest=False)
 
@@ -78,9 +81,13 @@ def prepare_cohort(
     params: PreprocessParams,
     cache_dir: Path | None,
     progress: Callable[[int, int], None] | None = None,
-    prepare: Callable[..., object] = prepare_study,
+    prepare: Callable[..., object] | None = None,
 ) -> PreparedCohort:
-    """Model inputs for every study of ``cohort`` (from the cache where present)."""
+    """Model inputs for every study of ``cohort`` (from the cache where present).
+
+    ``prepare`` defaults to :func:`pipeline.prepare.prepare_study`, imported only when a study
+    is not cached (so a cached cohort trains where SimpleITK is not installed, e.g. a GPU box).
+    """
     folder = Path(cache_dir) / params_key(params) if cache_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -103,6 +110,8 @@ def prepare_cohort(
             try:
                 if not entry.folder.is_dir():
                     raise PipelineError(f"study folder {entry.folder} does not exist")
+                if prepare is None:
+                    from pipeline.prepare import prepare_study as prepare
                 prepared = prepare(entry.folder, params, _rules_for(entry))
                 array = np.asarray(prepared.model_input.array, dtype=np.float32)
                 computed += 1

@@ -57,3 +57,42 @@ def test_second_run_reads_the_cache_and_failures_have_reasons(clear_cohort: Path
     third = prepare_cohort(cohort, other, cache, prepare=counting)
     assert third.computed == 4 and third.inputs.shape[-1] == 24
     shutil.rmtree(cache)
+
+
+_WITHOUT_SIMPLEITK = """
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("SimpleITK", "highdicom"):
+            raise ImportError("not installed here: " + name)
+sys.meta_path.insert(0, Blocker())
+import numpy as np
+from pipeline.params import PreprocessParams
+from training.cache import prepare_cohort
+from training.cohort import read_cohort
+import training.run  # the whole training entry point imports without SimpleITK
+params = PreprocessParams.from_dict({params!r})
+prepared = prepare_cohort(read_cohort({csv!r}), params, {cache!r})
+assert prepared.cached == {count} and prepared.computed == 0 and not prepared.failures, prepared
+np.save({out!r}, prepared.inputs)
+"""
+
+
+def test_a_cached_cohort_trains_where_simpleitk_is_not_installed(clear_cohort: Path, tmp_path: Path) -> None:
+    """A GPU machine gets the cohort's cache, not its DICOM or SimpleITK: reading it needs neither."""
+    import subprocess
+    import sys
+
+    rows = clear_cohort.read_text().splitlines()
+    lines = [rows[0]] + [",".join(r.split(",")[:-1] + [str(clear_cohort.parent / r.split(",")[-1])]) for r in rows[1:3]]
+    csv_path = tmp_path / "cohort.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    cache = tmp_path / "cache"
+    here = prepare_cohort(read_cohort(csv_path), TEST_PARAMS, cache)  # the default prepare_study
+    assert here.computed == 2
+    out = tmp_path / "inputs.npy"
+    code = _WITHOUT_SIMPLEITK.format(params=TEST_PARAMS.to_dict(), csv=str(csv_path), cache=str(cache), count=2, out=str(out))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert np.array_equal(np.load(out), here.inputs)
