@@ -1,18 +1,22 @@
 """The fold ensemble: K ResNet-50s scoring one study's slices together.
 
 DESIGN.md data flow, ``pipeline.infer``: the ``[S, C, H, W]`` input (``[5, 3, 96, 96]``)
-goes through all K fold models under ``torch.inference_mode``. On CUDA the K models' weights
-are stacked (``torch.func.stack_module_state``) and run with ``vmap`` in one batched call,
-so each layer is one kernel launch for all folds rather than K (the plain loop is launch
-bound there). On CPU the models run one after another on the same batch: vmap turns each
-convolution into a grouped one, which oneDNN runs about 2x slower (measured on 2 cores:
-0.82 s vmapped against 0.38 s looped for 5 folds x 5 slices). ``scores`` returns ``[K, S]``, the
-probability of the positive class for every fold and slice; :mod:`pipeline.aggregate`
-turns it into the patient's probability.
+goes through all K fold models under ``torch.inference_mode``, one after another on the same
+batch, in fp32, on CPU and CUDA alike. ``scores`` returns ``[K, S]``, the probability of the
+positive class for every fold and slice; :mod:`pipeline.aggregate` turns it into the
+patient's probability. On CPU the thread count is the caller's (the node leaves a core to
+its SCP).
 
-On CPU the thread count is the caller's (the node leaves a core to its SCP). On CUDA the
-input is channels_last and the models run under bf16 autocast; the probabilities agree
-with fp32 to 1e-2 (``tests/bench_infer.py`` checks it on a GPU).
+Two faster paths exist on CUDA and are off by default, because a result must not depend on
+the device it was computed on (``tests/bench_infer.py`` measures both on a GPU):
+
+- ``mixed_precision=True``: bf16 autocast with channels_last. On an H200 with 5 trained
+  folds it moved a probability by up to 0.69 against fp32 (a noise input); fp32 takes
+  15-27 ms per study there, nothing beside the seconds of preprocessing.
+- ``batched=True``: the K models' weights stacked (``torch.func.stack_module_state``) and
+  run with ``vmap``, one kernel launch per layer for all folds (with bf16: 16.7 ms against
+  22.4 ms looped). On CPU vmap turns each convolution into a grouped one, which oneDNN runs
+  about 2x slower (0.82 s vmapped against 0.38 s looped for 5 folds x 5 slices, 2 cores).
 """
 
 from __future__ import annotations
@@ -64,18 +68,22 @@ class FoldEnsemble:
     """K fold models of one bundle, ready to score (``FoldEnsemble.load(folder, manifest)``)."""
 
     def __init__(
-        self, manifest: Manifest, models: list[EGFRNet], device: torch.device | str = "cpu", batched: bool | None = None
+        self, manifest: Manifest, models: list[EGFRNet], device: torch.device | str = "cpu", batched: bool | None = None,
+        mixed_precision: bool | None = None,
     ) -> None:
         if not models:
             raise ValueError('Argument "models" must hold at least one fold model')
         self.manifest = manifest
         self.device = torch.device(device)
-        self.models = [m.to(self.device).eval() for m in models]
         self.cuda = self.device.type == "cuda"
-        #: All folds in one vmapped call (default on CUDA; see the module docstring).
-        self.batched = self.cuda if batched is None else batched
-        if self.cuda:
-            self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
+        #: bf16 autocast with channels_last weights and input (CUDA only, opt-in: see the
+        #: module docstring; cuDNN's fp32 batch norm cannot run channels_last under vmap).
+        self.mixed_precision = self.cuda and bool(mixed_precision)
+        #: All folds in one vmapped call (opt-in; by default with mixed precision only, the
+        #: combination measured on a GPU).
+        self.batched = self.mixed_precision if batched is None else batched
+        layout = torch.channels_last if self.mixed_precision else torch.contiguous_format
+        self.models = [m.to(self.device, memory_format=layout).eval() for m in models]
         if self.batched:
             self._params, self._buffers = stack_module_state(self.models)
             # A weightless copy of the architecture to call with the stacked tensors.
@@ -101,7 +109,7 @@ class FoldEnsemble:
         if tuple(tensor.shape) != (slices, channels, size, size):
             raise ValueError(f'Argument "x" must have shape {[slices, channels, size, size]}, got {list(tensor.shape)}')
         tensor = tensor.to(self.device)
-        return tensor.contiguous(memory_format=torch.channels_last) if self.cuda else tensor
+        return tensor.contiguous(memory_format=torch.channels_last) if self.mixed_precision else tensor
 
     def _one(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self._skeleton, (params, buffers), (x,))
@@ -111,14 +119,14 @@ class FoldEnsemble:
         if not self.batched:
             return self.logits_loop(x)
         tensor = self._check_input(x)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
             out = torch.vmap(self._one, in_dims=(0, 0, None))(self._params, self._buffers, tensor)
         return out.float()
 
     def logits_loop(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The folds one after another on the same batch (CPU default; the reference)."""
         tensor = self._check_input(x)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
             out = torch.stack([m(tensor) for m in self.models])
         return out.float()
 
