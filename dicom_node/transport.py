@@ -31,6 +31,14 @@ each override is the smallest that removes one behaviour:
    0xA700), and a partial spool file is removed when the connection ends.
 6. ``DULServiceProvider.receive_pdu(wait=True, timeout=acse_timeout)`` keeps the association
    thread waiting after its DUL has ended; here the wait ends with the DUL.
+7. The DUL reactor and the association reactor poll: each sleeps 1 ms whenever it finds
+   nothing to do, so every C-STORE waits up to 1 ms for its dataset to be noticed, 1 ms for
+   the message to reach the handler and 1 ms for the response to be sent (at one
+   association that is most of a store-nothing SCP's time per instance). Here each waits
+   for its work instead, still at most 1 ms so pynetdicom's timers are looked at as often:
+   the DUL in ``select`` on its socket and a wake-up socket that a primitive queued for
+   sending writes to (:attr:`NodeDUL._run_loop_delay`); the association on an event set when
+   a message or primitive is queued for it (:class:`_ReactorClock`).
 """
 
 from __future__ import annotations
@@ -39,7 +47,10 @@ import collections
 import hashlib
 import logging
 import os
+import queue
+import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -47,9 +58,9 @@ from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from pynetdicom import _config as pynetdicom_config, dimse_messages, evt
+from pynetdicom import _config as pynetdicom_config, association as pynetdicom_association, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
@@ -73,6 +84,22 @@ log = logging.getLogger(__name__)
 
 #: The fixed-size PDUs (A-RELEASE-RQ/RP, A-ABORT) have a 4-byte body; allow a little more.
 _SMALL_PDU_BYTES = 64
+#: pynetdicom's reactor sleep; override 7 waits for work instead, at most ``_MAX_WAIT_SECONDS``
+#: (the same 1 ms, so pynetdicom's timers are looked at as often as before).
+_PYNETDICOM_POLL_SECONDS = 0.001
+_MAX_WAIT_SECONDS = 0.001
+
+
+class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue that calls ``signal`` after every put (override 7)."""
+
+    def __init__(self, signal: Callable[[], None]) -> None:
+        super().__init__()
+        self._signal = signal
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._signal()
 
 
 @dataclass(frozen=True)
@@ -275,9 +302,11 @@ def spool_sha256(request: Any) -> str | None:
 
 
 def install_spooling() -> None:
-    """C-STORE datasets go to disk as they arrive (pynetdicom's chunked receive)."""
+    """C-STORE datasets go to disk as they arrive (pynetdicom's chunked receive); the node's
+    association reactors wait for work instead of polling (override 7)."""
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = _spool_file
+    pynetdicom_association.time = _ReactorClock()
 
 
 def _discard_partial_spool(assoc: Association) -> None:
@@ -313,14 +342,74 @@ class NodeDUL(DULServiceProvider):
         self._dataset_over = False
         self._finished = threading.Event()
         self._request_read = False
+        self._wake_r: socket.socket | None = None  # made when the reactor runs, closed when it ends
+        self._wake_w: socket.socket | None = None
+        self.to_provider_queue = _SignallingQueue(self._wake)
+        self.to_user_queue = _SignallingQueue(assoc_signal(assoc))
+
+    def _open_wake_up(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    def _wake(self) -> None:
+        wake = self._wake_w
+        if wake is not None:
+            try:
+                wake.send(b"\0")
+            except OSError:  # full (a wake-up is pending anyway) or closed (the reactor ended)
+                pass
+
+    @property
+    def _run_loop_delay(self) -> float:
+        """pynetdicom's reactor reads this just before it sleeps because it found nothing to
+        do: on the reactor's own thread, wait here (at most its 1 ms) until the socket has
+        data or a primitive is queued, then let it sleep 0 (override 7)."""
+        if threading.current_thread() is not self or self._wake_r is None:
+            return _PYNETDICOM_POLL_SECONDS
+        self.wait_for_work(_MAX_WAIT_SECONDS)
+        return 0.0
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Return when the socket has data, a primitive is queued to send or an event to
+        handle, or ``timeout`` has passed (override 7)."""
+        if self._wake_r is None:
+            return
+        watched: list[Any] = [self._wake_r]
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is not None:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return
+            watched.append(sock)
+        if not self.to_provider_queue.empty() or not self.event_queue.empty():
+            return
+        try:
+            ready, _, _ = select.select(watched, [], [], timeout)
+        except (OSError, ValueError):  # the socket closed meanwhile: pynetdicom notices next
+            time.sleep(timeout)
+            return
+        if self._wake_r in ready:
+            try:
+                self._wake_r.recv(4096)
+            except OSError:
+                pass
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        pass  # pynetdicom's __init__ sets its constant 1 ms
 
     def run_reactor(self) -> None:
         _spool.folder = self.limits.spool_dir
+        self._open_wake_up()
         try:
             super().run_reactor()
         finally:
             _discard_partial_spool(self.assoc)
             self.table.release(self.connection)
+            wake_r, wake_w = self._wake_r, self._wake_w
+            self._wake_w = None
+            wake_r.close()
+            wake_w.close()
             self._finished.set()
 
     def receive_pdu(self, wait: bool = False, timeout: float | None = None) -> Any:
@@ -461,12 +550,39 @@ class NodeDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
 
 
+def assoc_signal(assoc: Association) -> Callable[[], None]:
+    """What wakes ``assoc``'s reactor (override 7): its event, when it is a NodeAssociation."""
+    event = getattr(assoc, "work_queued", None)
+    return event.set if isinstance(event, threading.Event) else (lambda: None)
+
+
+class _ReactorClock:
+    """``pynetdicom.association``'s ``time`` module, whose 1 ms reactor sleep, on the thread of
+    a :class:`NodeAssociation`, ends as soon as a message or primitive is queued for it
+    (override 7). Every other use is the real ``time``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        event = getattr(threading.current_thread(), "work_queued", None)
+        if seconds == _PYNETDICOM_POLL_SECONDS and isinstance(event, threading.Event):
+            if event.wait(_MAX_WAIT_SECONDS):
+                event.clear()
+            return
+        time.sleep(seconds)
+
+
 class NodeAssociation(Association):
     """An acceptor Association whose DUL is a :class:`NodeDUL`."""
 
     def __init__(self, ae: Any, mode: str, limits: TransportLimits, connection: Connection,
                  table: ConnectionTable) -> None:
         super().__init__(ae, mode)
+        #: Set when a DIMSE message or a DUL primitive is queued for this association (override 7).
+        self.work_queued = threading.Event()
+        self.dimse.msg_queue = _SignallingQueue(self.work_queued.set)
         self.dul = NodeDUL(self, limits, connection, table)
         # the timeout setters configure the DUL's timers: apply them to the new DUL
         self.acse_timeout = limits.acse_timeout

@@ -282,3 +282,21 @@ def test_scale_out_database_two_scps_share_postgresql(pg_url: str, tmp_path: Pat
             n.stop()
         for rt in runtimes:
             rt.close()
+
+
+def test_the_node_answers_when_the_data_is_there_not_at_its_polling_interval(node: DicomNode, monkeypatch) -> None:
+    """pynetdicom's reactors poll (sleep 1 ms whenever idle); the node's wait for their work
+    instead (dicom_node.transport, override 7). With their longest wait raised to 0.5 s, 20
+    C-STOREs still take well under a second: polling at 0.5 s would take over 10 s."""
+    import time
+
+    from dicom_node import transport
+
+    monkeypatch.setattr(transport, "_MAX_WAIT_SECONDS", 0.5)
+    images = mr_series(20)
+    with association(node.port) as assoc:
+        begin = time.monotonic()
+        statuses = [assoc.send_c_store(ds).Status for ds in images]
+        elapsed = time.monotonic() - begin
+    assert statuses == [Status.SUCCESS] * 20
+    assert elapsed < 5.0, f"20 C-STOREs took {elapsed:.1f} s: the reactors slept their full wait"
