@@ -275,12 +275,41 @@ def bounds(files: list[Path], work: Path) -> None:
             node.stop()
             runtime.close()
 
+    def durability_chain() -> float:
+        """The node's durable steps alone, per instance and in order (no DICOM, no network):
+        write the file, fsync it, link it into its series folder, fsync the folder, commit its
+        record (SQLite, synchronous=FULL). Every one must finish before the success status."""
+        from pydicom import dcmread
+
+        from dicom_node.intake import record_of
+        from dicom_node.received_header import read_header
+
+        config = make_config(work / "chain")
+        upgrade(config.database_url)
+        runtime = open_runtime(config)
+        headers = [read_header(dcmread(f, stop_before_pixels=True)) for f in files]
+        payload = [f.read_bytes() for f in files]
+        begin = time.perf_counter()
+        try:
+            for header, data in zip(headers, payload):
+                relative = runtime.archive.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
+                spool = runtime.archive.incoming / f"{header.sop_instance_uid}.tmp"
+                spool.write_bytes(data)
+                stored = runtime.archive.store_file(relative, spool, sha256="0" * 64)
+                spool.unlink()
+                intake.record_instance(runtime.sessions, dataclasses.replace(
+                    record_of(header, relative, "1.2.840.10008.1.2.1", len(data)), sha256=stored.sha256))
+            return time.perf_counter() - begin
+        finally:
+            runtime.close()
+
     print("bounds, 1 association, in-process receivers (this process's CPU includes its idle polling):")
     measure("pynetdicom, handler stores nothing", lambda: bench_pynetdicom_floor(files, work, 1))
     measure("pynetdicom, stores nothing, datasets spooled to disk", lambda: bench_pynetdicom_floor(files, work, 1, True))
     measure("egfr-node (fsync, record committed before the status)", lambda: node_run("b1", True, False))
     measure("egfr-node without fsync (what-if)", lambda: node_run("b2", False, False))
     measure("egfr-node without fsync, record after the status (what-if)", lambda: node_run("b3", False, True))
+    measure("durability alone: write, fsync, link, fsync folder, commit", durability_chain)
 
 
 def main(argv: list[str] | None = None) -> int:
