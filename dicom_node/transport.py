@@ -331,7 +331,7 @@ class _PeerClosed(Exception):
 class NodeDUL(DULServiceProvider):
     """pynetdicom's DUL with bounded reads (see the module docstring)."""
 
-    def __init__(self, assoc: Association, limits: TransportLimits, connection: Connection,
+    def __init__(self, assoc: "NodeAssociation", limits: TransportLimits, connection: Connection,
                  table: ConnectionTable) -> None:
         super().__init__(assoc)
         self.limits = limits
@@ -345,7 +345,7 @@ class NodeDUL(DULServiceProvider):
         self._wake_r: socket.socket | None = None  # made when the reactor runs, closed when it ends
         self._wake_w: socket.socket | None = None
         self.to_provider_queue = _SignallingQueue(self._wake)
-        self.to_user_queue = _SignallingQueue(assoc_signal(assoc))
+        self.to_user_queue = _SignallingQueue(assoc.work_queued.set)  # a NodeAssociation's
 
     def _open_wake_up(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
@@ -548,12 +548,6 @@ class NodeDUL(DULServiceProvider):
             self.socket.close()  # Evt17: the state machine ends the association
         else:
             self.event_queue.put("Evt17")
-
-
-def assoc_signal(assoc: Association) -> Callable[[], None]:
-    """What wakes ``assoc``'s reactor (override 7): its event, when it is a NodeAssociation."""
-    event = getattr(assoc, "work_queued", None)
-    return event.set if isinstance(event, threading.Event) else (lambda: None)
 
 
 class _ReactorClock:
