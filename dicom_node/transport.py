@@ -365,7 +365,7 @@ class NodeDUL(DULServiceProvider):
         """pynetdicom's reactor reads this just before it sleeps because it found nothing to
         do: on the reactor's own thread, wait here (at most its 1 ms) until the socket has
         data or a primitive is queued, then let it sleep 0 (override 7)."""
-        if threading.current_thread() is not self or self._wake_r is None:
+        if threading.current_thread() is not self:
             return _PYNETDICOM_POLL_SECONDS
         self.wait_for_work(_MAX_WAIT_SECONDS)
         return 0.0
