@@ -190,6 +190,7 @@ def stage_profile(files: list[Path], work: Path, associations: int = 1) -> None:
     import functools
     import importlib
     import resource
+    import threading
 
     from db.migrate import upgrade
     from dicom_node.runtime import open_runtime
@@ -200,6 +201,7 @@ def stage_profile(files: list[Path], work: Path, associations: int = 1) -> None:
     cpu: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
     restore = []
+    counting = threading.Lock()  # the DUL and association threads (of several associations) add up
     for target, name, label, _ in _STAGES:
         module, _, cls = target.partition(":")
         owner = getattr(importlib.import_module(module), cls) if cls else importlib.import_module(module)
@@ -210,9 +212,11 @@ def stage_profile(files: list[Path], work: Path, associations: int = 1) -> None:
             try:
                 return _f(*args, **kwargs)
             finally:
-                wall[_label] += time.perf_counter() - w
-                cpu[_label] += time.thread_time() - c
-                calls[_label] += 1
+                w, c = time.perf_counter() - w, time.thread_time() - c
+                with counting:
+                    wall[_label] += w
+                    cpu[_label] += c
+                    calls[_label] += 1
 
         setattr(owner, name, functools.wraps(original)(timed))
         restore.append((owner, name, original))
