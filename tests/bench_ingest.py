@@ -164,9 +164,9 @@ def bench_node(files: list[Path], work: Path, associations: int, fsync: bool = T
     return seconds
 
 
-#: (owner module or class, function, stage) for ``--stages``, in the order of the receive path.
+#: (module or module:class, function, stage, depth) for ``--stages``, in the order of the receive path.
 #: The DUL thread reads and spools a C-STORE; the association thread checks, archives,
-#: records and answers it. A stage nested in another is shown indented under it.
+#: records and answers it. A stage inside another (depth 1) is shown indented under it.
 _STAGES = [
     ("pynetdicom.dimse:DIMSEServiceProvider", "receive_primitive", "DUL: P-DATA to a DIMSE message, spooled", 0),
     ("pynetdicom.dimse_messages", "write_file_meta_info", "spool: file meta (pydicom encodes it)", 1),
