@@ -12,9 +12,11 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_sessionmaker", "SQLITE_BUSY_TIMEOUT_MS"]
+__all__ = ["make_engine", "make_sessionmaker", "SQLITE_BUSY_TIMEOUT_MS", "SQLITE_BEGIN"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: How every write transaction on SQLite begins (see _sqlite_begin_immediate).
+SQLITE_BEGIN = "BEGIN IMMEDIATE"
 
 
 def make_engine(url: str) -> Engine:
@@ -47,7 +49,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 def _sqlite_begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
     # Take the write lock at BEGIN: two processes never deadlock upgrading read locks,
     # and the busy timeout applies (a deferred transaction that upgrades fails at once).
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    connection.exec_driver_sql(SQLITE_BEGIN)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

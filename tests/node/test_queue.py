@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from db.engine import make_engine, make_sessionmaker
-from db.ingest import InstanceRecord, RecordOutcome, record_instance
+from db.ingest import ARRIVING_REASON, InstanceRecord, RecordOutcome, record_instance
 from db.migrate import current_revision, head_revision, upgrade
 from db.models import Base, Instance, Job, JobState, Study
 from db import queue, sop_classes
@@ -77,6 +78,41 @@ def test_duplicate_is_idempotent_and_conflict_is_counted(sessions) -> None:
         assert len(instances) == 1
         assert instances[0].sha256 == "a" * 64  # the first copy is kept
         assert instances[0].conflict_count == 1
+
+
+def test_a_recorded_instance_reads_back_through_the_orm_as_it_was_given(sessions) -> None:
+    # the record is written on the DBAPI connection: dates, JSON lists, enums and defaults
+    # must be stored as the ORM stores them
+    at = datetime(2026, 11, 30, 20, 0, 0, 123456)
+    record = rec("1.5", "1.5.1", "1.5.1.1", modality="SEG", refs=("1.5.9",), sop_refs=("1.5.9.1", "1.5.9.2"))
+    assert receive(sessions, replace(record, series_number=7, series_description="é" * 70), at) is RecordOutcome.NEW
+    with sessions.begin() as s:
+        instance = s.scalars(select(Instance)).one()
+        assert (instance.received_at, instance.referenced_series_uids, instance.referenced_sop_uids) == (
+            at, ["1.5.9"], ["1.5.9.1", "1.5.9.2"])
+        assert (instance.conflict_count, instance.last_conflict_at, instance.origin) == (0, None, "received")
+        series = instance.series
+        assert (series.series_number, series.series_description, series.last_received_at) == (7, "é" * 64, at)
+        assert (series.study.first_received_at, series.study.last_received_at) == (at, at)
+        job = s.scalars(select(Job)).one()
+        assert (job.state, job.reason, job.trigger, job.attempts, job.resend_only) == (
+            JobState.WAITING, ARRIVING_REASON, "arrival", 0, False)
+        assert (job.created_at, job.updated_at, job.queued_at) == (at, at, None)
+
+
+def test_a_failing_database_raises_its_error_and_commits_nothing_of_the_record(sessions) -> None:
+    engine = sessions.kw["bind"]
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE instance RENAME TO instance_elsewhere"))
+    try:
+        with pytest.raises(SQLAlchemyError):  # what the SCP answers 0xA701 for
+            receive(sessions, rec("1.6", "1.6.1", "1.6.1.1"), T0)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE instance_elsewhere RENAME TO instance"))
+    with sessions.begin() as s:  # the study and series upserted before the failure are rolled back
+        assert s.scalars(select(Study)).all() == [] and s.scalars(select(Job)).all() == []
+    assert receive(sessions, rec("1.6", "1.6.1", "1.6.1.1"), T0) is RecordOutcome.NEW
 
 
 def test_study_waits_for_quiet_and_a_mask_then_queues(sessions) -> None:

@@ -13,7 +13,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from db.models import Instance, Job
 from dicom_node.scp import DicomNode, Status
@@ -249,6 +249,21 @@ def test_below_the_free_space_reserve_answers_out_of_resources(config, runtime) 
             assert assoc.send_c_echo().Status == 0
     finally:
         node.stop()
+
+
+def test_a_failing_database_answers_database_unavailable_and_keeps_serving(node: DicomNode, runtime) -> None:
+    first, second = mr_series(2)
+    engine = runtime.sessions.kw["bind"]
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE instance RENAME TO instance_elsewhere"))
+    try:
+        assert store(node.port, first) == [Status.DATABASE_UNAVAILABLE]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE instance_elsewhere RENAME TO instance"))
+    # PACS resends what was refused: the file archived before the failure is recorded then
+    assert store(node.port, [first, second]) == [0, 0]
+    assert [r.sop_instance_uid for r in instances(runtime)] == [first.SOPInstanceUID, second.SOPInstanceUID]
 
 
 def test_scale_out_database_two_scps_share_postgresql(pg_url: str, tmp_path: Path) -> None:
