@@ -6,19 +6,23 @@ every value lies inside the file, sequences and items close where their lengths 
 delimiters say, native Pixel Data is as long as Rows x Columns x Samples per Pixel x Bits
 Allocated / 8 x Number of Frames (padded to even), and encapsulated Pixel Data is a Basic
 Offset Table item plus at least one fragment per frame, closed by a Sequence Delimitation
-Item. Values are skipped, never loaded; a deflated dataset is inflated as a stream and
-counted against the size limit while it inflates (a deflate bomb stops at the limit).
+Item. Values are skipped, never loaded, except the few short top-level elements the caller
+asks to ``keep`` (the header the node records: pydicom need not read the file again for
+them); a deflated dataset is inflated as a stream and counted against the size limit while
+it inflates (a deflate bomb stops at the limit).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 __all__ = ["IncompleteDataset", "DatasetTooLarge", "DatasetSummary", "check_part10_file"]
@@ -32,6 +36,8 @@ _IMAGE_PIXEL = {0x00280002: "SamplesPerPixel", 0x00280004: "PhotometricInterpret
                 0x00280010: "Rows", 0x00280011: "Columns", 0x00280100: "BitsAllocated"}
 _MAX_DEPTH = 16
 _CHUNK = 1 << 16
+#: A kept element longer than this is not kept (``DatasetSummary.kept_all`` is then False).
+_MAX_KEPT_BYTES = 1024
 
 
 class IncompleteDataset(ValueError):
@@ -47,6 +53,13 @@ class DatasetSummary:
     transfer_syntax_uid: str
     dataset_bytes: int
     pixel_data: str  # "none", "native" or "encapsulated"
+    #: The top-level elements asked for with ``keep`` that the dataset has, undecoded (as
+    #: pydicom's reader yields them: a ``Dataset`` built of them converts them on access).
+    kept: dict[int, RawDataElement] = field(default_factory=dict)
+    #: False when a kept tag was there but too long, a sequence or of undefined length.
+    kept_all: bool = True
+    #: Every top-level tag of the dataset.
+    top_level_tags: frozenset[int] = frozenset()
 
 
 class _FileSource:
@@ -129,10 +142,14 @@ class _InflateSource:
 
 
 class _Walker:
-    def __init__(self, source: _FileSource | _InflateSource) -> None:
+    def __init__(self, source: _FileSource | _InflateSource, keep: frozenset[int] = frozenset()) -> None:
         self.src = source
         self.image: dict[str, bytes] = {}
         self.pixel: tuple[str, int, int] | None = None  # (kind, length or fragments, offset-table bytes)
+        self.keep = keep
+        self.kept: dict[int, RawDataElement] = {}
+        self.kept_all = True
+        self.top_level_tags: set[int] = set()
 
     def dataset(self, end: int | None, depth: int, implicit: bool, delimited: bool) -> None:
         """Elements up to ``end`` (defined-length item), an Item Delimitation (``delimited``) or
@@ -154,6 +171,15 @@ class _Walker:
                     return
                 raise IncompleteDataset(f"unexpected ({group:04X},{element:04X}) in a dataset")
             vr, length = self._vr_and_length(implicit)
+            if depth == 0:
+                self.top_level_tags.add(tag)
+                if tag in self.keep:
+                    if length <= _MAX_KEPT_BYTES and vr != b"SQ" and not (implicit and _is_sequence(tag)):
+                        position = src.pos
+                        self.kept[tag] = RawDataElement(BaseTag(tag), vr.decode("ascii") if vr else None, length,
+                                                        src.read(length), position, implicit, True)
+                        continue
+                    self.kept_all = False
             if depth == 0 and tag in _IMAGE_PIXEL and length <= 16:
                 self.image[_IMAGE_PIXEL[tag]] = src.read(length)
             elif tag == _PIXEL_DATA and length == UNDEFINED:
@@ -295,11 +321,13 @@ def _check_pixel_data(walker: _Walker, syntax: UID) -> str:
     return kind
 
 
-def check_part10_file(path: Path, max_bytes: int, *, pixel_data_required: bool = False) -> DatasetSummary:
+def check_part10_file(path: Path, max_bytes: int, *, pixel_data_required: bool = False,
+                      keep: frozenset[int] = frozenset()) -> DatasetSummary:
     """Walk the Part-10 file at ``path``; raise IncompleteDataset or DatasetTooLarge.
 
     ``pixel_data_required`` (image SOP classes, where Pixel Data is Type 1): a dataset that
-    ends before its Pixel Data, even at an element boundary, is incomplete.
+    ends before its Pixel Data, even at an element boundary, is incomplete. ``keep``:
+    top-level tags whose values to return, undecoded (``DatasetSummary.kept``).
     """
     with open(path, "rb") as f:
         syntax_text, start = _meta(f)
@@ -313,7 +341,7 @@ def check_part10_file(path: Path, max_bytes: int, *, pixel_data_required: bool =
             if size - start > max_bytes:
                 raise DatasetTooLarge(f"dataset over {max_bytes // 2**20} MiB")
             source = _FileSource(f, start, size)
-        walker = _Walker(source)
+        walker = _Walker(source, keep)
         try:
             walker.dataset(None, 0, syntax.is_implicit_VR, delimited=False)
         except struct.error:
@@ -321,4 +349,5 @@ def check_part10_file(path: Path, max_bytes: int, *, pixel_data_required: bool =
         pixel = _check_pixel_data(walker, syntax)
         if pixel_data_required and pixel == "none":
             raise IncompleteDataset("no Pixel Data (Type 1 in this IOD)")
-        return DatasetSummary(syntax_text, source.pos - (0 if syntax.is_deflated else start), pixel)
+        return DatasetSummary(syntax_text, source.pos - (0 if syntax.is_deflated else start), pixel,
+                              walker.kept, walker.kept_all, frozenset(walker.top_level_tags))

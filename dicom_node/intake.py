@@ -11,6 +11,7 @@ A file is hashed in chunks and linked, never read whole. No pynetdicom event her
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def store_instance(
     origin: str = "received",
     enqueue: bool = True,
     sha256: str | None = None,
+    synced: Future[None] | None = None,
 ) -> RecordOutcome:
     """Archive ``encoded`` (a Part-10 file: preamble, file meta, dataset; its bytes, or the
     path of a file written whole, which stays where it is) and record it.
@@ -68,13 +70,14 @@ def store_instance(
     Returns NEW, DUPLICATE (same UID, same bytes: idempotent) or CONFLICT (same UID, other
     bytes: the first copy is kept). ``enqueue=False`` (a retrospective import) archives and
     records without making a job. ``sha256``: the file's hash when its writer computed it
-    (the SCP's spool), so it is not read again. Raises ``ArchiveFull`` (no space), ``InvalidUID`` and
+    (the SCP's spool), so it is not read again. ``synced``: the fsync of that file, started
+    by ``Archive.sync_in_background`` (waited for before the file is linked). Raises ``ArchiveFull`` (no space), ``InvalidUID`` and
     SQLAlchemy errors (database unavailable); nothing is acknowledged by then.
     """
     relative = archive.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
     if isinstance(encoded, Path):
         size = encoded.stat().st_size
-        stored = archive.store_file(relative, encoded, sha256=sha256)
+        stored = archive.store_file(relative, encoded, sha256=sha256, synced=synced)
     else:
         size = len(encoded)
         stored = archive.store(relative, encoded)

@@ -1,20 +1,46 @@
 """What the node reads from a received dataset's header: UIDs and references, nothing else.
 
 Reads only the elements it needs (pydicom converts elements lazily), never the pixels, and
-never patient identification.
+never patient identification. For most instances those elements come from the receive
+path's walk of the file (``dataset_check``, ``HEADER_TAGS``): :func:`header_dataset` makes
+them a pydicom ``Dataset``, so the file is not parsed a second time. A mask, or any
+instance carrying the reference sequences a mask's header is read from, is read whole by
+pydicom instead (``header_dataset`` returns None).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from db.sop_classes import MASK_SOP_CLASSES
 from dicom_node.archive import InvalidUID, check_uid
+from dicom_node.dataset_check import DatasetSummary
 from pipeline.references import mask_referenced_instances, mask_referenced_series
 
-__all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header", "MASK_SOP_CLASSES"]
+__all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header", "header_dataset", "HEADER_TAGS",
+           "MASK_SOP_CLASSES"]
+
+
+def _tags(*keywords: str) -> frozenset[int]:
+    return frozenset(int(tag_for_keyword(keyword)) for keyword in keywords)  # type: ignore[arg-type]
+
+
+#: The top-level elements :func:`read_header` reads, and the character set that decodes them.
+HEADER_TAGS = _tags("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
+                    "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "FrameOfReferenceUID")
+#: Top-level sequences ``pipeline.references`` reads series references from (SEG, RTSTRUCT).
+REFERENCE_SEQUENCES = _tags("ReferencedSeriesSequence", "ReferencedFrameOfReferenceSequence")
+
+
+def header_dataset(summary: DatasetSummary, sop_class_uid: str) -> Dataset | None:
+    """The header elements the walk kept, as a ``Dataset`` :func:`read_header` reads; None when
+    the file must be read whole (a mask, reference sequences, a header element not kept)."""
+    if sop_class_uid in MASK_SOP_CLASSES or not summary.kept_all or summary.top_level_tags & REFERENCE_SEQUENCES:
+        return None
+    return Dataset(summary.kept)
 
 
 

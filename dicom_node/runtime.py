@@ -39,6 +39,7 @@ class Runtime:
     archive: Archive
 
     def close(self) -> None:
+        self.archive.close()
         self.engine.dispose()
 
 

@@ -2,7 +2,7 @@
 
 Nothing acknowledged is lost: the dataset is spooled to the archive's ``.incoming`` as it
 arrives (memory does not grow with its size), walked to its end (``dataset_check``: whole,
-Pixel Data as long as its attributes say), then linked into the archive (fsynced) and
+Pixel Data as long as its attributes say; the walk keeps the header elements), then linked into the archive (fsynced) and
 recorded in the database before the success status goes back. Status codes say what
 happened: 0xB006 (warning) stored earlier with other content, first copy kept; 0xA700 out
 of space, or the instance is over ``node.max_instance_size_mb``; 0xA701 database
@@ -20,6 +20,7 @@ import os
 import ssl
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,14 @@ from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_p
 from dicom_node.intake import store_instance
 from dicom_node.log_safety import RejectionLog, peer_text
 from dicom_node.metrics import MetricsServer, NodeMetrics, database_answers, forget_process
-from dicom_node.received_header import NonConformant, ReceivedHeader, SOPClassMismatch, read_header
+from dicom_node.received_header import (
+    HEADER_TAGS,
+    NonConformant,
+    ReceivedHeader,
+    SOPClassMismatch,
+    header_dataset,
+    read_header,
+)
 from dicom_node.transport import (
     ConnectionTable,
     NodeAssociationServer,
@@ -184,17 +192,23 @@ def handle_store(
                       f"instance over the limit of {max_instance_bytes // 2**20} MiB")
     if spool_error(request) is not None:
         return refuse(Status.OUT_OF_RESOURCES, "archive out of disk space", "archive out of disk space")
+    # The disk makes the spooled bytes durable while the CPU checks them (nothing waits for
+    # it unless the instance is accepted).
+    synced = archive.sync_in_background(Path(path))
+    sop_class_uid = str(request.AffectedSOPClassUID or "")
     try:
-        check_part10_file(path, max_instance_bytes,
-                          pixel_data_required=str(request.AffectedSOPClassUID or "") in PIXEL_DATA_REQUIRED)
+        summary = check_part10_file(path, max_instance_bytes, pixel_data_required=sop_class_uid in PIXEL_DATA_REQUIRED,
+                                    keep=HEADER_TAGS)
     except DatasetTooLarge:
         return refuse(Status.OUT_OF_RESOURCES, "instance over node.max_instance_size_mb",
                       f"instance over the limit of {max_instance_bytes // 2**20} MiB")
     except IncompleteDataset as exc:
         return refuse(Status.CANNOT_UNDERSTAND, "incomplete dataset", f"incomplete dataset: {exc}")
     try:
-        dataset = dcmread(path, stop_before_pixels=True, defer_size=1 << 16)
-        header = read_header(dataset, str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""))
+        dataset = header_dataset(summary, sop_class_uid)
+        if dataset is None:
+            dataset = dcmread(path, stop_before_pixels=True, defer_size=1 << 16)
+        header = read_header(dataset, sop_class_uid, str(request.AffectedSOPInstanceUID or ""))
     except SOPClassMismatch as exc:
         return refuse(Status.DATASET_DOES_NOT_MATCH, "dataset does not match the request", str(exc))
     except NonConformant as exc:
@@ -206,7 +220,7 @@ def handle_store(
                       f"dataset cannot be decoded: {type(exc).__name__}")
     extra = {"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid}
     try:
-        return _archive_and_record(event, path, header, calling_aet, archive, sessions, counters)
+        return _archive_and_record(event, path, header, calling_aet, archive, sessions, counters, synced)
     except ArchiveFull as exc:
         counters.add("failures")
         log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
@@ -229,9 +243,10 @@ def _archive_and_record(
     archive: Archive,
     sessions: sessionmaker[Session],
     counters: StoreCounters,
+    synced: Future[None] | None,
 ) -> int | Dataset:
     outcome = store_instance(archive, sessions, Path(path), header, str(event.context.transfer_syntax),
-                             calling_aet=calling_aet, sha256=spool_sha256(event.request))
+                             calling_aet=calling_aet, sha256=spool_sha256(event.request), synced=synced)
     counters.add({RecordOutcome.NEW: "stored", RecordOutcome.DUPLICATE: "duplicates", RecordOutcome.CONFLICT: "conflicts"}[outcome])
     if outcome is RecordOutcome.CONFLICT:
         # Stored earlier with other content: the first copy stays. A warning, not a failure,

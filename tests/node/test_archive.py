@@ -1,15 +1,21 @@
-"""The archive's temporary files: cleaned up after a crash, never another live process's."""
+"""The archive: files never replaced, linked only once durable; temporary files cleaned up after
+a crash, never another live process's."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
-from dicom_node.archive import Archive, StoredFile
+import pytest
+
+from dicom_node.archive import Archive, ArchiveFull, StoredFile
 
 
 def test_store_never_replaces_and_compares(tmp_path: Path) -> None:
@@ -39,3 +45,21 @@ def test_only_stale_temporary_files_are_removed(tmp_path: Path) -> None:
     os.utime(ancient, (day_ago, day_ago))
     assert archive.remove_stale_temporary_files() == 2
     assert sorted(p.name for p in archive.incoming.iterdir()) == sorted([mine.name, elsewhere.name])
+
+
+def test_a_file_synced_in_the_background_is_linked_only_after_its_fsync_succeeded(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    spool = archive.incoming / "spool.tmp"
+    spool.write_bytes(b"instance")
+    try:
+        assert archive.store_file("1.2/1.2.3/1.2.3.4.dcm", spool, synced=archive.sync_in_background(spool)).written
+        assert (tmp_path / "1.2/1.2.3/1.2.3.4.dcm").read_bytes() == b"instance"
+        # a failed fsync (here: the disk is full) is the store's failure: nothing linked
+        failed: Future[None] = Future()
+        failed.set_exception(OSError(errno.ENOSPC, "No space left on device"))
+        with pytest.raises(ArchiveFull):
+            archive.store_file("1.2/1.2.3/1.2.3.5.dcm", spool, synced=failed)
+        assert not (tmp_path / "1.2/1.2.3/1.2.3.5.dcm").exists()
+    finally:
+        archive.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("ArchiveSync")]

@@ -1,4 +1,5 @@
-"""The pure parts of the fault handling, without sockets: the dataset walk and log safety."""
+"""The pure parts of the fault handling, without sockets: the dataset walk (and the header it
+keeps) and log safety."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
+from dicom_node.received_header import HEADER_TAGS, MASK_SOP_CLASSES, header_dataset, read_header
+from tests.dicom_factory import mask_for, mr_series
 from dicom_node.log_safety import RejectionLog, SafeFormatter, peer_text
 
 WHOLE = ["MR_small.dcm", "CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm",
@@ -22,6 +27,60 @@ def test_whole_datasets_pass(name: str) -> None:
     path = Path(get_testdata_file(name))
     summary = check_part10_file(path, 1 << 30)
     assert summary.transfer_syntax_uid == str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+
+
+def _header_two_ways(path: Path) -> tuple[object, object]:
+    """(header from the walk's kept elements or None, header from pydicom reading the file)."""
+    full = dcmread(path, stop_before_pixels=True)
+    summary = check_part10_file(path, 1 << 30, keep=HEADER_TAGS)
+    walked = header_dataset(summary, str(full.SOPClassUID))
+    return (read_header(walked) if walked is not None else None), read_header(full)
+
+
+@pytest.mark.parametrize("name", WHOLE)
+def test_the_header_kept_by_the_walk_is_the_one_pydicom_reads(name: str) -> None:
+    walked, full = _header_two_ways(Path(get_testdata_file(name)))
+    assert walked is None if full.sop_class_uid in MASK_SOP_CLASSES else walked == full
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+@pytest.mark.parametrize("charset, description", [
+    (None, "T1 post"), ("ISO_IR 100", "Tête T1 gadolinium"), ("ISO_IR 192", "T1 造影 Überblick"),
+    (["", "ISO 2022 IR 87"], "T1 造影 やまだ"), (None, ""),
+])
+def test_the_header_kept_by_the_walk_decodes_as_pydicom_does(tmp_path: Path, syntax: str, charset, description: str) -> None:
+    (ds,) = mr_series(1)
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    ds.SeriesDescription = description
+    if not description:
+        del ds.SeriesNumber, ds.FrameOfReferenceUID
+    ds.file_meta.TransferSyntaxUID = syntax
+    path = tmp_path / "one.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    walked, full = _header_two_ways(path)
+    assert walked is not None and walked == full
+    assert full.series_description == description[:64]
+
+
+def test_masks_and_long_header_elements_are_read_whole(tmp_path: Path) -> None:
+    images = mr_series(2)
+    for mask in (mask_for(images, "SEG"), mask_for(images, "RTSTRUCT")):
+        mask.save_as(tmp_path / "mask.dcm", enforce_file_format=True)
+        summary = check_part10_file(tmp_path / "mask.dcm", 1 << 30, keep=HEADER_TAGS)
+        assert header_dataset(summary, str(mask.SOPClassUID)) is None
+    image = images[0]
+    image.SeriesDescription = "x" * 2000  # over what the walk keeps: pydicom reads it
+    image.save_as(tmp_path / "long.dcm", enforce_file_format=True)
+    summary = check_part10_file(tmp_path / "long.dcm", 1 << 30, keep=HEADER_TAGS)
+    assert not summary.kept_all and header_dataset(summary, str(image.SOPClassUID)) is None
+    image.SeriesDescription = "T1"
+    image.ReferencedSeriesSequence = [Dataset()]
+    image.ReferencedSeriesSequence[0].SeriesInstanceUID = "1.2.3.4"
+    image.save_as(tmp_path / "refs.dcm", enforce_file_format=True)
+    summary = check_part10_file(tmp_path / "refs.dcm", 1 << 30, keep=HEADER_TAGS)
+    assert header_dataset(summary, str(image.SOPClassUID)) is None
+    assert read_header(dcmread(tmp_path / "refs.dcm")).referenced_series_uids == ("1.2.3.4",)
 
 
 @pytest.mark.parametrize("name, reason", [("MR_truncated.dcm", "Pixel Data"), ("rtplan_truncated.dcm", "ends inside")])
