@@ -5,9 +5,9 @@ checked against the UI value representation before they become path parts. A fil
 written under ``<root>/.incoming/`` (same file system) as ``<host>-<pid>-<random>.tmp``,
 fsynced, then linked to its final name (a link never replaces an existing file, so two
 associations writing the same instance leave one whole file), and the folder is fsynced.
-A file written by someone else (the SCP's spool) may be fsynced in a helper thread while
-its writer checks it (:meth:`Archive.sync_in_background`): the disk and the CPU work at
-the same time, and :meth:`Archive.store_file` waits for that fsync before linking.
+A file written by someone else (the SCP's spool) may already be being fsynced by its
+writer while it is checked: :meth:`Archive.store_file` then waits for that fsync before
+linking.
 Temporary files are never registered. At start a node removes only the temporary files its
 own host's dead processes left (or any older than a day): several SCPs may share the archive.
 """
@@ -22,9 +22,8 @@ import re
 import shutil
 import socket
 import time
-import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,25 +72,6 @@ class Archive:
         self.incoming = self.root / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)
         self._tmp_prefix = f"{socket.gethostname()}-{os.getpid()}-"
-        self._syncer: ThreadPoolExecutor | None = None
-        self._syncer_lock = threading.Lock()
-
-    def sync_in_background(self, path: Path) -> Future[None] | None:
-        """Start fsyncing the whole file at ``path`` in a helper thread (None when fsync is
-        off); pass the result to :meth:`store_file` as ``synced``, which waits for it."""
-        if not self.fsync:
-            return None
-        with self._syncer_lock:
-            if self._syncer is None:  # a thread per association at most, started as needed
-                self._syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ArchiveSync")
-        return self._syncer.submit(_fsync_path, path)
-
-    def close(self) -> None:
-        """End the helper threads (after the last store)."""
-        with self._syncer_lock:
-            if self._syncer is not None:
-                self._syncer.shutdown(wait=True)
-                self._syncer = None
 
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
         return "/".join(
@@ -140,8 +120,8 @@ class Archive:
                    sha256: str | None = None) -> StoredFile:
         """As :meth:`store`, for a whole file already written (the SCP's spool under
         ``.incoming``): fsynced and hard-linked into place, not copied, so memory does not
-        grow with its size. ``synced``: True when the caller fsynced it, or the fsync
-        :meth:`sync_in_background` started (waited for here). ``source`` stays where it is;
+        grow with its size. ``synced``: True when the caller fsynced it, or the caller's fsync
+        under way (its Future, waited for here). ``source`` stays where it is;
         the caller removes it. ``sha256``: its hash when the writer computed it (else it is read).
         """
         digest = sha256 or sha256_of(source)

@@ -39,7 +39,6 @@ class Runtime:
     archive: Archive
 
     def close(self) -> None:
-        self.archive.close()
         self.engine.dispose()
 
 

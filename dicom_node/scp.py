@@ -20,7 +20,6 @@ import os
 import ssl
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from dicom_node.transport import (
     install_spooling,
     spool_error,
     spool_sha256,
+    spool_synced,
     start_server,
     take_dataset_verdict,
 )
@@ -192,9 +192,6 @@ def handle_store(
                       f"instance over the limit of {max_instance_bytes // 2**20} MiB")
     if spool_error(request) is not None:
         return refuse(Status.OUT_OF_RESOURCES, "archive out of disk space", "archive out of disk space")
-    # The disk makes the spooled bytes durable while the CPU checks them (nothing waits for
-    # it unless the instance is accepted).
-    synced = archive.sync_in_background(Path(path))
     sop_class_uid = str(request.AffectedSOPClassUID or "")
     try:
         summary = check_part10_file(path, max_instance_bytes, pixel_data_required=sop_class_uid in PIXEL_DATA_REQUIRED,
@@ -220,7 +217,7 @@ def handle_store(
                       f"dataset cannot be decoded: {type(exc).__name__}")
     extra = {"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid}
     try:
-        return _archive_and_record(event, path, header, calling_aet, archive, sessions, counters, synced)
+        return _archive_and_record(event, path, header, calling_aet, archive, sessions, counters)
     except ArchiveFull as exc:
         counters.add("failures")
         log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
@@ -243,10 +240,11 @@ def _archive_and_record(
     archive: Archive,
     sessions: sessionmaker[Session],
     counters: StoreCounters,
-    synced: Future[None] | None,
 ) -> int | Dataset:
+    # the DUL thread fsyncs the spool while this thread checks it (dicom_node.transport, 8)
     outcome = store_instance(archive, sessions, Path(path), header, str(event.context.transfer_syntax),
-                             calling_aet=calling_aet, sha256=spool_sha256(event.request), synced=synced)
+                             calling_aet=calling_aet, sha256=spool_sha256(event.request),
+                             synced=spool_synced(event.request))
     counters.add({RecordOutcome.NEW: "stored", RecordOutcome.DUPLICATE: "duplicates", RecordOutcome.CONFLICT: "conflicts"}[outcome])
     if outcome is RecordOutcome.CONFLICT:
         # Stored earlier with other content: the first copy stays. A warning, not a failure,
@@ -315,6 +313,7 @@ class DicomNode:
             max_negotiating=node.max_negotiating,
             max_instance_bytes=node.max_instance_size_mb * 2**20,
             spool_dir=self.archive.incoming,
+            sync_spool=self.archive.fsync,
             reuse_port=node.receive_processes > 1 or self.receiver,
         )
 

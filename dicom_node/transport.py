@@ -39,6 +39,13 @@ each override is the smallest that removes one behaviour:
    the DUL in ``select`` on its socket and a wake-up socket that a primitive queued for
    sending writes to (:attr:`NodeDUL._run_loop_delay`); the association on an event set when
    a message or primitive is queued for it (:class:`_ReactorClock`).
+8. Not a pynetdicom fault, a use of its two threads: once a C-STORE's dataset is whole in
+   its spool file and the message queued for the association thread, the DUL thread, which
+   waits for the peer until the response goes back, fsyncs the spool (``sync_spool``,
+   :class:`_MessageQueue`). The disk works while the association thread checks the dataset;
+   the archive waits for that fsync (:func:`spool_synced`) before it links the file. A
+   helper thread would not do: it must take the GIL to start, and the checking thread
+   holds it until it waits.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ import ssl
 import struct
 import threading
 import time
+from concurrent.futures import Future
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,6 +86,7 @@ __all__ = [
     "install_spooling",
     "spool_error",
     "spool_sha256",
+    "spool_synced",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,6 +111,26 @@ class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
         self._signal()
 
 
+class _MessageQueue(_SignallingQueue):
+    """An association's queue of DIMSE messages, which its DUL thread puts whole messages
+    on: a C-STORE's spool file is fsynced right after its message is queued (override 8)."""
+
+    def __init__(self, signal: Callable[[], None], sync_spool: bool) -> None:
+        super().__init__(signal)
+        self._sync_spool = sync_spool
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        spool = getattr(item[1], "_dataset_file", None) if self._sync_spool and isinstance(item, tuple) else None
+        if not isinstance(spool, SpoolFile):
+            super().put(item, block, timeout)
+            return
+        spool.synced = Future()
+        try:
+            super().put(item, block, timeout)  # the association thread starts checking it
+        finally:
+            spool.sync()  # os.fsync lets go of the GIL: the check runs meanwhile
+
+
 @dataclass(frozen=True)
 class TransportLimits:
     """What one connection may cost (seconds, bytes, counts); see default-config.toml [node]."""
@@ -116,6 +145,8 @@ class TransportLimits:
     max_negotiating: int = 64
     max_instance_bytes: int = 1 << 30
     spool_dir: Path | None = None
+    #: fsync a C-STORE's spool file in the DUL thread once it is whole (override 8).
+    sync_spool: bool = False
     reuse_port: bool = False
 
     @property
@@ -245,6 +276,22 @@ class SpoolFile:
         self.name = file.name
         self.error: OSError | None = None
         self._hash = hashlib.sha256()
+        #: The fsync of the whole file, once started (override 8).
+        self.synced: Future[None] | None = None
+
+    def sync(self) -> None:
+        """fsync what was written; the outcome (or its OSError) goes to ``synced``, which
+        must be set before the message that carries this file is queued."""
+        synced = self.synced
+        if synced is None:
+            return
+        try:
+            if self.error is None:
+                os.fsync(self._file.fileno())
+        except Exception as exc:  # OSError, or ValueError for a file closed meanwhile: never left unset
+            synced.set_exception(exc)
+        else:
+            synced.set_result(None)
 
     def write(self, data: bytes) -> int:
         if self.error is None:
@@ -299,6 +346,12 @@ def spool_error(request: Any) -> OSError | None:
 def spool_sha256(request: Any) -> str | None:
     """The sha256 of a C-STORE request's spool file as written (None when not known)."""
     return getattr(getattr(request, "_dataset_file", None), "sha256", None)
+
+
+def spool_synced(request: Any) -> Future[None] | None:
+    """The fsync of a C-STORE request's spool file that its DUL thread runs (override 8);
+    None when it does not (the archive fsyncs the file itself)."""
+    return getattr(getattr(request, "_dataset_file", None), "synced", None)
 
 
 def install_spooling() -> None:
@@ -576,7 +629,7 @@ class NodeAssociation(Association):
         super().__init__(ae, mode)
         #: Set when a DIMSE message or a DUL primitive is queued for this association (override 7).
         self.work_queued = threading.Event()
-        self.dimse.msg_queue = _SignallingQueue(self.work_queued.set)
+        self.dimse.msg_queue = _MessageQueue(self.work_queued.set, limits.sync_spool)
         self.dul = NodeDUL(self, limits, connection, table)
         # the timeout setters configure the DUL's timers: apply them to the new DUL
         self.acse_timeout = limits.acse_timeout

@@ -47,19 +47,17 @@ def test_only_stale_temporary_files_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in archive.incoming.iterdir()) == sorted([mine.name, elsewhere.name])
 
 
-def test_a_file_synced_in_the_background_is_linked_only_after_its_fsync_succeeded(tmp_path: Path) -> None:
+def test_a_file_its_writer_is_still_fsyncing_is_linked_only_once_that_fsync_succeeded(tmp_path: Path) -> None:
     archive = Archive(tmp_path)
     spool = archive.incoming / "spool.tmp"
     spool.write_bytes(b"instance")
-    try:
-        assert archive.store_file("1.2/1.2.3/1.2.3.4.dcm", spool, synced=archive.sync_in_background(spool)).written
-        assert (tmp_path / "1.2/1.2.3/1.2.3.4.dcm").read_bytes() == b"instance"
-        # a failed fsync (here: the disk is full) is the store's failure: nothing linked
-        failed: Future[None] = Future()
-        failed.set_exception(OSError(errno.ENOSPC, "No space left on device"))
-        with pytest.raises(ArchiveFull):
-            archive.store_file("1.2/1.2.3/1.2.3.5.dcm", spool, synced=failed)
-        assert not (tmp_path / "1.2/1.2.3/1.2.3.5.dcm").exists()
-    finally:
-        archive.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("ArchiveSync")]
+    synced: Future[None] = Future()
+    threading.Timer(0.2, synced.set_result, [None]).start()  # the writer's fsync ends later
+    assert archive.store_file("1.2/1.2.3/1.2.3.4.dcm", spool, synced=synced).written
+    assert synced.done() and (tmp_path / "1.2/1.2.3/1.2.3.4.dcm").read_bytes() == b"instance"
+    # a failed fsync (here: the disk is full) is the store's failure: nothing linked
+    failed: Future[None] = Future()
+    failed.set_exception(OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(ArchiveFull):
+        archive.store_file("1.2/1.2.3/1.2.3.5.dcm", spool, synced=failed)
+    assert not (tmp_path / "1.2/1.2.3/1.2.3.5.dcm").exists()

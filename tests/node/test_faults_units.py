@@ -14,9 +14,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
-from dicom_node.received_header import HEADER_TAGS, MASK_SOP_CLASSES, header_dataset, read_header
-from tests.dicom_factory import mask_for, mr_series
 from dicom_node.log_safety import RejectionLog, SafeFormatter, peer_text
+from dicom_node.received_header import HEADER_TAGS, MASK_SOP_CLASSES, header_dataset, read_header
+from dicom_node.transport import SpoolFile, _MessageQueue, spool_synced
+from tests.dicom_factory import mask_for, mr_series
 
 WHOLE = ["MR_small.dcm", "CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm",
          "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "rtplan.dcm", "image_dfl.dcm", "liver_1frame.dcm"]
@@ -107,6 +108,31 @@ def test_size_limit_applies_to_the_dataset() -> None:
         check_part10_file(Path(get_testdata_file("MR_small.dcm")), 1000)
     with pytest.raises(DatasetTooLarge):
         check_part10_file(Path(get_testdata_file("image_dfl.dcm")), 1000)  # counted while inflating
+
+
+class _Request:
+    """What pynetdicom's C-STORE request carries of its spool file."""
+
+    def __init__(self, spool: SpoolFile) -> None:
+        self._dataset_file = spool
+
+
+def test_the_dul_fsyncs_a_spool_once_its_message_is_queued_and_passes_on_a_failure(tmp_path: Path) -> None:
+    woken: list[int] = []
+    messages = _MessageQueue(lambda: woken.append(messages.qsize()), sync_spool=True)
+    whole = _Request(SpoolFile(open(tmp_path / "whole.tmp", "wb")))
+    whole._dataset_file.write(b"dataset")
+    messages.put((1, whole))
+    assert woken == [1]  # the association thread was told first; the fsync was done by the put's end
+    assert spool_synced(whole).done() and spool_synced(whole).exception() is None
+    closed = open(tmp_path / "closed.tmp", "wb")
+    broken = _Request(SpoolFile(closed))
+    closed.close()
+    messages.put((1, broken))  # the fsync fails: the DUL goes on, the archive sees the error
+    assert isinstance(spool_synced(broken).exception(), ValueError)
+    unsynced = _Request(SpoolFile(open(tmp_path / "off.tmp", "wb")))
+    _MessageQueue(lambda: None, sync_spool=False).put((1, unsynced))  # storage.fsync off
+    assert spool_synced(unsynced) is None
 
 
 def test_peer_text_is_one_printable_line() -> None:
