@@ -46,6 +46,12 @@ each override is the smallest that removes one behaviour:
    the archive waits for that fsync (:func:`spool_synced`) before it links the file. A
    helper thread would not do: it must take the GIL to start, and the checking thread
    holds it until it waits.
+9. pynetdicom encodes the spool's File Meta Information and every C-STORE-RSP with
+   pydicom's generic writer (the response twice). Here both are the libraries' own
+   encodings memoised (``dicom_node.encoding_cache``): ``dimse_messages.create_file_meta``
+   and ``write_file_meta_info`` write the memoised bytes (:func:`_write_file_meta`), and
+   :meth:`NodeDIMSE.send_msg` sends a plain C-STORE-RSP from them; anything else goes
+   through pynetdicom unchanged.
 """
 
 from __future__ import annotations
@@ -70,10 +76,14 @@ from typing import Any, Callable
 
 from pynetdicom import _config as pynetdicom_config, association as pynetdicom_association, dimse_messages, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from dicom_node.encoding_cache import FileMetaValues, encoded_file_meta, encoded_store_response
 from dicom_node.log_safety import RejectionLog, peer_text
 
 __all__ = [
@@ -359,7 +369,21 @@ def install_spooling() -> None:
     association reactors wait for work instead of polling (override 7)."""
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = _spool_file
+    dimse_messages.create_file_meta = FileMetaValues  # called with the three values by keyword
+    dimse_messages.write_file_meta_info = _write_file_meta
     pynetdicom_association.time = _ReactorClock()
+
+
+_pydicom_write_file_meta_info = dimse_messages.write_file_meta_info
+
+
+def _write_file_meta(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None:
+    """``write_file_meta_info`` in ``pynetdicom.dimse_messages``: the memoised encoding of
+    the values ``create_file_meta`` was given (override 9)."""
+    if isinstance(file_meta, FileMetaValues):
+        fp.write(encoded_file_meta(file_meta))
+    else:
+        _pydicom_write_file_meta_info(fp, file_meta, *args, **kwargs)
 
 
 def _discard_partial_spool(assoc: Association) -> None:
@@ -621,6 +645,27 @@ class _ReactorClock:
         time.sleep(seconds)
 
 
+class NodeDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider; a plain C-STORE-RSP is sent from its memoised encoding (override 9)."""
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        if (
+            type(primitive) is C_STORE
+            and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.ErrorComment is None
+            and primitive.OffendingElement is None
+            and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        ):
+            command = encoded_store_response(primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID,
+                                             primitive.AffectedSOPInstanceUID, primitive.Status)
+            if command is not None and (not self.maximum_pdu_size or len(command) + 6 <= self.maximum_pdu_size):
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
+
+
 class NodeAssociation(Association):
     """An acceptor Association whose DUL is a :class:`NodeDUL`."""
 
@@ -629,6 +674,7 @@ class NodeAssociation(Association):
         super().__init__(ae, mode)
         #: Set when a DIMSE message or a DUL primitive is queued for this association (override 7).
         self.work_queued = threading.Event()
+        self.dimse = NodeDIMSE(self)
         self.dimse.msg_queue = _MessageQueue(self.work_queued.set, limits.sync_spool)
         self.dul = NodeDUL(self, limits, connection, table)
         # the timeout setters configure the DUL's timers: apply them to the new DUL

@@ -169,7 +169,7 @@ def bench_node(files: list[Path], work: Path, associations: int, fsync: bool = T
 #: records and answers it. A stage inside another (depth 1) is shown indented under it.
 _STAGES = [
     ("pynetdicom.dimse:DIMSEServiceProvider", "receive_primitive", "DUL: P-DATA to a DIMSE message, spooled", 0),
-    ("pynetdicom.dimse_messages", "write_file_meta_info", "spool: file meta (pydicom encodes it)", 1),
+    ("pynetdicom.dimse_messages", "write_file_meta_info", "spool: file meta (memoised encoding)", 1),
     ("dicom_node.transport:SpoolFile", "write", "spool: write and hash the fragments", 1),
     ("dicom_node.scp:DicomNode", "_on_store", "C-STORE handler, whole", 0),
     ("dicom_node.scp", "check_part10_file", "dataset walk (whole? Pixel Data length?)", 1),
@@ -177,7 +177,7 @@ _STAGES = [
     ("dicom_node.scp", "read_header", "header fields and their checks", 1),
     ("dicom_node.archive:Archive", "store_file", "archive: fsync, link, fsync folder", 1),
     ("dicom_node.intake", "record_instance", "database: record + commit (SQLite, FULL)", 1),
-    ("pynetdicom.dimse:DIMSEServiceProvider", "send_msg", "C-STORE-RSP: encode and queue", 0),
+    ("dicom_node.transport:NodeDIMSE", "send_msg", "C-STORE-RSP: encode and queue", 0),
 ]
 
 
