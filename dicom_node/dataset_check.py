@@ -163,14 +163,16 @@ class _Walker:
                     raise IncompleteDataset("an element overruns its item")
             elif not delimited and src.at_end():
                 return
-            group, element = struct.unpack("<HH", src.read(4))
+            # tag and, implicit: length; explicit: VR and length (short VRs) or VR and 2 reserved bytes
+            head = src.read(8)
+            group, element = struct.unpack_from("<HH", head)
             tag = group << 16 | element
             if group == 0xFFFE:
-                (length,) = struct.unpack("<L", src.read(4))
+                (length,) = struct.unpack_from("<L", head, 4)
                 if tag == _ITEM_END and delimited and length == 0:
                     return
                 raise IncompleteDataset(f"unexpected ({group:04X},{element:04X}) in a dataset")
-            vr, length = self._vr_and_length(implicit)
+            vr, length = self._vr_and_length(head, implicit)
             if depth == 0:
                 self.top_level_tags.add(tag)
                 if tag in self.keep:
@@ -198,15 +200,15 @@ class _Walker:
                 if tag == _PIXEL_DATA and depth == 0:
                     self.pixel = ("native", length, 0)
 
-    def _vr_and_length(self, implicit: bool) -> tuple[bytes | None, int]:
+    def _vr_and_length(self, head: bytes, implicit: bool) -> tuple[bytes | None, int]:
         if implicit:
-            return None, struct.unpack("<L", self.src.read(4))[0]
-        vr = self.src.read(2)
+            return None, struct.unpack_from("<L", head, 4)[0]
+        vr = head[4:6]
         if not (vr.isalpha() and vr.isupper()):
             raise IncompleteDataset("invalid value representation")
         if vr in _LONG_VRS:
-            return vr, struct.unpack("<2xL", self.src.read(6))[0]
-        return vr, struct.unpack("<H", self.src.read(2))[0]
+            return vr, struct.unpack("<L", self.src.read(4))[0]
+        return vr, struct.unpack_from("<H", head, 6)[0]
 
     def sequence(self, length: int, depth: int, implicit: bool) -> None:
         if depth > _MAX_DEPTH:
