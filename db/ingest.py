@@ -32,7 +32,7 @@ from db.engine import SQLITE_BEGIN
 from db.models import ACTIVE_JOB_PREDICATE_SQL, Instance, Job, JobState, Series, Study, utcnow
 from db.sop_classes import moves_queue
 
-__all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "find_instance", "ARRIVING_REASON"]
+__all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "prepare_recording", "find_instance", "ARRIVING_REASON"]
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,14 @@ def _statements(dialect: Dialect) -> _Statements:
     )
     _STATEMENTS[dialect.name] = statements
     return statements
+
+
+def prepare_recording(engine: Engine) -> None:
+    """Compile the new-instance statements and open a pooled connection now, so the first
+    instance received is recorded as fast as the next ones (raises when the database does
+    not answer)."""
+    _statements(engine.dialect)
+    engine.raw_connection().close()
 
 
 def _insert_new(engine: Engine, record: InstanceRecord, now: datetime) -> None:

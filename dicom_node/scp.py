@@ -30,7 +30,7 @@ from pynetdicom import AE, _config as pynetdicom_config, evt, sop_class
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.ingest import RecordOutcome
+from db.ingest import RecordOutcome, prepare_recording
 from dicom_node.archive import Archive, ArchiveFull
 from dicom_node.config import Config
 from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
@@ -364,6 +364,10 @@ class DicomNode:
     def start(self) -> None:
         """Start listening (non-blocking): the plain port, and the TLS port when enabled."""
         self.archive.remove_stale_temporary_files()
+        try:
+            prepare_recording(self.sessions.kw["bind"])
+        except SQLAlchemyError as exc:  # C-STOREs answer 0xA701 until it answers; /healthz says so
+            log.warning("database does not answer at start: %s", type(exc).__name__)
         node, tls = self.config.node, self.config.tls
         self.servers.append(self._listen((node.host, node.port)))
         log.info("listening as %s on %s:%d", node.ae_title, node.host, self.port)
