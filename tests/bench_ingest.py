@@ -165,17 +165,18 @@ def bench_node(files: list[Path], work: Path, associations: int, fsync: bool = T
 
 
 #: (module or module:class, function, stage, depth) for ``--stages``, in the order of the receive path.
-#: The DUL thread reads and spools a C-STORE; the association thread checks, archives,
+#: The DUL thread reads, spools and fsyncs a C-STORE; the association thread checks, archives,
 #: records and answers it. A stage inside another (depth 1) is shown indented under it.
 _STAGES = [
-    ("pynetdicom.dimse:DIMSEServiceProvider", "receive_primitive", "DUL: P-DATA to a DIMSE message, spooled", 0),
+    ("pynetdicom.dimse:DIMSEServiceProvider", "receive_primitive", "DUL: P-DATA to a DIMSE message, spooled, fsynced", 0),
     ("pynetdicom.dimse_messages", "write_file_meta_info", "spool: file meta (memoised encoding)", 1),
     ("dicom_node.transport:SpoolFile", "write", "spool: write and hash the fragments", 1),
+    ("dicom_node.transport:SpoolFile", "sync", "spool: fsync (the handler checks meanwhile)", 1),
     ("dicom_node.scp:DicomNode", "_on_store", "C-STORE handler, whole", 0),
     ("dicom_node.scp", "check_part10_file", "dataset walk (whole? Pixel Data length?)", 1),
-    ("dicom_node.scp", "dcmread", "header read (pydicom, stop before pixels)", 1),
-    ("dicom_node.scp", "read_header", "header fields and their checks", 1),
-    ("dicom_node.archive:Archive", "store_file", "archive: fsync, link, fsync folder", 1),
+    ("dicom_node.scp", "dcmread", "header read by pydicom (masks; else from the walk)", 1),
+    ("dicom_node.scp", "read_header", "header fields: converted and checked", 1),
+    ("dicom_node.archive:Archive", "store_file", "archive: wait for that fsync, link, fsync folder", 1),
     ("dicom_node.intake", "record_instance", "database: record + commit (SQLite, FULL)", 1),
     ("dicom_node.transport:NodeDIMSE", "send_msg", "C-STORE-RSP: encode and queue", 0),
 ]
