@@ -174,7 +174,7 @@ _STAGES = [
     ("dicom_node.transport:SpoolFile", "sync", "spool: fsync (the handler checks meanwhile)", 1),
     ("dicom_node.scp:DicomNode", "_on_store", "C-STORE handler, whole", 0),
     ("dicom_node.scp", "check_part10_file", "dataset walk (whole? Pixel Data length?)", 1),
-    ("dicom_node.scp", "dcmread", "header read by pydicom (masks; else from the walk)", 1),
+    ("dicom_node.scp", "dcmread", "header read by pydicom (masks only)", 1),
     ("dicom_node.scp", "read_header", "header fields: converted and checked", 1),
     ("dicom_node.archive:Archive", "store_file", "archive: wait for that fsync, link, fsync folder", 1),
     ("dicom_node.intake", "record_instance", "database: record + commit (SQLite, FULL)", 1),
