@@ -4,9 +4,10 @@ Called by the SCP after the file is durable in the archive and before the succes
 goes back. The common case (a new instance) is a handful of Core statements in one
 transaction: upsert study, upsert series, insert instance, touch the study's active job.
 They are compiled once per dialect and run on the pooled DBAPI connection: SQLAlchemy's
-session and execution context cost more than SQLite running the statements (0.80 against
-0.28 ms per instance, ``tests/bench_ingest.py --stages``), and this runs once per received
-instance before its status. Values still go through the column types' own bind processors,
+session and execution context cost more than SQLite running the statements (the record and
+its commit took 0.95 ms per instance through a session, 0.55 ms this way, in
+``tests/bench_ingest.py --stages``), and this runs once per received instance before its
+status. Values still go through the column types' own bind processors,
 and DBAPI errors come out as SQLAlchemy's, so nothing else sees a difference.
 A SOP Instance UID seen before falls back to a comparison of content (duplicate or
 conflict), in the ORM. Safe with several associations and processes: the unique SOP
@@ -142,6 +143,8 @@ class _DriverStatement:
         self.positional = bool(self.compiled.positional)  # type: ignore[attr-defined]
 
     def execute(self, cursor: Any, params: dict[str, Any]) -> Any:
+        if not params.keys() <= self.compiled.binds.keys():  # type: ignore[attr-defined]
+            raise TypeError(f"values for no column of the statement: {sorted(params.keys() - self.compiled.binds.keys())}")  # type: ignore[attr-defined]
         values = self.compiled.construct_params({**self.defaults, **params})
         for name, processor in self.processors.items():
             if name in values:
@@ -168,6 +171,7 @@ class _Statements:
 
 
 _STATEMENTS: dict[str, _Statements] = {}
+#: The instance columns ``_insert_statements`` gives values for (a value for any other is refused).
 _INSTANCE_COLUMNS = [
     "sop_instance_uid", "sop_class_uid", "series_id", "transfer_syntax_uid", "path", "size_bytes", "sha256",
     "received_at", "calling_aet", "referenced_series_uids", "referenced_sop_uids", "conflict_count", "origin",

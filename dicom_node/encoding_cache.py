@@ -109,11 +109,14 @@ def _store_response_template(sop_class_uid: str, status: int, length: int) -> tu
     return encoded, id_offset, uid_offset
 
 
-def encoded_store_response(message_id: int, sop_class_uid: object, sop_instance_uid: object, status: int) -> bytes | None:
+def encoded_store_response(message_id: object, sop_class_uid: object, sop_instance_uid: object,
+                           status: object) -> bytes | None:
     """The C-STORE-RSP command set (implicit VR little endian) pynetdicom would send for a
     response with only these values; None when a template cannot make it."""
     uid = _plain(sop_instance_uid)
-    if uid is None or _plain(sop_class_uid) is None or not 0 <= message_id <= 0xFFFF or not 0 <= status <= 0xFFFF:
+    if uid is None or _plain(sop_class_uid) is None:
+        return None
+    if not isinstance(message_id, int) or not isinstance(status, int) or not (0 <= message_id <= 0xFFFF and 0 <= status <= 0xFFFF):
         return None
     template, id_offset, uid_offset = _store_response_template(str(sop_class_uid), status, len(uid))
     return b"".join((template[:id_offset], struct.pack("<H", message_id), template[id_offset + 2:uid_offset], uid,

@@ -70,8 +70,9 @@ def store_instance(
     Returns NEW, DUPLICATE (same UID, same bytes: idempotent) or CONFLICT (same UID, other
     bytes: the first copy is kept). ``enqueue=False`` (a retrospective import) archives and
     records without making a job. ``sha256``: the file's hash when its writer computed it
-    (the SCP's spool), so it is not read again. ``synced``: the fsync of that file, started
-    by ``Archive.sync_in_background`` (waited for before the file is linked). Raises ``ArchiveFull`` (no space), ``InvalidUID`` and
+    (the SCP's spool), so it is not read again. ``synced``: the fsync of that file its writer
+    is running (the SCP's DUL thread), waited for before the file is linked. Raises
+    ``ArchiveFull`` (no space), ``InvalidUID`` and
     SQLAlchemy errors (database unavailable); nothing is acknowledged by then.
     """
     relative = archive.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)

@@ -1,8 +1,9 @@
 """The Storage SCP: C-ECHO and C-STORE for the classes PACS routes to the node.
 
 Nothing acknowledged is lost: the dataset is spooled to the archive's ``.incoming`` as it
-arrives (memory does not grow with its size), walked to its end (``dataset_check``: whole,
-Pixel Data as long as its attributes say; the walk keeps the header elements), then linked into the archive (fsynced) and
+arrives (memory does not grow with its size) and fsynced by the DUL thread meanwhile,
+walked to its end (``dataset_check``: whole, Pixel Data as long as its attributes say; the
+walk keeps the header elements), then linked into the archive (its folder fsynced) and
 recorded in the database before the success status goes back. Status codes say what
 happened: 0xB006 (warning) stored earlier with other content, first copy kept; 0xA700 out
 of space, or the instance is over ``node.max_instance_size_mb``; 0xA701 database

@@ -369,8 +369,9 @@ def spool_synced(request: Any) -> Future[None] | None:
 
 
 def install_spooling() -> None:
-    """C-STORE datasets go to disk as they arrive (pynetdicom's chunked receive); the node's
-    association reactors wait for work instead of polling (override 7)."""
+    """C-STORE datasets go to disk as they arrive (pynetdicom's chunked receive), headed by
+    the memoised file meta (override 9); the node's reactors wait for work instead of
+    polling (override 7)."""
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = _spool_file
     dimse_messages.create_file_meta = FileMetaValues  # called with the three values by keyword

@@ -78,3 +78,4 @@ def test_a_response_a_template_cannot_make_is_left_to_pynetdicom() -> None:
     assert encoded_store_response(1, MRImageStorage, "1.2.é", 0) is None
     assert encoded_store_response(1, MRImageStorage, " 1.2.3", 0) is None
     assert encoded_store_response(1, None, "1.2.3", 0) is None
+    assert encoded_store_response(1, MRImageStorage, "1.2.3", None) is None
