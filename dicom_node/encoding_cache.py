@@ -10,7 +10,7 @@ size: the SOP Instance UID (for a given length) and the Message ID. So each is e
 by pydicom/pynetdicom per (SOP class, transfer syntax or status, UID length), and an
 instance's bytes are that encoding with its own values written at their offsets. Anything
 unusual (a UID that is not plain ASCII, optional response elements) is encoded by the
-libraries as before. ``tests/node/test_faults_units.py`` compares byte for byte.
+libraries as before. ``tests/node/test_encoding_cache.py`` compares byte for byte.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ __all__ = ["FileMetaValues", "encoded_file_meta", "encoded_store_response"]
 #: Distinct (class, syntax or status, length) keys kept; a peer sending odd classes cannot
 #: grow the cache beyond this.
 _TEMPLATES = 1024
-_PLACEHOLDER_DIGIT = "1"
 
 
 class FileMetaValues(NamedTuple):
@@ -51,7 +50,8 @@ def _plain(uid: object) -> bytes | None:
 
 
 def _placeholder(length: int) -> str:
-    return "1." + _PLACEHOLDER_DIGIT * (length - 2)
+    """A valid UID of ``length`` characters, to be replaced by the instance's."""
+    return "1." + "1" * (length - 2)
 
 
 def _value_offset(encoded: bytes, head: bytes, value: bytes) -> int:
