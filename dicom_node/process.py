@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from io import BytesIO
 from typing import Any
 
@@ -30,6 +31,7 @@ from dicom_node.config import Config
 from dicom_node.intake import store_instance
 from dicom_node.received_header import read_header
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
+from dicom_node.report.image_point import nearest_image_point
 from pipeline.infer import FoldEnsemble, Prediction
 from pipeline.prepare import PreparedStudy, prepare_study
 from pipeline.timing import Laps
@@ -104,6 +106,14 @@ def _algorithm(bundle: FoldEnsemble, config: Config) -> AlgorithmInfo:
     )
 
 
+def lesion_centroid_lps(lesion: sitk.Image) -> tuple[float, float, float]:
+    """The centre of the lesion mask's voxels, in patient coordinates (LPS, mm)."""
+    k, j, i = np.nonzero(sitk.GetArrayViewFromImage(lesion))
+    if not len(i):
+        raise ValueError("the lesion mask is empty")
+    return lesion.TransformContinuousIndexToPhysicalPoint((float(i.mean()), float(j.mean()), float(k.mean())))
+
+
 def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble) -> dict[str, Any]:
     """Run the pipeline on ``study_uid`` with ``ensemble``; archive the results; return the record.
 
@@ -152,6 +162,7 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
         paths = _paths(session, [*used, study.mask_sop_uid])
         series_paths = _series_paths(session, study.series_uid)
     sources = _headers(ctx.archive, [paths[uid] for uid in used if uid in paths])
+    created = datetime.now()  # one instant for the SEG, the SR and the card
     derived_seg_uid: str | None = None
     if study.mask_kind == "SEG":
         seg = pydicom.dcmread(ctx.archive.path(paths[study.mask_sop_uid]), stop_before_pixels=False)
@@ -166,7 +177,7 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
             segment_label=(study.lesion_label or "Lesion")[:64], tracking_id=f"Lesion {study.lesion_number}",
             tracking_uid=generate_uid(), sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
             manufacturer=config.report.manufacturer[:64], software_version=ensemble.manifest.version[:64],
-            device_uid=ensemble.manifest.device_uid,
+            device_uid=ensemble.manifest.device_uid, created=created,
         )
         tracking_id, tracking_uid = _segment_tracking(seg, 1)
         derived_seg_uid = _archive(ctx, seg)
@@ -175,16 +186,17 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
         tracking_uid=tracking_uid or generate_uid(), probability=float(np.clip(prediction.probability, 0.0, 1.0)),
         positive=prediction.positive,
     )
-    sr = build_sr(sources, seg, finding, algorithm, sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
-                  comprehensive_3d=config.report.sr_sop_class == "comprehensive3d",
-                  institution_name=config.report.institution_name)
+    lesion_point = nearest_image_point(sources, lesion_centroid_lps(study.lesion))
+    sr = build_sr(sources, seg, finding, algorithm, lesion_point=lesion_point, sop_instance_uid=generate_uid(),
+                  series_instance_uid=generate_uid(), comprehensive_3d=config.report.sr_sop_class == "comprehensive3d",
+                  institution_name=config.report.institution_name, created=created)
     card_uid: str | None = None
     if config.report.result_card:
         model_input = prepared.model_input
         card = build_result_card(
             sources[0], model_input.array[:, 0], model_input.lesion_mask, [float(v) for v in prediction.slice_scores],
             float(np.clip(prediction.probability, 0.0, 1.0)), prediction.positive, algorithm,
-            sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
+            sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(), created=created,
         )
         card_uid = _archive(ctx, card)
     sr_uid = _archive(ctx, sr)

@@ -201,20 +201,18 @@ def run(work: Path, *, patients: int = 16, epochs: int = 6, seed: int = 1, timeo
 
 
 def _print_result(runtime, pacs: LocalPacs, sr: Dataset, held_out, config_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import highdicom as hd
     from sqlalchemy import select
 
     from db.models import Job
+    from dicom_node.report.sr import read_sr_result
 
     sr_path = next(p for p in pacs.files() if str(sr.SOPInstanceUID) in p.name)
-    group = hd.sr.srread(sr_path).content.get_volumetric_roi_measurement_groups()[0]
-    [status] = group.get_qualitative_evaluations()
-    probability = next(m for m in group.get_measurements() if m.name.value == "122157").value
+    result = read_sr_result(sr_path)
     with runtime.sessions() as session:
         job = session.scalars(select(Job).order_by(Job.id.desc())).first()
     for path in pacs.files():
         print(f"      {path}")
-    print(f"\n      EGFR mutation status: {status.value.meaning.upper()}   probability {probability:.3f}"
+    print(f"\n      EGFR mutation status: {'POSITIVE' if result.positive else 'NEGATIVE'}   probability {result.probability:.3f}"
           f"   (truth for this phantom: {'positive' if held_out.egfr_positive else 'negative'})")
     print(f"      SR {sr.SOPInstanceUID}")
     print(f"      job {job.id}: `egfr-node --config {config_path} queue show {job.id}`; "

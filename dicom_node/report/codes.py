@@ -10,7 +10,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 __all__ = [
-    "ALGORITHM_NAME", "ALGORITHM_PARAMETERS", "ALGORITHM_VERSION", "BRAIN", "DEVICE_OBSERVER",
+    "ALGORITHM_NAME", "ALGORITHM_PARAMETERS", "ALGORITHM_VERSION", "BRAIN", "COMMENT", "DEVICE_OBSERVER",
     "EGFR_GENE_MUTATION", "IMAGING_MEASUREMENT_REPORT", "MORPHOLOGICALLY_ABNORMAL_STRUCTURE",
     "MR_BRAIN_WO_AND_W_CONTRAST", "NEGATIVE", "NEOPLASM_METASTATIC", "NO_UNITS", "POSITIVE", "PROBABILITY",
     "PROCESSING_EQUIPMENT", "SECONDARY_MALIGNANT_NEOPLASM_OF_BRAIN", "SOURCE",
@@ -38,6 +38,7 @@ POSITIVE = Code("10828004", "SCT", "Positive")
 NEGATIVE = Code("260385009", "SCT", "Negative")
 PROBABILITY = Code("122157", "DCM", "Probability")
 NO_UNITS = Code("1", "UCUM", "no units")
+COMMENT = Code("121106", "DCM", "Comment")  # the result in words: OHIF's measurement label
 
 # SEG segment of a lesion converted from an RTSTRUCT (as pipeline/phantom/seg_writer.py)
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE: Code = codes.SCT.MorphologicallyAbnormalStructure  # 49755003

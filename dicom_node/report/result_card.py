@@ -11,6 +11,7 @@ stays the authoritative result. Rendered with matplotlib's Agg canvas on a priva
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import highdicom as hd
 import numpy as np
@@ -20,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.report._checks import check_real, check_series_number, check_uid
+from dicom_node.report.series_time import stamp_series_and_content_time
 from dicom_node.report.sr import AlgorithmInfo
 
 __all__ = ["CAVEAT", "CARD_SERIES_DESCRIPTION", "build_result_card", "render_result_card"]
@@ -105,6 +107,7 @@ def build_result_card(
     sop_instance_uid: str,
     series_instance_uid: str,
     series_number: int = 9903,
+    created: datetime | None = None,
 ) -> Dataset:
     """The result card as a Secondary Capture Image (RGB, 8 bit) in a new series of the study.
 
@@ -147,4 +150,4 @@ def build_result_card(
     card.ConversionType = "WSD"  # workstation: rendered, not digitised
     # dciodvfy (dicom3tools) wants Laterality unless an unpaired BodyPartExamined is present.
     card.BodyPartExamined = str(source_image.get("BodyPartExamined") or "BRAIN")
-    return card
+    return stamp_series_and_content_time(card, created)

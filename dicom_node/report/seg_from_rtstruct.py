@@ -15,12 +15,14 @@ slice, empty slices inside kept, so the frames stay a regular stack).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.report import codes as report_codes
+from dicom_node.report.series_time import stamp_series_and_content_time
 from dicom_node.report._checks import check_datasets, check_series_number, check_text, check_uid
 
 __all__ = ["SEG_SERIES_DESCRIPTION", "lesion_volume", "seg_from_volume_mask"]
@@ -95,6 +97,7 @@ def seg_from_volume_mask(
     manufacturer_model_name: str = "egfr-node",
     device_serial_number: str = "1",
     device_uid: str | None = None,
+    created: datetime | None = None,
 ) -> Dataset:
     """A BINARY SEG with one segment (the lesion) on the grid of ``mask``.
 
@@ -154,4 +157,4 @@ def seg_from_volume_mask(
     )
     if device_uid is not None:
         seg.DeviceUID = device_uid
-    return seg
+    return stamp_series_and_content_time(seg, created)

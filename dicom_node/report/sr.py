@@ -4,11 +4,27 @@ Content only: Datasets and small values in, a highdicom SR Dataset out; no I/O.
 
 Tree (PS3.16): TID 1500 "Imaging Measurement Report" with the algorithm as device observer
 (TID 1004), procedure reported LOINC 24587-8, an image library (TID 1600) of the source MR
-images, and one TID 1411 volumetric measurement group for the lesion: tracking identifier
-and UID, the referenced SEG segment, finding and finding site, algorithm identification
-(TID 4019), the qualitative evaluation "EGFR Gene Mutation" = Positive | Negative and the
-NUM "Probability" (unit "1") carrying its own algorithm identification. Every CONTAINER is
-ContinuityOfContent SEPARATE, so DCMTK and Weasis show the concept names.
+images, and two measurement groups for the lesion, both with the tracking UID of its SEG
+segment, its finding and finding site, the algorithm identification (TID 4019, at group
+level) and the qualitative evaluation "EGFR Gene Mutation" = Positive | Negative:
+
+1. TID 1501 (measurement group): the NUM "Probability" (unit "1", 3 decimals) inferred from
+   a point on the lesion in the source image nearest its centre (TID 300 / TID 320: SCOORD
+   POINT, SELECTED FROM that image and frame), and a Comment that says the result in words;
+2. TID 1411 (volumetric ROI): the referenced SEG segment (the lesion the model read).
+
+Every CONTAINER is ContinuityOfContent SEPARATE, so DCMTK and Weasis show the concept names.
+
+What OHIF 3.13 (its ``cornerstone-dicom-sr`` extension and ``@cornerstonejs/adapters``)
+needs, and why group 1 looks as it does (docs/conformance.md, "Which viewer shows what"):
+OHIF merges the groups of one tracking UID into one measurement and takes the first group's
+Tracking Identifier; the merged measurement is drawn only with a spatial coordinate under a
+NUM (without one the SR view crashes, and TID 1411 does not allow one there); it is loaded
+into the measurement panel only when that Tracking Identifier names a Cornerstone tool, so
+it starts with ``OHIF_TRACKING_PREFIX`` (the arrow annotation: one point, nothing
+recomputed from pixels) followed by the lesion's own identifier; OHIF shows the Comment
+(121106) as the label and the NUM with two decimals beside the arrow, and ignores coded
+values.
 """
 
 from __future__ import annotations
@@ -16,21 +32,31 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage
 
 from dicom_node.report import codes as report_codes
+from dicom_node.report.series_time import stamp_series_and_content_time
 from dicom_node.report._checks import (
     check_datasets, check_real, check_series_number, check_text, check_uid,
 )
 from dicom_node.report.image_library import image_library
+from dicom_node.report.image_point import ImagePoint
 
-__all__ = ["AlgorithmInfo", "LesionFinding", "SR_SERIES_DESCRIPTION", "build_sr", "set_containers_separate"]
+__all__ = ["AlgorithmInfo", "LesionFinding", "OHIF_TRACKING_PREFIX", "SR_SERIES_DESCRIPTION", "SRResult", "build_sr",
+           "read_sr_result", "result_text", "set_containers_separate"]
 
 SR_SERIES_DESCRIPTION = "EGFR prediction RESEARCH USE ONLY - not a diagnosis"
+#: Cornerstone3D's tracking identifier of its arrow annotation; OHIF loads a group whose
+#: Tracking Identifier starts with it as that tool (``isValidCornerstoneTrackingIdentifier``).
+OHIF_TRACKING_PREFIX = "Cornerstone3DTools@^0.1.0:ArrowAnnotate"
+#: Decimals of the probability in the SR (what viewers print).
+PROBABILITY_DECIMALS = 3
 
 
 
@@ -122,25 +148,64 @@ def set_containers_separate(item: Dataset) -> None:
         set_containers_separate(child)
 
 
-def _measurement_group(source_series_uid: str, seg: Dataset, finding: LesionFinding,
-                       algorithm: AlgorithmInfo) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """TID 1411 for the lesion. ReferencedSegment is built explicitly: highdicom 0.28.2's
-    ``from_segmentation`` fails on one-segment SEGs with shared-group identification."""
+def result_text(finding: LesionFinding) -> str:
+    """The result in words, as the SR's Comment and the viewers' label say it."""
+    status = "POSITIVE" if finding.positive else "NEGATIVE"
+    return (f"EGFR mutation {status}, probability {finding.probability:.{PROBABILITY_DECIMALS}f} "
+            "(research use only, not a diagnosis)")
+
+
+def _lesion_coordinates(point: ImagePoint) -> hd.sr.CoordinatesForMeasurement:
+    """TID 320 under the probability: a POINT on the lesion, SELECTED FROM its image (and frame)."""
+    source = hd.sr.SourceImageForRegion(point.sop_class_uid, point.sop_instance_uid,
+                                        referenced_frame_numbers=[point.frame_number] if point.frame_number else None)
+    return hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POINT,
+                                           graphic_data=np.array([[point.column, point.row]], dtype=float),
+                                           source_image=source)
+
+
+def _viewer_group(finding: LesionFinding, algorithm: AlgorithmInfo,
+                  lesion_point: ImagePoint) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 for the lesion, as OHIF reads it (see the module docstring): the Tracking
+    Identifier naming Cornerstone's arrow, the probability NUM inferred from a point on the
+    lesion, the result in words as the Comment, and the coded status."""
+    probability = hd.sr.Measurement(
+        name=report_codes.PROBABILITY,
+        value=round(finding.probability, PROBABILITY_DECIMALS),
+        unit=report_codes.NO_UNITS,
+        referenced_coordinates=[_lesion_coordinates(lesion_point)],
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=finding.tracking_uid,
+                                                     identifier=f"{OHIF_TRACKING_PREFIX}:{finding.tracking_id}"[:64]),
+        finding_type=report_codes.SECONDARY_MALIGNANT_NEOPLASM_OF_BRAIN,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=report_codes.BRAIN)],
+        algorithm_id=algorithm.identification(),
+        measurements=[probability],
+        qualitative_evaluations=[_evaluation(finding)],
+    )
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=report_codes.COMMENT, value=result_text(finding), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    return group
+
+
+def _evaluation(finding: LesionFinding) -> hd.sr.QualitativeEvaluation:
+    return hd.sr.QualitativeEvaluation(
+        name=report_codes.EGFR_GENE_MUTATION,
+        value=report_codes.POSITIVE if finding.positive else report_codes.NEGATIVE,
+    )
+
+
+def _volumetric_group(source_series_uid: str, seg: Dataset, finding: LesionFinding,
+                      algorithm: AlgorithmInfo) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 for the lesion: the SEG segment it was read from, and the coded status.
+    ReferencedSegment is built explicitly: highdicom 0.28.2's ``from_segmentation`` fails on
+    one-segment SEGs with shared-group identification."""
     referenced_segment = hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID,
         sop_instance_uid=seg.SOPInstanceUID,
         segment_number=finding.segment_number,
         source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid),
-    )
-    probability = hd.sr.Measurement(
-        name=report_codes.PROBABILITY,
-        value=finding.probability,
-        unit=report_codes.NO_UNITS,
-        algorithm_id=algorithm.identification(),
-    )
-    evaluation = hd.sr.QualitativeEvaluation(
-        name=report_codes.EGFR_GENE_MUTATION,
-        value=report_codes.POSITIVE if finding.positive else report_codes.NEGATIVE,
     )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id),
@@ -148,8 +213,7 @@ def _measurement_group(source_series_uid: str, seg: Dataset, finding: LesionFind
         finding_type=report_codes.SECONDARY_MALIGNANT_NEOPLASM_OF_BRAIN,
         finding_sites=[hd.sr.FindingSite(anatomic_location=report_codes.BRAIN)],
         algorithm_id=algorithm.identification(),
-        measurements=[probability],
-        qualitative_evaluations=[evaluation],
+        qualitative_evaluations=[_evaluation(finding)],
     )
 
 
@@ -170,19 +234,23 @@ def build_sr(
     finding: LesionFinding,
     algorithm: AlgorithmInfo,
     *,
+    lesion_point: ImagePoint,
     sop_instance_uid: str,
     series_instance_uid: str,
     series_number: int = 9901,
     comprehensive_3d: bool = True,
     institution_name: str = "",
+    created: datetime | None = None,
 ) -> Dataset:
     """The EGFR result of one lesion as a Comprehensive 3D SR (or Comprehensive SR).
 
     ``source_images``: headers of the MR images the lesion was read from (one series;
     pixel data not needed; an Enhanced MR is one multi-frame Dataset). ``seg``: the SEG
     holding the lesion segment ``finding.segment_number``, in the same study (the received
-    one, or the one converted from an RTSTRUCT). Patient and study attributes are copied
-    from the first source image; the SR is a new series of that study.
+    one, or the one converted from an RTSTRUCT). ``lesion_point``: where the lesion is in one
+    of ``source_images`` (:func:`dicom_node.report.image_point.nearest_image_point`). Patient
+    and study attributes are copied from the first source image; the SR is a new series of
+    that study.
     """
     images = check_datasets("source_images", source_images)
     if not isinstance(finding, LesionFinding):
@@ -199,6 +267,10 @@ def build_sr(
         raise TypeError(f'Argument "comprehensive_3d" must be a bool, not {type(comprehensive_3d).__name__}')
     if not isinstance(institution_name, str):
         raise TypeError(f'Argument "institution_name" must be a str, not {type(institution_name).__name__}')
+    if not isinstance(lesion_point, ImagePoint):
+        raise TypeError(f'Argument "lesion_point" must be an ImagePoint, not {type(lesion_point).__name__}')
+    if lesion_point.sop_instance_uid not in {str(ds.SOPInstanceUID) for ds in images}:
+        raise ValueError('Argument "lesion_point" must lie in one of the source images')
     _warn_if_doubtful(seg, finding, algorithm)
 
     observer = hd.sr.ObserverContext(
@@ -211,7 +283,9 @@ def build_sr(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=report_codes.MR_BRAIN_WO_AND_W_CONTRAST,
-        imaging_measurements=[_measurement_group(str(images[0].SeriesInstanceUID), seg, finding, algorithm)],
+        # OHIF merges groups of one tracking UID and takes the first one's Tracking Identifier
+        imaging_measurements=[_viewer_group(finding, algorithm, lesion_point),
+                              _volumetric_group(str(images[0].SeriesInstanceUID), seg, finding, algorithm)],
         title=report_codes.IMAGING_MEASUREMENT_REPORT,
     )
     root = report[0]
@@ -247,4 +321,32 @@ def build_sr(
     sr.SoftwareVersions = algorithm.version
     sr.DeviceUID = algorithm.device_uid  # General Equipment; not inside Contributing Equipment (dciodvfy)
     set_containers_separate(sr)
-    return sr
+    return stamp_series_and_content_time(sr, created)
+
+
+@dataclass(frozen=True)
+class SRResult:
+    """What an SR written by :func:`build_sr` says, read back with highdicom."""
+
+    positive: bool
+    probability: float
+    tracking_uid: str
+
+
+def read_sr_result(path_or_dataset: object) -> SRResult:
+    """The status and probability of an SR written by :func:`build_sr` (a path or a Dataset),
+    through highdicom's TID 1500 API: the TID 1501 group's probability and status, checked
+    against the TID 1411 group's status. Raises ValueError if the SR does not hold them."""
+    sr = hd.sr.srread(path_or_dataset) if not isinstance(path_or_dataset, Dataset) else hd.sr.Comprehensive3DSR.from_dataset(
+        path_or_dataset) if path_or_dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" else hd.sr.ComprehensiveSR.from_dataset(
+        path_or_dataset)
+    groups = sr.content.get_image_measurement_groups()
+    volumetric = sr.content.get_volumetric_roi_measurement_groups()
+    if len(groups) != 1 or len(volumetric) != 1:
+        raise ValueError(f"expected one measurement group and one volumetric ROI group, found {len(groups)} and {len(volumetric)}")
+    probabilities = [m.value for m in groups[0].get_measurements() if m.name == report_codes.PROBABILITY]
+    statuses = [e.value for g in (groups[0], volumetric[0]) for e in g.get_qualitative_evaluations()
+                if e.name == report_codes.EGFR_GENE_MUTATION]
+    if len(probabilities) != 1 or len(statuses) != 2 or statuses[0] != statuses[1]:
+        raise ValueError("the SR does not hold one probability and one consistent EGFR status")
+    return SRResult(statuses[0] == report_codes.POSITIVE, float(probabilities[0]), str(groups[0].tracking_uid))

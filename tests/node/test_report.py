@@ -21,6 +21,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import (
     ComprehensiveSRStorage, Comprehensive3DSRStorage, EnhancedMRImageStorage, SecondaryCaptureImageStorage,
     SegmentationStorage, generate_uid,
@@ -30,6 +31,8 @@ from dicom_node.report import (
     CAVEAT, AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask,
 )
 from dicom_node.report import codes as report_codes
+from dicom_node.report.image_point import ImagePoint, nearest_image_point
+from dicom_node.report.sr import OHIF_TRACKING_PREFIX, result_text
 from pipeline.masks import load_seg_mask
 from pipeline.select import SelectionRules
 from pipeline.study import LoadedStudy, load_study
@@ -83,7 +86,7 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def dsrdump(path: Path) -> str:
-    done = subprocess.run([require_tool("dsrdump"), "-v", str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([require_tool("dsrdump"), "-v", "+Pl", str(path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "E:" not in done.stderr and "W:" not in done.stderr, done.stderr
     return done.stdout
@@ -102,12 +105,26 @@ def finding_for(seg: Dataset, probability: float, positive: bool, number: int = 
                          tracking_uid=str(segment.TrackingUID), probability=probability, positive=positive)
 
 
+def point_in(images: list[Dataset], centroid_lps) -> ImagePoint:  # noqa: ANN001
+    return nearest_image_point(images, centroid_lps)
+
+
+def check_dates(ds: Dataset) -> None:
+    """Series and content date/time: PACS and Orthanc list the series with the study."""
+    for keyword in ("SeriesDate", "SeriesTime", "ContentDate", "ContentTime"):
+        assert ds.get(keyword), keyword
+    assert len(ds.SeriesDate) == 8 and ds.SeriesDate >= ds.StudyDate
+
+
 def check_sr_file(path: Path, images: list[Dataset], seg: Dataset, finding: LesionFinding,
-                  algorithm: AlgorithmInfo, sop_class: str) -> Dataset:
+                  algorithm: AlgorithmInfo, sop_class: str, point: ImagePoint) -> Dataset:
     """What every SR must satisfy, read back from its file."""
     assert dciodvfy_errors(path) == []
     dump = dsrdump(path)
     value = "Positive" if finding.positive else "Negative"
+    assert f'"Probability")="{finding.probability:.3f}"' in dump or f'"Probability")={finding.probability:.3f}' in dump \
+        or f'"{round(finding.probability, 3):g}"' in dump, dump  # 3 decimals, not 14 digits
+    assert result_text(finding) in dump and '"Comment")=' in dump
     for label in ("Imaging Measurement Report", "Image Library", "Measurement Group", "EGFR Gene Mutation",
                   f'"EGFR Gene Mutation")=({"10828004" if finding.positive else "260385009"},SCT,"{value}")',
                   '"Probability")=', '(1,UCUM,"no units")', "Secondary malignant neoplasm of brain",
@@ -116,7 +133,8 @@ def check_sr_file(path: Path, images: list[Dataset], seg: Dataset, finding: Lesi
                   '"Observer Type")=(121007,DCM,"Device")', "24587-8", "Verification Flag   : UNVERIFIED",
                   "Completion Flag     : COMPLETE"):
         assert label in dump, label
-    assert "CONTINUOUS" not in dump and dump.count("=SEPARATE") == 5  # report, library, group, measurements, group
+    assert "CONTINUOUS" not in dump and dump.count("=SEPARATE") == 6  # report, library (+ group), measurements, 2 groups
+    assert "inferred from SCOORD" in dump and "=(POINT," in dump
     html = subprocess.run([require_tool("dsr2html"), str(path)], capture_output=True, text=True, timeout=60)
     assert html.returncode == 0 and "EGFR Gene Mutation" in html.stdout and value in html.stdout, html.stderr
 
@@ -130,6 +148,7 @@ def check_sr_file(path: Path, images: list[Dataset], seg: Dataset, finding: Lesi
     assert "RESEARCH USE ONLY" in ds.SeriesDescription and "not a diagnosis" in ds.SeriesDescription
     assert len(ds.SeriesDescription) <= 64
     assert ds.DeviceUID == algorithm.device_uid
+    check_dates(ds)
     purposes = [item.PurposeOfReferenceCodeSequence[0].CodeValue for item in ds.ContributingEquipmentSequence]
     assert "109102" in purposes
     assert all("DeviceUID" not in item for item in ds.ContributingEquipmentSequence)
@@ -139,15 +158,32 @@ def check_sr_file(path: Path, images: list[Dataset], seg: Dataset, finding: Lesi
 
     sr = hd.sr.srread(path)
     (group,) = sr.content.get_volumetric_roi_measurement_groups()
-    (evaluation,) = group.get_qualitative_evaluations()
-    assert evaluation.name == report_codes.EGFR_GENE_MUTATION
-    assert evaluation.value == (report_codes.POSITIVE if finding.positive else report_codes.NEGATIVE)
-    (measurement,) = group.get_measurements()
+    (viewer,) = sr.content.get_image_measurement_groups()
+    for each in (group, viewer):
+        (evaluation,) = each.get_qualitative_evaluations()
+        assert evaluation.name == report_codes.EGFR_GENE_MUTATION
+        assert evaluation.value == (report_codes.POSITIVE if finding.positive else report_codes.NEGATIVE)
+        assert each.tracking_uid == finding.tracking_uid  # OHIF merges them into one measurement
+        assert each.finding_type == report_codes.SECONDARY_MALIGNANT_NEOPLASM_OF_BRAIN
+    assert group.get_measurements() == []
+    (measurement,) = viewer.get_measurements()
     assert measurement.name == report_codes.PROBABILITY and measurement.unit == report_codes.NO_UNITS
-    assert measurement.value == pytest.approx(finding.probability)
-    (name_item,) = hd.sr.utils.find_content_items(measurement[0], name=report_codes.ALGORITHM_NAME)
-    assert name_item.value == algorithm.name  # the NUM carries its algorithm identification (OHIF reads it)
-    assert group.tracking_uid == finding.tracking_uid and group.tracking_identifier == finding.tracking_id
+    assert measurement.value == pytest.approx(round(finding.probability, 3), abs=1e-9)
+    # OHIF keeps a NUM only with a spatial coordinate under it: the lesion point, SELECTED FROM its image
+    (scoord,) = measurement[0].ContentSequence
+    assert (scoord.RelationshipType, scoord.ValueType, scoord.GraphicType) == ("INFERRED FROM", "SCOORD", "POINT")
+    assert list(scoord.GraphicData) == pytest.approx([point.column, point.row], abs=0.01)
+    (image_item,) = scoord.ContentSequence
+    reference = image_item.ReferencedSOPSequence[0]
+    assert (image_item.RelationshipType, reference.ReferencedSOPInstanceUID) == ("SELECTED FROM", point.sop_instance_uid)
+    assert reference.get("ReferencedFrameNumber") == point.frame_number
+    # the algorithm identification sits at group level (where TID 1501/1411 have it)
+    names = hd.sr.utils.find_content_items(sr.content[0], name=report_codes.ALGORITHM_NAME, recursive=True)
+    assert [n.value for n in names] == [algorithm.name] * 2
+    assert group.tracking_identifier == finding.tracking_id
+    assert viewer.tracking_identifier == f"{OHIF_TRACKING_PREFIX}:{finding.tracking_id}"
+    (comment,) = hd.sr.utils.find_content_items(viewer[0], name=report_codes.COMMENT)
+    assert comment.value == result_text(finding) and "research use" in comment.value
     assert group.finding_type == report_codes.SECONDARY_MALIGNANT_NEOPLASM_OF_BRAIN
     assert group.finding_sites[0].value == report_codes.BRAIN
     assert group.reference_type == hd.sr.CodedConcept("121191", "DCM", "Referenced Segment")
@@ -155,8 +191,9 @@ def check_sr_file(path: Path, images: list[Dataset], seg: Dataset, finding: Lesi
     assert segment_item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
     assert segment_item.ReferencedSOPSequence[0].ReferencedSegmentNumber == finding.segment_number
     assert series_item.UID == images[0].SeriesInstanceUID
+    (library_item,) = hd.sr.utils.find_content_items(sr.content[0], name=codes.DCM.ImageLibrary)
     library = [ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for ref in hd.sr.utils.find_content_items(
-        sr.content[0], name=report_codes.SOURCE, recursive=True)]
+        library_item, name=report_codes.SOURCE, recursive=True)]
     assert library == [im.SOPInstanceUID for im in images]
     return ds
 
@@ -164,23 +201,29 @@ def check_sr_file(path: Path, images: list[Dataset], seg: Dataset, finding: Lesi
 @pytest.mark.parametrize(("comprehensive_3d", "positive"), [(True, True), (False, False)])
 def test_sr_on_a_seg_study_is_valid_and_readable(phantom_study, algorithm, tmp_path: Path,
                                                  comprehensive_3d: bool, positive: bool) -> None:
-    images, seg = headers(phantom_study("axial2d", "seg").folder)
-    finding = finding_for(seg, 0.83 if positive else 0.17, positive)
-    sr = build_sr(images, seg, finding, algorithm, sop_instance_uid=generate_uid(),
+    phantom = phantom_study("axial2d", "seg")
+    images, seg = headers(phantom.folder)
+    finding = finding_for(seg, 0.83456 if positive else 0.17, positive)
+    point = point_in(images, phantom.lesion_centroid_lps)
+    sr = build_sr(images, seg, finding, algorithm, lesion_point=point, sop_instance_uid=generate_uid(),
                   series_instance_uid=generate_uid(), comprehensive_3d=comprehensive_3d, institution_name="Clinic")
     path = write(sr, tmp_path / "sr.dcm")
     sop_class = Comprehensive3DSRStorage if comprehensive_3d else ComprehensiveSRStorage
-    ds = check_sr_file(path, images, seg, finding, algorithm, sop_class)
+    ds = check_sr_file(path, images, seg, finding, algorithm, sop_class, point)
     assert ds.SeriesNumber == 9901 and ds.InstitutionName == "Clinic"
 
 
 def test_sr_on_an_enhanced_mr_references_the_multiframe_instance(phantom_study, algorithm, tmp_path: Path) -> None:
-    images, seg = headers(phantom_study("enhanced", "seg").folder)
+    phantom = phantom_study("enhanced", "seg")
+    images, seg = headers(phantom.folder)
     assert len(images) == 1 and images[0].SOPClassUID == EnhancedMRImageStorage
     finding = finding_for(seg, 0.61, True)
-    sr = build_sr(images, seg, finding, algorithm, sop_instance_uid=generate_uid(), series_instance_uid=generate_uid())
+    point = point_in(images, phantom.lesion_centroid_lps)
+    assert point.frame_number is not None and point.distance_mm <= 0.6  # 1 mm frames
+    sr = build_sr(images, seg, finding, algorithm, lesion_point=point, sop_instance_uid=generate_uid(),
+                  series_instance_uid=generate_uid())
     path = write(sr, tmp_path / "sr.dcm")
-    check_sr_file(path, images, seg, finding, algorithm, Comprehensive3DSRStorage)
+    check_sr_file(path, images, seg, finding, algorithm, Comprehensive3DSRStorage, point)
     dump = dsrdump(path)
     # The library entry carries the multi-frame's pixel spacing (from its functional groups), no frame position.
     assert '"Horizontal Pixel Spacing")=' in dump and "Image Position (Patient)" not in dump
@@ -227,10 +270,12 @@ def test_rtstruct_lesion_becomes_a_seg_the_sr_references(phantom_study, algorith
     lesion_slices = int(sitk.GetArrayViewFromImage(study.lesion).any(axis=(1, 2)).sum())
     assert ds.NumberOfFrames == lesion_slices  # the lesion's slab only (it is one blob: no empty slice inside)
 
-    sr = build_sr(images, ds, finding_for(ds, 0.42, False), algorithm, sop_instance_uid=generate_uid(),
-                  series_instance_uid=generate_uid())
+    check_dates(ds)
+    point = point_in(images, phantom.lesion_centroid_lps)
+    sr = build_sr(images, ds, finding_for(ds, 0.42, False), algorithm, lesion_point=point,
+                  sop_instance_uid=generate_uid(), series_instance_uid=generate_uid())
     check_sr_file(write(sr, tmp_path / "sr.dcm"), images, ds, finding_for(ds, 0.42, False), algorithm,
-                  Comprehensive3DSRStorage)
+                  Comprehensive3DSRStorage, point)
 
 
 def test_rtstruct_on_an_enhanced_mr_becomes_a_seg(phantom_study, tmp_path: Path) -> None:
@@ -277,6 +322,7 @@ def test_result_card_is_a_valid_secondary_capture_in_its_own_series(phantom_stud
     assert dciodvfy_errors(path) == []
     ds = read_strict(path)
     assert ds.SOPClassUID == SecondaryCaptureImageStorage and ds.SeriesNumber == 9903
+    check_dates(ds)
     assert (ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.BitsAllocated) == ("RGB", 3, 8)
     for keyword in PATIENT_STUDY:
         assert ds.get(keyword) == images[0].get(keyword), keyword
@@ -291,9 +337,11 @@ def test_result_card_is_a_valid_secondary_capture_in_its_own_series(phantom_stud
     assert not np.array_equal(negative.pixel_array, card.pixel_array)  # the status is on the picture
 
 
-def bad_calls(images: list[Dataset], seg: Dataset, algorithm: AlgorithmInfo):
+def bad_calls(images: list[Dataset], seg: Dataset, algorithm: AlgorithmInfo, point: ImagePoint):
     finding = finding_for(seg, 0.8, True)
     uids = dict(sop_instance_uid=generate_uid(), series_instance_uid=generate_uid())
+    sr_uids = dict(uids, lesion_point=point)
+    elsewhere = ImagePoint(point.sop_class_uid, generate_uid(), None, 1.0, 1.0, 0.0)
     algo = dict(name="m", version="1", device_uid=generate_uid(), manufacturer="x", model_name="y", threshold=0.5,
                 slice_aggregation="median", fold_aggregation="mean")
     other_series = copy.deepcopy(images[1])
@@ -313,18 +361,24 @@ def bad_calls(images: list[Dataset], seg: Dataset, algorithm: AlgorithmInfo):
         (lambda: LesionFinding(1, "l", generate_uid(), math.nan, True), ValueError, 'Argument "probability" must be in'),
         (lambda: LesionFinding(0, "l", generate_uid(), 0.5, True), ValueError, 'Argument "segment_number" must be >= 1'),
         (lambda: LesionFinding(1, "l", generate_uid(), 0.5, 1), TypeError, 'Argument "positive" must be a bool'),
-        (lambda: build_sr([], seg, finding, algorithm, **uids), ValueError, 'Argument "source_images" must hold at'),
-        (lambda: build_sr(images[0], seg, finding, algorithm, **uids), TypeError, 'Argument "source_images" must be a'),
-        (lambda: build_sr([images[0], other_series], seg, finding, algorithm, **uids), ValueError,
+        (lambda: build_sr([], seg, finding, algorithm, **sr_uids), ValueError, 'Argument "source_images" must hold at'),
+        (lambda: build_sr(images[0], seg, finding, algorithm, **sr_uids), TypeError, 'Argument "source_images" must be a'),
+        (lambda: build_sr([images[0], other_series], seg, finding, algorithm, **sr_uids), ValueError,
          'Argument "source_images" must hold images of one series'),
-        (lambda: build_sr(images, images[0], finding, algorithm, **uids), ValueError, 'Argument "seg" must be a Segm'),
-        (lambda: build_sr(images, seg, LesionFinding(2, "l", finding.tracking_uid, 0.8, True), algorithm, **uids),
+        (lambda: build_sr(images, images[0], finding, algorithm, **sr_uids), ValueError, 'Argument "seg" must be a Segm'),
+        (lambda: build_sr(images, seg, LesionFinding(2, "l", finding.tracking_uid, 0.8, True), algorithm, **sr_uids),
          ValueError, 'Argument "finding" must name'),
-        (lambda: build_sr(images, seg, finding, "model", **uids), TypeError, 'Argument "algorithm" must be an Alg'),
-        (lambda: build_sr(images, seg, finding, algorithm, sop_instance_uid=uids["sop_instance_uid"],
+        (lambda: build_sr(images, seg, finding, "model", **sr_uids), TypeError, 'Argument "algorithm" must be an Alg'),
+        (lambda: build_sr(images, seg, finding, algorithm, lesion_point=point, sop_instance_uid=uids["sop_instance_uid"],
                           series_instance_uid=images[0].SeriesInstanceUID), ValueError, 'must be a new series'),
-        (lambda: build_sr(images, seg, finding, algorithm, series_number=0, **uids), ValueError,
+        (lambda: build_sr(images, seg, finding, algorithm, series_number=0, **sr_uids), ValueError,
          'Argument "series_number" must be in'),
+        (lambda: build_sr(images, seg, finding, algorithm, **{**sr_uids, "lesion_point": (1.0, 2.0)}), TypeError,
+         'Argument "lesion_point" must be an ImagePoint'),
+        (lambda: build_sr(images, seg, finding, algorithm, **{**sr_uids, "lesion_point": elsewhere}), ValueError,
+         'Argument "lesion_point" must lie in one of the source images'),
+        (lambda: nearest_image_point(images, (0.0, float("nan"), 0.0)), ValueError, 'Argument "point_lps" must be 3'),
+        (lambda: nearest_image_point([Dataset()], (0.0, 0.0, 0.0)), ValueError, 'Argument "images" holds no image'),
         (lambda: seg_from_volume_mask(images, np.zeros_like(mask), **grid, **seg_args), ValueError,
          'Argument "mask" must hold at least one'),
         (lambda: seg_from_volume_mask(images, mask.astype(float), **grid, **seg_args), TypeError,
@@ -346,16 +400,19 @@ def bad_calls(images: list[Dataset], seg: Dataset, algorithm: AlgorithmInfo):
 
 
 def test_bad_arguments_raise_named_errors(phantom_study, algorithm) -> None:
-    images, seg = headers(phantom_study("axial2d", "seg").folder)
-    calls = bad_calls(images, seg, algorithm)
+    phantom = phantom_study("axial2d", "seg")
+    images, seg = headers(phantom.folder)
+    calls = bad_calls(images, seg, algorithm, point_in(images, phantom.lesion_centroid_lps))
     for call, error, message in calls:
         with pytest.raises(error, match=message.replace("(", r"\(")):
             call()
 
 
 def test_doubtful_findings_warn_with_the_fix(phantom_study, algorithm) -> None:
-    images, seg = headers(phantom_study("axial2d", "seg").folder)
-    uids = dict(sop_instance_uid=generate_uid(), series_instance_uid=generate_uid())
+    phantom = phantom_study("axial2d", "seg")
+    images, seg = headers(phantom.folder)
+    uids = dict(sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
+                lesion_point=point_in(images, phantom.lesion_centroid_lps))
     good = finding_for(seg, 0.8, True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -366,3 +423,22 @@ def test_doubtful_findings_warn_with_the_fix(phantom_study, algorithm) -> None:
     contradiction = LesionFinding(1, good.tracking_id, good.tracking_uid, 0.2, True)
     with pytest.warns(UserWarning, match="contradicts probability 0.2"):
         build_sr(images, seg, contradiction, algorithm, **uids)
+
+
+def test_lesion_point_lies_on_the_lesion_in_the_nearest_image(phantom_study) -> None:
+    """The SR's point (what OHIF draws its arrow at) is inside the lesion mask of that image."""
+    for geometry in ("axial2d", "sagittal3d"):
+        phantom = phantom_study(geometry, "seg")
+        study = load_study(phantom.folder)
+        images, _ = headers(phantom.folder)
+        point = point_in(images, phantom.lesion_centroid_lps)
+        image = next(im for im in images if im.SOPInstanceUID == point.sop_instance_uid)
+        assert point.distance_mm <= float(image.get("SpacingBetweenSlices", image.SliceThickness)) / 2 + 0.01
+        # back to patient space, then to the pipeline's lesion mask: inside the lesion
+        column, row = point.column - 0.5, point.row - 0.5
+        cosines = np.array(image.ImageOrientationPatient, dtype=float)
+        spacing = [float(v) for v in image.PixelSpacing]
+        lps = (np.array(image.ImagePositionPatient, dtype=float) + cosines[:3] * column * spacing[1]
+               + cosines[3:] * row * spacing[0])
+        index = study.lesion.TransformPhysicalPointToIndex([float(v) for v in lps])
+        assert study.lesion[index] == 1, geometry

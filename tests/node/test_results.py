@@ -22,6 +22,7 @@ from db.models import Job, utcnow
 from db.queue import get_job, replay
 from dicom_node.commands import models
 from dicom_node.config import Config, DeliverySection, Destination
+from dicom_node.report.sr import read_sr_result
 from dicom_node.runtime import open_runtime
 from dicom_node.scp import DicomNode
 from dicom_node.worker import Worker
@@ -112,11 +113,11 @@ def test_study_in_one_sr_out_readable_and_sent_back_triggers_nothing(tmp_path, p
         for label in ("Imaging Measurement Report", "EGFR Gene Mutation", "Probability", "Negative" if job.result["status"] == "negative" else "Positive"):
             assert label in dump
         # highdicom reads back what `queue show` says
-        group = hd.sr.srread(sr_file).content.get_volumetric_roi_measurement_groups()[0]
-        [probability] = [m for m in group.get_measurements() if m.name.value == "122157"]
-        assert probability.value == pytest.approx(job.result["probability"], abs=1e-6)
-        [status] = group.get_qualitative_evaluations()
-        assert status.value.meaning.lower() == job.result["status"]
+        result = read_sr_result(sr_file)
+        assert result.probability == pytest.approx(round(job.result["probability"], 3), abs=1e-9)  # 3 decimals
+        assert ("positive" if result.positive else "negative") == job.result["status"]
+        for ds in (sr, card):  # PACS lists them with the study
+            assert ds.SeriesDate and ds.SeriesTime and ds.ContentDate and ds.ContentTime
         assert sr.StudyInstanceUID == phantom_study("axial2d", "seg").study_uid
         assert sr.VerificationFlag == "UNVERIFIED"
         # PACS routes the SR and the card back to the node (re-encoded by the peer: answered
