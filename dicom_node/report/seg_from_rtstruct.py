@@ -6,10 +6,12 @@ masks"). The node therefore sends back a SEG (PS3.3 A.51, BINARY) of the rasteri
 and points the SR at it.
 
 The frames lie on the pipeline's volume grid (which may be axial-resampled or tilted),
-placed through a highdicom ``Volume`` built from that grid's origin, spacing and direction,
-not on the source images' planes: frame positions, orientation and pixel measures come from
-the volume. Only the slab of slices holding lesion voxels is written (first to last lesion
-slice, empty slices inside kept, so the frames stay a regular stack).
+placed from that grid's origin, spacing and direction, not on the source images' planes:
+frame positions, orientation and pixel measures come from the volume. Only the slab of
+slices holding lesion voxels is written (first to last lesion slice, empty slices inside
+kept). The frames are stored largest lesion area first (each frame carries its own plane
+position, so any order is valid): a viewer that opens a SEG on its first frame shows the
+lesion where it is largest, not a slice with two lesion pixels at its edge.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import datetime
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels import pack_bits
 
 from dicom_node.report import codes as report_codes
 from dicom_node.report.series_time import stamp_series_and_content_time
@@ -77,6 +80,23 @@ def lesion_volume(mask: np.ndarray, origin: np.ndarray, spacing: np.ndarray, dir
         coordinate_system="PATIENT",
         frame_of_reference_uid=frame_of_reference_uid,
     )
+
+
+def put_largest_frame_first(seg: Dataset) -> Dataset:
+    """Reorder a BINARY SEG's frames by lesion area, largest first (ties in their order): the
+    per-frame functional groups (plane position, dimension index values) move with their
+    pixels, so every frame stays where it is in space. highdicom always writes frames in
+    spatial order, hence this step after it. DimensionOrganizationType "3D" promises frames
+    in spatial order, so it goes."""
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    areas = frames.reshape(frames.shape[0], -1).sum(axis=1)
+    order = np.argsort(-areas, kind="stable")
+    groups = list(seg.PerFrameFunctionalGroupsSequence)
+    seg.PerFrameFunctionalGroupsSequence = [groups[i] for i in order]
+    seg.PixelData = pack_bits(frames[order].astype(np.uint8).ravel())
+    if "DimensionOrganizationType" in seg:
+        del seg.DimensionOrganizationType
+    return seg
 
 
 def seg_from_volume_mask(
@@ -157,4 +177,5 @@ def seg_from_volume_mask(
     )
     if device_uid is not None:
         seg.DeviceUID = device_uid
+    put_largest_frame_first(seg)
     return stamp_series_and_content_time(seg, created)

@@ -151,8 +151,7 @@ def set_containers_separate(item: Dataset) -> None:
 def result_text(finding: LesionFinding) -> str:
     """The result in words, as the SR's Comment and the viewers' label say it."""
     status = "POSITIVE" if finding.positive else "NEGATIVE"
-    return (f"EGFR mutation {status}, probability {finding.probability:.{PROBABILITY_DECIMALS}f} "
-            "(research use only, not a diagnosis)")
+    return f"EGFR mutation {status}, probability {finding.probability:.{PROBABILITY_DECIMALS}f} (research use only)"
 
 
 def _lesion_coordinates(point: ImagePoint) -> hd.sr.CoordinatesForMeasurement:

@@ -1,12 +1,17 @@
 """PACS stand-ins that are real DICOM peers on loopback: a pynetdicom Storage SCP that keeps
-what it receives, and DCMTK's storescp."""
+what it receives, DCMTK's storescp, and Orthanc (routing PACS, DICOMweb server)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -43,3 +48,69 @@ class StorescpPacs:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "orthanc"
+
+
+def _orthanc() -> str:
+    path = shutil.which("Orthanc")
+    if path is None:
+        pytest.fail("Orthanc not found: install the Debian package orthanc (see README; .ci/run does)")
+    return path
+
+
+class Orthanc:
+    """A private Orthanc on loopback ports, configured with deploy/orthanc/: with ``node_port``
+    it routes stable studies to the node there; with ``dicomweb`` it serves DICOMweb under
+    ``/dicom-web/`` (Debian's orthanc-dicomweb plugin), as a viewer reads it."""
+
+    def __init__(self, tmp: Path, node_port: int | None = None, *, dicomweb: bool = False) -> None:
+        config = json.loads((DEPLOY / "orthanc.json").read_text())
+        self.dicom_port, self.http_port = free_port(), free_port()
+        config.update(
+            StorageDirectory=str(tmp / "orthanc-db"), IndexDirectory=str(tmp / "orthanc-db"),
+            DicomPort=self.dicom_port, HttpPort=self.http_port, StableAge=1,
+            LuaScripts=[str(DEPLOY / "route-to-egfr-node.lua")] if node_port else [],
+            DicomModalities={"egfr-node": ["EGFR_NODE", "127.0.0.1", node_port]} if node_port else {},
+        )
+        if dicomweb:
+            plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+            if not plugin.is_file():
+                pytest.fail(f"{plugin} not found: install the Debian package orthanc-dicomweb (.ci/run does)")
+            config.update(Plugins=[str(plugin)], DicomWeb={"Enable": True, "Root": "/dicom-web/"})
+        path = tmp / "orthanc.json"
+        path.write_text(json.dumps(config))
+        self.log = open(tmp / "orthanc.log", "w")
+        self.process = subprocess.Popen([_orthanc(), str(path)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                self.get("/system")
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("Orthanc did not start")
+
+    def get(self, path: str):  # type: ignore[no-untyped-def]
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    def upload(self, file: Path) -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances", data=file.read_bytes(),
+                                         method="POST", headers={"Content-Type": "application/dicom"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["Status"] in ("Success", "AlreadyStored")
+
+    def series_modalities(self) -> list[tuple[str, str]]:
+        out = []
+        for study in self.get("/studies"):
+            for series in self.get(f"/studies/{study}/series"):
+                tags = series["MainDicomTags"]
+                out.append((tags.get("Modality", ""), tags.get("SeriesDescription", "")))
+        return sorted(out)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(20)
+        self.log.close()

@@ -278,13 +278,20 @@ def test_rtstruct_lesion_becomes_a_seg_the_sr_references(phantom_study, algorith
                   Comprehensive3DSRStorage, point)
 
 
-def test_rtstruct_on_an_enhanced_mr_becomes_a_seg(phantom_study, tmp_path: Path) -> None:
-    phantom = phantom_study("enhanced", "rtstruct")
+@pytest.mark.parametrize("geometry", ["enhanced", "axial3d"])
+def test_rtstruct_lesion_becomes_a_seg_that_opens_on_its_largest_frame(phantom_study, tmp_path: Path,
+                                                                       geometry: str) -> None:
+    """On an Enhanced MR and a 1 mm series; a viewer opening the SEG on its first frame sees the
+    lesion at its largest, and the frames' order changes nothing of the raster."""
+    phantom = phantom_study(geometry, "rtstruct")
     study = load_study(phantom.folder)
     images, _ = headers(phantom.folder)
     path = write(rtstruct_seg(study, images, generate_uid()), tmp_path / "seg.dcm")
     assert dciodvfy_errors(path) == []
     check_seg_round_trip(path, study)
+    ds = pydicom.dcmread(path)
+    areas = ds.pixel_array.reshape(int(ds.NumberOfFrames), -1).sum(axis=1)
+    assert list(areas) == sorted(areas, reverse=True) and areas[0] > areas[-1]
 
 
 @pytest.mark.parametrize(("tilt", "rules", "grid"), [
@@ -442,3 +449,4 @@ def test_lesion_point_lies_on_the_lesion_in_the_nearest_image(phantom_study) -> 
                + cosines[3:] * row * spacing[0])
         index = study.lesion.TransformPhysicalPointToIndex([float(v) for v in lps])
         assert study.lesion[index] == 1, geometry
+
