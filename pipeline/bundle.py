@@ -42,7 +42,7 @@ __all__ = [
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 #: Networks the node can build (``pipeline.model``).
-ARCHITECTURES = ("resnet50",)
+ARCHITECTURES = ("resnet50", "resnet50-linear")  # pipeline.model.HEADS: fastai head, linear head
 #: Input normalisation inside the network: ImageNet mean/std (pretrained body) or none.
 NORMALIZATIONS = ("imagenet", "none")
 

@@ -32,16 +32,16 @@ from torch.func import functional_call, stack_module_state
 
 from pipeline.aggregate import is_positive, patient_probability
 from pipeline.bundle import BundleError, Manifest
-from pipeline.model import EGFRNet, build_resnet50
+from pipeline.model import EGFRNet, build_resnet50, head_of
 
 __all__ = ["FoldEnsemble", "Prediction", "load_fold_weights"]
 
 log = logging.getLogger(__name__)
 
 
-def load_fold_weights(path: Path, normalization: str) -> EGFRNet:
+def load_fold_weights(path: Path, normalization: str, architecture: str = "resnet50") -> EGFRNet:
     """One fold's network from its ``state_dict`` file (``weights_only=True``: no code unpickled)."""
-    model = build_resnet50(normalization=normalization)
+    model = build_resnet50(normalization=normalization, head=head_of(architecture))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
@@ -96,7 +96,8 @@ class FoldEnsemble:
         manifest = manifest or Manifest.read(folder)
         manifest.check_runnable()
         manifest.verify_files(folder)
-        models = [load_fold_weights(folder / fold.file, manifest.normalization) for fold in sorted(manifest.folds, key=lambda f: f.fold)]
+        models = [load_fold_weights(folder / fold.file, manifest.normalization, manifest.architecture)
+                  for fold in sorted(manifest.folds, key=lambda f: f.fold)]
         return cls(manifest, models, device)
 
     @property

@@ -8,6 +8,10 @@ without its pooling and fc layers; the head concatenates adaptive average and ma
 weights the input is normalised with ImageNet's mean and SD inside the network
 (``normalization="imagenet"``), so the node and training cannot disagree about it.
 
+``head="linear"`` is torchvision's own classifier instead (global average pooling ->
+Linear 2048->2 with bias, torchvision's initialisation): the bundle names it by its
+architecture, ``resnet50-linear`` (``resnet50`` is the fastai head).
+
 ImageNet weights are never downloaded: ``load_imagenet_body`` reads torchvision's
 ``resnet50-0676ba61.pth`` from a local file (``weights_only=True``).
 """
@@ -20,7 +24,11 @@ import torch
 from torch import nn
 from torchvision.models import resnet50
 
-__all__ = ["EGFRNet", "build_resnet50", "load_imagenet_body", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["EGFRNet", "HEADS", "architecture_of", "head_of", "build_resnet50", "load_imagenet_body", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
+
+#: The classification heads, by the architecture name a bundle records.
+HEADS = {"fastai": "resnet50", "linear": "resnet50-linear"}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,14 +64,37 @@ def _head(features: int = 2048, hidden: int = 512, classes: int = 2) -> nn.Seque
     return head
 
 
-class EGFRNet(nn.Module):
-    """ResNet-50 body + fastai head; ``forward`` returns logits ``[N, classes]``."""
+def _linear_head(backbone: nn.Module, classes: int = 2) -> nn.Sequential:
+    """torchvision's classifier: global average pooling and one Linear layer (its default init)."""
+    fc = nn.Linear(backbone.fc.in_features, classes)  # type: ignore[union-attr]
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
 
-    def __init__(self, classes: int = 2, normalization: str = "none") -> None:
+
+def architecture_of(head: str) -> str:
+    """The bundle's architecture name of a head (``fastai`` -> ``resnet50``)."""
+    if head not in HEADS:
+        raise ValueError(f'Argument "head" must be one of {", ".join(HEADS)}, got {head!r}')
+    return HEADS[head]
+
+
+def head_of(architecture: str) -> str:
+    """The head of a bundle's architecture name (``resnet50-linear`` -> ``linear``)."""
+    for head, name in HEADS.items():
+        if name == architecture:
+            return head
+    raise ValueError(f'architecture {architecture!r} is not known (known: {", ".join(HEADS.values())})')
+
+
+class EGFRNet(nn.Module):
+    """ResNet-50 body + a head (fastai's, or torchvision's linear one); ``forward`` returns
+    logits ``[N, classes]``."""
+
+    def __init__(self, classes: int = 2, normalization: str = "none", head: str = "fastai") -> None:
         super().__init__()
         backbone = resnet50(weights=None)
         self.body = nn.Sequential(*list(backbone.children())[:-2])
-        self.head = _head(classes=classes)
+        self.head = _head(classes=classes) if head == "fastai" else _linear_head(backbone, classes)
+        self.head_kind = head
         self.normalization = normalization
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -75,11 +106,12 @@ class EGFRNet(nn.Module):
         return self.head(self.body((x - self.input_mean) / self.input_std))
 
 
-def build_resnet50(classes: int = 2, normalization: str = "none") -> EGFRNet:
+def build_resnet50(classes: int = 2, normalization: str = "none", head: str = "fastai") -> EGFRNet:
     """A randomly initialised network (tests, training from scratch, loading a state_dict)."""
     if normalization not in ("none", "imagenet"):
         raise ValueError(f'Argument "normalization" must be "none" or "imagenet", got {normalization!r}')
-    return EGFRNet(classes=classes, normalization=normalization)
+    architecture_of(head)  # names the head in its error
+    return EGFRNet(classes=classes, normalization=normalization, head=head)
 
 
 def load_imagenet_body(model: EGFRNet, weights_file: Path) -> None:
