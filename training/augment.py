@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from training.settings import TrainSettings
 
-__all__ = ["augment_batch", "mixup_batch"]
+__all__ = ["augment_batch", "dihedral_batch", "mixup_batch"]
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -31,7 +31,13 @@ def _bernoulli(n: int, p: float, generator: torch.Generator, device: torch.devic
 
 
 def augment_batch(x: torch.Tensor, settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
-    """Rotation + zoom (+ optional flip) as one affine resample, then contrast/brightness."""
+    """The training batch's augmentation, as ``settings.augmentation`` names it: ``fastai``
+    (rotation + zoom (+ optional flip) as one affine resample, then contrast/brightness),
+    ``dihedral`` (:func:`dihedral_batch`) or ``none``."""
+    if settings.augmentation == "dihedral":
+        return dihedral_batch(x, generator)
+    if settings.augmentation == "none":
+        return x
     n, device = x.shape[0], x.device
     angle = _uniform(n, -settings.rotate_degrees, settings.rotate_degrees, generator, device) * (math.pi / 180)
     zoom = _uniform(n, 1.0, settings.zoom_max, generator, device)
@@ -56,6 +62,20 @@ def augment_batch(x: torch.Tensor, settings: TrainSettings, generator: torch.Gen
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = mean + contrast * (x - mean) + brightness
     return x
+
+
+def dihedral_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image turned by a random multiple of 90 degrees and mirrored with probability 0.5
+    (the 8 symmetries of the square): exact, no resampling, nothing cut off. A lesion crop
+    has no preferred orientation, so every one of them is a plausible image."""
+    n = x.shape[0]
+    turns = torch.randint(0, 4, (n,), generator=generator, device=x.device)
+    mirror = torch.rand(n, generator=generator, device=x.device) < 0.5
+    mirrored = torch.where(mirror.view(n, 1, 1, 1), x.flip(-1), x)
+    out = mirrored
+    for k in (1, 2, 3):  # square images: every turn has the input's shape
+        out = torch.where((turns == k).view(n, 1, 1, 1), torch.rot90(mirrored, k, dims=(-2, -1)), out)
+    return out
 
 
 def mixup_batch(x: torch.Tensor, y_onehot: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

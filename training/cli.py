@@ -1,11 +1,15 @@
 """``egfr-node train``: rebuild and evaluate the fold ensemble from a cohort CSV.
 
-    train --cohort cohort.csv --out DIR [--device cpu|cuda|auto] [--epochs N] [--folds K]
-          [--seed S] [--repeats R] [--shuffle-labels] [--selection paper|nested]
-          [--freeze-body | --full-finetune] [--output-size N] [--imagenet-weights FILE]
-          [--lr LR] [--loss f1|ce] [--config FILE.toml] [--cache DIR] [--register] [--no-progress]
+    train --cohort cohort.csv --out DIR [--recipe auto|paper|scratch] [--device cpu|cuda|auto]
+          [--epochs N] [--folds K] [--seed S] [--repeats R] [--shuffle-labels]
+          [--selection fixed|nested|paper] [--freeze-body | --full-finetune]
+          [--allow-random-frozen-body] [--output-size N] [--imagenet-weights FILE] [--lr LR]
+          [--loss f1|ce] [--mixup | --no-mixup] [--augmentation fastai|dihedral|none]
+          [--head fastai|linear] [--config FILE.toml] [--cache DIR] [--register] [--no-progress]
+    train --cohort cohort.csv --lr-find [...]     # the LR range test only, on training patients
 
-Settings come from the paper's defaults (:class:`training.settings.TrainSettings`), then the
+Settings come from the recipe (``--recipe``, default ``auto``: the paper's with
+``--imagenet-weights``, the scratch recipe without; :mod:`training.settings`), then the
 ``[training]`` table of ``--config``, then the flags. ``--register`` records the bundle in
 the node's database (needs ``database_url``); activation stays a separate, explicit step.
 Exit status 0 on success, 1 on a one-line error (printed), 130 on Ctrl-C (no bundle left).
@@ -31,7 +35,9 @@ log = logging.getLogger(__name__)
 def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Train and evaluate the EGFR fold ensemble (Haim et al. 2022 recipe).")
     p.add_argument("--cohort", type=Path, required=True, help="cohort CSV: patient id, Study Instance UID, EGFR status")
-    p.add_argument("--out", type=Path, required=True, help="bundle folder to create (must not exist)")
+    p.add_argument("--out", type=Path, help="bundle folder to create (must not exist; not needed with --lr-find)")
+    p.add_argument("--recipe", choices=("auto", "paper", "scratch"),
+                   help="auto (default): paper with --imagenet-weights, scratch without")
     p.add_argument("--config", type=Path, help="TOML file whose [training] table overrides the defaults")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"))
     p.add_argument("--epochs", type=int)
@@ -39,12 +45,21 @@ def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--repeats", type=int, help="repeat the whole CV with seeds seed, seed+1, ... (spread in the report)")
     p.add_argument("--shuffle-labels", action="store_true", default=None, help="negative control: permuted labels")
-    p.add_argument("--selection", choices=("nested", "paper"))
+    p.add_argument("--selection", choices=("fixed", "nested", "paper"))
     body = p.add_mutually_exclusive_group()
     body.add_argument("--freeze-body", dest="freeze_body", action="store_true", default=None)
     body.add_argument("--full-finetune", dest="freeze_body", action="store_false")
-    p.add_argument("--lr", type=float, dest="max_lr", help="one-cycle max learning rate (paper 4e-2)")
+    p.add_argument("--allow-random-frozen-body", action="store_true", default=None,
+                   help="force a frozen body without ImageNet weights (it does not learn; for ablations)")
+    p.add_argument("--lr", type=float, dest="max_lr", help="one-cycle max learning rate (paper 4e-2, scratch 1e-3)")
     p.add_argument("--loss", choices=("f1", "ce"))
+    mixup = p.add_mutually_exclusive_group()
+    mixup.add_argument("--mixup", dest="mixup", action="store_true", default=None)
+    mixup.add_argument("--no-mixup", dest="mixup", action="store_false")
+    p.add_argument("--augmentation", choices=("fastai", "dihedral", "none"))
+    p.add_argument("--head", choices=("fastai", "linear"))
+    p.add_argument("--lr-find", action="store_true",
+                   help="run the LR range test on the first fold's training patients, print the suggestion, train nothing")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--imagenet-weights", type=Path, help="local torchvision resnet50-0676ba61.pth (nothing is downloaded)")
     p.add_argument("--output-size", type=int, help="model input side in pixels (paper 96)")
@@ -67,8 +82,10 @@ def _settings(args: argparse.Namespace):
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"config {args.config}: {exc}") from None
         values.update(table)
+    if args.recipe is not None:
+        values["recipe"] = args.recipe
     for key in ("device", "epochs", "folds", "seed", "repeats", "shuffle_labels", "selection", "freeze_body", "max_lr",
-                "loss", "batch_size"):
+                "loss", "batch_size", "mixup", "augmentation", "head", "allow_random_frozen_body"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -114,6 +131,8 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
 
     try:
         settings = _settings(args)
+        if args.out is None and not args.lr_find:
+            raise ValueError("--out is needed (the bundle folder to create)")
         if args.register and not database_url:
             raise ValueError("--register needs the node's database (database_url)")
         if args.register and settings.shuffle_labels:
@@ -128,6 +147,8 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
             params = PreprocessParams.from_dict(params.to_dict() | changes)
         if settings.pretrained and not Path(settings.imagenet_weights).is_file():  # type: ignore[arg-type]
             raise ValueError(f"--imagenet-weights {settings.imagenet_weights} does not exist (nothing is downloaded)")
+        if args.lr_find:
+            return _lr_find(args, settings, params, archive_root)
         outcome = train_bundle(args.cohort, args.out, settings=settings, params=params, archive_root=archive_root,
                                cache_dir=args.cache, name=args.name, version=args.version, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -140,6 +161,7 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
         return 0  # rank 0 reports, writes and registers
     h = outcome.report["headline"]
     d = outcome.report["data"]
+    print(f"recipe: {outcome.report['recipe_text']}")
     print(f"bundle {outcome.bundle}: {d['patients_used']} patients ({d['positive']} positive), "
           f"{len(d['failures'])} failed; pooled out-of-fold patient AUC {h['auc'] if h['auc'] is not None else 'n/a'} "
           f"(95% CI {h['auc_ci95']}), selection {settings.selection}")
@@ -147,6 +169,36 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
         m = outcome.manifest
         model_id, created = register_bundle(outcome.bundle, database_url, m.name, m.version, m.device_uid)  # type: ignore[arg-type]
         print(f"registered as model {model_id}{'' if created else ' (already known)'}; not active: activate it explicitly")
+    return 0
+
+
+def _lr_find(args: argparse.Namespace, settings, params: PreprocessParams, archive_root: Path | None) -> int:  # noqa: ANN001
+    """``--lr-find``: the range test on the first outer fold's training patients (the test
+    fold's patients are not used), with the recipe's network, loss and augmentation."""
+    import numpy as np
+    import torch
+
+    from training.cache import prepare_cohort
+    from training.cohort import read_cohort
+    from training.engine import resolve_device
+    from training.lr_find import lr_range_test
+    from training.splits import assign_folds
+
+    cohort = read_cohort(Path(args.cohort), archive_root)
+    cache = args.cache if args.cache is not None else (Path(args.out).absolute().parent if args.out else Path.cwd()) / ".egfr-train-cache"
+    prepared = prepare_cohort(cohort, params, cache)
+    groups = [e.group or e.patient_id for e in prepared.entries]
+    folds = assign_folds(prepared.labels, groups, settings.folds, settings.seed)
+    train = np.where(folds != 0)[0]
+    device = resolve_device(settings.device)
+    finding = lr_range_test(torch.as_tensor(prepared.inputs, device=device), prepared.labels, train, settings,
+                            seed=settings.seed, device=device)
+    print(f"LR range test ({settings.recipe} recipe) on the {finding.patients} training patients of fold 1 of "
+          f"{settings.folds}:")
+    for lr, loss in finding.summary():
+        print(f"  lr {lr:.1e}  smoothed loss {loss:.3f}")
+    print(f"suggested max lr (fastai's valley): {finding.suggestion:.1e}; use it with --lr, or keep the recipe's "
+          f"{settings.max_lr:g}")
     return 0
 
 

@@ -88,7 +88,7 @@ def resolve_device(name: str) -> torch.device:
 def build_model(settings: TrainSettings, seed: int) -> EGFRNet:
     """The network, initialised from ``seed``; ImageNet body from the local file when configured."""
     torch.manual_seed(seed)
-    model = build_resnet50(normalization="imagenet" if settings.pretrained else "none")
+    model = build_resnet50(normalization="imagenet" if settings.pretrained else "none", head=settings.head)
     if settings.pretrained:
         load_imagenet_body(model, Path(settings.imagenet_weights))  # type: ignore[arg-type]
     configure_trainable(model, settings.freeze_body)
@@ -183,24 +183,58 @@ def _selection_value(metric: str, labels: np.ndarray, scores: np.ndarray) -> flo
     return 0.0
 
 
-def choose_aggregation_and_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[str, float, dict[str, float]]:
+def choose_aggregation_and_threshold(labels: np.ndarray, scores: np.ndarray,
+                                     fallback: float = 0.5) -> tuple[str, float, dict[str, Any]]:
     """Nested selection on inner-validation patients: the slice aggregation with the best
     patient AUC (ties: median, mean, min, max in that order), and the threshold maximising
-    Youden's J on those patients' aggregated scores (0.5 when they hold one class only)."""
+    Youden's J on those patients' aggregated scores, placed halfway between the two scores it
+    falls between (the same patients are classified alike, and it is not pinned to one
+    patient's score).
+
+    When the inner patients cannot place a threshold (one class only, or no aggregation
+    separates them better than chance: AUC <= 0.5) the threshold is ``fallback`` (the
+    pre-specified one) and the aggregation median. The third value records what was done:
+    ``{"auc": {aggregation: AUC or nan}, "threshold_rule": "youden" | "fallback: <why>"}``."""
     from sklearn.metrics import roc_curve
 
     aucs = {how: _auc(labels, aggregate_slices(scores, how)) for how in SLICE_AGGREGATIONS}
     order = ("median", "mean", "min", "max")
     valid = [how for how in order if not np.isnan(aucs[how])]
+    record: dict[str, Any] = {"auc": aucs}
     if not valid:
-        return "median", 0.5, aucs
+        record["threshold_rule"] = f"fallback {fallback:g}: the inner patients hold one class only"
+        return "median", fallback, record
     best = max(valid, key=lambda how: (aucs[how], -order.index(how)))
+    if aucs[best] <= 0.5:
+        record["threshold_rule"] = (f"fallback {fallback:g}: no slice aggregation separates the inner patients "
+                                    f"(best AUC {aucs[best]:.3f})")
+        return "median", fallback, record
     patient = aggregate_slices(scores, best)
-    fpr, tpr, thresholds = roc_curve(labels, patient)
-    j = tpr - fpr
-    index = int(np.argmax(j))
-    threshold = float(np.clip(thresholds[index], 0.0, 1.0))
-    return best, threshold, aucs
+    fpr, tpr, thresholds = roc_curve(labels, patient, drop_intermediate=False)  # every score: its neighbour
+    index = int(np.argmax(tpr - fpr))  # > 0: the AUC above 0.5 puts J above 0 somewhere
+    lower = thresholds[index + 1] if index + 1 < len(thresholds) else thresholds[index]
+    threshold = float(np.clip((thresholds[index] + lower) / 2 if np.isfinite(thresholds[index]) else 1.0, 0.0, 1.0))
+    record["threshold_rule"] = "youden"
+    return best, threshold, record
+
+
+def recompute_batchnorm_statistics(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
+    """BatchNorm running statistics recomputed as plain averages over ``x`` (the training
+    images, not augmented), instead of the moving average of the last training batches
+    ("precise BN"): what the evaluated network normalises with is then the training data's."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            model(x[i:i + batch_size])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
 
 
 class _RandomState:
@@ -292,18 +326,27 @@ class FoldTrainer:
             self.scheduler.step()
             self._loss += loss.detach()  # no host sync per step
 
+    @property
+    def metric(self) -> str:
+        """What picks the kept epoch: fixed selection keeps the last one whatever the metric."""
+        return "last" if self.settings.selection == "fixed" else self.settings.selection_metric
+
     def end_epoch(self) -> None:
         """Score the selection patients; keep this epoch if it is the best so far."""
         settings = self.settings
+        metric = self.metric
         loss = float(self._loss) / self.steps
+        if settings.batchnorm_statistics == "recomputed" and (metric != "last" or self.epoch == settings.epochs):
+            with self.random.active():
+                recompute_batchnorm_statistics(self.network, self.x_fit, settings.eval_batch_size)
         value = 0.0
-        if settings.selection_metric != "last" or self.epoch == settings.epochs:
+        if metric != "last" and len(self.select_index):
             scores = patient_scores(self.network, self.x_select, settings.eval_batch_size)
-            value = _selection_value(settings.selection_metric, self.labels[self.select_index], scores)
-        self.history.append({"epoch": self.epoch, "loss": round(loss, 6), settings.selection_metric: round(value, 6)})
+            value = _selection_value(metric, self.labels[self.select_index], scores)
+        self.history.append({"epoch": self.epoch, "loss": round(loss, 6), **({metric: round(value, 6)} if metric != "last" else {})})
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.3f}", **{settings.selection_metric[:3]: f"{value:.3f}"})
-        if value > self.best_value or (settings.selection_metric == "last" and self.epoch == settings.epochs):
+        self.bar.set_postfix(loss=f"{loss:.3f}", **({metric[:3]: f"{value:.3f}"} if metric != "last" else {}))
+        if (metric != "last" and value > self.best_value) or (metric == "last" and self.epoch == settings.epochs):
             self.best_value, self.best_epoch = value, self.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
 
@@ -316,14 +359,18 @@ class FoldTrainer:
         network.load_state_dict(self.best_state)
         test_scores = patient_scores(network, self.inputs[torch.as_tensor(self.test_index, device=self.device)],
                                      settings.eval_batch_size)
-        selection: dict[str, Any] = {"epoch": self.best_epoch, "metric": settings.selection_metric,
-                                     "value": self.best_value, "patients": int(len(self.select_index))}
+        selection: dict[str, Any] = {"epoch": self.best_epoch, "metric": self.metric,
+                                     "value": None if self.metric == "last" else self.best_value,
+                                     "patients": int(len(self.select_index))}
         if settings.selection == "nested":
             select_scores = patient_scores(network, self.x_select, settings.eval_batch_size)
-            how, threshold, aucs = choose_aggregation_and_threshold(self.labels[self.select_index], select_scores)
-            selection["inner_auc"] = {k: (None if np.isnan(v) else round(v, 6)) for k, v in aucs.items()}
+            how, threshold, record = choose_aggregation_and_threshold(self.labels[self.select_index], select_scores,
+                                                                      settings.threshold)
+            selection["inner_auc"] = {k: (None if np.isnan(v) else round(v, 6)) for k, v in record["auc"].items()}
+            selection["threshold_rule"] = record["threshold_rule"]
         else:
             how, threshold = "median", settings.threshold
+            selection["threshold_rule"] = f"pre-specified {settings.threshold:g}"
         state = {k: v.detach().cpu().clone() for k, v in self.best_state.items()}
         return FoldResult(self.fold, state, self.best_epoch, self.history, self.test_index, test_scores, how, threshold,
                           selection, train_images=int(self.x_fit.shape[0]) * settings.epochs,

@@ -23,20 +23,49 @@ from pipeline.aggregate import SLICE_AGGREGATIONS, aggregate_slices
 from pipeline.params import PreprocessParams
 from training.cache import PreparedCohort
 from training.cohort import Cohort
-from training.settings import TrainSettings
+from training.settings import RECIPE_VALUES, TrainSettings
 
-__all__ = ["build_report", "write_report_files", "NOT_EXTERNAL_VALIDATION"]
+__all__ = ["build_report", "write_report_files", "recipe_text", "NOT_EXTERNAL_VALIDATION"]
 
 NOT_EXTERNAL_VALIDATION = (
     "K-fold cross-validation on one cohort is internal validation, not external validation: "
     "these figures do not show how the model performs on another centre's scanners, protocols or population."
 )
 _SELECTION_TEXT = {
+    "fixed": "fixed: nothing chosen on data - every training patient trains, the last epoch is kept, median of "
+             "slices, the pre-specified threshold; the test fold was used only to score the model",
     "nested": "nested: epoch, slice aggregation and threshold chosen on an inner split of each training fold; "
               "the test fold was used only to score the kept model",
     "paper": "paper: the epoch with the best accuracy on the test fold itself (as Haim et al. 2022), median, threshold "
              "0.5 - optimistic, the test fold chose the model",
 }
+
+
+def _recipe_summary(name: str) -> str:
+    v = RECIPE_VALUES[name]
+    body = "frozen pretrained body" if v["freeze_body"] else "every layer trains"
+    loss = {"f1": "soft-F1", "ce": "cross-entropy"}[v["loss"]]
+    augmentation = {"fastai": "rotation/zoom/lighting", "dihedral": "quarter turns and mirroring", "none": "no augmentation"}
+    return (f"{body}, max lr {v['max_lr']:g}, {loss}, mixup {'on' if v['mixup'] else 'off'}, "
+            f"{augmentation[v['augmentation']]}, {v['head']} head, {v['selection']} selection")
+
+
+_RECIPE_TEXT = {
+    "paper": "the paper's (Haim et al. 2022 read through fastai: " + _recipe_summary("paper") + ")",
+    "scratch": "from scratch (" + _recipe_summary("scratch") + "; docs/examples/ablation.md shows why)",
+}
+
+
+def recipe_text(settings: TrainSettings) -> str:
+    """Which recipe, why it was used, and what was changed from it (the report's Method)."""
+    automatic = (settings.recipe == "paper") == settings.pretrained
+    why = ("chosen automatically: " + ("ImageNet weights were given" if settings.pretrained else "no ImageNet weights were given")
+           if automatic else "asked for (not the automatic choice)")
+    changes = settings.recipe_changes()
+    changed = ", ".join(f"{k}={v}" for k, v in sorted(changes.items())) if changes else "none"
+    forced = ("; the frozen body has RANDOM weights (forced with allow_random_frozen_body: it does not learn)"
+              if settings.freeze_body and not settings.pretrained else "")
+    return f"{settings.recipe} - {_RECIPE_TEXT[settings.recipe]}; {why}; values changed from the recipe: {changed}{forced}"
 
 
 def _clean(value: Any) -> Any:
@@ -113,6 +142,10 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         "initialisation": ("ImageNet weights from " + str(settings.imagenet_weights)) if settings.pretrained
         else "trained from scratch (no ImageNet weights): not the paper's transfer learning",
         "body": "frozen (head + BatchNorm train)" if settings.freeze_body else "full fine-tuning",
+        "recipe": settings.recipe,
+        "recipe_text": recipe_text(settings),
+        "recipe_changes": settings.recipe_changes(),
+        "head": settings.head,
         "device": settings.device,
         "throughput": {
             "folds": "trained together, in turns" if settings.folds_together else "trained one after another",
@@ -153,6 +186,9 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         "pretrained": settings.pretrained,
         "initialisation": report["initialisation"],
         "body": report["body"],
+        "recipe": settings.recipe,
+        "recipe_text": report["recipe_text"],
+        "recipe_changes": report["recipe_changes"],
         "settings": settings.to_dict(),
         "code_version": code_version,
         "kept_epochs": [r.epoch for r in first.results],
@@ -172,6 +208,19 @@ def _ci(pair: Any) -> str:
     if not pair or pair[0] is None:
         return "n/a"
     return f"{pair[0]:.2f}-{pair[1]:.2f}"
+
+
+_HEAD_TEXT = {"fastai": "fastai head (concat pooling, BatchNorm, dropout, 2 Linear)",
+              "linear": "linear head (average pooling, 1 Linear)"}
+
+
+def _augmentation_text(s: dict[str, Any]) -> str:
+    if s["augmentation"] == "dihedral":
+        return "a random quarter turn and mirror per image"
+    if s["augmentation"] == "none":
+        return "none"
+    return (f"rotation +-{s['rotate_degrees']:g} deg, zoom <= {s['zoom_max']:g} (p {s['affine_p']:g}), lighting "
+            f"{s['lighting']:g} (p {s['lighting_p']:g}), flip p {s['flip_p']:g}")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -195,11 +244,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines += [
         "", "## Method",
-        f"- Model: ResNet-50 + fastai head, {report['initialisation']}; body: {report['body']}.",
-        f"- Recipe: {s['epochs']} epochs, batch {s['batch_size']}, one-cycle max lr {s['max_lr']:g}, loss {s['loss']}, "
+        f"- Recipe: {report['recipe_text']}.",
+        f"- Model: ResNet-50 + {_HEAD_TEXT[report['head']]}, {report['initialisation']}; body: {report['body']}.",
+        f"- Training: {s['epochs']} epochs, batch {s['batch_size']}, one-cycle max lr {s['max_lr']:g}, loss {s['loss']}, "
         f"mixup {'Beta(%g,%g)' % (s['mixup_alpha'], s['mixup_alpha']) if s['mixup'] else 'off'}, "
-        f"oversampling {'on' if s['oversample'] else 'off'}, rotation +-{s['rotate_degrees']:g} deg, zoom <= {s['zoom_max']:g}, "
-        f"lighting {s['lighting']:g}, device {report['device']}.",
+        f"oversampling {'on' if s['oversample'] else 'off'}, augmentation {_augmentation_text(s)}, device {report['device']}.",
         f"- Time: the {s['folds']} folds {report['throughput']['folds']}; cross-validation "
         f"{_fmt(report['throughput']['cv_seconds'], 1)} s, {report['throughput']['training_images']} training images, "
         f"{_fmt(report['throughput']['images_per_second'], 1)} images/s (each fold's own time is in the per-fold table).",
@@ -232,11 +281,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{_fmt(row['specificity'])} | {_fmt(row['accuracy'])} |")
     lines += ["", "Sensitivity, specificity and accuracy are pooled out-of-fold at each fold's threshold. Per-fold AUCs "
               "rest on a few positives each and are very noisy.", "", "## Per fold", "",
-              "| fold | test patients (positive) | kept epoch | aggregation | threshold | slice AUC | slice accuracy | s | images/s |",
+              "| fold | test patients (positive) | kept epoch | aggregation | threshold (rule) | slice AUC | slice accuracy | s | images/s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for fold, row in zip(report["folds"], report["per_fold"]):
+        rule = fold["selection"].get("threshold_rule", "")
         lines.append(f"| {fold['fold'] + 1} | {fold['test_patients']} ({fold['test_positive']}) | {fold['kept_epoch']} | "
-                     f"{fold['slice_aggregation']} | {_fmt(fold['threshold'], 3)} | {_fmt(row['slice']['auc'])} | "
+                     f"{fold['slice_aggregation']} | {_fmt(fold['threshold'], 3)} ({rule}) | {_fmt(row['slice']['auc'])} | "
                      f"{_fmt(row['slice']['accuracy'])} | {_fmt(fold['seconds'], 1)} | {_fmt(fold['images_per_second'], 1)} |")
     lines += ["", "Files: `folds.csv` (every out-of-fold patient score), `splits.csv`, `roc.png`, `calibration.png`, "
               "`report.json`.", ""]

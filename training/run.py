@@ -2,9 +2,11 @@
 metrics -> bundle + report. The CLI (:mod:`training.cli`) and the node's ``demo`` call
 :func:`train_bundle`.
 
-Selection modes (issue 7, "Model selection, honestly"):
+Selection modes (issue 7, "Model selection, honestly"; issue 15):
 
-- ``nested`` (default): inside each outer training fold an inner split
+- ``fixed`` (the scratch recipe's): nothing is chosen on data: every training patient
+  trains, the last epoch is kept, median of slices, the pre-specified threshold.
+- ``nested`` (the paper recipe's): inside each outer training fold an inner split
   (``inner_folds``) holds out patients; the kept epoch, the slice aggregation and the
   decision threshold are chosen on them only; the outer test fold is touched once.
 - ``paper``: the epoch with the best accuracy on the outer test fold itself (the paper's
@@ -33,6 +35,7 @@ from tqdm.auto import tqdm
 
 from pipeline.aggregate import SLICE_AGGREGATIONS, aggregate_slices
 from pipeline.bundle import FoldFile, Manifest, new_device_uid
+from pipeline.model import architecture_of
 from pipeline.params import PreprocessParams
 from training import distributed
 from training.cache import PreparedCohort, prepare_cohort
@@ -91,6 +94,8 @@ def run_cv(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: 
         train = np.where(folds != k)[0]
         if settings.selection == "nested":
             fit, select = inner_split(train, labels, groups, settings.inner_folds, seed + 7919 * (k + 1))
+        elif settings.selection == "fixed":
+            fit, select = train, np.zeros(0, dtype=int)  # nothing is chosen on data
         else:
             fit, select = train, test
         plan.append((k, fit, select, test))
@@ -232,6 +237,7 @@ def train_bundle(
             preprocessing=params,
             input_shape=(params.slice_count, params.channels, params.output_size),
             folds=files,
+            architecture=architecture_of(settings.head),
             normalization=normalization,
             slice_aggregation=how,
             fold_aggregation="mean",

@@ -16,6 +16,8 @@ from pipeline.params import PreprocessParams
 from pipeline.phantom import generate_cohort
 
 TEST_PARAMS = PreprocessParams(output_size=32, bias_correction=False)
+#: The learning tests' inputs: as TEST_PARAMS (the demo's too).
+LEARN_PARAMS = TEST_PARAMS
 PATIENTS = 30
 
 
@@ -38,8 +40,17 @@ def clear_cohort(training_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def learning_cohort(training_root: Path) -> Path:
+    """30 patients, half EGFR positive, the strongest phantom effect (1.0), 1 mm axial series
+    (the lesion shows on all 5 model slices; on 5 mm slices the outer two miss it), as the demo's."""
+    out = training_root / "learning"
+    generate_cohort(out, patients=PATIENTS, positive_fraction=0.5, seed=21, geometry="axial3d", effect_size=1.0, jobs=2)
+    return out / "labels.csv"
+
+
+@pytest.fixture(scope="session")
 def null_cohort(training_root: Path) -> Path:
-    """The same design with effect size 0: the label carries no signal."""
+    """The learning cohort's design with effect size 0: the label carries no signal."""
     out = training_root / "null"
-    generate_cohort(out, patients=PATIENTS, positive_fraction=0.5, seed=6, geometry="axial2d", effect_size=0.0, jobs=2)
+    generate_cohort(out, patients=PATIENTS, positive_fraction=0.5, seed=6, geometry="axial3d", effect_size=0.0, jobs=2)
     return out / "labels.csv"

@@ -15,7 +15,7 @@ import torch
 from pipeline.aggregate import patient_probability
 from pipeline.bundle import Manifest
 from pipeline.infer import FoldEnsemble
-from pipeline.model import build_resnet50
+from pipeline.model import build_resnet50, head_of
 from pipeline.prepare import prepare_study
 from training import cli, export
 from training.cohort import read_cohort
@@ -44,6 +44,8 @@ def test_bundle_loads_in_the_node_and_predicts_what_training_computes(tiny_bundl
     manifest = Manifest.load_checked(tiny_bundle)
     assert manifest.input_shape == (5, 3, 32) and manifest.preprocessing == TEST_PARAMS
     assert len(manifest.folds) == 2 and manifest.normalization == "none"
+    assert manifest.architecture == "resnet50-linear"  # the scratch recipe's head, which the node builds
+    assert manifest.training["recipe"] == "scratch" and "chosen automatically" in manifest.training["recipe_text"]
     assert manifest.training["selection_mode"] == "nested" and manifest.training["pretrained"] is False
     assert manifest.metrics["statement"] == NOT_EXTERNAL_VALIDATION
     assert {r["fold"] for r in manifest.training["splits"]} == {0, 1}
@@ -54,7 +56,7 @@ def test_bundle_loads_in_the_node_and_predicts_what_training_computes(tiny_bundl
     # Training's own code on the same input: each fold's state_dict, engine.patient_scores, pipeline.aggregate.
     scores = []
     for fold in manifest.folds:
-        model = build_resnet50(normalization=manifest.normalization)
+        model = build_resnet50(normalization=manifest.normalization, head=head_of(manifest.architecture))
         model.load_state_dict(torch.load(tiny_bundle / fold.file, weights_only=True))
         scores.append(patient_scores(model, torch.as_tensor(x)[None])[0])
     ours = patient_probability(np.stack(scores), manifest.slice_aggregation, manifest.fold_aggregation)
@@ -140,3 +142,38 @@ def test_same_seed_same_scores_and_weights(clear_cohort: Path, cache_dir: Path) 
     assert np.array_equal(a.oof_scores, b.oof_scores) and digest(a) == digest(b)
     c = run_cv(x, y, groups, settings, seed=4, progress=False)
     assert not np.array_equal(a.oof_scores, c.oof_scores) and digest(a) != digest(c)
+
+
+def _subset(cohort_csv: Path, out: Path, positives: int, negatives: int) -> Path:
+    """A smaller cohort CSV of the same studies (folders made absolute)."""
+    with open(cohort_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = [r for r in rows if r["egfr_status"] == "positive"][:positives]
+    chosen += [r for r in rows if r["egfr_status"] == "negative"][:negatives]
+    for row in chosen:
+        row["folder"] = str(cohort_csv.parent / row["folder"])
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    return out
+
+
+def test_a_12_patient_cohort_trains_with_2_folds_or_says_what_to_change(clear_cohort: Path, tmp_path: Path,
+                                                                      cache_dir: Path, capsys) -> None:
+    """Issue 15: 12 patients (5 positive), --folds 2: the default trains; nested selection
+    adapts its inner split to the 2-3 positives of a training fold; with too few it stops
+    with a message that names the count and the fix, not scikit-learn's."""
+    small = _subset(clear_cohort, tmp_path / "small.csv", 5, 7)
+    common = ["--cohort", str(small), "--cache", str(cache_dir), "--epochs", "1", "--folds", "2", "--output-size", "32",
+              "--no-bias-correction", "--no-progress"]
+    assert cli.main([*common, "--out", str(tmp_path / "fixed")]) == 0
+    assert cli.main([*common, "--out", str(tmp_path / "nested"), "--selection", "nested"]) == 0
+    report = json.loads((tmp_path / "nested" / "report.json").read_text())
+    assert all(f["selection"]["threshold_rule"] for f in report["folds"])
+    capsys.readouterr()
+    tiny = _subset(clear_cohort, tmp_path / "tiny.csv", 2, 6)
+    assert cli.main([*common[:1], str(tiny), *common[2:], "--out", str(tmp_path / "t"), "--selection", "nested"]) == 1
+    message = capsys.readouterr().err
+    assert "nested selection needs at least 2 patients of each class" in message and "--selection fixed" in message
+    assert "n_splits" not in message and not (tmp_path / "t").exists()

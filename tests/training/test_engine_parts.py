@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from training.augment import augment_batch, mixup_batch
-from training.engine import build_model, epoch_batches, make_optimizer, make_scheduler
+from training.engine import (
+    build_model, choose_aggregation_and_threshold, epoch_batches, make_optimizer, make_scheduler,
+)
+from training.lr_find import lr_range_test, valley
 from training.losses import soft_f1_loss
 from training.settings import TrainSettings
 
@@ -33,18 +36,28 @@ def test_mixup_keeps_the_larger_share() -> None:
     assert not torch.equal(mx, x)
 
 
-def test_augmentation_is_seeded_and_off_when_disabled() -> None:
+@pytest.mark.parametrize("augmentation", ["fastai", "dihedral"])
+def test_augmentation_is_seeded_and_off_when_disabled(augmentation: str) -> None:
     x = torch.randn(6, 3, 32, 32)
-    s = TrainSettings()
+    s = TrainSettings(augmentation=augmentation)
     a = augment_batch(x, s, torch.Generator().manual_seed(1))
     b = augment_batch(x, s, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, x) and a.shape == x.shape
-    off = s.replace(affine_p=0.0, lighting_p=0.0, flip_p=0.0)
+    off = s.replace(affine_p=0.0, lighting_p=0.0, flip_p=0.0) if augmentation == "fastai" else s.replace(augmentation="none")
     assert torch.equal(augment_batch(x, off, torch.Generator().manual_seed(1)), x)
 
 
+def test_dihedral_augmentation_turns_and_mirrors_whole_images() -> None:
+    """Every image comes out as one of the 8 symmetries of itself (no resampling), and all 8 occur."""
+    x = torch.randn(1, 1, 8, 8).expand(400, 1, 8, 8).contiguous()
+    out = augment_batch(x, TrainSettings(augmentation="dihedral"), torch.Generator().manual_seed(3))
+    variants = [torch.rot90(v, k, dims=(-2, -1)) for v in (x[0], x[0].flip(-1)) for k in range(4)]
+    seen = [next(i for i, v in enumerate(variants) if torch.equal(image, v)) for image in out]
+    assert sorted(set(seen)) == list(range(8))
+
+
 def test_frozen_body_trains_only_head_and_batchnorm() -> None:
-    model = build_model(TrainSettings(freeze_body=True), seed=0)
+    model = build_model(TrainSettings(freeze_body=True, allow_random_frozen_body=True, head="fastai"), seed=0)
     for name, p in model.named_parameters():
         if name.startswith("head."):
             assert p.requires_grad, name
@@ -61,7 +74,7 @@ def test_frozen_body_trains_only_head_and_batchnorm() -> None:
 
 
 def test_one_cycle_matches_fastai() -> None:
-    s = TrainSettings(epochs=4)
+    s = TrainSettings.from_mapping({"recipe": "paper", "imagenet_weights": "/w.pth", "epochs": 4})
     model = torch.nn.Linear(2, 2)
     opt = make_optimizer(model, s)
     sched = make_scheduler(opt, s, steps_per_epoch=10)
@@ -95,3 +108,29 @@ def test_mixup_lambda_is_beta_distributed() -> None:
     assert draws.shape == (20000,) and bool(((draws >= 0) & (draws <= 1)).all())
     assert float(draws.mean()) == pytest.approx(0.5, abs=0.01)
     assert float(draws.var()) == pytest.approx(0.25 / 1.8, abs=0.01)  # a^2 / ((2a)^2 (2a + 1)) = 1 / (4 (2a + 1))
+
+
+def test_nested_threshold_is_youden_or_a_stated_fallback() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    separable = np.array([[0.1] * 5, [0.2] * 5, [0.3] * 5, [0.6] * 5, [0.7] * 5, [0.9] * 5])
+    how, threshold, record = choose_aggregation_and_threshold(labels, separable)
+    assert record["threshold_rule"] == "youden" and 0.3 < threshold <= 0.6  # between the classes, not at 0.000
+    assert threshold == pytest.approx(0.45)
+    inverted = separable[::-1]
+    how, threshold, record = choose_aggregation_and_threshold(labels, inverted, fallback=0.5)
+    assert (how, threshold) == ("median", 0.5) and record["threshold_rule"].startswith("fallback 0.5: no slice aggregation")
+    one_class = choose_aggregation_and_threshold(np.zeros(4, dtype=int), separable[:4], fallback=0.4)
+    assert one_class[1] == 0.4 and "one class only" in one_class[2]["threshold_rule"]
+
+
+def test_lr_range_test_on_training_patients_suggests_a_rate_in_its_range() -> None:
+    lrs = [10.0 ** e for e in range(-7, 3)]
+    # flat, then the longest fall (points 1..7), then divergence: fastai's valley picks 2/3 down the fall
+    assert valley(lrs, [2.0, 2.0, 2.0, 1.8, 1.5, 1.2, 1.0, 0.9, 2.5, 5.0]) == pytest.approx(lrs[4])
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(8, 5, 3, 16, 16)).astype(np.float32))
+    labels = np.array([0, 1] * 4)
+    finding = lr_range_test(x, labels, np.arange(6), TrainSettings(batch_size=8), seed=0, device=torch.device("cpu"),
+                            steps=12, skip_end=2)
+    assert finding.patients == 6 and 1e-7 <= finding.suggestion <= 10 and len(finding.lrs) == len(finding.losses)
+    assert finding.lrs == sorted(finding.lrs) and finding.summary()

@@ -16,7 +16,8 @@ def test_folds_trained_together_match_folds_trained_one_after_another() -> None:
     inputs = torch.randn(12, 5, 3, 32, 32, generator=generator)
     labels = np.array([0, 1] * 6)
     inputs[labels == 1, :, :, 8:24, 8:24] += 1.0  # something to learn
-    settings = TrainSettings(epochs=3, batch_size=8, freeze_body=False, max_lr=1e-3, eval_batch_size=64, bootstrap=0)
+    settings = TrainSettings(epochs=3, batch_size=8, freeze_body=False, max_lr=1e-3, eval_batch_size=64, bootstrap=0,
+                             selection="nested", selection_metric="accuracy")
     plan = [  # (fold, fit, select, test): the folds differ in size, so in steps per epoch
         (0, np.arange(4, 10), np.arange(10, 12), np.arange(0, 4)),
         (1, np.array([0, 1, 2, 3, 8, 9, 10]), np.array([4, 11]), np.array([5, 6, 7])),
@@ -37,4 +38,4 @@ def test_folds_trained_together_match_folds_trained_one_after_another() -> None:
         np.testing.assert_array_equal(one.test_scores, both.test_scores)
         assert (one.slice_aggregation, one.threshold) == (both.slice_aggregation, both.threshold)
     # the folds are different models (the comparison above is not between copies of one)
-    assert not torch.equal(alone[0].state_dict["head.8.weight"], alone[1].state_dict["head.8.weight"])
+    assert not torch.equal(alone[0].state_dict["head.2.weight"], alone[1].state_dict["head.2.weight"])  # the linear head
