@@ -19,7 +19,7 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-__all__ = ["OHIF_VERSION", "NpmUnavailable", "install_ohif", "ViewerServer"]
+__all__ = ["OHIF_VERSION", "NpmUnavailable", "cache_root", "install_ohif", "ViewerServer"]
 
 OHIF_VERSION = "3.13.2"
 APP_CONFIG = Path(__file__).with_name("app-config.js")
@@ -29,13 +29,14 @@ class NpmUnavailable(RuntimeError):
     """npm is not installed or the registry cannot be reached (the only reason to skip)."""
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """Where downloaded viewer packages are kept between runs."""
     return Path(os.environ.get("EGFR_NODE_TEST_CACHE", Path.home() / ".cache" / "egfr-node-tests"))
 
 
 def install_ohif(version: str = OHIF_VERSION) -> Path:
     """The ``dist`` folder of ``@ohif/app@version`` (downloaded once with ``npm pack``)."""
-    target = _cache_root() / f"ohif-app-{version}"
+    target = cache_root() / f"ohif-app-{version}"
     dist = target / "dist"
     if (dist / "index.html").is_file():
         return dist
