@@ -1,13 +1,22 @@
-"""Benchmark: the full training recipe on a phantom cohort of the paper's size (not a test).
+"""Benchmark: the training package against a plain ResNet-50 loop, on a phantom cohort of
+the paper's size (not a test).
 
 Haim et al. 2022: 59 patients, 16 EGFR positive, 5 folds x 40 epochs, batch 32, 96x96.
-Times frozen-body and full fine-tuning runs of ``training.train_bundle``, prints the device
-and training images/s, and on a GPU also a bare torchvision ResNet-50 training-step loop
-at the same batch size (the ceiling the recipe's steps are compared with).
+Runs ``training.train_bundle`` in each ``--modes`` mode and, in the same run, on the same
+cached inputs and the same patient splits, ``plain``: a 40-line torchvision loop
+(:func:`plain_loop_cv`; it lives here, not in the product). Prints each one's pooled
+out-of-fold patient AUC with its bootstrap 95 % CI, training images/s and the device; on a
+GPU also a bare torchvision ResNet-50 training-step loop at the same batch size.
 
-    python tests/bench_train.py                               # full recipe (about an hour per mode on 2 CPU cores)
+Modes: ``default`` (what ``egfr-node train`` picks: the paper recipe with
+``--imagenet-weights``, the scratch recipe without), ``paper`` (the paper recipe; with no
+weights file its frozen random body is forced, to show what it does), ``full`` (the paper
+recipe with every layer trained), ``plain``.
+
+    python tests/bench_train.py                               # default + plain (about 40 min on 2 CPU cores)
+    python tests/bench_train.py --modes default,paper,plain --epochs 15 --folds 3 --patients 30 --positives 15
     python tests/bench_train.py --epochs 1 --folds 2 --patients 12 --positives 4 --output-size 32   # smoke run
-    python tests/bench_train.py --device cuda --example docs/examples/train-report.md
+    python tests/bench_train.py --device cuda --example docs/examples/train-report-gpu.md
 
 Only torch, numpy and ``pipeline`` are imported at module level (``training`` inside main).
 With ``--work`` holding a cohort already prepared (``cohort/labels.csv`` and ``cache/``), the
@@ -54,6 +63,63 @@ def bare_loop(device: torch.device, batch: int, size: int, steps: int) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
+def plain_loop_cv(inputs: np.ndarray, labels: np.ndarray, folds: np.ndarray, *, epochs: int, device: torch.device,
+                  seed: int = 0, max_lr: float = 1e-3, batch_size: int = 32) -> dict:
+    """The plain baseline: per test fold, torchvision ``resnet50(weights=None, num_classes=2)``
+    on the training patients' slices as images, AdamW (weight decay 1e-2) with PyTorch's
+    one-cycle at ``max_lr``, cross-entropy, one random quarter turn and horizontal flip per
+    batch, the last epoch kept; each test patient's score is the median of its slices'
+    probabilities. Returns the out-of-fold scores ``[N]``, images/s and seconds."""
+    from torchvision.models import resnet50
+
+    n, s = inputs.shape[:2]
+    scores = np.full(n, np.nan)
+    images, start = 0, time.perf_counter()
+    for k in sorted(set(folds.tolist())):
+        train, test = np.where(folds != k)[0], np.where(folds == k)[0]
+        torch.manual_seed(seed * 1000 + k)
+        x = torch.as_tensor(inputs[train], device=device).reshape(-1, *inputs.shape[2:])
+        y = torch.as_tensor(np.repeat(labels[train], s), device=device)
+        model = resnet50(weights=None, num_classes=2).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=1e-2)
+        steps = -(-len(y) // batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps)
+        for _ in range(epochs):
+            model.train()
+            order = torch.randperm(len(y), device=device)
+            for i in range(steps):
+                batch = order[i * batch_size:(i + 1) * batch_size]
+                xb = torch.rot90(x[batch], int(torch.randint(4, ())), dims=(2, 3))
+                if torch.rand(()) < 0.5:
+                    xb = xb.flip(3)
+                loss = torch.nn.functional.cross_entropy(model(xb), y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                images += len(batch)
+        model.eval()
+        with torch.inference_mode():
+            x_test = torch.as_tensor(inputs[test], device=device).reshape(-1, *inputs.shape[2:])
+            probability = torch.softmax(model(x_test).float(), dim=1)[:, 1].reshape(len(test), s)
+        scores[test] = probability.median(dim=1).values.double().cpu().numpy()
+    seconds = time.perf_counter() - start
+    return {"scores": scores, "images_per_s": images / seconds, "seconds": seconds}
+
+
+def mode_settings(mode: str, **values) -> "TrainSettings":  # noqa: F821 (training is imported in main)
+    """The ``TrainSettings`` of a benchmark mode (see the module docstring)."""
+    from training.settings import TrainSettings
+
+    if mode == "default":
+        return TrainSettings.from_mapping(values)
+    if mode in ("paper", "frozen"):
+        return TrainSettings.from_mapping({"recipe": "paper", "allow_random_frozen_body": True, **values})
+    if mode == "full":
+        return TrainSettings.from_mapping({"recipe": "paper", "freeze_body": False, **values})
+    raise ValueError(f"unknown mode {mode!r} (default, paper, full, plain)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--patients", type=int, default=59)
@@ -63,18 +129,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-size", type=int, default=96)
     p.add_argument("--geometry", default="axial2d", help="phantom geometry (axial2d is the cheapest to preprocess)")
     p.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
-    p.add_argument("--modes", default="frozen,full", help="comma list of frozen, full")
-    p.add_argument("--lr", type=float, help="max lr (default: the paper's 4e-2)")
-    p.add_argument("--selection", default="nested", choices=("nested", "paper"))
+    p.add_argument("--modes", default="default,plain", help="comma list of default, paper, full, plain")
+    p.add_argument("--effect-size", type=float, default=0.6, help="phantom EGFR effect (0..1)")
+    p.add_argument("--lr", type=float, help="max lr of the recipe modes (default: each recipe's own)")
+    p.add_argument("--imagenet-weights", help="local resnet50-0676ba61.pth for the recipe modes")
+    p.add_argument("--selection", choices=("nested", "fixed", "paper"), help="default: each recipe's own")
     p.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed)")
     p.add_argument("--example", type=Path, help="copy the first mode's report.md here, with the timings appended")
     p.add_argument("--bare-steps", type=int, default=30)
     p.add_argument("--one-after-another", action="store_true", help="train the folds one after another (default: together)")
     args = p.parse_args(argv)
 
+    from training.cache import prepare_cohort
+    from training.cohort import read_cohort
     from training.engine import resolve_device
+    from training.metrics import bootstrap_auc_ci
     from training.run import train_bundle
-    from training.settings import TrainSettings
+    from training.splits import assign_folds
+    from sklearn.metrics import roc_auc_score
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -87,14 +159,17 @@ def main(argv: list[str] | None = None) -> int:
 
             start = time.perf_counter()
             generate_cohort(cohort_dir, patients=args.patients, positive_fraction=args.positives / args.patients, seed=59,
-                            geometry=args.geometry, jobs=2)
+                            geometry=args.geometry, effect_size=args.effect_size, jobs=2)
             print(f"phantom cohort: {args.patients} patients in {time.perf_counter() - start:.1f} s")
         params = PreprocessParams(output_size=args.output_size)
         results = []
-        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            settings = TrainSettings(epochs=args.epochs, folds=args.folds, device=device.type, freeze_body=(mode == "frozen"),
-                                     selection=args.selection, folds_together=not args.one_after_another,
-                                     **({"max_lr": args.lr} if args.lr else {}))
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        for mode in [m for m in modes if m != "plain"]:
+            changes = {"epochs": args.epochs, "folds": args.folds, "device": device.type,
+                       "folds_together": not args.one_after_another}
+            changes.update({k: v for k, v in (("max_lr", args.lr), ("selection", args.selection),
+                                                ("imagenet_weights", args.imagenet_weights)) if v is not None})
+            settings = mode_settings(mode, **changes)
             out = work / f"bundle-{mode}"
             if out.exists():
                 shutil.rmtree(out)
@@ -104,22 +179,36 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - start
             throughput = outcome.report["throughput"]  # the folds may overlap (trained together): the CV's own time
             train_s = throughput["cv_seconds"]
-            row = {"mode": mode, "folds": throughput["folds"], "wall_s": round(wall, 1), "train_s": round(train_s, 1),
-                   "images_per_s": round(throughput["training_images"] / train_s, 1), "pooled_auc": outcome.report["headline"]["auc"],
-                   "auc_ci95": outcome.report["headline"]["auc_ci95"]}
+            row = {"mode": mode, "recipe": settings.recipe, "folds": throughput["folds"], "wall_s": round(wall, 1),
+                   "train_s": round(train_s, 1), "images_per_s": round(throughput["training_images"] / train_s, 1),
+                   "pooled_auc": outcome.report["headline"]["auc"], "auc_ci95": outcome.report["headline"]["auc_ci95"]}
             results.append((row, out))
-            print(json.dumps(row))
+            print(json.dumps(row), flush=True)
+        if "plain" in modes:
+            prepared = prepare_cohort(read_cohort(cohort_dir / "labels.csv"), params, work / "cache")
+            groups = [e.group or e.patient_id for e in prepared.entries]
+            folds = assign_folds(prepared.labels, groups, args.folds, 0)  # the recipe's splits (seed 0)
+            plain = plain_loop_cv(prepared.inputs, prepared.labels, folds, epochs=args.epochs, device=device)
+            ci = bootstrap_auc_ci(prepared.labels, plain["scores"], 2000, 0)
+            row = {"mode": "plain", "recipe": "plain torchvision loop", "folds": args.folds,
+                   "wall_s": round(plain["seconds"], 1), "train_s": round(plain["seconds"], 1),
+                   "images_per_s": round(plain["images_per_s"], 1),
+                   "pooled_auc": round(float(roc_auc_score(prepared.labels, plain["scores"])), 6),
+                   "auc_ci95": [round(v, 6) for v in ci]}
+            results.append((row, None))
+            print(json.dumps(row), flush=True)
         bare = None
         if device.type == "cuda":
             bare = bare_loop(device, 32, args.output_size, args.bare_steps)
             print(f"bare torchvision ResNet-50 training loop, batch 32, {args.output_size}px: {bare:.0f} images/s")
-        if args.example and results:
+        if args.example and results and results[0][1] is not None:
             row, out = results[0]
             text = (out / "report.md").read_text()
             lines = ["", "## Benchmark (tests/bench_train.py)", "", f"- Device: {device} ({name}), torch {torch.__version__}.",
                      f"- Command: `python tests/bench_train.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip()]
-            lines += [f"- {r['mode']}: {r['wall_s']} s wall, {r['train_s']} s training, {r['images_per_s']} images/s, "
-                      f"pooled AUC {r['pooled_auc']}" for r, _ in results]
+            lines += [f"- {r['mode']} ({r['recipe']}): {r['wall_s']} s wall, {r['train_s']} s training, "
+                      f"{r['images_per_s']} images/s, pooled patient AUC {r['pooled_auc']:.3f} "
+                      f"(95% CI {r['auc_ci95'][0]:.3f}-{r['auc_ci95'][1]:.3f})" for r, _ in results]
             if bare:
                 lines.append(f"- Bare torchvision training loop, batch 32: {bare:.0f} images/s.")
             args.example.parent.mkdir(parents=True, exist_ok=True)
