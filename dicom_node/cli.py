@@ -274,7 +274,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         return _fail(f"{folder} is not a folder")
 
     def do(runtime) -> int:  # type: ignore[no-untyped-def]
-        summary = import_folder(folder, runtime.archive, runtime.sessions, progress=not args.quiet, queue=args.queue)
+        summary = import_folder(folder, runtime.archive, runtime.sessions, progress=not args.quiet, queue=args.queue,
+                                max_instance_bytes=runtime.config.node.max_instance_size_mb * 2**20)
         print("\n".join(summary.lines()))
         return 0
 

@@ -1,10 +1,12 @@
 """``egfr-node import DIR``: bulk-load a folder of DICOM files into the archive.
 
-Every file goes through the same intake as a C-STORE (``dicom_node.intake``): the same SOP
-classes accepted, the same header checks, the same durable write and record, so a second
-import of the same folder stores nothing new. The summary counts what was stored,
-duplicated, conflicting (same UID, other content: first copy kept) or refused, and lists
-each refused file with its reason.
+Every file goes through the same checks and intake as a C-STORE (``dicom_node.intake``): the
+whole-dataset walk (a truncated file is refused, not archived), the same SOP classes, the same
+header checks, the same durable write and record, so a second import of the same folder stores
+nothing new. The summary counts what was stored, duplicated, conflicting (same UID, other
+content: first copy kept) or refused, and lists each refused file with its reason; files that
+are not DICOM Part-10 at all (a ``preview.png``, a DICOMDIR's siblings) are counted as skipped
+on one line with a few examples.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from dicom_node.archive import Archive, InvalidUID
+from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
 from dicom_node.intake import store_instance
 from dicom_node.received_header import NonConformant, read_header
-from dicom_node.scp import STORAGE_SOP_CLASSES
+from dicom_node.scp import PIXEL_DATA_REQUIRED, STORAGE_SOP_CLASSES
 
 __all__ = ["ImportSummary", "import_folder"]
 
@@ -32,14 +35,28 @@ __all__ = ["ImportSummary", "import_folder"]
 class ImportSummary:
     counts: Counter = field(default_factory=Counter)
     refused: list[tuple[str, str]] = field(default_factory=list)
+    #: Files without the Part-10 "DICM" marker: not DICOM, counted, not refused one by one.
+    skipped: list[str] = field(default_factory=list)
     studies: set[str] = field(default_factory=set)
 
-    def lines(self) -> list[str]:
+    def lines(self, examples: int = 3) -> list[str]:
         c = self.counts
         out = [f"{c['new']} stored, {c['duplicate']} already archived, {c['conflict']} conflicting (first copy kept), "
-               f"{len(self.refused)} refused; {len(self.studies)} studies"]
+               f"{len(self.refused)} refused, {len(self.skipped)} skipped (not DICOM Part-10); "
+               f"{len(self.studies)} studies"]
         out += [f"  refused {path}: {reason}" for path, reason in self.refused]
+        if self.skipped:
+            more = len(self.skipped) - examples
+            out.append(f"  skipped {len(self.skipped)} files that are not DICOM Part-10, for example "
+                       + ", ".join(self.skipped[:examples]) + (f" and {more} more" if more > 0 else ""))
         return out
+
+
+def _is_part10(path: Path) -> bool:
+    """The 128-byte preamble followed by "DICM" (PS3.10 7.1)."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _files(folder: Path) -> Iterator[Path]:
@@ -51,8 +68,10 @@ def _files(folder: Path) -> Iterator[Path]:
 
 
 def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session], *, progress: bool = True,
-                  queue: bool = False) -> ImportSummary:
-    """Import every DICOM Part-10 file under ``folder``; files that are not are refused with the reason.
+                  queue: bool = False, max_instance_bytes: int = 1024 * 2**20) -> ImportSummary:
+    """Import every DICOM Part-10 file under ``folder``; a DICOM file the SCP would refuse (cut
+    short, over ``max_instance_bytes``, a SOP class or header the node does not take) is
+    refused with the reason; other files are skipped.
 
     A retrospective cohort is archived for training: no job is made unless ``queue`` (then
     each study waits to be predicted as if PACS had sent it).
@@ -63,6 +82,9 @@ def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session
     for path in tqdm(files, desc="import", unit="file", disable=not progress):
         shown = str(path.relative_to(folder))
         try:
+            if not _is_part10(path):
+                summary.skipped.append(shown)
+                continue
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             meta = getattr(ds, "file_meta", None)
             if meta is None or "TransferSyntaxUID" not in meta:
@@ -70,6 +92,12 @@ def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session
             header = read_header(ds)
             if header.sop_class_uid not in accepted:
                 raise NonConformant(f"SOP class {header.sop_class_uid} is not one the node stores")
+            try:  # the SCP's whole-dataset walk, before anything is archived
+                check_part10_file(path, max_instance_bytes, pixel_data_required=header.sop_class_uid in PIXEL_DATA_REQUIRED)
+            except IncompleteDataset as exc:
+                raise NonConformant(f"incomplete dataset: {exc}") from None
+            except DatasetTooLarge:
+                raise NonConformant(f"instance over node.max_instance_size_mb ({max_instance_bytes // 2**20} MiB)") from None
             outcome = store_instance(archive, sessions, path.read_bytes(), header, str(meta.TransferSyntaxUID),
                                      calling_aet="IMPORT", enqueue=queue)
         except (InvalidDicomError, NonConformant, InvalidUID) as exc:

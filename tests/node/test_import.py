@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pydicom
 from sqlalchemy import select
 
 from db.models import Instance, Job
-from tests.node.process import cli, free_port, write_config
+from tests.node.process import cli, free_port, start, wait_until_listening, write_config
+from tests.node.scu import store
 
 
 def test_import_is_idempotent_refuses_with_reasons_and_records_like_the_scp(tmp_path: Path, phantom_study) -> None:
@@ -21,8 +23,9 @@ def test_import_is_idempotent_refuses_with_reasons_and_records_like_the_scp(tmp_
 
     first = cli(config, "import", str(folder), "--quiet")
     assert first.returncode == 0, first.stderr
-    assert f"{count} stored, 0 already archived, 0 conflicting (first copy kept), 1 refused; 1 studies" in first.stdout
-    assert "refused notes.txt:" in first.stdout
+    assert (f"{count} stored, 0 already archived, 0 conflicting (first copy kept), 0 refused, "
+            "1 skipped (not DICOM Part-10); 1 studies") in first.stdout
+    assert "skipped 1 files that are not DICOM Part-10, for example notes.txt" in first.stdout
 
     second = cli(config, "import", str(folder), "--quiet", "--queue")
     assert f"0 stored, {count} already archived" in second.stdout
@@ -52,3 +55,32 @@ def test_import_is_idempotent_refuses_with_reasons_and_records_like_the_scp(tmp_
             assert [j.state.value for j in s.scalars(select(Job))] == ["waiting"]
     finally:
         engine.dispose()
+
+
+def test_import_refuses_a_truncated_file_so_the_whole_instance_can_arrive_later(tmp_path: Path, phantom_study) -> None:
+    """A file cut short is refused with the SCP's reason, not archived; the correct C-STORE of
+    the same instance is then stored (0x0000), not answered as a conflict."""
+    port = free_port()
+    config = write_config(tmp_path / "node", port)
+    assert cli(config, "db", "upgrade").returncode == 0
+    source = sorted(phantom_study("axial2d", "seg").folder.rglob("*.dcm"))
+    image = next(p for p in source if pydicom.dcmread(p, stop_before_pixels=True).Modality == "MR")
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "cut.dcm").write_bytes(image.read_bytes()[:5000])
+    for name in ("preview.png", "truth.json", "DICOMDIR.txt", "README"):
+        (folder / name).write_bytes(b"\x89PNG not DICOM")
+
+    done = cli(config, "import", str(folder), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "0 stored" in done.stdout and "1 refused, 4 skipped (not DICOM Part-10); 0 studies" in done.stdout, done.stdout
+    assert "refused cut.dcm: incomplete dataset:" in done.stdout
+    assert "skipped 4 files that are not DICOM Part-10, for example DICOMDIR.txt, README, preview.png and 1 more" \
+        in done.stdout
+    node = start(config)
+    try:
+        wait_until_listening(port, node)
+        assert store(port, pydicom.dcmread(image)) == [0x0000]
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
