@@ -3,9 +3,10 @@
 - :func:`peer_text` escapes a peer-supplied string (AE title, UID from a bad dataset, a
   library's error text) before it goes into a message: control characters, backslash and
   anything non-ASCII become ``\\xNN`` / ``\\uNNNN``, and it is cut at 80 characters.
-- :class:`SafeFormatter` is the node's log format; it escapes CR/LF in every message (defence
-  in depth for strings nobody escaped) and prefixes each traceback line with ``  | `` so no
-  text inside an exception can start a line that looks like a log record.
+- :class:`SafeFormatter` is the node's log format; it escapes every control character (CR, LF,
+  ESC, NUL, DEL...; tab kept) in every message and traceback (defence in depth for strings
+  nobody escaped: a library quoting a peer's AE title) and prefixes each traceback line with
+  ``  | `` so no text inside an exception can start a line that looks like a log record.
 - :class:`LibraryRepeatFilter` caps what the libraries (pynetdicom, pydicom, Python warnings)
   log from one line of their code: a peer that makes pynetdicom log an invalid AE title a
   thousand times gets a few lines and a count.
@@ -26,6 +27,9 @@ __all__ = ["peer_text", "SafeFormatter", "RejectionLog", "LibraryRepeatFilter", 
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _MAX_PEER_TEXT = 80
+#: C0 controls but tab, and DEL, as the escapes ``peer_text`` writes (CR, LF: ``\r``, ``\n``).
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if code != 0x09} | {0x0D: "\\r", 0x0A: "\\n"}
+_CONTROLS_BUT_LF = {code: text for code, text in _CONTROLS.items() if code != 0x0A}
 
 
 def peer_text(value: object, limit: int = _MAX_PEER_TEXT) -> str:
@@ -47,21 +51,21 @@ def peer_text(value: object, limit: int = _MAX_PEER_TEXT) -> str:
 
 
 class SafeFormatter(logging.Formatter):
-    """The node's log line format with CR/LF escaped in messages and tracebacks fenced."""
+    """The node's log line format with control characters escaped and tracebacks fenced."""
 
     def __init__(self, fmt: str = LOG_FORMAT) -> None:
         super().__init__(fmt)
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        record.message = record.message.replace("\r", "\\r").replace("\n", "\\n")
+        record.message = record.message.translate(_CONTROLS)
         return super().formatMessage(record)
 
     def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]  # noqa: N802
-        text = super().formatException(ei).replace("\r", "\\r")
+        text = super().formatException(ei).translate(_CONTROLS_BUT_LF)
         return "\n".join("  | " + line for line in text.split("\n"))
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802
-        return "\n".join("  | " + line for line in stack_info.replace("\r", "\\r").split("\n"))
+        return "\n".join("  | " + line for line in stack_info.translate(_CONTROLS_BUT_LF).split("\n"))
 
 
 @dataclass

@@ -469,6 +469,11 @@ def test_peer_strings_cannot_forge_log_lines_and_a_flood_is_summarised(tmp_path:
     node = NodeProcess(tmp_path / "node", extra='allowed_calling_aets = ["PACS", "PROBE"]\n')
     try:
         forged = b"X\n2030 FORGED"
+        for calling in (b"EV\x1b[2JIL", b"BELL\x07\x7f\x00X"):  # a terminal escape, BEL, DEL, NUL
+            sock = connect_from("127.0.7.2", node.port)
+            sock.sendall(associate_rq(calling=calling))
+            sock.recv(64)
+            sock.close()
         for _ in range(100):  # a flood of rejected associations from one address
             sock = connect_from("127.0.7.1", node.port)
             sock.sendall(associate_rq(calling=forged[:16]))
@@ -477,9 +482,11 @@ def test_peer_strings_cannot_forge_log_lines_and_a_flood_is_summarised(tmp_path:
         assert echoscu(node.port) != 0  # not an allowed calling AE
         wait_for(lambda: False, 0.5)
         log = node.log()
+        assert not [ch for ch in log if ord(ch) < 0x20 and ch not in "\n\t" or ord(ch) == 0x7F], log
+        assert "EV\\x1b[2JIL" in log, log  # escaped, still readable
         assert not [line for line in log.splitlines() if line.startswith("2030") or "FORGED" in line and "\\n" not in line]
         assert len([line for line in log.splitlines() if "127.0.7.1" in line]) <= 3
-        assert len(log.splitlines()) < 20, log  # 100 refusals: a handful of lines
+        assert len(log.splitlines()) < 24, log  # 100 refusals: a handful of lines
     finally:
         node.kill()
 

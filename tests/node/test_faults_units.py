@@ -145,6 +145,8 @@ def test_formatter_escapes_messages_and_fences_tracebacks() -> None:
     formatter = SafeFormatter("%(levelname)s %(message)s")
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "peer said %s", ("a\nERROR forged",), None)
     assert formatter.format(record) == "ERROR peer said a\\nERROR forged"
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "value %s", ("E\x1b[2J\x00\x07\x7f\tT",), None)
+    assert formatter.format(record) == "ERROR value E\\x1b[2J\\x00\\x07\\x7f\tT"
     try:
         raise ValueError("bad\nERROR forged")
     except ValueError:
