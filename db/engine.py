@@ -6,17 +6,59 @@ file; foreign keys are enforced. One engine per process, created once.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_sessionmaker", "SQLITE_BUSY_TIMEOUT_MS", "SQLITE_BEGIN"]
+__all__ = ["make_engine", "make_sessionmaker", "DatabaseUnreachable", "database_errors", "SQLITE_BUSY_TIMEOUT_MS",
+           "SQLITE_BEGIN"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: How every write transaction on SQLite begins (see _sqlite_begin_immediate).
 SQLITE_BEGIN = "BEGIN IMMEDIATE"
+
+
+class DatabaseUnreachable(RuntimeError):
+    """``database.url`` names a database the node cannot use; the message says which (password
+    hidden) and why, in one line."""
+
+
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """Turn what connecting to ``url`` raises (server down, unknown database or role, a driver
+    not installed, an unknown dialect) into one DatabaseUnreachable line naming
+    ``database.url``; other errors pass through."""
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        raise DatabaseUnreachable(f"database.url {_shown(url)}: cannot connect: {_first_line(exc.orig or exc)}") from None
+    except sa_exc.NoSuchModuleError:
+        raise DatabaseUnreachable(f"database.url {_shown(url)}: no SQLAlchemy dialect {make_url(url).drivername!r} "
+                                  "(use sqlite:///PATH or postgresql+psycopg://...)") from None
+    except ModuleNotFoundError as exc:
+        raise DatabaseUnreachable(f"database.url {_shown(url)}: its database driver is not installed "
+                                  f"(no module {exc.name!r}): install it, or use sqlite:///PATH or "
+                                  "postgresql+psycopg://...") from None
+
+
+def _shown(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "(not a URL)"
+
+
+def _first_line(error: BaseException) -> str:
+    """The driver's reason on one line ("connection failed: ... database "x" does not exist")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines[0] if lines else type(error).__name__)
+    return re.sub(r"\s+", " ", text)[:300]
 
 
 def make_engine(url: str) -> Engine:

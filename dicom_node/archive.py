@@ -14,6 +14,7 @@ own host's dead processes left (or any older than a day): several SCPs may share
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -39,6 +40,10 @@ STALE_SECONDS = 24 * 3600
 
 class ArchiveFull(OSError):
     """Not enough free space to store an instance (below the reserve, or ENOSPC)."""
+
+
+class ArchiveNotWritable(OSError):
+    """The archive folder cannot be written (permissions, a read-only mount): not a full disk."""
 
 
 class InvalidUID(ValueError):
@@ -70,7 +75,13 @@ class Archive:
         self.free_space_reserve_bytes = free_space_reserve_bytes
         self.fsync = fsync
         self.incoming = self.root / INCOMING
-        self.incoming.mkdir(parents=True, exist_ok=True)
+        try:
+            self.incoming.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+                raise ArchiveNotWritable(exc.errno, f"archive {self.root} cannot be written ({exc.strerror}): fix its "
+                                                    "permissions or mount, or set storage.data_dir") from exc
+            raise
         self._tmp_prefix = f"{socket.gethostname()}-{os.getpid()}-"
 
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
@@ -84,6 +95,35 @@ class Archive:
 
     def path(self, relative_path: str) -> Path:
         return self.root / relative_path
+
+    def check_writable(self) -> None:
+        """Create, write, fsync and remove a file under ``.incoming`` and a folder under the
+        root, as receiving does; raise ArchiveNotWritable naming the folder and the reason (or
+        ArchiveFull when the disk is full). The SCP calls this before it listens."""
+        probe = self.incoming / f"{self._tmp_prefix}write-check{TMP_SUFFIX}"
+        folder = self.root / f".write-check-{uuid.uuid4().hex}"
+        try:
+            self._write(probe, b"egfr-node write check")
+            folder.mkdir()
+        except OSError as exc:
+            self._raise_if_full(exc, probe.name)
+            where = folder.parent if probe.exists() else probe.parent
+            raise ArchiveNotWritable(exc.errno, f"archive {where} cannot be written ({exc.strerror}): fix its "
+                                                "permissions or mount, or set storage.data_dir") from exc
+        finally:
+            with contextlib.suppress(OSError):  # a read-only mount refuses even the unlink of nothing
+                if probe.exists():
+                    probe.unlink()
+                if folder.is_dir():
+                    folder.rmdir()
+
+    def withdraw(self, relative_path: str) -> None:
+        """Remove the file :meth:`store` or :meth:`store_file` just wrote at ``relative_path``
+        (its record could not be made, so the sender is refused: nothing stays archived)."""
+        final = self.root / relative_path
+        final.unlink(missing_ok=True)
+        if self.fsync:
+            _fsync_path(final.parent)
 
     def check_free_space(self, incoming_bytes: int) -> None:
         free = shutil.disk_usage(self.root).free
@@ -151,9 +191,15 @@ class Archive:
         return StoredFile(digest, written=True, identical=True)
 
     def _raise_if_full(self, exc: OSError, relative_path: str) -> None:
-        """ENOSPC/EDQUOT become ArchiveFull (the SCP answers 0xA700)."""
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, ArchiveFull):
+        """ENOSPC/EDQUOT become ArchiveFull, EACCES/EPERM/EROFS ArchiveNotWritable (the SCP
+        answers 0xA700 with the reason)."""
+        if isinstance(exc, (ArchiveFull, ArchiveNotWritable)):
+            return
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ArchiveFull(exc.errno, f"archive {self.root}: disk full while writing {relative_path}") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ArchiveNotWritable(exc.errno, f"archive {self.root} cannot be written ({exc.strerror}) "
+                                                f"while writing {relative_path}") from exc
 
     def _copy_into_place(self, relative_path: str, source: Path, digest: str) -> StoredFile:
         """``source`` on another file system: copied in chunks to ``.incoming``, then linked."""

@@ -51,6 +51,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from db.engine import database_errors
     from db.migrate import upgrade
 
     path = Path(args.config or config_path_from_env(None) or DEFAULT_CONFIG_PATH)
@@ -63,17 +64,20 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     config = load_config(path)
     config.storage.archive_path.mkdir(parents=True, exist_ok=True)
-    revision = upgrade(config.database_url)
+    with database_errors(config.database_url):
+        revision = upgrade(config.database_url)
     print(f"data folder {config.storage.data_path}")
     print(f"database at schema {revision}")
     return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from db.engine import database_errors
     from db.migrate import upgrade
 
     config = _load(args)
-    revision = upgrade(config.database_url)
+    with database_errors(config.database_url):
+        revision = upgrade(config.database_url)
     print(f"database at schema {revision}")
     return 0
 
@@ -417,10 +421,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from db.engine import DatabaseUnreachable
+        from dicom_node.archive import ArchiveFull, ArchiveNotWritable
         from dicom_node.runtime import SchemaOutOfDate
 
-        if isinstance(exc, SchemaOutOfDate):
+        if isinstance(exc, (SchemaOutOfDate, DatabaseUnreachable)):
             return _fail(str(exc), 2)
+        if isinstance(exc, (ArchiveNotWritable, ArchiveFull)):
+            return _fail(exc.strerror or str(exc), 2)
         raise
 
 

@@ -72,8 +72,9 @@ def store_instance(
     records without making a job. ``sha256``: the file's hash when its writer computed it
     (the SCP's spool), so it is not read again. ``synced``: the fsync of that file its writer
     is running (the SCP's DUL thread), waited for before the file is linked. Raises
-    ``ArchiveFull`` (no space), ``InvalidUID`` and
-    SQLAlchemy errors (database unavailable); nothing is acknowledged by then.
+    ``ArchiveFull`` (no space), ``ArchiveNotWritable``, ``InvalidUID`` and
+    SQLAlchemy errors (database unavailable: the file this call wrote is removed again);
+    nothing is acknowledged by then.
     """
     relative = archive.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
     if isinstance(encoded, Path):
@@ -83,7 +84,13 @@ def store_instance(
         size = len(encoded)
         stored = archive.store(relative, encoded)
     record = record_of(header, relative, transfer_syntax_uid, size, calling_aet, origin, enqueue)
-    if stored.written or stored.identical:
+    if stored.written:
+        try:
+            outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
+        except BaseException:
+            archive.withdraw(relative)  # the sender is refused: nothing of this send stays archived
+            raise
+    elif stored.identical:
         outcome = record_instance(sessions, replace(record, sha256=stored.sha256))
     else:
         # A file with other bytes is there: the recorded first copy (a conflict), or a

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, make_sessionmaker
+from db.engine import database_errors, make_engine, make_sessionmaker
 from db.migrate import current_revision, head_revision
 from dicom_node.archive import Archive, process_alive
 from dicom_node.config import Config
@@ -49,9 +49,11 @@ def open_runtime(config: Config, *, check_schema: bool = True) -> Runtime:
             f"database {url.database} does not exist: run `egfr-node init` (or `egfr-node db upgrade`) "
             f"with this configuration ({config.source})"
         )
-    engine = make_engine(config.database_url)
+    with database_errors(config.database_url):
+        engine = make_engine(config.database_url)
+        current = current_revision(engine) if check_schema else None
     if check_schema:
-        current, head = current_revision(engine), head_revision()
+        head = head_revision()
         if current != head:
             engine.dispose()
             raise SchemaOutOfDate(

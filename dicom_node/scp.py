@@ -16,6 +16,7 @@ association slots) is ``dicom_node.transport``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import ssl
@@ -32,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.ingest import RecordOutcome, prepare_recording
-from dicom_node.archive import Archive, ArchiveFull
+from dicom_node.archive import Archive, ArchiveFull, ArchiveNotWritable
 from dicom_node.config import Config
 from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
 from dicom_node.intake import store_instance
@@ -191,8 +192,12 @@ def handle_store(
     if verdict is not None and verdict.over_limit:
         return refuse(Status.OUT_OF_RESOURCES, "instance over node.max_instance_size_mb",
                       f"instance over the limit of {max_instance_bytes // 2**20} MiB")
-    if spool_error(request) is not None:
-        return refuse(Status.OUT_OF_RESOURCES, "archive out of disk space", "archive out of disk space")
+    spooled = spool_error(request)
+    if spooled is not None:
+        if spooled.errno in (errno.ENOSPC, errno.EDQUOT):
+            return refuse(Status.OUT_OF_RESOURCES, "archive out of disk space", "archive out of disk space")
+        return refuse(Status.OUT_OF_RESOURCES, "archive cannot be written",
+                      f"archive cannot be written ({spooled.strerror or type(spooled).__name__})")
     sop_class_uid = str(request.AffectedSOPClassUID or "")
     try:
         summary = check_part10_file(path, max_instance_bytes, pixel_data_required=sop_class_uid in PIXEL_DATA_REQUIRED,
@@ -223,6 +228,10 @@ def handle_store(
         counters.add("failures")
         log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
         return _status(Status.OUT_OF_RESOURCES, "archive out of disk space")
+    except ArchiveNotWritable as exc:
+        counters.add("failures")
+        log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
+        return _status(Status.OUT_OF_RESOURCES, f"archive cannot be written ({os.strerror(exc.errno or 0)})")
     except SQLAlchemyError as exc:
         counters.add("failures")
         log.error("C-STORE %s: database unavailable: %s", header.sop_instance_uid, type(exc).__name__, extra=extra)
@@ -364,6 +373,7 @@ class DicomNode:
 
     def start(self) -> None:
         """Start listening (non-blocking): the plain port, and the TLS port when enabled."""
+        self.archive.check_writable()  # ArchiveNotWritable / ArchiveFull: the node does not start
         self.archive.remove_stale_temporary_files()
         try:
             prepare_recording(self.sessions.kw["bind"])

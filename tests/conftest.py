@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,17 @@ def skip_or_fail(reason: str) -> None:
     if os.environ.get("EGFR_NODE_TESTS_STRICT") == "1":
         pytest.fail(f"{reason} (EGFR_NODE_TESTS_STRICT=1)")
     pytest.skip(reason=reason)
+
+
+def mount_tmpfs(folder: Path, size: str) -> None:
+    """A tmpfs of ``size`` (``3m``) at ``folder``, made here: a real small disk (needs root, as CI
+    and these machines have; skipped, or failed under EGFR_NODE_TESTS_STRICT, without). The
+    caller unmounts it (``umount -l``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
 
 
 def require_tool(name: str) -> str:

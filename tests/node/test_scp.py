@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 
 from db.models import Instance, Job
 from dicom_node.scp import DicomNode, Status
-from tests.conftest import skip_or_fail
+from tests.conftest import mount_tmpfs
 from tests.dicom_factory import mask_for, mr_series
 from tests.node.scu import association, store
 
@@ -201,10 +201,7 @@ def test_two_associations_sending_the_same_instance_leave_one_whole_file(node: D
 def tiny_disk(tmp_path: Path):
     """A 3 MiB tmpfs: a real full disk (needs root, as CI and these machines have)."""
     mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        skip_or_fail(f"cannot mount a tmpfs to fill (needs root): {done.stderr.strip()}")
+    mount_tmpfs(mount, "3m")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
@@ -258,10 +255,11 @@ def test_a_failing_database_answers_database_unavailable_and_keeps_serving(node:
         conn.execute(text("ALTER TABLE instance RENAME TO instance_elsewhere"))
     try:
         assert store(node.port, first) == [Status.DATABASE_UNAVAILABLE]
+        assert archive_files(runtime) == []  # refused: nothing of it stays archived
     finally:
         with engine.begin() as conn:
             conn.execute(text("ALTER TABLE instance_elsewhere RENAME TO instance"))
-    # PACS resends what was refused: the file archived before the failure is recorded then
+    # PACS resends what was refused: stored and recorded then
     assert store(node.port, [first, second]) == [0, 0]
     assert [r.sop_instance_uid for r in instances(runtime)] == [first.SOPInstanceUID, second.SOPInstanceUID]
 
