@@ -2,8 +2,9 @@
 
 Activation checks the bundle before the database changes: the manifest parses, this node
 can run it (format, network, input shape against its preprocessing parameters,
-aggregation) and every fold file has the sha256 the manifest lists. Nothing is unpickled
-(the weights are loaded with ``weights_only=True`` when a job first uses them).
+aggregation), every fold file has the sha256 the manifest lists, and every fold loads as
+this network's weights (``weights_only=True``: nothing is unpickled), so a bundle whose
+file is a pickle or another network's weights is refused here, not by every job after.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import bundles
 from pipeline.bundle import MANIFEST_FILE, BundleError, Manifest, sha256_of
+from pipeline.infer import load_fold_weights
 
 __all__ = ["register_bundle", "activate", "list_lines", "show_text"]
 
@@ -22,13 +24,25 @@ __all__ = ["register_bundle", "activate", "list_lines", "show_text"]
 def register_bundle(sessions: sessionmaker[Session], folder: Path) -> tuple[bundles.BundleRecord, Manifest]:
     """Check ``folder`` (runnable, every sha256) and record it, not active. Raises BundleError."""
     folder = Path(folder).resolve()
-    manifest = Manifest.load_checked(folder)
+    manifest = _load_checked(folder)
     with sessions.begin() as session:
         record, _ = bundles.register(
             session, name=manifest.name, version=manifest.version, device_uid=manifest.device_uid,
             bundle_path=str(folder), manifest_sha256=sha256_of(folder / MANIFEST_FILE),
         )
     return record, manifest
+
+
+def _load_checked(folder: Path) -> Manifest:
+    """The manifest checked (runnable, every sha256), then each fold loaded once, weights only,
+    and let go (BundleError naming the fold file that is not this network's weights)."""
+    manifest = Manifest.load_checked(folder)
+    for fold in sorted(manifest.folds, key=lambda f: f.fold):
+        try:
+            load_fold_weights(folder / fold.file, manifest.normalization, manifest.architecture)
+        except BundleError as exc:
+            raise BundleError(f"fold {fold.fold}: {exc}") from None
+    return manifest
 
 
 def activate(sessions: sessionmaker[Session], key: str) -> bundles.BundleRecord:
@@ -39,7 +53,7 @@ def activate(sessions: sessionmaker[Session], key: str) -> bundles.BundleRecord:
         with sessions() as session:
             record = bundles.get_bundle(session, int(key))
         folder = Path(record.bundle_path)
-        Manifest.load_checked(folder)
+        _load_checked(folder)
         if sha256_of(folder / MANIFEST_FILE) != record.manifest_sha256:
             raise BundleError(f"bundle {record.id}: {folder / MANIFEST_FILE} changed since it was registered")
     else:

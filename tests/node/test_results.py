@@ -270,6 +270,11 @@ def test_activation_checks_the_bundle_and_never_unpickles(tmp_path, pacs) -> Non
         fixed.write(evil)
         with pytest.raises(BundleError, match="not a state_dict"):
             FoldEnsemble.load(evil)
+        # and activation loads every fold first: refused there, not by every job after it
+        with pytest.raises(BundleError, match="fold 0: fold0.pt is not a state_dict of this network"):
+            node.activate(evil)
+        with node.runtime.sessions() as s:
+            assert bundles.list_bundles(s) == []
         assert not marker.exists()
     finally:
         node.close()
