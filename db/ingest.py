@@ -90,7 +90,8 @@ def record_instance(
     queued job goes back to waiting: the study is still arriving); any other instance (an
     SR, a Secondary Capture, the node's own results) is recorded and moves nothing. A known
     SOP Instance UID changes nothing but the quiet time (same content, an image or mask
-    received from a peer) or the instance's conflict count (other content).
+    received from a peer) or the instance's conflict count (other content; not for one of the
+    node's own results sent back re-encoded, which is a duplicate).
     """
     now = now or utcnow()
     try:
@@ -110,6 +111,12 @@ def _compare(existing: Instance, record: InstanceRecord, now: datetime) -> Recor
         study = existing.series.study
         study.last_received_at = max(study.last_received_at, now)
     if existing.sha256 == record.sha256:
+        return RecordOutcome.DUPLICATE
+    if existing.origin == "node" and existing.sop_class_uid == record.sop_class_uid:
+        # One of the node's own results (SR, SEG, card) sent back by a PACS that re-encoded
+        # it: the node's copy is the original; not a conflict, nothing to warn about.
+        log.debug("own result %s received back re-encoded; the node's copy kept", record.sop_instance_uid,
+                  extra={"sop_instance_uid": record.sop_instance_uid, "study_uid": record.study_uid})
         return RecordOutcome.DUPLICATE
     existing.conflict_count += 1
     existing.last_conflict_at = now

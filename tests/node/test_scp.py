@@ -81,6 +81,27 @@ def test_same_uid_with_other_content_keeps_the_first_copy(node: DicomNode, runti
     assert node.counters.conflicts == 1
 
 
+def test_the_nodes_own_result_sent_back_re_encoded_is_not_a_conflict(node: DicomNode, runtime) -> None:
+    """A routing rule that echoes the node's results back (Orthanc re-encodes them): success,
+    nothing counted as a conflict, the node's own copy kept."""
+    from dicom_node.intake import store_instance
+    from dicom_node.received_header import read_header
+    from dicom_node.process import encode_part10
+
+    (result,) = mr_series(1)
+    store_instance(runtime.archive, runtime.sessions, encode_part10(result), read_header(result),
+                   str(result.file_meta.TransferSyntaxUID), origin="node")
+    (row,) = instances(runtime)
+    ours = runtime.archive.path(row.path).read_bytes()
+    echoed = dcmread(BytesIO(ours))
+    echoed.InstitutionName = "added by the PACS"  # other bytes, the same instance
+    assert store(node.port, echoed) == [0]
+    (row,) = instances(runtime)
+    assert row.conflict_count == 0 and row.origin == "node"
+    assert runtime.archive.path(row.path).read_bytes() == ours and len(archive_files(runtime)) == 1
+    assert node.counters.conflicts == 0
+
+
 def test_compressed_transfer_syntaxes_are_archived_as_sent(node: DicomNode, runtime) -> None:
     names = ["MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "SC_rgb_jpeg_dcmtk.dcm",
              "MR_small_deflated.dcm"]
