@@ -202,22 +202,28 @@ class ConnectionTable:
         self._all: set[Connection] = set()
         self._ids: dict[int, Connection] = {}
 
-    def admit(self, source: str, sock: socket.socket) -> Connection | None:
-        """A new connection, or None when its source already has its budget of negotiating ones."""
-        evicted = None
+    def admit(self, source: str, sock: socket.socket) -> Connection:
+        """A new connection. When its source already has its budget of negotiating ones, the
+        oldest of those is dropped (a peer behind the same address as a stalling one, a PACS
+        behind the same NAT, still gets in); when all sources together have theirs, the oldest
+        of all is."""
+        evicted: tuple[Connection, str] | None = None
         with self._lock:
             negotiating = [c for c in self._all if not c.established]
-            if sum(1 for c in negotiating if c.source == source) >= self.limits.max_negotiating_per_source:
-                return None
-            if len(negotiating) >= self.limits.max_negotiating:
-                evicted = min(negotiating, key=lambda c: c.since)
-                self._discard(evicted)
+            same_source = [c for c in negotiating if c.source == source]
+            if len(same_source) >= self.limits.max_negotiating_per_source:
+                evicted = (min(same_source, key=lambda c: c.since),
+                           "dropped: oldest of too many connections negotiating from this address")
+            elif len(negotiating) >= self.limits.max_negotiating:
+                evicted = (min(negotiating, key=lambda c: c.since), "dropped: oldest of too many connections negotiating")
+            if evicted is not None:
+                self._discard(evicted[0])
             conn = Connection(source, time.monotonic(), sock)
             self._all.add(conn)
             self._ids[id(conn)] = conn
         if evicted is not None:
-            evicted.close()
-            self.rejections.note(evicted.source, "dropped: oldest of too many connections negotiating")
+            evicted[0].close()
+            self.rejections.note(evicted[0].source, evicted[1])
         return conn
 
     def establish(self, conn: Connection, calling_ae: str) -> str | None:
@@ -749,10 +755,6 @@ class NodeAssociationServer(ThreadedAssociationServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         source = str(client_address[0])
         conn = self.connections.admit(source, request)
-        if conn is None:
-            self.connections.rejections.note(source, "too many connections negotiating from this address")
-            self.shutdown_request(request)
-            return
         try:
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             request.settimeout(self.limits.acse_timeout)

@@ -203,6 +203,27 @@ def test_half_sent_requests_and_silent_connections_do_not_lock_out_pacs(node_pro
     assert log.count("\n") < 400  # 210 attackers: about one line per source
 
 
+def test_a_peer_behind_the_attackers_address_still_gets_in(node_process: NodeProcess) -> None:
+    """10 half-sent A-ASSOCIATE-RQs from 127.0.0.1 fill its negotiating budget (8): a C-ECHO
+    and a C-STORE from 127.0.0.1 (DCMTK, sending the whole request at once) still succeed; the
+    oldest stalled connections are the ones dropped."""
+    attackers = []
+    for _ in range(10):
+        sock = connect_from("127.0.0.1", node_process.port)
+        sock.sendall(struct.pack(">BBL", 1, 0, 1000) + bytes(10))
+        attackers.append(sock)
+    began = time.monotonic()
+    wait_for(lambda: False, 0.3)
+    assert echoscu(node_process.port) == 0
+    # the three oldest were dropped (for the 9th, the 10th and the C-ECHO), long before the ACSE timeout
+    assert all(closed_by_peer(sock, 0.2) for sock in attackers[:3])
+    assert time.monotonic() - began < ACSE_TIMEOUT, "the peer waited for the attackers to time out"
+    assert not closed_by_peer(attackers[-1], 0.05)  # the newest are still held (until their ACSE timeout)
+    for sock in attackers:
+        sock.close()
+    assert "dropped: oldest of too many connections negotiating from this address" in node_process.log()
+
+
 def test_declared_pdu_lengths_and_unknown_pdus_are_refused_at_once(node_process: NodeProcess) -> None:
     """A PDU header declaring 300 MB, a PDU of type 0x08, random bytes, a P-DATA before any
     association: each connection is closed at once, nothing is read into memory."""
