@@ -7,6 +7,7 @@ file; foreign keys are enforced. One engine per process, created once.
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +17,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_sessionmaker", "DatabaseUnreachable", "database_errors", "SQLITE_BUSY_TIMEOUT_MS",
-           "SQLITE_BEGIN"]
+__all__ = ["make_engine", "make_sessionmaker", "DatabaseUnreachable", "DatabaseFileReplaced", "database_errors",
+           "check_database_file", "SQLITE_BUSY_TIMEOUT_MS", "SQLITE_BEGIN"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: How every write transaction on SQLite begins (see _sqlite_begin_immediate).
@@ -61,8 +62,15 @@ def _first_line(error: BaseException) -> str:
     return re.sub(r"\s+", " ", text)[:300]
 
 
+class DatabaseFileReplaced(sqlite3.OperationalError):
+    """The SQLite file this engine opened was deleted or replaced while it ran: writing on
+    would put rows into a file nobody will open again."""
+
+
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; for SQLite the folder is created and WAL + busy timeout set."""
+    """An engine for ``url``; for SQLite the folder is created and WAL + busy timeout set, and
+    every transaction first checks the file is still the one the engine opened
+    (:func:`check_database_file`)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -71,6 +79,9 @@ def make_engine(url: str) -> Engine:
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
+        if parsed.database and parsed.database != ":memory:":
+            path = Path(parsed.database).resolve()
+            event.listen(engine, "connect", lambda _dbapi, _record: _note_database_file(engine, path))
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
@@ -91,7 +102,39 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 def _sqlite_begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
     # Take the write lock at BEGIN: two processes never deadlock upgrading read locks,
     # and the busy timeout applies (a deferred transaction that upgrades fails at once).
+    check_database_file(connection.engine)
     connection.exec_driver_sql(SQLITE_BEGIN)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+_OPENED = "_egfr_sqlite_file"  # on the engine's pool (shared by its connections and option engines)
+
+
+def _note_database_file(engine: Engine, path: Path) -> None:
+    """At a connection's first connect: which file the engine opened (once per pool)."""
+    if getattr(engine.pool, _OPENED, None) is None:
+        setattr(engine.pool, _OPENED, (path, _file_identity(path)))
+
+
+def check_database_file(engine: Engine) -> None:
+    """Raise SQLAlchemy's OperationalError (orig: DatabaseFileReplaced) when the SQLite file
+    ``engine`` opened is gone or another file now has its name; nothing for other databases.
+    One ``stat`` per call."""
+    opened = getattr(engine.pool, _OPENED, None)
+    if opened is None:
+        return
+    path, identity = opened
+    if _file_identity(path) != identity:
+        reason = DatabaseFileReplaced(f"database file {path} was deleted or replaced while the node ran: restore it "
+                                      "from backup (or run egfr-node init) and restart the node")
+        raise sa_exc.OperationalError(SQLITE_BEGIN, None, reason)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

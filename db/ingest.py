@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import Compiled
 
-from db.engine import SQLITE_BEGIN
+from db.engine import SQLITE_BEGIN, check_database_file
 from db.models import ACTIVE_JOB_PREDICATE_SQL, Instance, Job, JobState, Series, Study, utcnow
 from db.sop_classes import moves_queue
 
@@ -261,6 +261,7 @@ def _insert_new(engine: Engine, record: InstanceRecord, now: datetime) -> None:
     dialect = engine.dialect
     sql = _statements(dialect)
     dbapi_error = dialect.loaded_dbapi.Error
+    check_database_file(engine)  # a deleted SQLite file would swallow the row: 0xA701, not 0x0000
     connection = engine.raw_connection()
     try:
         cursor = connection.cursor()

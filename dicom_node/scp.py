@@ -32,6 +32,7 @@ from pynetdicom import AE, _config as pynetdicom_config, evt, sop_class
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.engine import DatabaseFileReplaced
 from db.ingest import RecordOutcome, prepare_recording
 from dicom_node.archive import Archive, ArchiveFull, ArchiveNotWritable
 from dicom_node.config import Config
@@ -234,7 +235,8 @@ def handle_store(
         return _status(Status.OUT_OF_RESOURCES, f"archive cannot be written ({os.strerror(exc.errno or 0)})")
     except SQLAlchemyError as exc:
         counters.add("failures")
-        log.error("C-STORE %s: database unavailable: %s", header.sop_instance_uid, type(exc).__name__, extra=extra)
+        why = str(exc.orig) if isinstance(getattr(exc, "orig", None), DatabaseFileReplaced) else type(exc).__name__
+        log.error("C-STORE %s: database unavailable: %s", header.sop_instance_uid, why, extra=extra)
         return _status(Status.DATABASE_UNAVAILABLE, "database unavailable")
     except Exception:
         counters.add("failures")

@@ -285,6 +285,22 @@ def test_a_failing_database_answers_database_unavailable_and_keeps_serving(node:
     assert [r.sop_instance_uid for r in instances(runtime)] == [first.SOPInstanceUID, second.SOPInstanceUID]
 
 
+def test_a_deleted_sqlite_file_refuses_instead_of_acknowledging_into_it(node: DicomNode, runtime,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """An admin deletes (or replaces) the SQLite file while the node runs: the next C-STOREs
+    are refused 0xA701 with nothing archived, and /healthz says the database does not answer,
+    instead of rows going into a file nobody will open again."""
+    first, second, third = mr_series(3)
+    assert store(node.port, first) == [0]
+    database = Path(runtime.sessions.kw["bind"].url.database)
+    database.unlink()
+    with caplog.at_level("ERROR", logger="dicom_node.scp"):
+        assert store(node.port, [second, third]) == [Status.DATABASE_UNAVAILABLE] * 2
+    assert [p.stem for p in archive_files(runtime) if p.suffix == ".dcm"] == [first.SOPInstanceUID]
+    assert any("was deleted or replaced while the node ran" in r.getMessage() for r in caplog.records)
+    assert node.health() == (False, "database does not answer")
+
+
 def test_scale_out_database_two_scps_share_postgresql(pg_url: str, tmp_path: Path) -> None:
     """Two SCP processes' worth of nodes on one PostgreSQL and one archive, same instances at once."""
     from db.migrate import upgrade
