@@ -6,7 +6,10 @@ result instances' UIDs, per-stage times). Deliveries are created by the caller i
 transaction that marks the job done (``dicom_node.worker``). Every result (the SR, the SEG
 derived from an RTSTRUCT, the result card) gets its SOP Instance UID here and is archived
 with ``origin="node"`` before anything is sent: a retry re-sends the same instance, and the
-node never treats its own results as input.
+node never treats its own results as input. The UIDs of a job's results follow from the job
+and its bundle (:func:`result_uids`), so a job retried after its results were archived (a
+worker killed before it could mark the job done) reuses the SR, SEG and card it built
+instead of leaving unsent copies; a replay or rerun is a new job and builds new ones.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from pipeline.infer import FoldEnsemble, Prediction
 from pipeline.prepare import PreparedStudy, prepare_study
 from pipeline.timing import Laps
 
-__all__ = ["JobContext", "run_job", "node_instances_of", "encode_part10"]
+__all__ = ["JobContext", "run_job", "node_instances_of", "encode_part10", "result_uids"]
+
+#: The UIDs each job's results need (instance and series of each object, the SEG's tracking UID).
+RESULT_UID_KINDS = ("sr", "sr_series", "seg", "seg_series", "seg_tracking", "card", "card_series")
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,21 @@ def node_instances_of(session: Session, study_uid: str) -> frozenset[str]:
         select(Instance.sop_instance_uid).join(Series).join(Study)
         .where(Study.study_uid == study_uid, Instance.origin == "node")
     ))
+
+
+def result_uids(study_uid: str, job_key: str | None, device_uid: str, version: str) -> dict[str, str]:
+    """The UIDs of a job's results: derived from the study, the job (``job_key``: its id and
+    creation time, so a job of another database never shares them) and the bundle, the same for
+    every attempt of one job; random outside a job (``job_key`` None)."""
+    if job_key is None:
+        return {kind: generate_uid() for kind in RESULT_UID_KINDS}
+    return {kind: generate_uid(entropy_srcs=["egfr-node result", study_uid, job_key, device_uid, version, kind])
+            for kind in RESULT_UID_KINDS}
+
+
+def _recorded(session: Session, sop_uids: list[str]) -> set[str]:
+    return set(session.scalars(select(Instance.sop_instance_uid).where(
+        Instance.sop_instance_uid.in_(sop_uids), Instance.origin == "node")))
 
 
 def _paths(session: Session, sop_uids: list[str]) -> dict[str, str]:
@@ -114,8 +135,9 @@ def lesion_centroid_lps(lesion: sitk.Image) -> tuple[float, float, float]:
     return lesion.TransformContinuousIndexToPhysicalPoint((float(i.mean()), float(j.mean()), float(k.mean())))
 
 
-def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble) -> dict[str, Any]:
-    """Run the pipeline on ``study_uid`` with ``ensemble``; archive the results; return the record.
+def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: str | None = None) -> dict[str, Any]:
+    """Run the pipeline on ``study_uid`` with ``ensemble``; archive the results (or reuse those
+    an earlier attempt of the job ``job_key`` names archived); return the record.
 
     Raises ``pipeline.errors.PipelineError`` (one line) when the study cannot be used.
     """
@@ -128,7 +150,8 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble) -> dict[str
     lap("preprocess")
     prediction = ensemble.predict(prepared.model_input.array)
     lap("infer")
-    instances = _build_and_archive(ctx, prepared, prediction, ensemble)
+    uids = result_uids(study_uid, job_key, manifest.device_uid, manifest.version)
+    instances = _reused(ctx, prepared, uids) or _build_and_archive(ctx, prepared, prediction, ensemble, uids)
     lap("report")
     study = prepared.study
     slices = prepared.model_input.provenance["slices"]
@@ -153,8 +176,23 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble) -> dict[str
     }
 
 
-def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Prediction, ensemble: FoldEnsemble) -> dict[str, str | None]:
-    """SEG (when the lesion came from an RTSTRUCT), SR and result card, each archived as the node's own."""
+def _reused(ctx: JobContext, prepared: PreparedStudy, uids: dict[str, str]) -> dict[str, str | None] | None:
+    """The results an earlier attempt of this job archived, when its SR is there (the SR is
+    archived last, after the SEG and the card); None otherwise."""
+    with ctx.sessions() as session:
+        recorded = _recorded(session, [uids["sr"], uids["seg"], uids["card"]])
+    if uids["sr"] not in recorded:
+        return None
+    log.info("study %s: results of an earlier attempt reused (SR %s)", prepared.study.study_uid, uids["sr"],
+             extra={"study_uid": prepared.study.study_uid})
+    return {"sr": uids["sr"], "seg": uids["seg"] if uids["seg"] in recorded else None,
+            "card": uids["card"] if uids["card"] in recorded else None}
+
+
+def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Prediction, ensemble: FoldEnsemble,
+                       uids: dict[str, str]) -> dict[str, str | None]:
+    """SEG (when the lesion came from an RTSTRUCT), SR and result card, each archived as the
+    node's own, with the UIDs ``uids`` (:func:`result_uids`)."""
     study, config = prepared.study, ctx.config
     algorithm = _algorithm(ensemble, config)
     used = sorted({uid for k in prepared.model_input.provenance["slices"]["indices"] for uid in study.source_sop_uids[k]})
@@ -175,7 +213,7 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
             _headers(ctx.archive, series_paths), sitk.GetArrayViewFromImage(lesion).astype(np.uint8),
             lesion.GetOrigin(), lesion.GetSpacing(), lesion.GetDirection(),
             segment_label=(study.lesion_label or "Lesion")[:64], tracking_id=f"Lesion {study.lesion_number}",
-            tracking_uid=generate_uid(), sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
+            tracking_uid=uids["seg_tracking"], sop_instance_uid=uids["seg"], series_instance_uid=uids["seg_series"],
             manufacturer=config.report.manufacturer[:64], software_version=ensemble.manifest.version[:64],
             device_uid=ensemble.manifest.device_uid, created=created,
         )
@@ -183,12 +221,12 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
         derived_seg_uid = _archive(ctx, seg)
     finding = LesionFinding(
         segment_number=segment, tracking_id=(tracking_id or f"Lesion {segment}")[:64],
-        tracking_uid=tracking_uid or generate_uid(), probability=float(np.clip(prediction.probability, 0.0, 1.0)),
+        tracking_uid=tracking_uid or uids["seg_tracking"], probability=float(np.clip(prediction.probability, 0.0, 1.0)),
         positive=prediction.positive,
     )
     lesion_point = nearest_image_point(sources, lesion_centroid_lps(study.lesion))
-    sr = build_sr(sources, seg, finding, algorithm, lesion_point=lesion_point, sop_instance_uid=generate_uid(),
-                  series_instance_uid=generate_uid(), comprehensive_3d=config.report.sr_sop_class == "comprehensive3d",
+    sr = build_sr(sources, seg, finding, algorithm, lesion_point=lesion_point, sop_instance_uid=uids["sr"],
+                  series_instance_uid=uids["sr_series"], comprehensive_3d=config.report.sr_sop_class == "comprehensive3d",
                   institution_name=config.report.institution_name, created=created)
     card_uid: str | None = None
     if config.report.result_card:
@@ -196,7 +234,7 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
         card = build_result_card(
             sources[0], model_input.array[:, 0], model_input.lesion_mask, [float(v) for v in prediction.slice_scores],
             float(np.clip(prediction.probability, 0.0, 1.0)), prediction.positive, algorithm,
-            sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(), created=created,
+            sop_instance_uid=uids["card"], series_instance_uid=uids["card_series"], created=created,
         )
         card_uid = _archive(ctx, card)
     sr_uid = _archive(ctx, sr)

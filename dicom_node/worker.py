@@ -165,7 +165,8 @@ class Worker:
             from dicom_node.process import JobContext, run_job
 
             ensemble = self._ensemble(job.model_id)
-            result = run_job(JobContext(self.config, self.archive, self.sessions), job.study_uid, ensemble)
+            result = run_job(JobContext(self.config, self.archive, self.sessions), job.study_uid, ensemble,
+                             f"{job.id}@{job.created_at.isoformat()}")
             result["model"]["id"] = job.model_id
             return True, None, result, False
         except Exception as exc:

@@ -18,7 +18,7 @@ from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImage
 from sqlalchemy import select
 
 from db import bundles
-from db.models import Job, utcnow
+from db.models import Job, JobState, utcnow
 from db.queue import get_job, replay
 from dicom_node.commands import models
 from dicom_node.config import Config, DeliverySection, Destination
@@ -185,6 +185,44 @@ def test_destination_down_is_retried_with_growing_intervals_then_delivered_once(
         node.close()
         if pacs:
             pacs.stop()
+
+
+def test_a_job_retried_after_its_results_were_archived_reuses_them(tmp_path, pacs, bundle_a, phantom_study) -> None:
+    """A worker killed after archiving a job's SEG, SR and card but before marking it done
+    leaves the job running; its lease expires, the job is retried: the same SR, SEG and card
+    (same SOP Instance UIDs) are sent, and the archive holds one of each. A rerun is a new job
+    and builds new ones."""
+    from db.models import Instance
+
+    node = Node(tmp_path, pacs.port)
+    try:
+        node.activate(bundle_a)
+        node.arrive(phantom_study("axial2d", "rtstruct").folder)
+        first = node.worker.claim_once()
+        assert first.state == "done"
+        with node.runtime.sessions.begin() as s:  # the row as a worker SIGKILLed before finish_job leaves it
+            job = s.get(Job, first.id)
+            job.state, job.result, job.finished_at = JobState.RUNNING, None, None
+            job.lease_owner, job.lease_expires_at = "killed-worker", utcnow() - timedelta(seconds=1)
+        node.worker.scan_once()  # the lease has expired: swept back to queued (the same job, not a new one)
+        retried = node.worker.claim_once()
+        assert retried.id == first.id and retried.state == "done" and retried.attempts == 2
+        assert retried.result["instances"] == first.result["instances"]
+        assert all(first.result["instances"].values())  # SR, SEG (from the RTSTRUCT) and card
+        with node.runtime.sessions() as s:
+            own = s.scalars(select(Instance.sop_instance_uid).where(Instance.origin == "node")).all()
+        assert sorted(own) == sorted(first.result["instances"].values())
+        archived = [p for p in node.config.storage.archive_path.rglob("*.dcm")
+                    if dcmread(p, stop_before_pixels=True).SOPInstanceUID in first.result["instances"].values()]
+        assert len(archived) == 3
+        srs = {str(ds.SOPInstanceUID) for ds in pacs.of_class(Comprehensive3DSRStorage)}
+        assert srs == {first.result["instances"]["sr"]}
+        with node.runtime.sessions.begin() as s:
+            replay(s, first.study_uid, rerun=True)
+        rerun = node.worker.claim_once()
+        assert rerun.id != first.id and set(rerun.result["instances"].values()).isdisjoint(first.result["instances"].values())
+    finally:
+        node.close()
 
 
 def test_no_active_model_keeps_jobs_queued_with_the_reason(tmp_path, pacs, phantom_study) -> None:
