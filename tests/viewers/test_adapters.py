@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_sr
 from dicom_node.report.image_point import nearest_image_point
 from dicom_node.report.sr import result_text
-from tests.viewers.ohif_app import NpmUnavailable
+from tests.viewers.ohif_app import installed_or_skip
 from tests.viewers.sr_reader import image_planes, install_sr_reader, read_sr
 
 pytestmark = pytest.mark.timeout(900)
@@ -24,10 +24,7 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def reader() -> Path:
-    try:
-        return install_sr_reader()
-    except NpmUnavailable as exc:  # the one stated reason to skip (issue 16)
-        pytest.skip(f"dcmjs and @cornerstonejs/adapters cannot be installed: {exc}")
+    return installed_or_skip(install_sr_reader, "dcmjs and @cornerstonejs/adapters")
 
 
 @pytest.mark.parametrize(("comprehensive_3d", "positive"), [(True, True), (False, False)])

@@ -32,7 +32,7 @@ from dicom_node.worker import Worker
 from tests.conftest import make_config, skip_or_fail
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import Orthanc
-from tests.viewers.ohif_app import OHIF_VERSION, NpmUnavailable, ViewerServer, install_ohif
+from tests.viewers.ohif_app import OHIF_VERSION, ViewerServer, install_ohif, installed_or_skip
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -41,10 +41,7 @@ ARTIFACTS = Path(__file__).with_name("artifacts")
 
 @pytest.fixture(scope="module")
 def ohif_dist() -> Path:
-    try:
-        return install_ohif()
-    except NpmUnavailable as exc:  # the one stated reason to skip (issue 16)
-        pytest.skip(f"OHIF {OHIF_VERSION} cannot be installed: {exc}")
+    return installed_or_skip(install_ohif, f"OHIF {OHIF_VERSION}")
 
 
 @pytest.fixture
