@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma list of row numbers to run (default: all)")
     p.add_argument("--out", type=Path, help="write the markdown table here")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--output-size", type=int, default=96, help="crop size in pixels (the node's 96 by default)")
     args = p.parse_args(argv)
 
     from training.engine import resolve_device
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in results_file.read_text().splitlines():
             row = json.loads(line)
             done[(row["cohort"], row["row"])] = row
-    params = PreprocessParams()
+    params = PreprocessParams(output_size=args.output_size)
     base = {"epochs": args.epochs, "folds": args.folds, "device": device.type, "bootstrap": 0, "seed": 0}
     chain_settings = []
     values = {"recipe": "paper", "allow_random_frozen_body": True, **base}
@@ -210,7 +211,8 @@ def render(done: dict, rows: list, args: argparse.Namespace, machine: str) -> st
     header = "| # | change | " + " | ".join(
         f"{c}: {COHORTS[c][0]} patients, effect {COHORTS[c][2]:g}" for c in cohorts) + " |"
     lines = [f"Device: {machine}; {args.epochs} epochs, {args.folds} folds (seed 0, the same patient splits in every "
-             "row), the node's own inputs [5, 3, 96, 96] (N4, z-score, crop), cached once.", "",
+             f"row), the node's own inputs [5, 3, {args.output_size}, {args.output_size}] (N4, z-score, crop), cached once.",
+             "",
              header, "| --- | --- | " + " | ".join("---" for _ in cohorts) + " |"]
     for key, label, _ in rows:
         lines.append(f"| {key} | {label} | " + " | ".join(cell(c, key) for c in cohorts) + " |")
