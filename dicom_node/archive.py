@@ -78,9 +78,7 @@ class Archive:
         try:
             self.incoming.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
-                raise ArchiveNotWritable(exc.errno, f"archive {self.root} cannot be written ({exc.strerror}): fix its "
-                                                    "permissions or mount, or set storage.data_dir") from exc
+            self._raise_if_full(exc, INCOMING)  # ArchiveFull or ArchiveNotWritable, as for any write
             raise
         self._tmp_prefix = f"{socket.gethostname()}-{os.getpid()}-"
 
