@@ -34,6 +34,7 @@ __all__ = [
     "Delivery",
     "DeliveryState",
     "Model",
+    "AuditEntry",
     "utcnow",
     "ACTIVE_JOB_STATES",
 ]
@@ -220,3 +221,20 @@ class Model(Base):
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuditEntry(Base):
+    """What an administrator did from the console (replay, rerun, cancel, activate, echo,
+    sign-in): who, what, on which job, study or bundle, when. UIDs and ids only, no patient data."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    user: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    #: what the action was on: "job 12", "study 1.2.3", "bundle 2", "destination pacs"
+    target: Mapped[str] = mapped_column(String(128))
+    #: what came of it, one line ("job 13 queued", "refused: job 12 is done")
+    outcome: Mapped[str] = mapped_column(Text)
+    remote: Mapped[str] = mapped_column(String(64), default="")

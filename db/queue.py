@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,6 +31,7 @@ __all__ = [
     "claim_next",
     "renew_lease",
     "finish_job",
+    "count_jobs_by_state",
     "sweep_expired_leases",
     "replay",
     "cancel",
@@ -388,11 +389,29 @@ def cancel(session: Session, job_id: int, now: datetime | None = None) -> JobVie
     return JobView.of(job)
 
 
-def list_jobs(session: Session, state: JobState | None = None, limit: int = 200) -> list[JobView]:
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
+def list_jobs(session: Session, state: JobState | None = None, limit: int = 200, *, offset: int = 0,
+              study_uid: str | None = None, since: datetime | None = None,
+              until: datetime | None = None) -> list[JobView]:
+    """Jobs, newest first: of one state, of one study, created in [since, until); a page of
+    ``limit`` after skipping ``offset``."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
     if state is not None:
         query = query.where(Job.state == state)
+    if study_uid:
+        query = query.join(Study, Job.study_id == Study.id).where(Study.study_uid == study_uid.strip())
+    if since is not None:
+        query = query.where(Job.created_at >= since)
+    if until is not None:
+        query = query.where(Job.created_at < until)
     return [JobView.of(job) for job in session.scalars(query)]
+
+
+def count_jobs_by_state(session: Session) -> dict[str, int]:
+    """Every job state with its count (0 for a state no job is in)."""
+    counts = {state.value: 0 for state in JobState}
+    for state, count in session.execute(select(Job.state, func.count()).group_by(Job.state)):
+        counts[getattr(state, "value", str(state))] = count
+    return counts
 
 
 def get_job(session: Session, job_id: int) -> JobView:
