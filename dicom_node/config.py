@@ -171,6 +171,27 @@ class MonitoringSection:
 
 
 @dataclass(frozen=True)
+class WebSection:
+    """[web]: the admin console and its HTTP API (``egfr-node web``; ``serve`` starts it when enabled)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allow_non_loopback: bool = False
+    #: ``name:scrypt$...`` lines, one user each (``egfr-node web add-user NAME``); default <data_dir>/web-users
+    users_file: str = ""
+    #: a header a reverse proxy sets to the signed-in user (e.g. X-Remote-User); empty: not trusted
+    trusted_user_header: str = ""
+    #: addresses whose trusted_user_header is believed (the proxy's)
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    session_max_age_seconds: int = 28800
+    #: HTTPS: certificate and private key (PEM); session cookies are then Secure
+    certificate: str = ""
+    private_key: str = ""
+    refresh_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     """[logging]"""
 
@@ -190,7 +211,13 @@ class Config:
     destinations: tuple[Destination, ...] = ()
     logging: LoggingSection = field(default_factory=LoggingSection)
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
+    web: WebSection = field(default_factory=WebSection)
     source: str = "<defaults>"
+
+    @property
+    def web_users_path(self) -> Path:
+        """The console's users file: web.users_file, else <data_dir>/web-users."""
+        return Path(self.web.users_file) if self.web.users_file else self.storage.data_path / "web-users"
 
     @property
     def database_url(self) -> str:
@@ -210,6 +237,7 @@ _SECTIONS: dict[str, type] = {
     "report": ReportSection,
     "logging": LoggingSection,
     "monitoring": MonitoringSection,
+    "web": WebSection,
 }
 
 
@@ -451,8 +479,31 @@ def _validate(config: Config) -> None:
         _check_port("monitoring.port", m.port)
         if not m.allow_non_loopback and not _is_loopback(m.host):
             raise ConfigError(f"monitoring.host: {m.host!r} is not a loopback address; set monitoring.allow_non_loopback = true to serve metrics off this host")
+    _validate_web(config.web)
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {config.logging.level!r}")
+
+
+def _validate_web(web: WebSection) -> None:
+    _check_port("web.port", web.port)
+    if not web.allow_non_loopback and not _is_loopback(web.host):
+        raise ConfigError(f"web.host: {web.host!r} is not a loopback address; set web.allow_non_loopback = true "
+                          "(and web.certificate / web.private_key for HTTPS) to serve the console off this host")
+    if bool(web.certificate) != bool(web.private_key):
+        raise ConfigError("web.certificate: web.certificate and web.private_key go together (both or neither)")
+    for key in ("certificate", "private_key"):
+        value = getattr(web, key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"web.{key}: file {value} does not exist")
+    if web.session_max_age_seconds < 60:
+        raise ConfigError(f"web.session_max_age_seconds: must be at least 60, got {web.session_max_age_seconds}")
+    if web.refresh_seconds < 1:
+        raise ConfigError(f"web.refresh_seconds: must be at least 1, got {web.refresh_seconds:g}")
+    if web.trusted_user_header and not _HEADER.match(web.trusted_user_header):
+        raise ConfigError(f"web.trusted_user_header: {web.trusted_user_header!r} is not an HTTP header name")
+
+
+_HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 #: What ``egfr-node init`` writes: every key with its default and what it means
