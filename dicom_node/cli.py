@@ -4,6 +4,8 @@
     egfr-node serve                      SCP + worker in one process (Ctrl-C stops cleanly)
     egfr-node scp | worker               the two halves apart
     egfr-node db upgrade                 migrate the database to this version's schema
+    egfr-node web                        the admin console alone ([web] host:port)
+    egfr-node web add-user NAME          add or change a console user (password asked, or --password-stdin)
     egfr-node echo HOST PORT [--aet AET] C-ECHO a peer
     egfr-node queue list [--state S] [--json] | show ID | replay STUDY_UID|JOB_ID [--rerun] | cancel ID
     egfr-node models list | activate PATH|ID | show [ID]
@@ -117,14 +119,23 @@ def _serve(args: argparse.Namespace, with_scp: bool, with_worker: bool) -> int:
     runtime = open_runtime(config)
     node = DicomNode(config, runtime.archive, runtime.sessions) if with_scp else None
     worker = Worker(config, runtime.sessions, runtime.archive) if with_worker else None
+    console = None
+    if with_scp and with_worker and config.web.enabled:
+        from dicom_node.web.server import ConsoleProcess
+
+        console = ConsoleProcess(config)
 
     def start() -> None:
         if node:
             node.start()
         if worker:
             worker.start()
+        if console:
+            console.start()
 
     def stop() -> None:
+        if console:
+            console.stop()
         if node:
             node.stop()
         if worker:
@@ -132,6 +143,47 @@ def _serve(args: argparse.Namespace, with_scp: bool, with_worker: bool) -> int:
         runtime.close()
 
     return _run_until_stopped(start, stop)
+
+
+# --- web --------------------------------------------------------------------------------
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from dicom_node.runtime import configure_logging
+    from dicom_node.web.auth import UsersFileError
+    from dicom_node.web.server import run_console
+
+    config = _load(args)
+    configure_logging(config.logging.level)
+    if not config.web_users_path.is_file() and not config.web.trusted_user_header:
+        print(f"egfr-node: no console user yet ({config.web_users_path}): add one with `egfr-node web add-user NAME`",
+              file=sys.stderr)
+    print(f"console on http{'s' if config.web.certificate else ''}://{config.web.host}:{config.web.port}/", flush=True)
+    try:
+        run_console(config)
+    except UsersFileError as exc:
+        return _fail(str(exc), 2)
+    return 0
+
+
+def cmd_web_add_user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from dicom_node.web.auth import UsersFileError, add_user
+
+    config = _load(args)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            return _fail("the two passwords differ")
+    try:
+        new = add_user(config.web_users_path, args.name, password)
+    except UsersFileError as exc:
+        return _fail(str(exc))
+    print(f"{'added' if new else 'changed the password of'} {args.name} in {config.web_users_path}")
+    return 0
 
 
 # --- echo -------------------------------------------------------------------------------
@@ -348,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="database maintenance")
     dbsub = p.add_subparsers(dest="db_command", required=True)
     dbsub.add_parser("upgrade", help="migrate to this version's schema").set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("web", help="the admin console and HTTP API alone (serve starts it when [web] enabled)")
+    p.set_defaults(func=cmd_web)
+    wsub = p.add_subparsers(dest="web_command")
+    w = wsub.add_parser("add-user", help="add a console user, or change a user's password")
+    w.add_argument("name")
+    w.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    w.set_defaults(func=cmd_web_add_user)
 
     p = sub.add_parser("echo", help="C-ECHO a DICOM peer")
     p.add_argument("host")

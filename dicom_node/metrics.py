@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.runtime import SHARED_METRICS_ENV as SHARED_DIR_ENV
 
-__all__ = ["NodeMetrics", "MetricsServer", "JobTimes", "forget_process"]
+__all__ = ["NodeMetrics", "MetricsServer", "JobTimes", "forget_process", "live_collector"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class NodeMetrics:
                           multiprocess_mode="livesum")
         self.negotiating = Gauge("egfr_node_connections_negotiating", "Connections without an association yet",
                                  registry=own, multiprocess_mode="livesum")
-        self.registry.register(_LiveCollector(node))
+        self.registry.register(live_collector(node.archive, node.sessions))
         self.job_times = JobTimes(node.sessions, own)
 
     def stored(self, status: int, size_bytes: int) -> None:
@@ -151,25 +151,31 @@ class JobTimes:
 
 
 class _LiveCollector:
-    """Gauges and counts read from the node and the database when scraped."""
+    """Gauges and counts read from the archive and the database when scraped."""
 
-    def __init__(self, node: Any) -> None:
-        self.node = node
+    def __init__(self, archive: Any, sessions: sessionmaker[Session]) -> None:
+        self.archive = archive
+        self.sessions = sessions
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[Any]:
-        node = self.node
         try:
-            free = shutil.disk_usage(node.archive.root).free
+            free = shutil.disk_usage(self.archive.root).free
             yield _gauge("egfr_node_archive_free_bytes", "Free space on the archive's file system", free)
         except OSError:
             pass
         yield _gauge("egfr_node_archive_reserve_bytes", "Free space kept (storage.free_space_reserve_mb)",
-                     node.archive.free_space_reserve_bytes)
-        yield from _by_state(node.sessions, "egfr_node_jobs", "Jobs by state", "job")
-        yield from _by_state(node.sessions, "egfr_node_deliveries", "Result deliveries by state", "delivery")
+                     self.archive.free_space_reserve_bytes)
+        yield from _by_state(self.sessions, "egfr_node_jobs", "Jobs by state", "job")
+        yield from _by_state(self.sessions, "egfr_node_deliveries", "Result deliveries by state", "delivery")
+
+
+def live_collector(archive: Any, sessions: sessionmaker[Session]) -> _LiveCollector:
+    """The figures read from the archive and the database at scrape time (the SCP's /metrics
+    and the console's /api/metrics serve the same)."""
+    return _LiveCollector(archive, sessions)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -1,0 +1,127 @@
+"""The console application: FastAPI with the API under ``/api`` (OpenAPI at
+``/api/openapi.json``), the pages, and what guards both.
+
+Guarding, in order, on every request: the session cookie (signed, HttpOnly, SameSite=Strict,
+Secure under HTTPS, ``web.session_max_age_seconds``) gives the request its CSRF token; the
+signed-in user comes from the session (a user removed from the users file loses access at
+once) or from ``web.trusted_user_header`` when the request comes from ``web.trusted_proxies``;
+a request without one gets 401 (API) or the sign-in page (pages). Every state-changing route
+also depends on :func:`require_csrf`. Pages are sent with ``Cache-Control: no-store`` and a
+Content-Security-Policy that allows nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.middleware.sessions import SessionMiddleware
+
+from dicom_node.config import Config
+from dicom_node.web.auth import Users, new_csrf_token, same_token, session_secret
+from dicom_node.web.console import Console
+
+__all__ = ["create_app", "require_csrf", "user_of", "PUBLIC_PATHS"]
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+#: What answers without a signed-in user: the sign-in page and call, the stylesheet and script.
+PUBLIC_PATHS = ("/login", "/api/session", "/static/")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def user_of(request: Request) -> str:
+    """The signed-in user of a request that passed the guard."""
+    return request.state.user
+
+
+def remote_of(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+async def require_csrf(request: Request) -> None:
+    """A state-changing request carries the session's CSRF token: the ``X-CSRF-Token`` header
+    (API) or the ``csrf_token`` form field (pages). 403 otherwise."""
+    token = request.headers.get("x-csrf-token")
+    if token is None and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")):
+        token = (await request.form()).get("csrf_token")
+    if not same_token(token if isinstance(token, str) else None, request.session.get("csrf")):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+
+
+class _Guard(BaseHTTPMiddleware):
+    def __init__(self, app, config: Config, users: Users) -> None:  # noqa: ANN001 (ASGI app)
+        super().__init__(app)
+        self.config, self.users = config, users
+
+    def _user(self, request: Request) -> str | None:
+        web = self.config.web
+        if web.trusted_user_header and request.client and request.client.host in web.trusted_proxies:
+            name = request.headers.get(web.trusted_user_header, "").strip()
+            if name:
+                return name[:64]
+        name = request.session.get("user")
+        return name if isinstance(name, str) and self.users.exists(name) else None
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if "csrf" not in request.session:
+            request.session["csrf"] = new_csrf_token()
+        user = self._user(request)
+        request.state.user = user
+        path = request.url.path
+        if user is None and not any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC_PATHS):
+            if path.startswith("/api/"):
+                response: Response = JSONResponse({"detail": "sign in first (POST /api/session)"}, status_code=401)
+            else:
+                target = path + (f"?{request.url.query}" if request.url.query else "")
+                response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+        else:
+            response = await call_next(request)
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+        return response
+
+
+def create_app(console: Console) -> FastAPI:
+    """The console for ``console``'s node: API, pages, static files and the guard."""
+    from dicom_node.web import api, pages
+
+    config = console.config
+    users = Users(config.web_users_path)
+    users.names()  # a users file that cannot be read stops the console here, naming the line
+    app = FastAPI(title="egfr-node console API", version="1",
+                  description="The admin API of an egfr-node DICOM node: queue, jobs, studies, model bundles, "
+                              "destinations, health and audit. Sign in with POST /api/session; every POST "
+                              "carries the session's CSRF token in X-CSRF-Token.",
+                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.console, app.state.users = console, users
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(_Guard, config=config, users=users)
+    app.add_middleware(SessionMiddleware, secret_key=session_secret(config.storage.data_path),
+                       session_cookie="egfr_console", max_age=config.web.session_max_age_seconds,
+                       same_site="strict", https_only=bool(config.web.certificate))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return pages.error_page(request, exc.status_code, str(exc.detail))
+
+    return app

@@ -1,0 +1,150 @@
+"""Who may use the console: users with scrypt-hashed passwords in a file (``name:scrypt$...``
+lines, written by ``egfr-node web add-user``), or a reverse proxy's header from a trusted
+address; the session's CSRF token that every action must carry.
+
+Passwords are hashed with the standard library's scrypt (salted, n=2**14, r=8, p=1) and
+compared in constant time. Nothing here logs a password or a hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["hash_password", "verify_password", "Users", "UsersFileError", "new_csrf_token", "same_token",
+           "session_secret", "add_user"]
+
+_N, _R, _P = 2**14, 8, 1
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
+
+
+class UsersFileError(ValueError):
+    """The users file cannot be read or a line in it is not ``name:scrypt$...``; names the line."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """``scrypt$n$r$p$salt$hash`` (base64), for the users file."""
+    salt = salt or os.urandom(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode("utf-8"), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             dklen=len(expected), maxmem=2**26)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+def check_user_name(name: str) -> str:
+    if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
+        raise UsersFileError(f"user name {name!r}: 1-64 characters of letters, digits and . _ - @")
+    return name
+
+
+class Users:
+    """The users file, read again when it changes (a user added or removed takes effect
+    without a restart)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[float, int] | None = None
+        self._hashes: dict[str, str] = {}
+
+    def _load(self) -> dict[str, str]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._hashes = None, {}
+            return self._hashes
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp != self._stamp:
+            self._hashes = read_users(self.path)
+            self._stamp = stamp
+        return self._hashes
+
+    def names(self) -> list[str]:
+        return sorted(self._load())
+
+    def exists(self, name: str) -> bool:
+        return name in self._load()
+
+    def check(self, name: str, password: str) -> bool:
+        stored = self._load().get(name)
+        if stored is None:
+            verify_password(password, hash_password("timing"))  # the same work for an unknown name
+            return False
+        return verify_password(password, stored)
+
+
+def read_users(path: Path) -> dict[str, str]:
+    users: dict[str, str] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, stored = line.partition(":")
+        if not sep or not stored.startswith("scrypt$") or stored.count("$") != 5:
+            raise UsersFileError(f"{path} line {number}: not name:scrypt$... (write users with `egfr-node web add-user`)")
+        users[check_user_name(name)] = stored
+    return users
+
+
+def add_user(path: Path, name: str, password: str) -> bool:
+    """Add or replace ``name`` in the users file (created 0600). True when the user is new."""
+    check_user_name(name)
+    if len(password) < 8:
+        raise UsersFileError("password: at least 8 characters")
+    path = Path(path)
+    users = read_users(path) if path.exists() else {}
+    new = name not in users
+    users[name] = hash_password(password)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("# egfr-node console users: name:scrypt$n$r$p$salt$hash (egfr-node web add-user NAME)\n")
+        out.writelines(f"{user}:{stored}\n" for user, stored in sorted(users.items()))
+    os.replace(temporary, path)
+    return new
+
+
+def new_csrf_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def same_token(given: str | None, expected: str | None) -> bool:
+    return bool(given) and bool(expected) and hmac.compare_digest(str(given), str(expected))
+
+
+def session_secret(data_dir: Path) -> str:
+    """The key that signs session cookies: ``<data_dir>/web-secret``, made once (0600), so
+    every console process of a node signs alike and a restart keeps people signed in."""
+    path = Path(data_dir) / "web-secret"
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text(encoding="ascii").strip()
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(secret + "\n")
+    return secret

@@ -1,0 +1,308 @@
+"""What the console does, for the API and the pages alike: read the queue, the studies, the
+bundles and the destinations, and act on them through the CLI's own functions (``db.queue``
+replay and cancel, ``commands.models.activate``, ``scu.echo``), each action written to the
+audit trail with who did it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import audit, bundles, overview
+from db.deliveries import deliveries_of_job
+from db.models import JobState
+from db.queue import QueueError, cancel, count_jobs_by_state, get_job, list_jobs, replay
+from dicom_node.archive import Archive
+from dicom_node.config import Config, Destination
+
+__all__ = ["Console", "ActionRefused", "Health"]
+
+log = logging.getLogger(__name__)
+
+
+class ActionRefused(ValueError):
+    """An action that cannot be done (unknown job, wrong state, a bundle that does not load); one line."""
+
+
+@dataclass(frozen=True)
+class Health:
+    listening: bool
+    listening_detail: str
+    database: bool
+    free_bytes: int | None
+    reserve_bytes: int
+    queue: dict[str, int]
+    last_error: str | None
+    last_error_at: datetime | None
+
+    @property
+    def ok(self) -> bool:
+        return self.listening and self.database and (self.free_bytes is None or self.free_bytes > self.reserve_bytes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "listening": self.listening, "listening_detail": self.listening_detail,
+                "database": self.database, "free_bytes": self.free_bytes, "reserve_bytes": self.reserve_bytes,
+                "queue": self.queue, "last_error": self.last_error,
+                "last_error_at": self.last_error_at.isoformat() + "Z" if self.last_error_at else None}
+
+
+@dataclass
+class _Cached:
+    value: tuple[bool, str] = (False, "not checked yet")
+    at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Console:
+    """The console's view of one node: its configuration, database and archive."""
+
+    ECHO_EVERY_SECONDS = 15.0
+
+    def __init__(self, config: Config, sessions: sessionmaker[Session], archive: Archive) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.archive = archive
+        self._listening = _Cached()
+
+    # --- reading -------------------------------------------------------------------------
+
+    def jobs(self, state: str | None = None, study_uid: str | None = None, since: datetime | None = None,
+             until: datetime | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        try:
+            wanted = JobState(state) if state else None
+        except ValueError:
+            raise ActionRefused(f"state {state!r}: one of {', '.join(s.value for s in JobState)}") from None
+        with self.sessions() as session:
+            return [job.to_json() for job in list_jobs(session, wanted, limit, offset=offset, study_uid=study_uid,
+                                                       since=since, until=until)]
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """One job as ``egfr-node queue show`` prints it: the record and its deliveries."""
+        with self.sessions() as session:
+            try:
+                job = get_job(session, job_id).to_json()
+            except QueueError as exc:
+                raise ActionRefused(str(exc)) from None
+            job["deliveries"] = [d.to_json() for d in deliveries_of_job(session, job_id)]
+        return job
+
+    def studies(self, limit: int = 50, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        with self.sessions() as session:
+            return overview.count_studies(session), [s.to_json() for s in overview.list_studies(session, limit, offset)]
+
+    def bundles(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return [_bundle_json(b) for b in bundles.list_bundles(session)]
+
+    def bundle(self, model_id: int) -> dict[str, Any]:
+        """The bundle's record, its manifest and its cross-validation report (report.md)."""
+        with self.sessions() as session:
+            try:
+                record = bundles.get_bundle(session, model_id)
+            except bundles.BundleRegistryError as exc:
+                raise ActionRefused(str(exc)) from None
+        folder = Path(record.bundle_path)
+        out = _bundle_json(record)
+        try:
+            out["manifest"] = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            out["manifest"] = None
+            out["manifest_error"] = f"{folder / 'manifest.json'}: {type(exc).__name__}"
+        report = folder / "report.md"
+        out["report"] = report.read_text(encoding="utf-8") if report.is_file() else None
+        return out
+
+    def destinations(self) -> list[dict[str, Any]]:
+        configured = {d.name: d for d in self.config.destinations}
+        with self.sessions() as session:
+            views = overview.destination_views(session, list(configured))
+        out = []
+        for view in views:
+            item = view.to_json()
+            dest = configured.get(view.name)
+            item["configured"] = dest is not None
+            item["address"] = f"{dest.ae_title}@{dest.host}:{dest.port}{' (TLS)' if dest.tls else ''}" if dest else None
+            out.append(item)
+        return out
+
+    def audit(self, limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return [entry.to_json() for entry in audit.list_audit(session, limit, offset)]
+
+    def health(self) -> Health:
+        listening, detail = self._node_listening()
+        database, queue, error = True, {}, None
+        try:
+            with self.sessions() as session:
+                queue = count_jobs_by_state(session)
+                error = overview.latest_error(session)
+        except Exception as exc:  # the database may be down: the page still answers and says so
+            database, detail_db = False, type(exc).__name__
+            log.warning("console: database does not answer: %s", detail_db)
+        try:
+            free: int | None = shutil.disk_usage(self.archive.root).free
+        except OSError:
+            free = None
+        return Health(listening, detail, database, free, self.archive.free_space_reserve_bytes, queue,
+                      error[1] if error else None, error[0] if error else None)
+
+    def metrics_text(self) -> bytes:
+        """The database-derived figures of ``/metrics`` (jobs and deliveries by state, archive
+        space, job stage times), in Prometheus text format."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from dicom_node.metrics import live_collector
+
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(live_collector(self.archive, self.sessions))
+        return generate_latest(registry)
+
+    def result_card_png(self, job_id: int) -> bytes | None:
+        """The job's result card (the five crops with the lesion outline and the slice scores)
+        as PNG, or None when the job built none."""
+        import pydicom
+        from PIL import Image
+
+        job = self.job(job_id)
+        uid = ((job.get("result") or {}).get("instances") or {}).get("card")
+        if not uid:
+            return None
+        with self.sessions() as session:
+            path = overview.instance_path(session, uid)
+        if not path:
+            return None
+        ds = pydicom.dcmread(self.archive.path(path))
+        buffer = io.BytesIO()
+        Image.fromarray(ds.pixel_array).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def patient_of(self, job_id: int) -> dict[str, str]:
+        """Patient name and ID from the job's archived SR (for a signed-in user's page only)."""
+        import pydicom
+
+        job = self.job(job_id)
+        uid = ((job.get("result") or {}).get("instances") or {}).get("sr")
+        with self.sessions() as session:
+            path = overview.instance_path(session, uid) if uid else None
+        if not path:
+            return {}
+        ds = pydicom.dcmread(self.archive.path(path), stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
+        return {"name": str(ds.get("PatientName", "")), "id": str(ds.get("PatientID", ""))}
+
+    # --- acting --------------------------------------------------------------------------
+
+    def replay(self, user: str, key: str, *, rerun: bool, remote: str = "") -> dict[str, Any]:
+        """``egfr-node queue replay KEY [--rerun]``, audited."""
+        action = "rerun" if rerun else "replay"
+        with self.sessions.begin() as session:
+            try:
+                job, created = replay(session, key, rerun=rerun)
+            except QueueError as exc:
+                outcome = f"refused: {exc}"
+            else:
+                if created and job.resend_only:
+                    outcome = f"job {job.id} queued: re-sends the results of job {job.result['resend_of_job']}"
+                elif created:
+                    outcome = f"job {job.id} queued (replay of job {job.replay_of_id})"
+                else:
+                    outcome = f"nothing new: study already has job {job.id} {job.state}"
+            audit.record(session, user, action, _target(key), outcome, remote)
+        if outcome.startswith("refused: "):
+            raise ActionRefused(outcome.removeprefix("refused: "))
+        return {"job": job.to_json(), "created": created, "outcome": outcome}
+
+    def cancel(self, user: str, job_id: int, remote: str = "") -> dict[str, Any]:
+        with self.sessions.begin() as session:
+            try:
+                job = cancel(session, job_id)
+                outcome = f"job {job.id} cancelled"
+            except QueueError as exc:
+                job, outcome = None, f"refused: {exc}"
+            audit.record(session, user, "cancel", f"job {job_id}", outcome, remote)
+        if job is None:
+            raise ActionRefused(outcome.removeprefix("refused: "))
+        return {"job": job.to_json(), "outcome": outcome}
+
+    def activate(self, user: str, key: str, remote: str = "") -> dict[str, Any]:
+        """``egfr-node models activate PATH|ID``: checked, registered, active; audited."""
+        from dicom_node.commands import models
+        from pipeline.bundle import BundleError
+
+        try:
+            record = models.activate(self.sessions, key)
+            outcome, refused = f"bundle {record.id} ({record.name} {record.version}) active", False
+        except (BundleError, bundles.BundleRegistryError) as exc:
+            outcome, refused = f"refused: {exc}", True
+        with self.sessions.begin() as session:
+            audit.record(session, user, "activate", f"bundle {key}"[:128], outcome, remote)
+        if refused:
+            raise ActionRefused(outcome.removeprefix("refused: "))
+        return {"bundle": _bundle_json(record), "outcome": outcome}
+
+    def echo(self, user: str, name: str, remote: str = "") -> dict[str, Any]:
+        """C-ECHO a configured destination, as ``egfr-node echo`` does; audited."""
+        from dicom_node.scu import SendError, echo
+
+        dest = next((d for d in self.config.destinations if d.name == name), None)
+        if dest is None:
+            raise ActionRefused(f"no destination {name!r} in the configuration")
+        started = time.monotonic()
+        try:
+            status = echo(dest, calling_aet=self.config.node.ae_title, timeout=self.config.delivery.timeout_seconds)
+            ok = status == 0
+            outcome = "C-ECHO success" if ok else f"C-ECHO failed: status 0x{status:04X}"
+        except SendError as exc:
+            ok, outcome = False, f"C-ECHO failed: {exc}"
+        seconds = time.monotonic() - started
+        with self.sessions.begin() as session:
+            audit.record(session, user, "echo", f"destination {name}", outcome, remote)
+        return {"destination": name, "ok": ok, "outcome": outcome, "seconds": round(seconds, 3)}
+
+    def signed_in(self, user: str, remote: str, ok: bool) -> None:
+        with self.sessions.begin() as session:
+            audit.record(session, user, "sign-in", "console", "signed in" if ok else "refused: wrong user or password",
+                         remote)
+
+    # --- health parts --------------------------------------------------------------------
+
+    def _node_listening(self) -> tuple[bool, str]:
+        """Whether the node's SCP answers a C-ECHO on its configured port (checked at most every
+        ``ECHO_EVERY_SECONDS``, so a refreshing page adds one association per interval)."""
+        from dicom_node.scu import SendError, echo
+
+        cached = self._listening
+        with cached.lock:
+            if time.monotonic() - cached.at < self.ECHO_EVERY_SECONDS:
+                return cached.value
+            node = self.config.node
+            host = "127.0.0.1" if node.host in ("0.0.0.0", "", "::") else node.host
+            me = Destination(name="self", ae_title=node.ae_title, host=host, port=node.port)
+            calling = node.allowed_calling_aets[0] if node.allowed_calling_aets else node.ae_title
+            try:
+                status = echo(me, calling_aet=calling, timeout=5.0)
+                cached.value = (status == 0, f"{node.ae_title} at {host}:{node.port} answers C-ECHO"
+                                if status == 0 else f"C-ECHO status 0x{status:04X}")
+            except SendError as exc:
+                cached.value = (False, f"{node.ae_title} at {host}:{node.port}: {exc}")
+            cached.at = time.monotonic()
+            return cached.value
+
+
+def _target(key: str) -> str:
+    key = key.strip()
+    return f"job {key}" if key.isdigit() else f"study {key}"[:128]
+
+
+def _bundle_json(record: bundles.BundleRecord) -> dict[str, Any]:
+    return {"id": record.id, "name": record.name, "version": record.version, "device_uid": record.device_uid,
+            "path": record.bundle_path, "active": record.active, "registered_at": record.created_at.isoformat() + "Z"}

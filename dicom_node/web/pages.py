@@ -1,0 +1,208 @@
+"""The console's pages, server-rendered from ``templates/`` (Jinja): sign-in, queue (refreshes
+itself), job, studies, models, destinations, audit. Actions are forms that carry the
+session's CSRF token and go through the same :class:`Console` calls as the API."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+
+from dicom_node.web.app import remote_of, require_csrf, user_of
+from dicom_node.web.auth import new_csrf_token
+from dicom_node.web.console import ActionRefused, Console
+from dicom_node.web.plots import slice_scores_svg
+
+__all__ = ["router", "error_page"]
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
+Action = Depends(require_csrf)
+PAGE = 50
+RESEARCH_USE = ("Research use only: a second opinion from a model cross-validated on one cohort, "
+                "not a diagnosis; internal cross-validation is not external validation.")
+
+
+def _console(request: Request) -> Console:
+    return request.app.state.console
+
+
+def _render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    console = _console(request)
+    flash = request.session.pop("flash", None) if template != "queue_rows.html" else None
+    return templates.TemplateResponse(request, template, {
+        "user": request.state.user, "csrf": request.session.get("csrf"), "flash": flash,
+        "health": console.health() if request.state.user else None, "research_use": RESEARCH_USE,
+        "refresh_seconds": console.config.web.refresh_seconds, **context}, status_code=status_code)
+
+
+def error_page(request: Request, status_code: int, message: str) -> HTMLResponse:
+    return _render(request, "error.html", status_code=status_code, status=status_code, message=message)
+
+
+def _back(request: Request, url: str, message: str, ok: bool = True) -> RedirectResponse:
+    request.session["flash"] = {"ok": ok, "text": message}
+    return RedirectResponse(url, status_code=303)
+
+
+# --- signing in ------------------------------------------------------------------------
+
+
+def _safe_next(target: str | None) -> str:
+    return target if target and target.startswith("/") and not target.startswith("//") else "/queue"
+
+
+@router.get("/login")
+def login_page(request: Request, next: str | None = None) -> HTMLResponse:  # noqa: A002 - the query's name
+    return _render(request, "login.html", next=_safe_next(next), failed=False)
+
+
+@router.post("/login", dependencies=[Action])
+async def login(request: Request, user: str = Form(max_length=64), password: str = Form(max_length=1024),
+                next: str = Form("/queue")) -> Response:  # noqa: A002
+    console, users = _console(request), request.app.state.users
+    ok = await asyncio.to_thread(users.check, user, password)
+    await asyncio.to_thread(console.signed_in, user, remote_of(request), ok)
+    if not ok:
+        await asyncio.sleep(1.0)  # slows password guessing
+        return _render(request, "login.html", status_code=401, next=_safe_next(next), failed=True)
+    request.session.clear()  # a new session on sign-in (no fixation)
+    request.session.update(user=user, csrf=new_csrf_token())
+    return RedirectResponse(_safe_next(next), status_code=303)
+
+
+@router.post("/logout", dependencies=[Action])
+def logout(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+# --- queue and jobs ----------------------------------------------------------------------
+
+
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/queue", status_code=303)
+
+
+def _queue_context(request: Request, state: str | None, study: str | None, page: int) -> dict[str, Any]:
+    page = max(1, page)
+    try:
+        jobs = _console(request).jobs(state or None, study or None, limit=PAGE + 1, offset=(page - 1) * PAGE)
+        problem = None
+    except ActionRefused as exc:
+        jobs, problem = [], str(exc)
+    filters = {k: v for k, v in (("state", state), ("study", study)) if v}
+    return {"jobs": jobs[:PAGE], "more": len(jobs) > PAGE, "page": page, "state": state or "", "study": study or "",
+            "problem": problem, "query": urlencode(filters), "states": ["waiting", "queued", "running", "done",
+                                                                       "failed", "cancelled"]}
+
+
+@router.get("/queue")
+def queue_page(request: Request, state: str | None = None, study: str | None = None, page: int = 1) -> HTMLResponse:
+    return _render(request, "queue.html", **_queue_context(request, state, study, page))
+
+
+@router.get("/queue/rows")
+def queue_rows(request: Request, state: str | None = None, study: str | None = None, page: int = 1) -> HTMLResponse:
+    """The queue table's body and the health strip, for the page's refresh."""
+    return _render(request, "queue_rows.html", **_queue_context(request, state, study, page))
+
+
+@router.get("/jobs/{job_id}")
+def job_page(job_id: int, request: Request) -> HTMLResponse:
+    console = _console(request)
+    try:
+        job = console.job(job_id)
+    except ActionRefused as exc:
+        return error_page(request, 404, str(exc))
+    result = job.get("result") or {}
+    plot = ""
+    if result.get("scores"):
+        plot = Markup(slice_scores_svg(result["scores"], result.get("threshold"),
+                                       (result.get("selection") or {}).get("slices")))
+    patient = console.patient_of(job_id) if (result.get("instances") or {}).get("sr") else {}
+    return _render(request, "job.html", job=job, result=result, plot=plot, patient=patient,
+                   has_card=bool((result.get("instances") or {}).get("card")))
+
+
+@router.post("/jobs/{job_id}/{action}", dependencies=[Action])
+def job_action(job_id: int, action: str, request: Request) -> Response:
+    console, user, remote = _console(request), user_of(request), remote_of(request)
+    try:
+        if action == "cancel":
+            done = console.cancel(user, job_id, remote=remote)
+        elif action in ("replay", "rerun"):
+            done = console.replay(user, str(job_id), rerun=action == "rerun", remote=remote)
+        else:
+            return error_page(request, 404, f"no action {action!r} on a job")
+    except ActionRefused as exc:
+        return _back(request, f"/jobs/{job_id}", f"{action} refused: {exc}", ok=False)
+    return _back(request, f"/jobs/{done['job']['id']}", done["outcome"])
+
+
+# --- studies, models, destinations, audit -------------------------------------------------
+
+
+@router.get("/studies")
+def studies_page(request: Request, page: int = 1) -> HTMLResponse:
+    page = max(1, page)
+    total, studies = _console(request).studies(PAGE, (page - 1) * PAGE)
+    return _render(request, "studies.html", studies=studies, total=total, page=page, more=page * PAGE < total)
+
+
+@router.post("/studies/{study_uid}/replay", dependencies=[Action])
+def study_replay(study_uid: str, request: Request) -> Response:
+    try:
+        done = _console(request).replay(user_of(request), study_uid, rerun=False, remote=remote_of(request))
+    except ActionRefused as exc:
+        return _back(request, "/studies", f"replay refused: {exc}", ok=False)
+    return _back(request, f"/jobs/{done['job']['id']}", done["outcome"])
+
+
+@router.get("/models")
+def models_page(request: Request) -> HTMLResponse:
+    return _render(request, "models.html", bundles=_console(request).bundles())
+
+
+@router.get("/models/{model_id}")
+def model_page(model_id: int, request: Request) -> HTMLResponse:
+    try:
+        bundle = _console(request).bundle(model_id)
+    except ActionRefused as exc:
+        return error_page(request, 404, str(exc))
+    return _render(request, "model.html", bundle=bundle)
+
+
+@router.post("/models/activate", dependencies=[Action])
+def model_activate(request: Request, key: str = Form(max_length=4096)) -> Response:
+    try:
+        done = _console(request).activate(user_of(request), key.strip(), remote=remote_of(request))
+    except ActionRefused as exc:
+        return _back(request, "/models", f"activation refused: {exc}", ok=False)
+    return _back(request, "/models", done["outcome"])
+
+
+@router.get("/destinations")
+def destinations_page(request: Request) -> HTMLResponse:
+    return _render(request, "destinations.html", destinations=_console(request).destinations())
+
+
+@router.post("/destinations/{name}/echo", dependencies=[Action])
+def destination_echo(name: str, request: Request) -> Response:
+    try:
+        done = _console(request).echo(user_of(request), name, remote=remote_of(request))
+    except ActionRefused as exc:
+        return _back(request, "/destinations", str(exc), ok=False)
+    return _back(request, "/destinations", f"{name}: {done['outcome']} ({done['seconds']:.2f} s)", ok=done["ok"])
+
+
+@router.get("/audit")
+def audit_page(request: Request) -> HTMLResponse:
+    return _render(request, "audit.html", entries=_console(request).audit(500))
