@@ -63,6 +63,9 @@ SIDE: list[tuple[str, dict]] = [
 COHORTS = {  # name: (patients, positive fraction, effect size, seed, geometry)
     "clear": (30, 0.5, 1.0, 21, "mixed"),
     "weak": (40, 0.5, 0.6, 22, "mixed"),
+    # 1 mm axial series, as the demo's and test_learning's: the lesion shows on all 5 model slices
+    "clear1mm": (30, 0.5, 1.0, 23, "axial3d"),
+    "weak1mm": (40, 0.5, 0.5, 24, "axial3d"),
 }
 
 
@@ -209,7 +212,7 @@ def render(done: dict, rows: list, args: argparse.Namespace, machine: str) -> st
         return f"{row['auc']:.2f} ({row['ci'][0]:.2f}-{row['ci'][1]:.2f})"
 
     header = "| # | change | " + " | ".join(
-        f"{c}: {COHORTS[c][0]} patients, effect {COHORTS[c][2]:g}" for c in cohorts) + " |"
+        f"{c}: {COHORTS[c][0]} patients, effect {COHORTS[c][2]:g}, {COHORTS[c][4]}" for c in cohorts) + " |"
     lines = [f"Device: {machine}; {args.epochs} epochs, {args.folds} folds (seed 0, the same patient splits in every "
              f"row), the node's own inputs [5, 3, {args.output_size}, {args.output_size}] (N4, z-score, crop), cached once.",
              "",

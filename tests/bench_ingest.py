@@ -2,6 +2,7 @@
 that stores nothing, on the same files with the same sender, in one run.
 
     .venv/bin/python tests/bench_ingest.py [--count 300] [--repeat 1]
+    .venv/bin/python tests/bench_ingest.py --console [--repeat 3]   # serve with and without the console
 
 Sends the same MR slices (256x256, 16-bit, about 129 KiB each) with DCMTK storescu over 1 and
 4 parallel associations to: (1) DCMTK storescp writing files (no fsync); (2) a private
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -162,6 +164,77 @@ def bench_node(files: list[Path], work: Path, associations: int, fsync: bool = T
         proc.communicate(timeout=60)
     assert len(list((folder / "data" / "archive").rglob("*.dcm"))) == len(files)
     return seconds
+
+
+def _poll_console(url: str, password: str, stop: threading.Event, every: float, served: list[int]) -> None:
+    """What an open queue page does: its rows and health strip every ``every`` seconds."""
+    import requests
+
+    session = requests.Session()
+    session.post(url + "/api/session", json={"user": "bench", "password": password}, timeout=30).raise_for_status()
+    while not stop.wait(every):
+        answer = session.get(url + "/queue/rows", timeout=30)
+        served.append(answer.status_code)
+
+
+def bench_serve(files: list[Path], work: Path, console: bool, refresh: float = 1.0) -> tuple[float, int]:
+    """``egfr-node serve`` (SCP + worker) receiving over one association, with the console
+    enabled and a queue page refreshing every ``refresh`` s, or without it. (seconds, pages served)."""
+    port, web_port = free_port(), free_port()
+    folder = work / f"serve-console-{console}"
+    config = write_config(folder, port, stable=3600)
+    config.write_text(config.read_text() + f"\n[web]\nenabled = {str(console).lower()}\nport = {web_port}\n")
+    assert cli(config, "db", "upgrade").returncode == 0
+    password = "bench password"
+    if console:
+        added = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "web", "add-user",
+                                "bench", "--password-stdin"], input=password + "\n", capture_output=True, text=True)
+        assert added.returncode == 0, added.stderr
+    proc = start(config, "serve")
+    stop, served = threading.Event(), []
+    poller = None
+    try:
+        wait_until_listening(port, proc)
+        if console:
+            import requests
+
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    requests.get(f"http://127.0.0.1:{web_port}/login", timeout=2)
+                    break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline, "the console did not start"
+                    time.sleep(0.3)
+            poller = threading.Thread(target=_poll_console, args=(f"http://127.0.0.1:{web_port}", password, stop,
+                                                                   refresh, served), daemon=True)
+            poller.start()
+            time.sleep(2 * refresh)
+        seconds = send(port, "EGFR_NODE", files, 1)
+    finally:
+        stop.set()
+        if poller:
+            poller.join(30)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert all(code == 200 for code in served), served
+    shutil.rmtree(folder, ignore_errors=True)
+    return seconds, len(served)
+
+
+def console_ab(files: list[Path], work: Path, repeat: int) -> None:
+    """``serve`` without and with the console, alternated ``repeat`` times; best of each."""
+    best = {False: float("inf"), True: float("inf")}
+    for i in range(repeat):
+        for console in (False, True):
+            seconds, pages = bench_serve(files, work / f"r{i}", console)
+            best[console] = min(best[console], seconds)
+            print(f"  run {i + 1}: serve {'with the console, queue page refreshing every 1 s' if console else 'without the console':<52}"
+                  f" {len(files) / seconds:8.1f} instances/s  ({seconds:.2f} s{f', {pages} pages served' if console else ''})",
+                  flush=True)
+    without, with_console = len(files) / best[False], len(files) / best[True]
+    print(f"1 association, best of {repeat}: without the console {without:.1f}, with it {with_console:.1f} instances/s: "
+          f"{(with_console / without - 1) * 100:+.1f} %")
 
 
 #: (module or module:class, function, stage, depth) for ``--stages``, in the order of the receive path.
@@ -349,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per receiver; the best is reported")
     parser.add_argument("--stages", action="store_true", help="only the node's stage-by-stage profile")
     parser.add_argument("--associations", type=int, default=1, help="with --stages: parallel associations (default 1)")
+    parser.add_argument("--console", action="store_true",
+                        help="only `egfr-node serve` at one association without and with the console open and refreshing")
     parser.add_argument("--bounds", action="store_true",
                         help="only what bounds one association: wall and CPU per instance, with what-if variants")
     args = parser.parse_args(argv)
@@ -367,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.bounds:
             bounds(files, work)
+            return 0
+        if args.console:
+            console_ab(files, work, args.repeat)
             return 0
         runs: list[tuple[str, int, object]] = []
         for a in (1, 4):

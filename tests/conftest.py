@@ -143,3 +143,29 @@ def phantom_study(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pha
         return cache[key]
 
     return make
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium through Selenium (the viewer and console tests), software GL."""
+    selenium = pytest.importorskip("selenium.webdriver", reason="selenium is a test dependency: pip install -e '.[test]'")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        skip_or_fail("Debian chromium and chromium-driver are needed (.ci/run installs them)")
+    options = Options()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1600,1000", "--use-gl=swiftshader",
+                 "--enable-unsafe-swiftshader"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    web = selenium.Chrome(service=Service(driver), options=options)
+    web.set_page_load_timeout(120)
+    try:
+        yield web
+    finally:
+        web.quit()

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,31 +40,6 @@ ARTIFACTS = Path(__file__).with_name("artifacts")
 @pytest.fixture(scope="module")
 def ohif_dist() -> Path:
     return installed_or_skip(install_ohif, f"OHIF {OHIF_VERSION}")
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    selenium = pytest.importorskip("selenium.webdriver", reason="selenium is a test dependency: pip install -e '.[test]'")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        skip_or_fail("Debian chromium and chromium-driver are needed (.ci/run installs them)")
-    options = Options()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1600,1000", "--use-gl=swiftshader",
-                 "--enable-unsafe-swiftshader"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    web = selenium.Chrome(service=Service(driver), options=options)
-    web.set_page_load_timeout(120)
-    try:
-        yield web
-    finally:
-        web.quit()
 
 
 class ResultsAtPacs:

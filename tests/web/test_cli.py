@@ -1,0 +1,54 @@
+"""From the shell: ``egfr-node web add-user`` writes a user, ``egfr-node serve`` with ``[web]
+enabled`` serves the console beside the SCP (its own process), and stopping serve stops it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.node.process import cli, free_port, start, wait_until_listening, write_config
+
+
+def test_serve_starts_the_console_and_add_user_lets_a_user_in(tmp_path: Path) -> None:
+    port, web_port = free_port(), free_port()
+    config = write_config(tmp_path, port)
+    config.write_text(config.read_text() + f"\n[web]\nenabled = true\nport = {web_port}\n")
+    assert cli(config, "db", "upgrade").returncode == 0
+    added = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "web", "add-user", "oncall",
+                            "--password-stdin"], input="night shift 0300\n", capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0 and "added oncall" in added.stdout, added.stderr
+    short = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "web", "add-user", "x",
+                            "--password-stdin"], input="short\n", capture_output=True, text=True, timeout=60)
+    assert short.returncode == 1 and "at least 8 characters" in short.stderr
+
+    proc = start(config, "serve")
+    url = f"http://127.0.0.1:{web_port}"
+    try:
+        wait_until_listening(port, proc)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(url + "/login", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "serve did not start the console"
+                time.sleep(0.3)
+        session = requests.Session()
+        assert session.post(url + "/api/session", json={"user": "oncall", "password": "night shift 0300"},
+                            timeout=30).status_code == 200
+        health = session.get(url + "/api/health", timeout=30).json()
+        assert health["listening"] and health["database"], health
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output[-2000:]
+    try:
+        requests.get(url + "/login", timeout=2)
+        raise AssertionError("the console still answers after serve stopped")
+    except requests.ConnectionError:
+        pass
