@@ -163,6 +163,8 @@ def cmd_web(args: argparse.Namespace) -> int:
         run_console(config)
     except UsersFileError as exc:
         return _fail(str(exc), 2)
+    except KeyboardInterrupt:  # uvicorn stops on SIGINT/SIGTERM, then raises it again
+        pass
     return 0
 
 

@@ -36,6 +36,9 @@ def run_console(config: Config, sock: socket.socket | None = None) -> None:
     import uvicorn
 
     app, runtime = build(config)
+    # The console's C-ECHOs (its own SCP, a destination) report their outcome on the page and in
+    # the audit; pynetdicom's own error lines for a refused connection would only repeat them.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     web = config.web
     server = uvicorn.Server(uvicorn.Config(
         app, host=web.host, port=web.port, access_log=False, log_level="warning", limit_concurrency=CONCURRENCY,

@@ -52,3 +52,45 @@ def test_serve_starts_the_console_and_add_user_lets_a_user_in(tmp_path: Path) ->
         raise AssertionError("the console still answers after serve stopped")
     except requests.ConnectionError:
         pass
+
+
+def test_web_alone_serves_https_with_secure_cookies_when_configured(tmp_path: Path) -> None:
+    from tests.node.tls_certs import make_tls_files
+
+    certs = make_tls_files(tmp_path / "tls")
+    port, web_port = free_port(), free_port()
+    config = write_config(tmp_path, port)
+    config.write_text(config.read_text() + f'\n[web]\nport = {web_port}\ncertificate = "{certs.server_cert}"\n'
+                                           f'private_key = "{certs.server_key}"\n')
+    assert cli(config, "db", "upgrade").returncode == 0
+    added = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "web", "add-user", "oncall",
+                            "--password-stdin"], input="night shift 0300\n", capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    proc = start(config, "web")  # the console alone: no SCP in this process
+    url = f"https://127.0.0.1:{web_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(url + "/login", timeout=2, verify=str(certs.ca_cert))
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "egfr-node web did not start"
+                time.sleep(0.3)
+        session = requests.Session()
+        signed = session.post(url + "/api/session", json={"user": "oncall", "password": "night shift 0300"},
+                              timeout=30, verify=str(certs.ca_cert))
+        assert signed.status_code == 200
+        cookie = signed.headers["set-cookie"].lower()
+        assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie, cookie
+        health = session.get(url + "/api/health", timeout=30, verify=str(certs.ca_cert)).json()
+        assert health["database"] and not health["listening"]  # no SCP runs here, and the strip says so
+        try:
+            requests.get(f"http://127.0.0.1:{web_port}/login", timeout=5)
+            raise AssertionError("plain HTTP answered on the HTTPS port")
+        except requests.ConnectionError:
+            pass
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output[-2000:]
