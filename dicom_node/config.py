@@ -126,6 +126,14 @@ class InferenceSection:
 
 
 @dataclass(frozen=True)
+class ContrastSection:
+    """[contrast]: the evidence of a contrast agent a series needs before it is predicted."""
+
+    require_evidence: bool = True
+    series_description_pattern: str = ""
+
+
+@dataclass(frozen=True)
 class DeliverySection:
     """[delivery]: C-STORE of results to the destinations, with retries."""
 
@@ -206,6 +214,7 @@ class Config:
     database: DatabaseSection = field(default_factory=DatabaseSection)
     worker: WorkerSection = field(default_factory=WorkerSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
+    contrast: ContrastSection = field(default_factory=ContrastSection)
     delivery: DeliverySection = field(default_factory=DeliverySection)
     report: ReportSection = field(default_factory=ReportSection)
     destinations: tuple[Destination, ...] = ()
@@ -233,6 +242,7 @@ _SECTIONS: dict[str, type] = {
     "database": DatabaseSection,
     "worker": WorkerSection,
     "inference": InferenceSection,
+    "contrast": ContrastSection,
     "delivery": DeliverySection,
     "report": ReportSection,
     "logging": LoggingSection,
@@ -457,6 +467,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"inference.device: must be auto, cpu or cuda, got {config.inference.device!r}")
     if config.inference.torch_threads < 0:
         raise ConfigError("inference.torch_threads: must not be negative (0 = all cores but one)")
+    try:
+        re.compile(config.contrast.series_description_pattern)
+    except re.error as exc:
+        raise ConfigError(f"contrast.series_description_pattern: not a regular expression: {exc}") from None
     d = config.delivery
     if d.max_attempts < 1:
         raise ConfigError("delivery.max_attempts: must be at least 1")

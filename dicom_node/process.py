@@ -35,6 +35,7 @@ from dicom_node.intake import store_instance
 from dicom_node.received_header import read_header
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
 from dicom_node.report.image_point import nearest_image_point
+from pipeline.contrast import ContrastRule, check_contrast
 from pipeline.infer import FoldEnsemble, Prediction
 from pipeline.prepare import PreparedStudy, prepare_study
 from pipeline.timing import Laps
@@ -118,13 +119,21 @@ def _segment_tracking(seg: Dataset, segment_number: int) -> tuple[str | None, st
     return None, None
 
 
-def _algorithm(bundle: FoldEnsemble, config: Config) -> AlgorithmInfo:
+def _algorithm(bundle: FoldEnsemble, config: Config, contrast: str = "") -> AlgorithmInfo:
     m = bundle.manifest
     return AlgorithmInfo(
         name=m.name[:64], version=m.version[:64], device_uid=m.device_uid, manufacturer=config.report.manufacturer[:64],
         model_name=f"{m.architecture} x{len(m.folds)} folds"[:64], threshold=m.threshold,
-        slice_aggregation=m.slice_aggregation, fold_aggregation=m.fold_aggregation,
+        slice_aggregation=m.slice_aggregation, fold_aggregation=m.fold_aggregation, contrast_evidence=contrast,
     )
+
+
+def _contrast(ctx: JobContext, prepared: PreparedStudy) -> str:
+    """The evidence of contrast in the chosen series (ContrastError without it, by default)."""
+    rule = ContrastRule(ctx.config.contrast.require_evidence, ctx.config.contrast.series_description_pattern)
+    with ctx.sessions() as session:
+        paths = _series_paths(session, prepared.study.series_uid)
+    return check_contrast(_headers(ctx.archive, paths), prepared.study.series_uid, rule)
 
 
 def lesion_centroid_lps(lesion: sitk.Image) -> tuple[float, float, float]:
@@ -148,10 +157,11 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
     manifest = ensemble.manifest
     prepared = prepare_study(ctx.archive.root / study_uid, manifest.preprocessing, exclude_sop_uids=own)
     lap("preprocess")
+    contrast = _contrast(ctx, prepared)
     prediction = ensemble.predict(prepared.model_input.array)
     lap("infer")
     uids = result_uids(study_uid, job_key, manifest.device_uid, manifest.version)
-    instances = _reused(ctx, prepared, uids) or _build_and_archive(ctx, prepared, prediction, ensemble, uids)
+    instances = _reused(ctx, prepared, uids) or _build_and_archive(ctx, prepared, prediction, ensemble, uids, contrast)
     lap("report")
     study = prepared.study
     slices = prepared.model_input.provenance["slices"]
@@ -169,6 +179,7 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
         "probability": round(prediction.probability, 6),
         "status": "positive" if prediction.positive else "negative",
         "threshold": manifest.threshold,
+        "contrast": contrast,
         "slice_aggregation": manifest.slice_aggregation,
         "fold_aggregation": manifest.fold_aggregation,
         "instances": instances,
@@ -190,11 +201,11 @@ def _reused(ctx: JobContext, prepared: PreparedStudy, uids: dict[str, str]) -> d
 
 
 def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Prediction, ensemble: FoldEnsemble,
-                       uids: dict[str, str]) -> dict[str, str | None]:
+                       uids: dict[str, str], contrast: str = "") -> dict[str, str | None]:
     """SEG (when the lesion came from an RTSTRUCT), SR and result card, each archived as the
     node's own, with the UIDs ``uids`` (:func:`result_uids`)."""
     study, config = prepared.study, ctx.config
-    algorithm = _algorithm(ensemble, config)
+    algorithm = _algorithm(ensemble, config, contrast)
     used = sorted({uid for k in prepared.model_input.provenance["slices"]["indices"] for uid in study.source_sop_uids[k]})
     with ctx.sessions() as session:
         paths = _paths(session, [*used, study.mask_sop_uid])

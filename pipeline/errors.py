@@ -7,7 +7,7 @@ worker stores it as the job's failure reason.
 
 from __future__ import annotations
 
-__all__ = ["PipelineError", "SelectionError", "VolumeError", "MaskError", "PreprocessError"]
+__all__ = ["PipelineError", "SelectionError", "VolumeError", "MaskError", "PreprocessError", "ContrastError"]
 
 
 class PipelineError(Exception):
@@ -28,3 +28,7 @@ class MaskError(PipelineError):
 
 class PreprocessError(PipelineError):
     """A preprocessing step cannot run on this volume (empty lesion, lesion at the edge, ...)."""
+
+
+class ContrastError(PipelineError):
+    """The chosen series shows no evidence of a contrast agent (the method reads post-contrast T1)."""

@@ -79,11 +79,15 @@ class AlgorithmInfo:
     slice_aggregation: str
     fold_aggregation: str
     positive_class: str = "EGFR mutation"
+    #: what showed the series is post-contrast (pipeline.contrast), or "" when not recorded
+    contrast_evidence: str = ""
 
     def __post_init__(self) -> None:
         for field in ("name", "version", "manufacturer", "model_name", "slice_aggregation", "fold_aggregation",
                       "positive_class"):
             check_text(field, getattr(self, field))
+        if self.contrast_evidence:
+            check_text("contrast_evidence", self.contrast_evidence, max_length=1024)
         check_uid("device_uid", self.device_uid)
         object.__setattr__(self, "threshold", check_real("threshold", self.threshold, 0.0, 1.0))
 
@@ -94,6 +98,7 @@ class AlgorithmInfo:
             f"decision threshold: {self.threshold:g}",
             f"slice aggregation: {self.slice_aggregation}",
             f"fold aggregation: {self.fold_aggregation}",
+            *([f"contrast evidence: {self.contrast_evidence}"] if self.contrast_evidence else []),
         ]
 
     def identification(self) -> hd.sr.AlgorithmIdentification:
