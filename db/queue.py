@@ -31,6 +31,7 @@ __all__ = [
     "claim_next",
     "renew_lease",
     "finish_job",
+    "hand_back",
     "count_jobs_by_state",
     "sweep_expired_leases",
     "replay",
@@ -290,6 +291,20 @@ def release_for_retry(
         job.state, job.queued_at = JobState.QUEUED, now
         job.reason = f"requeued after attempt {job.attempts} failed: {reason}"
     return job.state
+
+
+def hand_back(session: Session, job_id: int, worker_id: str, reason: str, now: datetime | None = None) -> bool:
+    """A running job this worker gives up without a failure (it is stopping): back to queued,
+    the lease released, the attempt not counted. False if the job is no longer this worker's."""
+    now = now or utcnow()
+    job = session.get(Job, job_id)
+    if job is None or job.state is not JobState.RUNNING or job.lease_owner != worker_id:
+        return False
+    job.state, job.queued_at, job.updated_at = JobState.QUEUED, now, now
+    job.lease_owner = job.lease_expires_at = None
+    job.attempts = max(0, job.attempts - 1)
+    job.reason = f"handed back: {reason}"
+    return True
 
 
 def sweep_expired_leases(session: Session, max_attempts: int, now: datetime | None = None) -> list[JobView]:

@@ -111,6 +111,8 @@ class WorkerSection:
     lease_seconds: float = 600.0
     max_attempts: int = 3
     claim_interval_seconds: float = 1.0
+    #: on stop, how long a running job may go on before it is handed back to the queue
+    stop_grace_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -463,6 +465,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("worker.max_attempts: must be at least 1")
     if w.claim_interval_seconds <= 0:
         raise ConfigError("worker.claim_interval_seconds: must be positive")
+    if w.stop_grace_seconds < 0:
+        raise ConfigError("worker.stop_grace_seconds: must not be negative")
     if config.inference.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"inference.device: must be auto, cpu or cuda, got {config.inference.device!r}")
     if config.inference.torch_threads < 0:

@@ -30,6 +30,7 @@ from db.queue import (
     JobView,
     claim_next,
     finish_job,
+    hand_back,
     get_job,
     note_waiting_for,
     release_for_retry,
@@ -111,6 +112,9 @@ class Worker:
         self.scheduler: BackgroundScheduler | None = None
         self._ensembles: dict[int, Any] = {}
         self._deliver_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._runner: threading.Thread | None = None
+        self._current: JobView | None = None  # the job claim_once is running, for a stop to hand back
         self.retry_policy = deliveries.RetryPolicy(
             max_attempts=config.delivery.max_attempts,
             initial_backoff_seconds=config.delivery.initial_backoff_seconds,
@@ -140,8 +144,12 @@ class Worker:
             return None
         log.info("job %d claimed for study %s (attempt %d)", job.id, job.study_uid, job.attempts,
                  extra={"job_id": job.id, "study_uid": job.study_uid})
-        with _Heartbeat(self, job.id) as heartbeat:
-            ok, reason, result, transient = self._run(job)
+        self._current = job
+        try:
+            with _Heartbeat(self, job.id) as heartbeat:
+                ok, reason, result, transient = self._run(job)
+        finally:
+            self._current = None
         if heartbeat.lost.is_set():
             log.warning("job %d: lease lost while running; its result is discarded", job.id)
             return job
@@ -249,27 +257,50 @@ class Worker:
             log.exception("%s failed; retrying at the next interval", name)
 
     def _claim_loop(self) -> None:
-        while self.claim_once() is not None:
+        while not self._stopping.is_set() and self.claim_once() is not None:
             pass
+
+    def _run_claims(self) -> None:
+        """The job runner: a daemon thread of its own (not the scheduler's pool, which the
+        interpreter waits for at exit), so a stop is bounded by ``worker.stop_grace_seconds``."""
+        while not self._stopping.wait(self.settings.claim_interval_seconds):
+            self._guard("claim", self._claim_loop)
 
     def start(self) -> None:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         now = datetime.now().astimezone()
         for name, action, seconds in (
             ("stable-study-scan", self.scan_once, self.settings.scan_interval_seconds),
-            ("claim", self._claim_loop, self.settings.claim_interval_seconds),
             ("delivery", self.deliver_due, self.config.delivery.scan_interval_seconds),
         ):
             self.scheduler.add_job(self._guard, "interval", args=(name, action), seconds=seconds, id=name,
                                    max_instances=1, coalesce=True, next_run_time=now)
         self.scheduler.start()
+        self._stopping.clear()
+        self._runner = threading.Thread(target=self._run_claims, name=f"jobs-{self.worker_id}", daemon=True)
+        self._runner.start()
         if not self.config.destinations:
             log.warning("no [[destinations]] configured: results are archived but sent nowhere")
         log.info("worker %s started: stable-study scan every %g s (stable after %g s), claim every %g s", self.worker_id,
                  self.settings.scan_interval_seconds, self.settings.study_stable_seconds, self.settings.claim_interval_seconds)
 
     def stop(self) -> None:
+        """Stop scanning, claiming and delivering. A job still running after
+        ``worker.stop_grace_seconds`` is handed back to the queue (its lease released, the
+        attempt not counted), so another worker, or this one restarted, runs it at once."""
+        self._stopping.set()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
-            log.info("worker %s stopped", self.worker_id)
+        if self._runner is not None:
+            self._runner.join(self.settings.stop_grace_seconds)
+            job = self._current
+            if self._runner.is_alive() and job is not None:
+                with self.sessions.begin() as session:
+                    handed = hand_back(session, job.id, self.worker_id,
+                                       f"worker {self.worker_id} stopped during the job")
+                if handed:
+                    log.warning("job %d handed back to the queue: still running %g s after the stop",
+                                job.id, self.settings.stop_grace_seconds, extra={"job_id": job.id})
+            self._runner = None
+        log.info("worker %s stopped", self.worker_id)
