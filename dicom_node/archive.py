@@ -252,11 +252,12 @@ class Archive:
         finally:
             os.close(fd)
 
-    def remove_stale_temporary_files(self) -> int:
-        """Delete temporary files left by this host's dead processes, or older than a day."""
+    def stale_temporary_files(self) -> list[Path]:
+        """Temporary files left by this host's dead processes, or older than a day (a live
+        writer's are not listed)."""
         host = socket.gethostname()
         now = time.time()
-        count = 0
+        stale = []
         for tmp in self.incoming.glob(f"*{TMP_SUFFIX}"):
             owner_host, _, rest = tmp.name.rpartition("-")[0].rpartition("-")
             pid = int(rest) if rest.isdigit() else -1
@@ -266,11 +267,26 @@ class Archive:
             except FileNotFoundError:
                 continue
             if dead or old:
-                tmp.unlink(missing_ok=True)
-                count += 1
-        if count:
-            log.warning("removed %d temporary files left by interrupted writes", count)
-        return count
+                stale.append(tmp)
+        return stale
+
+    def remove_stale_temporary_files(self) -> int:
+        """Delete :meth:`stale_temporary_files`; how many."""
+        stale = self.stale_temporary_files()
+        for tmp in stale:
+            tmp.unlink(missing_ok=True)
+        if stale:
+            log.warning("removed %d temporary files left by interrupted writes", len(stale))
+        return len(stale)
+
+    def files(self) -> list[str]:
+        """Every archived file's relative path (``<study>/<series>/<sop>.dcm``), hidden folders left out."""
+        found = []
+        for root, dirs, names in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            base = Path(root).relative_to(self.root)
+            found += [(base / name).as_posix() for name in sorted(names) if not name.startswith(".")]
+        return found
 
 
 def process_alive(pid: int) -> bool:

@@ -10,6 +10,8 @@
     egfr-node queue list [--state S] [--json] | show ID | replay STUDY_UID|JOB_ID [--rerun] | cancel ID
     egfr-node models list | activate PATH|ID | show [ID]
     egfr-node import DIR                 bulk-load DICOM files through the SCP's intake
+    egfr-node check [--repair]           do the archive and the database agree? (fix what is safe)
+    egfr-node backup DIR | restore DIR   a consistent copy of a running node; back into an empty data folder
     egfr-node train --cohort CSV --out DIR [...]   (training package)
     egfr-node demo                       the main job end to end on a phantom cohort
     egfr-node preprocess PATH [--out DIR]
@@ -340,6 +342,43 @@ def cmd_import(args: argparse.Namespace) -> int:
     return _with_runtime(args, do)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from dicom_node.commands.check import check_node
+
+    def do(runtime) -> int:  # type: ignore[no-untyped-def]
+        config = runtime.config
+        report = check_node(runtime.archive, runtime.sessions, quarantine=config.storage.data_path / "quarantine",
+                            repair=args.repair, max_attempts=config.worker.max_attempts,
+                            max_instance_bytes=config.node.max_instance_size_mb * 2**20)
+        print("\n".join(report.lines()))
+        return 0 if report.clean or args.repair and not report.left else 1
+
+    return _with_runtime(args, do)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from dicom_node.commands.backup import BackupError, backup_node
+
+    try:
+        summary = backup_node(_load(args), Path(args.folder))
+    except BackupError as exc:
+        return _fail(str(exc))
+    print(f"backup in {summary.folder}: {summary.files} files ({summary.bytes / 2**20:.1f} MiB); database: {summary.database}")
+    for line in summary.problems:
+        print(f"problem: {line}")
+    return 1 if summary.problems else 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from dicom_node.commands.backup import BackupError, restore_node
+
+    try:
+        print("\n".join(restore_node(_load(args), Path(args.folder))))
+    except BackupError as exc:
+        return _fail(str(exc))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from training.cli import main as train_main
 
@@ -452,6 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--queue", action="store_true", help="also queue each study for prediction (default: archive only)")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("check", help="compare the archive with the database; --repair fixes what is safe")
+    p.add_argument("--repair", action="store_true", help="re-register, quarantine, forget, requeue (see the report)")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("backup", help="a consistent copy of the database and the archive, while the node runs")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_backup)
+    p = sub.add_parser("restore", help="a backup back into an empty data folder, then check")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("train", help="train and evaluate a fold ensemble (training package)", add_help=False)
     p.set_defaults(func=None, forward=cmd_train)

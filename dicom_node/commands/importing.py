@@ -24,11 +24,12 @@ from tqdm import tqdm
 
 from dicom_node.archive import Archive, InvalidUID
 from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
+from db.ingest import RecordOutcome
 from dicom_node.intake import store_instance
-from dicom_node.received_header import NonConformant, read_header
+from dicom_node.received_header import NonConformant, ReceivedHeader, read_header
 from dicom_node.scp import PIXEL_DATA_REQUIRED, STORAGE_SOP_CLASSES
 
-__all__ = ["ImportSummary", "import_folder"]
+__all__ = ["ImportSummary", "import_folder", "import_file"]
 
 
 @dataclass
@@ -67,6 +68,29 @@ def _files(folder: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
+def import_file(path: Path, archive: Archive, sessions: sessionmaker[Session], *, max_instance_bytes: int,
+                queue: bool = False, data: bytes | Path | None = None) -> tuple[ReceivedHeader, RecordOutcome]:
+    """One Part-10 file through the SCP's checks and intake (``data``: its bytes, or a path
+    that stays where it is; default: read ``path``). Raises NonConformant (the reason),
+    InvalidDicomError, InvalidUID, OSError."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        raise NonConformant("not a DICOM Part-10 file (no file meta information)")
+    header = read_header(ds)
+    if header.sop_class_uid not in STORAGE_SOP_CLASSES:
+        raise NonConformant(f"SOP class {header.sop_class_uid} is not one the node stores")
+    try:  # the SCP's whole-dataset walk, before anything is archived
+        check_part10_file(path, max_instance_bytes, pixel_data_required=header.sop_class_uid in PIXEL_DATA_REQUIRED)
+    except IncompleteDataset as exc:
+        raise NonConformant(f"incomplete dataset: {exc}") from None
+    except DatasetTooLarge:
+        raise NonConformant(f"instance over node.max_instance_size_mb ({max_instance_bytes // 2**20} MiB)") from None
+    outcome = store_instance(archive, sessions, path.read_bytes() if data is None else data, header,
+                             str(meta.TransferSyntaxUID), calling_aet="IMPORT", enqueue=queue)
+    return header, outcome
+
+
 def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session], *, progress: bool = True,
                   queue: bool = False, max_instance_bytes: int = 1024 * 2**20) -> ImportSummary:
     """Import every DICOM Part-10 file under ``folder``; a DICOM file the SCP would refuse (cut
@@ -78,28 +102,13 @@ def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session
     """
     summary = ImportSummary()
     files = list(_files(Path(folder)))
-    accepted = set(STORAGE_SOP_CLASSES)
     for path in tqdm(files, desc="import", unit="file", disable=not progress):
         shown = str(path.relative_to(folder))
         try:
             if not _is_part10(path):
                 summary.skipped.append(shown)
                 continue
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            meta = getattr(ds, "file_meta", None)
-            if meta is None or "TransferSyntaxUID" not in meta:
-                raise NonConformant("not a DICOM Part-10 file (no file meta information)")
-            header = read_header(ds)
-            if header.sop_class_uid not in accepted:
-                raise NonConformant(f"SOP class {header.sop_class_uid} is not one the node stores")
-            try:  # the SCP's whole-dataset walk, before anything is archived
-                check_part10_file(path, max_instance_bytes, pixel_data_required=header.sop_class_uid in PIXEL_DATA_REQUIRED)
-            except IncompleteDataset as exc:
-                raise NonConformant(f"incomplete dataset: {exc}") from None
-            except DatasetTooLarge:
-                raise NonConformant(f"instance over node.max_instance_size_mb ({max_instance_bytes // 2**20} MiB)") from None
-            outcome = store_instance(archive, sessions, path.read_bytes(), header, str(meta.TransferSyntaxUID),
-                                     calling_aet="IMPORT", enqueue=queue)
+            header, outcome = import_file(path, archive, sessions, max_instance_bytes=max_instance_bytes, queue=queue)
         except (InvalidDicomError, NonConformant, InvalidUID) as exc:
             summary.refused.append((shown, str(exc) or type(exc).__name__))
             continue
