@@ -11,7 +11,6 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from db.migrate import upgrade
@@ -119,7 +118,7 @@ def test_backup_under_load_and_restore_lose_nothing_acknowledged(tmp_path) -> No
     before = {uid for at, uid in acknowledged if at < began}
     assert summary.problems == () and summary.files >= len(before)
 
-    restored = replace(make_config(tmp_path / "restored"))
+    restored = make_config(tmp_path / "restored")
     lines = restore_node(restored, tmp_path / "backup")
     assert "archive and database agree" in lines, lines
     runtime = open_runtime(restored)
