@@ -35,6 +35,7 @@ __all__ = [
     "DeliveryState",
     "Model",
     "AuditEntry",
+    "Deletion",
     "utcnow",
     "ACTIVE_JOB_STATES",
 ]
@@ -86,6 +87,10 @@ class Study(Base):
     study_uid: Mapped[str] = mapped_column(UID, unique=True)
     first_received_at: Mapped[datetime] = mapped_column(DateTime)
     last_received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    #: Pinned by an admin or a cohort (``egfr-node archive pin``): retention never deletes it.
+    pinned_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    pinned_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pin_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.id")
@@ -238,3 +243,38 @@ class AuditEntry(Base):
     #: what came of it, one line ("job 13 queued", "refused: job 12 is done")
     outcome: Mapped[str] = mapped_column(Text)
     remote: Mapped[str] = mapped_column(String(64), default="")
+
+
+
+DELETION_MARKED_SQL = "state = 'marked'"
+
+
+class Deletion(Base):
+    """A study retention deletes: marked (with the files it covers) in one transaction, then
+    the files are removed, then the rows, then ``done``. A node that dies in between finishes
+    a ``marked`` deletion at its next sweep. The row stays as the record of what went, when
+    and why; UIDs and counts only."""
+
+    __tablename__ = "deletion"
+    __table_args__ = (
+        Index("uq_deletion_marked_per_study", "study_uid", unique=True,
+              sqlite_where=text(DELETION_MARKED_SQL), postgresql_where=text(DELETION_MARKED_SQL)),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    #: age (retention.keep_days passed) | watermark (the disk above the high watermark)
+    reason: Mapped[str] = mapped_column(String(16))
+    #: one line: since when the study was finished, and the disk use that triggered it
+    detail: Mapped[str] = mapped_column(Text)
+    #: marked | done
+    state: Mapped[str] = mapped_column(String(16), default="marked")
+    marked_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    #: the instances the deletion covers (ids and archive paths), fixed when it is marked:
+    #: an instance that arrives later is not deleted with them
+    instance_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    paths: Mapped[list[str]] = mapped_column(JSON, default=list)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    jobs: Mapped[int] = mapped_column(Integer, default=0)

@@ -279,6 +279,39 @@ class Archive:
             log.warning("removed %d temporary files left by interrupted writes", len(stale))
         return len(stale)
 
+    def remove(self, relative_paths: list[str] | tuple[str, ...]) -> int:
+        """Delete these archived files (missing ones are fine: a deletion may be finished
+        twice), make the removals durable, and remove series and study folders left empty.
+        How many files were there."""
+        removed = 0
+        folders: set[Path] = set()
+        for relative in relative_paths:
+            path = self.root / relative
+            if self.root not in path.resolve().parents:
+                raise InvalidUID(f"{relative!r} is not under the archive")
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            folders.add(path.parent)
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+            for candidate in (folder, folder.parent):  # series, then study
+                if candidate == self.root or not candidate.is_dir():
+                    continue
+                if self.fsync:
+                    _fsync_path(candidate)  # the unlinks (or the series' rmdir) are durable
+                with contextlib.suppress(OSError):
+                    candidate.rmdir()  # only when empty
+        if self.fsync:
+            _fsync_path(self.root)
+        return removed
+
+    def disk_usage(self) -> tuple[int, int, int]:
+        """(total, used, free) bytes of the archive's file system."""
+        usage = shutil.disk_usage(self.root)
+        return usage.total, usage.total - usage.free, usage.free
+
     def files(self) -> list[str]:
         """Every archived file's relative path (``<study>/<series>/<sop>.dcm``), hidden folders left out."""
         found = []

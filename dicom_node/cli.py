@@ -12,6 +12,7 @@
     egfr-node import DIR                 bulk-load DICOM files through the SCP's intake
     egfr-node check [--repair]           do the archive and the database agree? (fix what is safe)
     egfr-node backup DIR | restore DIR   a consistent copy of a running node; back into an empty data folder
+    egfr-node archive pin|unpin STUDY_UID... | pin --cohort CSV | usage | prune [--dry-run]   retention
     egfr-node train --cohort CSV --out DIR [...]   (training package)
     egfr-node demo                       the main job end to end on a phantom cohort
     egfr-node preprocess PATH [--out DIR]
@@ -379,6 +380,50 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    from dicom_node.commands import archive
+
+    def do(runtime) -> int:  # type: ignore[no-untyped-def]
+        try:
+            return run(runtime)
+        except ValueError as exc:  # a bad UID, a cohort CSV that cannot be read: named in the message
+            return _fail(str(exc))
+
+    def run(runtime) -> int:  # type: ignore[no-untyped-def]
+        if args.action == "usage":
+            lines = archive.usage_lines(_retention(runtime))
+        elif args.action == "prune":
+            lines = archive.prune_lines(_retention(runtime), args.dry_run)
+        else:
+            uids = list(args.study_uids)
+            if args.action == "pin" and args.cohort:
+                uids += cohort_study_uids(Path(args.cohort), runtime.archive.root)
+            if not uids:
+                return _fail(f"archive {args.action}: name a STUDY_UID" + (" or --cohort CSV" if args.action == "pin" else ""))
+            if args.action == "pin":
+                reason = args.reason or (f"cohort {Path(args.cohort).name}" if args.cohort else "pinned by an admin")
+                lines = archive.pin_studies(runtime.sessions, uids, reason)
+            else:
+                lines = archive.unpin_studies(runtime.sessions, uids)
+        print("\n".join(lines))
+        return 0
+
+    return _with_runtime(args, do)
+
+
+def _retention(runtime):  # type: ignore[no-untyped-def]
+    from dicom_node.retention import Retention
+
+    return Retention(runtime.config.retention, runtime.sessions, runtime.archive)
+
+
+def cohort_study_uids(csv_path: Path, archive_root: Path) -> list[str]:
+    """The Study Instance UIDs of a training cohort CSV (read by the training package)."""
+    from training.cohort import read_cohort
+
+    return [entry.study_uid for entry in read_cohort(csv_path, archive_root).entries]
+
+
 def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from training.cli import main as train_main
 
@@ -501,6 +546,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="a backup back into an empty data folder, then check")
     p.add_argument("folder")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("archive", help="retention: pin or unpin studies, disk usage, prune now")
+    asub = p.add_subparsers(dest="action", required=True)
+    a = asub.add_parser("pin", help="keep studies from retention (STUDY_UID..., or every study of --cohort CSV)")
+    a.add_argument("study_uids", nargs="*")
+    a.add_argument("--cohort", help="a training cohort CSV: pin each of its studies")
+    a.add_argument("--reason", help="why (shown by archive usage); default: the cohort, or 'pinned by an admin'")
+    a.set_defaults(func=cmd_archive)
+    a = asub.add_parser("unpin", help="let retention consider studies again")
+    a.add_argument("study_uids", nargs="+")
+    a.set_defaults(func=cmd_archive)
+    asub.add_parser("usage", help="the disk against the watermarks, studies by retention state, last deletions"
+                    ).set_defaults(func=cmd_archive)
+    a = asub.add_parser("prune", help="run one retention sweep now")
+    a.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    a.set_defaults(func=cmd_archive)
 
     p = sub.add_parser("train", help="train and evaluate a fold ensemble (training package)", add_help=False)
     p.set_defaults(func=None, forward=cmd_train)

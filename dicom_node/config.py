@@ -202,6 +202,22 @@ class WebSection:
 
 
 @dataclass(frozen=True)
+class RetentionSection:
+    """[retention]: which finished studies the worker deletes from the archive, and when."""
+
+    enabled: bool = True
+    #: a finished study (its jobs ended, its results delivered) is deleted this many days after; 0: never by age
+    keep_days: float = 0.0
+    #: above this share of the archive's file system in use, the longest-finished studies are deleted ...
+    high_watermark_percent: float = 90.0
+    #: ... until the use is at or below this
+    low_watermark_percent: float = 80.0
+    #: a study finished less than this long ago is not deleted for the watermarks
+    min_age_hours: float = 1.0
+    interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     """[logging]"""
 
@@ -223,6 +239,7 @@ class Config:
     logging: LoggingSection = field(default_factory=LoggingSection)
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
     web: WebSection = field(default_factory=WebSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
     source: str = "<defaults>"
 
     @property
@@ -250,6 +267,7 @@ _SECTIONS: dict[str, type] = {
     "logging": LoggingSection,
     "monitoring": MonitoringSection,
     "web": WebSection,
+    "retention": RetentionSection,
 }
 
 
@@ -498,8 +516,23 @@ def _validate(config: Config) -> None:
         if not m.allow_non_loopback and not _is_loopback(m.host):
             raise ConfigError(f"monitoring.host: {m.host!r} is not a loopback address; set monitoring.allow_non_loopback = true to serve metrics off this host")
     _validate_web(config.web)
+    _validate_retention(config.retention)
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {config.logging.level!r}")
+
+
+def _validate_retention(retention: RetentionSection) -> None:
+    for name in ("keep_days", "min_age_hours"):
+        if getattr(retention, name) < 0:
+            raise ConfigError(f"retention.{name}: must be 0 or more, not {getattr(retention, name)}")
+    for name in ("high_watermark_percent", "low_watermark_percent"):
+        if not 0 < getattr(retention, name) <= 100:
+            raise ConfigError(f"retention.{name}: must be above 0 and at most 100, not {getattr(retention, name)}")
+    if retention.low_watermark_percent >= retention.high_watermark_percent:
+        raise ConfigError(f"retention.low_watermark_percent ({retention.low_watermark_percent:g}) must be below "
+                          f"retention.high_watermark_percent ({retention.high_watermark_percent:g})")
+    if retention.interval_seconds <= 0:
+        raise ConfigError(f"retention.interval_seconds: must be above 0, not {retention.interval_seconds}")
 
 
 def _validate_web(web: WebSection) -> None:

@@ -12,7 +12,8 @@ page sums every receive process. What is counted:
   refusal by reason (from the node's refusal log);
 - C-STORE outcomes by status code, bytes stored;
 - archive free space and its reserve;
-- jobs by state and deliveries by state (read from the database at scrape time);
+- jobs by state and deliveries by state, and retention's deletions by reason (studies,
+  instances, bytes) (read from the database at scrape time);
 - job stage durations (select/preprocess/infer/report, and the preprocessing steps) and
   the wait from queued to started, as histograms of the jobs finished since this process
   started: read from the finished jobs' records at scrape time, since the worker may run
@@ -168,6 +169,7 @@ class _LiveCollector:
             pass
         yield _gauge("egfr_node_archive_reserve_bytes", "Free space kept (storage.free_space_reserve_mb)",
                      self.archive.free_space_reserve_bytes)
+        yield from _deletions(self.sessions)
         yield from _by_state(self.sessions, "egfr_node_jobs", "Jobs by state", "job")
         yield from _by_state(self.sessions, "egfr_node_deliveries", "Result deliveries by state", "delivery")
 
@@ -195,6 +197,26 @@ def _by_state(sessions: sessionmaker[Session], name: str, documentation: str, ta
         log.debug("metrics: %s not read: %s", table, type(exc).__name__)
         return
     yield family
+
+
+def _deletions(sessions: sessionmaker[Session]) -> Iterator[Any]:
+    """Retention's deletions by reason (age, watermark), from the deletion record."""
+    from prometheus_client.core import CounterMetricFamily
+
+    from db.retention import deletion_totals
+
+    try:
+        with sessions() as session:
+            totals = deletion_totals(session)
+    except Exception as exc:  # the database may be down: the scrape still answers
+        log.debug("metrics: deletions not read: %s", type(exc).__name__)
+        return
+    families = [CounterMetricFamily(f"egfr_node_retention_deleted_{what}", f"{what.capitalize()} deleted by retention",
+                                    labels=["reason"]) for what in ("studies", "instances", "bytes")]
+    for reason in ("age", "watermark"):
+        for family, value in zip(families, totals.get(reason, (0, 0, 0))):
+            family.add_metric([reason], value)
+    yield from families
 
 
 class MetricsServer:

@@ -390,6 +390,7 @@ class DicomNode:
             log.info("listening with TLS on %s:%d", node.host, self.tls_port)
         self._housekeeping_stop = threading.Event()
         threading.Thread(target=self._housekeeping, name="RefusalSummaries", daemon=True).start()
+        threading.Thread(target=self._check_archive, name="ArchiveCheck", daemon=True).start()
         if node.receive_processes > 1:
             self._start_receivers(node.receive_processes - 1)
         monitoring = self.config.monitoring
@@ -400,6 +401,24 @@ class DicomNode:
     def _listen(self, address: tuple[str, int], ssl_context: ssl.SSLContext | None = None) -> NodeAssociationServer:
         return start_server(self.ae, address, limits=self.limits, connections=self.connections,
                             ssl_context=ssl_context, evt_handlers=self._handlers())
+
+    def _check_archive(self) -> None:
+        """The quick part of ``egfr-node check`` (no hashing), while the node already listens:
+        files without rows, rows without files, stale leases; a warning says what to run."""
+        from dicom_node.commands.check import check_node
+
+        try:
+            report = check_node(self.archive, self.sessions, quarantine=self.config.storage.data_path / "quarantine",
+                                hash_files=False)
+        except Exception as exc:  # the database may not answer yet: the check is advice, not a gate
+            log.warning("archive check at start not done: %s", type(exc).__name__)
+            return
+        lines = report.lines()
+        if report.clean:
+            log.info("archive check at start: %s", "; ".join(lines))
+        else:
+            log.warning("archive check at start: %s; run `egfr-node check` (hashes every file) and "
+                        "`egfr-node check --repair`", "; ".join(lines))
 
     def _housekeeping(self) -> None:
         while not self._housekeeping_stop.wait(1.0):

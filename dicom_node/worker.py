@@ -8,6 +8,8 @@
   "no active model".
 - delivery: due deliveries are sent (``dicom_node.scu``), retried with backoff, failed after
   ``delivery.max_attempts``.
+- retention: finished studies deleted by age and above the disk's high watermark
+  (``dicom_node.retention``); it first completes any deletion a killed node left marked.
 
 The pipeline (torch, SimpleITK, highdicom) is imported when the first job runs, never on the
 receive path.
@@ -40,6 +42,7 @@ from db.queue import (
 )
 from dicom_node.archive import Archive
 from dicom_node.config import Config
+from dicom_node.retention import Retention
 
 __all__ = ["Worker", "default_worker_id", "result_sop_uids"]
 
@@ -109,6 +112,7 @@ class Worker:
         self.sessions = sessions
         self.archive = archive
         self.worker_id = worker_id or default_worker_id()
+        self.retention = Retention(config.retention, sessions, archive)
         self.scheduler: BackgroundScheduler | None = None
         self._ensembles: dict[int, Any] = {}
         self._deliver_lock = threading.Lock()
@@ -272,6 +276,7 @@ class Worker:
         for name, action, seconds in (
             ("stable-study-scan", self.scan_once, self.settings.scan_interval_seconds),
             ("delivery", self.deliver_due, self.config.delivery.scan_interval_seconds),
+            ("retention", self.retention.sweep_once, self.config.retention.interval_seconds),
         ):
             self.scheduler.add_job(self._guard, "interval", args=(name, action), seconds=seconds, id=name,
                                    max_instances=1, coalesce=True, next_run_time=now)

@@ -50,6 +50,23 @@ def mount_tmpfs(folder: Path, size: str) -> None:
         skip_or_fail(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
 
 
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """Factory: ``tmpfs("disk", "12m")`` mounts a tmpfs of that size under the test's folder
+    (a real small disk); each is unmounted after the test."""
+    mounts: list[Path] = []
+
+    def make(name: str, size: str) -> Path:
+        mount = tmp_path / name
+        mount_tmpfs(mount, size)
+        mounts.append(mount)
+        return mount
+
+    yield make
+    for mount in mounts:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def require_tool(name: str) -> str:
     """DCMTK and dicom3tools are test requirements (installed by .ci/run): missing is a failure."""
     path = shutil.which(name)

@@ -113,6 +113,33 @@ def register_bundle(bundle: Path, database_url: str, name: str, version: str, de
         engine.dispose()
 
 
+def pin_cohort(cohort_csv: Path, archive_root: Path, database_url: str) -> str:
+    """Pin the cohort's studies in the node's database, so retention never deletes what a
+    model was trained on (``egfr-node archive unpin`` releases them); one line saying so."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from db.engine import make_engine, make_sessionmaker
+    from db.retention import pin
+    from training.cohort import read_cohort
+
+    from sqlalchemy.engine import make_url
+
+    uids = [entry.study_uid for entry in read_cohort(cohort_csv, archive_root).entries]
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        return f"cohort studies not pinned against retention: no node database at {url.database}"
+    engine = make_engine(database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        with sessions.begin() as session:
+            pinned = sum(pin(session, uid, "egfr-node train", f"cohort {Path(cohort_csv).name}") for uid in uids)
+    except SQLAlchemyError as exc:
+        return f"cohort studies not pinned against retention (the node's database: {type(exc).__name__})"
+    finally:
+        engine.dispose()
+    return f"pinned {pinned} of the cohort's {len(uids)} studies against retention (archive unpin releases them)"
+
+
 def main(argv: list[str] | None = None, *, archive_root: Path | None = None, database_url: str | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training import distributed
@@ -149,6 +176,8 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
             raise ValueError(f"--imagenet-weights {settings.imagenet_weights} does not exist (nothing is downloaded)")
         if args.lr_find:
             return _lr_find(args, settings, params, archive_root)
+        if archive_root is not None and database_url:
+            print(pin_cohort(args.cohort, archive_root, database_url))
         outcome = train_bundle(args.cohort, args.out, settings=settings, params=params, archive_root=archive_root,
                                cache_dir=args.cache, name=args.name, version=args.version, progress=not args.no_progress)
     except KeyboardInterrupt:

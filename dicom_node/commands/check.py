@@ -10,7 +10,8 @@ intake again (recorded as received, no job); one that fails them, and a file who
 changed, is moved to ``<data_dir>/quarantine/`` with its row forgotten; a row whose file is
 gone is forgotten (the report names each UID: restore them from a backup to have them
 back); stale temporary files are removed; stuck jobs go back to the queue (or fail after
-``worker.max_attempts``). What it could not repair it says.
+``worker.max_attempts``). What it could not repair it says. Instances of a study retention is
+deleting (marked, its files going) are counted apart: the next retention sweep finishes them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.queue import sweep_expired_leases
 from db.reconcile import forget_instances, recorded_files, stuck_jobs
+from db.retention import marked_paths
 from dicom_node.archive import Archive, sha256_of
 
 __all__ = ["CheckReport", "check_node"]
@@ -39,6 +41,8 @@ class CheckReport:
     stuck: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
+    #: rows whose file is gone because retention is deleting their study (finished at its next sweep)
+    deleting: int = 0
 
     @property
     def clean(self) -> bool:
@@ -53,6 +57,8 @@ class CheckReport:
             if items:
                 more = len(items) - examples
                 out.append(f"{len(items)} {label}: " + ", ".join(items[:examples]) + (f" and {more} more" if more > 0 else ""))
+        if self.deleting:
+            out.append(f"{self.deleting} instances of studies retention is deleting (its next sweep finishes them)")
         out += [f"repaired: {line}" for line in self.repaired]
         out += [f"left: {line}" for line in self.left]
         if self.clean and not self.repaired:
@@ -61,20 +67,32 @@ class CheckReport:
 
 
 def check_node(archive: Archive, sessions: sessionmaker[Session], *, quarantine: Path, repair: bool = False,
-               max_attempts: int = 3, max_instance_bytes: int = 1024 * 2**20) -> CheckReport:
-    """Compare the archive with the database (every file hashed); with ``repair``, fix what
-    can be fixed safely (module docstring)."""
+               max_attempts: int = 3, max_instance_bytes: int = 1024 * 2**20, hash_files: bool = True) -> CheckReport:
+    """Compare the archive with the database (every file hashed unless ``hash_files`` is
+    False: the SCP's quick check at start); with ``repair``, fix what can be fixed safely
+    (module docstring). A running node may link or delete files meanwhile: what looks
+    missing or unrecorded is looked up again before it is reported."""
     report = CheckReport()
     with sessions() as session:
         recorded = recorded_files(session)
         stuck = stuck_jobs(session)
+        deleting = marked_paths(session)
     on_disk = set(archive.files())
     report.files, report.rows = len(on_disk), len(recorded)
     by_path = {r.path: r for r in recorded}
     report.without_row = sorted(on_disk - set(by_path))
-    missing = [r for r in recorded if r.path not in on_disk]
+    missing = [r for r in recorded if r.path not in on_disk and r.path not in deleting]
+    report.deleting = sum(1 for r in recorded if r.path in deleting)
     report.without_file = [r.sop_instance_uid for r in missing]
-    changed = [r for r in recorded if r.path in on_disk and sha256_of(archive.path(r.path)) != r.sha256]
+    if report.without_row or missing:  # files linked or rows removed while we looked
+        with sessions() as session:
+            now_recorded = {r.path for r in recorded_files(session)}
+            deleting |= marked_paths(session)
+        report.without_row = [p for p in report.without_row if p not in now_recorded and archive.path(p).exists()]
+        missing = [r for r in missing if r.path in now_recorded and r.path not in deleting
+                   and not archive.path(r.path).exists()]
+        report.without_file = [r.sop_instance_uid for r in missing]
+    changed = [r for r in recorded if hash_files and r.path in on_disk and sha256_of(archive.path(r.path)) != r.sha256]
     report.changed = [r.sop_instance_uid for r in changed]
     stale = archive.stale_temporary_files()
     report.temporary = [t.name for t in stale]

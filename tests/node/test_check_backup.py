@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import socket
@@ -26,7 +27,7 @@ from tests.dicom_factory import mr_series
 from tests.node.scu import store
 
 
-def test_check_finds_each_planted_inconsistency_and_repair_leaves_it_clean(tmp_path, phantom_study) -> None:
+def test_check_finds_each_planted_inconsistency_and_repair_leaves_it_clean(tmp_path, phantom_study, caplog) -> None:
     config = make_config(tmp_path / "data")
     upgrade(config.database_url)
     runtime = open_runtime(config)
@@ -62,6 +63,22 @@ def test_check_finds_each_planted_inconsistency_and_repair_leaves_it_clean(tmp_p
         assert found.without_file == [deleted.stem]  # the file is named by its SOP Instance UID
         assert sorted(found.without_row) == sorted([relative, f"{study.study_uid}/notes.txt"])
         assert found.changed == [changed.stem] and found.temporary == [stale.name] and found.stuck == [f"job {job.id} (dead-worker)"]
+
+        # the SCP runs the quick part (no hashing) when it starts, and says what to run
+        node = DicomNode(config, runtime.archive, runtime.sessions)
+        with caplog.at_level(logging.INFO, logger="dicom_node.scp"):
+            node.start()
+            try:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not [r for r in caplog.records if "archive check at start" in r.message]:
+                    time.sleep(0.1)
+            finally:
+                node.stop()
+        (started,) = [r for r in caplog.records if "archive check at start" in r.message]
+        assert started.levelno == logging.WARNING and "egfr-node check --repair" in started.message
+        assert f"1 rows whose file is missing: {deleted.stem}" in started.message
+        assert "2 files without a row" in started.message and f"job {job.id} (dead-worker)" in started.message
+        assert "sha256" not in started.message  # the changed byte needs the full check
 
         out = io.StringIO()
         with contextlib.redirect_stdout(out):

@@ -17,7 +17,6 @@ from sqlalchemy import select, text
 
 from db.models import Instance, Job
 from dicom_node.scp import DicomNode, Status
-from tests.conftest import mount_tmpfs
 from tests.dicom_factory import mask_for, mr_series
 from tests.node.scu import association, store
 
@@ -219,12 +218,9 @@ def test_two_associations_sending_the_same_instance_leave_one_whole_file(node: D
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path):
+def tiny_disk(tmpfs) -> Path:
     """A 3 MiB tmpfs: a real full disk (needs root, as CI and these machines have)."""
-    mount = tmp_path / "tiny"
-    mount_tmpfs(mount, "3m")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    return tmpfs("tiny", "3m")
 
 
 def test_full_disk_answers_out_of_resources_writes_nothing_partial_and_keeps_serving(config, runtime, tiny_disk: Path) -> None:

@@ -44,6 +44,10 @@ def test_import_train_register_activate_then_the_node_predicts(tmp_path: Path) -
                   "--selection", "paper", "--register", "--no-progress", timeout=900)
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert "registered as model 1" in trained.stdout
+    # what a model was trained on is kept from retention
+    assert f"pinned {len(rows)} of the cohort's {len(rows)} studies against retention" in trained.stdout
+    usage = cli(config_path, "archive", "usage")
+    assert f"{len(rows)} pinned" in usage.stdout, usage.stdout + usage.stderr
     listed = cli(config_path, "models", "list")
     [row] = [line.split() for line in listed.stdout.splitlines()[1:]]
     assert row[0] == "1" and row[1] != "yes"  # registered, not active

@@ -1,0 +1,189 @@
+"""Retention's queries: which studies may be deleted, pins, and the deletion record.
+
+A study is *finished* when it has a job, none of its jobs is waiting, queued or running, no
+result of it is still pending or being retried, and its latest job's results were all sent
+(a failed or cancelled latest job has nothing to send). It is *eligible* when it is also
+not pinned and not already being deleted; its age counts from the last of its arrival, its
+jobs' ends and its deliveries. Deletion is two transactions around the file removal
+(:func:`mark_deletion`, then :func:`finish_deletion`), so a crash in between leaves a
+``marked`` row that the next sweep completes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from db.models import Deletion, Delivery, DeliveryState, Instance, Job, JobState, Series, Study, utcnow
+
+__all__ = ["Candidate", "DeletionView", "eligible_studies", "mark_deletion", "marked_deletions", "finish_deletion",
+           "pin", "unpin", "StudyCounts", "study_counts", "deletion_totals", "recent_deletions", "marked_paths"]
+
+_BUSY = (JobState.WAITING, JobState.QUEUED, JobState.RUNNING)
+_UNSENT = (DeliveryState.PENDING, DeliveryState.RETRYING)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    study_id: int
+    study_uid: str
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class DeletionView:
+    id: int
+    study_uid: str
+    reason: str
+    detail: str
+    state: str
+    marked_at: datetime
+    finished_at: datetime | None
+    instances: int
+    size_bytes: int
+    paths: tuple[str, ...]
+
+
+def _view(row: Deletion) -> DeletionView:
+    return DeletionView(row.id, row.study_uid, row.reason, row.detail, row.state, row.marked_at, row.finished_at,
+                        row.instances, row.size_bytes, tuple(row.paths or ()))
+
+
+def _finished_conditions():  # type: ignore[no-untyped-def]
+    busy = select(Job.id).where(Job.study_id == Study.id, Job.state.in_(_BUSY)).exists()
+    unsent = (select(Delivery.id).join(Job, Delivery.job_id == Job.id)
+              .where(Job.study_id == Study.id, Delivery.state.in_(_UNSENT)).exists())
+    latest = select(func.max(Job.id)).where(Job.study_id == Study.id).correlate(Study).scalar_subquery()
+    latest_not_sent = (select(Delivery.id).where(Delivery.job_id == latest, Delivery.state != DeliveryState.SENT)
+                       .correlate(Study).exists())
+    has_job = select(Job.id).where(Job.study_id == Study.id).exists()
+    return has_job, ~busy, ~unsent, ~latest_not_sent
+
+
+def eligible_studies(session: Session, finished_before: datetime, limit: int = 100) -> list[Candidate]:
+    """Eligible studies finished before ``finished_before``, the longest finished first."""
+    marked = select(Deletion.id).where(Deletion.study_uid == Study.study_uid, Deletion.state == "marked").exists()
+    last_job = select(func.max(Job.finished_at)).where(Job.study_id == Study.id).scalar_subquery()
+    last_sent = (select(func.max(Delivery.sent_at)).join(Job, Delivery.job_id == Job.id)
+                 .where(Job.study_id == Study.id).scalar_subquery())
+    rows = session.execute(select(Study.id, Study.study_uid, Study.last_received_at, last_job, last_sent)
+                           .where(Study.pinned_at.is_(None), ~marked, *_finished_conditions())).all()
+    candidates = [Candidate(sid, uid, max(t for t in (received, ended, sent) if t is not None))
+                  for sid, uid, received, ended, sent in rows]
+    candidates = sorted((c for c in candidates if c.finished_at < finished_before), key=lambda c: (c.finished_at, c.study_id))
+    return candidates[:limit]
+
+
+def _still_eligible(session: Session, study_id: int) -> bool:
+    return session.execute(select(Study.id).where(Study.id == study_id, Study.pinned_at.is_(None),
+                                                  *_finished_conditions())).first() is not None
+
+
+def mark_deletion(session: Session, candidate: Candidate, reason: str, detail: str,
+                  now: datetime | None = None) -> DeletionView | None:
+    """Record that ``candidate`` is being deleted, with the instances it has now; None when it
+    is no longer eligible (an instance arrived, a replay, a pin). Raises IntegrityError when
+    another sweeper marked it first."""
+    now = now or utcnow()
+    if not _still_eligible(session, candidate.study_id):
+        return None
+    rows = session.execute(select(Instance.id, Instance.path, Instance.size_bytes).join(Series)
+                           .where(Series.study_id == candidate.study_id).order_by(Instance.id)).all()
+    jobs = session.scalar(select(func.count()).select_from(Job).where(Job.study_id == candidate.study_id)) or 0
+    row = Deletion(study_uid=candidate.study_uid, reason=reason, detail=detail, state="marked", marked_at=now,
+                   instance_ids=[r[0] for r in rows], paths=[r[1] for r in rows], instances=len(rows),
+                   size_bytes=int(sum(r[2] for r in rows)), jobs=jobs)
+    session.add(row)
+    session.flush()  # IntegrityError when another sweeper marked it meanwhile: the caller rolls back
+    return _view(row)
+
+
+def marked_deletions(session: Session) -> list[DeletionView]:
+    """Deletions marked and not finished (a sweep, or a node that died during one, left them)."""
+    return [_view(r) for r in session.scalars(select(Deletion).where(Deletion.state == "marked").order_by(Deletion.id))]
+
+
+def marked_paths(session: Session) -> set[str]:
+    """The archive paths of instances whose deletion is under way (``check`` leaves them be)."""
+    paths: set[str] = set()
+    for (listed,) in session.execute(select(Deletion.paths).where(Deletion.state == "marked")):
+        paths.update(listed or ())
+    return paths
+
+
+def finish_deletion(session: Session, deletion_id: int, now: datetime | None = None) -> bool:
+    """After its files are gone: remove the rows of the marked instances, then the study's
+    empty series, then the study itself (with its jobs and deliveries) if nothing of it is
+    left and no job of it is busy. False if the deletion was already finished."""
+    now = now or utcnow()
+    row = session.get(Deletion, deletion_id)
+    if row is None or row.state != "marked":
+        return False
+    study = session.scalar(select(Study).where(Study.study_uid == row.study_uid))
+    if row.instance_ids:
+        session.execute(delete(Instance).where(Instance.id.in_(row.instance_ids)))
+    if study is not None:
+        empty = select(Series.id).where(Series.study_id == study.id,
+                                        ~select(Instance.id).where(Instance.series_id == Series.id).exists())
+        session.execute(delete(Series).where(Series.id.in_(empty.scalar_subquery())))
+        left = session.scalar(select(func.count()).select_from(Series).where(Series.study_id == study.id)) or 0
+        busy = session.scalar(select(func.count()).select_from(Job).where(Job.study_id == study.id, Job.state.in_(_BUSY)))
+        if not left and not busy:
+            jobs = select(Job.id).where(Job.study_id == study.id).scalar_subquery()
+            session.execute(delete(Delivery).where(Delivery.job_id.in_(jobs)))
+            session.execute(update(Job).where(Job.study_id == study.id).values(replay_of_id=None))
+            session.execute(delete(Job).where(Job.study_id == study.id))
+            session.execute(delete(Study).where(Study.id == study.id))
+    row.state, row.finished_at = "done", now
+    return True
+
+
+def pin(session: Session, study_uid: str, by: str, reason: str, now: datetime | None = None) -> bool:
+    """Keep ``study_uid`` from retention; False when no such study is archived."""
+    now = now or utcnow()
+    return bool(session.execute(update(Study).where(Study.study_uid == study_uid)
+                                .values(pinned_at=now, pinned_by=by[:64], pin_reason=reason)).rowcount)
+
+
+def unpin(session: Session, study_uid: str) -> bool:
+    """Let retention consider ``study_uid`` again; False when no such study is archived."""
+    return bool(session.execute(update(Study).where(Study.study_uid == study_uid)
+                                .values(pinned_at=None, pinned_by=None, pin_reason=None)).rowcount)
+
+
+@dataclass(frozen=True)
+class StudyCounts:
+    studies: int
+    pinned: int
+    finished: int  # eligible now or later (finished, not pinned)
+    busy: int  # waiting, queued, running or with results to send
+    size_bytes: int
+    pinned_bytes: int
+    finished_bytes: int
+
+
+def study_counts(session: Session) -> StudyCounts:
+    """How the archive's studies stand for retention (``archive usage``)."""
+    sizes = dict(session.execute(select(Series.study_id, func.sum(Instance.size_bytes)).join(Instance)
+                                 .group_by(Series.study_id)).all())
+    pinned = set(session.scalars(select(Study.id).where(Study.pinned_at.is_not(None))))
+    finished = set(session.scalars(select(Study.id).where(Study.pinned_at.is_(None), *_finished_conditions())))
+    ids = set(session.scalars(select(Study.id)))
+    size = {k: int(v or 0) for k, v in sizes.items()}
+    return StudyCounts(studies=len(ids), pinned=len(pinned), finished=len(finished), busy=len(ids - pinned - finished),
+                       size_bytes=sum(size.values()), pinned_bytes=sum(size.get(i, 0) for i in pinned),
+                       finished_bytes=sum(size.get(i, 0) for i in finished))
+
+
+def deletion_totals(session: Session) -> dict[str, tuple[int, int, int]]:
+    """Finished deletions by reason: (studies, instances, bytes)."""
+    rows = session.execute(select(Deletion.reason, func.count(), func.sum(Deletion.instances), func.sum(Deletion.size_bytes))
+                           .where(Deletion.state == "done").group_by(Deletion.reason))
+    return {reason: (int(n), int(i or 0), int(b or 0)) for reason, n, i, b in rows}
+
+
+def recent_deletions(session: Session, limit: int = 20) -> list[DeletionView]:
+    return [_view(r) for r in session.scalars(select(Deletion).order_by(Deletion.id.desc()).limit(limit))]

@@ -1,0 +1,95 @@
+"""``egfr-node archive pin|unpin|usage|prune``: what retention may delete, and what it did.
+
+``pin STUDY_UID...`` (or ``--cohort CSV``: every study of a training cohort) keeps studies
+from retention; ``unpin`` lets it consider them again; ``usage`` shows the disk against the
+watermarks, the studies by how retention sees them, and the last deletions; ``prune`` runs
+one retention sweep now (``--dry-run``: only lists what the age rule and the watermarks
+would delete).
+"""
+
+from __future__ import annotations
+
+import getpass
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import retention as records
+from db.models import utcnow
+from dicom_node.archive import check_uid
+from dicom_node.retention import Retention
+
+__all__ = ["pin_studies", "unpin_studies", "usage_lines", "prune_lines"]
+
+
+def pin_studies(sessions: sessionmaker[Session], study_uids: list[str], reason: str, by: str | None = None) -> list[str]:
+    """Pin each study; one line per study (pinned, or not archived here)."""
+    by = by or getpass.getuser()
+    lines = []
+    with sessions.begin() as session:
+        for uid in study_uids:
+            uid = check_uid("StudyInstanceUID", uid)
+            found = records.pin(session, uid, by, reason)
+            lines.append(f"{uid}: pinned ({reason})" if found else f"{uid}: not in the archive")
+    return lines
+
+
+def unpin_studies(sessions: sessionmaker[Session], study_uids: list[str]) -> list[str]:
+    lines = []
+    with sessions.begin() as session:
+        for uid in study_uids:
+            uid = check_uid("StudyInstanceUID", uid)
+            lines.append(f"{uid}: unpinned" if records.unpin(session, uid) else f"{uid}: not in the archive")
+    return lines
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def usage_lines(retention: Retention) -> list[str]:
+    settings = retention.settings
+    use = retention.disk_use()
+    with retention.sessions() as session:
+        counts = records.study_counts(session)
+        totals = records.deletion_totals(session)
+        recent = records.recent_deletions(session, 10)
+    lines = [f"disk: {use.percent:.1f} % used ({_mib(use.used)} of {_mib(use.total)}, {_mib(use.free)} free); "
+             f"watermarks: high {settings.high_watermark_percent:g} %, low {settings.low_watermark_percent:g} %; "
+             f"free-space reserve {_mib(retention.archive.free_space_reserve_bytes)}",
+             f"retention: {'on' if settings.enabled else 'off'}; by age: "
+             + (f"{settings.keep_days:g} days after a study is finished" if settings.keep_days else "off")
+             + f"; watermarks spare studies finished less than {settings.min_age_hours:g} h ago",
+             f"studies: {counts.studies} ({_mib(counts.size_bytes)}): {counts.finished} finished and deletable "
+             f"({_mib(counts.finished_bytes)}), {counts.pinned} pinned ({_mib(counts.pinned_bytes)}), "
+             f"{counts.busy} in the queue or with results to send"]
+    for reason, (studies, instances, size) in sorted(totals.items()):
+        lines.append(f"deleted ({reason}): {studies} studies, {instances} instances, {_mib(size)}")
+    for d in recent:
+        when = (d.finished_at or d.marked_at).isoformat(timespec="seconds")
+        lines.append(f"  {when}Z {d.study_uid} {d.reason} {d.state}: {d.instances} instances, {_mib(d.size_bytes)}; {d.detail}")
+    return lines
+
+
+def prune_lines(retention: Retention, dry_run: bool) -> list[str]:
+    settings = retention.settings
+    if not dry_run:
+        report = retention.sweep_once()
+        lines = [f"finished {report.completed} deletions a stopped node left marked"] if report.completed else []
+        lines += [f"deleted {d.study_uid} ({d.reason}): {d.instances} instances, {_mib(d.size_bytes)}" for d in report.deleted]
+        lines.append(f"{len(report.deleted)} studies deleted, {_mib(report.freed_bytes)} freed")
+        if report.above_high_watermark:
+            lines.append("the disk is still above the high watermark: nothing else is deletable (see archive usage)")
+        return lines
+    now = utcnow()
+    lines = []
+    with retention.sessions() as session:
+        if settings.keep_days:
+            due = records.eligible_studies(session, now - timedelta(days=settings.keep_days), limit=1000)
+            lines += [f"would delete {c.study_uid} (age): finished {c.finished_at.isoformat(timespec='seconds')}Z" for c in due]
+        use = retention.disk_use()
+        if use.percent > settings.high_watermark_percent:
+            oldest = records.eligible_studies(session, now - timedelta(hours=settings.min_age_hours), limit=20)
+            lines.append(f"disk {use.percent:.1f} % used, above the high watermark: the oldest finished studies go "
+                         f"until {settings.low_watermark_percent:g} %, first: " + (", ".join(c.study_uid for c in oldest) or "none"))
+    return lines or ["nothing to delete"]

@@ -1,0 +1,292 @@
+"""Issue 18, item 1: retention deletes only finished studies (every job ended, the last one's
+results sent), never a pinned one, by age and above the high watermark; a deletion killed
+half-way is finished by the next sweep; ``check`` stays clean; every deletion is recorded
+and counted in /metrics.
+
+Studies go into a real archive and database through the SCP's intake (``import_file``), and
+their jobs through the queue's own transitions (scan, claim, finish, deliveries), the ones
+the worker makes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from db import deliveries, queue
+from db.migrate import upgrade
+from db.models import Deletion, Instance, Job, JobState, Series, Study, utcnow
+from db.retention import eligible_studies, pin
+from dicom_node.cli import main as cli_main
+from dicom_node.commands.check import check_node
+from dicom_node.commands.importing import import_file
+from dicom_node.config import RetentionSection
+from dicom_node.metrics import live_collector
+from dicom_node.retention import Retention
+from dicom_node.runtime import open_runtime
+from dicom_node.scp import DicomNode
+from tests.conftest import make_config
+from tests.node.scu import store
+from tests.dicom_factory import mask_for, mr_series, write_all
+
+
+class Site:
+    """A node's archive and database, with studies put in each state a study can be in."""
+
+    def __init__(self, tmp: Path, *, data_dir: Path | None = None, database_url: str = "", **retention: object) -> None:
+        self.tmp = tmp
+        self.config = replace(make_config(data_dir or tmp / "data", database_url),
+                              retention=replace(RetentionSection(), **retention))
+        upgrade(self.config.database_url)
+        self.runtime = open_runtime(self.config)
+        self.sessions, self.archive = self.runtime.sessions, self.runtime.archive
+        self.retention = Retention(self.config.retention, self.sessions, self.archive)
+        self.count = 0
+
+    def study(self, images: int = 3, rows: int = 32) -> str:
+        """A study (MR series + SEG) through intake, its job waiting."""
+        self.count += 1
+        series = mr_series(images, rows=rows, columns=rows, seed=self.count)
+        folder = self.tmp / f"study-{self.count}"
+        write_all([*series, mask_for(series)], folder)
+        for path in sorted(folder.rglob("*.dcm")):
+            import_file(path, self.archive, self.sessions, max_instance_bytes=2**30, queue=True)
+        return str(series[0].StudyInstanceUID)
+
+    def run(self, study_uid: str, *, ok: bool = True, at: datetime | None = None) -> int:
+        """Queue, claim and finish the study's job as a worker does; its id."""
+        at = at or utcnow()
+        with self.sessions.begin() as session:  # the study arrived a minute before ``at`` (time passes)
+            session.execute(update(Study).where(Study.study_uid == study_uid).values(
+                first_received_at=at - timedelta(minutes=1), last_received_at=at - timedelta(minutes=1)))
+            queue.scan_waiting_jobs(session, 0.0, at + timedelta(seconds=1))
+        with self.sessions.begin() as session:
+            job = queue.claim_next(session, "w1", 600, at + timedelta(seconds=2))
+            assert job is not None
+            study = session.get(Job, job.id).study.study_uid
+            assert study == study_uid, (study, study_uid)
+            queue.finish_job(session, job.id, "w1", ok=ok, reason=None if ok else "no evidence of contrast",
+                             result={"status": "negative"} if ok else None, now=at + timedelta(seconds=3))
+        return job.id
+
+    def deliver(self, job_id: int, *, sent: bool, at: datetime | None = None) -> None:
+        at = at or utcnow()
+        with self.sessions.begin() as session:
+            (delivery_id,) = deliveries.create_deliveries(session, job_id, ["2.25.1"], ["pacs"], at)
+            if sent:
+                deliveries.mark_sent(session, delivery_id, at + timedelta(seconds=4))
+
+    def finished(self, *, at: datetime, sent: bool = True, **study: int) -> str:
+        uid = self.study(**study)
+        self.deliver(self.run(uid, at=at), sent=sent, at=at)
+        return uid
+
+    def studies(self) -> set[str]:
+        with self.sessions() as session:
+            return set(session.scalars(select(Study.study_uid)))
+
+    def files_of(self, study_uid: str) -> list[str]:
+        return [f for f in self.archive.files() if f.startswith(study_uid + "/")]
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    s = Site(tmp_path, keep_days=30.0)
+    yield s
+    s.close()
+
+
+def test_only_finished_unpinned_studies_past_their_time_are_deleted(site: Site) -> None:
+    old = utcnow() - timedelta(days=40)
+    done = site.finished(at=old)
+    failed = site.study()
+    site.run(failed, ok=False, at=old)
+    young = site.finished(at=utcnow() - timedelta(days=3))
+    undelivered = site.finished(at=old, sent=False)  # its result still pending: never deleted
+    pinned = site.finished(at=old)
+    with site.sessions.begin() as session:
+        assert pin(session, pinned, "admin", "teaching file")
+    running = site.study()  # claimed by a worker that is still at it
+    with site.sessions.begin() as session:
+        queue.scan_waiting_jobs(session, 0.0, utcnow() + timedelta(seconds=1))
+        assert queue.claim_next(session, "w2", 600) is not None
+    waiting = site.study()  # arriving: its job waits
+    with site.sessions() as session:
+        state_of = {s.study_uid: [j.state for j in s.jobs] for s in session.scalars(select(Study))}
+    assert state_of[running] == [JobState.RUNNING] and state_of[waiting] == [JobState.WAITING]
+
+    report = site.retention.sweep_once()
+
+    assert sorted(d.study_uid for d in report.deleted) == sorted([done, failed])
+    assert {d.reason for d in report.deleted} == {"age"}
+    assert site.studies() == {young, undelivered, waiting, running, pinned}
+    assert site.files_of(done) == [] and site.files_of(failed) == []
+    assert not (site.archive.root / done).exists(), "the empty study folder is removed"
+    for kept in (young, undelivered, waiting, running, pinned):
+        assert len(site.files_of(kept)) == 4
+    check = check_node(site.archive, site.sessions, quarantine=site.tmp / "q")
+    assert check.clean, check.lines()
+    with site.sessions() as session:
+        record = {d.study_uid: d for d in session.scalars(select(Deletion))}
+    assert set(record) == {done, failed}
+    assert all(d.state == "done" and d.instances == 4 and d.size_bytes > 0 and "keep_days" in d.detail
+               for d in record.values())
+    # counted in /metrics
+    families = {f.name: f for f in live_collector(site.archive, site.sessions).collect()}
+    studies = {s.labels["reason"]: s.value for s in families["egfr_node_retention_deleted_studies"].samples
+               if s.name.endswith("_total")}
+    assert studies == {"age": 2, "watermark": 0}
+    # a second sweep has nothing to do
+    assert site.retention.sweep_once().deleted == []
+
+
+@pytest.fixture
+def small_disk(tmpfs) -> Path:
+    """A 12 MiB tmpfs for the archive: a real small disk (needs root, as CI has)."""
+    return tmpfs("disk", "12m")
+
+
+def test_the_watermarks_keep_a_small_disk_receiving_and_delete_the_longest_finished_first(tmp_path: Path,
+                                                                                           small_disk: Path) -> None:
+    """A bounded C-STORE loop sends 3.5 times the disk's size (60 studies of 4 images of 128
+    KiB) to the SCP on a 12 MiB tmpfs; each study finishes (its job done, its result sent) an
+    hour and a half after it arrived, and the worker's retention sweep runs between studies.
+    Every instance is acknowledged with success; the disk never fills; the studies deleted
+    are the longest finished; one finished too recently (min_age_hours) and a pinned one stay."""
+    site = Site(tmp_path, data_dir=small_disk, database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", keep_days=0.0,
+                high_watermark_percent=60.0, low_watermark_percent=40.0, min_age_hours=1.0)
+    node = DicomNode(site.config, site.archive, site.sessions)
+    node.start()
+    try:
+        statuses: list[int] = []
+        finished: list[str] = []
+        peak = 0.0
+        start = utcnow() - timedelta(days=2)
+        pinned = recent = ""
+        for i in range(60):
+            images = mr_series(4, rows=256, columns=256, seed=i)
+            statuses += store(node.port, [*images, mask_for(images)])
+            uid = str(images[0].StudyInstanceUID)
+            if i == 0:
+                pinned = uid
+                with site.sessions.begin() as session:
+                    pin(session, uid, "admin", "teaching file")
+            at = start + timedelta(minutes=10 * i) if i < 59 else utcnow() - timedelta(minutes=5)
+            site.deliver(site.run(uid, at=at), sent=True, at=at)
+            recent = uid
+            finished.append(uid)
+            peak = max(peak, site.retention.disk_use().percent)
+            site.retention.sweep_once()
+        assert set(statuses) == {0}, sorted(set(statuses))
+        assert peak < 90.0, f"the disk reached {peak:.0f} % used"
+        kept = site.studies()
+        assert pinned in kept and recent in kept
+        with site.sessions() as session:
+            deleted = list(session.scalars(select(Deletion.study_uid).order_by(Deletion.id)))
+        assert len(deleted) >= 30 and set(deleted).isdisjoint(kept)
+        order = [uid for uid in finished if uid in set(deleted)]
+        assert deleted == order, "the longest finished go first"
+        assert site.retention.disk_use().percent <= 60.0
+        assert check_node(site.archive, site.sessions, quarantine=tmp_path / "q").clean
+    finally:
+        node.stop()
+        site.close()
+
+
+_KILLED_SWEEP = """
+import os, signal, sys
+from pathlib import Path
+from dicom_node.archive import Archive
+from dicom_node.config import RetentionSection
+from dicom_node.retention import Retention
+from db.engine import make_engine, make_sessionmaker
+
+class DiesHalfWay(Archive):
+    def remove(self, paths):
+        super().remove(list(paths)[: len(paths) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sessions = make_sessionmaker(make_engine(sys.argv[2]))
+Retention(RetentionSection(keep_days=1.0), sessions, DiesHalfWay(Path(sys.argv[1]) / "archive")).sweep_once()
+"""
+
+
+def test_a_deletion_killed_half_way_is_finished_by_the_next_sweep(tmp_path: Path) -> None:
+    """SIGKILL a sweep in the middle of removing a big study's files; the restart completes
+    the deletion, and nothing pinned or undelivered is touched."""
+    site = Site(tmp_path, keep_days=1.0)
+    old = utcnow() - timedelta(days=5)
+    try:
+        big = site.finished(at=old, images=300, rows=16)
+        pinned = site.finished(at=old)
+        undelivered = site.finished(at=old, sent=False)
+        with site.sessions.begin() as session:
+            pin(session, pinned, "admin", "kept")
+        # the node's sweep in another process, SIGKILLed (by itself, at the exact spot) once
+        # half of the big study's files are gone: the rows are all still there
+        child = subprocess.run([sys.executable, "-c", _KILLED_SWEEP, site.config.storage.data_dir,
+                                site.config.database_url], capture_output=True, text=True, timeout=120)
+        assert 0 < len(site.files_of(big)) < 301, (len(site.files_of(big)), child.stderr[-2000:])
+        assert child.returncode == -signal.SIGKILL
+        with site.sessions() as session:
+            assert session.scalar(select(Deletion.state).where(Deletion.study_uid == big)) == "marked"
+        # in between, check names the deletion under way, not missing files
+        between = check_node(site.archive, site.sessions, quarantine=tmp_path / "q")
+        assert between.without_file == [] and between.deleting == 301
+        # the restart (the worker's first sweep) finishes it
+        report = site.retention.sweep_once()
+        assert report.completed == 1
+        assert big not in site.studies() and site.files_of(big) == []
+        with site.sessions() as session:
+            assert session.scalar(select(Deletion.state).where(Deletion.study_uid == big)) == "done"
+            assert session.scalars(select(Instance.path).join(Series).join(Study).where(Study.study_uid == big)).all() == []
+        assert {pinned, undelivered} <= site.studies()
+        assert len(site.files_of(pinned)) == 4 and len(site.files_of(undelivered)) == 4
+        after = check_node(site.archive, site.sessions, quarantine=tmp_path / "q")
+        assert after.clean and after.deleting == 0, after.lines()
+    finally:
+        site.close()
+
+
+def test_archive_pin_unpin_and_usage_from_the_command_line(tmp_path: Path, capsys) -> None:
+    site = Site(tmp_path, keep_days=1.0)
+    try:
+        old = utcnow() - timedelta(days=5)
+        a, b = site.finished(at=old), site.finished(at=old)
+        config = tmp_path / "egfr-node.toml"
+        config.write_text(f'[storage]\ndata_dir = "{site.config.storage.data_dir}"\nfree_space_reserve_mb = 0\n'
+                          f'[retention]\nkeep_days = 1.0\n')
+        cohort = tmp_path / "labels.csv"
+        cohort.write_text(f"patient_id,study_uid,egfr_status\nP1,{a},positive\n")
+        assert cli_main(["--config", str(config), "archive", "pin", "--cohort", str(cohort)]) == 0
+        assert f"{a}: pinned (cohort labels.csv)" in capsys.readouterr().out
+        assert cli_main(["--config", str(config), "archive", "pin", "1.2.3.999"]) == 0
+        assert "1.2.3.999: not in the archive" in capsys.readouterr().out
+        assert cli_main(["--config", str(config), "archive", "pin", "../etc"]) == 1
+        assert "is not a valid UID" in capsys.readouterr().err
+        assert cli_main(["--config", str(config), "archive", "prune", "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert f"would delete {b} (age)" in out and a not in out
+        assert cli_main(["--config", str(config), "archive", "prune"]) == 0
+        assert f"deleted {b} (age)" in capsys.readouterr().out
+        assert site.studies() == {a}
+        assert cli_main(["--config", str(config), "archive", "usage"]) == 0
+        out = capsys.readouterr().out
+        assert "1 pinned" in out and "deleted (age): 1 studies, 4 instances" in out and b in out
+        assert cli_main(["--config", str(config), "archive", "unpin", a]) == 0
+        with site.sessions() as session:
+            assert [c.study_uid for c in eligible_studies(session, utcnow())] == [a]
+    finally:
+        site.close()
