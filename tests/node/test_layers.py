@@ -23,3 +23,34 @@ def test_the_receive_path_never_imports_torch_or_image_processing() -> None:
 def test_db_imports_nothing_of_ours() -> None:
     loaded = modules_loaded_by("db.models", "db.ingest", "db.queue", "db.migrate", "db.engine")
     assert not loaded & {"dicom_node", "pipeline", "training"}
+
+
+def _imports_in(package: str) -> dict[str, set[str]]:
+    """Every module of ours each file of ``package`` imports, at the top or inside a function."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[path.relative_to(ROOT).as_posix()] = names & {"db", "pipeline", "dicom_node", "training", "tests"}
+    return found
+
+
+def test_every_import_points_the_way_design_draws_it() -> None:
+    """Read from the source, so a lazy import inside a function counts too. db imports nothing
+    of ours; pipeline only db; training pipeline and db; dicom_node all but tests, and training
+    only where DESIGN.md's table says (the train and demo front doors, and pinning a cohort)."""
+    allowed = {"db": set(), "pipeline": {"db"}, "training": {"pipeline", "db"}, "dicom_node": {"db", "pipeline"}}
+    front_doors = {"dicom_node/cli.py", "dicom_node/commands/demo.py"}
+    wrong = []
+    for package, may in allowed.items():
+        for path, names in _imports_in(package).items():
+            extra = names - may - {package} - ({"training"} if path in front_doors else set())
+            if extra:
+                wrong.append(f"{path} imports {', '.join(sorted(extra))}")
+    assert wrong == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +40,8 @@ def test_writes_inputs_provenance_and_contact_sheet(written: tuple) -> None:
     assert saved["study_uid"] == phantom.study_uid
     assert saved["series_uid"] == phantom.image_series_uid
     assert saved["mask_sop_uid"] == phantom.mask_sop_uid
-    assert saved["selection"]  # the selection record of load_study
+    # the selection record of load_study: the chosen series' volume as it was loaded
+    assert saved["selection"]["volume"]["size"][2] == 28 and saved["selection"]["volume"]["acquisition_plane"] == "axial"
     assert set(saved["crop_box"]) >= {"voxels", "lps_mm", "side_mm"}
     assert len(saved["lesion"]["centroid_lps_mm"]) == 3
     assert {"load_study", "brain_mask", "bias_field", "zscore", "crop_resize", "write_outputs"} <= set(saved["timings_s"])
@@ -109,8 +111,10 @@ def test_provenance_written_once_after_the_other_files(tmp_path: Path, monkeypat
     monkeypatch.setattr(Path, "write_text", recording_write_text)
     array = np.zeros((5, 3, 8, 8), np.float32)
     prov = {"study_uid": "1.2.3", "slices": {"indices": [0, 1, 2, 3, 4]}, "timings_s": {"zscore": 0.5}}
+    began = time.perf_counter()
     paths = outputs.write_outputs(ModelInput(array=array, provenance=prov), tmp_path)
+    elapsed = time.perf_counter() - began
     assert written_paths == ["provenance.json"]
     saved = json.loads(paths["provenance"].read_text())
-    assert saved["timings_s"]["zscore"] == 0.5 and saved["timings_s"]["write_outputs"] >= 0.0
+    assert saved["timings_s"]["zscore"] == 0.5 and 0.0 < saved["timings_s"]["write_outputs"] <= elapsed + 1e-4  # rounded to 0.1 ms
     assert "write_outputs" not in prov["timings_s"]  # the caller's record is left as it was
