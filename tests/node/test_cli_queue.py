@@ -16,6 +16,7 @@ from sqlalchemy import select
 from tests.conftest import require_tool
 from tests.dicom_factory import mask_for, mr_series, write_all
 from tests.node.process import cli, free_port, start, wait_until_listening, write_config
+from tests.waiting import wait_for
 
 
 def queue_json(config: Path) -> list[dict]:
@@ -37,16 +38,6 @@ def last_received_at(config: Path, study_uid: str) -> datetime:
         engine.dispose()
 
 
-def wait_for(predicate, deadline_s: float = 30.0, every_s: float = 0.2):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise TimeoutError("condition not reached")
-
-
 def test_study_goes_waiting_then_queued_and_can_be_replayed(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, port, stable=6.0, scan=0.3)
@@ -64,7 +55,7 @@ def test_study_goes_waiting_then_queued_and_can_be_replayed(tmp_path: Path) -> N
         jobs = queue_json(config)
         assert [(j["state"], j["study_uid"]) for j in jobs] == [("waiting", images[0].StudyInstanceUID)]
         assert jobs[0]["reason"].startswith("study still arriving")
-        queued = wait_for(lambda: [j for j in queue_json(config) if j["state"] == "queued"])
+        queued = wait_for(lambda: [j for j in queue_json(config) if j["state"] == "queued"], 30, "a queued job")
         job_id = queued[0]["id"]
         # not before the stable time: both times are the node's own
         queued_at = datetime.fromisoformat(queued[0]["queued_at"].rstrip("Z"))
@@ -102,7 +93,7 @@ def test_a_study_without_mask_stays_waiting_and_says_so(tmp_path: Path) -> None:
         done = subprocess.run([require_tool("storescu"), "-R", "-aec", "EGFR_NODE", "127.0.0.1", str(port), *map(str, files)],
                               capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=60)
         assert done.returncode == 0, done.stderr
-        job = wait_for(lambda: [j for j in queue_json(config) if j["reason"] and "mask" in j["reason"]])[0]
+        job = wait_for(lambda: [j for j in queue_json(config) if j["reason"] and "mask" in j["reason"]], 30, "a job waiting for its mask")[0]
         assert job["state"] == "waiting"
         assert job["reason"] == "no lesion mask (SEG or RTSTRUCT) in the study yet"
     finally:
@@ -152,7 +143,7 @@ def test_a_restart_inside_the_quiet_window_loses_nothing(tmp_path: Path) -> None
     assert [j["state"] for j in queue_json(config)] == ["waiting"]
     node = start(config, "worker")
     try:
-        queued = wait_for(lambda: [j for j in queue_json(config) if j["state"] == "queued"])
+        queued = wait_for(lambda: [j for j in queue_json(config) if j["state"] == "queued"], 30, "a queued job")
         assert queued[0]["study_uid"] == images[0].StudyInstanceUID
     finally:
         node.send_signal(signal.SIGINT)

@@ -38,6 +38,7 @@ from tests.conftest import require_tool
 from tests.dicom_factory import mask_for, mr_series, write_all
 from tests.node.process import cli, free_port, wait_until_listening, write_config
 from tests.node.scu import association
+from tests.waiting import settled, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ACSE_TIMEOUT = 2.0
@@ -106,15 +107,6 @@ def node_process(tmp_path: Path) -> Iterator[NodeProcess]:
     node.kill()
 
 
-def wait_for(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def connect_from(source: str, port: int) -> socket.socket:
     sock = socket.socket()
     sock.settimeout(5)
@@ -170,8 +162,7 @@ def test_half_sent_requests_and_silent_connections_do_not_lock_out_pacs(node_pro
     itself within the ACSE timeout; its threads and open files return to their baseline."""
     files = write_all(mr_series(30, rows=128, columns=128), tmp_path / "series")
     assert storescu(node_process.port, files[:2]).returncode == 0  # warm-up: pools and threads in place
-    wait_for(lambda: False, 0.5)
-    baseline = (node_process.threads(), node_process.open_files())
+    baseline = settled(lambda: (node_process.threads(), node_process.open_files()))
 
     attackers = []
     for i in range(10):  # the 6-byte header of an A-ASSOCIATE-RQ declaring 1000 bytes, then 10 of them
@@ -193,8 +184,8 @@ def test_half_sent_requests_and_silent_connections_do_not_lock_out_pacs(node_pro
     assert len(node_process.archived()) == 30
 
     # the node drops every attacker itself (no A-ASSOCIATE-RQ within the ACSE timeout)
-    assert wait_for(lambda: node_process.threads() <= baseline[0] and node_process.open_files() <= baseline[1],
-                    ACSE_TIMEOUT + 3), (baseline, node_process.threads(), node_process.open_files())
+    wait_for(lambda: node_process.threads() <= baseline[0] and node_process.open_files() <= baseline[1],
+             ACSE_TIMEOUT + 3, f"threads and open files back to {baseline}")
     assert all(closed_by_peer(sock, 0.5) for sock in attackers)
     for sock in attackers:
         sock.close()
@@ -207,13 +198,14 @@ def test_a_peer_behind_the_attackers_address_still_gets_in(node_process: NodePro
     """10 half-sent A-ASSOCIATE-RQs from 127.0.0.1 fill its negotiating budget (8): a C-ECHO
     and a C-STORE from 127.0.0.1 (DCMTK, sending the whole request at once) still succeed; the
     oldest stalled connections are the ones dropped."""
+    before = settled(node_process.open_files)
     attackers = []
     for _ in range(10):
         sock = connect_from("127.0.0.1", node_process.port)
         sock.sendall(struct.pack(">BBL", 1, 0, 1000) + bytes(10))
         attackers.append(sock)
     began = time.monotonic()
-    wait_for(lambda: False, 0.3)
+    wait_for(lambda: node_process.open_files() >= before + 8, 5, "the node to hold the connections")
     assert echoscu(node_process.port) == 0
     # the three oldest were dropped (for the 9th, the 10th and the C-ECHO), long before the ACSE timeout
     assert all(closed_by_peer(sock, 0.2) for sock in attackers[:3])
@@ -281,7 +273,7 @@ def test_association_slots_are_given_at_association_and_capped_per_calling_ae(tm
         sock.close()
         for s in held:
             s.close()
-        assert wait_for(lambda: echoscu(node.port) == 0, 5)
+        wait_for(lambda: echoscu(node.port) == 0, 5, "a C-ECHO to succeed")
     finally:
         node.kill()
 
@@ -501,8 +493,11 @@ def test_peer_strings_cannot_forge_log_lines_and_a_flood_is_summarised(tmp_path:
             sock.recv(64)
             sock.close()
         assert echoscu(node.port) != 0  # not an allowed calling AE
-        wait_for(lambda: False, 0.5)
-        log = node.log()
+        def logged() -> str:
+            text = node.log()
+            return text if "127.0.7.1" in text and "EV\\x1b" in text else ""
+
+        log = wait_for(logged, 10, "the refusals in the log")
         assert not [ch for ch in log if ord(ch) < 0x20 and ch not in "\n\t" or ord(ch) == 0x7F], log
         assert "EV\\x1b[2JIL" in log, log  # escaped, still readable
         assert not [line for line in log.splitlines() if line.startswith("2030") or "FORGED" in line and "\\n" not in line]
@@ -522,8 +517,8 @@ def test_receive_processes_share_the_port_and_stop_together(tmp_path: Path) -> N
                        sections=f"[monitoring]\nenabled = true\nport = {metrics_port}\n")
     try:
         children = lambda: [int(p) for p in Path(f"/proc/{node.pid}/task/{node.pid}/children").read_text().split()]  # noqa: E731
-        assert wait_for(lambda: len(children()) >= 1, 10)
-        time.sleep(4)  # the receive process imports and listens
+        wait_for(lambda: len(children()) >= 1, 10, "the receive process")
+        wait_for(lambda: node.log().count("listening as EGFR_NODE") == 2, 30, "both processes to listen")
         files = write_all(mr_series(40, rows=64, columns=64), tmp_path / "series")
         procs = [subprocess.Popen(["storescu", "-aec", "EGFR_NODE", "127.0.0.1", str(node.port), *map(str, files[i::8])],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=DCMTK_ENV) for i in range(8)]
@@ -536,7 +531,7 @@ def test_receive_processes_share_the_port_and_stop_together(tmp_path: Path) -> N
         receivers = children()
         seconds = node.stop()
         assert node.process.returncode == 0 and seconds < NETWORK_TIMEOUT + 5
-        assert wait_for(lambda: all(not Path(f"/proc/{pid}").exists() for pid in receivers), 5)
+        wait_for(lambda: all(not Path(f"/proc/{pid}").exists() for pid in receivers), 5, "the receive processes to end")
     finally:
         node.kill()
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 from pydicom.uid import Comprehensive3DSRStorage
 from sqlalchemy import select
 
 from db.engine import make_engine, make_sessionmaker
-from db.models import Job
+from db.models import Delivery, Job
 from dicom_node.config import load_config
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import PynetdicomPacs
 from tests.node.process import cli, free_port, start, wait_until_listening
+from tests.waiting import wait_for
 
 
 def _job_states(sessions) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
@@ -25,13 +25,11 @@ def _job_states(sessions) -> list[tuple[str, int]]:  # type: ignore[no-untyped-d
 
 
 def _wait(sessions, predicate, timeout: float, what: str) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def matched() -> list[tuple[str, int]] | None:
         states = _job_states(sessions)
-        if predicate(states):
-            return states
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: jobs {_job_states(sessions)}")
+        return states if predicate(states) else None
+
+    return wait_for(matched, timeout, what)
 
 
 def test_sigkill_worker_mid_job_completes_after_lease_with_one_sr(tmp_path: Path, phantom_study) -> None:
@@ -70,15 +68,19 @@ def test_sigkill_worker_mid_job_completes_after_lease_with_one_sr(tmp_path: Path
         workers.append(second)
         states = _wait(sessions, lambda s: s and s[0][0] in ("done", "failed"), 120, "the job to finish on the second worker")
         assert states == [("done", 2)]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not pacs.of_class(Comprehensive3DSRStorage):
-            time.sleep(0.1)
-        time.sleep(1.5)  # a second SR, if one were sent, would arrive by now
-        srs = pacs.of_class(Comprehensive3DSRStorage)
-        assert len(srs) == 1
+        # every delivery settled (sent), one per result object: nothing more will be sent
+        def settled_deliveries() -> bool:
+            with sessions() as s:
+                states = [d.state.value for d in s.scalars(select(Delivery))]
+            return bool(states) and set(states) == {"sent"}
+
+        wait_for(settled_deliveries, 30, "every delivery sent")
         with sessions() as s:
             job = s.scalars(select(Job)).one()
-            assert str(srs[0].SOPInstanceUID) == job.result["instances"]["sr"]
+            sent = [(d.sop_instance_uid, d.state.value) for d in s.scalars(select(Delivery).where(Delivery.job_id == job.id))]
+        assert sorted(uid for uid, _ in sent) == sorted({uid for uid, _ in sent}) and {st for _, st in sent} == {"sent"}, sent
+        srs = pacs.of_class(Comprehensive3DSRStorage)
+        assert [str(sr.SOPInstanceUID) for sr in srs] == [job.result["instances"]["sr"]]
     finally:
         for process in (*workers, scp):
             if process.poll() is None:

@@ -1,0 +1,39 @@
+"""The one way tests wait: for a condition, with a deadline, and a failure that says what."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+__all__ = ["wait_for", "settled"]
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "the condition", every: float = 0.1) -> T:
+    """``predicate()``'s first truthy value within ``timeout`` seconds; AssertionError naming
+    ``what`` (and the last value) when it does not come."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
+        time.sleep(every)
+        value = predicate()
+    return value
+
+
+def settled(measure: Callable[[], T], timeout: float = 10.0, reads: int = 3, every: float = 0.2) -> T:
+    """``measure()`` once it gave the same value ``reads`` times in a row (threads, open files
+    after a burst); AssertionError if it keeps changing for ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, same = measure(), 1
+    while same < reads:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still changing after {timeout:g} s (last: {last!r})")
+        time.sleep(every)
+        value = measure()
+        same = same + 1 if value == last else 1
+        last = value
+    return last
