@@ -595,9 +595,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from db.engine import DatabaseUnreachable
         from dicom_node.archive import ArchiveFull, ArchiveNotWritable
+        from dicom_node.pynetdicom_contract import UnsupportedPynetdicom
         from dicom_node.runtime import SchemaOutOfDate
 
-        if isinstance(exc, (SchemaOutOfDate, DatabaseUnreachable)):
+        if isinstance(exc, (SchemaOutOfDate, DatabaseUnreachable, UnsupportedPynetdicom)):
             return _fail(str(exc), 2)
         if isinstance(exc, (ArchiveNotWritable, ArchiveFull)):
             return _fail(exc.strerror or str(exc), 2)

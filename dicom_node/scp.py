@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import DatabaseFileReplaced
 from db.ingest import RecordOutcome, prepare_recording
+from dicom_node.pynetdicom_contract import check_pynetdicom
 from dicom_node.archive import Archive, ArchiveFull, ArchiveNotWritable
 from dicom_node.config import Config
 from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
@@ -375,6 +376,7 @@ class DicomNode:
 
     def start(self) -> None:
         """Start listening (non-blocking): the plain port, and the TLS port when enabled."""
+        check_pynetdicom()  # UnsupportedPynetdicom: another release would silently drop protections
         self.archive.check_writable()  # ArchiveNotWritable / ArchiveFull: the node does not start
         self.archive.remove_stale_temporary_files()
         try:
