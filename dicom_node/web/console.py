@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from db import audit, bundles, overview
 from db.deliveries import deliveries_of_job
 from db.models import JobState
 from db.queue import QueueError, cancel, count_jobs_by_state, get_job, list_jobs, replay
+from db.retention import deletion_totals
 from dicom_node.archive import Archive
 from dicom_node.config import Config, Destination
 
@@ -44,6 +44,10 @@ class Health:
     queue: dict[str, int]
     last_error: str | None
     last_error_at: datetime | None
+    #: the archive's file system in use, retention's high watermark, studies it deleted so far
+    used_percent: float | None = None
+    high_watermark_percent: float = 0.0
+    deleted_studies: int = 0
 
     @property
     def ok(self) -> bool:
@@ -52,7 +56,8 @@ class Health:
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "listening": self.listening, "listening_detail": self.listening_detail,
                 "database": self.database, "free_bytes": self.free_bytes, "reserve_bytes": self.reserve_bytes,
-                "queue": self.queue, "last_error": self.last_error,
+                "queue": self.queue, "last_error": self.last_error, "used_percent": self.used_percent,
+                "high_watermark_percent": self.high_watermark_percent, "deleted_studies": self.deleted_studies,
                 "last_error_at": self.last_error_at.isoformat() + "Z" if self.last_error_at else None}
 
 
@@ -141,20 +146,24 @@ class Console:
 
     def health(self) -> Health:
         listening, detail = self._node_listening()
-        database, queue, error = True, {}, None
+        database, queue, error, deleted = True, {}, None, 0
         try:
             with self.sessions() as session:
                 queue = count_jobs_by_state(session)
                 error = overview.latest_error(session)
+                deleted = sum(n for n, _, _ in deletion_totals(session).values())
         except Exception as exc:  # the database may be down: the page still answers and says so
             database, detail_db = False, type(exc).__name__
             log.warning("console: database does not answer: %s", detail_db)
         try:
-            free: int | None = shutil.disk_usage(self.archive.root).free
+            total, used, free_now = self.archive.disk_usage()
+            free: int | None = free_now
+            used_percent: float | None = 100.0 * used / total if total else None
         except OSError:
-            free = None
+            free = used_percent = None
         return Health(listening, detail, database, free, self.archive.free_space_reserve_bytes, queue,
-                      error[1] if error else None, error[0] if error else None)
+                      error[1] if error else None, error[0] if error else None, used_percent,
+                      self.config.retention.high_watermark_percent, deleted)
 
     def metrics_text(self) -> bytes:
         """The database-derived figures of ``/metrics`` (jobs and deliveries by state, archive

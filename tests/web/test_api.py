@@ -77,6 +77,7 @@ def test_every_documented_route_answers(console_node: ConsoleNode) -> None:
             answer = session.request(method.upper(), url, json={} if method == "post" else None, timeout=60)
             expected = 422 if path == "/api/session" and method == "post" else 403  # sign-in needs a body, not a token
             assert answer.status_code == expected, (path, method, answer.status_code, answer.text[:300])
-    assert session.get(here.url + "/api/health", timeout=30).json()["database"] is True
+    health = session.get(here.url + "/api/health", timeout=30).json()
+    assert health["database"] is True and 0 < health["used_percent"] < 100 and health["deleted_studies"] == 0
     metrics = session.get(here.url + "/api/metrics", timeout=30).text
     assert "egfr_node_jobs" in metrics and "egfr_node_archive_free_bytes" in metrics

@@ -102,7 +102,8 @@ def test_an_admin_follows_a_study_from_arrival_to_result_and_steers_it(console_n
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     click_button(browser, "Sign in")
     wait_for_text(browser, "Queue", where="h1")
-    wait_for_text(browser, "SCP listening", where="#health")
+    health = wait_for_text(browser, "SCP listening", where="#health")
+    assert "studies deleted by retention" in health and "high watermark 90 %" in health, health
 
     # PACS sends the study; the page refreshes itself: waiting, then done.
     files = sorted(study.folder.rglob("*.dcm"))
