@@ -30,10 +30,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import Compiled
 
 from db.engine import SQLITE_BEGIN, check_database_file
-from db.models import ACTIVE_JOB_PREDICATE_SQL, Instance, Job, JobState, Series, Study, utcnow
+from db.models import ACTIVE_JOB_PREDICATE_SQL, Deletion, Instance, Job, JobState, Series, Study, utcnow
 from db.sop_classes import moves_queue
 
-__all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "prepare_recording", "find_instance", "ARRIVING_REASON"]
+__all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "prepare_recording", "find_instance", "ARRIVING_REASON",
+           "StudyBeingDeleted"]
+
+
+class StudyBeingDeleted(RuntimeError):
+    """A known instance of a study retention is deleting arrived again: acknowledging it as a
+    duplicate would lose it with the study, so it is refused (the peer retries later, and the
+    retry is stored afresh)."""
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +110,13 @@ def record_instance(
         existing = find_instance(session, record.sop_instance_uid)
         if existing is None:
             raise RuntimeError(f"instance {record.sop_instance_uid} violates a constraint but is not recorded")
-        return _compare(existing, record, now)
+        outcome = _compare(existing, record, now)
+        session.flush()  # the study row is updated (locked) before the deletion record is read
+        if session.scalar(select(Deletion.id).where(Deletion.study_uid == existing.series.study.study_uid,
+                                                    Deletion.state == "marked").limit(1)) is not None:
+            raise StudyBeingDeleted(f"study {existing.series.study.study_uid} is being deleted by retention: "
+                                    f"instance {record.sop_instance_uid} refused, send it again later")
+        return outcome
 
 
 def _compare(existing: Instance, record: InstanceRecord, now: datetime) -> RecordOutcome:

@@ -267,12 +267,12 @@ class Deletion(Base):
     reason: Mapped[str] = mapped_column(String(16))
     #: one line: since when the study was finished, and the disk use that triggered it
     detail: Mapped[str] = mapped_column(Text)
-    #: marked | done
-    state: Mapped[str] = mapped_column(String(16), default="marked")
+    #: marked | done | cancelled (marked, then pinned or given new work before a file went)
+    state: Mapped[str] = mapped_column(String(16), default="marked", index=True)
     marked_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    #: the instances the deletion covers (ids and archive paths), fixed when it is marked:
-    #: an instance that arrives later is not deleted with them
+    #: the instances the deletion covers (ids and archive paths), fixed when it is marked (an
+    #: instance that arrives later is not deleted with them); emptied once it is done
     instance_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
     paths: Mapped[list[str]] = mapped_column(JSON, default=list)
     instances: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,8 +1,8 @@
 """Retention's queries: which studies may be deleted, pins, and the deletion record.
 
 A study is *finished* when it has a job, none of its jobs is waiting, queued or running, no
-result of it is still pending or being retried, and its latest job's results were all sent
-(a failed or cancelled latest job has nothing to send). It is *eligible* when it is also
+result of it is still pending or being retried, and its latest done job's results were all
+sent (a study whose jobs all failed or were cancelled has nothing to send). It is *eligible* when it is also
 not pinned and not already being deleted; its age counts from the last of its arrival, its
 jobs' ends and its deliveries. Deletion is two transactions around the file removal
 (:func:`mark_deletion`, then :func:`finish_deletion`), so a crash in between leaves a
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from db.models import Deletion, Delivery, DeliveryState, Instance, Job, JobState, Series, Study, utcnow
 
 __all__ = ["Candidate", "DeletionView", "eligible_studies", "mark_deletion", "marked_deletions", "finish_deletion",
+           "cancel_deletion", "still_eligible",
            "pin", "unpin", "StudyCounts", "study_counts", "deletion_totals", "recent_deletions", "marked_paths"]
 
 _BUSY = (JobState.WAITING, JobState.QUEUED, JobState.RUNNING)
@@ -56,8 +57,11 @@ def _finished_conditions():  # type: ignore[no-untyped-def]
     busy = select(Job.id).where(Job.study_id == Study.id, Job.state.in_(_BUSY)).exists()
     unsent = (select(Delivery.id).join(Job, Delivery.job_id == Job.id)
               .where(Job.study_id == Study.id, Delivery.state.in_(_UNSENT)).exists())
-    latest = select(func.max(Job.id)).where(Job.study_id == Study.id).correlate(Study).scalar_subquery()
-    latest_not_sent = (select(Delivery.id).where(Delivery.job_id == latest, Delivery.state != DeliveryState.SENT)
+    # the results that count are the latest done job's: a replay that failed after it, or was
+    # cancelled, sent nothing, so those results must have been sent
+    latest_done = (select(func.max(Job.id)).where(Job.study_id == Study.id, Job.state == JobState.DONE)
+                   .correlate(Study).scalar_subquery())
+    latest_not_sent = (select(Delivery.id).where(Delivery.job_id == latest_done, Delivery.state != DeliveryState.SENT)
                        .correlate(Study).exists())
     has_job = select(Job.id).where(Job.study_id == Study.id).exists()
     return has_job, ~busy, ~unsent, ~latest_not_sent
@@ -77,6 +81,18 @@ def eligible_studies(session: Session, finished_before: datetime, limit: int = 1
     return candidates[:limit]
 
 
+def _lock_study(session: Session, study_id: int) -> Study | None:
+    """The study row, locked until the transaction ends (PostgreSQL: FOR UPDATE, the lock the
+    intake's study upsert and a pin take too; SQLite: every write transaction is exclusive)."""
+    return session.scalar(select(Study).where(Study.id == study_id).with_for_update())
+
+
+def still_eligible(session: Session, study_uid: str) -> bool:
+    """Whether the study (by UID) is finished and not pinned now."""
+    study_id = session.scalar(select(Study.id).where(Study.study_uid == study_uid))
+    return study_id is not None and _still_eligible(session, study_id)
+
+
 def _still_eligible(session: Session, study_id: int) -> bool:
     return session.execute(select(Study.id).where(Study.id == study_id, Study.pinned_at.is_(None),
                                                   *_finished_conditions())).first() is not None
@@ -85,11 +101,13 @@ def _still_eligible(session: Session, study_id: int) -> bool:
 def mark_deletion(session: Session, candidate: Candidate, reason: str, detail: str,
                   now: datetime | None = None) -> DeletionView | None:
     """Record that ``candidate`` is being deleted, with the instances it has now; None when it
-    is no longer eligible (an instance arrived, a replay, a pin). Raises IntegrityError when
-    another sweeper marked it first."""
+    is no longer eligible (an instance arrived, even a copy of one it has; a replay; a pin).
+    Raises IntegrityError when another sweeper marked it first. Once it is marked, a copy of
+    one of its instances is refused (``db.ingest.StudyBeingDeleted``) until it is done."""
     now = now or utcnow()
-    if not _still_eligible(session, candidate.study_id):
-        return None
+    study = _lock_study(session, candidate.study_id)  # against a pin or an arrival committing meanwhile
+    if study is None or study.last_received_at > candidate.finished_at or not _still_eligible(session, candidate.study_id):
+        return None  # gone, re-sent since it was listed (even a copy moves its time), or given new work
     rows = session.execute(select(Instance.id, Instance.path, Instance.size_bytes).join(Series)
                            .where(Series.study_id == candidate.study_id).order_by(Instance.id)).all()
     jobs = session.scalar(select(func.count()).select_from(Job).where(Job.study_id == candidate.study_id)) or 0
@@ -122,9 +140,11 @@ def finish_deletion(session: Session, deletion_id: int, now: datetime | None = N
     row = session.get(Deletion, deletion_id)
     if row is None or row.state != "marked":
         return False
-    study = session.scalar(select(Study).where(Study.study_uid == row.study_uid))
-    if row.instance_ids:
-        session.execute(delete(Instance).where(Instance.id.in_(row.instance_ids)))
+    study_id = session.scalar(select(Study.id).where(Study.study_uid == row.study_uid))
+    study = _lock_study(session, study_id) if study_id is not None else None  # an arrival commits first, or waits
+    ids = list(row.instance_ids or ())
+    for start in range(0, len(ids), 1000):  # bounded IN lists, whatever the study's size
+        session.execute(delete(Instance).where(Instance.id.in_(ids[start:start + 1000])))
     if study is not None:
         empty = select(Series.id).where(Series.study_id == study.id,
                                         ~select(Instance.id).where(Instance.series_id == Series.id).exists())
@@ -138,6 +158,19 @@ def finish_deletion(session: Session, deletion_id: int, now: datetime | None = N
             session.execute(delete(Job).where(Job.study_id == study.id))
             session.execute(delete(Study).where(Study.id == study.id))
     row.state, row.finished_at = "done", now
+    row.instance_ids, row.paths = [], []  # the record keeps the counts; the lists were for finishing it
+    return True
+
+
+def cancel_deletion(session: Session, deletion_id: int, why: str, now: datetime | None = None) -> bool:
+    """A marked deletion none of whose files was removed yet, given up (the study was pinned or
+    got new work meanwhile)."""
+    row = session.get(Deletion, deletion_id)
+    if row is None or row.state != "marked":
+        return False
+    row.state, row.finished_at = "cancelled", now or utcnow()
+    row.detail = f"{row.detail}; cancelled: {why}"
+    row.instance_ids, row.paths = [], []
     return True
 
 

@@ -285,9 +285,10 @@ class Archive:
         How many files were there."""
         removed = 0
         folders: set[Path] = set()
+        root = self.root.resolve()
         for relative in relative_paths:
             path = self.root / relative
-            if self.root not in path.resolve().parents:
+            if root not in path.resolve().parents:
                 raise InvalidUID(f"{relative!r} is not under the archive")
             try:
                 path.unlink()

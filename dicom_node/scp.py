@@ -6,7 +6,8 @@ walked to its end (``dataset_check``: whole, Pixel Data as long as its attribute
 walk keeps the header elements), then linked into the archive (its folder fsynced) and
 recorded in the database before the success status goes back. Status codes say what
 happened: 0xB006 (warning) stored earlier with other content, first copy kept; 0xA700 out
-of space, or the instance is over ``node.max_instance_size_mb``; 0xA701 database
+of space, the instance is over ``node.max_instance_size_mb``, or it is a copy of one in a
+study retention is deleting at that moment (send it again later); 0xA701 database
 unavailable; 0xA900 dataset does not match the request; 0xC210 undecodable or incomplete
 (cut short, Pixel Data of the wrong length, malformed fragments); 0xC220 a required
 attribute missing or invalid; 0xC211 anything else (logged with its traceback). The reason
@@ -33,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import DatabaseFileReplaced
-from db.ingest import RecordOutcome, prepare_recording
+from db.ingest import RecordOutcome, StudyBeingDeleted, prepare_recording
 from dicom_node.pynetdicom_contract import check_pynetdicom
 from dicom_node.archive import Archive, ArchiveFull, ArchiveNotWritable
 from dicom_node.config import Config
@@ -230,6 +231,10 @@ def handle_store(
         counters.add("failures")
         log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
         return _status(Status.OUT_OF_RESOURCES, "archive out of disk space")
+    except StudyBeingDeleted as exc:
+        counters.add("failures")
+        log.warning("C-STORE %s refused: %s", header.sop_instance_uid, exc, extra=extra)
+        return _status(Status.OUT_OF_RESOURCES, "study being deleted by retention: send it again later")
     except ArchiveNotWritable as exc:
         counters.add("failures")
         log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
@@ -392,7 +397,8 @@ class DicomNode:
             log.info("listening with TLS on %s:%d", node.host, self.tls_port)
         self._housekeeping_stop = threading.Event()
         threading.Thread(target=self._housekeeping, name="RefusalSummaries", daemon=True).start()
-        threading.Thread(target=self._check_archive, name="ArchiveCheck", daemon=True).start()
+        if not self.receiver:  # one check per node, not one per receive process
+            threading.Thread(target=self._check_archive, name="ArchiveCheck", daemon=True).start()
         if node.receive_processes > 1:
             self._start_receivers(node.receive_processes - 1)
         monitoring = self.config.monitoring

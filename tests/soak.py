@@ -9,7 +9,8 @@ active and a pynetdicom PACS as the destination. A sender thread sends phantom s
 UIDs each, MR + SEG) one association each, one every ``--interval`` seconds. Every ``--sample-seconds`` the RSS
 and open files of both processes and the jobs' queue latencies are read. At the end, after
 the traffic stops and the queue drains: instances acknowledged vs archived vs deleted by
-retention (lost must be 0), RSS and open files at the start and the end of each quarter, and
+retention (lost must be 0: an instance not archived counts as deleted only when its
+study's deletion was marked after the instance was acknowledged), RSS and open files at the start and the end of each quarter, and
 the queue latency percentiles (queued -> started, received -> done).
 """
 
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +37,12 @@ from pydicom import dcmread  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from db.engine import make_engine, make_sessionmaker  # noqa: E402
-from db.models import Deletion, Instance, Job, JobState  # noqa: E402
+from db.models import Deletion, Instance, Job, JobState, utcnow  # noqa: E402
 from pipeline.phantom.study import generate_study  # noqa: E402
 from tests.conftest import mount_tmpfs  # noqa: E402
 from tests.node.bundles import write_random_bundle  # noqa: E402
 from tests.node.peers import PynetdicomPacs  # noqa: E402
-from tests.node.process import cli, free_port, start  # noqa: E402
+from tests.node.process import cli, free_port, start, wait_until_listening  # noqa: E402
 from tests.node.scu import store  # noqa: E402
 
 
@@ -90,7 +92,7 @@ class Sender(threading.Thread):
     def __init__(self, port: int, work: Path, stop: threading.Event, interval: float) -> None:
         super().__init__(daemon=True)
         self.port, self.work, self.stop, self.interval = port, work, stop, interval
-        self.acknowledged: set[str] = set()
+        self.acknowledged: dict[str, tuple[str, datetime]] = {}  # SOP Instance UID: (study, when acknowledged)
         self.refused: dict[int, int] = {}
         self.studies = 0
 
@@ -103,9 +105,10 @@ class Sender(threading.Thread):
             generate_study(folder, seed=seed, geometry="axial2d", mask_kind="seg")
             datasets = [dcmread(p) for p in sorted(folder.rglob("*.dcm"))]
             statuses = store(self.port, datasets)
+            when = utcnow()
             for ds, status in zip(datasets, statuses):
                 if status == 0:
-                    self.acknowledged.add(str(ds.SOPInstanceUID))
+                    self.acknowledged[str(ds.SOPInstanceUID)] = (str(ds.StudyInstanceUID), when)
                 else:
                     self.refused[status] = self.refused.get(status, 0) + 1
             self.studies += 1
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         activated = cli(config, "models", "activate", str(bundle))
         assert activated.returncode == 0, activated.stderr
         processes["scp"], processes["worker"] = start(config, "scp"), start(config, "worker")
-        time.sleep(3)
+        wait_until_listening(port, processes["scp"])
         for name, proc in processes.items():
             threading.Thread(target=lambda s=proc.stdout: [None for _ in s], daemon=True).start()  # drain its log
         sender = Sender(port, work, stop, args.interval)
@@ -183,11 +186,17 @@ def main(argv: list[str] | None = None) -> int:
             if busy is None:
                 break
             time.sleep(2)
-        with sessions() as session:
-            archived = set(session.scalars(select(Instance.sop_instance_uid).where(Instance.origin == "received")))
-            deleted = {Path(p).stem for (paths,) in session.execute(select(Deletion.paths)) for p in paths or ()}
+        archive_root = disk / "data" / "archive"
+        with sessions() as session:  # archived: a row and its file
+            archived = {uid for uid, path in session.execute(select(Instance.sop_instance_uid, Instance.path)
+                                                              .where(Instance.origin == "received"))
+                        if (archive_root / path).is_file()}
+            deleted_at = dict(session.execute(select(Deletion.study_uid, Deletion.marked_at).where(Deletion.state == "done")))
             failed = session.scalars(select(Job.reason).where(Job.state == JobState.FAILED)).all()
-        ack = sender.acknowledged
+        ack = set(sender.acknowledged)
+        # deleted by retention: its study's deletion was marked after the instance was acknowledged
+        deleted = {uid for uid, (study, when) in sender.acknowledged.items()
+                   if uid not in archived and study in deleted_at and deleted_at[study] >= when}
         lost = ack - archived - deleted
         wait = np.array([v[0] for v in latencies.values()]) if latencies else np.zeros(1)
         total = np.array([v[1] for v in latencies.values()]) if latencies else np.zeros(1)
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['queued_to_started_s']['p95']} s; received->done p50/p95 {summary['received_to_done_s']['p50']}/"
               f"{summary['received_to_done_s']['p95']} s")
         engine.dispose()
-        return 0 if not lost else 1
+        return 0 if not lost and deleted else 1  # retention must have acted, and nothing be lost
     finally:
         stop.set()
         for proc in processes.values():

@@ -25,6 +25,7 @@ from dicom_node.scp import DicomNode
 from tests.conftest import make_config
 from tests.dicom_factory import mr_series
 from tests.node.scu import store
+from tests.waiting import wait_for
 
 
 def test_check_finds_each_planted_inconsistency_and_repair_leaves_it_clean(tmp_path, phantom_study, caplog) -> None:
@@ -69,12 +70,10 @@ def test_check_finds_each_planted_inconsistency_and_repair_leaves_it_clean(tmp_p
         with caplog.at_level(logging.INFO, logger="dicom_node.scp"):
             node.start()
             try:
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and not [r for r in caplog.records if "archive check at start" in r.message]:
-                    time.sleep(0.1)
+                (started,) = wait_for(lambda: [r for r in caplog.records if "archive check at start" in r.message], 30,
+                                      "the SCP's check at start")
             finally:
                 node.stop()
-        (started,) = [r for r in caplog.records if "archive check at start" in r.message]
         assert started.levelno == logging.WARNING and "egfr-node check --repair" in started.message
         assert f"1 rows whose file is missing: {deleted.stem}" in started.message
         assert "2 files without a row" in started.message and f"job {job.id} (dead-worker)" in started.message

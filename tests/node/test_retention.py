@@ -102,8 +102,9 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path):
-    s = Site(tmp_path, keep_days=30.0)
+def site(tmp_path: Path, any_db_url: str):
+    """On the embedded SQLite and on PostgreSQL (the scale-out path)."""
+    s = Site(tmp_path, database_url=any_db_url, keep_days=30.0)
     yield s
     s.close()
 
@@ -288,5 +289,89 @@ def test_archive_pin_unpin_and_usage_from_the_command_line(tmp_path: Path, capsy
         assert cli_main(["--config", str(config), "archive", "unpin", a]) == 0
         with site.sessions() as session:
             assert [c.study_uid for c in eligible_studies(session, utcnow())] == [a]
+    finally:
+        site.close()
+
+
+def test_a_study_whose_results_never_reached_pacs_is_kept_after_a_failed_replay(site: Site) -> None:
+    """Its done job's delivery failed (gave up); a rerun then failed: nothing was delivered."""
+    old = utcnow() - timedelta(days=40)
+    uid = site.study()
+    job_id = site.run(uid, at=old)
+    with site.sessions.begin() as session:
+        (delivery_id,) = deliveries.create_deliveries(session, job_id, ["2.25.1"], ["pacs"], old)
+        policy = deliveries.RetryPolicy(max_attempts=1, initial_backoff_seconds=1, max_backoff_seconds=1)
+        deliveries.mark_failed_try(session, delivery_id, "association refused", policy, old)
+    with site.sessions.begin() as session:
+        queue.replay(session, uid, old + timedelta(minutes=5), rerun=True)
+    with site.sessions.begin() as session:
+        rerun = queue.claim_next(session, "w1", 600, old + timedelta(minutes=6))
+        queue.finish_job(session, rerun.id, "w1", ok=False, reason="no evidence of contrast", now=old + timedelta(minutes=7))
+    with site.sessions() as session:
+        assert [j.state for j in session.scalar(select(Study).where(Study.study_uid == uid)).jobs] == [JobState.DONE,
+                                                                                                        JobState.FAILED]
+    assert site.retention.sweep_once().deleted == [] and uid in site.studies()
+
+
+def test_during_a_deletion_a_copy_is_refused_and_a_new_instance_is_kept(tmp_path: Path) -> None:
+    """Marked, files not yet removed: PACS re-sends one of its instances (0xA700, send later)
+    and a new one (stored); the deletion then removes only what it marked."""
+    from pynetdicom.sop_class import MRImageStorage
+
+    from db.retention import finish_deletion, mark_deletion
+    from dicom_node.scp import Status
+
+    site = Site(tmp_path, keep_days=1.0)
+    node = DicomNode(site.config, site.archive, site.sessions)
+    node.start()
+    try:
+        images = mr_series(3, rows=32, columns=32, seed=1)
+        assert store(node.port, [*images, mask_for(images)]) == [0] * 4
+        uid = str(images[0].StudyInstanceUID)
+        site.deliver(site.run(uid, at=utcnow() - timedelta(days=5)), sent=True, at=utcnow() - timedelta(days=5))
+        with site.sessions() as session:
+            (candidate,) = eligible_studies(session, utcnow() - timedelta(days=1))
+        with site.sessions.begin() as session:
+            deletion = mark_deletion(session, candidate, "age", "test")
+        assert deletion is not None
+        assert store(node.port, images[0]) == [Status.OUT_OF_RESOURCES]  # a copy: refused, not acknowledged
+        extra = mr_series(1, rows=32, columns=32, seed=2, study_uid=uid)[0]
+        assert extra.SOPClassUID == MRImageStorage
+        assert store(node.port, extra) == [0]  # new: stored
+        site.archive.remove(deletion.paths)
+        with site.sessions.begin() as session:
+            assert finish_deletion(session, deletion.id)
+        assert [Path(f).stem for f in site.files_of(uid)] == [str(extra.SOPInstanceUID)]
+        with site.sessions() as session:
+            kept = session.scalars(select(Instance.sop_instance_uid).join(Series).join(Study)
+                                   .where(Study.study_uid == uid)).all()
+            assert kept == [str(extra.SOPInstanceUID)]
+            assert [j.state for j in session.scalar(select(Study).where(Study.study_uid == uid)).jobs] == [
+                JobState.DONE, JobState.WAITING]  # the new image's study waits to be predicted again
+        assert store(node.port, images[0]) == [0]  # once the deletion is done, the re-send is stored afresh
+        assert check_node(site.archive, site.sessions, quarantine=tmp_path / "q").clean
+    finally:
+        node.stop()
+        site.close()
+
+
+def test_a_deletion_left_marked_is_cancelled_if_the_study_was_pinned_before_a_file_went(tmp_path: Path) -> None:
+    from db.retention import mark_deletion
+
+    site = Site(tmp_path, keep_days=1.0)
+    try:
+        uid = site.finished(at=utcnow() - timedelta(days=5))
+        with site.sessions() as session:
+            (candidate,) = eligible_studies(session, utcnow() - timedelta(days=1))
+        with site.sessions.begin() as session:
+            assert mark_deletion(session, candidate, "age", "test") is not None  # then the node died
+        with site.sessions.begin() as session:
+            assert pin(session, uid, "admin", "keep it")
+        report = site.retention.sweep_once()
+        assert report.completed == 0 and report.deleted == [] and len(site.files_of(uid)) == 4
+        with site.sessions() as session:
+            (record,) = session.scalars(select(Deletion)).all()
+            assert record.state == "cancelled" and "cancelled" in record.detail
+        assert check_node(site.archive, site.sessions, quarantine=tmp_path / "q").clean
     finally:
         site.close()

@@ -30,6 +30,7 @@ from dicom_node.worker import Worker
 from tests.conftest import make_config, skip_or_fail
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import Orthanc
+from tests.waiting import wait_for
 from tests.viewers.ohif_app import OHIF_VERSION, ViewerServer, install_ohif, installed_or_skip
 
 pytestmark = pytest.mark.timeout(600)
@@ -120,15 +121,6 @@ return tools.annotation.state.getAllAnnotations().some(a => a.metadata && a.meta
 """
 
 
-def _wait_for_script(browser, script: str, what: str, timeout: float) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if browser.execute_script(script):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{what} within {timeout:g} s")
-
-
 def open_sr(browser, server: ViewerServer, study_uid: str, shots: Path) -> tuple[str, str]:  # noqa: ANN001
     """Open the study as a reader would: wait for the first image, double-click the SR in the
     study browser, scroll where OHIF needs it (below), accept OHIF's offer to track the SR's
@@ -150,12 +142,12 @@ def open_sr(browser, server: ViewerServer, study_uid: str, shots: Path) -> tuple
                             {"source": "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"})
     browser.get(server.url(f"/viewer?StudyInstanceUIDs={study_uid}"))
     _wait_for_text(browser, "EGFR prediction", 120)
-    _wait_for_script(browser, _VIEWPORTS_RENDERED, "the first viewport did not render", 120)
+    wait_for(lambda: browser.execute_script(_VIEWPORTS_RENDERED), 120, "the first viewport to render")
     (sr,) = [e for e in browser.find_elements(By.CSS_SELECTOR, "[data-cy='study-browser-thumbnail-no-image']")
              if "EGFR prediction" in e.text]
     ActionChains(browser).double_click(sr).perform()
-    _wait_for_script(browser, _SR_ANNOTATION_ADDED, "the SR's annotation was not loaded", 120)
-    _wait_for_script(browser, _VIEWPORTS_RENDERED, "the SR viewport did not render", 120)
+    wait_for(lambda: browser.execute_script(_SR_ANNOTATION_ADDED), 120, "the SR's annotation to load")
+    wait_for(lambda: browser.execute_script(_VIEWPORTS_RENDERED), 120, "the SR viewport to render")
     try:
         viewport = _wait_for_text(browser, "EGFR mutation", 10)
     except AssertionError:  # OHIF's race (see above): scroll one image on and back, as a reader does

@@ -37,12 +37,14 @@ def upgrade() -> None:
     )
     op.create_index('ix_deletion_study_uid', 'deletion', ['study_uid'], unique=False)
     op.create_index('ix_deletion_marked_at', 'deletion', ['marked_at'], unique=False)
+    op.create_index('ix_deletion_state', 'deletion', ['state'], unique=False)
     op.create_index('uq_deletion_marked_per_study', 'deletion', ['study_uid'], unique=True,
                     sqlite_where=sa.text("state = 'marked'"), postgresql_where=sa.text("state = 'marked'"))
 
 
 def downgrade() -> None:
     op.drop_index('uq_deletion_marked_per_study', table_name='deletion')
+    op.drop_index('ix_deletion_state', table_name='deletion')
     op.drop_index('ix_deletion_marked_at', table_name='deletion')
     op.drop_index('ix_deletion_study_uid', table_name='deletion')
     op.drop_table('deletion')
