@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             archived = {uid for uid, path in session.execute(select(Instance.sop_instance_uid, Instance.path)
                                                               .where(Instance.origin == "received"))
                         if (archive_root / path).is_file()}
-            deleted_at = dict(session.execute(select(Deletion.study_uid, Deletion.marked_at).where(Deletion.state == "done")))
+            deleted_at = dict(session.execute(select(Deletion.study_uid, Deletion.marked_at)
+                                              .where(Deletion.state == "done")).tuples().all())
             failed = session.scalars(select(Job.reason).where(Job.state == JobState.FAILED)).all()
         ack = set(sender.acknowledged)
         # deleted by retention: its study's deletion was marked after the instance was acknowledged
