@@ -24,6 +24,7 @@ from db.queue import QueueError, cancel, count_jobs_by_state, get_job, list_jobs
 from db.retention import deletion_totals
 from dicom_node.archive import Archive
 from dicom_node.config import Config, Destination
+from dicom_node.retention import DiskUse
 
 __all__ = ["Console", "ActionRefused", "Health"]
 
@@ -156,9 +157,9 @@ class Console:
             database, detail_db = False, type(exc).__name__
             log.warning("console: database does not answer: %s", detail_db)
         try:
-            total, used, free_now = self.archive.disk_usage()
-            free: int | None = free_now
-            used_percent: float | None = 100.0 * used / total if total else None
+            disk = DiskUse(*self.archive.disk_usage())
+            free: int | None = disk.free
+            used_percent: float | None = disk.percent if disk.total else None
         except OSError:
             free = used_percent = None
         return Health(listening, detail, database, free, self.archive.free_space_reserve_bytes, queue,
