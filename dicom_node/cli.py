@@ -115,7 +115,7 @@ def _serve(args: argparse.Namespace, with_scp: bool, with_worker: bool) -> int:
     config = _load(args)
     if with_scp:
         share_metrics_between_processes(config)  # before prometheus_client is imported
-    from dicom_node.scp import DicomNode
+    from dicom_node.receive.server import DicomNode
     from dicom_node.worker import Worker
 
     configure_logging(config.logging.level)
@@ -447,7 +447,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("preprocess-out")
     if not path.exists():
         # Not a folder: a Study Instance UID in the archive.
-        from dicom_node.archive import InvalidUID, check_uid
+        from dicom_node.receive.archive import InvalidUID, check_uid
 
         try:
             study_uid = check_uid("study", args.path)
@@ -594,8 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         from db.engine import DatabaseUnreachable
-        from dicom_node.archive import ArchiveFull, ArchiveNotWritable
-        from dicom_node.pynetdicom_contract import UnsupportedPynetdicom
+        from dicom_node.receive.archive import ArchiveFull, ArchiveNotWritable
+        from dicom_node.receive._pynetdicom.contract import UnsupportedPynetdicom
         from dicom_node.runtime import SchemaOutOfDate
 
         if isinstance(exc, (SchemaOutOfDate, DatabaseUnreachable, UnsupportedPynetdicom)):

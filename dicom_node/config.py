@@ -65,6 +65,7 @@ class NodeSection:
     max_negotiating: int = 64
     max_instance_size_mb: int = 1024
     receive_processes: int = 1
+    receive_speedups: bool = True
 
 
 @dataclass(frozen=True)

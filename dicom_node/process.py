@@ -29,10 +29,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance, Series, Study
-from dicom_node.archive import Archive
+from dicom_node.receive.archive import Archive
 from dicom_node.config import Config
-from dicom_node.intake import store_instance
-from dicom_node.received_header import read_header
+from dicom_node.receive.intake import store_instance
+from dicom_node.receive.header import read_header
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
 from dicom_node.report.image_point import nearest_image_point
 from pipeline.contrast import ContrastRule, check_contrast

@@ -40,7 +40,7 @@ from db.queue import (
     scan_waiting_jobs,
     sweep_expired_leases,
 )
-from dicom_node.archive import Archive
+from dicom_node.receive.archive import Archive
 from dicom_node.config import Config
 from dicom_node.retention import Retention
 

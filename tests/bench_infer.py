@@ -147,7 +147,7 @@ def bench_latency() -> None:
     from dicom_node.commands.models import activate
     from dicom_node.config import Destination
     from dicom_node.runtime import open_runtime
-    from dicom_node.scp import DicomNode
+    from dicom_node.receive.server import DicomNode
     from dicom_node.worker import Worker
     from pipeline.phantom import generate_study
     from tests.conftest import make_config

@@ -81,11 +81,11 @@ def bench_pynetdicom_floor(files: list[Path], work: Path, associations: int, spo
 
     from pynetdicom import AE, _config, evt
 
-    from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+    from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 
     _config.LOG_HANDLER_LEVEL = "none"
     chunked = _config.STORE_RECV_CHUNKED_DATASET
-    _config.STORE_RECV_CHUNKED_DATASET = spool  # importing dicom_node.scp turned it on
+    _config.STORE_RECV_CHUNKED_DATASET = spool  # importing dicom_node.receive.scp turned it on
     ae = AE("FLOOR")
     ae.maximum_pdu_size = 262144
     for sop_class in STORAGE_SOP_CLASSES:
@@ -243,15 +243,15 @@ def console_ab(files: list[Path], work: Path, repeat: int) -> None:
 _STAGES = [
     ("pynetdicom.dimse:DIMSEServiceProvider", "receive_primitive", "DUL: P-DATA to a DIMSE message, spooled, fsynced", 0),
     ("pynetdicom.dimse_messages", "write_file_meta_info", "spool: file meta (memoised encoding)", 1),
-    ("dicom_node.transport:SpoolFile", "write", "spool: write and hash the fragments", 1),
-    ("dicom_node.transport:SpoolFile", "sync", "spool: fsync (the handler checks meanwhile)", 1),
-    ("dicom_node.scp:DicomNode", "_on_store", "C-STORE handler, whole", 0),
-    ("dicom_node.scp", "check_part10_file", "dataset walk (whole? Pixel Data length?)", 1),
-    ("dicom_node.scp", "dcmread", "header read by pydicom (masks only)", 1),
-    ("dicom_node.scp", "read_header", "header fields: converted and checked", 1),
-    ("dicom_node.archive:Archive", "store_file", "archive: wait for that fsync, link, fsync folder", 1),
-    ("dicom_node.intake", "record_instance", "database: record + commit (SQLite, FULL)", 1),
-    ("dicom_node.transport:NodeDIMSE", "send_msg", "C-STORE-RSP: encode and queue", 0),
+    ("dicom_node.receive._pynetdicom.spool:SpoolFile", "write", "spool: write and hash the fragments", 1),
+    ("dicom_node.receive._pynetdicom.spool:SpoolFile", "sync", "spool: fsync (the handler checks meanwhile)", 1),
+    ("dicom_node.receive.server:DicomNode", "_on_store", "C-STORE handler, whole", 0),
+    ("dicom_node.receive.scp", "check_part10_file", "dataset walk (whole? Pixel Data length?)", 1),
+    ("dicom_node.receive.scp", "dcmread", "header read by pydicom (masks only)", 1),
+    ("dicom_node.receive.scp", "read_header", "header fields: converted and checked", 1),
+    ("dicom_node.receive.archive:Archive", "store_file", "archive: wait for that fsync, link, fsync folder", 1),
+    ("dicom_node.receive.intake", "record_instance", "database: record + commit (SQLite, FULL)", 1),
+    ("dicom_node.receive._pynetdicom.encodings:NodeDIMSE", "send_msg", "C-STORE-RSP: encode and queue", 0),
 ]
 
 
@@ -268,7 +268,7 @@ def stage_profile(files: list[Path], work: Path, associations: int = 1) -> None:
 
     from db.migrate import upgrade
     from dicom_node.runtime import open_runtime
-    from dicom_node.scp import DicomNode
+    from dicom_node.receive.server import DicomNode
     from tests.conftest import make_config
 
     wall: collections.Counter[str] = collections.Counter()
@@ -339,11 +339,11 @@ def bounds(files: list[Path], work: Path) -> None:
     import queue
     import threading
 
-    import dicom_node.intake as intake
+    import dicom_node.receive.intake as intake
     from db.ingest import RecordOutcome
     from db.migrate import upgrade
     from dicom_node.runtime import open_runtime
-    from dicom_node.scp import DicomNode
+    from dicom_node.receive.server import DicomNode
     from tests.conftest import make_config
 
     def measure(label: str, run) -> None:  # type: ignore[no-untyped-def]
@@ -385,8 +385,8 @@ def bounds(files: list[Path], work: Path) -> None:
         record (SQLite, synchronous=FULL). Every one must finish before the success status."""
         from pydicom import dcmread
 
-        from dicom_node.intake import record_of
-        from dicom_node.received_header import read_header
+        from dicom_node.receive.intake import record_of
+        from dicom_node.receive.header import read_header
 
         config = make_config(work / "chain")
         upgrade(config.database_url)

@@ -25,7 +25,7 @@ import pytest
 from db.migrate import upgrade
 from dicom_node.config import Config, DatabaseSection, NodeSection, StorageSection, WorkerSection
 from dicom_node.runtime import Runtime, open_runtime
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from pipeline.phantom import PhantomStudy, generate_study
 
 PG_ADMIN_URL = os.environ.get("EGFR_NODE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

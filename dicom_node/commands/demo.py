@@ -125,7 +125,7 @@ def run(work: Path, *, patients: int = 30, epochs: int = 30, seed: int = 1, time
     from dicom_node.commands import models
     from dicom_node.config import Destination, load_config
     from dicom_node.runtime import configure_logging, open_runtime
-    from dicom_node.scp import DicomNode
+    from dicom_node.receive.server import DicomNode
     from dicom_node.worker import Worker
     from pipeline.phantom import generate_cohort, generate_study
     from pipeline.params import PreprocessParams

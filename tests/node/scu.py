@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, Association
 from pynetdicom.sop_class import Verification
 
-from dicom_node.scp import STORAGE_SOP_CLASSES
+from dicom_node.receive.scp import STORAGE_SOP_CLASSES
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from dicom_node.commands.backup import backup_node, restore_node
 from dicom_node.commands.check import check_node
 from dicom_node.commands.importing import import_folder
 from dicom_node.runtime import open_runtime
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from tests.conftest import make_config
 from tests.dicom_factory import mr_series
 from tests.node.scu import store
@@ -67,7 +67,7 @@ def test_check_finds_each_planted_inconsistency_and_repair_leaves_it_clean(tmp_p
 
         # the SCP runs the quick part (no hashing) when it starts, and says what to run
         node = DicomNode(config, runtime.archive, runtime.sessions)
-        with caplog.at_level(logging.INFO, logger="dicom_node.scp"):
+        with caplog.at_level(logging.INFO, logger="dicom_node.receive.server"):
             node.start()
             try:
                 (started,) = wait_for(lambda: [r for r in caplog.records if "archive check at start" in r.message], 30,

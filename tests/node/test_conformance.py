@@ -12,7 +12,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicom_node import config as config_module
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
 EXPLICIT_BIG_ENDIAN = "1.2.840.10008.1.2.2"

@@ -13,7 +13,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
 from sqlalchemy import select
 
 from db.models import Instance
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from tests.conftest import require_tool
 from tests.dicom_factory import mask_for, mr_series, write_all
 from tests.node.tls_certs import make_tls_files

@@ -13,7 +13,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.sop_class import ComprehensiveSRStorage, EnhancedMRImageStorage, MRImageStorage, SegmentationStorage
 
-from dicom_node.encoding_cache import FileMetaValues, encoded_file_meta, encoded_store_response
+from dicom_node.receive._pynetdicom.encodings import FileMetaValues, encoded_file_meta, encoded_store_response
 
 CLASSES = [MRImageStorage, EnhancedMRImageStorage, SegmentationStorage, ComprehensiveSRStorage]
 

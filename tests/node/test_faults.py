@@ -33,7 +33,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from sqlalchemy import select
 
 from db.models import Instance
-from dicom_node.scp import DicomNode, Status
+from dicom_node.receive.scp import Status
+from dicom_node.receive.server import DicomNode
 from tests.conftest import require_tool
 from tests.dicom_factory import mask_for, mr_series, write_all
 from tests.node.process import cli, free_port, wait_until_listening, write_config

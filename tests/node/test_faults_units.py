@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,17 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicom_node.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
-from dicom_node.log_safety import RejectionLog, SafeFormatter, peer_text
-from dicom_node.received_header import HEADER_TAGS, MASK_SOP_CLASSES, header_dataset, read_header
-from dicom_node.transport import SpoolFile, _MessageQueue, spool_synced
+from dicom_node.receive.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
+from dicom_node.receive.log_safety import RejectionLog, SafeFormatter, peer_text
+from dicom_node.receive.header import HEADER_TAGS, MASK_SOP_CLASSES, header_dataset, read_header
+from dicom_node.receive._pynetdicom import spool
+from dicom_node.receive._pynetdicom.spool import MessageQueue, spooled_dataset
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+
 from tests.dicom_factory import mask_for, mr_series
 
 WHOLE = ["MR_small.dcm", "CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm",
@@ -110,29 +118,60 @@ def test_size_limit_applies_to_the_dataset() -> None:
         check_part10_file(Path(get_testdata_file("image_dfl.dcm")), 1000)  # counted while inflating
 
 
-class _Request:
-    """What pynetdicom's C-STORE request carries of its spool file."""
-
-    def __init__(self, spool: SpoolFile) -> None:
-        self._dataset_file = spool
+def _received_c_store(tmp_path: Path) -> tuple[int, C_STORE]:
+    """A C-STORE request as the DUL thread queues it for the association: pynetdicom's own
+    decode of the P-DATA fragments, spooled by the node into ``tmp_path``."""
+    dataset = dcmread(get_testdata_file("MR_small.dcm"))
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = dataset.SOPClassUID
+    request.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = BytesIO(encode(dataset, False, True))
+    sent = C_STORE_RQ()
+    sent.primitive_to_message(request)
+    context = build_context(dataset.SOPClassUID, ExplicitVRLittleEndian)
+    context.context_id = 1
+    assoc = Association(AE(), "acceptor")
+    assoc._accepted_cx = {1: context}  # what pynetdicom's negotiation leaves there
+    spool.install()
+    spool.spool_folder.folder = str(tmp_path)
+    try:
+        received = DIMSEMessage()
+        complete = [received.decode_msg(fragment, assoc) for fragment in sent.encode_msg(1, 16382)]
+    finally:
+        spool.spool_folder.folder = None
+    assert complete[-1]
+    primitive = received.message_to_primitive()
+    assert isinstance(primitive, C_STORE)
+    return 1, primitive
 
 
 def test_the_dul_fsyncs_a_spool_once_its_message_is_queued_and_passes_on_a_failure(tmp_path: Path) -> None:
     woken: list[int] = []
-    messages = _MessageQueue(lambda: woken.append(messages.qsize()), sync_spool=True)
-    whole = _Request(SpoolFile(open(tmp_path / "whole.tmp", "wb")))
-    whole._dataset_file.write(b"dataset")
-    messages.put((1, whole))
+    messages = MessageQueue(lambda: woken.append(messages.qsize()), sync_spool=True)
+    whole = _received_c_store(tmp_path)
+    messages.put(whole)
     assert woken == [1]  # the association thread was told first; the fsync was done by the put's end
-    assert spool_synced(whole).done() and spool_synced(whole).exception() is None
-    closed = open(tmp_path / "closed.tmp", "wb")
-    broken = _Request(SpoolFile(closed))
-    closed.close()
-    messages.put((1, broken))  # the fsync fails: the DUL goes on, the archive sees the error
-    assert isinstance(spool_synced(broken).exception(), ValueError)
-    unsynced = _Request(SpoolFile(open(tmp_path / "off.tmp", "wb")))
-    _MessageQueue(lambda: None, sync_spool=False).put((1, unsynced))  # storage.fsync off
-    assert spool_synced(unsynced) is None
+    synced = spooled_dataset(_Event(whole[1])).synced
+    assert synced is not None and synced.done() and synced.exception() is None
+    broken = _received_c_store(tmp_path)
+    broken[1]._dataset_file.close()
+    messages.put(broken)  # the fsync fails: the DUL goes on, the archive sees the error
+    synced = spooled_dataset(_Event(broken[1])).synced
+    assert synced is not None and isinstance(synced.exception(), ValueError)
+    unsynced = _received_c_store(tmp_path)
+    MessageQueue(lambda: None, sync_spool=False).put(unsynced)  # storage.fsync off
+    assert spooled_dataset(_Event(unsynced[1])).synced is None
+
+
+class _Event:
+    """The two attributes of pynetdicom's ``Event`` that :func:`spooled_dataset` reads."""
+
+    def __init__(self, request: C_STORE) -> None:
+        self.request = request
+        self.assoc = None
+        self.dataset_path = request._dataset_path
 
 
 def test_peer_text_is_one_printable_line() -> None:

@@ -10,7 +10,8 @@ from dataclasses import replace
 import pytest
 
 from dicom_node.config import ConfigError, MonitoringSection, load_config
-from dicom_node.scp import DicomNode, Status
+from dicom_node.receive.scp import Status
+from dicom_node.receive.server import DicomNode
 from tests.dicom_factory import mr_series
 from tests.node.scu import association, store
 

@@ -12,7 +12,7 @@ from db.migrate import upgrade
 from dicom_node.commands import models
 from dicom_node.config import Destination
 from dicom_node.runtime import open_runtime
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from dicom_node.worker import Worker
 from tests.conftest import make_config
 from tests.node.bundles import write_random_bundle

@@ -11,7 +11,7 @@ import pytest
 from pydicom import dcmread
 
 from dicom_node.cli import main
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from tests.node.scu import store
 
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from tests.dicom_factory import mask_for, mr_series
 from tests.node.scu import association, store
 

@@ -24,7 +24,7 @@ from dicom_node.commands import models
 from dicom_node.config import Config, DeliverySection, Destination
 from dicom_node.report.sr import read_sr_result
 from dicom_node.runtime import open_runtime
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from dicom_node.worker import Worker
 from pipeline.bundle import BundleError
 from tests.conftest import make_config, require_tool

@@ -33,7 +33,7 @@ from dicom_node.config import RetentionSection
 from dicom_node.metrics import live_collector
 from dicom_node.retention import Retention
 from dicom_node.runtime import open_runtime
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from tests.conftest import make_config
 from tests.node.scu import store
 from tests.dicom_factory import mask_for, mr_series, write_all
@@ -209,7 +209,7 @@ def test_the_watermarks_keep_a_small_disk_receiving_and_delete_the_longest_finis
 _KILLED_SWEEP = """
 import os, signal, sys
 from pathlib import Path
-from dicom_node.archive import Archive
+from dicom_node.receive.archive import Archive
 from dicom_node.config import RetentionSection
 from dicom_node.retention import Retention
 from db.engine import make_engine, make_sessionmaker
@@ -319,7 +319,7 @@ def test_during_a_deletion_a_copy_is_refused_and_a_new_instance_is_kept(tmp_path
     from pynetdicom.sop_class import MRImageStorage
 
     from db.retention import finish_deletion, mark_deletion
-    from dicom_node.scp import Status
+    from dicom_node.receive.scp import Status
 
     site = Site(tmp_path, keep_days=1.0)
     node = DicomNode(site.config, site.archive, site.sessions)

@@ -16,7 +16,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select, text
 
 from db.models import Instance, Job
-from dicom_node.scp import DicomNode, Status
+from dicom_node.receive.scp import Status
+from dicom_node.receive.server import DicomNode
 from tests.dicom_factory import mask_for, mr_series
 from tests.node.scu import association, store
 
@@ -83,8 +84,8 @@ def test_same_uid_with_other_content_keeps_the_first_copy(node: DicomNode, runti
 def test_the_nodes_own_result_sent_back_re_encoded_is_not_a_conflict(node: DicomNode, runtime) -> None:
     """A routing rule that echoes the node's results back (Orthanc re-encodes them): success,
     nothing counted as a conflict, the node's own copy kept."""
-    from dicom_node.intake import store_instance
-    from dicom_node.received_header import read_header
+    from dicom_node.receive.intake import store_instance
+    from dicom_node.receive.header import read_header
     from dicom_node.process import encode_part10
 
     (result,) = mr_series(1)
@@ -224,7 +225,7 @@ def tiny_disk(tmpfs) -> Path:
 
 
 def test_full_disk_answers_out_of_resources_writes_nothing_partial_and_keeps_serving(config, runtime, tiny_disk: Path) -> None:
-    from dicom_node.archive import Archive
+    from dicom_node.receive.archive import Archive
 
     archive = Archive(tiny_disk / "archive", free_space_reserve_bytes=0)
     node = DicomNode(config, archive, runtime.sessions)
@@ -250,7 +251,7 @@ def test_full_disk_answers_out_of_resources_writes_nothing_partial_and_keeps_ser
 
 
 def test_below_the_free_space_reserve_answers_out_of_resources(config, runtime) -> None:
-    from dicom_node.archive import Archive
+    from dicom_node.receive.archive import Archive
 
     free = os.statvfs(runtime.archive.root)
     archive = Archive(runtime.archive.root, free_space_reserve_bytes=free.f_bavail * free.f_frsize + 2**30)
@@ -290,7 +291,7 @@ def test_a_deleted_sqlite_file_refuses_instead_of_acknowledging_into_it(node: Di
     assert store(node.port, first) == [0]
     database = Path(runtime.sessions.kw["bind"].url.database)
     database.unlink()
-    with caplog.at_level("ERROR", logger="dicom_node.scp"):
+    with caplog.at_level("ERROR", logger="dicom_node.receive.scp"):
         assert store(node.port, [second, third]) == [Status.DATABASE_UNAVAILABLE] * 2
     assert [p.stem for p in archive_files(runtime) if p.suffix == ".dcm"] == [first.SOPInstanceUID]
     assert any("was deleted or replaced while the node ran" in r.getMessage() for r in caplog.records)
@@ -332,13 +333,13 @@ def test_scale_out_database_two_scps_share_postgresql(pg_url: str, tmp_path: Pat
 
 def test_the_node_answers_when_the_data_is_there_not_at_its_polling_interval(node: DicomNode, monkeypatch) -> None:
     """pynetdicom's reactors poll (sleep 1 ms whenever idle); the node's wait for their work
-    instead (dicom_node.transport, override 7). With their longest wait raised to 0.5 s, 20
+    instead (dicom_node.receive._pynetdicom, override 7). With their longest wait raised to 0.5 s, 20
     C-STOREs still take well under a second: polling at 0.5 s would take over 10 s."""
     import time
 
-    from dicom_node import transport
+    from dicom_node.receive._pynetdicom import reactor
 
-    monkeypatch.setattr(transport, "_MAX_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(reactor, "MAX_WAIT_SECONDS", 0.5)
     images = mr_series(20)
     with association(node.port) as assoc:
         begin = time.monotonic()

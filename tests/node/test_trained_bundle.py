@@ -16,7 +16,7 @@ from db.models import utcnow
 from dicom_node.commands.demo import LocalPacs, _send_like_pacs
 from dicom_node.config import Destination, load_config
 from dicom_node.runtime import open_runtime
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from dicom_node.worker import Worker
 from pipeline.phantom import generate_cohort, generate_study
 from tests.node.process import cli, free_port, write_config

@@ -25,7 +25,7 @@ from db.models import Job
 from dicom_node.commands import models
 from dicom_node.config import Destination
 from dicom_node.runtime import open_runtime
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from dicom_node.worker import Worker
 from tests.conftest import make_config, skip_or_fail
 from tests.node.bundles import write_random_bundle

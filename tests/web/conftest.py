@@ -16,7 +16,7 @@ from db.migrate import upgrade
 from dicom_node.commands import models
 from dicom_node.config import Config, Destination
 from dicom_node.runtime import Runtime, open_runtime
-from dicom_node.scp import DicomNode
+from dicom_node.receive.server import DicomNode
 from dicom_node.web.auth import add_user
 from dicom_node.web.server import ConsoleProcess
 from dicom_node.worker import Worker

@@ -11,22 +11,36 @@ by pydicom/pynetdicom per (SOP class, transfer syntax or status, UID length), an
 instance's bytes are that encoding with its own values written at their offsets. Anything
 unusual (a UID that is not plain ASCII, optional response elements) is encoded by the
 libraries as before. ``tests/node/test_encoding_cache.py`` compares byte for byte.
+
+Override 9 of ``dicom_node.receive._pynetdicom``, a speed-up only, behind
+``node.receive_speedups``. Should a template ever not hold its placeholder where the element
+says (another pydicom), the libraries' own encoding is used and a warning logged once.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
+from pynetdicom import dimse_messages, evt
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode
+from pynetdicom.pdu_primitives import P_DATA
 
-__all__ = ["FileMetaValues", "encoded_file_meta", "encoded_store_response"]
+from dicom_node.receive._pynetdicom.contract import written_for
+
+__all__ = ["FileMetaValues", "encoded_file_meta", "encoded_store_response", "NodeDIMSE", "install", "uninstall"]
+
+written_for(__name__, "3.0.4")
+
+log = logging.getLogger(__name__)
 
 #: Distinct (class, syntax or status, length) keys kept; a peer sending odd classes cannot
 #: grow the cache beyond this.
@@ -49,15 +63,31 @@ def _plain(uid: object) -> bytes | None:
     return uid.encode("ascii")
 
 
+class _TemplateMismatch(Exception):
+    """A library encoding that a template cannot be made from."""
+
+
+_warned: set[str] = set()
+
+
+def _fall_back(what: str, exc: Exception) -> None:
+    if what not in _warned:
+        _warned.add(what)
+        log.warning("%s: %s; the library's own encoding is used", what, exc)
+
+
 def _placeholder(length: int) -> str:
     """A valid UID of ``length`` characters, to be replaced by the instance's."""
     return "1." + "1" * (length - 2)
 
 
 def _value_offset(encoded: bytes, head: bytes, value: bytes) -> int:
-    offset = encoded.index(head) + len(head)
+    found = encoded.find(head)
+    if found < 0:
+        raise _TemplateMismatch("the encoding does not hold the element where a template expects it")
+    offset = found + len(head)
     if encoded[offset:offset + len(value)] != value:
-        raise AssertionError("the encoding does not hold the placeholder where its element says")
+        raise _TemplateMismatch("the encoding does not hold the placeholder where its element says")
     return offset
 
 
@@ -83,7 +113,11 @@ def encoded_file_meta(values: FileMetaValues) -> bytes:
     uid = _plain(values.sop_instance_uid)
     if uid is None or not isinstance(values.sop_class_uid, str) or not isinstance(values.transfer_syntax, str):
         return _library_file_meta(values)
-    template, offset = _file_meta_template(str(values.sop_class_uid), str(values.transfer_syntax), len(uid))
+    try:
+        template, offset = _file_meta_template(str(values.sop_class_uid), str(values.transfer_syntax), len(uid))
+    except _TemplateMismatch as exc:
+        _fall_back("file meta template", exc)
+        return _library_file_meta(values)
     return template[:offset] + uid + template[offset + len(uid):]
 
 
@@ -118,6 +152,59 @@ def encoded_store_response(message_id: object, sop_class_uid: object, sop_instan
         return None
     if not isinstance(message_id, int) or not isinstance(status, int) or not (0 <= message_id <= 0xFFFF and 0 <= status <= 0xFFFF):
         return None
-    template, id_offset, uid_offset = _store_response_template(str(sop_class_uid), status, len(uid))
+    try:
+        template, id_offset, uid_offset = _store_response_template(str(sop_class_uid), status, len(uid))
+    except _TemplateMismatch as exc:
+        _fall_back("C-STORE-RSP template", exc)
+        return None
     return b"".join((template[:id_offset], struct.pack("<H", message_id), template[id_offset + 2:uid_offset], uid,
                      template[uid_offset + len(uid):]))
+
+
+_LIBRARY_FILE_META = (dimse_messages.create_file_meta, dimse_messages.write_file_meta_info)
+
+
+def _write_file_meta(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None:
+    """``write_file_meta_info`` in ``pynetdicom.dimse_messages``: the memoised encoding of
+    the values ``create_file_meta`` was given."""
+    if isinstance(file_meta, FileMetaValues):
+        fp.write(encoded_file_meta(file_meta))
+    else:
+        _LIBRARY_FILE_META[1](fp, file_meta, *args, **kwargs)
+
+
+class NodeDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider; a plain C-STORE-RSP is sent from its memoised encoding while the encodings are installed."""
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        if (
+            active()
+            and type(primitive) is C_STORE
+            and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.ErrorComment is None
+            and primitive.OffendingElement is None
+            and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        ):
+            command = encoded_store_response(primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID,
+                                             primitive.AffectedSOPInstanceUID, primitive.Status)
+            if command is not None and (not self.maximum_pdu_size or len(command) + 6 <= self.maximum_pdu_size):
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
+
+
+def install() -> None:
+    """The spool's File Meta Information and plain C-STORE-RSPs from memoised encodings."""
+    dimse_messages.create_file_meta = FileMetaValues  # called with the three values by keyword
+    dimse_messages.write_file_meta_info = _write_file_meta
+
+
+def uninstall() -> None:
+    """pydicom's and pynetdicom's own encoders again (``node.receive_speedups = false``)."""
+    dimse_messages.create_file_meta, dimse_messages.write_file_meta_info = _LIBRARY_FILE_META
+
+
+def active() -> bool:
+    return dimse_messages.write_file_meta_info is _write_file_meta

@@ -16,8 +16,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from db.sop_classes import MASK_SOP_CLASSES
-from dicom_node.archive import InvalidUID, check_uid
-from dicom_node.dataset_check import DatasetSummary
+from dicom_node.receive.archive import InvalidUID, check_uid
+from dicom_node.receive.dataset_check import DatasetSummary
 from pipeline.references import mask_referenced_instances, mask_referenced_series
 
 __all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header", "header_dataset", "HEADER_TAGS",

@@ -1,4 +1,4 @@
-"""The pynetdicom internals ``dicom_node.transport`` overrides, checked before the SCP listens.
+"""The pynetdicom internals ``dicom_node.receive._pynetdicom`` overrides, checked before the SCP listens.
 
 The node's network protections (deadlines on every PDU, the PDU size caps, the association
 budgets, spooling into the archive, the TLS handshake off the accept loop) live in overrides
@@ -15,10 +15,19 @@ import inspect
 
 import pynetdicom
 
-__all__ = ["SUPPORTED_VERSION", "UnsupportedPynetdicom", "contract_problems", "check_pynetdicom"]
+__all__ = ["SUPPORTED_VERSION", "UnsupportedPynetdicom", "written_for", "contract_problems", "check_pynetdicom"]
 
 #: The release pyproject pins; the overrides were written against its source.
 SUPPORTED_VERSION = "3.0.4"
+
+#: override module -> the pynetdicom release it was written against (each declares its own)
+_WRITTEN_FOR: dict[str, str] = {}
+
+
+def written_for(module: str, version: str) -> None:
+    """Declare that override module ``module`` was written against pynetdicom ``version``:
+    :func:`check_pynetdicom` refuses to start on any other installed release."""
+    _WRITTEN_FOR[module] = version
 
 #: (module, class or None, name, expected parameters of a method / None for an attribute)
 _METHODS = (
@@ -84,10 +93,12 @@ def check_pynetdicom() -> None:
     """Raise UnsupportedPynetdicom, naming the versions and what moved, unless the installed
     pynetdicom is the supported one with every private name in place."""
     installed = pynetdicom.__version__
-    if installed != SUPPORTED_VERSION:
+    stale = sorted(module for module, version in _WRITTEN_FOR.items() if version != installed)
+    if installed != SUPPORTED_VERSION or stale:
         raise UnsupportedPynetdicom(
             f"pynetdicom {installed} is installed; egfr-node's SCP overrides pynetdicom internals for its network "
-            f"protections and supports pynetdicom {SUPPORTED_VERSION} only: pip install pynetdicom=={SUPPORTED_VERSION}")
+            f"protections and supports pynetdicom {SUPPORTED_VERSION} only: pip install pynetdicom=={SUPPORTED_VERSION}"
+            + (f" (written for another release: {', '.join(stale)})" if stale else ""))
     problems = contract_problems()
     if problems:
         raise UnsupportedPynetdicom(f"pynetdicom {installed} does not have what egfr-node's SCP overrides: "
