@@ -1,5 +1,5 @@
 """The model bundles the node knows, and which one is active (at most one; a partial unique
-index enforces it). The bundle folder itself is checked by ``pipeline.bundle`` before
+index enforces it). The bundle folder itself is checked by ``pipeline.model.bundle`` before
 anything here is called: this module only keeps the records.
 """
 

@@ -36,7 +36,6 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.runtime import SHARED_METRICS_ENV as SHARED_DIR_ENV
@@ -124,29 +123,26 @@ class JobTimes:
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
-        from db.models import Job, JobState
+        from db.stats import done_jobs_since
 
         with self._lock:
             low = max(self._since, self._latest - self.LOOKBACK)
             try:
                 with self.sessions() as session:
-                    rows = session.execute(
-                        select(Job.id, Job.finished_at, Job.queued_at, Job.started_at, Job.result)
-                        .where(Job.state == JobState.DONE, Job.finished_at >= low)
-                    ).all()
+                    rows = done_jobs_since(session, low)
             except Exception as exc:  # the database may be down: the scrape still answers
                 log.debug("metrics: job times not read: %s", type(exc).__name__)
                 return
-            for job_id, finished, queued, started, result in rows:
-                if job_id in self._counted:
+            for job in rows:
+                if job.id in self._counted:
                     continue
-                self._counted[job_id] = finished
-                self._latest = max(self._latest, finished)
-                for stage, seconds in ((result or {}).get("timings_s") or {}).items():
+                self._counted[job.id] = job.finished_at
+                self._latest = max(self._latest, job.finished_at)
+                for stage, seconds in ((job.result or {}).get("timings_s") or {}).items():
                     if isinstance(seconds, (int, float)) and seconds >= 0:
                         self.stage.labels(stage=str(stage)[:64]).observe(float(seconds))
-                if queued is not None and started is not None and started >= queued:
-                    self.wait.observe((started - queued).total_seconds())
+                if job.queued_at is not None and job.started_at is not None and job.started_at >= job.queued_at:
+                    self.wait.observe((job.started_at - job.queued_at).total_seconds())
             low = max(self._since, self._latest - self.LOOKBACK)
             self._counted = {k: v for k, v in self._counted.items() if v >= low}
 
@@ -185,14 +181,13 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 
 
 def _by_state(sessions: sessionmaker[Session], name: str, documentation: str, table: str) -> Iterator[Any]:
-    from db.models import Delivery, Job
+    from db.stats import count_by_state
 
-    model = {"job": Job, "delivery": Delivery}[table]
     family = GaugeMetricFamily(name, documentation, labels=["state"])
     try:
         with sessions() as session:
-            for state, count in session.execute(select(model.state, func.count()).group_by(model.state)):
-                family.add_metric([getattr(state, "value", str(state))], count)
+            for state, count in count_by_state(session, table).items():
+                family.add_metric([state], count)
     except Exception as exc:  # the database may be down: the scrape still answers
         log.debug("metrics: %s not read: %s", table, type(exc).__name__)
         return
@@ -261,10 +256,12 @@ class MetricsServer:
 
 
 def database_answers(sessions: sessionmaker[Session]) -> bool:
+    """True when the database runs a trivial query (a session that cannot even open: False)."""
+    from db.stats import database_answers as answers
+
     try:
         with sessions() as session:
-            session.execute(text("SELECT 1"))
-        return True
+            return answers(session)
     except Exception:
         return False
 

@@ -25,10 +25,9 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Instance, Series, Study
+from db.instances import received_study_paths, recorded_node_instances
 from dicom_node.receive.archive import Archive
 from dicom_node.config import Config
 from dicom_node.receive.intake import store_instance
@@ -36,11 +35,11 @@ from dicom_node.receive.header import read_header
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
 from dicom_node.report.image_point import nearest_image_point
 from pipeline.contrast import ContrastRule, check_contrast
-from pipeline.infer import FoldEnsemble, Prediction
+from pipeline.model.infer import FoldEnsemble, Prediction
 from pipeline.prepare import PreparedStudy, prepare_study
 from pipeline.timing import Laps
 
-__all__ = ["JobContext", "run_job", "node_instances_of", "encode_part10", "result_uids"]
+__all__ = ["JobContext", "run_job", "encode_part10", "result_uids"]
 
 #: The UIDs each job's results need (instance and series of each object, the SEG's tracking UID).
 RESULT_UID_KINDS = ("sr", "sr_series", "seg", "seg_series", "seg_tracking", "card", "card_series")
@@ -64,14 +63,6 @@ def encode_part10(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def node_instances_of(session: Session, study_uid: str) -> frozenset[str]:
-    """SOP Instance UIDs of the results the node built for this study (never pipeline input)."""
-    return frozenset(session.scalars(
-        select(Instance.sop_instance_uid).join(Series).join(Study)
-        .where(Study.study_uid == study_uid, Instance.origin == "node")
-    ))
-
-
 def result_uids(study_uid: str, job_key: str | None, device_uid: str, version: str) -> dict[str, str]:
     """The UIDs of a job's results: derived from the study, the job (``job_key``: its id and
     creation time, so a job of another database never shares them) and the bundle, the same for
@@ -80,27 +71,6 @@ def result_uids(study_uid: str, job_key: str | None, device_uid: str, version: s
         return {kind: generate_uid() for kind in RESULT_UID_KINDS}
     return {kind: generate_uid(entropy_srcs=["egfr-node result", study_uid, job_key, device_uid, version, kind])
             for kind in RESULT_UID_KINDS}
-
-
-def _recorded(session: Session, sop_uids: list[str]) -> set[str]:
-    return set(session.scalars(select(Instance.sop_instance_uid).where(
-        Instance.sop_instance_uid.in_(sop_uids), Instance.origin == "node")))
-
-
-def _paths(session: Session, sop_uids: list[str]) -> dict[str, str]:
-    rows = session.execute(select(Instance.sop_instance_uid, Instance.path).where(Instance.sop_instance_uid.in_(sop_uids)))
-    return dict(rows.all())
-
-
-def _series_paths(session: Session, series_uid: str) -> list[str]:
-    return list(session.scalars(
-        select(Instance.path).join(Series).where(Series.series_uid == series_uid, Instance.origin == "received")
-        .order_by(Instance.id)
-    ))
-
-
-def _headers(archive: Archive, paths: list[str]) -> list[Dataset]:
-    return [pydicom.dcmread(archive.path(p), stop_before_pixels=True) for p in paths]
 
 
 def _archive(ctx: JobContext, ds: Dataset) -> str:
@@ -131,9 +101,12 @@ def _algorithm(bundle: FoldEnsemble, config: Config, contrast: str = "") -> Algo
 def _contrast(ctx: JobContext, prepared: PreparedStudy) -> str:
     """The evidence of contrast in the chosen series (ContrastError without it, by default)."""
     rule = ContrastRule(ctx.config.contrast.require_evidence, ctx.config.contrast.series_description_pattern)
-    with ctx.sessions() as session:
-        paths = _series_paths(session, prepared.study.series_uid)
-    return check_contrast(_headers(ctx.archive, paths), prepared.study.series_uid, rule)
+    return check_contrast(_series_headers(prepared), prepared.study.series_uid, rule)
+
+
+def _series_headers(prepared: PreparedStudy) -> list[Dataset]:
+    """The chosen series' headers as indexing read them (no file is read twice)."""
+    return [instance.header for instance in prepared.study.series_instances]
 
 
 def lesion_centroid_lps(lesion: sitk.Image) -> tuple[float, float, float]:
@@ -153,9 +126,9 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
     laps = Laps()
     lap, timings = laps.lap, laps.timings
     with ctx.sessions() as session:
-        own = node_instances_of(session, study_uid)
+        inputs = [ctx.archive.path(p) for p in received_study_paths(session, study_uid)]
     manifest = ensemble.manifest
-    prepared = prepare_study(ctx.archive.root / study_uid, manifest.preprocessing, exclude_sop_uids=own)
+    prepared = prepare_study(inputs, manifest.preprocessing)
     lap("preprocess")
     contrast = _contrast(ctx, prepared)
     prediction = ensemble.predict(prepared.model_input.array)
@@ -191,7 +164,7 @@ def _reused(ctx: JobContext, prepared: PreparedStudy, uids: dict[str, str]) -> d
     """The results an earlier attempt of this job archived, when its SR is there (the SR is
     archived last, after the SEG and the card); None otherwise."""
     with ctx.sessions() as session:
-        recorded = _recorded(session, [uids["sr"], uids["seg"], uids["card"]])
+        recorded = recorded_node_instances(session, [uids["sr"], uids["seg"], uids["card"]])
     if uids["sr"] not in recorded:
         return None
     log.info("study %s: results of an earlier attempt reused (SR %s)", prepared.study.study_uid, uids["sr"],
@@ -207,21 +180,19 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
     study, config = prepared.study, ctx.config
     algorithm = _algorithm(ensemble, config, contrast)
     used = sorted({uid for k in prepared.model_input.provenance["slices"]["indices"] for uid in study.source_sop_uids[k]})
-    with ctx.sessions() as session:
-        paths = _paths(session, [*used, study.mask_sop_uid])
-        series_paths = _series_paths(session, study.series_uid)
-    sources = _headers(ctx.archive, [paths[uid] for uid in used if uid in paths])
+    sources = study.source_headers(used)
     created = datetime.now()  # one instant for the SEG, the SR and the card
     derived_seg_uid: str | None = None
     if study.mask_kind == "SEG":
-        seg = pydicom.dcmread(ctx.archive.path(paths[study.mask_sop_uid]), stop_before_pixels=False)
+        assert study.mask_instance is not None  # load_study records the mask it used
+        seg = pydicom.dcmread(study.mask_instance.path, stop_before_pixels=False)
         segment = study.lesion_number
         tracking_id, tracking_uid = _segment_tracking(seg, segment)
     else:
         segment, tracking_id, tracking_uid = 1, None, None
         lesion = study.lesion
         seg = seg_from_volume_mask(
-            _headers(ctx.archive, series_paths), sitk.GetArrayViewFromImage(lesion).astype(np.uint8),
+            _series_headers(prepared), sitk.GetArrayViewFromImage(lesion).astype(np.uint8),
             lesion.GetOrigin(), lesion.GetSpacing(), lesion.GetDirection(),
             segment_label=(study.lesion_label or "Lesion")[:64], tracking_id=f"Lesion {study.lesion_number}",
             tracking_uid=uids["seg_tracking"], sop_instance_uid=uids["seg"], series_instance_uid=uids["seg_series"],

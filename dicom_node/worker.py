@@ -208,7 +208,7 @@ class Worker:
         if model_id not in self._ensembles:
             import torch
 
-            from pipeline.infer import FoldEnsemble
+            from pipeline.model.infer import FoldEnsemble
 
             with self.sessions() as session:
                 record = bundles.get_bundle(session, model_id)

@@ -1,5 +1,5 @@
-"""One study folder -> the model input, with nothing written (DESIGN.md data flow, steps
-``pipeline.select`` + ``pipeline.preprocess``).
+"""One study (a folder, or the list of its files) -> the model input, with nothing written (DESIGN.md data flow, steps
+``pipeline.load.select`` + ``pipeline.prep.preprocess``).
 
 The node's worker, training's cohort cache and ``egfr-node preprocess`` all start here, so
 they build the same input with the same parameters (train/serve skew is a defect).
@@ -8,13 +8,14 @@ they build the same input with the same parameters (train/serve skew is a defect
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.params import PreprocessParams
-from pipeline.preprocess import ModelInput, preprocess
-from pipeline.select import SelectionRules
-from pipeline.study import LoadedStudy, load_study
+from pipeline.prep.params import PreprocessParams
+from pipeline.prep.preprocess import ModelInput, preprocess
+from pipeline.load.select import SelectionRules
+from pipeline.load.study import LoadedStudy, load_study
 
 __all__ = ["PreparedStudy", "prepare_study"]
 
@@ -32,20 +33,20 @@ class PreparedStudy:
 
 
 def prepare_study(
-    study_dir: Path,
+    study: Path | Sequence[Path],
     params: PreprocessParams | None = None,
     rules: SelectionRules | None = None,
-    exclude_sop_uids: frozenset[str] = frozenset(),
 ) -> PreparedStudy:
-    """Select, load and preprocess the study in ``study_dir``.
+    """Select, load and preprocess one study: a folder, or exactly the files listed
+    (:func:`pipeline.load.study.load_study`).
 
     Raises the ``PipelineError`` of whichever step fails (selection, volume, mask, preprocess).
     """
     start = time.perf_counter()
-    study = load_study(Path(study_dir), rules, exclude_sop_uids)
+    loaded = load_study(study, rules)
     load_s = time.perf_counter() - start
-    model_input = preprocess(study, params)
+    model_input = preprocess(loaded, params)
     provenance = dict(model_input.provenance)
-    provenance["selection"] = study.selection
+    provenance["selection"] = loaded.selection
     provenance["timings_s"] = {"load_study": round(load_s, 4), **provenance.get("timings_s", {})}
-    return PreparedStudy(study, ModelInput(model_input.array, provenance, model_input.lesion_mask))
+    return PreparedStudy(loaded, ModelInput(model_input.array, provenance, model_input.lesion_mask))

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import plain_loop_cv  # noqa: E402
 
-from pipeline.params import PreprocessParams  # noqa: E402
+from pipeline.prep.params import PreprocessParams  # noqa: E402
 
 #: (row label, the change from the row above). The first row is the paper recipe itself.
 CHAIN: list[tuple[str, dict]] = [

@@ -29,10 +29,10 @@ from torchvision.models import resnet50
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.bundle import FoldFile, Manifest, new_device_uid  # noqa: E402
-from pipeline.infer import FoldEnsemble, load_fold_weights  # noqa: E402
-from pipeline.model import build_resnet50  # noqa: E402
-from pipeline.params import PreprocessParams  # noqa: E402
+from pipeline.model.bundle import FoldFile, Manifest, new_device_uid  # noqa: E402
+from pipeline.model.infer import FoldEnsemble, load_fold_weights  # noqa: E402
+from pipeline.model.network import build_resnet50  # noqa: E402
+from pipeline.prep.params import PreprocessParams  # noqa: E402
 
 
 def _device_line(device: torch.device) -> str:
@@ -160,7 +160,7 @@ def bench_latency() -> None:
         files = []
         for fold in range(5):
             torch.save(build_resnet50().state_dict(), bundle / f"fold{fold}.pt")
-            from pipeline.bundle import sha256_of
+            from pipeline.model.bundle import sha256_of
 
             files.append(FoldFile(fold, f"fold{fold}.pt", sha256_of(bundle / f"fold{fold}.pt")))
         Manifest(name="bench", version="0", device_uid=new_device_uid(), preprocessing=params,

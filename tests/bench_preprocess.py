@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.machine import describe  # noqa: E402
 
-from pipeline.params import PreprocessParams  # noqa: E402
-from pipeline.preprocess import preprocess  # noqa: E402
-from pipeline.study import LoadedStudy, load_study  # noqa: E402
+from pipeline.prep.params import PreprocessParams  # noqa: E402
+from pipeline.prep.preprocess import preprocess  # noqa: E402
+from pipeline.load.study import LoadedStudy, load_study  # noqa: E402
 
 
 def synthetic_study() -> LoadedStudy:

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's pipeline, not tests/pipeline
 
-from pipeline.params import PreprocessParams  # noqa: E402
+from pipeline.prep.params import PreprocessParams  # noqa: E402
 
 
 def bare_loop(device: torch.device, batch: int, size: int, steps: int) -> float:

@@ -22,9 +22,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pipeline.dicom_index import index_study
+from pipeline.load.index import index_study
 from pipeline.phantom.rtstruct_writer import referenced_frame_of_reference
-from pipeline.volume import MRVolume, load_series_volume
+from pipeline.load.volume import MRVolume, load_series_volume
 
 MR_IMAGE_STORAGE = str(MRImageStorage)
 SEGMENTATION_STORAGE = str(SegmentationStorage)

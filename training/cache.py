@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.params import PreprocessParams
+from pipeline.prep.params import PreprocessParams
 from training.cohort import Cohort, CohortEntry
 
 if TYPE_CHECKING:
-    from pipeline.select import SelectionRules
+    from pipeline.load.select import SelectionRules
 
 __all__ = ["params_key", "PreparedCohort", "StudyFailure", "prepare_cohort"]
 
@@ -63,7 +63,7 @@ class PreparedCohort:
 def _rules_for(entry: CohortEntry) -> SelectionRules | None:
     if entry.lesion_label is None:
         return None
-    from pipeline.select import SelectionRules  # with prepare_study: SimpleITK only for uncached studies
+    from pipeline.load.select import SelectionRules  # with prepare_study: SimpleITK only for uncached studies
 
     return SelectionRules(lesion_label_pattern=f"^{re.escape(entry.lesion_label)}$", exclude_label_pattern=r"(?!)",
                           lesion_fallback_largest=False)

@@ -24,8 +24,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from pipeline.bundle import MANIFEST_FILE, sha256_of
-from pipeline.params import PreprocessParams
+from pipeline.model.bundle import MANIFEST_FILE, sha256_of
+from pipeline.prep.params import PreprocessParams
 
 __all__ = ["main", "build_parser", "register_bundle"]
 

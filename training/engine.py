@@ -4,7 +4,7 @@ and trains it step by step; :func:`train_fold` runs one fold alone, and
 GPU), with the same results. ``evaluate`` is kept apart (the torchvision references' layout).
 
 The recipe (Haim et al. 2022, "DL analysis"; fastai v2 defaults from ../shared/METHOD.md):
-ResNet-50 + fastai head (:func:`pipeline.model.build_resnet50`), Adam(W) betas (0.9, 0.99),
+ResNet-50 + fastai head (:func:`pipeline.model.network.build_resnet50`), Adam(W) betas (0.9, 0.99),
 eps 1e-5, decoupled weight decay 0.01 except BatchNorm and bias, one-cycle per batch
 (``OneCycleLR``, pct_start 0.25, div 25, final div 4000, beta1 0.95 -> 0.85 -> 0.95),
 oversampling by 1 / count(class), batch-level augmentation and mixup
@@ -34,8 +34,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.aggregate import SLICE_AGGREGATIONS, aggregate_slices
-from pipeline.model import EGFRNet, build_resnet50, load_imagenet_body
+from pipeline.model.aggregate import SLICE_AGGREGATIONS, aggregate_slices
+from pipeline.model.network import EGFRNet, build_resnet50, load_imagenet_body
 from training import distributed
 from training.augment import augment_batch, mixup_batch
 from training.losses import loss_fn

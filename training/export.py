@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from pipeline.bundle import FoldFile, Manifest, sha256_of
+from pipeline.model.bundle import FoldFile, Manifest, sha256_of
 
 __all__ = ["ExportError", "fold_file_name", "write_bundle"]
 

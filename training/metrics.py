@@ -2,7 +2,7 @@
 
 Haim et al. 2022, "DL analysis" and Table 2: per fold, accuracy, precision, recall, F1 and
 ROC AUC, with the patient score aggregated from the slice scores by min, max, median and
-mean (:func:`pipeline.aggregate.aggregate_slices`, the node's own code). Added here
+mean (:func:`pipeline.model.aggregate.aggregate_slices`, the node's own code). Added here
 (../shared/METHOD.md "Evaluation"): slice-level metrics, pooled out-of-fold patient AUC with
 a stratified patient-level bootstrap 95 % CI (percentile), sensitivity and specificity with
 Wilson intervals, calibration (slope and intercept of a logistic fit of the outcome on
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, precision_score, recall_score, roc_auc_score
 
-from pipeline.aggregate import SLICE_AGGREGATIONS, aggregate_slices
+from pipeline.model.aggregate import SLICE_AGGREGATIONS, aggregate_slices
 
 __all__ = [
     "binary_metrics",
@@ -39,7 +39,7 @@ def auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def binary_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float | Sequence[float] = 0.5) -> dict[str, float]:
     """Accuracy, precision, recall (sensitivity), specificity, F1 at ``threshold`` (score >=
-    threshold is positive, as :func:`pipeline.aggregate.is_positive`), and ROC AUC."""
+    threshold is positive, as :func:`pipeline.model.aggregate.is_positive`), and ROC AUC."""
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=np.float64)
     predicted = (s >= np.asarray(threshold, dtype=np.float64)).astype(int)

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.aggregate import SLICE_AGGREGATIONS, aggregate_slices
-from pipeline.params import PreprocessParams
+from pipeline.model.aggregate import SLICE_AGGREGATIONS, aggregate_slices
+from pipeline.prep.params import PreprocessParams
 from training.cache import PreparedCohort
 from training.cohort import Cohort
 from training.settings import RECIPE_VALUES, TrainSettings

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.aggregate import SLICE_AGGREGATIONS, aggregate_slices
-from pipeline.bundle import FoldFile, Manifest, new_device_uid
-from pipeline.model import architecture_of
-from pipeline.params import PreprocessParams
+from pipeline.model.aggregate import SLICE_AGGREGATIONS, aggregate_slices
+from pipeline.model.bundle import FoldFile, Manifest, new_device_uid
+from pipeline.model.network import architecture_of
+from pipeline.prep.params import PreprocessParams
 from training import distributed
 from training.cache import PreparedCohort, prepare_cohort
 from training.cohort import read_cohort

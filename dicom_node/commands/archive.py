@@ -9,6 +9,12 @@ would delete).
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dicom_node.commands._common import fail, with_runtime
+
 import getpass
 from datetime import timedelta
 
@@ -93,3 +99,60 @@ def prune_lines(retention: Retention, dry_run: bool) -> list[str]:
             lines.append(f"disk {use.percent:.1f} % used, above the high watermark: the oldest finished studies go "
                          f"until {settings.low_watermark_percent:g} %, first: " + (", ".join(c.study_uid for c in oldest) or "none"))
     return lines or ["nothing to delete"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("archive", help="retention: pin or unpin studies, disk usage, prune now")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("pin", help="keep studies from retention (STUDY_UID..., or every study of --cohort CSV)")
+    a.add_argument("study_uids", nargs="*")
+    a.add_argument("--cohort", help="a training cohort CSV: pin each of its studies")
+    a.add_argument("--reason", help="why (shown by archive usage); default: the cohort, or 'pinned by an admin'")
+    a.set_defaults(run=run)
+    a = actions.add_parser("unpin", help="let retention consider studies again")
+    a.add_argument("study_uids", nargs="+")
+    a.set_defaults(run=run)
+    actions.add_parser("usage", help="the disk against the watermarks, studies by retention state, last deletions"
+                       ).set_defaults(run=run)
+    a = actions.add_parser("prune", help="run one retention sweep now")
+    a.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    a.set_defaults(run=run)
+
+
+def cohort_study_uids(csv_path: Path, archive_root: Path) -> list[str]:
+    """The Study Instance UIDs of a training cohort CSV (read by the training package)."""
+    from training.cohort import read_cohort
+
+    return [entry.study_uid for entry in read_cohort(csv_path, archive_root).entries]
+
+
+def run(args: argparse.Namespace) -> int:
+    """``egfr-node archive pin|unpin STUDY_UID... | pin --cohort CSV | usage | prune [--dry-run]``."""
+
+    def do(runtime: Any) -> int:
+        retention = Retention(runtime.config.retention, runtime.sessions, runtime.archive)
+        if args.action == "usage":
+            lines = usage_lines(retention)
+        elif args.action == "prune":
+            lines = prune_lines(retention, args.dry_run)
+        else:
+            uids = list(args.study_uids)
+            if args.action == "pin" and args.cohort:
+                uids += cohort_study_uids(Path(args.cohort), runtime.archive.root)
+            if not uids:
+                return fail(f"archive {args.action}: name a STUDY_UID" + (" or --cohort CSV" if args.action == "pin" else ""))
+            if args.action == "pin":
+                reason = args.reason or (f"cohort {Path(args.cohort).name}" if args.cohort else "pinned by an admin")
+                lines = pin_studies(runtime.sessions, uids, reason)
+            else:
+                lines = unpin_studies(runtime.sessions, uids)
+        print("\n".join(lines))
+        return 0
+
+    def checked(runtime: Any) -> int:
+        try:
+            return do(runtime)
+        except ValueError as exc:  # a bad UID, a cohort CSV that cannot be read: named in the message
+            return fail(str(exc))
+
+    return with_runtime(args, checked)

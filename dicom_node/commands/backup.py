@@ -14,6 +14,11 @@ against the manifest, then ``check`` runs and its report is printed.
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
+from dicom_node.commands._common import fail, load
+
 import json
 import shutil
 import sqlite3
@@ -151,3 +156,33 @@ def restore_node(config: Config, folder: Path) -> list[str]:
         runtime.close()
     return [f"restored {len(manifest['files'])} files"
             + (f" and the database into {target_db}" if manifest.get("sqlite") else "")] + report.lines()
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("backup", help="a consistent copy of the database and the archive, while the node runs")
+    p.add_argument("folder")
+    p.set_defaults(run=backup)
+    p = sub.add_parser("restore", help="a backup back into an empty data folder, then check")
+    p.add_argument("folder")
+    p.set_defaults(run=restore)
+
+
+def backup(args: argparse.Namespace) -> int:
+    """``egfr-node backup DIR``: 1 when a file could not be copied whole."""
+    try:
+        summary = backup_node(load(args), Path(args.folder))
+    except BackupError as exc:
+        return fail(str(exc))
+    print(f"backup in {summary.folder}: {summary.files} files ({summary.bytes / 2**20:.1f} MiB); database: {summary.database}")
+    for line in summary.problems:
+        print(f"problem: {line}")
+    return 1 if summary.problems else 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    """``egfr-node restore DIR``."""
+    try:
+        print("\n".join(restore_node(load(args), Path(args.folder))))
+    except BackupError as exc:
+        return fail(str(exc))
+    return 0

@@ -16,6 +16,11 @@ deleting (marked, its files going) are counted apart: the next retention sweep f
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
+from dicom_node.commands._common import with_runtime
+
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,3 +151,23 @@ def _repair(report: CheckReport, archive: Archive, sessions: sessionmaker[Sessio
         with_size = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
         report.repaired.append(f"{tmp.name}: stale temporary file removed ({with_size} bytes)")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("check", help="compare the archive with the database; --repair fixes what is safe")
+    p.add_argument("--repair", action="store_true", help="re-register, quarantine, forget, requeue (see the report)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``egfr-node check [--repair]``: 0 when clean (or everything repaired), 1 otherwise."""
+
+    def do(runtime: Any) -> int:
+        config = runtime.config
+        report = check_node(runtime.archive, runtime.sessions, quarantine=config.storage.data_path / "quarantine",
+                            repair=args.repair, max_attempts=config.worker.max_attempts,
+                            max_instance_bytes=config.node.max_instance_size_mb * 2**20)
+        print("\n".join(report.lines()))
+        return 0 if report.clean or args.repair and not report.left else 1
+
+    return with_runtime(args, do)

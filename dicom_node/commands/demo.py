@@ -9,6 +9,8 @@ status, the probability and where everything is.
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import shutil
 import socket
@@ -128,7 +130,7 @@ def run(work: Path, *, patients: int = 30, epochs: int = 30, seed: int = 1, time
     from dicom_node.receive.server import DicomNode
     from dicom_node.worker import Worker
     from pipeline.phantom import generate_cohort, generate_study
-    from pipeline.params import PreprocessParams
+    from pipeline.prep.params import PreprocessParams
     from training import DEMO_SETTINGS, train_bundle
 
     started = time.perf_counter()
@@ -209,15 +211,13 @@ def run(work: Path, *, patients: int = 30, epochs: int = 30, seed: int = 1, time
 
 
 def _print_result(runtime, pacs: LocalPacs, sr: Dataset, held_out, config_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from sqlalchemy import select
-
-    from db.models import Job
+    from db.queue import list_jobs
     from dicom_node.report.sr import read_sr_result
 
     sr_path = next(p for p in pacs.files() if str(sr.SOPInstanceUID) in p.name)
     result = read_sr_result(sr_path)
     with runtime.sessions() as session:
-        job = session.scalars(select(Job).order_by(Job.id.desc())).first()
+        (job,) = list_jobs(session, limit=1)  # the demo's one job
     for path in pacs.files():
         print(f"      {path}")
     right = result.positive == held_out.egfr_positive
@@ -241,3 +241,8 @@ What a real deployment changes:
     backed up, with `worker.study_stable_seconds` fitted to how PACS sends (default 30 s);
   - results are research use only: the SR says so, and internal cross-validation is not external validation.
 Config used here: {config}"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("demo", help="the main job end to end on a phantom cohort, on loopback", add_help=False)
+    p.set_defaults(run=lambda args: main(args.rest), forwards=True)

@@ -11,6 +11,11 @@ on one line with a few examples.
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
+from dicom_node.commands._common import fail, with_runtime
+
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -118,3 +123,26 @@ def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session
         summary.counts[outcome.value] += 1
         summary.studies.add(header.study_uid)
     return summary
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("import", help="bulk-load a folder of DICOM files into the archive")
+    p.add_argument("folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--queue", action="store_true", help="also queue each study for prediction (default: archive only)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``egfr-node import DIR [--queue] [--quiet]``."""
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        return fail(f"{folder} is not a folder")
+
+    def do(runtime: Any) -> int:
+        summary = import_folder(folder, runtime.archive, runtime.sessions, progress=not args.quiet, queue=args.queue,
+                                max_instance_bytes=runtime.config.node.max_instance_size_mb * 2**20)
+        print("\n".join(summary.lines()))
+        return 0
+
+    return with_runtime(args, do)

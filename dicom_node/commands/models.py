@@ -9,14 +9,18 @@ file is a pickle or another network's weights is refused here, not by every job 
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
+from dicom_node.commands._common import with_runtime
+
 import json
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import bundles
-from pipeline.bundle import MANIFEST_FILE, BundleError, Manifest, sha256_of
-from pipeline.infer import load_fold_weights
+from pipeline.model.bundle import MANIFEST_FILE, BundleError, Manifest, sha256_of
 
 __all__ = ["register_bundle", "activate", "list_lines", "show_text"]
 
@@ -36,6 +40,8 @@ def register_bundle(sessions: sessionmaker[Session], folder: Path) -> tuple[bund
 def _load_checked(folder: Path) -> Manifest:
     """The manifest checked (runnable, every sha256), then each fold loaded once, weights only,
     and let go (BundleError naming the fold file that is not this network's weights)."""
+    from pipeline.model.infer import load_fold_weights  # torch: only when a bundle is checked
+
     manifest = Manifest.load_checked(folder)
     for fold in sorted(manifest.folds, key=lambda f: f.fold):
         try:
@@ -91,3 +97,31 @@ def show_text(sessions: sessionmaker[Session], model_id: int | None) -> str:
         "training": {k: v for k, v in manifest.training.items() if k not in ("splits",)},
     }
     return json.dumps(summary, indent=2, default=str)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("models", help="model bundles: list, activate, show")
+    models = p.add_subparsers(dest="models_command", required=True)
+    models.add_parser("list", help="registered bundles").set_defaults(run=run)
+    m = models.add_parser("activate", help="check, register and activate a bundle (folder or id)")
+    m.add_argument("key", metavar="PATH|ID")
+    m.set_defaults(run=run)
+    m = models.add_parser("show", help="a bundle's manifest summary (default: the active one)")
+    m.add_argument("model_id", nargs="?", type=int)
+    m.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``egfr-node models list | activate PATH|ID | show [ID]``."""
+
+    def do(runtime: Any) -> int:
+        if args.models_command == "list":
+            print("\n".join(list_lines(runtime.sessions)))
+        elif args.models_command == "activate":
+            record = activate(runtime.sessions, args.key)
+            print(f"model bundle {record.id} ({record.name} {record.version}) is active; new jobs use it")
+        else:
+            print(show_text(runtime.sessions, args.model_id))
+        return 0
+
+    return with_runtime(args, do)

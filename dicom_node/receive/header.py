@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from db.sop_classes import MASK_SOP_CLASSES
 from dicom_node.receive.archive import InvalidUID, check_uid
 from dicom_node.receive.dataset_check import DatasetSummary
-from pipeline.references import mask_referenced_instances, mask_referenced_series
+from pipeline.load.references import mask_referenced_instances, mask_referenced_series
 
 __all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header", "header_dataset", "HEADER_TAGS",
            "MASK_SOP_CLASSES"]
@@ -31,7 +31,7 @@ def _tags(*keywords: str) -> frozenset[int]:
 #: The top-level elements :func:`read_header` reads, and the character set that decodes them.
 HEADER_TAGS = _tags("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
                     "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "FrameOfReferenceUID")
-#: Top-level sequences ``pipeline.references`` reads series references from (SEG, RTSTRUCT).
+#: Top-level sequences ``pipeline.load.references`` reads series references from (SEG, RTSTRUCT).
 REFERENCE_SEQUENCES = _tags("ReferencedSeriesSequence", "ReferencedFrameOfReferenceSequence")
 
 

@@ -246,7 +246,7 @@ class Console:
     def activate(self, user: str, key: str, remote: str = "") -> dict[str, Any]:
         """``egfr-node models activate PATH|ID``: checked, registered, active; audited."""
         from dicom_node.commands import models
-        from pipeline.bundle import BundleError
+        from pipeline.model.bundle import BundleError
 
         try:
             record = models.activate(self.sessions, key)

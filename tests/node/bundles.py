@@ -1,5 +1,5 @@
 """Small model bundles for the node's tests: random-initialised folds, written the way
-training writes them (``pipeline.bundle.Manifest`` + one ``state_dict`` file per fold)."""
+training writes them (``pipeline.model.bundle.Manifest`` + one ``state_dict`` file per fold)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bundle import FoldFile, Manifest, new_device_uid, sha256_of
-from pipeline.model import build_resnet50
-from pipeline.params import PreprocessParams
+from pipeline.model.bundle import FoldFile, Manifest, new_device_uid, sha256_of
+from pipeline.model.network import build_resnet50
+from pipeline.prep.params import PreprocessParams
 
 #: Small crops keep the tests quick; the node runs whatever the manifest says.
 TEST_PARAMS = PreprocessParams(output_size=32)

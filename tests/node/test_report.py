@@ -33,9 +33,9 @@ from dicom_node.report import (
 from dicom_node.report import codes as report_codes
 from dicom_node.report.image_point import ImagePoint, nearest_image_point
 from dicom_node.report.sr import OHIF_TRACKING_PREFIX, result_text
-from pipeline.masks import load_seg_mask
-from pipeline.select import SelectionRules
-from pipeline.study import LoadedStudy, load_study
+from pipeline.load.masks import load_seg_mask
+from pipeline.load.select import SelectionRules
+from pipeline.load.study import LoadedStudy, load_study
 from tests.conftest import require_tool
 from tests.dicom_factory import ball_contours, make_mr_series, make_rtstruct, ramp, tilted_axial, write_datasets
 

@@ -26,7 +26,7 @@ from dicom_node.report.sr import read_sr_result
 from dicom_node.runtime import open_runtime
 from dicom_node.receive.server import DicomNode
 from dicom_node.worker import Worker
-from pipeline.bundle import BundleError
+from pipeline.model.bundle import BundleError
 from tests.conftest import make_config, require_tool
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import PynetdicomPacs, StorescpPacs
@@ -297,8 +297,8 @@ def test_activation_checks_the_bundle_and_never_unpickles(tmp_path, pacs) -> Non
         # weights that are a pickled object, with a matching sha256: refused at load, nothing executed
         import pickle
 
-        from pipeline.bundle import Manifest, sha256_of
-        from pipeline.infer import FoldEnsemble
+        from pipeline.model.bundle import Manifest, sha256_of
+        from pipeline.model.infer import FoldEnsemble
 
         evil = write_random_bundle(tmp_path / "evil", folds=1)
         marker = tmp_path / "executed"

@@ -12,8 +12,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from pipeline.errors import MaskError
-from pipeline.masks import fill_polygon, load_rtstruct_mask, load_seg_mask, rasterize_contours
-from pipeline.select import SelectionRules
+from pipeline.load.masks import fill_polygon, load_rtstruct_mask, load_seg_mask, rasterize_contours
+from pipeline.load.select import SelectionRules
 from tests.dicom_factory import (
     SAGITTAL,
     ball_contours,
@@ -225,7 +225,7 @@ def test_unreadable_seg_is_named_by_uid(tmp_path: Path, axial, monkeypatch: pyte
         raise ValueError("Patient's Name 'DOE^JANE' is not valid")
 
     monkeypatch.setattr(hd.seg, "segread", quoting_segread)
-    with caplog.at_level("DEBUG", logger="pipeline.masks"), pytest.raises(MaskError) as err:
+    with caplog.at_level("DEBUG", logger="pipeline.load.masks"), pytest.raises(MaskError) as err:
         load_seg_mask(path, volume.image, SelectionRules(), sop_uid=str(seg.SOPInstanceUID))
     assert str(err.value) == f"SEG {seg.SOPInstanceUID}: cannot be read by highdicom (ValueError)"
     assert err.value.__cause__ is None and err.value.__suppress_context__

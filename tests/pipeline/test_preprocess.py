@@ -16,14 +16,14 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from pipeline.bias import correct_bias_field, shrink_factors
-from pipeline.brain import brain_mask, otsu_chain_mask
-from pipeline.crop import crop_box, extract_crops, lesion_geometry, resize_crops, select_slices
+from pipeline.prep.bias import correct_bias_field, shrink_factors
+from pipeline.prep.brain import brain_mask, otsu_chain_mask
+from pipeline.prep.crop import crop_box, extract_crops, lesion_geometry, resize_crops, select_slices
 from pipeline.errors import PreprocessError
-from pipeline.normalize import brain_statistics, zscore
-from pipeline.params import PreprocessParams
-from pipeline.preprocess import ModelInput, preprocess
-from pipeline.study import LoadedStudy
+from pipeline.prep.normalize import brain_statistics, zscore
+from pipeline.prep.params import PreprocessParams
+from pipeline.prep.preprocess import ModelInput, preprocess
+from pipeline.load.study import LoadedStudy
 
 ORIGIN = (-90.0, -100.0, -60.0)
 
@@ -259,7 +259,7 @@ def test_crop_box_is_square_centred_and_holds_lesion_plus_margin(head: Synthetic
 
 def test_extract_crops_pads_outside_the_image() -> None:
     volume = np.arange(2 * 4 * 5, dtype=np.float32).reshape(2, 4, 5)
-    from pipeline.crop import CropBox, SliceSelection
+    from pipeline.prep.crop import CropBox, SliceSelection
 
     box = CropBox(i0=-1, i1=2, j0=2, j1=5, centre=(0, 3), side_mm=(3.0, 3.0))
     slices = SliceSelection(mid=1, indices=(1,), replicated=False)
@@ -378,7 +378,7 @@ def test_preprocess_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, pipeline.preprocess, pipeline.outputs, pipeline.preprocess_command; print('torch' in sys.modules)"
+    code = "import sys, pipeline.prep.preprocess, dicom_node.commands.preprocess_files, dicom_node.commands.preprocess; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -406,7 +406,7 @@ def test_crop_extent_slices_ignores_lesion_parts_away_from_the_slices(head: Synt
 
 
 def test_provenance_on_a_tilted_grid_gives_slice_z_at_the_lesion(head: SyntheticHead) -> None:
-    """A near-axial acquisition tilted 8 deg keeps its acquired slices (pipeline.volume): the
+    """A near-axial acquisition tilted 8 deg keeps its acquired slices (pipeline.load.volume): the
     recorded z of the mid slice is where the crop is, not at the image corner."""
     tilt = np.deg2rad(8.0)
     direction = (1.0, 0.0, 0.0, 0.0, np.cos(tilt), -np.sin(tilt), 0.0, np.sin(tilt), np.cos(tilt))

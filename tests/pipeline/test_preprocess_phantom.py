@@ -10,29 +10,29 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.bias import correct_bias_field
-from pipeline.brain import brain_mask
-from pipeline.normalize import zscore
-from pipeline.params import PreprocessParams
+from pipeline.prep.bias import correct_bias_field
+from pipeline.prep.brain import brain_mask
+from pipeline.prep.normalize import zscore
+from pipeline.prep.params import PreprocessParams
 from pipeline.phantom import PhantomStudy
-from pipeline.preprocess import ModelInput, PreparedVolume, model_input_from, prepare
-from pipeline.study import LoadedStudy, load_study
+from pipeline.prep.preprocess import CorrectedVolume, ModelInput, correct_volume, model_input_from
+from pipeline.load.study import LoadedStudy, load_study
 
 CASES = [("axial2d", "seg"), ("axial2d", "rtstruct"), ("axial3d", "seg"), ("sagittal3d", "seg"), ("enhanced", "seg")]
 
 
 @pytest.fixture(scope="session")
 def preprocessed(phantom_study: Callable[..., PhantomStudy]) -> Callable[[str, str], tuple]:
-    """``(geometry, mask_kind) -> (PhantomStudy, LoadedStudy, PreparedVolume, ModelInput)``,
-    with the default parameters, computed once (``preprocess`` is ``prepare`` + ``model_input_from``).
+    """``(geometry, mask_kind) -> (PhantomStudy, LoadedStudy, CorrectedVolume, ModelInput)``,
+    with the default parameters, computed once (``preprocess`` is ``correct_volume`` + ``model_input_from``).
     """
-    cache: dict[tuple[str, str], tuple[PhantomStudy, LoadedStudy, PreparedVolume, ModelInput]] = {}
+    cache: dict[tuple[str, str], tuple[PhantomStudy, LoadedStudy, CorrectedVolume, ModelInput]] = {}
 
-    def get(geometry: str, mask_kind: str) -> tuple[PhantomStudy, LoadedStudy, PreparedVolume, ModelInput]:
+    def get(geometry: str, mask_kind: str) -> tuple[PhantomStudy, LoadedStudy, CorrectedVolume, ModelInput]:
         if (geometry, mask_kind) not in cache:
             phantom = phantom_study(geometry, mask_kind)
             study = load_study(phantom.folder)
-            prepared = prepare(study)
+            prepared = correct_volume(study)
             cache[(geometry, mask_kind)] = (phantom, study, prepared, model_input_from(study, prepared))
         return cache[(geometry, mask_kind)]
 

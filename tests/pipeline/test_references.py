@@ -1,4 +1,4 @@
-"""Which series and instances a mask references (pipeline.references): header only."""
+"""Which series and instances a mask references (pipeline.load.references): header only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import MRImageStorage
 
-from pipeline.references import mask_referenced_instances, mask_referenced_series
+from pipeline.load.references import mask_referenced_instances, mask_referenced_series
 from tests.dicom_factory import mask_for, mr_series
 
 
@@ -90,8 +90,8 @@ def test_importing_it_loads_no_other_pipeline_module() -> None:
     import subprocess
     import sys
 
-    code = "import sys, pipeline.references; print('\\n'.join(sys.modules))"
+    code = "import sys, pipeline.load.references; print('\\n'.join(sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(done.stdout.split())
-    assert {m for m in loaded if m.startswith("pipeline")} == {"pipeline", "pipeline.references"}
+    assert {m for m in loaded if m.startswith("pipeline")} == {"pipeline", "pipeline.load", "pipeline.load.references"}
     assert not loaded & {"SimpleITK", "highdicom", "torch"}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage, generate_uid
 
-from pipeline.dicom_index import index_study
+from pipeline.load.index import index_study
 from pipeline.errors import SelectionError
-from pipeline.select import SelectionRules, select_mask_and_series
+from pipeline.load.select import SelectionRules, select_mask_and_series
 from tests.dicom_factory import ball_contours, ball_mask, make_mr_series, make_rtstruct, make_seg, ramp, write_datasets
 
 

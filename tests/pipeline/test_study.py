@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from pipeline.errors import MaskError, VolumeError
 from pipeline.phantom import PhantomStudy
-from pipeline.study import LoadedStudy, SelectionRules, load_study
+from pipeline.load.study import LoadedStudy, SelectionRules, load_study
 from tests.dicom_factory import (
     ball_contours,
     ball_mask,

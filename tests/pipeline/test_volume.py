@@ -15,10 +15,10 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from pipeline.dicom_index import index_study
+from pipeline.load.index import index_study
 from pipeline.errors import VolumeError
-from pipeline.grid import GRID_ACQUIRED_TILTED, GRID_ORTHOGONAL, GRID_RESAMPLED
-from pipeline.volume import load_series_volume
+from pipeline.load.grid import GRID_ACQUIRED_TILTED, GRID_ORTHOGONAL, GRID_RESAMPLED
+from pipeline.load.volume import load_series_volume
 from tests.dicom_factory import (
     CORONAL,
     SAGITTAL,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import PreprocessParams
+from pipeline.prep.params import PreprocessParams
 from pipeline.phantom import generate_cohort
 
 TEST_PARAMS = PreprocessParams(output_size=32, bias_correction=False)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.aggregate import patient_probability
-from pipeline.bundle import Manifest
-from pipeline.infer import FoldEnsemble
-from pipeline.model import build_resnet50, head_of
+from pipeline.model.aggregate import patient_probability
+from pipeline.model.bundle import Manifest
+from pipeline.model.infer import FoldEnsemble
+from pipeline.model.network import build_resnet50, head_of
 from pipeline.prepare import prepare_study
 from training import cli, export
 from training.cohort import read_cohort
@@ -53,7 +53,7 @@ def test_bundle_loads_in_the_node_and_predicts_what_training_computes(tiny_bundl
     entry = read_cohort(clear_cohort).entries[0]
     x = prepare_study(entry.folder, manifest.preprocessing).model_input.array
     prediction = ensemble.predict(x)
-    # Training's own code on the same input: each fold's state_dict, engine.patient_scores, pipeline.aggregate.
+    # Training's own code on the same input: each fold's state_dict, engine.patient_scores, pipeline.model.aggregate.
     scores = []
     for fold in manifest.folds:
         model = build_resnet50(normalization=manifest.normalization, head=head_of(manifest.architecture))

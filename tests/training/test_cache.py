@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.params import PreprocessParams
+from pipeline.prep.params import PreprocessParams
 from pipeline.prepare import prepare_study
 from training.cache import params_key, prepare_cohort
 from training.cohort import read_cohort
@@ -67,7 +67,7 @@ class Blocker:
             raise ImportError("not installed here: " + name)
 sys.meta_path.insert(0, Blocker())
 import numpy as np
-from pipeline.params import PreprocessParams
+from pipeline.prep.params import PreprocessParams
 from training.cache import prepare_cohort
 from training.cohort import read_cohort
 import training.run  # the whole training entry point imports without SimpleITK

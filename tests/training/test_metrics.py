@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.aggregate import aggregate_slices
+from pipeline.model.aggregate import aggregate_slices
 from training.metrics import binary_metrics, bootstrap_auc_ci, calibration, fold_table, pooled_metrics, wilson_interval
 
 

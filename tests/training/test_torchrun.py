@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bundle import Manifest
-from pipeline.infer import FoldEnsemble
+from pipeline.model.bundle import Manifest
+from pipeline.model.infer import FoldEnsemble
 from pipeline.phantom import generate_cohort
 
 

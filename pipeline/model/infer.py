@@ -1,9 +1,9 @@
 """The fold ensemble: K ResNet-50s scoring one study's slices together.
 
-DESIGN.md data flow, ``pipeline.infer``: the ``[S, C, H, W]`` input (``[5, 3, 96, 96]``)
+DESIGN.md data flow, ``pipeline.model.infer``: the ``[S, C, H, W]`` input (``[5, 3, 96, 96]``)
 goes through all K fold models under ``torch.inference_mode``, one after another on the same
 batch, in fp32, on CPU and CUDA alike. ``scores`` returns ``[K, S]``, the probability of the
-positive class for every fold and slice; :mod:`pipeline.aggregate` turns it into the
+positive class for every fold and slice; :mod:`pipeline.model.aggregate` turns it into the
 patient's probability. On CPU the thread count is the caller's (the node leaves a core to
 its SCP).
 
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state
 
-from pipeline.aggregate import is_positive, patient_probability
-from pipeline.bundle import BundleError, Manifest
-from pipeline.model import EGFRNet, build_resnet50, head_of
+from pipeline.model.aggregate import is_positive, patient_probability
+from pipeline.model.bundle import BundleError, Manifest
+from pipeline.model.network import EGFRNet, build_resnet50, head_of
 
 __all__ = ["FoldEnsemble", "Prediction", "load_fold_weights"]
 

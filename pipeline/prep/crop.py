@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.errors import PreprocessError
-from pipeline.params import PreprocessParams
+from pipeline.prep.params import PreprocessParams
 
 __all__ = [
     "LesionGeometry",

@@ -8,10 +8,10 @@ neighbour, which is exact when the SEG lattice coincides with the image's (recor
 RTSTRUCT (RT ROI Contour module, CLOSED_PLANAR ContourData in patient mm) is rasterised
 slice by slice in the plane the contour lies in, voxel centres inside the polygon, contours
 of one ROI on one slice combined by even-odd (XOR), so holes drawn as inner contours stay
-empty. Segment/ROI choice follows :class:`pipeline.select.SelectionRules`.
+empty. Segment/ROI choice follows :class:`pipeline.load.select.SelectionRules`.
 
 Both work on any grid, including the tilted (non-identity direction) grid of a near-axial
-oblique acquisition (:mod:`pipeline.grid`): SEG frames are placed by their patient
+oblique acquisition (:mod:`pipeline.load.grid`): SEG frames are placed by their patient
 position and RTSTRUCT points are mapped to continuous indices through the image's origin,
 spacing and direction, so contours in patient mm land on the acquired slices they were
 drawn on. A contour that does not lie in a grid plane within half a voxel (drawn on a
@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from pipeline.errors import MaskError
-from pipeline.select import SelectionRules
+from pipeline.load.select import SelectionRules
 
 __all__ = [
     "LoadedMask", "choose_labels", "fill_polygon", "load_rtstruct_mask", "load_seg_mask", "rasterize_contours",

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.bias import BiasCorrection, correct_bias_field
-from pipeline.brain import BrainMask, brain_mask
-from pipeline.crop import (
+from pipeline.prep.bias import BiasCorrection, correct_bias_field
+from pipeline.prep.brain import BrainMask, brain_mask
+from pipeline.prep.crop import (
     CropBox,
     LesionGeometry,
     SliceSelection,
@@ -31,12 +31,12 @@ from pipeline.crop import (
     select_slices,
 )
 from pipeline.errors import PreprocessError
-from pipeline.normalize import IntensityStats, brain_statistics, zscore
-from pipeline.params import PreprocessParams
-from pipeline.study import LoadedStudy
+from pipeline.prep.normalize import IntensityStats, brain_statistics, zscore
+from pipeline.prep.params import PreprocessParams
+from pipeline.load.study import LoadedStudy
 from pipeline.timing import Laps
 
-__all__ = ["ModelInput", "PreparedVolume", "prepare", "model_input_from", "preprocess"]
+__all__ = ["ModelInput", "CorrectedVolume", "correct_volume", "model_input_from", "preprocess"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _check_study(study: LoadedStudy) -> None:
 
 
 @dataclass(frozen=True)
-class PreparedVolume:
+class CorrectedVolume:
     """The whole corrected volume and what the crop needs (step 1 of :func:`preprocess`).
 
     ``corrected``: float32 ``[k, j, i]`` bias-corrected intensities (z-score them with
@@ -93,7 +93,7 @@ def _check_params(params: PreprocessParams | None) -> PreprocessParams:
     return params
 
 
-def prepare(study: LoadedStudy, params: PreprocessParams | None = None) -> PreparedVolume:
+def correct_volume(study: LoadedStudy, params: PreprocessParams | None = None) -> CorrectedVolume:
     """Lesion geometry, slices and crop box (checked first), brain mask, N4, brain statistics.
 
     Haim et al. 2022, "Preprocessing". Raises PreprocessError for an empty lesion, a lesion
@@ -124,11 +124,11 @@ def prepare(study: LoadedStudy, params: PreprocessParams | None = None) -> Prepa
 
     stats = brain_statistics(corrected, sitk.GetArrayViewFromImage(brain.mask))
     lap("zscore")
-    return PreparedVolume(geometry, slices, box, brain, corrected, stats, bias, timings)
+    return CorrectedVolume(geometry, slices, box, brain, corrected, stats, bias, timings)
 
 
 def model_input_from(
-    study: LoadedStudy, prepared: PreparedVolume, params: PreprocessParams | None = None
+    study: LoadedStudy, volume: CorrectedVolume, params: PreprocessParams | None = None
 ) -> ModelInput:
     """z-scored crops of the chosen slices, resized, repeated to channels (step 2 of :func:`preprocess`).
 
@@ -136,9 +136,9 @@ def model_input_from(
     """
     params = _check_params(params)
     t = time.perf_counter()
-    slices, box, stats = prepared.slices, prepared.box, prepared.stats
+    slices, box, stats = volume.slices, volume.box, volume.stats
     indices = np.asarray(slices.indices)
-    slab = zscore(prepared.corrected[indices], stats)
+    slab = zscore(volume.corrected[indices], stats)
     local = SliceSelection(mid=slices.mid, indices=tuple(range(len(indices))), replicated=slices.replicated)
     if params.crop_pad_mode == "air":
         pad: float | None = float(zscore(np.zeros(1), stats)[0])
@@ -153,11 +153,11 @@ def model_input_from(
     mask_resized = resize_crops(extract_crops(lesion_slab, local, box, 0.0), params.output_size, params.interpolation)
     if not np.isfinite(array).all():
         raise PreprocessError("model input has non-finite values after normalisation")
-    timings = dict(prepared.timings)
+    timings = dict(volume.timings)
     timings["crop_resize"] = round(time.perf_counter() - t, 4)
     timings["total"] = round(sum(timings.values()), 4)
 
-    provenance = _provenance(study, params, prepared, timings, array)
+    provenance = _provenance(study, params, volume, timings, array)
     logger.info(
         "preprocessed study %s series %s: slices %s, box %d px, %.2f s",
         study.study_uid,
@@ -170,7 +170,7 @@ def model_input_from(
 
 
 def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> ModelInput:
-    """Run the preprocessing recipe on ``study``: :func:`prepare` then :func:`model_input_from`.
+    """Run the preprocessing recipe on ``study``: :func:`correct_volume` then :func:`model_input_from`.
 
     Raises PreprocessError (one line, ending with the study and series UIDs) for an empty lesion, a lesion too close to the
     first/last slice (``slice_edge_policy="error"``), an empty brain mask, or a brain
@@ -178,7 +178,7 @@ def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> Mo
     """
     params = _check_params(params)
     try:
-        return model_input_from(study, prepare(study, params), params)
+        return model_input_from(study, correct_volume(study, params), params)
     except PreprocessError as exc:
         raise PreprocessError(f"{exc} (study {study.study_uid}, series {study.series_uid})") from exc
 
@@ -197,12 +197,12 @@ def _bias_record(bias: BiasCorrection | None) -> dict[str, Any]:
 
 
 def _provenance(
-    study: LoadedStudy, params: PreprocessParams, prepared: PreparedVolume, timings: dict[str, float], array: np.ndarray
+    study: LoadedStudy, params: PreprocessParams, volume: CorrectedVolume, timings: dict[str, float], array: np.ndarray
 ) -> dict[str, Any]:
     geometry, slices, box, brain, stats = (
-        prepared.geometry, prepared.slices, prepared.box, prepared.brain, prepared.stats
+        volume.geometry, volume.slices, volume.box, volume.brain, volume.stats
     )
-    bias_record = _bias_record(prepared.bias)
+    bias_record = _bias_record(volume.bias)
     image = study.image
     nk, nj, ni = image.GetSize()[2], image.GetSize()[1], image.GetSize()[0]
     # z of each slice at the crop centre (on a tilted grid z varies across the slice)

@@ -1,23 +1,26 @@
-"""One study folder -> the chosen MR volume and lesion mask on the same grid, in axial LPS index order.
+"""One study (a folder or its list of files) -> the chosen MR volume and lesion mask on the
+same grid, in axial LPS index order.
 
-Front door of issue 3 points 1-3: :func:`load_study` indexes the folder
-(:mod:`pipeline.dicom_index`), picks the mask and series (:mod:`pipeline.select`), builds
-the volume (:mod:`pipeline.volume`) and puts the mask on its grid (:mod:`pipeline.masks`).
+Front door of issue 3 points 1-3: :func:`load_study` indexes the files
+(:mod:`pipeline.load.index`), picks the mask and series (:mod:`pipeline.load.select`), builds
+the volume (:mod:`pipeline.load.volume`) and puts the mask on its grid (:mod:`pipeline.load.masks`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 
-from pipeline.dicom_index import index_study
-from pipeline.masks import load_rtstruct_mask, load_seg_mask
-from pipeline.select import SelectionRules, select_mask_and_series
-from pipeline.volume import load_series_volume
+from pipeline.load.index import InstanceHeader, index_files, index_study
+from pipeline.load.masks import load_rtstruct_mask, load_seg_mask
+from pipeline.load.select import SelectionRules, select_mask_and_series
+from pipeline.load.volume import load_series_volume
 
 __all__ = ["LoadedStudy", "SelectionRules", "load_study"]
 
@@ -45,6 +48,8 @@ class LoadedStudy:
       UID for an Enhanced MR, every crossing slice for a sagittal/coronal or resampled one).
     - ``selection``: JSON-serialisable record of what was chosen, by which rule, and the
       candidates rejected with their reasons.
+    - ``series_instances``, ``mask_instance``: the chosen series' instances and the mask
+      object, with the paths and headers indexing read (the report builds on them).
     """
 
     study_uid: str
@@ -58,19 +63,24 @@ class LoadedStudy:
     lesion_label: str
     source_sop_uids: tuple[tuple[str, ...], ...]
     selection: dict[str, Any]
+    series_instances: tuple[InstanceHeader, ...] = ()
+    mask_instance: InstanceHeader | None = None
+
+    def source_headers(self, sop_uids: Iterable[str]) -> list[Dataset]:
+        """The headers (read once, at indexing) of these instances of the chosen series, in that order."""
+        by_uid = {i.sop_uid: i.header for i in self.series_instances}
+        return [by_uid[uid] for uid in sop_uids if uid in by_uid]
 
 
-def load_study(
-    study_dir: Path, rules: SelectionRules | None = None, exclude_sop_uids: frozenset[str] = frozenset()
-) -> LoadedStudy:
-    """Load the lesion mask and the MR series it references from one study folder.
-
-    ``exclude_sop_uids``: instances never to consider (the node's own results).
+def load_study(study: Path | Sequence[Path], rules: SelectionRules | None = None) -> LoadedStudy:
+    """Load the lesion mask and the MR series it references from one study: a folder, or the
+    list of its files (the node's worker passes the received instances its database lists, so
+    the node's own results are never input).
 
     Raises SelectionError, VolumeError or MaskError (``pipeline.errors``) with one line.
     """
     rules = rules or SelectionRules()
-    index = index_study(Path(study_dir), exclude_sop_uids)
+    index = index_study(Path(study)) if isinstance(study, (str, Path)) else index_files(study)
     selection = select_mask_and_series(index, rules)
     volume = load_series_volume(
         selection.series, resample_oblique=rules.resample_oblique,
@@ -113,4 +123,6 @@ def load_study(
         lesion_label=mask.lesion_label,
         source_sop_uids=volume.source_sop_uids,
         selection=record,
+        series_instances=selection.series.instances,
+        mask_instance=selection.mask,
     )

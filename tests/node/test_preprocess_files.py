@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import SelectionError
-from pipeline.outputs import preprocess_study_to_folder
+from dicom_node.commands.preprocess_files import preprocess_study_to_folder
 from pipeline.phantom import PhantomStudy
-from pipeline.preprocess_command import run
+from dicom_node.commands.preprocess import preprocess_folder as run
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +97,8 @@ def test_run_missing_folder(tmp_path: Path) -> None:
 
 
 def test_provenance_written_once_after_the_other_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import outputs
-    from pipeline.preprocess import ModelInput
+    from dicom_node.commands import preprocess_files as outputs
+    from pipeline.prep.preprocess import ModelInput
 
     written_paths: list[str] = []
     write_text = Path.write_text

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.dicom_index import InstanceHeader, SeriesEntry, StudyIndex
+from pipeline.load.index import InstanceHeader, SeriesEntry, StudyIndex
 from pipeline.errors import SelectionError
-from pipeline.references import mask_referenced_instances, mask_referenced_series
-from pipeline.grid import DEFAULT_MAX_AXIAL_TILT_DEG, DEFAULT_MAX_RESAMPLE_SLICE_MM
+from pipeline.load.references import mask_referenced_instances, mask_referenced_series
+from pipeline.load.grid import DEFAULT_MAX_AXIAL_TILT_DEG, DEFAULT_MAX_RESAMPLE_SLICE_MM
 
 __all__ = ["Selection", "SelectionRules", "referenced_series_uids", "select_mask_and_series"]
 
@@ -44,7 +44,7 @@ class SelectionRules:
     - ``image_modality``: the modality the referenced series must have.
 
     Oblique acquisitions (slice axes more than about 0.06 deg from the patient axes; the
-    policy is :mod:`pipeline.grid`'s, the choice is recorded in ``LoadedStudy.selection``):
+    policy is :mod:`pipeline.load.grid`'s, the choice is recorded in ``LoadedStudy.selection``):
 
     - ``max_axial_tilt_degrees`` (default 25, 0 <= value < 45): a near-axial acquisition,
       every image axis within this angle of its LPS axis (AC-PC tilt, small in-plane
@@ -127,8 +127,8 @@ class Selection:
 def referenced_series_uids(mask: InstanceHeader, index: StudyIndex) -> list[str]:
     """Series a mask references, in first-seen order.
 
-    The series it names (:func:`pipeline.references.mask_referenced_series`), then the
-    series of the SOP instances it names (:func:`pipeline.references.mask_referenced_instances`)
+    The series it names (:func:`pipeline.load.references.mask_referenced_series`), then the
+    series of the SOP instances it names (:func:`pipeline.load.references.mask_referenced_instances`)
     that are in the study index.
     """
     series = list(mask_referenced_series(mask.header))

@@ -1,8 +1,8 @@
 """The oblique policy: how an MR acquisition grid becomes axial LPS index order.
 
-Split from :mod:`pipeline.volume` (which builds the acquisition grid and applies the
+Split from :mod:`pipeline.load.volume` (which builds the acquisition grid and applies the
 decision). Policy (:func:`grid_policy`; the numbers are rules of
-:class:`pipeline.select.SelectionRules`), recorded as ``MRVolume.grid``:
+:class:`pipeline.load.select.SelectionRules`), recorded as ``MRVolume.grid``:
 
 1. ``"orthogonal"``: every slice axis within ``ORIENTATION_TOLERANCE`` (about 0.06 deg) of a
    patient axis, any plane. DICOMOrient("LPS") permutes/flips the voxels, no interpolation;

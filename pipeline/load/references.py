@@ -1,6 +1,6 @@
 """Which image series and instances a lesion mask (SEG or RTSTRUCT) references: header only.
 
-One definition, shared by the pipeline's mask selection (:mod:`pipeline.select`) and the
+One definition, shared by the pipeline's mask selection (:mod:`pipeline.load.select`) and the
 node's received-instance header. Only header elements are read, so a dataset read with
 ``stop_before_pixels`` works. Both trees are read whatever the SOP class (a SEG has no
 RTSTRUCT tree and the reverse); whether ``ds`` is a mask is the caller's question.
@@ -51,7 +51,7 @@ def mask_referenced_instances(ds: Dataset) -> tuple[str, ...]:
     functional group's SourceImageSequence (shared and per frame, PS3.3 C.7.6.16.2.6).
     RTSTRUCT: RTReferencedSeriesSequence > ContourImageSequence, and each contour's
     ContourImageSequence (ROIContourSequence > ContourSequence, PS3.3 C.8.8.6).
-    Mapping them to series needs the study's instances (:func:`pipeline.select.referenced_series_uids`).
+    Mapping them to series needs the study's instances (:func:`pipeline.load.select.referenced_series_uids`).
     """
     references: list[Dataset] = []
     for series_ref in _items(ds, "ReferencedSeriesSequence"):

@@ -1,9 +1,9 @@
 """The model bundle: one folder, ``manifest.json`` plus one weights file per fold.
 
 DESIGN.md "Model bundle". Training writes a :class:`Manifest` (``training.export``), the
-node reads it (``pipeline.infer.FoldEnsemble``): one type, so the two cannot drift. The
+node reads it (``pipeline.model.infer.FoldEnsemble``): one type, so the two cannot drift. The
 manifest records everything the node needs to build the same input and the same answer:
-the preprocessing parameters (:class:`pipeline.params.PreprocessParams`), the input shape,
+the preprocessing parameters (:class:`pipeline.prep.params.PreprocessParams`), the input shape,
 the network, the input normalisation, the slice and fold aggregation, the decision
 threshold, and each fold file with its sha256. Weights are plain ``state_dict`` tensors
 saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``: loading never
@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.aggregate import check_fold_aggregation, check_slice_aggregation
-from pipeline.params import PreprocessParams
+from pipeline.model.aggregate import check_fold_aggregation, check_slice_aggregation
+from pipeline.prep.params import PreprocessParams
 
 __all__ = [
     "MANIFEST_FILE",
@@ -41,8 +41,8 @@ __all__ = [
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
-#: Networks the node can build (``pipeline.model``).
-ARCHITECTURES = ("resnet50", "resnet50-linear")  # pipeline.model.HEADS: fastai head, linear head
+#: Networks the node can build (``pipeline.model.network``).
+ARCHITECTURES = ("resnet50", "resnet50-linear")  # pipeline.model.network.HEADS: fastai head, linear head
 #: Input normalisation inside the network: ImageNet mean/std (pretrained body) or none.
 NORMALIZATIONS = ("imagenet", "none")
 

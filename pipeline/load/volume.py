@@ -7,7 +7,7 @@ from RescaleSlope/RescaleIntercept (MR Image module or Pixel Value Transformatio
 group). Slices are sorted along the slice normal (row cosines x column cosines) by the
 projection of their position; anything that is not one regular stack is a VolumeError.
 
-The oblique policy (orthogonal, acquired tilted, resampled) is :mod:`pipeline.grid`'s;
+The oblique policy (orthogonal, acquired tilted, resampled) is :mod:`pipeline.load.grid`'s;
 the branch taken is recorded as ``MRVolume.grid``.
 
 Tolerances: direction cosines 1e-3; slice spacing 1 % of the median spacing, pixel spacing
@@ -26,9 +26,9 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from pipeline.dicom_index import InstanceHeader, SeriesEntry
+from pipeline.load.index import InstanceHeader, SeriesEntry
 from pipeline.errors import VolumeError
-from pipeline.grid import (
+from pipeline.load.grid import (
     DEFAULT_MAX_AXIAL_TILT_DEG,
     DEFAULT_MAX_RESAMPLE_SLICE_MM,
     GRID_ORTHOGONAL,
@@ -256,7 +256,7 @@ def load_series_volume(
 ) -> MRVolume:
     """Build the series' volume, rescaled to float32, in axial LPS index order by the oblique policy.
 
-    See :func:`pipeline.grid.grid_policy` for ``resample_oblique``,
+    See :func:`pipeline.load.grid.grid_policy` for ``resample_oblique``,
     ``max_axial_tilt_degrees`` and ``max_resample_slice_mm``. ``source_sop_uids[k]``: the
     acquired slice(s) of axial slice k (for a resampled grid, those nearest its voxels).
     """

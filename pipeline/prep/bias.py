@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.errors import PreprocessError
-from pipeline.params import PreprocessParams
+from pipeline.prep.params import PreprocessParams
 
 __all__ = ["BiasCorrection", "correct_bias_field", "shrink_factors", "mask_bounding_box"]
 

@@ -16,9 +16,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from pipeline.bias import shrink_factors
+from pipeline.prep.bias import shrink_factors
 from pipeline.errors import PreprocessError
-from pipeline.params import PreprocessParams
+from pipeline.prep.params import PreprocessParams
 
 __all__ = ["BrainMask", "otsu_chain_mask", "brain_mask"]
 

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.contact_sheet import write_contact_sheet
-from pipeline.params import PreprocessParams
+from dicom_node.commands.contact_sheet import write_contact_sheet
+from pipeline.prep.params import PreprocessParams
 from pipeline.prepare import prepare_study
-from pipeline.preprocess import ModelInput
+from pipeline.prep.preprocess import ModelInput
 
 if TYPE_CHECKING:
-    from pipeline.select import SelectionRules
+    from pipeline.load.select import SelectionRules
 
 __all__ = ["INPUTS_FILE", "PROVENANCE_FILE", "CROPS_FILE", "preprocess_study_to_folder", "write_outputs"]
 

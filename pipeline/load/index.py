@@ -1,4 +1,6 @@
-"""Index the DICOM files of one study folder by series, headers only.
+"""Index the DICOM files of one study by series, headers only: a folder
+(:func:`index_study`) or the list of files the node's database holds for it
+(:func:`index_files`).
 
 A study folder holds one study's files at any depth, possibly with non-DICOM files beside
 them (skipped). Hidden files and folders (name starting with ".") and ``*.tmp`` files are
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ __all__ = [
     "InstanceHeader",
     "SeriesEntry",
     "StudyIndex",
+    "index_files",
     "index_study",
 ]
 
@@ -89,7 +92,8 @@ class SeriesEntry:
 
 @dataclass(frozen=True)
 class StudyIndex:
-    """The series, masks and SOP instances of one study folder."""
+    """The series, masks and SOP instances of one study (``folder``: where its files are, or the
+    list's common folder)."""
 
     folder: Path
     study_uid: str
@@ -123,26 +127,40 @@ def _study_files(folder: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def index_study(folder: Path, exclude_sop_uids: frozenset[str] = frozenset()) -> StudyIndex:
+def index_study(folder: Path) -> StudyIndex:
     """Read the headers of every DICOM file under ``folder`` and group them by series.
 
-    Instances whose SOP Instance UID is in ``exclude_sop_uids`` are left out (the node's own
-    results archived beside the study are never input). Raises SelectionError when the folder holds no DICOM instance or more than one study.
+    Raises SelectionError when the folder does not exist, holds no DICOM instance or more than one study.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise SelectionError(f"study folder {folder} does not exist or is not a folder")
+    return _index(_study_files(folder), folder)
+
+
+def index_files(files: Iterable[Path]) -> StudyIndex:
+    """Index exactly these files (the received instances the database lists for one study).
+
+    A file that is missing or not a composite DICOM instance is counted in ``skipped_files``.
+    Raises SelectionError when none is a DICOM instance, or they hold more than one study.
+    """
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise SelectionError("no files listed for the study")
+    where = Path(os.path.commonpath(paths))
+    return _index(paths, where if where.is_dir() else where.parent)
+
+
+def _index(files: Iterable[Path], folder: Path) -> StudyIndex:
     headers: list[InstanceHeader] = []
     skipped = 0
     seen: set[str] = set()
-    for path in sorted(_study_files(folder)):
+    for path in sorted(files):
         ds = _read_header(path)
         if ds is None:
             skipped += 1
             continue
         sop_uid = str(ds.SOPInstanceUID)
-        if sop_uid in exclude_sop_uids:
-            continue
         if sop_uid in seen:
             logger.warning("duplicate SOP instance %s ignored", sop_uid)
             continue

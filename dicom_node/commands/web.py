@@ -1,0 +1,61 @@
+"""``egfr-node web`` (the admin console alone) and ``egfr-node web add-user NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dicom_node.commands._common import fail, load
+
+__all__ = ["register", "console", "add_user"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("web", help="the admin console and HTTP API alone (serve starts it when [web] enabled)")
+    p.set_defaults(run=console)
+    users = p.add_subparsers(dest="web_command")
+    u = users.add_parser("add-user", help="add a console user, or change a user's password")
+    u.add_argument("name")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    u.set_defaults(run=add_user)
+
+
+def console(args: argparse.Namespace) -> int:
+    from dicom_node.runtime import configure_logging
+    from dicom_node.web.auth import UsersFileError
+    from dicom_node.web.server import run_console
+
+    config = load(args)
+    configure_logging(config.logging.level)
+    if not config.web_users_path.is_file() and not config.web.trusted_user_header:
+        print(f"egfr-node: no console user yet ({config.web_users_path}): add one with `egfr-node web add-user NAME`",
+              file=sys.stderr)
+    print(f"console on http{'s' if config.web.certificate else ''}://{config.web.host}:{config.web.port}/", flush=True)
+    try:
+        run_console(config)
+    except UsersFileError as exc:
+        return fail(str(exc), 2)
+    except KeyboardInterrupt:  # uvicorn stops on SIGINT/SIGTERM, then raises it again
+        pass
+    return 0
+
+
+def add_user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from dicom_node.web.auth import UsersFileError, add_user as add_to_users_file
+
+    config = load(args)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            return fail("the two passwords differ")
+    try:
+        new = add_to_users_file(config.web_users_path, args.name, password)
+    except UsersFileError as exc:
+        return fail(str(exc))
+    print(f"{'added' if new else 'changed the password of'} {args.name} in {config.web_users_path}")
+    return 0
