@@ -10,12 +10,14 @@ that names the key.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from importlib import resources
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+
+from dicom_node.config_checks import validate
+from pipeline.settings import SettingError, apply_env, build_section, check_known, coerce
 
 __all__ = [
     "ConfigError",
@@ -39,11 +41,11 @@ __all__ = [
 
 ENV_PREFIX = "EGFR_NODE_"
 DEFAULT_CONFIG_PATH = Path("egfr-node.toml")
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash, 16 chars
 
 
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message names the key."""
+#: The configuration cannot be used; the message names the key (``section.key: ...``). The
+#: one settings error of the node, training and preprocessing (:mod:`pipeline.settings`).
+ConfigError = SettingError
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,9 @@ class Config:
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
     web: WebSection = field(default_factory=WebSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
+    #: [training]: the recipe's values for ``egfr-node train`` (``training.settings``), kept as
+    #: written; the training package checks them, naming ``training.<key>``, when it runs
+    training: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<defaults>"
 
     @property
@@ -302,9 +307,13 @@ def load_config(
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
         source = str(p)
 
-    unknown = set(raw) - set(_SECTIONS) - {"destinations"}
+    unknown = set(raw) - set(_SECTIONS) - {"destinations", "training"}
     if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown section (known: {', '.join([*_SECTIONS, 'destinations'])})")
+        known = ", ".join([*_SECTIONS, "destinations", "training"])
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown section (known: {known})")
+    training = raw.get("training", {})
+    if not isinstance(training, dict):
+        raise ConfigError("training: must be a table ([training])")
 
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
@@ -312,74 +321,13 @@ def load_config(
         if not isinstance(table, dict):
             raise ConfigError(f"{name}: must be a table ([{name}])")
         table = dict(table)
-        _apply_env(name, cls, table, environ)
-        sections[name] = _build_section(name, cls, table)
+        apply_env(ENV_PREFIX, name, cls, table, environ)
+        sections[name] = build_section(name, cls, table)
 
     destinations = _build_destinations(raw.get("destinations", []))
-    config = Config(destinations=destinations, source=source, **sections)
-    _validate(config)
+    config = Config(destinations=destinations, training=dict(training), source=source, **sections)
+    validate(config)
     return config
-
-
-def _apply_env(section: str, cls: type, table: dict[str, Any], environ: Mapping[str, str]) -> None:
-    for f in fields(cls):
-        key = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
-        if key in environ:
-            table[f.name] = _parse_env(f"{section}.{f.name}", f.type, environ[key])
-
-
-def _parse_env(key: str, type_name: Any, text: str) -> Any:
-    type_name = str(type_name)
-    try:
-        if type_name == "bool":
-            lowered = text.strip().lower()
-            if lowered in {"1", "true", "yes", "on"}:
-                return True
-            if lowered in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(text)
-        if type_name == "int":
-            return int(text)
-        if type_name == "float":
-            return float(text)
-        if type_name.startswith("tuple"):
-            return [item.strip() for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise ConfigError(f"{key}: environment value {text!r} is not a {type_name}") from None
-    return text
-
-
-def _build_section(name: str, cls: type, table: dict[str, Any]) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    for key in table:
-        if key not in known:
-            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(known)})")
-    values = {}
-    for key, value in table.items():
-        values[key] = _coerce(f"{name}.{key}", str(known[key].type), value)
-    return cls(**values)
-
-
-def _coerce(key: str, type_name: str, value: Any) -> Any:
-    if type_name == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: must be true or false, got {value!r}")
-        return value
-    if type_name == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: must be an integer, got {value!r}")
-        return value
-    if type_name == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: must be a number, got {value!r}")
-        return float(value)
-    if type_name.startswith("tuple"):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: must be a list of strings, got {value!r}")
-        return tuple(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: must be a string, got {value!r}")
-    return value
 
 
 def _build_destinations(items: Any) -> tuple[Destination, ...]:
@@ -391,171 +339,17 @@ def _build_destinations(items: Any) -> tuple[Destination, ...]:
         where = f"destinations[{i}]"
         if not isinstance(item, dict):
             raise ConfigError(f"{where}: must be a table")
-        for key in item:
-            if key not in known:
-                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
+        check_known(where, item, known)
         for key, f in known.items():
             if key not in item and f.default is MISSING:
                 raise ConfigError(f"{where}.{key}: missing")
-        values = {k: _coerce(f"{where}.{k}", str(known[k].type), v) for k, v in item.items()}
+        values = {k: coerce(f"{where}.{k}", str(known[k].type), v) for k, v in item.items()}
         out.append(Destination(**values))
     names = [d.name for d in out]
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"destinations.name: {name!r} is used twice")
     return tuple(out)
-
-
-def _check_port(key: str, port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"{key}: must be between 1 and 65535, got {port}")
-
-
-def _check_ae(key: str, title: str) -> None:
-    if not _AE_TITLE.match(title) or not title.strip():
-        raise ConfigError(f"{key}: {title!r} is not a valid AE title (1-16 characters, no backslash)")
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _validate(config: Config) -> None:
-    n = config.node
-    _check_ae("node.ae_title", n.ae_title)
-    _check_port("node.port", n.port)
-    for aet in n.allowed_calling_aets:
-        _check_ae("node.allowed_calling_aets", aet)
-    if n.max_associations < 1:
-        raise ConfigError(f"node.max_associations: must be at least 1, got {n.max_associations}")
-    if n.maximum_pdu_size != 0 and n.maximum_pdu_size < 4096:
-        raise ConfigError(f"node.maximum_pdu_size: must be 0 (unlimited) or at least 4096, got {n.maximum_pdu_size}")
-    if n.network_timeout_seconds <= 0:
-        raise ConfigError("node.network_timeout_seconds: must be positive")
-    if n.acse_timeout_seconds <= 0:
-        raise ConfigError("node.acse_timeout_seconds: must be positive")
-    if n.max_associate_request_bytes < 4096:
-        raise ConfigError(f"node.max_associate_request_bytes: must be at least 4096, got {n.max_associate_request_bytes}")
-    if n.max_associations_per_calling_ae < 0:
-        raise ConfigError("node.max_associations_per_calling_ae: must not be negative (0 = only node.max_associations)")
-    if n.max_negotiating_per_source < 1:
-        raise ConfigError(f"node.max_negotiating_per_source: must be at least 1, got {n.max_negotiating_per_source}")
-    if n.max_negotiating < n.max_negotiating_per_source:
-        raise ConfigError(f"node.max_negotiating: must be at least node.max_negotiating_per_source, got {n.max_negotiating}")
-    if not 1 <= n.receive_processes <= 64:
-        raise ConfigError(f"node.receive_processes: must be between 1 and 64, got {n.receive_processes}")
-    if n.max_instance_size_mb < 1:
-        raise ConfigError(f"node.max_instance_size_mb: must be at least 1, got {n.max_instance_size_mb}")
-    t = config.tls
-    if t.enabled:
-        _check_port("tls.port", t.port)
-        if t.port == n.port:
-            raise ConfigError(f"tls.port: must differ from node.port ({n.port})")
-        for key in ("certificate", "private_key"):
-            value = getattr(t, key)
-            if not value:
-                raise ConfigError(f"tls.{key}: required when tls.enabled is true")
-            if not Path(value).is_file():
-                raise ConfigError(f"tls.{key}: file {value} does not exist")
-        if t.ca_certificates and not Path(t.ca_certificates).is_file():
-            raise ConfigError(f"tls.ca_certificates: file {t.ca_certificates} does not exist")
-    s = config.storage
-    if not s.data_dir:
-        raise ConfigError("storage.data_dir: must not be empty")
-    if s.free_space_reserve_mb < 0:
-        raise ConfigError("storage.free_space_reserve_mb: must not be negative")
-    if config.database.url and "://" not in config.database.url:
-        raise ConfigError(f"database.url: {config.database.url!r} is not an SQLAlchemy URL (dialect://...)")
-    w = config.worker
-    if w.study_stable_seconds < 0:
-        raise ConfigError("worker.study_stable_seconds: must not be negative")
-    if w.scan_interval_seconds <= 0:
-        raise ConfigError("worker.scan_interval_seconds: must be positive")
-    if w.lease_seconds <= 0:
-        raise ConfigError("worker.lease_seconds: must be positive")
-    if w.max_attempts < 1:
-        raise ConfigError("worker.max_attempts: must be at least 1")
-    if w.claim_interval_seconds <= 0:
-        raise ConfigError("worker.claim_interval_seconds: must be positive")
-    if w.stop_grace_seconds < 0:
-        raise ConfigError("worker.stop_grace_seconds: must not be negative")
-    if config.inference.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"inference.device: must be auto, cpu or cuda, got {config.inference.device!r}")
-    if config.inference.torch_threads < 0:
-        raise ConfigError("inference.torch_threads: must not be negative (0 = all cores but one)")
-    try:
-        re.compile(config.contrast.series_description_pattern)
-    except re.error as exc:
-        raise ConfigError(f"contrast.series_description_pattern: not a regular expression: {exc}") from None
-    d = config.delivery
-    if d.max_attempts < 1:
-        raise ConfigError("delivery.max_attempts: must be at least 1")
-    for key in ("initial_backoff_seconds", "max_backoff_seconds", "timeout_seconds", "scan_interval_seconds"):
-        if getattr(d, key) <= 0:
-            raise ConfigError(f"delivery.{key}: must be positive")
-    if config.report.sr_sop_class not in ("comprehensive3d", "comprehensive"):
-        raise ConfigError(f"report.sr_sop_class: must be comprehensive3d or comprehensive, got {config.report.sr_sop_class!r}")
-    if not config.report.manufacturer.strip():
-        raise ConfigError("report.manufacturer: must not be empty")
-    for i, dest in enumerate(config.destinations):
-        _check_ae(f"destinations[{i}].ae_title", dest.ae_title)
-        _check_port(f"destinations[{i}].port", dest.port)
-        for key in ("ca_certificates", "certificate", "private_key"):
-            value = getattr(dest, key)
-            if value and not Path(value).is_file():
-                raise ConfigError(f"destinations[{i}].{key}: file {value} does not exist")
-    m = config.monitoring
-    if m.enabled:
-        _check_port("monitoring.port", m.port)
-        if not m.allow_non_loopback and not _is_loopback(m.host):
-            raise ConfigError(f"monitoring.host: {m.host!r} is not a loopback address; set monitoring.allow_non_loopback = true to serve metrics off this host")
-    _validate_web(config.web)
-    _validate_retention(config.retention)
-    if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {config.logging.level!r}")
-
-
-def _validate_retention(retention: RetentionSection) -> None:
-    for name in ("keep_days", "min_age_hours"):
-        if getattr(retention, name) < 0:
-            raise ConfigError(f"retention.{name}: must be 0 or more, not {getattr(retention, name)}")
-    for name in ("high_watermark_percent", "low_watermark_percent"):
-        if not 0 < getattr(retention, name) <= 100:
-            raise ConfigError(f"retention.{name}: must be above 0 and at most 100, not {getattr(retention, name)}")
-    if retention.low_watermark_percent >= retention.high_watermark_percent:
-        raise ConfigError(f"retention.low_watermark_percent ({retention.low_watermark_percent:g}) must be below "
-                          f"retention.high_watermark_percent ({retention.high_watermark_percent:g})")
-    if retention.interval_seconds <= 0:
-        raise ConfigError(f"retention.interval_seconds: must be above 0, not {retention.interval_seconds}")
-
-
-def _validate_web(web: WebSection) -> None:
-    _check_port("web.port", web.port)
-    if not web.allow_non_loopback and not _is_loopback(web.host):
-        raise ConfigError(f"web.host: {web.host!r} is not a loopback address; set web.allow_non_loopback = true "
-                          "(and web.certificate / web.private_key for HTTPS) to serve the console off this host")
-    if bool(web.certificate) != bool(web.private_key):
-        raise ConfigError("web.certificate: web.certificate and web.private_key go together (both or neither)")
-    for key in ("certificate", "private_key"):
-        value = getattr(web, key)
-        if value and not Path(value).is_file():
-            raise ConfigError(f"web.{key}: file {value} does not exist")
-    if web.session_max_age_seconds < 60:
-        raise ConfigError(f"web.session_max_age_seconds: must be at least 60, got {web.session_max_age_seconds}")
-    if web.refresh_seconds < 1:
-        raise ConfigError(f"web.refresh_seconds: must be at least 1, got {web.refresh_seconds:g}")
-    if web.trusted_user_header and not _HEADER.match(web.trusted_user_header):
-        raise ConfigError(f"web.trusted_user_header: {web.trusted_user_header!r} is not an HTTP header name")
-
-
-_HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 #: What ``egfr-node init`` writes: every key with its default and what it means

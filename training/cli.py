@@ -10,7 +10,8 @@
 
 Settings come from the recipe (``--recipe``, default ``auto``: the paper's with
 ``--imagenet-weights``, the scratch recipe without; :mod:`training.settings`), then the
-``[training]`` table of ``--config``, then the flags. ``--register`` records the bundle in
+``[training]`` table of the node's config file (``egfr-node --config FILE train``; run
+alone, ``python -m training.cli --config FILE``), then the flags. ``--register`` records the bundle in
 the node's database (needs ``database_url``); activation stays a separate, explicit step.
 Exit status 0 on success, 1 on a one-line error (printed), 130 on Ctrl-C (no bundle left).
 """
@@ -18,11 +19,12 @@ Exit status 0 on success, 1 on a one-line error (printed), 130 on Ctrl-C (no bun
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pipeline.model.bundle import MANIFEST_FILE, sha256_of
 from pipeline.prep.params import PreprocessParams
@@ -38,7 +40,8 @@ def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="bundle folder to create (must not exist; not needed with --lr-find)")
     p.add_argument("--recipe", choices=("auto", "paper", "scratch"),
                    help="auto (default): paper with --imagenet-weights, scratch without")
-    p.add_argument("--config", type=Path, help="TOML file whose [training] table overrides the defaults")
+    p.add_argument("--config", type=Path, help="the node's TOML file, whose [training] table overrides the recipe "
+                   "(under egfr-node: egfr-node --config FILE train ...)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"))
     p.add_argument("--epochs", type=int)
     p.add_argument("--folds", type=int)
@@ -72,11 +75,14 @@ def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace, training_table: Mapping[str, Any] | None = None):
     from training.settings import TrainSettings
 
-    values: dict = {}
+    values: dict = dict(training_table or {})
     if args.config is not None:
+        if training_table is not None:
+            raise ValueError("egfr-node train has no --config of its own: the [training] table is read from the node's "
+                             "config file (egfr-node --config FILE train ...)")
         try:
             table = tomllib.loads(args.config.read_text(encoding="utf-8")).get("training", {})
         except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -140,24 +146,28 @@ def pin_cohort(cohort_csv: Path, archive_root: Path, database_url: str) -> str:
     return f"pinned {pinned} of the cohort's {len(uids)} studies against retention (archive unpin releases them)"
 
 
-def main(argv: list[str] | None = None, *, archive_root: Path | None = None, database_url: str | None = None) -> int:
+def main(argv: list[str] | None = None, *, archive_root: Path | None = None, database_url: str | None = None,
+         training_table: Mapping[str, Any] | None = None) -> int:
+    """The command line; under ``egfr-node train`` the node passes its archive, database and
+    the ``[training]`` table of its config file (``training_table``)."""
     args = build_parser().parse_args(argv)
     from training import distributed
 
     distributed.init_from_env(args.device or "cpu")  # under torchrun: join the process group
     try:
-        return _train(args, archive_root, database_url)
+        return _train(args, archive_root, database_url, training_table)
     finally:
         distributed.shutdown()
 
 
-def _train(args: argparse.Namespace, archive_root: Path | None, database_url: str | None) -> int:
+def _train(args: argparse.Namespace, archive_root: Path | None, database_url: str | None,
+           training_table: Mapping[str, Any] | None = None) -> int:
     from training import distributed
     from training.cohort import CohortError
     from training.run import TrainingError, train_bundle
 
     try:
-        settings = _settings(args)
+        settings = _settings(args, training_table)
         if args.out is None and not args.lr_find:
             raise ValueError("--out is needed (the bundle folder to create)")
         if args.register and not database_url:

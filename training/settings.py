@@ -14,9 +14,10 @@ Two recipes, chosen by situation (issue 15):
   shows, one change at a time, why each paper value is replaced. The default otherwise.
 
 ``TrainSettings()`` is the scratch recipe; ``TrainSettings.from_mapping(values)`` (the CLI,
-a ``[training]`` TOML table) picks the recipe by situation (``recipe = "auto"``, the
+the ``[training]`` table of the node's TOML) picks the recipe by situation (``recipe = "auto"``, the
 default: ``paper`` with ``imagenet_weights``, ``scratch`` without), then applies the given
-values on top, naming the key in every error. ``recipe_changes()`` says which values differ
+values on top; every error is a ``pipeline.settings.SettingError`` naming
+``training.<key>``. ``recipe_changes()`` says which values differ
 from the recipe's, for the manifest and the report.
 
 A frozen body with random weights cannot learn (only BatchNorm and the head would train on
@@ -26,10 +27,11 @@ features of random filters): it is refused unless ``allow_random_frozen_body``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from pipeline.settings import SettingError, SettingTypeError, check_bool, check_choice, check_int, check_known, check_number
 
 __all__ = ["TrainSettings", "LOSSES", "SELECTIONS", "SELECTION_METRICS", "DEVICES", "RECIPES", "RECIPE_VALUES",
            "AUGMENTATIONS", "HEADS"]
@@ -188,7 +190,7 @@ class TrainSettings:
         _choice("batchnorm_statistics", self.batchnorm_statistics, BATCHNORM_STATISTICS)
         _bool("allow_random_frozen_body", self.allow_random_frozen_body)
         if self.imagenet_weights is not None and (not isinstance(self.imagenet_weights, str) or not self.imagenet_weights):
-            raise TypeError(f'Setting "imagenet_weights" must be a file path or absent, got {self.imagenet_weights!r}')
+            raise SettingTypeError(f"training.imagenet_weights: must be a file path or absent, got {self.imagenet_weights!r}")
         _choice("selection", self.selection, SELECTIONS)
         _choice("selection_metric", self.selection_metric, SELECTION_METRICS)
         _int("inner_folds", self.inner_folds, 2)
@@ -202,9 +204,9 @@ class TrainSettings:
         _int("bootstrap", self.bootstrap, 0)
         _bool("folds_together", self.folds_together)
         if self.freeze_body and self.imagenet_weights is None and not self.allow_random_frozen_body:
-            raise ValueError('Setting "freeze_body" needs ImageNet weights ("imagenet_weights"): a frozen body of random '
-                             'filters does not learn (docs/examples/ablation.md); train every layer (full fine-tuning, '
-                             'the scratch recipe) or set "allow_random_frozen_body" to force it')
+            raise SettingError("training.freeze_body: needs ImageNet weights (training.imagenet_weights): a frozen body "
+                               "of random filters does not learn (docs/examples/ablation.md); train every layer (full "
+                               "fine-tuning, the scratch recipe) or set training.allow_random_frozen_body to force it")
 
     @property
     def pretrained(self) -> bool:
@@ -225,7 +227,7 @@ class TrainSettings:
         """The recipe's values (``auto``: ``paper`` with ``imagenet_weights``, ``scratch``
         without) with ``values`` on top."""
         if recipe not in (*RECIPES, "auto"):
-            raise ValueError(f'Setting "recipe" must be one of auto, {", ".join(RECIPES)}; got {recipe!r}')
+            raise SettingError(f"training.recipe: must be one of auto, {', '.join(RECIPES)}, got {recipe!r}")
         if recipe == "auto":
             recipe = "paper" if values.get("imagenet_weights") is not None else "scratch"
         return cls(**{**RECIPE_VALUES[recipe], "recipe": recipe, **values})
@@ -238,12 +240,7 @@ class TrainSettings:
         """Settings from a dict (a ``[training]`` TOML table): unknown keys are an error that
         names them; missing keys keep ``base``'s values, or without a base the values of the
         recipe ``values["recipe"]`` names (``auto``, the default, picks it by situation)."""
-        if not isinstance(values, Mapping):
-            raise TypeError(f"[training] must be a table, not {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"[training] has unknown key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        check_known("training", values, sorted(f.name for f in dataclasses.fields(cls)))
         data = dict(values)
         if isinstance(data.get("imagenet_weights"), Path):
             data["imagenet_weights"] = str(data["imagenet_weights"])
@@ -252,38 +249,29 @@ class TrainSettings:
             default = getattr(base, key) if base is not None else _DEFAULTS.get(key)
             if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                 data[key] = float(value)
-        try:
-            if base is not None:
-                return dataclasses.replace(base, **data)
-            return cls.for_recipe(data.pop("recipe", "auto"), **data)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"[training] {exc}") from None
+        if base is not None:
+            return dataclasses.replace(base, **data)
+        return cls.for_recipe(data.pop("recipe", "auto"), **data)
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
 
 
+def _key(name: str) -> str:
+    return f"training.{name}"
+
+
 def _bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f'Setting "{name}" must be true or false, not {type(value).__name__} {value!r}')
+    check_bool(_key(name), value)
 
 
 def _int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f'Setting "{name}" must be an integer, not {type(value).__name__} {value!r}')
-    if value < minimum:
-        raise ValueError(f'Setting "{name}" must be at least {minimum}, got {value}')
+    check_int(_key(name), value, minimum)
 
 
 def _num(name: str, value: Any, minimum: float, *, strict: bool = False, maximum: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f'Setting "{name}" must be a number, not {type(value).__name__} {value!r}')
-    if not math.isfinite(value) or (value <= minimum if strict else value < minimum) or (maximum is not None and value > maximum):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        upper = f" and <= {maximum:g}" if maximum is not None else ""
-        raise ValueError(f'Setting "{name}" must be {bound}{upper}, got {value!r}')
+    check_number(_key(name), value, minimum, maximum, strict=strict)
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f'Setting "{name}" must be one of {", ".join(choices)}; got {value!r}')
+    check_choice(_key(name), value, choices)

@@ -1,5 +1,6 @@
 """``egfr-node train ...``: the training package's command line, on this node's archive and
-database (DESIGN.md: one of the two front doors from dicom_node into training)."""
+database, with the ``[training]`` table of its config file (DESIGN.md: one of the front doors
+from dicom_node into training)."""
 
 from __future__ import annotations
 
@@ -20,4 +21,5 @@ def train(args: argparse.Namespace) -> int:
     from training.cli import main as train_main
 
     config = load(args)
-    return train_main(list(args.rest), archive_root=config.storage.archive_path, database_url=config.database_url)
+    return train_main(list(args.rest), archive_root=config.storage.archive_path, database_url=config.database_url,
+                      training_table=config.training)

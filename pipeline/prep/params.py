@@ -11,9 +11,10 @@ and the node rebuilds it with ``from_dict()`` (train/serve skew is a defect).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from pipeline.settings import check_bool, check_choice, check_int, check_known, check_number
 
 __all__ = [
     "PreprocessParams",
@@ -157,43 +158,25 @@ class PreprocessParams:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PreprocessParams:
         """Rebuild from ``to_dict()`` output; unknown keys are an error, missing keys default."""
-        if not isinstance(values, dict):
-            raise TypeError(f'Argument "values" must be a dict, not {type(values).__name__}')
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f'Argument "values" has unknown preprocessing parameter(s): {", ".join(unknown)}'
-            )
+        check_known("preprocessing", values, [f.name for f in dataclasses.fields(cls)])
         return cls(**values)
 
 
+def _key(name: str) -> str:
+    return f"preprocessing.{name}"
+
+
 def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f'Argument "{name}" must be a bool, not {type(value).__name__}')
+    check_bool(_key(name), value)
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f'Argument "{name}" must be an int, not {type(value).__name__}')
-    if value < minimum:
-        raise ValueError(f'Argument "{name}" must be at least {minimum}, got {value}')
+    check_int(_key(name), value, minimum)
 
 
 def _check_number(name: str, value: Any, *, minimum: float | None = None, strict: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f'Argument "{name}" must be a number, not {type(value).__name__}')
-    if not math.isfinite(value):
-        raise ValueError(f'Argument "{name}" must be finite, got {value}')
-    if minimum is not None:
-        if strict and value <= minimum:
-            raise ValueError(f'Argument "{name}" must be greater than {minimum:g}, got {value}')
-        if not strict and value < minimum:
-            raise ValueError(f'Argument "{name}" must be at least {minimum:g}, got {value}')
+    check_number(_key(name), value, minimum, strict=strict)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f'Argument "{name}" must be a str, not {type(value).__name__}')
-    if value not in choices:
-        raise ValueError(f'Argument "{name}" must be one of {", ".join(choices)}; got "{value}"')
+    check_choice(_key(name), value, choices)

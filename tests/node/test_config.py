@@ -93,10 +93,27 @@ def test_default_config_documents_every_key(tmp_path: Path) -> None:
 
     text = DEFAULT_CONFIG_TEXT
     for section in fields(Config):
-        if section.name in ("source", "destinations"):
+        if section.name in ("source", "destinations", "training"):
             continue
         assert f"[{section.name}]" in text
         for key in fields(section.default_factory()):
             assert f"\n{key.name} = " in text, f"{section.name}.{key.name} is not in the default config"
     for key in fields(Destination):
         assert f"# {key.name} = " in text
+
+
+def test_the_training_recipe_lives_in_the_node_config(tmp_path: Path) -> None:
+    """[training] is accepted beside the node's sections, kept as written for `egfr-node train`,
+    and a table that is not one is refused naming it; its values are checked by the training
+    package with the same `section.key:` errors."""
+    from training.settings import TrainSettings
+
+    config = load_config(write(tmp_path, "[node]\nport = 11113\n[training]\nepochs = 3\nimagenet_weights = '/w.pth'\n"),
+                         environ={})
+    assert dict(config.training) == {"epochs": 3, "imagenet_weights": "/w.pth"}
+    assert TrainSettings.from_mapping(config.training).recipe == "paper"
+    assert dict(load_config(write(tmp_path, "[node]\nport = 11113\n"), environ={}).training) == {}
+    with pytest.raises(ConfigError, match=r"^training: must be a table"):
+        load_config(write(tmp_path, "training = 3\n"), environ={})
+    with pytest.raises(ConfigError, match=r"^training\.epochs: must be at least 1, got 0$"):
+        TrainSettings.from_mapping(load_config(write(tmp_path, "[training]\nepochs = 0\n"), environ={}).training)

@@ -5,6 +5,7 @@ predicts a routed study with it, with no conversion step."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from dataclasses import replace
 from datetime import timedelta
@@ -39,11 +40,19 @@ def test_import_train_register_activate_then_the_node_predicts(tmp_path: Path) -
         writer.writerows([r["patient_id"], r["study_uid"], "mutant" if r["egfr_status"] == "positive" else "wild-type"]
                          for r in rows)
     shutil.rmtree(cohort)  # only the archive holds the studies now
+    # the recipe's values live in the node's one config file, beside [node]; train has no --config of its own
+    with open(config_path, "a", encoding="utf-8") as handle:
+        handle.write("\n[training]\nbootstrap = 300\n")
+    second = cli(config_path, "train", "--config", str(config_path), "--cohort", str(spreadsheet), "--out",
+                 str(tmp_path / "never"))
+    assert second.returncode == 1 and "the [training] table is read from the node's config file" in second.stderr
+    assert not (tmp_path / "never").exists()
     trained = cli(config_path, "train", "--cohort", str(spreadsheet), "--out", str(tmp_path / "bundle"),
                   "--folds", "2", "--epochs", "1", "--output-size", "32", "--no-bias-correction", "--lr", "1e-3",
                   "--selection", "paper", "--register", "--no-progress", timeout=900)
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert "registered as model 1" in trained.stdout
+    assert json.loads((tmp_path / "bundle" / "report.json").read_text())["settings"]["bootstrap"] == 300
     # what a model was trained on is kept from retention
     assert f"pinned {len(rows)} of the cohort's {len(rows)} studies against retention" in trained.stdout
     usage = cli(config_path, "archive", "usage")

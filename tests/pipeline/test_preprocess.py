@@ -133,22 +133,22 @@ def test_params_round_trip_and_defaults() -> None:
 
 
 def test_params_from_dict_rejects_unknown_keys() -> None:
-    with pytest.raises(ValueError, match=r'Argument "values" has unknown preprocessing parameter\(s\): crop_mm'):
+    with pytest.raises(ValueError, match=r"^preprocessing\.crop_mm: unknown key \(known: bias_correction, "):
         PreprocessParams.from_dict({"crop_mm": 3.0})
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"slice_offset": -1}, ValueError, 'Argument "slice_offset" must be at least 0'),
-        ({"slice_offset": 2.0}, TypeError, 'Argument "slice_offset" must be an int'),
-        ({"output_size": True}, TypeError, 'Argument "output_size" must be an int'),
-        ({"crop_margin_mm": "10"}, TypeError, 'Argument "crop_margin_mm" must be a number'),
-        ({"crop_margin_mm": float("nan")}, ValueError, 'Argument "crop_margin_mm" must be finite'),
-        ({"n4_shrink_spacing_mm": 0.0}, ValueError, 'Argument "n4_shrink_spacing_mm" must be greater than 0'),
-        ({"brain_mask_method": "bet"}, ValueError, 'Argument "brain_mask_method" must be one of otsu_chain, segment'),
-        ({"interpolation": 1}, TypeError, 'Argument "interpolation" must be a str'),
-        ({"bias_correction": 1}, TypeError, 'Argument "bias_correction" must be a bool'),
+        ({"slice_offset": -1}, ValueError, 'preprocessing.slice_offset: must be at least 0, got -1'),
+        ({"slice_offset": 2.0}, TypeError, 'preprocessing.slice_offset: must be an integer, got 2.0'),
+        ({"output_size": True}, TypeError, 'preprocessing.output_size: must be an integer, got True'),
+        ({"crop_margin_mm": "10"}, TypeError, "preprocessing.crop_margin_mm: must be a number, got '10'"),
+        ({"crop_margin_mm": float("nan")}, ValueError, 'preprocessing.crop_margin_mm: must be finite, got nan'),
+        ({"n4_shrink_spacing_mm": 0.0}, ValueError, 'preprocessing.n4_shrink_spacing_mm: must be greater than 0, got 0.0'),
+        ({"brain_mask_method": "bet"}, ValueError, "preprocessing.brain_mask_method: must be one of otsu_chain, segment, got 'bet'"),
+        ({"interpolation": 1}, TypeError, 'preprocessing.interpolation: must be one of linear, nearest, got 1'),
+        ({"bias_correction": 1}, TypeError, 'preprocessing.bias_correction: must be true or false, got 1'),
     ],
 )
 def test_params_validation(kwargs: dict, error: type, message: str) -> None:
