@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.compiler import Compiled
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from db.engine import SQLITE_BEGIN, check_database_file
 from db.models import ACTIVE_JOB_PREDICATE_SQL, Deletion, Instance, Job, JobState, Series, Study, utcnow
@@ -148,29 +148,32 @@ class _DriverStatement:
     ORM stores them), and the scalar Python-side defaults of columns it leaves out are filled."""
 
     def __init__(self, statement: Any, dialect: Dialect, column_keys: list[str] | None = None) -> None:
-        self.compiled: Compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+        compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+        if not isinstance(compiled, SQLCompiler):  # a DDL or another kind of statement
+            raise TypeError(f"{type(statement).__name__} does not compile to SQL with binds ({type(compiled).__name__})")
+        self.compiled: SQLCompiler = compiled
         self.defaults: dict[str, Any] = {}
-        for column in [*self.compiled.insert_prefetch, *self.compiled.update_prefetch]:  # type: ignore[attr-defined]
-            default = column.default if column in self.compiled.insert_prefetch else column.onupdate  # type: ignore[attr-defined]
+        for column in [*self.compiled.insert_prefetch, *self.compiled.update_prefetch]:
+            default = column.default if column in self.compiled.insert_prefetch else column.onupdate
             if default is None or not default.is_scalar:
                 raise TypeError(f"{column} needs a value the statement does not give (its default is not a constant)")
             self.defaults[column.key] = default.arg
         self.processors: dict[str, Callable[[Any], Any]] = {}
-        for name, bind in self.compiled.binds.items():  # type: ignore[attr-defined]
+        for name, bind in self.compiled.binds.items():
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self.processors[name] = processor
-        self.positional = bool(self.compiled.positional)  # type: ignore[attr-defined]
+        self.positional = bool(self.compiled.positional)
 
     def execute(self, cursor: Any, params: dict[str, Any]) -> Any:
-        if not params.keys() <= self.compiled.binds.keys():  # type: ignore[attr-defined]
-            raise TypeError(f"values for no column of the statement: {sorted(params.keys() - self.compiled.binds.keys())}")  # type: ignore[attr-defined]
+        if not params.keys() <= self.compiled.binds.keys():
+            raise TypeError(f"values for no column of the statement: {sorted(params.keys() - self.compiled.binds.keys())}")
         values = self.compiled.construct_params({**self.defaults, **params})
         for name, processor in self.processors.items():
             if name in values:
                 values[name] = processor(values[name])
         if self.positional:
-            cursor.execute(self.compiled.string, tuple(values[name] for name in self.compiled.positiontup))  # type: ignore[attr-defined]
+            cursor.execute(self.compiled.string, tuple(values[name] for name in self.compiled.positiontup))
         else:
             cursor.execute(self.compiled.string, values)
         return cursor
