@@ -87,6 +87,14 @@ def make_config(data_dir: Path, database_url: str = "", **node: object) -> Confi
 
 
 @pytest.fixture
+def send_files_raw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom sends a file's bytes as they are (cut short, malformed), UIDs from its meta."""
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+
+
+@pytest.fixture
 def config(tmp_path: Path) -> Config:
     cfg = make_config(tmp_path / "data")
     upgrade(cfg.database_url)

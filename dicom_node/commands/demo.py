@@ -125,7 +125,7 @@ DEMO_EFFECT_SIZE = 1.0
 def run(work: Path, *, patients: int = 30, epochs: int = 30, seed: int = 1, timeout: float = 300.0) -> int:
     from db.migrate import upgrade
     from dicom_node.commands import models
-    from dicom_node.config import Destination, load_config
+    from dicom_node.config import load_config
     from dicom_node.runtime import configure_logging, open_runtime
     from dicom_node.receive.server import DicomNode
     from dicom_node.worker import Worker
