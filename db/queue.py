@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import ACTIVE_JOB_STATES, Instance, Job, JobState, Series, Study, utcnow
 from db.sop_classes import IMAGE_SOP_CLASSES, MASK_SOP_CLASSES
+from db.stats import count_by_state
 
 __all__ = [
     "JobView",
@@ -423,10 +424,7 @@ def list_jobs(session: Session, state: JobState | None = None, limit: int = 200,
 
 def count_jobs_by_state(session: Session) -> dict[str, int]:
     """Every job state with its count (0 for a state no job is in)."""
-    counts = {state.value: 0 for state in JobState}
-    for state, count in session.execute(select(Job.state, func.count()).group_by(Job.state)):
-        counts[getattr(state, "value", str(state))] = count
-    return counts
+    return {state.value: 0 for state in JobState} | count_by_state(session, "job")
 
 
 def get_job(session: Session, job_id: int) -> JobView:
