@@ -33,11 +33,15 @@ class BundleRecord:
     manifest_sha256: str
     created_at: datetime
     active: bool
+    activated_at: datetime | None = None
+    activated_by: str | None = None
+    activated_despite: str | None = None  # the guards a forced activation overrode
 
     @classmethod
     def of(cls, model: Model) -> BundleRecord:
         return cls(model.id, model.name, model.version, model.device_uid, model.bundle_path, model.manifest_sha256,
-                   model.created_at, bool(model.active))
+                   model.created_at, bool(model.active), model.activated_at, model.activated_by,
+                   model.activated_despite or None)
 
 
 def register(
@@ -61,15 +65,17 @@ def register(
     return BundleRecord.of(model), True
 
 
-def activate(session: Session, model_id: int) -> BundleRecord:
+def activate(session: Session, model_id: int, *, by: str = "", despite: str = "") -> BundleRecord:
     """Make ``model_id`` the active bundle (the previous one is deactivated in the same
-    transaction). Jobs already running keep the bundle they were claimed with."""
+    transaction), recording who did it and the guards it was activated over (``despite``).
+    Jobs already running keep the bundle they were claimed with."""
     model = session.get(Model, model_id, with_for_update=True)
     if model is None:
         raise BundleRegistryError(f"no model bundle {model_id}")
     session.execute(update(Model).where(Model.active.is_(True), Model.id != model_id).values(active=False))
     session.flush()
     model.active = True
+    model.activated_at, model.activated_by, model.activated_despite = utcnow(), by[:64] or None, despite or None
     session.flush()
     return BundleRecord.of(model)
 

@@ -226,6 +226,10 @@ class Model(Base):
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: the last activation: when, by whom, and the guards it overrode ("" or None: none)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    activated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    activated_despite: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AuditEntry(Base):

@@ -8,20 +8,21 @@
     egfr-node web add-user NAME          add or change a console user (password asked, or --password-stdin)
     egfr-node echo HOST PORT [--aet AET] C-ECHO a peer
     egfr-node queue list [--state S] [--json] | show ID | replay STUDY_UID|JOB_ID [--rerun] | cancel ID
-    egfr-node models list | activate PATH|ID | show [ID]
+    egfr-node models list | activate PATH|ID [--force] | show [ID]
     egfr-node import DIR                 bulk-load DICOM files through the SCP's intake
     egfr-node check [--repair]           do the archive and the database agree? (fix what is safe)
     egfr-node backup DIR | restore DIR   a consistent copy of a running node; back into an empty data folder
     egfr-node archive pin|unpin STUDY_UID... | pin --cohort CSV | usage | prune [--dry-run]   retention
     egfr-node train --cohort CSV --out DIR [...]   (training package)
+    egfr-node evaluate --bundle DIR|ID --cohort CSV --out DIR   a bundle scored as served on labelled patients
     egfr-node demo                       the main job end to end on a phantom cohort
     egfr-node preprocess PATH [--out DIR]
     egfr-node phantom OUT --patients N --positive-fraction F --seed S [--mask seg|rtstruct]
 
 This module parses and dispatches only. Each command's module in ``dicom_node.commands``
 registers its parser (``register(sub)``) with the body to run (``run``: ``args -> exit
-status``); a command that hands its arguments on to another command line (train, demo,
-phantom) says ``forwards`` and finds them in ``args.rest``. Every command is ``main(argv)``,
+status``); a command that hands its arguments on to another command line (train,
+evaluate, demo, phantom) says ``forwards`` and finds them in ``args.rest``. Every command is ``main(argv)``,
 so it is testable in-process.
 """
 
@@ -31,14 +32,15 @@ import argparse
 import sys
 from typing import Sequence
 
-from dicom_node.commands import archive, backup, check, demo, echo, importing, jobs, models, preprocess, serve, setup, train, web
+from dicom_node.commands import (archive, backup, check, demo, echo, evaluate, importing, jobs, models, preprocess, serve,
+                                  setup, train, web)
 from dicom_node.commands._common import fail
 from dicom_node.config import ConfigError
 
 __all__ = ["main", "build_parser"]
 
 #: in the order ``egfr-node --help`` lists them
-COMMANDS = (setup, serve, web, echo, jobs, models, importing, check, backup, archive, train, demo, preprocess)
+COMMANDS = (setup, serve, web, echo, jobs, models, importing, check, backup, archive, train, evaluate, demo, preprocess)
 
 
 def build_parser() -> argparse.ArgumentParser:

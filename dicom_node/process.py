@@ -34,6 +34,7 @@ from dicom_node.receive.intake import store_instance
 from dicom_node.receive.header import read_header
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
 from dicom_node.report.image_point import nearest_image_point
+from dicom_node.report.sr import probability_words
 from pipeline.contrast import ContrastRule, check_contrast
 from pipeline.model.infer import FoldEnsemble, Prediction
 from pipeline.prepare import PreparedStudy, prepare_study
@@ -89,12 +90,13 @@ def _segment_tracking(seg: Dataset, segment_number: int) -> tuple[str | None, st
     return None, None
 
 
-def _algorithm(bundle: FoldEnsemble, config: Config, contrast: str = "") -> AlgorithmInfo:
+def _algorithm(bundle: FoldEnsemble, config: Config, contrast: str = "", activated_despite: str = "") -> AlgorithmInfo:
     m = bundle.manifest
     return AlgorithmInfo(
         name=m.name[:64], version=m.version[:64], device_uid=m.device_uid, manufacturer=config.report.manufacturer[:64],
         model_name=f"{m.architecture} x{len(m.folds)} folds"[:64], threshold=m.threshold,
         slice_aggregation=m.slice_aggregation, fold_aggregation=m.fold_aggregation, contrast_evidence=contrast,
+        bundle_parameters=tuple(line[:1024] for line in m.parameter_lines()), activated_despite=activated_despite[:1024],
     )
 
 
@@ -117,9 +119,12 @@ def lesion_centroid_lps(lesion: sitk.Image) -> tuple[float, float, float]:
     return lesion.TransformContinuousIndexToPhysicalPoint((float(i.mean()), float(j.mean()), float(k.mean())))
 
 
-def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: str | None = None) -> dict[str, Any]:
+def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: str | None = None,
+            activated_despite: str = "") -> dict[str, Any]:
     """Run the pipeline on ``study_uid`` with ``ensemble``; archive the results (or reuse those
     an earlier attempt of the job ``job_key`` names archived); return the record.
+    ``activated_despite``: the guards the bundle was activated over (``models activate
+    --force``), said in the SR's algorithm parameters.
 
     Raises ``pipeline.errors.PipelineError`` (one line) when the study cannot be used.
     """
@@ -134,12 +139,15 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
     prediction = ensemble.predict(prepared.model_input.array)
     lap("infer")
     uids = result_uids(study_uid, job_key, manifest.device_uid, manifest.version)
-    instances = _reused(ctx, prepared, uids) or _build_and_archive(ctx, prepared, prediction, ensemble, uids, contrast)
+    instances = _reused(ctx, prepared, uids) or _build_and_archive(ctx, prepared, prediction, ensemble, uids, contrast,
+                                                                   activated_despite)
     lap("report")
     study = prepared.study
     slices = prepared.model_input.provenance["slices"]
-    log.info("study %s: EGFR %s, probability %.3f (bundle %s %s); SR %s", study_uid,
-             "positive" if prediction.positive else "negative", prediction.probability, manifest.name,
+    calibrated = manifest.calibration_map.applied
+    log.info("study %s: EGFR %s, %s) (bundle %s %s); SR %s", study_uid,
+             "positive" if prediction.positive else "negative", probability_words(prediction.probability, calibrated),
+             manifest.name,
              manifest.version, instances["sr"], extra={"study_uid": study_uid})
     return {
         "model": {"name": manifest.name, "version": manifest.version, "device_uid": manifest.device_uid},
@@ -151,7 +159,12 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
         "scores": [[round(float(v), 6) for v in row] for row in prediction.scores],
         "probability": round(prediction.probability, 6),
         "status": "positive" if prediction.positive else "negative",
+        "calibrated": calibrated,
+        "raw_score": round(prediction.raw_score, 6),
+        "fold_probabilities": [round(float(v), 6) for v in prediction.fold_probabilities],
+        "calibration": manifest.calibration_map.describe(),
         "threshold": manifest.threshold,
+        "threshold_rule": manifest.threshold_rule,
         "contrast": contrast,
         "slice_aggregation": manifest.slice_aggregation,
         "fold_aggregation": manifest.fold_aggregation,
@@ -174,11 +187,12 @@ def _reused(ctx: JobContext, prepared: PreparedStudy, uids: dict[str, str]) -> d
 
 
 def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Prediction, ensemble: FoldEnsemble,
-                       uids: dict[str, str], contrast: str = "") -> dict[str, str | None]:
+                       uids: dict[str, str], contrast: str = "", activated_despite: str = "") -> dict[str, str | None]:
     """SEG (when the lesion came from an RTSTRUCT), SR and result card, each archived as the
     node's own, with the UIDs ``uids`` (:func:`result_uids`)."""
     study, config = prepared.study, ctx.config
-    algorithm = _algorithm(ensemble, config, contrast)
+    algorithm = _algorithm(ensemble, config, contrast, activated_despite)
+    calibrated = ensemble.manifest.calibration_map.applied
     used = sorted({uid for k in prepared.model_input.provenance["slices"]["indices"] for uid in study.source_sop_uids[k]})
     sources = study.source_headers(used)
     created = datetime.now()  # one instant for the SEG, the SR and the card
@@ -204,7 +218,7 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
     finding = LesionFinding(
         segment_number=segment, tracking_id=(tracking_id or f"Lesion {segment}")[:64],
         tracking_uid=tracking_uid or uids["seg_tracking"], probability=float(np.clip(prediction.probability, 0.0, 1.0)),
-        positive=prediction.positive,
+        positive=prediction.positive, calibrated=calibrated,
     )
     lesion_point = nearest_image_point(sources, lesion_centroid_lps(study.lesion))
     sr = build_sr(sources, seg, finding, algorithm, lesion_point=lesion_point, sop_instance_uid=uids["sr"],
@@ -216,7 +230,7 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
         card = build_result_card(
             sources[0], model_input.array[:, 0], model_input.lesion_mask, [float(v) for v in prediction.slice_scores],
             float(np.clip(prediction.probability, 0.0, 1.0)), prediction.positive, algorithm,
-            sop_instance_uid=uids["card"], series_instance_uid=uids["card_series"], created=created,
+            sop_instance_uid=uids["card"], series_instance_uid=uids["card_series"], calibrated=calibrated, created=created,
         )
         card_uid = _archive(ctx, card)
     sr_uid = _archive(ctx, sr)

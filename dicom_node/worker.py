@@ -176,9 +176,13 @@ class Worker:
         try:
             from dicom_node.process import JobContext, run_job
 
-            ensemble = self._ensemble(job.model_id)
+            if job.model_id is None:
+                raise RuntimeError("job has no model bundle")
+            with self.sessions() as session:
+                record = bundles.get_bundle(session, job.model_id)
+            ensemble = self._ensemble(record)
             result = run_job(JobContext(self.config, self.archive, self.sessions), job.study_uid, ensemble,
-                             f"{job.id}@{job.created_at.isoformat()}")
+                             f"{job.id}@{job.created_at.isoformat()}", activated_despite=record.activated_despite or "")
             result["model"]["id"] = job.model_id
             return True, None, result, False
         except Exception as exc:
@@ -201,17 +205,14 @@ class Worker:
         return True, None, {"resend_of_job": source.id, "instances": source.result["instances"],
                             "probability": source.result.get("probability"), "status": source.result.get("status")}
 
-    def _ensemble(self, model_id: int | None) -> Any:
-        """The FoldEnsemble of bundle ``model_id``, loaded once (sha256 checked on load)."""
-        if model_id is None:
-            raise RuntimeError("job has no model bundle")
+    def _ensemble(self, record: bundles.BundleRecord) -> Any:
+        """The FoldEnsemble of the bundle ``record``, loaded once (sha256 checked on load)."""
+        model_id = record.id
         if model_id not in self._ensembles:
             import torch
 
             from pipeline.model.infer import FoldEnsemble
 
-            with self.sessions() as session:
-                record = bundles.get_bundle(session, model_id)
             device = self.config.inference.device
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"

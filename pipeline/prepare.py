@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.load.attributes import acquisition_attributes
 from pipeline.prep.params import PreprocessParams
 from pipeline.prep.preprocess import ModelInput, preprocess
 from pipeline.load.select import SelectionRules
@@ -24,8 +25,10 @@ __all__ = ["PreparedStudy", "prepare_study"]
 class PreparedStudy:
     """The loaded study (image, lesion, what was selected) and its model input.
 
-    ``model_input.provenance`` holds the selection record (``"selection"``) and the timings
-    of every step, ``load_study`` first.
+    ``model_input.provenance`` holds the selection record (``"selection"``), the chosen series
+    and mask with how the series was acquired (``"chosen"``: UIDs, mask kind and
+    :func:`pipeline.load.attributes.acquisition_attributes`) and the timings of every step,
+    ``load_study`` first.
     """
 
     study: LoadedStudy
@@ -48,5 +51,7 @@ def prepare_study(
     model_input = preprocess(loaded, params)
     provenance = dict(model_input.provenance)
     provenance["selection"] = loaded.selection
+    provenance["chosen"] = {"series_uid": loaded.series_uid, "mask_sop_uid": loaded.mask_sop_uid, "mask_kind": loaded.mask_kind,
+                            **(acquisition_attributes(loaded.series_instances[0].header) if loaded.series_instances else {})}
     provenance["timings_s"] = {"load_study": round(load_s, 4), **provenance.get("timings_s", {})}
     return PreparedStudy(loaded, ModelInput(model_input.array, provenance, model_input.lesion_mask))

@@ -144,7 +144,7 @@ def bench_latency() -> None:
     from db.migrate import upgrade
     from db.models import utcnow
     from dicom_node.commands.demo import LocalPacs, _send_like_pacs
-    from dicom_node.commands.models import activate
+    from dicom_node.bundles import activate
     from dicom_node.config import Destination
     from dicom_node.runtime import open_runtime
     from dicom_node.receive.server import DicomNode
@@ -169,7 +169,7 @@ def bench_latency() -> None:
         config = replace(make_config(tmp_path / "data"), destinations=(Destination("pacs", "PACS", "127.0.0.1", pacs.port),))
         upgrade(config.database_url)
         runtime = open_runtime(config)
-        activate(runtime.sessions, str(bundle))
+        activate(runtime.sessions, str(bundle), user="bench_infer", force=True)
         node = DicomNode(config, runtime.archive, runtime.sessions)
         node.start()
         worker = Worker(config, runtime.sessions, runtime.archive)

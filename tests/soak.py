@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         upgraded = cli(config, "db", "upgrade")
         assert upgraded.returncode == 0, upgraded.stderr
         bundle = write_random_bundle(work / "bundle")
-        activated = cli(config, "models", "activate", str(bundle))
+        activated = cli(config, "models", "activate", str(bundle), "--force")  # random weights: forced
         assert activated.returncode == 0, activated.stderr
         processes["scp"], processes["worker"] = start(config, "scp"), start(config, "worker")
         wait_until_listening(port, processes["scp"])

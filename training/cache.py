@@ -58,6 +58,9 @@ class PreparedCohort:
     failures: list[StudyFailure] = field(default_factory=list)
     cached: int = 0
     computed: int = 0
+    #: per entry, the chosen series and mask and how the series was acquired
+    #: (``provenance["chosen"]``; {} for an older cache file)
+    attributes: list[dict] = field(default_factory=list)
 
 
 def _rules_for(entry: CohortEntry) -> SelectionRules | None:
@@ -94,26 +97,34 @@ def prepare_cohort(
         (folder / "params.json").write_text(json.dumps(params.to_dict(), indent=2, sort_keys=True))
     kept: list[CohortEntry] = []
     arrays: list[np.ndarray] = []
+    attributes: list[dict] = []
     failures: list[StudyFailure] = []
     cached = computed = 0
     for index, entry in enumerate(cohort.entries):
         target = folder / f"{entry.study_uid}.npz" if folder is not None and _SAFE_UID.match(entry.study_uid) else None
         array = None
+        series: dict = {}
         if target is not None and target.is_file():
             try:
                 with np.load(target) as data:
                     array = data["array"].astype(np.float32)
+                    if "provenance" in data:
+                        series = json.loads(str(data["provenance"])).get("chosen") or {}
                 cached += 1
             except (OSError, ValueError, KeyError):
                 array = None  # unreadable cache file: compute again
         if array is None:
             try:
-                if not entry.folder.is_dir():
+                if entry.files is not None and not entry.files:
+                    raise PipelineError(f"study {entry.study_uid} has no received instance in the node's archive")
+                if entry.files is None and not entry.folder.is_dir():
                     raise PipelineError(f"study folder {entry.folder} does not exist")
                 if prepare is None:
                     from pipeline.prepare import prepare_study as prepare
-                prepared = prepare(entry.folder, params, _rules_for(entry))
+                prepared = prepare(list(entry.files) if entry.files is not None else entry.folder, params,
+                                   _rules_for(entry))
                 array = np.asarray(prepared.model_input.array, dtype=np.float32)
+                series = prepared.model_input.provenance.get("chosen") or {}
                 computed += 1
                 if target is not None:
                     _atomic_save(target, array, prepared.model_input.provenance)
@@ -128,6 +139,7 @@ def prepare_cohort(
             else:
                 kept.append(entry)
                 arrays.append(array)
+                attributes.append(series)
         if progress is not None:
             progress(index + 1, len(cohort.entries))
     if folder is not None:
@@ -135,4 +147,4 @@ def prepare_cohort(
     shape = (0, params.slice_count, params.channels, params.output_size, params.output_size)
     inputs = np.stack(arrays) if arrays else np.zeros(shape, np.float32)
     labels = np.array([e.label for e in kept], dtype=np.int64)
-    return PreparedCohort(kept, inputs, labels, failures, cached, computed)
+    return PreparedCohort(kept, inputs, labels, failures, cached, computed, attributes)

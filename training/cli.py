@@ -5,7 +5,8 @@
           [--selection fixed|nested|paper] [--freeze-body | --full-finetune]
           [--allow-random-frozen-body] [--output-size N] [--imagenet-weights FILE] [--lr LR]
           [--loss f1|ce] [--mixup | --no-mixup] [--augmentation fastai|dihedral|none]
-          [--head fastai|linear] [--config FILE.toml] [--cache DIR] [--register] [--no-progress]
+          [--head fastai|linear] [--calibration logistic|isotonic|none] [--permutations N]
+          [--config FILE.toml] [--cache DIR] [--register] [--no-progress]
     train --cohort cohort.csv --lr-find [...]     # the LR range test only, on training patients
 
 Settings come from the recipe (``--recipe``, default ``auto``: the paper's with
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.model.bundle import MANIFEST_FILE, sha256_of
+from pipeline.model.calibrate import CALIBRATION_METHODS
 from pipeline.prep.params import PreprocessParams
 
 __all__ = ["main", "build_parser", "register_bundle"]
@@ -68,7 +70,10 @@ def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
     p.add_argument("--output-size", type=int, help="model input side in pixels (paper 96)")
     p.add_argument("--no-bias-correction", action="store_true", help="skip N4 (quick experiments only; recorded)")
     p.add_argument("--cache", type=Path, help="preprocessing cache folder (default: beside --out)")
-    p.add_argument("--name", default="EGFR ResNet-50 (Haim 2022 recipe)")
+    p.add_argument("--name", help="the bundle's name, the SR's algorithm name (default: from the recipe that ran)")
+    p.add_argument("--calibration", choices=CALIBRATION_METHODS,
+                   help="map from score to probability fitted on the out-of-fold patients (default logistic)")
+    p.add_argument("--permutations", type=int, help="N shuffled-label trainings beside the real one: permutation p-value")
     p.add_argument("--version")
     p.add_argument("--register", action="store_true", help="record the bundle in the node's database (not activated)")
     p.add_argument("--no-progress", action="store_true")
@@ -91,7 +96,8 @@ def _settings(args: argparse.Namespace, training_table: Mapping[str, Any] | None
     if args.recipe is not None:
         values["recipe"] = args.recipe
     for key in ("device", "epochs", "folds", "seed", "repeats", "shuffle_labels", "selection", "freeze_body", "max_lr",
-                "loss", "batch_size", "mixup", "augmentation", "head", "allow_random_frozen_body"):
+                "loss", "batch_size", "mixup", "augmentation", "head", "allow_random_frozen_body", "calibration",
+                "permutations"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -101,11 +107,15 @@ def _settings(args: argparse.Namespace, training_table: Mapping[str, Any] | None
 
 
 def register_bundle(bundle: Path, database_url: str, name: str, version: str, device_uid: str) -> tuple[int, bool]:
-    """Record ``bundle`` in the node's database (migrated first); never activates it."""
+    """Record ``bundle`` in the node's database (migrated first) after the checks the node
+    makes (:func:`pipeline.model.infer.check_bundle`: manifest, sha256, every fold loads);
+    never activates it."""
     from db.bundles import register
     from db.engine import make_engine, make_sessionmaker
     from db.migrate import upgrade
+    from pipeline.model.infer import check_bundle
 
+    check_bundle(Path(bundle))
     upgrade(database_url)
     engine = make_engine(database_url)
     try:
@@ -126,14 +136,11 @@ def pin_cohort(cohort_csv: Path, archive_root: Path, database_url: str) -> str:
 
     from db.engine import make_engine, make_sessionmaker
     from db.retention import pin
-    from training.cohort import read_cohort
-
-    from sqlalchemy.engine import make_url
+    from training.cohort import node_database, read_cohort
 
     uids = [entry.study_uid for entry in read_cohort(cohort_csv, archive_root).entries]
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-        return f"cohort studies not pinned against retention: no node database at {url.database}"
+    if node_database(database_url) is None:
+        return f"cohort studies not pinned against retention: no node database at {database_url}"
     engine = make_engine(database_url)
     try:
         sessions = make_sessionmaker(engine)
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None, *, archive_root: Path | None = None, dat
 def _train(args: argparse.Namespace, archive_root: Path | None, database_url: str | None,
            training_table: Mapping[str, Any] | None = None) -> int:
     from training import distributed
-    from training.cohort import CohortError
+    from training.cohort import CohortError, node_database
     from training.run import TrainingError, train_bundle
 
     try:
@@ -189,7 +196,7 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
         if archive_root is not None and database_url:
             print(pin_cohort(args.cohort, archive_root, database_url))
         outcome = train_bundle(args.cohort, args.out, settings=settings, params=params, archive_root=archive_root,
-                               cache_dir=args.cache, name=args.name, version=args.version, progress=not args.no_progress)
+                               database_url=node_database(database_url), cache_dir=args.cache, name=args.name, version=args.version, progress=not args.no_progress)
     except KeyboardInterrupt:
         print("interrupted: no bundle written", file=sys.stderr)
         return 130

@@ -12,7 +12,10 @@ Columns are matched case-insensitively, ignoring spaces, ``_`` and ``-``:
   ``folder`` / ``path`` relative to the CSV's folder (used when no archive root is given).
 
 With an archive root each study is ``<archive_root>/<study_uid>`` (the node's archive
-layout); otherwise the ``folder``/``path`` column names it.
+layout); otherwise the ``folder``/``path`` column names it. Under ``egfr-node`` a study read
+from the archive is the list of instances the node received (:func:`with_received_files`,
+from its database), as a job reads it: the node's own results (a SEG derived from an
+RTSTRUCT, the SR, the card) in the same folder are never taken as input.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CohortError", "CohortEntry", "Cohort", "read_cohort", "parse_status", "STATUS_VALUES"]
+__all__ = ["CohortError", "CohortEntry", "Cohort", "read_cohort", "parse_status", "with_received_files", "node_database",
+           "STATUS_VALUES"]
 
 _ALIASES = {
     "patient_id": ("patient_id", "PatientID", "patient", "subject", "subject_id"),
@@ -52,6 +56,9 @@ class CohortEntry:
     lesion_label: str | None = None
     group: str | None = None
     row: int = 0
+    in_archive: bool = False  # the folder is the node's archive's, not a column of the CSV
+    #: exactly the files to read (the node's received instances), or None: the whole folder
+    files: tuple[Path, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,40 @@ def read_cohort(csv_path: Path, archive_root: Path | None = None) -> Cohort:
                 raise CohortError(f"{path} row {number}: empty {cols['folder']!r}")
             lesion = (row.get(cols["lesion_label"]) or "").strip() or None if "lesion_label" in cols else None
             group = (row.get(cols["group"]) or "").strip() or None if "group" in cols else None
-            entries.append(CohortEntry(patient, study, label, folder, lesion, group, number))
+            entries.append(CohortEntry(patient, study, label, folder, lesion, group, number, in_archive=not relative))
     if not entries:
         raise CohortError(f"{path}: no patients listed")
     return Cohort(path, tuple(entries))
+
+
+def node_database(database_url: str | None) -> str | None:
+    """``database_url`` when the node's database is there to read (a SQLite file that exists,
+    or a server URL), else None (a cohort trained outside any node)."""
+    if not database_url:
+        return None
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        return None
+    return database_url
+
+
+def with_received_files(cohort: Cohort, database_url: str, archive_root: Path) -> Cohort:
+    """The cohort with each archived study's received instances (``db.instances``), the files a
+    job of the node reads; an entry whose study the node never received gets an empty list
+    (it fails preparation with that reason)."""
+    from dataclasses import replace
+
+    from db.engine import make_engine, make_sessionmaker
+    from db.instances import received_study_paths
+
+    engine = make_engine(database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        with sessions() as session:
+            entries = tuple(replace(e, files=tuple(Path(archive_root) / p for p in received_study_paths(session, e.study_uid)))
+                            if e.in_archive else e for e in cohort.entries)
+    finally:
+        engine.dispose()
+    return Cohort(cohort.source, entries)

@@ -55,6 +55,8 @@ __all__ = [
     "train_fold",
     "train_folds_together",
     "choose_aggregation_and_threshold",
+    "keeps_epoch",
+    "epoch_rule_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -171,16 +173,38 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def _selection_value(metric: str, labels: np.ndarray, scores: np.ndarray) -> float:
-    """Higher is better. ``accuracy``: slice-level at 0.5 (fastai's metric on the validation
-    set); ``auc``: patient-level, median of slices; ``last``: 0 (the last epoch is kept)."""
+def _selection_value(metric: str, labels: np.ndarray, scores: np.ndarray) -> tuple[float, bool]:
+    """(value, eligible): higher is better. ``accuracy``: slice-level at 0.5 (fastai's metric on
+    the validation set); an epoch whose slices all fall on one side of 0.5 is not eligible (its
+    accuracy is the share of the majority class, which a network that learned nothing yet
+    reaches at epoch 1: the trap the paper recipe fell into, issue 27). ``auc``: patient-level,
+    median of slices (not eligible when the patients hold one class). ``last``: 0, eligible."""
     if metric == "accuracy":
         slice_labels = np.repeat(labels, scores.shape[1])
-        return float(((scores.reshape(-1) >= 0.5).astype(int) == slice_labels).mean())
+        predicted = (scores.reshape(-1) >= 0.5).astype(int)
+        return float((predicted == slice_labels).mean()), len(np.unique(predicted)) == 2
     if metric == "auc":
         value = _auc(labels, aggregate_slices(scores, "median"))
-        return -1.0 if np.isnan(value) else value
-    return 0.0
+        return (-1.0, False) if np.isnan(value) else (value, True)
+    return 0.0, True
+
+
+def keeps_epoch(value: float, eligible: bool, best_value: float) -> bool:
+    """Whether an epoch replaces the kept one: eligible and at least as good (a tie goes to the
+    later epoch, which has trained longer on the same schedule)."""
+    return eligible and value >= best_value
+
+
+def epoch_rule_text(metric: str, selection: str, no_eligible_epoch: bool = False) -> str:
+    """How the kept epoch was chosen, in words, from the rule that ran (not from the settings'
+    intent: ``fixed`` selection and the ``last`` metric keep the last epoch whatever the mode)."""
+    if metric == "last":
+        return "the last epoch (nothing chosen on data)"
+    on = {"paper": "the test fold itself (optimistic)", "nested": "inner patients of the training fold"}.get(selection, "")
+    what = {"accuracy": "slice accuracy at 0.5, epochs predicting one class only not eligible",
+            "auc": "patient AUC (median of slices)"}[metric]
+    text = f"the best {what}, on {on}; ties to the later epoch"
+    return text + ("; no epoch was eligible, so the last was kept" if no_eligible_epoch else "")
 
 
 def choose_aggregation_and_threshold(labels: np.ndarray, scores: np.ndarray,
@@ -297,6 +321,7 @@ class FoldTrainer:
         self.epoch = 0
         self.best_value, self.best_epoch = -float("inf"), 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.no_eligible_epoch = False
         self.history: list[dict[str, float]] = []
         self._batches = torch.empty(0)
         self._loss = torch.zeros((), device=device)
@@ -339,15 +364,20 @@ class FoldTrainer:
         if settings.batchnorm_statistics == "recomputed" and (metric != "last" or self.epoch == settings.epochs):
             with self.random.active():
                 recompute_batchnorm_statistics(self.network, self.x_fit, settings.eval_batch_size)
-        value = 0.0
+        value, eligible = 0.0, True
         if metric != "last" and len(self.select_index):
             scores = patient_scores(self.network, self.x_select, settings.eval_batch_size)
-            value = _selection_value(metric, self.labels[self.select_index], scores)
-        self.history.append({"epoch": self.epoch, "loss": round(loss, 6), **({metric: round(value, 6)} if metric != "last" else {})})
+            value, eligible = _selection_value(metric, self.labels[self.select_index], scores)
+        self.history.append({"epoch": self.epoch, "loss": round(loss, 6),
+                             **({metric: round(value, 6), "eligible": eligible} if metric != "last" else {})})
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.3f}", **({metric[:3]: f"{value:.3f}"} if metric != "last" else {}))
-        if (metric != "last" and value > self.best_value) or (metric == "last" and self.epoch == settings.epochs):
+        last = self.epoch == settings.epochs
+        if (metric != "last" and keeps_epoch(value, eligible, self.best_value)) or (metric == "last" and last):
             self.best_value, self.best_epoch = value, self.epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+        elif last and self.best_state is None:  # no epoch was eligible: the last one is kept, and the record says so
+            self.best_epoch, self.no_eligible_epoch = self.epoch, True
             self.best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
 
     def finish(self) -> FoldResult:
@@ -360,8 +390,10 @@ class FoldTrainer:
         test_scores = patient_scores(network, self.inputs[torch.as_tensor(self.test_index, device=self.device)],
                                      settings.eval_batch_size)
         selection: dict[str, Any] = {"epoch": self.best_epoch, "metric": self.metric,
-                                     "value": None if self.metric == "last" else self.best_value,
-                                     "patients": int(len(self.select_index))}
+                                     "value": None if self.metric == "last" or self.no_eligible_epoch else self.best_value,
+                                     "patients": int(len(self.select_index)),
+                                     "epoch_rule": epoch_rule_text(self.metric, self.settings.selection,
+                                                                   self.no_eligible_epoch)}
         if settings.selection == "nested":
             select_scores = patient_scores(network, self.x_select, settings.eval_batch_size)
             how, threshold, record = choose_aggregation_and_threshold(self.labels[self.select_index], select_scores,

@@ -19,7 +19,7 @@ import torch
 
 from pipeline.model.bundle import FoldFile, Manifest, sha256_of
 
-__all__ = ["ExportError", "fold_file_name", "write_bundle"]
+__all__ = ["ExportError", "fold_file_name", "write_bundle", "write_folder"]
 
 
 class ExportError(RuntimeError):
@@ -41,13 +41,9 @@ def write_bundle(
 
     ``target`` must not exist (a bundle is never overwritten in place; the node may be
     serving it)."""
-    target = Path(target).absolute()
-    if target.exists():
-        raise ExportError(f"{target} already exists; choose a new folder for the bundle")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    manifests: list[Manifest] = []
+
+    def fill(staging: Path) -> None:
         files = []
         for fold, state in enumerate(state_dicts):
             path = staging / fold_file_name(fold)
@@ -59,12 +55,30 @@ def write_bundle(
         if extra_files is not None:
             extra_files(staging)
         manifest.verify_files(staging)
+        manifests.append(manifest)
+
+    write_folder(target, fill, "the bundle")
+    return manifests[0]
+
+
+def write_folder(target: Path, fill: Callable[[Path], None], what: str) -> Path:
+    """Create ``target`` with what ``fill(folder)`` writes, all or nothing: written into a
+    staging folder beside it, fsynced, renamed onto it; an error or Ctrl-C leaves nothing.
+    ``target`` must not exist (``what`` names it in the error)."""
+    target = Path(target).absolute()
+    if target.exists():
+        raise ExportError(f"{target} already exists; choose a new folder for {what}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        fill(staging)
         _fsync_tree(staging)
         os.rename(staging, target)  # atomic on one filesystem; fails if target appeared meanwhile
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return manifest
+    return target
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -23,24 +23,16 @@ from pipeline.model.aggregate import SLICE_AGGREGATIONS, aggregate_slices
 from pipeline.prep.params import PreprocessParams
 from training.cache import PreparedCohort
 from training.cohort import Cohort
+from training.served import ServedRule
 from training.settings import RECIPE_VALUES, TrainSettings
 
-__all__ = ["build_report", "write_report_files", "recipe_text", "NOT_EXTERNAL_VALIDATION"]
+__all__ = ["build_report", "write_report_files", "recipe_text", "selection_text", "deviations_from_paper",
+           "NOT_EXTERNAL_VALIDATION", "figure_lines"]
 
 NOT_EXTERNAL_VALIDATION = (
     "K-fold cross-validation on one cohort is internal validation, not external validation: "
     "these figures do not show how the model performs on another centre's scanners, protocols or population."
 )
-_SELECTION_TEXT = {
-    "fixed": "fixed: nothing chosen on data - every training patient trains, the last epoch is kept, median of "
-             "slices, the pre-specified threshold; the test fold was used only to score the model",
-    "nested": "nested: epoch, slice aggregation and threshold chosen on an inner split of each training fold; "
-              "the test fold was used only to score the kept model",
-    "paper": "paper: the epoch with the best accuracy on the test fold itself (as Haim et al. 2022), median, threshold "
-             "0.5 - optimistic, the test fold chose the model",
-}
-
-
 def _recipe_summary(name: str) -> str:
     v = RECIPE_VALUES[name]
     body = "frozen pretrained body" if v["freeze_body"] else "every layer trains"
@@ -81,9 +73,81 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def selection_text(settings: TrainSettings, results: Sequence[Any], served: ServedRule) -> str:
+    """How the model was selected, from the rules that ran (each fold's record), not from the
+    mode's name: the kept epoch, the slice aggregation and the threshold."""
+    epoch_rules = sorted({r.selection.get("epoch_rule", "") for r in results})
+    epoch = epoch_rules[0] if len(epoch_rules) == 1 else "per fold: " + " / ".join(epoch_rules)
+    if settings.selection == "nested":
+        aggregation = (f"the best inner-patient AUC in each fold; the bundle serves {served.slice_aggregation}, the one most "
+                       "folds chose")
+    else:
+        aggregation = "median (pre-specified)"
+    optimistic = " The test fold chose the kept epoch: optimistic." if settings.selection == "paper" and \
+        any(r.selection.get("metric") != "last" for r in results) else ""
+    return (f"{settings.selection}: kept epoch: {epoch}; slice aggregation: {aggregation}; threshold: "
+            f"{served.threshold_rule}.{optimistic}")
+
+
+_PAPER_TRAINING = {"freeze_body": "frozen body (fastai's default with pretrained weights)", "max_lr": "max lr 4e-2",
+                   "loss": "F1 loss", "mixup": "mixup", "augmentation": "rotation, zoom and contrast",
+                   "head": "fastai head", "epochs": "40 epochs", "batch_size": "batch 32", "oversample": "oversampling"}
+
+
+def deviations_from_paper(settings: TrainSettings, params: PreprocessParams, served: ServedRule) -> list[str]:
+    """Where this run differs from Haim et al. 2022 ("Image analysis", "DL analysis"), generated
+    from the settings and parameters that ran."""
+    paper = RECIPE_VALUES["paper"]
+    out = list(params.deviations_from_paper())
+    out.append("Initialisation: " + ("ImageNet ResNet-50 weights, as the paper's transfer learning" if settings.pretrained
+                                     else "random (no ImageNet weights); the paper fine-tuned an ImageNet ResNet-50") + ".")
+    for key, said in _PAPER_TRAINING.items():
+        value = getattr(settings, key)
+        if value != paper[key]:
+            out.append(f"Training: {key} = {value}; the paper recipe: {said}.")
+    if settings.freeze_body and not settings.pretrained:
+        out.append("Training: a frozen body of RANDOM filters (forced): it does not learn.")
+    if settings.folds != 5:
+        out.append(f"Folds: {settings.folds}; the paper used five.")
+    out.append("Model selection: " + {
+        "paper": "as the paper (best accuracy on the validation fold, which is also the test fold)",
+        "nested": "epoch, aggregation and threshold chosen on inner patients of each training fold; the paper chose the "
+                  "epoch on the test fold",
+        "fixed": "nothing chosen on data (last epoch, median, pre-specified threshold); the paper kept the epoch with the "
+                 "best accuracy on the test fold"}[settings.selection] + ".")
+    out.append("Probability: " + (f"{served.calibration.method} calibration on the out-of-fold patients, threshold "
+                                  f"{served.threshold:.3f} on the calibrated scale; the paper thresholded the network's "
+                                  "score at 0.5" if served.calibration.applied
+                                  else "the network's score, uncalibrated, as the paper") + ".")
+    out.append("Fold combination: the node averages the fold models' probabilities (the paper reported each fold model "
+               "on its own test fold only).")
+    return out
+
+
+def _served_json(served: ServedRule) -> dict[str, Any]:
+    return {
+        "slice_aggregation": served.slice_aggregation, "fold_aggregation": "mean",
+        "calibration": served.calibration.to_dict(), "calibration_text": served.calibration.describe(),
+        "threshold": served.threshold, "threshold_rule": served.threshold_rule,
+        "out_of_fold": served.figures, "cross_fitted": served.cross_fitted_figures,
+        "statement": SERVED_STATEMENT,
+    }
+
+
+SERVED_STATEMENT = (
+    "Each patient is scored by the one fold model that never saw it, under the rule the bundle serves (slice "
+    "aggregation, calibration, threshold). The calibration was fitted on these same patients, so its in-sample "
+    "calibration is ideal by construction: the cross-fitted figures (each fold's patients calibrated by a map fitted on "
+    "the other folds) are the honest estimate. The bundle serves the mean of the fold models, which no patient here was "
+    "scored by: `egfr-node evaluate` on patients the bundle never saw measures the ensemble itself."
+)
+FOLD_STATEMENT = ("Per-fold figures estimate one fold model each, on its own test fold, at its own threshold; they are "
+                  "not the figures of the served ensemble.")
+
+
 def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, runs: Sequence[Any], settings: TrainSettings,
-                 params: PreprocessParams, slice_aggregation: str, threshold: float, code_version: str,
-                 started: datetime) -> dict[str, Any]:
+                 params: PreprocessParams, served: ServedRule, code_version: str, started: datetime,
+                 permutations: dict[str, Any] | None = None, name: str = "") -> dict[str, Any]:
     first = runs[0]
     positives = int(labels.sum())
     pooled_aucs = [r.selected["auc"] for r in runs]
@@ -126,18 +190,26 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
     }
     splits = [{"patient_id": e.patient_id, "study_uid": e.study_uid, "group": e.group or e.patient_id, "fold": int(f)}
               for e, f in zip(prepared.entries, first.folds)]
+    f = served.figures
     headline = {
-        "slice_aggregation": "per fold (nested)" if settings.selection == "nested" else "median",
-        **first.selected,
+        "rule": "served",
+        "slice_aggregation": served.slice_aggregation,
+        "auc": f["auc"], "auc_ci95": f["auc_ci"],
+        "recall": f["sensitivity"]["value"], "specificity": f["specificity"]["value"], "accuracy": f["accuracy"]["value"],
+        "threshold": served.threshold,
+        "calibration": f["calibration"], "calibration_raw": f["calibration_raw"],
+        "calibration_cross_fitted": served.cross_fitted_figures["calibration"],
     }
+    deviations = deviations_from_paper(settings, params, served)
     report = {
         "title": "EGFR ResNet-50 fold ensemble: cross-validation report",
+        "name": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "started": started.isoformat(timespec="seconds"),
         "code_version": code_version,
         "statement": NOT_EXTERNAL_VALIDATION,
         "selection_mode": settings.selection,
-        "selection_text": _SELECTION_TEXT[settings.selection],
+        "selection_text": selection_text(settings, first.results, served),
         "pretrained": settings.pretrained,
         "initialisation": ("ImageNet weights from " + str(settings.imagenet_weights)) if settings.pretrained
         else "trained from scratch (no ImageNet weights): not the paper's transfer learning",
@@ -156,8 +228,15 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         "data": data,
         "settings": settings.to_dict(),
         "preprocessing": params.to_dict(),
-        "bundle_choice": {"slice_aggregation": slice_aggregation, "threshold": threshold, "fold_aggregation": "mean"},
+        "preprocessing_text": params.describe(),
+        "deviations": deviations,
+        "bundle_choice": {"slice_aggregation": served.slice_aggregation, "threshold": served.threshold,
+                          "threshold_rule": served.threshold_rule, "fold_aggregation": "mean",
+                          "calibration": served.calibration.describe()},
         "headline": headline,
+        "served_rule": _served_json(served),
+        "as_selected_per_fold": {**first.selected, "statement": FOLD_STATEMENT},
+        "permutations": permutations,
         "table2": table2,
         "per_fold": first.per_fold,
         "pooled": first.pooled,
@@ -170,11 +249,16 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         "splits": splits,
     }
     report["metrics_summary"] = _clean({
-        "pooled_patient_auc": first.selected["auc"],
-        "pooled_patient_auc_ci95": first.selected["auc_ci95"],
-        "sensitivity": first.selected["recall"],
-        "specificity": first.selected["specificity"],
-        "calibration": first.selected["calibration"],
+        "pooled_patient_auc": f["auc"],
+        "pooled_patient_auc_ci95": f["auc_ci"],
+        "sensitivity": f["sensitivity"]["value"],
+        "specificity": f["specificity"]["value"],
+        "threshold": served.threshold,
+        "calibration": f["calibration"],
+        "calibration_raw": f["calibration_raw"],
+        "calibration_cross_fitted": served.cross_fitted_figures["calibration"],
+        "rule": "served rule, out of fold (each patient scored by the fold model that never saw it)",
+        "permutation_p_value": (permutations or {}).get("p_value"),
         "table2": table2,
         "repeats": spread,
         "statement": NOT_EXTERNAL_VALIDATION,
@@ -183,6 +267,7 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         "data": {k: v for k, v in data.items() if k != "failures"} | {"failures": len(data["failures"])},
         "splits": splits,
         "selection_mode": settings.selection,
+        "selection_text": report["selection_text"],
         "pretrained": settings.pretrained,
         "initialisation": report["initialisation"],
         "body": report["body"],
@@ -190,6 +275,8 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         "recipe_text": report["recipe_text"],
         "recipe_changes": report["recipe_changes"],
         "settings": settings.to_dict(),
+        "preprocessing_text": report["preprocessing_text"],
+        "deviations": deviations,
         "code_version": code_version,
         "kept_epochs": [r.epoch for r in first.results],
     })
@@ -223,9 +310,37 @@ def _augmentation_text(s: dict[str, Any]) -> str:
             f"{s['lighting']:g} (p {s['lighting_p']:g}), flip p {s['flip_p']:g}")
 
 
+def _proportion_text(name: str, figure: dict[str, Any]) -> str:
+    k, n = figure["count"]
+    return f"{name} {_fmt(figure['value'])} ({_ci(figure['ci95'])}; {k}/{n})"
+
+
+def figure_lines(f: dict[str, Any], raw_label: str = "before calibration") -> list[str]:
+    """A :func:`pipeline.model.performance.performance` result as report lines (train and evaluate)."""
+    c = f["confusion"]
+    lines = [
+        f"- {f['patients']} patients ({f['positives']} EGFR positive, {f['negatives']} negative).",
+        f"- ROC AUC {_fmt(f['auc'])} (95 % CI {_ci(f['auc_ci'])}, stratified patient bootstrap).",
+        f"- At the threshold {f['threshold']:.3f}: " + ", ".join(_proportion_text(name, f[key]) for name, key in (
+            ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("PPV", "ppv"), ("NPV", "npv"),
+            ("accuracy", "accuracy"))) + f" (95 % Wilson intervals); TP {c['tp']}, FP {c['fp']}, TN {c['tn']}, FN {c['fn']}.",
+    ]
+    cal = f["calibration"]
+    lines.append(f"- Calibration: slope {_fmt(cal['slope'])}, calibration-in-the-large {_fmt(cal['in_the_large'])}, Brier "
+                 f"{_fmt(cal['brier'], 3)}; mean probability {_fmt(cal['mean_predicted'])} against {_fmt(cal['observed'])} "
+                 "observed positive (ideal: slope 1, in-the-large 0).")
+    if "calibration_raw" in f:
+        raw = f["calibration_raw"]
+        lines.append(f"- The same patients {raw_label}: slope {_fmt(raw['slope'])}, calibration-in-the-large "
+                     f"{_fmt(raw['in_the_large'])}, Brier {_fmt(raw['brier'], 3)}, mean score {_fmt(raw['mean_predicted'])}.")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
-    d, h = report["data"], report["headline"]
+    d = report["data"]
     lines = [f"# {report['title']}", ""]
+    if report.get("name"):
+        lines += [f"Bundle name: **{report['name']}**", ""]
     if d["labels_shuffled"]:
         lines += ["**SHUFFLED-LABEL CONTROL: the labels were permuted; the AUC should be near 0.5. Not a model to use.**", ""]
     lines += [
@@ -241,7 +356,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"  - {f['study_uid']}: {f['reason']}" for f in d["failures"]]
     else:
         lines.append("- No study failed preprocessing.")
+    lines += ["", "## Preprocessing", ""] + [f"- {line}" for line in report["preprocessing_text"]]
     s = report["settings"]
+    b = report["bundle_choice"]
     lines += [
         "", "## Method",
         f"- Recipe: {report['recipe_text']}.",
@@ -254,19 +371,34 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{_fmt(report['throughput']['images_per_second'], 1)} images/s (each fold's own time is in the per-fold table).",
         f"- Splits: stratified group {s['folds']}-fold at patient level (seed {s['seed']}), patient-disjoint (checked); "
         "assignment in `splits.csv`.",
-        f"- Selection mode: {report['selection_text']}.",
-        f"- Bundle: slice aggregation {report['bundle_choice']['slice_aggregation']}, folds by mean, threshold "
-        f"{report['bundle_choice']['threshold']:.3f}.",
+        f"- Selection: {report['selection_text']}",
+        f"- Calibration: {b['calibration']}.",
+        f"- Bundle: slice aggregation {b['slice_aggregation']} per fold model, calibrated per fold model, folds by mean; "
+        f"threshold {b['threshold']:.3f} ({b['threshold_rule']}).",
         f"- Code: {report['code_version']}.",
-        "", "## Result (pooled out-of-fold, patient level)",
-        f"- ROC AUC {_fmt(h['auc'])} (95 % CI {_ci(h['auc_ci95'])}, stratified patient bootstrap) with "
-        f"{h['slice_aggregation']} slice aggregation.",
-        f"- Sensitivity {_fmt(h['recall'])}, specificity {_fmt(h['specificity'])}, accuracy {_fmt(h['accuracy'])} at each "
-        "fold's threshold.",
-        f"- Calibration: slope {_fmt(h['calibration']['slope'])}, intercept {_fmt(h['calibration']['intercept'])}, "
-        f"Brier {_fmt(h['calibration']['brier'], 3)}.",
-    ]
+        "", "## Deviations from Haim et al. 2022", "",
+    ] + [f"- {line}" for line in report["deviations"]]
+    served = report["served_rule"]
+    lines += ["", "## The served rule, out of fold (patient level)", "", served["statement"], ""]
+    lines += figure_lines(served["out_of_fold"])
+    cross = served["cross_fitted"]
+    cc = cross["calibration"]
+    lines.append(f"- Cross-fitted calibration (the honest estimate): slope {_fmt(cc['slope'])}, calibration-in-the-large "
+                 f"{_fmt(cc['in_the_large'])}, Brier {_fmt(cc['brier'], 3)}; at the threshold: "
+                 + ", ".join(_proportion_text(n, cross[k]) for n, k in (("sensitivity", "sensitivity"),
+                                                                       ("specificity", "specificity"))) + ".")
+    p = report.get("permutations")
+    if p:
+        lines += ["", "## Permutation test", "",
+                  f"- {p['permutations']} trainings on shuffled labels with the same folds and seed: AUC mean "
+                  f"{_fmt(p['mean'])}, max {_fmt(p['max'])}; the real AUC {_fmt(p['real_auc'])}; permutation p = "
+                  f"{_fmt(p['p_value'], 3)} ((1 + permutations at least as high) / (1 + permutations))."]
     r = report["repeats"]
+    sel = report["as_selected_per_fold"]
+    lines += ["", "## As selected per fold", "", sel["statement"], "",
+              f"- ROC AUC {_fmt(sel['auc'])} (95 % CI {_ci(sel['auc_ci95'])}) with each fold's own slice aggregation; "
+              f"sensitivity {_fmt(sel['recall'])}, specificity {_fmt(sel['specificity'])}, accuracy {_fmt(sel['accuracy'])} "
+              "at each fold's own threshold, on the uncalibrated score."]
     if len(r["seeds"]) > 1:
         lines.append(f"- Over {len(r['seeds'])} repeats (seeds {', '.join(map(str, r['seeds']))}): pooled AUC mean "
                      f"{_fmt(r['mean'])}, SD {_fmt(r['sd'])}, range {_fmt(r['min'])}-{_fmt(r['max'])}.")
@@ -279,21 +411,23 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {how} | " + " | ".join(_fmt(v) for v in row["fold_auc"]) + f" | {_fmt(row['mean'])} | {_fmt(row['sd'])} | "
                      f"{_fmt(row['pooled_auc'])} ({_ci(row['pooled_auc_ci95'])}) | {_fmt(row['sensitivity'])} | "
                      f"{_fmt(row['specificity'])} | {_fmt(row['accuracy'])} |")
-    lines += ["", "Sensitivity, specificity and accuracy are pooled out-of-fold at each fold's threshold. Per-fold AUCs "
-              "rest on a few positives each and are very noisy.", "", "## Per fold", "",
-              "| fold | test patients (positive) | kept epoch | aggregation | threshold (rule) | slice AUC | slice accuracy | s | images/s |",
+    lines += ["", "Sensitivity, specificity and accuracy are pooled out-of-fold at each fold's threshold on the uncalibrated "
+              "score. Per-fold AUCs rest on a few positives each and are very noisy.", "", "## Per fold", "",
+              "| fold | test patients (positive) | kept epoch (rule) | aggregation | threshold (rule) | slice AUC | slice accuracy | s | images/s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for fold, row in zip(report["folds"], report["per_fold"]):
         rule = fold["selection"].get("threshold_rule", "")
-        lines.append(f"| {fold['fold'] + 1} | {fold['test_patients']} ({fold['test_positive']}) | {fold['kept_epoch']} | "
-                     f"{fold['slice_aggregation']} | {_fmt(fold['threshold'], 3)} ({rule}) | {_fmt(row['slice']['auc'])} | "
-                     f"{_fmt(row['slice']['accuracy'])} | {_fmt(fold['seconds'], 1)} | {_fmt(fold['images_per_second'], 1)} |")
-    lines += ["", "Files: `folds.csv` (every out-of-fold patient score), `splits.csv`, `roc.png`, `calibration.png`, "
-              "`report.json`.", ""]
+        lines.append(f"| {fold['fold'] + 1} | {fold['test_patients']} ({fold['test_positive']}) | {fold['kept_epoch']} "
+                     f"({fold['selection'].get('metric', '')}) | {fold['slice_aggregation']} | {_fmt(fold['threshold'], 3)} "
+                     f"({rule}) | {_fmt(row['slice']['auc'])} | {_fmt(row['slice']['accuracy'])} | {_fmt(fold['seconds'], 1)} | "
+                     f"{_fmt(fold['images_per_second'], 1)} |")
+    lines += ["", "Files: `folds.csv` (every out-of-fold patient score, raw and under the served rule), `splits.csv`, "
+              "`roc.png`, `calibration.png`, `decision.png`, `report.json`.", ""]
     return "\n".join(lines)
 
 
-def write_report_files(folder: Path, report: dict[str, Any], runs: Sequence[Any], prepared: PreparedCohort) -> None:
+def write_report_files(folder: Path, report: dict[str, Any], runs: Sequence[Any], prepared: PreparedCohort,
+                       served: ServedRule) -> None:
     folder = Path(folder)
     (folder / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     (folder / "report.md").write_text(render_markdown(report), encoding="utf-8")
@@ -305,64 +439,40 @@ def write_report_files(folder: Path, report: dict[str, Any], runs: Sequence[Any]
     with open(folder / "folds.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["repeat", "seed", "fold", "patient_id", "study_uid", "label"] + [f"slice{i}" for i in range(s)]
-                        + list(SLICE_AGGREGATIONS) + ["selected_aggregation", "selected_score", "threshold", "predicted_positive"])
+                        + list(SLICE_AGGREGATIONS) + ["selected_aggregation", "selected_score", "threshold", "predicted_positive",
+                                                      "served_score", "served_probability", "served_probability_cross_fitted",
+                                                      "served_positive"])
         for repeat, run in enumerate(runs):
             selected = run.selected_scores
             for i, entry in enumerate(prepared.entries):
                 scores = run.oof_scores[i]
-                writer.writerow([repeat, run.seed, int(run.folds[i]), entry.patient_id, entry.study_uid, int(run.labels[i])]
-                                + [f"{v:.6f}" for v in scores]
-                                + [f"{float(aggregate_slices(scores, how)):.6f}" for how in SLICE_AGGREGATIONS]
-                                + [run.oof_aggregation[i], f"{selected[i]:.6f}", f"{run.oof_threshold[i]:.6f}",
-                                   int(selected[i] >= run.oof_threshold[i])])
-    _plots(folder, runs[0])
+                row = ([repeat, run.seed, int(run.folds[i]), entry.patient_id, entry.study_uid, int(run.labels[i])]
+                       + [f"{v:.6f}" for v in scores]
+                       + [f"{float(aggregate_slices(scores, how)):.6f}" for how in SLICE_AGGREGATIONS]
+                       + [run.oof_aggregation[i], f"{selected[i]:.6f}", f"{run.oof_threshold[i]:.6f}",
+                          int(selected[i] >= run.oof_threshold[i])])
+                if repeat == 0:  # the served rule is fixed on the first repeat (the bundle's)
+                    row += [f"{served.raw[i]:.6f}", f"{served.probabilities[i]:.6f}", f"{served.cross_fitted[i]:.6f}",
+                            int(served.probabilities[i] >= served.threshold)]
+                writer.writerow(row)
+    _plots(folder, runs[0], served, min(1000, report["settings"]["bootstrap"]))
 
 
-def _plots(folder: Path, run: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
+def _plots(folder: Path, run: Any, served: ServedRule, resamples: int) -> None:
+    from pipeline.model.performance import reliability_curve, roc_band
+    from pipeline.model.plots import decision_curve_figure, reliability_figure, roc_figure, save_png
 
     y = run.labels
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for result in run.results:
-        yt = y[result.test_index]
-        if len(set(yt.tolist())) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(yt, aggregate_slices(result.test_scores, result.slice_aggregation))
-        ax.plot(fpr, tpr, alpha=0.5, lw=1, label=f"fold {result.fold + 1}")
-    selected = run.selected_scores
-    if len(set(y.tolist())) == 2:
-        fpr, tpr, _ = roc_curve(y, selected)
-        ax.plot(fpr, tpr, color="black", lw=2, label=f"pooled out-of-fold (AUC {run.selected['auc']:.2f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, patient level", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "roc.png", dpi=100)
-    plt.close(fig)
+    f = served.figures
+    curves = [(f"served rule, out of fold (AUC {_fmt(f['auc'])})", y, served.probabilities)]
+    curves += [(f"fold {r.fold + 1}", y[r.test_index], aggregate_slices(r.test_scores, r.slice_aggregation))
+               for r in run.results]
+    save_png(roc_figure(curves, roc_band(y, served.probabilities, resamples, run.seed)), folder / "roc.png")
+    cal, raw = f["calibration"], f["calibration_raw"]
+    title = (f"Out of fold: slope {_fmt(raw['slope'])} -> {_fmt(cal['slope'])} (in-sample), cross-fitted "
+             f"{_fmt(served.cross_fitted_figures['calibration']['slope'])}")
+    save_png(reliability_figure({"score (uncalibrated)": f["reliability_raw"], "calibrated (in-sample)": f["reliability"],
+                                 "calibrated (cross-fitted)": reliability_curve(y, served.cross_fitted)}, title),
+             folder / "calibration.png")
+    save_png(decision_curve_figure(f["net_benefit"], "Decision curve, out of fold (calibrated)"), folder / "decision.png")
 
-    fig, ax = plt.subplots(figsize=(5, 5))
-    bins = np.linspace(0, 1, 6)
-    which = np.clip(np.digitize(selected, bins) - 1, 0, len(bins) - 2)
-    xs, ys, ns = [], [], []
-    for b in range(len(bins) - 1):
-        members = which == b
-        if members.any():
-            xs.append(selected[members].mean())
-            ys.append(y[members].mean())
-            ns.append(int(members.sum()))
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="ideal")
-    ax.plot(xs, ys, marker="o", color="black", label="out-of-fold patients (5 bins)")
-    for xv, yv, nv in zip(xs, ys, ns):
-        ax.annotate(str(nv), (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    cal = run.selected["calibration"]
-    ax.set(xlabel="predicted probability", ylabel="observed fraction positive", xlim=(0, 1), ylim=(0, 1),
-           title=f"Calibration: slope {_fmt(cal['slope'])}, intercept {_fmt(cal['intercept'])}, Brier {_fmt(cal['brier'], 3)}")
-    ax.title.set_fontsize(9)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "calibration.png", dpi=100)
-    plt.close(fig)

@@ -14,7 +14,9 @@ Selection modes (issue 7, "Model selection, honestly"; issue 15):
   optimistic, kept for comparison.
 
 The bundle holds the K fold models of the first repeat; ``--repeats`` re-runs the whole CV
-with seeds seed+1, ... and reports the spread.
+with seeds seed+1, ... and reports the spread. The rule the bundle serves (slice aggregation,
+calibration, threshold) is fixed and measured out of fold by :mod:`training.served`;
+``permutations`` reruns the CV on shuffled labels for the permutation p-value of the AUC.
 """
 
 from __future__ import annotations
@@ -33,20 +35,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.model.aggregate import SLICE_AGGREGATIONS, aggregate_slices
+from pipeline.model.aggregate import aggregate_slices
 from pipeline.model.bundle import FoldFile, Manifest, new_device_uid
+from pipeline.model.performance import auc, auc_ci, calibration_figures
 from pipeline.model.network import architecture_of
 from pipeline.prep.params import PreprocessParams
 from training import distributed
 from training.cache import PreparedCohort, prepare_cohort
-from training.cohort import read_cohort
+from training.cohort import read_cohort, with_received_files
 from training.engine import FoldResult, FoldTrainer, resolve_device, train_fold, train_folds_together
 from training.export import write_bundle
-from training.metrics import binary_metrics, bootstrap_auc_ci, calibration, fold_table, pooled_metrics
+from training.metrics import binary_metrics, fold_table, pooled_metrics
+from training.served import ServedRule, fit_served_rule
 from training.settings import TrainSettings
 from training.splits import assign_folds, inner_split
 
-__all__ = ["CVRun", "TrainOutcome", "run_cv", "train_bundle", "bundle_choice", "code_version", "TrainingError"]
+__all__ = ["CVRun", "TrainOutcome", "run_cv", "train_bundle", "default_bundle_name", "permutation_test", "code_version",
+           "TrainingError"]
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +83,12 @@ class CVRun:
 
 
 def run_cv(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: TrainSettings, seed: int,
-           progress: bool = True) -> CVRun:
-    """K-fold CV on prepared inputs ``[N, S, C, H, W]``; every patient scored out of fold."""
+           progress: bool = True, folds: np.ndarray | None = None) -> CVRun:
+    """K-fold CV on prepared inputs ``[N, S, C, H, W]``; every patient scored out of fold
+    (``folds``: a given assignment, as the permutation runs reuse the real one's)."""
     start = time.perf_counter()
     device = resolve_device(settings.device)
-    folds = assign_folds(labels, groups, settings.folds, seed)
+    folds = assign_folds(labels, groups, settings.folds, seed) if folds is None else np.asarray(folds)
     x = torch.as_tensor(inputs, dtype=torch.float32, device=device)
     n, s = inputs.shape[:2]
     oof = np.full((n, s), np.nan)
@@ -125,24 +131,40 @@ def run_cv(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: 
     selected = run.selected_scores
     run.selected = {
         **binary_metrics(labels, selected, threshold),
-        "auc_ci95": list(bootstrap_auc_ci(labels, selected, settings.bootstrap, seed)),
-        "calibration": calibration(labels, selected),
+        "auc_ci95": list(auc_ci(labels, selected, settings.bootstrap, seed)),
+        "calibration": calibration_figures(labels, selected),
         "aggregations": dict(Counter(aggregation)),
     }
     run.seconds = time.perf_counter() - start
     return run
 
 
-def bundle_choice(run: CVRun, settings: TrainSettings) -> tuple[str, float]:
-    """The bundle's slice aggregation and threshold. Paper mode: median, ``settings.threshold``.
-    Nested mode: the aggregation most folds chose (ties: median, mean, min, max) and the
-    median of the folds' thresholds: both from training-fold data only."""
-    if settings.selection == "paper":
-        return "median", settings.threshold
-    counts = Counter(r.slice_aggregation for r in run.results)
-    order = ("median", "mean", "min", "max")
-    how = max(order, key=lambda h: (counts.get(h, 0), -order.index(h)))
-    return how, float(np.median([r.threshold for r in run.results]))
+def default_bundle_name(settings: TrainSettings) -> str:
+    """The bundle's name from the recipe that ran (the SR's Algorithm Name and Device Observer
+    Name): only a paper-recipe bundle on ImageNet weights is called the Haim 2022 recipe."""
+    if settings.recipe == "paper":
+        recipe = "Haim 2022 recipe" if settings.pretrained else "Haim 2022 recipe, no ImageNet weights"
+    else:
+        recipe = "scratch recipe, not Haim 2022"
+    return f"EGFR ResNet-50 ({recipe})"
+
+
+def permutation_test(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: TrainSettings, real: CVRun,
+                     served: ServedRule, progress: bool = True) -> dict[str, Any]:
+    """``settings.permutations`` trainings on shuffled labels, with the real run's folds and seed:
+    the permutation p-value of the real served-rule AUC, (1 + #{AUC_perm >= AUC}) / (1 + N)."""
+    real_auc = served.figures["auc"]
+    aucs = []
+    for i in range(settings.permutations):
+        permuted = np.random.default_rng([settings.seed, 0x9E57, i]).permutation(labels)
+        run = run_cv(inputs, permuted, groups, settings, real.seed, progress, folds=real.folds)
+        aucs.append(auc(permuted, fit_served_rule(run, settings.replace(bootstrap=0), real.seed).raw))
+    finite = [a for a in aucs if np.isfinite(a)]
+    at_least = sum(a >= real_auc for a in finite)
+    return {"permutations": len(aucs), "real_auc": real_auc, "auc": aucs,
+            "p_value": (1 + at_least) / (1 + len(finite)) if finite else None,
+            "mean": float(np.mean(finite)) if finite else None,
+            "max": float(np.max(finite)) if finite else None}
 
 
 def code_version() -> str:
@@ -170,6 +192,7 @@ class TrainOutcome:
     report: dict[str, Any]
     runs: list[CVRun]
     prepared: PreparedCohort
+    served: ServedRule | None = None
 
 
 def train_bundle(
@@ -179,15 +202,18 @@ def train_bundle(
     settings: TrainSettings | None = None,
     params: PreprocessParams | None = None,
     archive_root: Path | None = None,
+    database_url: str | None = None,
     cache_dir: Path | None = None,
-    name: str = "EGFR ResNet-50 (Haim 2022 recipe)",
+    name: str | None = None,
     version: str | None = None,
     progress: bool = True,
 ) -> TrainOutcome:
     """Read the cohort, prepare every study (cached), run the CV (``settings.repeats`` times),
     write the bundle with its report to ``out_dir`` atomically, and return what was written.
 
-    ``cache_dir`` defaults to ``<out_dir's parent>/.egfr-train-cache``."""
+    ``cache_dir`` defaults to ``<out_dir's parent>/.egfr-train-cache``. With the node's
+    ``database_url`` (and ``archive_root``) each archived study is read as the node's jobs read
+    it: its received instances only (:func:`training.cohort.with_received_files`)."""
     from training.report import build_report, write_report_files
 
     settings = settings or TrainSettings()
@@ -197,6 +223,8 @@ def train_bundle(
     if out_dir.exists():
         raise TrainingError(f"{out_dir} already exists; choose a new folder for the bundle")
     cohort = read_cohort(Path(cohort_csv), archive_root)
+    if database_url and archive_root is not None:
+        cohort = with_received_files(cohort, database_url, archive_root)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.absolute().parent / ".egfr-train-cache"
     if not distributed.is_main():
         distributed.barrier()  # under torchrun rank 0 preprocesses; the others read its cache
@@ -220,11 +248,15 @@ def train_bundle(
     torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // distributed.world_size()))
     try:
         runs = [run_cv(prepared.inputs, labels, groups, settings, settings.seed + r, progress) for r in range(settings.repeats)]
+        first = runs[0]
+        served = fit_served_rule(first, settings, first.seed)
+        permutations = permutation_test(prepared.inputs, labels, groups, settings, first, served, progress) \
+            if settings.permutations else None
     finally:
         torch.set_num_threads(previous_threads)
-    first = runs[0]
-    how, threshold = bundle_choice(first, settings)
-    report = build_report(cohort, prepared, labels, runs, settings, params, how, threshold, code_version(), started)
+    name = name or default_bundle_name(settings)
+    report = build_report(cohort, prepared, labels, runs, settings, params, served, code_version(), started,
+                          permutations=permutations, name=name)
     report["training_summary"]["processes"] = distributed.world_size()  # > 1: data-parallel under torchrun
     normalization = "imagenet" if settings.pretrained else "none"
     version = version or started.strftime("%Y%m%d%H%M%S")
@@ -239,15 +271,17 @@ def train_bundle(
             folds=files,
             architecture=architecture_of(settings.head),
             normalization=normalization,
-            slice_aggregation=how,
+            slice_aggregation=served.slice_aggregation,
             fold_aggregation="mean",
-            threshold=threshold,
+            threshold=served.threshold,
+            threshold_rule=served.threshold_rule,
+            calibration=served.calibration.to_dict(),
             metrics=report["metrics_summary"],
             training=report["training_summary"],
         )
 
     if not distributed.is_main():  # under torchrun only rank 0 writes the bundle (same weights on every rank)
-        return TrainOutcome(out_dir, None, report, runs, prepared)
+        return TrainOutcome(out_dir, None, report, runs, prepared, served)
     manifest = write_bundle(out_dir, [r.state_dict for r in first.results], make_manifest,
-                            lambda folder: write_report_files(folder, report, runs, prepared))
-    return TrainOutcome(out_dir, manifest, report, runs, prepared)
+                            lambda folder: write_report_files(folder, report, runs, prepared, served))
+    return TrainOutcome(out_dir, manifest, report, runs, prepared, served)

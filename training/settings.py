@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.model.calibrate import CALIBRATION_METHODS
 from pipeline.settings import SettingError, SettingTypeError, check_bool, check_choice, check_int, check_known, check_number
 
 __all__ = ["TrainSettings", "LOSSES", "SELECTIONS", "SELECTION_METRICS", "DEVICES", "RECIPES", "RECIPE_VALUES",
@@ -111,7 +112,12 @@ class TrainSettings:
     ``inner_folds`` (nested mode holds out 1/inner_folds of the training patients; fewer
     when the training fold's smaller class has fewer patients), ``threshold`` (the
     pre-specified decision threshold of fixed and paper selection, and nested selection's
-    fallback when its inner patients cannot place one), ``bootstrap`` resamples for the CIs.
+    fallback when its inner patients cannot place one; on the calibrated scale), ``bootstrap``
+    resamples for the CIs. ``calibration``: the map fitted on the pooled out-of-fold patient
+    scores and stored in the bundle (``logistic``, Platt scaling, the default; ``isotonic``
+    for large cohorts; ``none``: the score is served uncalibrated, and says so).
+    ``permutations``: shuffled-label trainings run beside the real one (same folds and
+    seeds), for the permutation p-value of the real AUC (0: none).
     ``threads``: CPU threads for the run (0 = all cores); CPU results depend on it.
     ``folds_together``: train the K folds in turns, step by step (each on its own CUDA
     stream on a GPU, so a small cohort keeps the device busy); the results are those of
@@ -158,6 +164,8 @@ class TrainSettings:
     eval_batch_size: int = 256
     threads: int = 0
     bootstrap: int = 2000
+    calibration: str = "logistic"
+    permutations: int = 0
     folds_together: bool = True
 
     def __post_init__(self) -> None:
@@ -202,6 +210,8 @@ class TrainSettings:
         _int("eval_batch_size", self.eval_batch_size, 1)
         _int("threads", self.threads, 0)
         _int("bootstrap", self.bootstrap, 0)
+        _choice("calibration", self.calibration, CALIBRATION_METHODS)
+        _int("permutations", self.permutations, 0)
         _bool("folds_together", self.folds_together)
         if self.freeze_body and self.imagenet_weights is None and not self.allow_random_frozen_body:
             raise SettingError("training.freeze_body: needs ImageNet weights (training.imagenet_weights): a frozen body "

@@ -124,7 +124,7 @@ DEMO_EFFECT_SIZE = 1.0
 
 def run(work: Path, *, patients: int = 30, epochs: int = 30, seed: int = 1, timeout: float = 300.0) -> int:
     from db.migrate import upgrade
-    from dicom_node.commands import models
+    from dicom_node.bundles import activate
     from dicom_node.config import load_config
     from dicom_node.runtime import configure_logging, open_runtime
     from dicom_node.receive.server import DicomNode
@@ -173,7 +173,7 @@ def run(work: Path, *, patients: int = 30, epochs: int = 30, seed: int = 1, time
     config = load_config(config_path)
     upgrade(config.database_url)
     runtime = open_runtime(config)
-    record = models.activate(runtime.sessions, str(work / "bundle"))
+    record = activate(runtime.sessions, str(work / "bundle"), user="egfr-node demo")
     print(f"      config {config_path}; bundle {record.id} ({record.name} {record.version}) active")
     _done(t)
 

@@ -36,7 +36,7 @@ def job_lines(jobs: list[Any]) -> list[str]:
     lines = [f"{'ID':>5}  {'STATE':<9}  {'TRIGGER':<7}  {'ATT':>3}  {'UPDATED (UTC)':<19}  {'STUDY UID':<40}  RESULT / REASON"]
     for job in jobs:
         result = job.result or {}
-        outcome = (f"EGFR {result['status']} p={result['probability']:.3f}"
+        outcome = (f"EGFR {result['status']} {'p' if result.get('calibrated') else 'score'}={result['probability']:.3f}"
                    if "status" in result and result.get("probability") is not None else "")
         lines.append(f"{job.id:>5}  {job.state:<9}  {job.trigger:<7}  {job.attempts:>3}  "
                      f"{job.updated_at:%Y-%m-%d %H:%M:%S}  {job.study_uid:<40}  {outcome or job.reason or ''}")

@@ -1,15 +1,19 @@
-"""``egfr-node models list | activate PATH|ID | show [ID]``: the bundles the node can run.
+"""``egfr-node models list | activate PATH|ID [--force] | show [ID]``: the bundles the node can run.
 
-Activation checks the bundle before the database changes: the manifest parses, this node
-can run it (format, network, input shape against its preprocessing parameters,
-aggregation), every fold file has the sha256 the manifest lists, and every fold loads as
-this network's weights (``weights_only=True``: nothing is unpickled), so a bundle whose
-file is a pickle or another network's weights is refused here, not by every job after.
+Activation (:mod:`dicom_node.bundles`, shared with the console) checks the bundle before the
+database changes: the manifest parses, this node can run it (format, network, input shape
+against its preprocessing parameters, aggregation), every fold file has the sha256 the
+manifest lists, and every fold loads as this network's weights (``weights_only=True``:
+nothing is unpickled), so a bundle whose file is a pickle or another network's weights is
+refused here, not by every job after. Then its guards: a shuffled-label control, a frozen
+random body, a threshold outside [0.05, 0.95] or a cross-validated AUC not shown to beat
+chance is refused with each reason; ``--force`` activates it anyway, audited.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from dicom_node.commands._common import with_runtime
@@ -20,52 +24,19 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import bundles
-from pipeline.model.bundle import MANIFEST_FILE, BundleError, Manifest, sha256_of
+from pipeline.model.bundle import Manifest
 
-__all__ = ["register_bundle", "activate", "list_lines", "show_text"]
-
-
-def register_bundle(sessions: sessionmaker[Session], folder: Path) -> tuple[bundles.BundleRecord, Manifest]:
-    """Check ``folder`` (runnable, every sha256) and record it, not active. Raises BundleError."""
-    folder = Path(folder).resolve()
-    manifest = _load_checked(folder)
-    with sessions.begin() as session:
-        record, _ = bundles.register(
-            session, name=manifest.name, version=manifest.version, device_uid=manifest.device_uid,
-            bundle_path=str(folder), manifest_sha256=sha256_of(folder / MANIFEST_FILE),
-        )
-    return record, manifest
+__all__ = ["list_lines", "show_text", "shell_user"]
 
 
-def _load_checked(folder: Path) -> Manifest:
-    """The manifest checked (runnable, every sha256), then each fold loaded once, weights only,
-    and let go (BundleError naming the fold file that is not this network's weights)."""
-    from pipeline.model.infer import load_fold_weights  # torch: only when a bundle is checked
+def shell_user() -> str:
+    """Who acts from the shell, for the audit trail: ``shell:<login name>``."""
+    import getpass
 
-    manifest = Manifest.load_checked(folder)
-    for fold in sorted(manifest.folds, key=lambda f: f.fold):
-        try:
-            load_fold_weights(folder / fold.file, manifest.normalization, manifest.architecture)
-        except BundleError as exc:
-            raise BundleError(f"fold {fold.fold}: {exc}") from None
-    return manifest
-
-
-def activate(sessions: sessionmaker[Session], key: str) -> bundles.BundleRecord:
-    """Activate a bundle named by folder (registered first) or by its id; checked again either way."""
-    if Path(key).is_dir():
-        record, _ = register_bundle(sessions, Path(key))
-    elif key.isdigit():
-        with sessions() as session:
-            record = bundles.get_bundle(session, int(key))
-        folder = Path(record.bundle_path)
-        _load_checked(folder)
-        if sha256_of(folder / MANIFEST_FILE) != record.manifest_sha256:
-            raise BundleError(f"bundle {record.id}: {folder / MANIFEST_FILE} changed since it was registered")
-    else:
-        raise BundleError(f"{key} is neither a bundle folder nor a registered bundle id")
-    with sessions.begin() as session:
-        return bundles.activate(session, record.id)
+    try:
+        return f"shell:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "shell"
 
 
 def list_lines(sessions: sessionmaker[Session]) -> list[str]:
@@ -73,8 +44,10 @@ def list_lines(sessions: sessionmaker[Session]) -> list[str]:
         records = bundles.list_bundles(session)
     lines = [f"{'ID':>3}  {'ACTIVE':<6}  {'NAME':<24}  {'VERSION':<20}  {'REGISTERED (UTC)':<19}  PATH"]
     for r in records:
-        lines.append(f"{r.id:>3}  {'yes' if r.active else '':<6}  {r.name[:24]:<24}  {r.version[:20]:<20}  "
-                     f"{r.created_at:%Y-%m-%d %H:%M:%S}  {r.bundle_path}")
+        lines.append(f"{r.id:>3}  {('yes' + ('!' if r.activated_despite else '')) if r.active else '':<6}  {r.name[:24]:<24}  "
+                     f"{r.version[:20]:<20}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.bundle_path}")
+        if r.active and r.activated_despite:
+            lines.append(f"     ! activated by {r.activated_by} despite: {r.activated_despite}")
     if not records:
         lines.append("(no model bundle registered: `egfr-node models activate PATH`)")
     return lines
@@ -93,6 +66,9 @@ def show_text(sessions: sessionmaker[Session], model_id: int | None) -> str:
         "folds": len(manifest.folds), "input_shape": list(manifest.input_shape),
         "normalization": manifest.normalization, "slice_aggregation": manifest.slice_aggregation,
         "fold_aggregation": manifest.fold_aggregation, "threshold": manifest.threshold,
+        "calibration": manifest.calibration_map.describe(), "threshold_rule": manifest.threshold_rule,
+        "activated_by": record.activated_by, "activated_despite": record.activated_despite,
+        "concerns": manifest.activation_concerns(),
         "preprocessing": manifest.preprocessing.to_dict(), "metrics": manifest.metrics,
         "training": {k: v for k, v in manifest.training.items() if k not in ("splits",)},
     }
@@ -105,6 +81,8 @@ def register(sub: Any) -> None:
     models.add_parser("list", help="registered bundles").set_defaults(run=run)
     m = models.add_parser("activate", help="check, register and activate a bundle (folder or id)")
     m.add_argument("key", metavar="PATH|ID")
+    m.add_argument("--force", action="store_true",
+                   help="activate despite the guards (shuffled labels, random frozen body, threshold, AUC); audited")
     m.set_defaults(run=run)
     m = models.add_parser("show", help="a bundle's manifest summary (default: the active one)")
     m.add_argument("model_id", nargs="?", type=int)
@@ -118,8 +96,19 @@ def run(args: argparse.Namespace) -> int:
         if args.models_command == "list":
             print("\n".join(list_lines(runtime.sessions)))
         elif args.models_command == "activate":
-            record = activate(runtime.sessions, args.key)
+            from dicom_node.bundles import ActivationRefused, activate
+
+            try:
+                record = activate(runtime.sessions, args.key, user=shell_user(), force=args.force)
+            except ActivationRefused as exc:
+                print(f"egfr-node: bundle {args.key} refused:", file=sys.stderr)
+                for concern in exc.concerns:
+                    print(f"  - {concern}", file=sys.stderr)
+                print("egfr-node: --force activates it anyway (audited, and said in every SR)", file=sys.stderr)
+                return 1
             print(f"model bundle {record.id} ({record.name} {record.version}) is active; new jobs use it")
+            if record.activated_despite:
+                print(f"FORCED despite: {record.activated_despite}")
         else:
             print(show_text(runtime.sessions, args.model_id))
         return 0

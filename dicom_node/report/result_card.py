@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.report._checks import check_real, check_series_number, check_uid
 from dicom_node.report.series_time import stamp_series_and_content_time
-from dicom_node.report.sr import AlgorithmInfo
+from dicom_node.report.sr import AlgorithmInfo, probability_words
 
 __all__ = ["CAVEAT", "CARD_SERIES_DESCRIPTION", "build_result_card", "render_result_card"]
 
@@ -57,7 +57,7 @@ def _check_inputs(crops: object, lesion_mask: object, slice_scores: object) -> t
 
 
 def render_result_card(crops: np.ndarray, lesion_mask: np.ndarray, slice_scores: Sequence[float],
-                       probability: float, positive: bool, algorithm: AlgorithmInfo) -> np.ndarray:
+                       probability: float, positive: bool, algorithm: AlgorithmInfo, calibrated: bool = False) -> np.ndarray:
     """The card as an RGB uint8 array [rows, columns, 3] (inputs as in :func:`build_result_card`)."""
     crops_f, mask_f, scores = _check_inputs(crops, lesion_mask, slice_scores)
     count = crops_f.shape[0]
@@ -83,7 +83,8 @@ def render_result_card(crops: np.ndarray, lesion_mask: np.ndarray, slice_scores:
     figure.text(0.5, 0.985, f"{algorithm.name} {algorithm.version}: EGFR mutation prediction (RESEARCH USE ONLY)",
                 ha="center", va="top", color="white", fontsize=12, weight="bold")
     lines = [
-        (f"Probability {probability:.2f}   Status: {status}   (decision threshold {algorithm.threshold:.2f})",
+        (f"{probability_words(probability, calibrated, 2).capitalize()})   Status: {status}   "
+         f"(decision threshold {algorithm.threshold:.2f})",
          "#ffd040" if positive else "#80d0ff", 13),
         (f"Slice scores aggregated by {algorithm.slice_aggregation}, fold models by {algorithm.fold_aggregation}; "
          f"red outline: lesion mask", "white", 9),
@@ -106,6 +107,7 @@ def build_result_card(
     *,
     sop_instance_uid: str,
     series_instance_uid: str,
+    calibrated: bool = False,
     series_number: int = 9903,
     created: datetime | None = None,
 ) -> Dataset:
@@ -129,7 +131,7 @@ def build_result_card(
     if series_instance_uid == source_image.get("SeriesInstanceUID"):
         raise ValueError('Argument "series_instance_uid" must be a new series, not that of the source image')
     check_series_number("series_number", series_number)
-    pixels = render_result_card(crops, lesion_mask, slice_scores, probability, positive, algorithm)
+    pixels = render_result_card(crops, lesion_mask, slice_scores, probability, positive, algorithm, calibrated)
     card = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source_image,
         pixel_array=pixels,

@@ -49,7 +49,7 @@ from dicom_node.report.image_library import image_library
 from dicom_node.report.image_point import ImagePoint
 
 __all__ = ["AlgorithmInfo", "LesionFinding", "OHIF_TRACKING_PREFIX", "SR_SERIES_DESCRIPTION", "SRResult", "build_sr",
-           "read_sr_result", "result_text", "set_containers_separate"]
+           "probability_words", "read_sr_result", "result_text", "set_containers_separate"]
 
 SR_SERIES_DESCRIPTION = "EGFR prediction RESEARCH USE ONLY - not a diagnosis"
 #: Cornerstone3D's tracking identifier of its arrow annotation; OHIF loads a group whose
@@ -81,6 +81,10 @@ class AlgorithmInfo:
     positive_class: str = "EGFR mutation"
     #: what showed the series is post-contrast (pipeline.contrast), or "" when not recorded
     contrast_evidence: str = ""
+    #: the bundle in words (``Manifest.parameter_lines``: recipe, ImageNet weights, N4, crop
+    #: size, cross-validated AUC, calibration) and why it was activated despite its guards
+    bundle_parameters: tuple[str, ...] = ()
+    activated_despite: str = ""
 
     def __post_init__(self) -> None:
         for field in ("name", "version", "manufacturer", "model_name", "slice_aggregation", "fold_aggregation",
@@ -88,6 +92,11 @@ class AlgorithmInfo:
             check_text(field, getattr(self, field))
         if self.contrast_evidence:
             check_text("contrast_evidence", self.contrast_evidence, max_length=1024)
+        object.__setattr__(self, "bundle_parameters", tuple(self.bundle_parameters))
+        for line in self.bundle_parameters:
+            check_text("bundle_parameters", line, max_length=1024)
+        if self.activated_despite:
+            check_text("activated_despite", self.activated_despite, max_length=1024)
         check_uid("device_uid", self.device_uid)
         object.__setattr__(self, "threshold", check_real("threshold", self.threshold, 0.0, 1.0))
 
@@ -99,6 +108,8 @@ class AlgorithmInfo:
             f"slice aggregation: {self.slice_aggregation}",
             f"fold aggregation: {self.fold_aggregation}",
             *([f"contrast evidence: {self.contrast_evidence}"] if self.contrast_evidence else []),
+            *self.bundle_parameters,
+            *([f"activated despite: {self.activated_despite}"] if self.activated_despite else []),
         ]
 
     def identification(self) -> hd.sr.AlgorithmIdentification:
@@ -108,13 +119,16 @@ class AlgorithmInfo:
 
 @dataclass(frozen=True)
 class LesionFinding:
-    """The prediction for one lesion: which SEG segment, its tracking identity, the result."""
+    """The prediction for one lesion: which SEG segment, its tracking identity, the result.
+    ``calibrated``: the probability comes from the bundle's calibration (otherwise it is the
+    network's score, and the words say so)."""
 
     segment_number: int
     tracking_id: str
     tracking_uid: str
     probability: float
     positive: bool
+    calibrated: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.segment_number, bool) or not isinstance(self.segment_number, int):
@@ -126,6 +140,8 @@ class LesionFinding:
         object.__setattr__(self, "probability", check_real("probability", self.probability, 0.0, 1.0))
         if not isinstance(self.positive, bool):
             raise TypeError(f'Argument "positive" must be a bool, not {type(self.positive).__name__}')
+        if not isinstance(self.calibrated, bool):
+            raise TypeError(f'Argument "calibrated" must be a bool, not {type(self.calibrated).__name__}')
 
 
 def _check_seg(seg: object, segment_number: int, study_uid: str) -> Dataset:
@@ -153,10 +169,18 @@ def set_containers_separate(item: Dataset) -> None:
         set_containers_separate(child)
 
 
+def probability_words(probability: float, calibrated: bool, decimals: int = PROBABILITY_DECIMALS) -> str:
+    """"probability 0.734 (calibrated" or "score 0.734 (not a calibrated probability": what
+    the number is, said wherever it is shown (SR, card, console)."""
+    if calibrated:
+        return f"probability {probability:.{decimals}f} (calibrated"
+    return f"score {probability:.{decimals}f} (not a calibrated probability"
+
+
 def result_text(finding: LesionFinding) -> str:
     """The result in words, as the SR's Comment and the viewers' label say it."""
     status = "POSITIVE" if finding.positive else "NEGATIVE"
-    return f"EGFR mutation {status}, probability {finding.probability:.{PROBABILITY_DECIMALS}f} (research use only)"
+    return f"EGFR mutation {status}, {probability_words(finding.probability, finding.calibrated)}; research use only)"
 
 
 def _lesion_coordinates(point: ImagePoint) -> hd.sr.CoordinatesForMeasurement:

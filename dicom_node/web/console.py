@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import audit, bundles, overview
 from db.deliveries import deliveries_of_job
 from db.models import JobState
+from pipeline.model.bundle import Manifest
 from db.queue import QueueError, cancel, count_jobs_by_state, get_job, list_jobs, replay
 from db.retention import deletion_totals
 from dicom_node.receive.archive import Archive
@@ -121,6 +122,9 @@ class Console:
         out = _bundle_json(record)
         try:
             out["manifest"] = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+            manifest = Manifest.from_json(out["manifest"])
+            out["calibration_text"] = manifest.calibration_map.describe()
+            out["concerns"] = manifest.activation_concerns()
         except (OSError, ValueError) as exc:
             out["manifest"] = None
             out["manifest_error"] = f"{folder / 'manifest.json'}: {type(exc).__name__}"
@@ -243,20 +247,18 @@ class Console:
             raise ActionRefused(outcome.removeprefix("refused: "))
         return {"job": job.to_json(), "outcome": outcome}
 
-    def activate(self, user: str, key: str, remote: str = "") -> dict[str, Any]:
-        """``egfr-node models activate PATH|ID``: checked, registered, active; audited."""
-        from dicom_node.commands import models
+    def activate(self, user: str, key: str, remote: str = "", force: bool = False) -> dict[str, Any]:
+        """``egfr-node models activate PATH|ID [--force]`` (:mod:`dicom_node.bundles`): checked,
+        registered, its guards applied unless forced; audited there."""
+        from dicom_node.bundles import activate
         from pipeline.model.bundle import BundleError
 
         try:
-            record = models.activate(self.sessions, key)
-            outcome, refused = f"bundle {record.id} ({record.name} {record.version}) active", False
+            record = activate(self.sessions, key, user=user, force=force, remote=remote)
         except (BundleError, bundles.BundleRegistryError) as exc:
-            outcome, refused = f"refused: {exc}", True
-        with self.sessions.begin() as session:
-            audit.record(session, user, "activate", f"bundle {key}"[:128], outcome, remote)
-        if refused:
-            raise ActionRefused(outcome.removeprefix("refused: "))
+            raise ActionRefused(str(exc)) from None
+        outcome = f"bundle {record.id} ({record.name} {record.version}) active" + (
+            f"; FORCED despite: {record.activated_despite}" if record.activated_despite else "")
         return {"bundle": _bundle_json(record), "outcome": outcome}
 
     def echo(self, user: str, name: str, remote: str = "") -> dict[str, Any]:
@@ -315,4 +317,6 @@ def _target(key: str) -> str:
 
 def _bundle_json(record: bundles.BundleRecord) -> dict[str, Any]:
     return {"id": record.id, "name": record.name, "version": record.version, "device_uid": record.device_uid,
-            "path": record.bundle_path, "active": record.active, "registered_at": record.created_at.isoformat() + "Z"}
+            "path": record.bundle_path, "active": record.active, "registered_at": record.created_at.isoformat() + "Z",
+            "activated_at": record.activated_at.isoformat() + "Z" if record.activated_at else None,
+            "activated_by": record.activated_by, "activated_despite": record.activated_despite}

@@ -181,9 +181,9 @@ def model_page(model_id: int, request: Request) -> HTMLResponse:
 
 
 @router.post("/models/activate", dependencies=[Action])
-def model_activate(request: Request, key: str = Form(max_length=4096)) -> Response:
+def model_activate(request: Request, key: str = Form(max_length=4096), force: str = Form(default="", max_length=8)) -> Response:
     try:
-        done = _console(request).activate(user_of(request), key.strip(), remote=remote_of(request))
+        done = _console(request).activate(user_of(request), key.strip(), remote=remote_of(request), force=force == "yes")
     except ActionRefused as exc:
         return _back(request, "/models", f"activation refused: {exc}", ok=False)
     return _back(request, "/models", done["outcome"])

@@ -6,15 +6,25 @@ max or mean of the slice scores. The node averages the K fold models' patient sc
 (``fold_aggregation="mean"``) into the probability it reports; a study is positive when
 that probability is at least the bundle's decision threshold (0.5 in the paper).
 
+The rule the node serves (:func:`served_probability`, issue 27): for each fold model the
+slice scores are aggregated into that model's patient score, the bundle's calibration
+(:mod:`pipeline.model.calibrate`, fitted on such single-model scores) turns it into a
+probability, and the folds' probabilities are combined (mean); the status compares that
+probability with the threshold, which is on the calibrated scale. Training's out-of-fold
+figures for the served rule and ``egfr-node evaluate`` call the same function.
+
 Pure functions on numpy arrays: the node's inference and training's evaluation call the
 same code, so the numbers in a bundle's report are the numbers the node computes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from pipeline.model.calibrate import Calibration
 
 __all__ = [
     "SLICE_AGGREGATIONS",
@@ -22,6 +32,8 @@ __all__ = [
     "aggregate_slices",
     "aggregate_folds",
     "patient_probability",
+    "ServedScore",
+    "served_probability",
     "is_positive",
     "check_slice_aggregation",
     "check_fold_aggregation",
@@ -70,6 +82,29 @@ def patient_probability(scores: np.ndarray, slice_aggregation: str = "median", f
     if array.ndim != 2:
         raise ValueError(f'Argument "scores" must be [folds, slices], got shape {array.shape}')
     return aggregate_folds(aggregate_slices(array, slice_aggregation), fold_aggregation)
+
+
+@dataclass(frozen=True)
+class ServedScore:
+    """One patient's answer under the served rule: ``probability`` (calibrated, the number the
+    node reports), ``raw`` (the folds' uncalibrated patient scores combined the same way) and
+    ``fold_probabilities`` ``[K]`` (each fold model's calibrated probability: their spread)."""
+
+    probability: float
+    raw: float
+    fold_probabilities: np.ndarray
+
+
+def served_probability(scores: np.ndarray, slice_aggregation: str = "median", fold_aggregation: str = "mean",
+                       calibration: Calibration | None = None) -> ServedScore:
+    """Scores ``[K, S]`` -> slices aggregated per fold -> calibrated per fold -> folds combined."""
+    array = np.asarray(scores, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f'Argument "scores" must be [folds, slices], got shape {array.shape}')
+    per_fold = aggregate_slices(array, slice_aggregation)
+    calibrated = (calibration or Calibration()).apply(per_fold)
+    return ServedScore(probability=aggregate_folds(calibrated, fold_aggregation),
+                       raw=aggregate_folds(per_fold, fold_aggregation), fold_probabilities=calibrated)
 
 
 def is_positive(probability: float, threshold: float) -> bool:

@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.model.aggregate import check_fold_aggregation, check_slice_aggregation
+from pipeline.model.calibrate import Calibration
 from pipeline.prep.params import PreprocessParams
 
 __all__ = [
     "MANIFEST_FILE",
     "FORMAT_VERSION",
+    "READABLE_FORMATS",
+    "THRESHOLD_RANGE",
     "ARCHITECTURES",
     "NORMALIZATIONS",
     "BundleError",
@@ -40,7 +43,12 @@ __all__ = [
 ]
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+#: Format 2 added ``calibration`` and ``threshold_rule`` (the threshold is on the calibrated
+#: scale); a format 1 bundle is read as uncalibrated.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+#: Decision thresholds ``models activate`` accepts without --force.
+THRESHOLD_RANGE = (0.05, 0.95)
 #: Networks the node can build (``pipeline.model.network``).
 ARCHITECTURES = ("resnet50", "resnet50-linear")  # pipeline.model.network.HEADS: fastai head, linear head
 #: Input normalisation inside the network: ImageNet mean/std (pretrained body) or none.
@@ -91,7 +99,9 @@ class Manifest:
     - ``input_shape``: ``(slices, channels, size)`` of one study's input, e.g. (5, 3, 96).
     - ``architecture``, ``normalization``, ``num_classes``, ``positive_index``: the network.
     - ``slice_aggregation`` (median, the paper's best), ``fold_aggregation`` (mean),
-      ``threshold`` (0.5, the paper's): how scores become a probability and a status.
+      ``calibration`` (:class:`pipeline.model.calibrate.Calibration` as a dict; empty: none)
+      and ``threshold`` on the calibrated scale, chosen by ``threshold_rule``: how scores
+      become a probability and a status (:func:`pipeline.model.aggregate.served_probability`).
     - ``folds``: the weights files; ``metrics``, ``training``: the cross-validation results
       and what the bundle was trained on (data summary, splits, selection mode, whether
       pretrained weights were used, code version), kept as written by training.
@@ -110,6 +120,8 @@ class Manifest:
     slice_aggregation: str = "median"
     fold_aggregation: str = "mean"
     threshold: float = 0.5
+    threshold_rule: str = ""
+    calibration: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format_version: int = FORMAT_VERSION
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -136,13 +148,85 @@ class Manifest:
         ):
             raise BundleError(f'manifest "threshold" must be a number in [0, 1], got {self.threshold!r}')
         object.__setattr__(self, "threshold", float(self.threshold))
+        try:
+            self.calibration_map
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f'manifest "calibration": {exc}') from None
+
+    @property
+    def calibration_map(self) -> Calibration:
+        """The bundle's calibration (``none`` for a bundle written without one)."""
+        return Calibration.from_dict(self.calibration)
+
+    # --- what the bundle is, in words -------------------------------------------------------
+
+    @property
+    def recipe(self) -> str:
+        """The training recipe recorded by training ("" for a bundle written without one)."""
+        return str(self.training.get("recipe") or "")
+
+    @property
+    def pretrained(self) -> bool | None:
+        value = self.training.get("pretrained")
+        return bool(value) if value is not None else None
+
+    def parameter_lines(self) -> list[str]:
+        """What a reader of a result needs to know about the bundle that made it, one line
+        each (the SR's algorithm parameters, TID 4019): the recipe, ImageNet weights, N4, the
+        crop size, the cross-validated AUC and the calibration."""
+        lines = []
+        if self.recipe:
+            lines.append(f"training recipe: {self.recipe}")
+        if self.pretrained is not None:
+            lines.append(f"ImageNet weights: {'yes' if self.pretrained else 'no (trained from scratch)'}")
+        p = self.preprocessing
+        lines.append(f"bias field correction (N4): {'on' if p.bias_correction else 'off'}")
+        lines.append(f"crop size: {p.output_size} px, slices: {p.slice_count}")
+        auc, ci = self.metrics.get("pooled_patient_auc"), self.metrics.get("pooled_patient_auc_ci95")
+        if isinstance(auc, (int, float)):
+            interval = f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci and all(isinstance(v, (int, float)) for v in ci) else ""
+            lines.append(f"cross-validated AUC: {auc:.2f}{interval}, out of fold, internal validation only")
+        else:
+            lines.append("cross-validated AUC: not recorded")
+        lines.append(f"calibration: {self.calibration_map.describe()}")
+        if self.training.get("data", {}).get("labels_shuffled"):
+            lines.append("SHUFFLED-LABEL CONTROL: trained on permuted labels")
+        return lines
+
+    def activation_concerns(self) -> list[str]:
+        """Why this bundle should not answer for patients, one line each (``models activate``
+        refuses it unless forced): a shuffled-label control, a frozen body of random filters,
+        a decision threshold outside ``THRESHOLD_RANGE``, a cross-validated AUC whose 95 % CI
+        does not exclude chance (or none recorded)."""
+        out = []
+        data = self.training.get("data") if isinstance(self.training.get("data"), dict) else {}
+        if data.get("labels_shuffled"):
+            out.append("trained on shuffled labels: a negative control, not a model")
+        settings = self.training.get("settings") if isinstance(self.training.get("settings"), dict) else {}
+        if settings.get("freeze_body") and not self.pretrained:
+            out.append("a frozen body of random filters (no ImageNet weights): only BatchNorm and the head trained")
+        low, high = THRESHOLD_RANGE
+        if not low <= self.threshold <= high:
+            scale = "calibrated probability" if self.calibration_map.applied else "uncalibrated score"
+            out.append(f"decision threshold {self.threshold:.3g} on the {scale} is outside [{low:g}, {high:g}]: "
+                       "nearly every study would get one answer")
+        auc, ci = self.metrics.get("pooled_patient_auc"), self.metrics.get("pooled_patient_auc_ci95")
+        if not isinstance(auc, (int, float)):
+            out.append("no cross-validated AUC recorded: its performance was never measured")
+        elif not ci or not isinstance(ci[0], (int, float)):
+            out.append(f"cross-validated AUC {auc:.2f} has no confidence interval recorded")
+        elif ci[0] < 0.5:
+            out.append(f"cross-validated AUC {auc:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}): the interval's lower bound is "
+                       "below 0.5, not shown to beat chance")
+        return out
 
     # --- what the node can run ------------------------------------------------------------
 
     def check_runnable(self) -> None:
         """Raise BundleError naming the first thing this node version cannot run."""
-        if self.format_version != FORMAT_VERSION:
-            raise BundleError(f"bundle format {self.format_version} is not supported (this node reads format {FORMAT_VERSION})")
+        if self.format_version not in READABLE_FORMATS:
+            raise BundleError(f"bundle format {self.format_version} is not supported (this node reads formats "
+                              f"{', '.join(map(str, READABLE_FORMATS))})")
         if self.architecture not in ARCHITECTURES:
             raise BundleError(f"architecture {self.architecture!r} is not supported (known: {', '.join(ARCHITECTURES)})")
         if self.normalization not in NORMALIZATIONS:

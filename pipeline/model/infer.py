@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state
 
-from pipeline.model.aggregate import is_positive, patient_probability
+from pipeline.model.aggregate import is_positive, served_probability
 from pipeline.model.bundle import BundleError, Manifest
 from pipeline.model.network import EGFRNet, build_resnet50, head_of
 
-__all__ = ["FoldEnsemble", "Prediction", "load_fold_weights"]
+__all__ = ["FoldEnsemble", "Prediction", "load_fold_weights", "check_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,31 @@ def load_fold_weights(path: Path, normalization: str, architecture: str = "resne
     return model.eval()
 
 
+def check_bundle(folder: Path) -> Manifest:
+    """The manifest checked (runnable, every sha256), then each fold loaded once, weights only,
+    and let go: BundleError naming the fold file that is not this network's weights. What
+    registering or activating a bundle checks, from the node or from training."""
+    folder = Path(folder)
+    manifest = Manifest.load_checked(folder)
+    for fold in sorted(manifest.folds, key=lambda f: f.fold):
+        try:
+            load_fold_weights(folder / fold.file, manifest.normalization, manifest.architecture)
+        except BundleError as exc:
+            raise BundleError(f"fold {fold.fold}: {exc}") from None
+    return manifest
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """One study's answer: fold x slice scores, the probability and the status."""
+    """One study's answer under the bundle's served rule: fold x slice scores, the
+    probability (calibrated when the bundle carries a calibration), the uncalibrated score
+    combined the same way, each fold's probability, and the status."""
 
     scores: np.ndarray  # [K, S]
     probability: float
     positive: bool
+    raw_score: float = float("nan")
+    fold_probabilities: np.ndarray | None = None
 
     @property
     def slice_scores(self) -> np.ndarray:
@@ -137,8 +155,10 @@ class FoldEnsemble:
         return probabilities.double().cpu().numpy()
 
     def predict(self, x: np.ndarray | torch.Tensor) -> Prediction:
-        """Scores -> per-fold patient score (slice aggregation) -> mean over folds -> status."""
+        """Scores -> per-fold patient score (slice aggregation) -> calibrated -> mean over folds
+        -> status (:func:`pipeline.model.aggregate.served_probability`)."""
         scores = self.scores(x)
         m = self.manifest
-        probability = patient_probability(scores, m.slice_aggregation, m.fold_aggregation)
-        return Prediction(scores=scores, probability=probability, positive=is_positive(probability, m.threshold))
+        served = served_probability(scores, m.slice_aggregation, m.fold_aggregation, m.calibration_map)
+        return Prediction(scores=scores, probability=served.probability, positive=is_positive(served.probability, m.threshold),
+                          raw_score=served.raw, fold_probabilities=served.fold_probabilities)

@@ -151,6 +151,44 @@ class PreprocessParams:
         """Number of slices per study: the mid-lesion slice and its neighbours."""
         return 2 * self.slice_offset + 1
 
+    def describe(self) -> list[str]:
+        """What the preprocessing does, one line per step, in words (the reports' generated
+        "Preprocessing" section, ``egfr-node evaluate``'s and the SR's parameters)."""
+        if self.bias_correction:
+            bias = (f"N4 on (SimpleITK; estimated on the brain box + {self.n4_box_margin_mm:g} mm shrunk to "
+                    f"{self.n4_shrink_spacing_mm:g} mm voxels, {self.n4_levels} levels x {self.n4_iterations} iterations)")
+        else:
+            bias = "N4 off (no bias field correction)"
+        brain = ("the brain segment supplied with the mask" + (", else the Otsu chain" if self.brain_mask_fallback == "otsu_chain" else "")
+                 if self.brain_mask_method == "segment" else
+                 f"an Otsu chain (Otsu, erode {self.brain_erode_mm:g} mm, largest component, dilate {self.brain_dilate_mm:g} mm, "
+                 f"fill holes; at {self.brain_mask_spacing_mm:g} mm)")
+        extent = "the whole lesion" if self.crop_extent == "lesion" else "the lesion on the chosen slices"
+        return [
+            f"Bias field: {bias}.",
+            f"Normalisation: z-score with the mean and SD inside the brain mask, {brain}.",
+            f"Slices: the mid-lesion axial slice and +-{self.slice_offset} ({self.slice_count} slices); at the volume's "
+            f"edge: {'refused' if self.slice_edge_policy == 'error' else 'the edge slice repeated'}.",
+            f"Crop: one square around {extent} + {self.crop_margin_mm:g} mm margin"
+            + (f" (at least {self.crop_min_side_mm:g} mm)" if self.crop_min_side_mm else "")
+            + f", resized to {self.output_size} px ({self.output_size}x{self.output_size}, {self.interpolation}); "
+            f"outside the image: {self.crop_pad_mode}.",
+            f"Channels: the grey slice repeated to {self.channels}.",
+        ]
+
+    def deviations_from_paper(self) -> list[str]:
+        """Where this preprocessing differs from Haim et al. 2022 ("Preprocessing", "DL analysis")."""
+        out = ["Bias field: " + ("SimpleITK N4 instead of SPM (MATLAB)" if self.bias_correction
+                                 else "none (N4 off); the paper corrected it with SPM") + "."]
+        out.append("Brain extraction: " + ("the supplied brain segment" if self.brain_mask_method == "segment"
+                                            else "a classical Otsu chain") + "; the paper does not name its method.")
+        if self.output_size != 96:
+            out.append(f"Crop size: {self.output_size} px; the paper resized to 96 px.")
+        if self.slice_offset != 2:
+            out.append(f"Slices: +-{self.slice_offset}; the paper used the mid-tumour slice +-2.")
+        out.append("Crop margin: " + f"{self.crop_margin_mm:g} mm around the lesion; the paper does not state its margin.")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of every parameter (the model bundle's ``preprocessing``)."""
         return dataclasses.asdict(self)

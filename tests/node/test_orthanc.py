@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from db.migrate import upgrade
-from dicom_node.commands import models
+from dicom_node import bundles as models
 from dicom_node.config import Destination
 from dicom_node.runtime import open_runtime
 from dicom_node.receive.server import DicomNode
@@ -28,7 +28,7 @@ def test_orthanc_routes_a_stable_study_to_the_node_and_stores_the_sr(tmp_path: P
     node_config = replace(config, destinations=(Destination("orthanc", "ORTHANC", "127.0.0.1", orthanc.dicom_port),))
     worker = Worker(node_config, runtime.sessions, runtime.archive)
     try:
-        models.activate(runtime.sessions, str(write_random_bundle(tmp_path / "bundle")))
+        models.activate(runtime.sessions, str(write_random_bundle(tmp_path / "bundle")), user="test", force=True)
         worker.start()
         study = phantom_study("axial2d", "rtstruct")
         for file in sorted(study.folder.rglob("*.dcm")):

@@ -21,6 +21,7 @@ from dicom_node.receive.server import DicomNode
 from dicom_node.worker import Worker
 from pipeline.phantom import generate_cohort, generate_study
 from tests.node.process import cli, free_port, write_config
+from tests.node.sr_text import contributions, sr_texts
 
 
 def test_import_train_register_activate_then_the_node_predicts(tmp_path: Path) -> None:
@@ -52,7 +53,10 @@ def test_import_train_register_activate_then_the_node_predicts(tmp_path: Path) -
                   "--selection", "paper", "--register", "--no-progress", timeout=900)
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert "registered as model 1" in trained.stdout
-    assert json.loads((tmp_path / "bundle" / "report.json").read_text())["settings"]["bootstrap"] == 300
+    report = json.loads((tmp_path / "bundle" / "report.json").read_text())
+    assert report["settings"]["bootstrap"] == 300
+    # --selection paper with the scratch recipe: the scratch recipe's metric keeps the last epoch, and the record says so
+    assert report["selection_text"].startswith("paper: kept epoch: the last epoch (nothing chosen on data)")
     # what a model was trained on is kept from retention
     assert f"pinned {len(rows)} of the cohort's {len(rows)} studies against retention" in trained.stdout
     usage = cli(config_path, "archive", "usage")
@@ -60,7 +64,11 @@ def test_import_train_register_activate_then_the_node_predicts(tmp_path: Path) -
     listed = cli(config_path, "models", "list")
     [row] = [line.split() for line in listed.stdout.splitlines()[1:]]
     assert row[0] == "1" and row[1] != "yes"  # registered, not active
+    # one epoch on 8 patients has not shown it beats chance: refused unless forced (issue 27's guards)
     activated = cli(config_path, "models", "activate", "1")
+    if activated.returncode != 0:
+        assert "not shown to beat chance" in activated.stderr, activated.stderr
+        activated = cli(config_path, "models", "activate", "1", "--force")
     assert activated.returncode == 0, activated.stderr
 
     pacs = LocalPacs(tmp_path / "pacs")
@@ -76,9 +84,17 @@ def test_import_train_register_activate_then_the_node_predicts(tmp_path: Path) -
         assert [j.state for j in worker.scan_once(now=utcnow() + timedelta(seconds=60))] == ["queued"]
         job = worker.claim_once()
         assert job.state == "done", job.reason
-        assert job.model_id == 1 and job.result["model"]["name"].startswith("EGFR ResNet-50")
+        # a scratch bundle never calls itself the Haim 2022 recipe: not in its name, not in its SR
+        assert job.model_id == 1 and job.result["model"]["name"] == "EGFR ResNet-50 (scratch recipe, not Haim 2022)"
         [sr] = pacs.of_class(Comprehensive3DSRStorage)
         assert str(sr.SOPInstanceUID) == job.result["instances"]["sr"]
+        assert "EGFR ResNet-50 (scratch recipe, not Haim 2022): EGFR mutation prediction (research use)" in contributions(sr)
+        texts = sr_texts(sr)
+        assert "training recipe: scratch" in texts and "ImageNet weights: no (trained from scratch)" in texts
+        assert "bias field correction (N4): off" in texts and "crop size: 32 px, slices: 5" in texts
+        assert any(t.startswith("calibration: logistic (Platt)") for t in texts)
+        assert not any("Haim 2022 recipe)" in t for t in texts + contributions(sr))
+        assert job.result["calibrated"] is True
         shown = cli(config_path, "queue", "show", str(job.id))
         assert f'"probability": {job.result["probability"]}' in shown.stdout
     finally:

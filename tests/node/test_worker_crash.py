@@ -46,7 +46,7 @@ def test_sigkill_worker_mid_job_completes_after_lease_with_one_sr(tmp_path: Path
     )
     assert cli(config_path, "db", "upgrade").returncode == 0
     bundle = write_random_bundle(tmp_path / "bundle")
-    activated = cli(config_path, "models", "activate", str(bundle))
+    activated = cli(config_path, "models", "activate", str(bundle), "--force")  # random weights: forced
     assert activated.returncode == 0, activated.stderr
     scp = start(config_path, "scp")
     workers = []

@@ -54,3 +54,36 @@ def null_cohort(training_root: Path) -> Path:
     out = training_root / "null"
     generate_cohort(out, patients=PATIENTS, positive_fraction=0.5, seed=6, geometry="axial3d", effect_size=0.0, jobs=2)
     return out / "labels.csv"
+
+
+@pytest.fixture(scope="session")
+def heldout_cohort(training_root: Path) -> Path:
+    """Patients no bundle of these tests trained on: the learning cohort's design (1 mm axial,
+    effect 1.0), another seed, 20 patients half positive."""
+    out = training_root / "heldout"
+    generate_cohort(out, patients=20, positive_fraction=0.5, seed=23, geometry="axial3d", effect_size=1.0, jobs=2)
+    return out / "labels.csv"
+
+
+def train_on(cohort: Path, out: Path, cache_dir: Path, **changes: object):  # noqa: ANN201
+    from training.run import train_bundle
+
+    from .learn_settings import LEARN_SETTINGS
+
+    outcome = train_bundle(cohort, out, settings=LEARN_SETTINGS.replace(**changes), params=LEARN_PARAMS, cache_dir=cache_dir,
+                           progress=False)
+    h = outcome.report["headline"]
+    print(f"{cohort.parent.name} {changes or ''}: pooled patient AUC {h['auc']:.3f} CI {h['auc_ci95']}")
+    return outcome
+
+
+@pytest.fixture(scope="session")
+def learned_bundle(learning_cohort: Path, training_root: Path, cache_dir: Path):  # noqa: ANN201
+    """The default recipe's test-sized run on the clear cohort (test_learning, test_evaluate)."""
+    return train_on(learning_cohort, training_root / "learned", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def shuffled_bundle(learning_cohort: Path, training_root: Path, cache_dir: Path):  # noqa: ANN201
+    """The same run on permuted labels: the negative control."""
+    return train_on(learning_cohort, training_root / "shuffled", cache_dir, shuffle_labels=True)

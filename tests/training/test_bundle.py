@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model.aggregate import patient_probability
+from pipeline.model.aggregate import aggregate_slices
 from pipeline.model.bundle import Manifest
 from pipeline.model.infer import FoldEnsemble
 from pipeline.model.network import build_resnet50, head_of
@@ -59,7 +59,12 @@ def test_bundle_loads_in_the_node_and_predicts_what_training_computes(tiny_bundl
         model = build_resnet50(normalization=manifest.normalization, head=head_of(manifest.architecture))
         model.load_state_dict(torch.load(tiny_bundle / fold.file, weights_only=True))
         scores.append(patient_scores(model, torch.as_tensor(x)[None])[0])
-    ours = patient_probability(np.stack(scores), manifest.slice_aggregation, manifest.fold_aggregation)
+    # the served rule by hand: slices by the bundle's aggregation per fold, each fold's score
+    # through the bundle's (logistic) calibration, the folds' mean
+    per_fold = np.clip(aggregate_slices(np.stack(scores), manifest.slice_aggregation), 1e-6, 1 - 1e-6)
+    assert manifest.calibration_map.method == "logistic"
+    a, b = manifest.calibration["intercept"], manifest.calibration["slope"]
+    ours = float(np.mean(1 / (1 + np.exp(-(a + b * np.log(per_fold / (1 - per_fold)))))))
     assert prediction.scores.shape == (2, 5)
     np.testing.assert_allclose(prediction.scores, np.stack(scores), atol=1e-5)
     assert prediction.probability == pytest.approx(ours, abs=1e-5)
@@ -67,19 +72,31 @@ def test_bundle_loads_in_the_node_and_predicts_what_training_computes(tiny_bundl
 
 
 def test_report_files_and_statements(tiny_bundle: Path) -> None:
-    for name in ("report.md", "report.json", "roc.png", "calibration.png", "folds.csv", "splits.csv"):
+    for name in ("report.md", "report.json", "roc.png", "calibration.png", "decision.png", "folds.csv", "splits.csv"):
         assert (tiny_bundle / name).is_file(), name
     report = json.loads((tiny_bundle / "report.json").read_text())
     text = (tiny_bundle / "report.md").read_text()
     assert report["data"]["patients_used"] == 30 and report["data"]["positive"] == 15
     assert "30 used: 15 EGFR positive, 15 negative" in text
-    assert "not external validation" in text and "trained from scratch" in text and "Selection mode: nested" in text
+    assert "not external validation" in text and "trained from scratch" in text and "Selection: nested" in text
+    # records that follow what ran: the recipe's name, the rules that ran, generated sections
+    assert report["name"] == "EGFR ResNet-50 (scratch recipe, not Haim 2022)" and "Haim 2022 recipe)" not in text
+    assert "the last epoch (nothing chosen on data)" in report["selection_text"]  # the scratch recipe's metric is "last"
+    assert "Youden's J on each training fold's inner patients" in report["selection_text"]
+    assert "## Preprocessing" in text and "resized to 32 px" in text and "N4 off" in text
+    assert "## Deviations from Haim et al. 2022" in text and "Crop size: 32 px; the paper resized to 96 px" in text
+    assert "## The served rule, out of fold" in text and "egfr-node evaluate" in text
+    served = report["served_rule"]
+    assert served["calibration"]["method"] == "logistic" and served["calibration"]["patients"] == 30
+    assert served["out_of_fold"]["auc"] == report["metrics_summary"]["pooled_patient_auc"]
+    assert report["headline"]["calibration_raw"]["brier"] is not None
     assert report["selection_mode"] == "nested" and report["pretrained"] is False
     assert set(report["table2"]) == {"min", "max", "median", "mean"}
     with open(tiny_bundle / "folds.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 30 and {r["fold"] for r in rows} == {"0", "1"}
     assert all(0.0 <= float(r["median"]) <= 1.0 for r in rows)
+    assert all(0.0 <= float(r["served_probability"]) <= 1.0 for r in rows)
     assert (tiny_bundle / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
 

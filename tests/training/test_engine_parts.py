@@ -134,3 +134,50 @@ def test_lr_range_test_on_training_patients_suggests_a_rate_in_its_range() -> No
                             steps=12, skip_end=2)
     assert finding.patients == 6 and 1e-7 <= finding.suggestion <= 10 and len(finding.lrs) == len(finding.losses)
     assert finding.lrs == sorted(finding.lrs) and finding.summary()
+
+
+def test_paper_selection_is_not_trapped_at_epoch_one_and_breaks_ties_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper recipe keeps the epoch with the best slice accuracy on its selection patients.
+    Epoch 1 of a network that has learned nothing calls every slice negative, and its accuracy
+    is the share of negatives (here 0.75), which a strict ``>`` then never lets go: the trap of
+    the project's own ablation. Such an epoch is not eligible; a tie goes to the later epoch."""
+    from training import engine
+
+    labels = np.array([0, 0, 0, 1] * 2)  # 6 negatives, 2 positives
+    select = np.arange(8)
+    scripted = [
+        np.full((8, 5), 0.3),  # epoch 1: all negative -> accuracy 0.75, not eligible
+        np.where(labels[:, None] == 1, 0.8, np.array([0.3, 0.3, 0.8, 0, 0.3, 0.3, 0.8, 0])[:, None]) * np.ones((1, 5)),
+        np.where(labels[:, None] == 1, 0.8, np.array([0.3, 0.8, 0.3, 0, 0.3, 0.8, 0.3, 0])[:, None]) * np.ones((1, 5)),
+        np.where(labels[:, None] == 1, 0.3, 0.3) * np.ones((1, 5)),  # epoch 4: all negative again
+    ]  # epochs 2 and 3: 6 of 8 right (0.75), a tie: epoch 3 is kept
+    calls = iter(scripted)
+    real = engine.patient_scores
+
+    def scores(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        return next(calls) if inputs.shape[0] == 8 and inputs.shape[-1] == 16 else real(model, inputs, batch_size)
+
+    monkeypatch.setattr(engine, "patient_scores", scores)
+    settings = TrainSettings.for_recipe("paper", allow_random_frozen_body=True, epochs=4, batch_size=8, selection="paper")
+    inputs = torch.randn(10, 5, 3, 16, 16)
+    all_labels = np.concatenate([labels, [0, 1]])
+    trainer = engine.FoldTrainer(0, inputs, all_labels, np.arange(10), select, np.array([8, 9]), settings, seed=0,
+                                 device=torch.device("cpu"), progress=False)
+    for _ in range(settings.epochs):
+        trainer.begin_epoch()
+        for i in range(trainer.steps):
+            trainer.step(i)
+        trainer.end_epoch()
+    result = trainer.finish()
+    assert [h["accuracy"] for h in result.history] == [0.75, 0.75, 0.75, 0.75]
+    assert [h["eligible"] for h in result.history] == [False, True, True, False]
+    assert result.epoch == 3 and result.selection["epoch"] == 3
+    assert "ties to the later epoch" in result.selection["epoch_rule"] and "test fold itself" in result.selection["epoch_rule"]
+
+
+def test_when_no_epoch_is_eligible_the_last_is_kept_and_said() -> None:
+    from training.engine import epoch_rule_text, keeps_epoch
+
+    assert keeps_epoch(0.7, True, 0.7) and not keeps_epoch(0.9, False, 0.1) and not keeps_epoch(0.6, True, 0.7)
+    assert "last was kept" in epoch_rule_text("accuracy", "nested", no_eligible_epoch=True)
+    assert epoch_rule_text("last", "paper") == "the last epoch (nothing chosen on data)"

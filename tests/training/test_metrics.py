@@ -1,4 +1,5 @@
-"""Metrics (training.metrics): known values, intervals, the node's aggregation code."""
+"""Metrics (training.metrics, and pipeline.model.performance's statistics it uses): known values, intervals,
+the node's aggregation code."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.model.aggregate import aggregate_slices
-from training.metrics import binary_metrics, bootstrap_auc_ci, calibration, fold_table, pooled_metrics, wilson_interval
+from pipeline.model.performance import auc_ci, calibration_figures, proportion_ci
+from training.metrics import binary_metrics, fold_table, pooled_metrics
 
 
 def test_binary_metrics_known_values() -> None:
@@ -23,10 +25,10 @@ def test_binary_metrics_known_values() -> None:
     assert np.isnan(binary_metrics([0, 0], [0.1, 0.2])["auc"])
 
 
-def test_wilson_interval() -> None:
-    low, high = wilson_interval(11, 16)
+def test_proportion_ci() -> None:
+    low, high = proportion_ci(11, 16)
     assert low < 11 / 16 < high and 0.44 < low < 0.46 and 0.85 < high < 0.87
-    assert wilson_interval(0, 5)[0] == 0.0
+    assert proportion_ci(0, 5)[0] == 0.0
 
 
 def test_bootstrap_ci_brackets_the_auc_and_narrows_with_n() -> None:
@@ -36,10 +38,10 @@ def test_bootstrap_ci_brackets_the_auc_and_narrows_with_n() -> None:
     from sklearn.metrics import roc_auc_score
 
     auc = roc_auc_score(y, s)
-    low, high = bootstrap_auc_ci(y, s, 1000, seed=1)
+    low, high = auc_ci(y, s, 1000, seed=1)
     assert low < auc < high
     y4, s4 = np.tile(y, 4), np.tile(s, 4)
-    low4, high4 = bootstrap_auc_ci(y4, s4, 1000, seed=1)
+    low4, high4 = auc_ci(y4, s4, 1000, seed=1)
     assert high4 - low4 < high - low
 
 
@@ -47,9 +49,9 @@ def test_calibration_of_calibrated_probabilities() -> None:
     rng = np.random.default_rng(2)
     p = rng.uniform(0.02, 0.98, 4000)
     y = (rng.uniform(size=p.size) < p).astype(int)
-    c = calibration(y, p)
+    c = calibration_figures(y, p)
     assert c["slope"] == pytest.approx(1.0, abs=0.15) and c["intercept"] == pytest.approx(0.0, abs=0.15)
-    over = calibration(y, np.clip(p * 0 + np.where(p > 0.5, 0.99, 0.01), 0, 1))  # overconfident
+    over = calibration_figures(y, np.clip(p * 0 + np.where(p > 0.5, 0.99, 0.01), 0, 1))  # overconfident
     assert over["slope"] < 0.6 and over["brier"] > c["brier"]
 
 

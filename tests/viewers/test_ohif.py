@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from db.migrate import upgrade
 from db.models import Job
-from dicom_node.commands import models
+from dicom_node import bundles as models
 from dicom_node.config import Destination
 from dicom_node.runtime import open_runtime
 from dicom_node.receive.server import DicomNode
@@ -56,7 +56,7 @@ class ResultsAtPacs:
         node_config = replace(config, destinations=(Destination("orthanc", "ORTHANC", "127.0.0.1",
                                                                 self.orthanc.dicom_port),))
         self.worker = Worker(node_config, self.runtime.sessions, self.runtime.archive)
-        models.activate(self.runtime.sessions, str(write_random_bundle(tmp / "bundle")))
+        models.activate(self.runtime.sessions, str(write_random_bundle(tmp / "bundle")), user="test", force=True)
         self.worker.start()
 
     def route(self, folder: Path, timeout: float = 240.0) -> dict:
@@ -216,7 +216,10 @@ def test_ohif_shows_the_egfr_status_and_probability_from_the_sr(tmp_path: Path, 
         viewport, panel = open_sr(browser, server, study.study_uid, ARTIFACTS / f"ohif-{mask_kind}")
         console = browser.get_log("browser")
         (ARTIFACTS / f"ohif-{mask_kind}-console.json").write_text(json.dumps(console, indent=1))
-        words = f"EGFR mutation {result['status'].upper()}, probability {result['probability']:.3f} (research use only)"
+        # the test bundle's random folds carry no calibration: the words say it is a score, not a probability
+        assert result["calibrated"] is False
+        words = (f"EGFR mutation {result['status'].upper()}, score {result['probability']:.3f} (not a calibrated "
+                 "probability; research use only)")
         # the SR viewport: the lesion's image, the arrow's label and the probability beside it
         assert words in viewport, viewport[-2000:]
         assert f"Probability: {result['probability']:.2f}" in viewport

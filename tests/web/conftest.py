@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from db.migrate import upgrade
-from dicom_node.commands import models
+from dicom_node import bundles as models
 from dicom_node.config import Config, Destination
 from dicom_node.runtime import Runtime, open_runtime
 from dicom_node.receive.server import DicomNode
@@ -69,7 +69,7 @@ def console_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleNo
     config = replace(config, node=replace(config.node, port=node.port),
                      web=replace(config.web, enabled=True, port=free_port(), refresh_seconds=1.0))
     worker = Worker(config, runtime.sessions, runtime.archive)
-    models.activate(runtime.sessions, str(write_random_bundle(tmp / "bundle-1", version="1.0.0")))
+    models.activate(runtime.sessions, str(write_random_bundle(tmp / "bundle-1", version="1.0.0")), user="test", force=True)
     worker.start()
     add_user(config.web_users_path, USER, PASSWORD)
     console = ConsoleProcess(config)

@@ -150,14 +150,20 @@ def test_an_admin_follows_a_study_from_arrival_to_result_and_steers_it(console_n
         time.sleep(1)
     assert sr_count(here) == before + 1
 
-    # A second bundle, activated from the models page.
+    # A second bundle, activated from the models page: its random weights were never measured, so
+    # the guards refuse it with the reason; ticking "despite its guards" activates it, shown as forced.
     second = write_random_bundle(here.tmp / "bundle-2", seed=1, version="2.0.0")
     browser.get(here.url + "/models")
     browser.find_element(By.CSS_SELECTOR, "form.activate input[name=key]").send_keys(str(second))
     click_button(browser, "Check and activate")
+    flash = wait_for_text(browser, "refused", 60, where=".flash")
+    assert "no cross-validated AUC recorded" in flash and "--force" in flash
+    browser.find_element(By.CSS_SELECTOR, "form.activate input[name=key]").send_keys("2")
+    browser.find_element(By.CSS_SELECTOR, "form.activate input[name=force]").click()
+    click_button(browser, "Check and activate")
     flash = wait_for_text(browser, "active", 60, where=".flash")
-    assert "2.0.0" in flash
-    assert "active" in browser.find_element(By.ID, "bundle-2").text
+    assert "2.0.0" in flash and "FORCED despite: no cross-validated AUC recorded" in flash
+    assert "active" in browser.find_element(By.ID, "bundle-2").text and "forced" in browser.find_element(By.ID, "bundle-2").text
     assert "active" not in browser.find_element(By.ID, "bundle-1").text
 
     # The destinations page says why the offline one fails; everything done is audited.
@@ -165,6 +171,6 @@ def test_an_admin_follows_a_study_from_arrival_to_result_and_steers_it(console_n
     assert failed[0]["last_error"] in browser.find_element(By.ID, "destination-offline").text
     browser.get(here.url + "/audit")
     audit = page_text(browser)
-    assert f"{USER}" in audit and "rerun" in audit and "activate" in audit
+    assert f"{USER}" in audit and "rerun" in audit and "activate --force" in audit
     assert "refused: wrong user or password" in audit
     assert study.patient_id and study.patient_id not in audit  # patient data only on a signed-in job page

@@ -1,0 +1,83 @@
+"""The bundle lifecycle the command line and the console share: register a bundle folder
+(checked: manifest, every sha256, every fold loads as this network's weights) and activate
+it, with its guards (issue 27, item 5).
+
+Activation refuses a bundle whose ``Manifest.activation_concerns`` are not empty (a
+shuffled-label control, a frozen random body, a threshold outside [0.05, 0.95], a
+cross-validated AUC whose CI does not exclude 0.5, or none recorded), naming each; ``force``
+activates it anyway. Every activation is written to the audit trail with who did it, and a
+forced one records what it overrode on the bundle's row: the console shows it and the SR
+says it ("activated despite: ...").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import audit, bundles
+from pipeline.model.bundle import MANIFEST_FILE, BundleError, Manifest, sha256_of
+
+__all__ = ["ActivationRefused", "register_bundle", "activate", "checked_manifest"]
+
+
+class ActivationRefused(BundleError):
+    """The bundle's guards refuse it; ``concerns`` lists each reason (``force`` overrides)."""
+
+    def __init__(self, key: str, concerns: list[str]) -> None:
+        self.concerns = concerns
+        super().__init__(f"bundle {key} refused: " + "; ".join(concerns) + " (--force activates it anyway, audited)")
+
+
+def checked_manifest(folder: Path) -> Manifest:
+    """The bundle in ``folder`` checked as registration and activation check it."""
+    from pipeline.model.infer import check_bundle  # torch: only when a bundle is checked
+
+    return check_bundle(Path(folder))
+
+
+def register_bundle(sessions: sessionmaker[Session], folder: Path) -> tuple[bundles.BundleRecord, Manifest]:
+    """Check ``folder`` and record it, not active. Raises BundleError."""
+    folder = Path(folder).resolve()
+    manifest = checked_manifest(folder)
+    with sessions.begin() as session:
+        record, _ = bundles.register(
+            session, name=manifest.name, version=manifest.version, device_uid=manifest.device_uid,
+            bundle_path=str(folder), manifest_sha256=sha256_of(folder / MANIFEST_FILE),
+        )
+    return record, manifest
+
+
+def activate(sessions: sessionmaker[Session], key: str, *, user: str, force: bool = False,
+             remote: str = "") -> bundles.BundleRecord:
+    """Activate a bundle named by folder (registered first) or by its id, checked again either
+    way; refused (ActivationRefused) when it has concerns and ``force`` is not given. Audited
+    as ``user`` (refusals too)."""
+    try:
+        if Path(key).is_dir():
+            record, manifest = register_bundle(sessions, Path(key))
+        elif key.isdigit():
+            with sessions() as session:
+                record = bundles.get_bundle(session, int(key))
+            folder = Path(record.bundle_path)
+            manifest = checked_manifest(folder)
+            if sha256_of(folder / MANIFEST_FILE) != record.manifest_sha256:
+                raise BundleError(f"bundle {record.id}: {folder / MANIFEST_FILE} changed since it was registered")
+        else:
+            raise BundleError(f"{key} is neither a bundle folder nor a registered bundle id")
+        concerns = manifest.activation_concerns()
+        if concerns and not force:
+            raise ActivationRefused(str(record.id), concerns)
+    except (BundleError, bundles.BundleRegistryError) as exc:
+        with sessions.begin() as session:
+            audit.record(session, user, "activate", f"bundle {key}"[:128], f"refused: {exc}", remote)
+        raise
+    despite = "; ".join(concerns)
+    with sessions.begin() as session:
+        activated = bundles.activate(session, record.id, by=user, despite=despite)
+        outcome = f"bundle {activated.id} ({activated.name} {activated.version}) active" + (
+            f"; FORCED despite: {despite}" if despite else "")
+        audit.record(session, user, "activate --force" if despite else "activate", f"bundle {activated.id}", outcome,
+                     remote)
+    return activated

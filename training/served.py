@@ -1,0 +1,102 @@
+"""The rule the bundle will serve, fitted and measured on the out-of-fold patients (issue 27,
+items 2 and 3).
+
+Cross-validation scores each patient with the one fold model that never saw it. The bundle
+serves something else: the mean of the K fold models, with one slice aggregation, one
+calibration and one threshold. Here that rule is fixed from training data only and measured
+out of fold:
+
+1. slice aggregation: the one most folds chose (nested selection), else median;
+2. calibration (``settings.calibration``): fitted on every patient's out-of-fold score under
+   that aggregation (:func:`pipeline.model.calibrate.fit_calibration`);
+3. threshold, on the calibrated scale: the pre-specified ``settings.threshold`` (fixed and
+   paper selection), or the median of the folds' inner-patient Youden thresholds mapped
+   through the calibration (nested selection: chosen inside the training folds only);
+4. each patient's probability by :func:`pipeline.model.aggregate.served_probability` on its
+   out-of-fold scores (one fold model), and the figures of
+   :func:`pipeline.model.performance.performance` on them.
+
+The calibration is fitted on the same patients it is then measured on, so its in-sample
+calibration is near ideal by construction; the cross-fitted figures (each fold's patients
+calibrated by a map fitted on the other folds' patients) are the honest estimate. What the
+ensemble of K models does on patients none of them saw is measured by ``egfr-node evaluate``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.model.aggregate import served_probability
+from pipeline.model.calibrate import Calibration, fit_calibration
+from pipeline.model.performance import calibration_figures, performance, threshold_figures
+from training.settings import TrainSettings
+
+__all__ = ["ServedRule", "bundle_aggregation", "fit_served_rule"]
+
+#: Tie order when folds chose different slice aggregations.
+_AGGREGATION_ORDER = ("median", "mean", "min", "max")
+
+
+@dataclass
+class ServedRule:
+    """The bundle's rule and its out-of-fold figures."""
+
+    slice_aggregation: str
+    calibration: Calibration
+    threshold: float
+    threshold_rule: str
+    raw: np.ndarray  # [N] each patient's out-of-fold score under the bundle's aggregation
+    probabilities: np.ndarray  # [N] calibrated with the map fitted on all of them
+    cross_fitted: np.ndarray  # [N] calibrated with a map fitted on the other folds' patients
+    figures: dict[str, Any]
+    cross_fitted_figures: dict[str, Any]
+
+
+def bundle_aggregation(chosen: list[str], selection: str) -> str:
+    """Nested selection: the aggregation most folds chose (ties: median, mean, min, max); else median."""
+    if selection != "nested":
+        return "median"
+    counts = Counter(chosen)
+    return max(_AGGREGATION_ORDER, key=lambda h: (counts.get(h, 0), -_AGGREGATION_ORDER.index(h)))
+
+
+def _served(scores: np.ndarray, how: str, calibration: Calibration) -> np.ndarray:
+    """Each patient's probability under the served rule from its one out-of-fold model's slice scores."""
+    return np.array([served_probability(row[None, :], how, "mean", calibration).probability for row in scores])
+
+
+def fit_served_rule(run: Any, settings: TrainSettings, seed: int) -> ServedRule:
+    """Fix the served rule on ``run`` (a :class:`training.run.CVRun`) and measure it out of fold."""
+    labels = run.labels
+    how = bundle_aggregation([r.slice_aggregation for r in run.results], settings.selection)
+    raw = _served(run.oof_scores, how, Calibration())
+    calibration = fit_calibration(labels, raw, settings.calibration)
+    scale = "the calibrated probability" if calibration.applied else "the uncalibrated score"
+    if settings.selection == "nested":
+        raw_threshold = float(np.median([r.threshold for r in run.results]))
+        threshold = float(np.clip(calibration.apply(raw_threshold), 0.0, 1.0))
+        rule = (f"Youden's J on each training fold's inner patients, median over the {len(run.results)} folds "
+                f"({raw_threshold:.3f} on the score), {threshold:.3f} on {scale}")
+    else:
+        threshold = float(settings.threshold)
+        rule = f"pre-specified {settings.threshold:g} on {scale}"
+    probabilities = _served(run.oof_scores, how, calibration)
+    cross_fitted = np.full(labels.size, np.nan)
+    notes = []
+    for k in np.unique(run.folds):
+        inside, outside = run.folds == k, run.folds != k
+        try:
+            local = fit_calibration(labels[outside], raw[outside], settings.calibration)
+        except ValueError as exc:  # the other folds hold one class: nothing to fit
+            notes.append(f"fold {int(k) + 1}: {exc}")
+            local = Calibration()
+        cross_fitted[inside] = _served(run.oof_scores[inside], how, local)
+    figures = performance(labels, probabilities, threshold, settings.bootstrap, seed, raw_scores=raw)
+    cross = {"calibration": calibration_figures(labels, cross_fitted), **threshold_figures(labels, cross_fitted, threshold)}
+    if notes:
+        cross["notes"] = notes
+    return ServedRule(how, calibration, threshold, rule, raw, probabilities, cross_fitted, figures, cross)
