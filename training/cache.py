@@ -61,6 +61,8 @@ class PreparedCohort:
     #: per entry, the chosen series and mask and how the series was acquired
     #: (``provenance["chosen"]``; {} for an older cache file)
     attributes: list[dict] = field(default_factory=list)
+    #: per entry, the lesion mask on the model input's pixels ``[S, H, W]`` (None from an older cache file)
+    lesion_masks: list[np.ndarray | None] = field(default_factory=list)
 
 
 def _rules_for(entry: CohortEntry) -> SelectionRules | None:
@@ -72,10 +74,11 @@ def _rules_for(entry: CohortEntry) -> SelectionRules | None:
                           lesion_fallback_largest=False)
 
 
-def _atomic_save(path: Path, array: np.ndarray, provenance: dict) -> None:
+def _atomic_save(path: Path, array: np.ndarray, provenance: dict, lesion_mask: np.ndarray | None = None) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    extra = {} if lesion_mask is None else {"lesion_mask": np.asarray(lesion_mask, dtype=np.float32)}
     with open(tmp, "wb") as handle:
-        np.savez(handle, array=array, provenance=np.array(json.dumps(provenance, default=str)))
+        np.savez(handle, array=array, provenance=np.array(json.dumps(provenance, default=str)), **extra)
     os.replace(tmp, path)
 
 
@@ -98,16 +101,19 @@ def prepare_cohort(
     kept: list[CohortEntry] = []
     arrays: list[np.ndarray] = []
     attributes: list[dict] = []
+    masks: list[np.ndarray | None] = []
     failures: list[StudyFailure] = []
     cached = computed = 0
     for index, entry in enumerate(cohort.entries):
         target = folder / f"{entry.study_uid}.npz" if folder is not None and _SAFE_UID.match(entry.study_uid) else None
         array = None
+        mask = None
         series: dict = {}
         if target is not None and target.is_file():
             try:
                 with np.load(target) as data:
                     array = data["array"].astype(np.float32)
+                    mask = data["lesion_mask"] if "lesion_mask" in data else None
                     if "provenance" in data:
                         series = json.loads(str(data["provenance"])).get("chosen") or {}
                 cached += 1
@@ -124,10 +130,11 @@ def prepare_cohort(
                 prepared = prepare(list(entry.files) if entry.files is not None else entry.folder, params,
                                    _rules_for(entry))
                 array = np.asarray(prepared.model_input.array, dtype=np.float32)
+                mask = prepared.model_input.lesion_mask
                 series = prepared.model_input.provenance.get("chosen") or {}
                 computed += 1
                 if target is not None:
-                    _atomic_save(target, array, prepared.model_input.provenance)
+                    _atomic_save(target, array, prepared.model_input.provenance, mask)
             except PipelineError as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 failures.append(StudyFailure(entry.patient_id, entry.study_uid, f"{type(exc).__name__}: {reason}"))
@@ -140,6 +147,7 @@ def prepare_cohort(
                 kept.append(entry)
                 arrays.append(array)
                 attributes.append(series)
+                masks.append(mask)
         if progress is not None:
             progress(index + 1, len(cohort.entries))
     if folder is not None:
@@ -147,4 +155,4 @@ def prepare_cohort(
     shape = (0, params.slice_count, params.channels, params.output_size, params.output_size)
     inputs = np.stack(arrays) if arrays else np.zeros(shape, np.float32)
     labels = np.array([e.label for e in kept], dtype=np.int64)
-    return PreparedCohort(kept, inputs, labels, failures, cached, computed, attributes)
+    return PreparedCohort(kept, inputs, labels, failures, cached, computed, attributes, masks)

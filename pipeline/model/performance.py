@@ -108,20 +108,32 @@ def auc_ci(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndar
 
 def paired_auc_difference(labels: Sequence[int] | np.ndarray, scores_a: Sequence[float] | np.ndarray,
                           scores_b: Sequence[float] | np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """AUC(a) - AUC(b) on the same patients, with a stratified paired bootstrap 95 % CI (each
-    resample takes the same patients for both scores)."""
-    y, a = _arrays(labels, scores_a)
-    _, b = _arrays(labels, scores_b)
-    difference = auc(y, a) - auc(y, b)
-    out: dict[str, Any] = {"auc_a": auc(y, a), "auc_b": auc(y, b), "difference": difference,
-                           "ci95": [float("nan"), float("nan")], "patients": int(y.size), "positives": int(y.sum())}
+    """AUC(a) - AUC(b) on the same patients, with a stratified paired bootstrap 95 % CI: each
+    resample takes the same patients for both scores. ``scores_a`` and ``scores_b`` may be
+    ``[R, N]``, R repeats (seeds) of the same N patients: the difference of the mean AUCs over
+    the repeats, with the patients resampled once for all of them."""
+    y = np.asarray(labels, dtype=int)
+    a = np.atleast_2d(np.asarray(scores_a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(scores_b, dtype=np.float64))
+    if a.shape[-1] != y.size or b.shape[-1] != y.size or y.ndim != 1:
+        raise ValueError(f'Arguments "scores_a" and "scores_b" must end in the {y.size} patients of "labels", '
+                         f"got {a.shape} and {b.shape}")
+    auc_a = float(np.mean([auc(y, row) for row in a]))
+    auc_b = float(np.mean([auc(y, row) for row in b]))
+    out: dict[str, Any] = {"auc_a": auc_a, "auc_b": auc_b, "difference": auc_a - auc_b,
+                           "ci95": [float("nan"), float("nan")], "patients": int(y.size), "positives": int(y.sum()),
+                           "repeats": [int(a.shape[0]), int(b.shape[0])]}
     pos, neg = np.where(y == 1)[0], np.where(y == 0)[0]
     if resamples == 0 or pos.size < 2 or neg.size < 2:
         return out
 
+    def mean_auc(scores: np.ndarray, p: np.ndarray, n: np.ndarray, axis: int) -> np.ndarray:
+        # scores [R, N]; p, n index arrays [..., k]: AUC per repeat [R, ...], averaged over the repeats
+        return _pair_auc(scores[:, p], scores[:, n], axis).mean(axis=0)
+
     def statistic(p: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
         p, n = p.astype(int), n.astype(int)
-        return _pair_auc(a[p], a[n], axis) - _pair_auc(b[p], b[n], axis)
+        return mean_auc(a, p, n, axis) - mean_auc(b, p, n, axis)
 
     out["ci95"] = list(_bootstrap(statistic, (pos.astype(float), neg.astype(float)), resamples, seed))
     return out

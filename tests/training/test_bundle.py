@@ -194,3 +194,18 @@ def test_a_12_patient_cohort_trains_with_2_folds_or_says_what_to_change(clear_co
     message = capsys.readouterr().err
     assert "nested selection needs at least 2 patients of each class" in message and "--selection fixed" in message
     assert "n_splits" not in message and not (tmp_path / "t").exists()
+
+
+def test_permutations_give_the_real_auc_a_p_value(clear_cohort: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """``--permutations N``: N trainings on shuffled labels with the real run's folds and seed;
+    p = (1 + permutations at least as high as the real AUC) / (1 + N), in both reports."""
+    small = _subset(clear_cohort, tmp_path / "small.csv", 5, 7)
+    assert cli.main(["--cohort", str(small), "--cache", str(cache_dir), "--out", str(tmp_path / "b"), "--permutations", "2",
+                     *TINY]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    p = report["permutations"]
+    assert p["permutations"] == 2 and len(p["auc"]) == 2
+    at_least = sum(a >= p["real_auc"] for a in p["auc"])
+    assert p["p_value"] == pytest.approx((1 + at_least) / 3)
+    assert report["metrics_summary"]["permutation_p_value"] == pytest.approx(p["p_value"])
+    assert "## Permutation test" in (tmp_path / "b" / "report.md").read_text()
