@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from db.models import Model, utcnow
 
-__all__ = ["BundleRecord", "BundleRegistryError", "register", "activate", "active", "list_bundles", "get_bundle"]
+__all__ = ["BundleRecord", "BundleRegistryError", "register", "activate", "active", "list_bundles", "get_bundle",
+           "set_shadow", "shadow"]
 
 #: The reason a queued job waits while no bundle is active.
 NO_ACTIVE_MODEL = "no active model"
@@ -36,12 +37,13 @@ class BundleRecord:
     activated_at: datetime | None = None
     activated_by: str | None = None
     activated_despite: str | None = None  # the guards a forced activation overrode
+    shadow: bool = False
 
     @classmethod
     def of(cls, model: Model) -> BundleRecord:
         return cls(model.id, model.name, model.version, model.device_uid, model.bundle_path, model.manifest_sha256,
                    model.created_at, bool(model.active), model.activated_at, model.activated_by,
-                   model.activated_despite or None)
+                   model.activated_despite or None, bool(model.shadow))
 
 
 def register(
@@ -74,10 +76,32 @@ def activate(session: Session, model_id: int, *, by: str = "", despite: str = ""
         raise BundleRegistryError(f"no model bundle {model_id}")
     session.execute(update(Model).where(Model.active.is_(True), Model.id != model_id).values(active=False))
     session.flush()
-    model.active = True
+    model.active, model.shadow = True, False  # a promoted shadow is no longer the shadow
     model.activated_at, model.activated_by, model.activated_despite = utcnow(), by[:64] or None, despite or None
     session.flush()
     return BundleRecord.of(model)
+
+
+def set_shadow(session: Session, model_id: int | None) -> BundleRecord | None:
+    """Make ``model_id`` the shadow bundle (the previous one stops being it), or clear the
+    shadow with None. The active bundle cannot be its own shadow."""
+    session.execute(update(Model).where(Model.shadow.is_(True)).values(shadow=False))
+    session.flush()
+    if model_id is None:
+        return None
+    model = session.get(Model, model_id, with_for_update=True)
+    if model is None:
+        raise BundleRegistryError(f"no model bundle {model_id}")
+    if model.active:
+        raise BundleRegistryError(f"bundle {model_id} is the active bundle; a shadow is a candidate beside it")
+    model.shadow = True
+    session.flush()
+    return BundleRecord.of(model)
+
+
+def shadow(session: Session) -> BundleRecord | None:
+    model = session.scalars(select(Model).where(Model.shadow.is_(True))).one_or_none()
+    return BundleRecord.of(model) if model else None
 
 
 def active(session: Session) -> BundleRecord | None:

@@ -7,12 +7,13 @@ Times are naive UTC (``utcnow()``) on every backend.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Enum,
     ForeignKey,
@@ -36,6 +37,9 @@ __all__ = [
     "Model",
     "AuditEntry",
     "Deletion",
+    "Outcome",
+    "OutcomeChange",
+    "ShadowResult",
     "utcnow",
     "ACTIVE_JOB_STATES",
 ]
@@ -205,7 +209,7 @@ class Delivery(Base):
 
 
 class Model(Base):
-    """A model bundle the node can run; at most one is active."""
+    """A model bundle the node can run; at most one is active, at most one is the shadow."""
 
     __tablename__ = "model"
     __table_args__ = (
@@ -215,6 +219,13 @@ class Model(Base):
             unique=True,
             sqlite_where=text("active = 1"),
             postgresql_where=text("active"),
+        ),
+        Index(
+            "uq_model_one_shadow",
+            "shadow",
+            unique=True,
+            sqlite_where=text("shadow = 1"),
+            postgresql_where=text("shadow"),
         ),
     )
 
@@ -230,6 +241,8 @@ class Model(Base):
     activated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     activated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     activated_despite: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the candidate run on each new study after the active result was delivered, never sent
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class AuditEntry(Base):
@@ -282,3 +295,56 @@ class Deletion(Base):
     instances: Mapped[int] = mapped_column(Integer, default=0)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     jobs: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Outcome(Base):
+    """The EGFR status pathology found for a study (``db.outcomes``): one per study, its
+    changes kept in ``outcome_change``."""
+
+    __tablename__ = "outcome"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    #: positive | negative | not_assessable
+    status: Mapped[str] = mapped_column(String(16))
+    #: resection | biopsy | primary_only (the metastasis itself, or the primary tumour only)
+    source: Mapped[str] = mapped_column(String(16))
+    outcome_date: Mapped[date | None] = mapped_column(Date, nullable=True, index=True)
+    #: exon19_deletion | L858R | other, for a positive status
+    subtype: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    reference: Mapped[str | None] = mapped_column(Text, nullable=True)
+    entered_by: Mapped[str] = mapped_column(String(64))
+    entered_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class OutcomeChange(Base):
+    """One change of a study's outcome: who, when, from where, the value before and after."""
+
+    __tablename__ = "outcome_change"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    user: Mapped[str] = mapped_column(String(64))
+    #: console | api | import
+    via: Mapped[str] = mapped_column(String(16))
+    old: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    new: Mapped[dict] = mapped_column(JSON)
+
+
+class ShadowResult(Base):
+    """What the shadow bundle answered for a job's study: stored and shown, never sent
+    (``done``), or why it did not run (``skipped`` under a backlog, ``failed``)."""
+
+    __tablename__ = "shadow_result"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id"), index=True)
+    #: done | skipped | failed
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -21,7 +21,7 @@ from db.models import Deletion, Delivery, DeliveryState, Instance, Job, JobState
 
 __all__ = ["Candidate", "DeletionView", "eligible_studies", "mark_deletion", "marked_deletions", "finish_deletion",
            "cancel_deletion", "still_eligible",
-           "pin", "unpin", "StudyCounts", "study_counts", "deletion_totals", "recent_deletions", "marked_paths"]
+           "pin", "pinned", "unpin", "StudyCounts", "study_counts", "deletion_totals", "recent_deletions", "marked_paths"]
 
 _BUSY = (JobState.WAITING, JobState.QUEUED, JobState.RUNNING)
 _UNSENT = (DeliveryState.PENDING, DeliveryState.RETRYING)
@@ -179,6 +179,11 @@ def pin(session: Session, study_uid: str, by: str, reason: str, now: datetime | 
     now = now or utcnow()
     return bool(session.execute(update(Study).where(Study.study_uid == study_uid)
                                 .values(pinned_at=now, pinned_by=by[:64], pin_reason=reason)).rowcount)
+
+
+def pinned(session: Session, study_uids: list[str]) -> set[str]:
+    """Which of these studies are pinned now."""
+    return set(session.scalars(select(Study.study_uid).where(Study.study_uid.in_(study_uids), Study.pinned_at.is_not(None))))
 
 
 def unpin(session: Session, study_uid: str) -> bool:

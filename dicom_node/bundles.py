@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import audit, bundles
 from pipeline.model.bundle import MANIFEST_FILE, BundleError, Manifest, sha256_of
 
-__all__ = ["ActivationRefused", "register_bundle", "activate", "checked_manifest"]
+__all__ = ["ActivationRefused", "register_bundle", "activate", "checked_manifest", "set_shadow", "promote"]
 
 
 class ActivationRefused(BundleError):
@@ -77,7 +77,43 @@ def activate(sessions: sessionmaker[Session], key: str, *, user: str, force: boo
     with sessions.begin() as session:
         activated = bundles.activate(session, record.id, by=user, despite=despite)
         outcome = f"bundle {activated.id} ({activated.name} {activated.version}) active" + (
-            f"; FORCED despite: {despite}" if despite else "")
+            f"; FORCED despite: {despite}" if despite else "") + (" (was the shadow: promoted)" if record.shadow else "")
         audit.record(session, user, "activate --force" if despite else "activate", f"bundle {activated.id}", outcome,
                      remote)
     return activated
+
+
+def set_shadow(sessions: sessionmaker[Session], key: str | None, *, user: str, remote: str = "") -> bundles.BundleRecord | None:
+    """Make a bundle (folder, registered first, or id; checked as for activation) the shadow:
+    it runs on each new study after the active bundle's results, and its answers are stored,
+    never sent. A shadow answers no patient, so its guards do not refuse it. ``key`` None
+    clears the shadow. Audited."""
+    try:
+        if key is None:
+            record = None
+        elif Path(key).is_dir():
+            record, _ = register_bundle(sessions, Path(key))
+        elif key.isdigit():
+            with sessions() as session:
+                record = bundles.get_bundle(session, int(key))
+            checked_manifest(Path(record.bundle_path))
+        else:
+            raise BundleError(f"{key} is neither a bundle folder nor a registered bundle id")
+        with sessions.begin() as session:
+            done = bundles.set_shadow(session, record.id if record else None)
+            audit.record(session, user, "shadow", f"bundle {key}"[:128] if key else "none",
+                         f"bundle {done.id} ({done.name} {done.version}) is the shadow" if done else "no shadow", remote)
+        return done
+    except (BundleError, bundles.BundleRegistryError) as exc:
+        with sessions.begin() as session:
+            audit.record(session, user, "shadow", f"bundle {key}"[:128], f"refused: {exc}", remote)
+        raise
+
+
+def promote(sessions: sessionmaker[Session], *, user: str, force: bool = False, remote: str = "") -> bundles.BundleRecord:
+    """Make the shadow bundle the active one (its guards apply, as to any activation); audited."""
+    with sessions() as session:
+        candidate = bundles.shadow(session)
+    if candidate is None:
+        raise BundleError("no shadow bundle to promote (egfr-node models shadow BUNDLE sets one)")
+    return activate(sessions, str(candidate.id), user=user, force=force, remote=remote)

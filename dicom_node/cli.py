@@ -8,7 +8,8 @@
     egfr-node web add-user NAME          add or change a console user (password asked, or --password-stdin)
     egfr-node echo HOST PORT [--aet AET] C-ECHO a peer
     egfr-node queue list [--state S] [--json] | show ID | replay STUDY_UID|JOB_ID [--rerun] | cancel ID
-    egfr-node models list | activate PATH|ID [--force] | show [ID]
+    egfr-node models list | activate PATH|ID [--force] | shadow PATH|ID|--clear | promote | show [ID]
+    egfr-node outcomes import CSV | export CSV | report [--bundle ID] [--json] | export-cohort --deidentify OUT
     egfr-node import DIR                 bulk-load DICOM files through the SCP's intake
     egfr-node check [--repair]           do the archive and the database agree? (fix what is safe)
     egfr-node backup DIR | restore DIR   a consistent copy of a running node; back into an empty data folder
@@ -32,15 +33,16 @@ import argparse
 import sys
 from typing import Sequence
 
-from dicom_node.commands import (archive, backup, check, demo, echo, evaluate, importing, jobs, models, preprocess, serve,
-                                  setup, train, web)
+from dicom_node.commands import (archive, backup, check, demo, echo, evaluate, importing, jobs, models, outcomes,
+                                  preprocess, serve, setup, train, web)
 from dicom_node.commands._common import fail
 from dicom_node.config import ConfigError
 
 __all__ = ["main", "build_parser"]
 
 #: in the order ``egfr-node --help`` lists them
-COMMANDS = (setup, serve, web, echo, jobs, models, importing, check, backup, archive, train, evaluate, demo, preprocess)
+COMMANDS = (setup, serve, web, echo, jobs, models, outcomes, importing, check, backup, archive, train, evaluate, demo,
+            preprocess)
 
 
 def build_parser() -> argparse.ArgumentParser:

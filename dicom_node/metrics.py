@@ -14,6 +14,8 @@ page sums every receive process. What is counted:
 - archive free space and its reserve;
 - jobs by state and deliveries by state, and retention's deletions by reason (studies,
   instances, bytes) (read from the database at scrape time);
+- the active and shadow bundles' running performance on the site's confirmed cases (cases
+  per class, AUC, sensitivity, specificity) and the shadow's results by state;
 - job stage durations (select/preprocess/infer/report, and the preprocessing steps) and
   the wait from queued to started, as histograms of the jobs finished since this process
   started: read from the finished jobs' records at scrape time, since the worker may run
@@ -168,6 +170,7 @@ class _LiveCollector:
         yield from _deletions(self.sessions)
         yield from _by_state(self.sessions, "egfr_node_jobs", "Jobs by state", "job")
         yield from _by_state(self.sessions, "egfr_node_deliveries", "Result deliveries by state", "delivery")
+        yield from _running_performance(self.sessions)
 
 
 def live_collector(archive: Any, sessions: sessionmaker[Session]) -> _LiveCollector:
@@ -192,6 +195,47 @@ def _by_state(sessions: sessionmaker[Session], name: str, documentation: str, ta
         log.debug("metrics: %s not read: %s", table, type(exc).__name__)
         return
     yield family
+
+
+def _running_performance(sessions: sessionmaker[Session]) -> Iterator[Any]:
+    """The active and shadow bundles on the site's confirmed cases (``dicom_node.outcomes``,
+    the statistics ``evaluate`` uses; no bootstrap at scrape time), and the shadow's results by
+    state (skipped under a backlog counted)."""
+    from db import bundles
+    from db.shadow import shadow_counts
+    from dicom_node.outcomes import performance_of
+
+    try:
+        with sessions() as session:
+            served = [(role, record) for role, record in (("active", bundles.active(session)),
+                                                          ("shadow", bundles.shadow(session))) if record is not None]
+            shadows = shadow_counts(session)
+        reports = [(role, record, performance_of(sessions, record.id, resamples=0)) for role, record in served]
+    except Exception as exc:  # the database may be down: the scrape still answers
+        log.debug("metrics: running performance not read: %s", type(exc).__name__)
+        return
+    confirmed = GaugeMetricFamily("egfr_node_outcomes_confirmed", "Confirmed cases a bundle answered, by pathology class",
+                                  labels=["bundle", "role", "class"])
+    figures = {name: GaugeMetricFamily(f"egfr_node_bundle_{name}", f"Running {text} on the confirmed cases",
+                                       labels=["bundle", "role"])
+               for name, text in (("auc", "ROC AUC"), ("sensitivity", "sensitivity at the bundle's threshold"),
+                                  ("specificity", "specificity at the bundle's threshold"))}
+    for role, record, report in reports:
+        for label in ("positive", "negative"):
+            confirmed.add_metric([str(record.id), role, label], report["confirmed"][label])
+        f = report["figures"] or {}
+        for name, family in figures.items():
+            value = f.get(name)
+            value = value.get("value") if isinstance(value, dict) else value
+            if isinstance(value, (int, float)) and value == value:
+                family.add_metric([str(record.id), role], value)
+    shadow = GaugeMetricFamily("egfr_node_shadow_results", "Shadow bundle results by state (skipped: under a backlog)",
+                               labels=["bundle", "state"])
+    for (model_id, state), count in shadows.items():
+        shadow.add_metric([str(model_id), state], count)
+    yield confirmed
+    yield from figures.values()
+    yield shadow
 
 
 def _deletions(sessions: sessionmaker[Session]) -> Iterator[Any]:

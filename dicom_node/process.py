@@ -40,7 +40,7 @@ from pipeline.model.infer import FoldEnsemble, Prediction
 from pipeline.prepare import PreparedStudy, prepare_study
 from pipeline.timing import Laps
 
-__all__ = ["JobContext", "run_job", "encode_part10", "result_uids"]
+__all__ = ["JobContext", "run_job", "run_shadow", "encode_part10", "result_uids"]
 
 #: The UIDs each job's results need (instance and series of each object, the SEG's tracking UID).
 RESULT_UID_KINDS = ("sr", "sr_series", "seg", "seg_series", "seg_tracking", "card", "card_series")
@@ -120,11 +120,12 @@ def lesion_centroid_lps(lesion: sitk.Image) -> tuple[float, float, float]:
 
 
 def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: str | None = None,
-            activated_despite: str = "") -> dict[str, Any]:
+            activated_despite: str = "", keep: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the pipeline on ``study_uid`` with ``ensemble``; archive the results (or reuse those
     an earlier attempt of the job ``job_key`` names archived); return the record.
     ``activated_despite``: the guards the bundle was activated over (``models activate
-    --force``), said in the SR's algorithm parameters.
+    --force``), said in the SR's algorithm parameters. ``keep``: a dict that receives the
+    prepared study (``"prepared"``), for the shadow bundle to reuse.
 
     Raises ``pipeline.errors.PipelineError`` (one line) when the study cannot be used.
     """
@@ -134,6 +135,8 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
         inputs = [ctx.archive.path(p) for p in received_study_paths(session, study_uid)]
     manifest = ensemble.manifest
     prepared = prepare_study(inputs, manifest.preprocessing)
+    if keep is not None:
+        keep["prepared"] = prepared
     lap("preprocess")
     contrast = _contrast(ctx, prepared)
     prediction = ensemble.predict(prepared.model_input.array)
@@ -235,3 +238,28 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
         card_uid = _archive(ctx, card)
     sr_uid = _archive(ctx, sr)
     return {"sr": sr_uid, "seg": derived_seg_uid, "card": card_uid}
+
+
+def run_shadow(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, prepared: PreparedStudy | None = None) -> dict[str, Any]:
+    """The shadow bundle on a study (issue 28): its answer, stored, never archived as a result
+    nor sent. ``prepared``: the active job's prepared study, reused when the shadow bundle's
+    preprocessing parameters are the same."""
+    laps = Laps()
+    manifest = ensemble.manifest
+    if prepared is None or prepared.model_input.provenance.get("params") != manifest.preprocessing.to_dict():
+        with ctx.sessions() as session:
+            inputs = [ctx.archive.path(p) for p in received_study_paths(session, study_uid)]
+        prepared = prepare_study(inputs, manifest.preprocessing)
+    laps.lap("preprocess")
+    prediction = ensemble.predict(prepared.model_input.array)
+    laps.lap("infer")
+    return {
+        "model": {"name": manifest.name, "version": manifest.version, "device_uid": manifest.device_uid},
+        "probability": round(prediction.probability, 6),
+        "status": "positive" if prediction.positive else "negative",
+        "calibrated": manifest.calibration_map.applied,
+        "raw_score": round(prediction.raw_score, 6),
+        "threshold": manifest.threshold,
+        "scores": [[round(float(v), 6) for v in row] for row in prediction.scores],
+        "timings_s": laps.timings,
+    }

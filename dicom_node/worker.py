@@ -149,9 +149,10 @@ class Worker:
         log.info("job %d claimed for study %s (attempt %d)", job.id, job.study_uid, job.attempts,
                  extra={"job_id": job.id, "study_uid": job.study_uid})
         self._current = job
+        keep: dict[str, Any] = {}
         try:
             with _Heartbeat(self, job.id) as heartbeat:
-                ok, reason, result, transient = self._run(job)
+                ok, reason, result, transient = self._run(job, keep)
         finally:
             self._current = None
         if heartbeat.lost.is_set():
@@ -165,10 +166,12 @@ class Worker:
                 deliveries.create_deliveries(session, job.id, result_sop_uids(result), destinations)
         if ok:
             self.deliver_due()
+            if not job.resend_only and job.trigger == "arrival":
+                self._guard("shadow", lambda: self.shadow_once(job, keep.get("prepared")))
         with self.sessions() as session:
             return get_job(session, job.id)
 
-    def _run(self, job: JobView) -> tuple[bool, str | None, dict | None, bool]:
+    def _run(self, job: JobView, keep: dict[str, Any] | None = None) -> tuple[bool, str | None, dict | None, bool]:
         """(ok, reason, result, transient): a study the pipeline cannot use fails at once; any
         other error (database, disk, a bundle file) is retried up to ``worker.max_attempts``."""
         if job.resend_only:
@@ -182,7 +185,8 @@ class Worker:
                 record = bundles.get_bundle(session, job.model_id)
             ensemble = self._ensemble(record)
             result = run_job(JobContext(self.config, self.archive, self.sessions), job.study_uid, ensemble,
-                             f"{job.id}@{job.created_at.isoformat()}", activated_despite=record.activated_despite or "")
+                             f"{job.id}@{job.created_at.isoformat()}", activated_despite=record.activated_despite or "",
+                             keep=keep)
             result["model"]["id"] = job.model_id
             return True, None, result, False
         except Exception as exc:
@@ -195,6 +199,37 @@ class Worker:
             log.error("job %d for study %s failed: %s", job.id, job.study_uid, reason,
                       extra={"job_id": job.id, "study_uid": job.study_uid})
             return False, reason[:1000], None, not study_fault
+
+    def shadow_once(self, job: JobView, prepared: Any = None) -> None:
+        """The shadow bundle, if one is set, on the study of ``job`` (just done, its results
+        handed to delivery): stored as the job's shadow result, never sent. Under a backlog
+        (jobs queued) it is skipped, and the skip recorded: the active answers come first."""
+        from db.shadow import backlog, record_shadow
+
+        with self.sessions() as session:
+            candidate = bundles.shadow(session)
+            waiting = backlog(session)
+        if candidate is None or candidate.id == job.model_id:
+            return
+        if waiting:
+            with self.sessions.begin() as session:
+                record_shadow(session, job.id, candidate.id, "skipped",
+                              reason=f"backlog: {waiting} jobs queued; the active bundle's answers come first")
+            log.info("job %d: shadow bundle %d skipped (%d jobs queued)", job.id, candidate.id, waiting,
+                     extra={"job_id": job.id})
+            return
+        try:
+            from dicom_node.process import JobContext, run_shadow
+
+            result = run_shadow(JobContext(self.config, self.archive, self.sessions), job.study_uid,
+                                self._ensemble(candidate), prepared)
+            result["model"]["id"] = candidate.id
+            state, reason = "done", None
+        except Exception as exc:
+            result, state, reason = None, "failed", one_line(exc)[:1000]
+            log.warning("job %d: shadow bundle %d failed: %s", job.id, candidate.id, reason, extra={"job_id": job.id})
+        with self.sessions.begin() as session:
+            record_shadow(session, job.id, candidate.id, state, reason=reason, result=result)
 
     def _resend(self, job: JobView) -> tuple[bool, str | None, dict | None]:
         source_id = (job.result or {}).get("resend_of_job")
@@ -217,7 +252,9 @@ class Worker:
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             torch.set_num_threads(self.config.inference.threads(os.cpu_count() or 1))
-            self._ensembles = {model_id: FoldEnsemble.load(record.bundle_path, device=device)}  # keep only the newest
+            # keep the active bundle and the shadow: two at most, the newest loaded replacing the oldest
+            self._ensembles = {**dict(list(self._ensembles.items())[-1:]),
+                               model_id: FoldEnsemble.load(record.bundle_path, device=device)}
             log.info("model bundle %d (%s %s) loaded on %s", model_id, record.name, record.version, device)
         return self._ensembles[model_id]
 

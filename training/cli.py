@@ -24,6 +24,7 @@ import logging
 import sys
 import tomllib
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,17 @@ log = logging.getLogger(__name__)
 
 def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Train and evaluate the EGFR fold ensemble (Haim et al. 2022 recipe).")
-    p.add_argument("--cohort", type=Path, required=True, help="cohort CSV: patient id, Study Instance UID, EGFR status")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cohort", type=Path, help="cohort CSV: patient id, Study Instance UID, EGFR status")
+    source.add_argument("--from-outcomes", action="store_true",
+                        help="the node's confirmed pathology outcomes (positive/negative, resection or biopsy)")
+    p.add_argument("--since", type=date.fromisoformat, help="with --from-outcomes: pathology dated on or after YYYY-MM-DD")
+    p.add_argument("--holdout-after", type=date.fromisoformat,
+                   help="with --from-outcomes: cases with pathology after YYYY-MM-DD are held out and evaluated")
+    p.add_argument("--include-primary", action="store_true",
+                   help="with --from-outcomes: count outcomes from the primary tumour only too")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="train without the rows whose study the node never received (default: refuse, exit 2)")
     p.add_argument("--out", type=Path, help="bundle folder to create (must not exist; not needed with --lr-find)")
     p.add_argument("--recipe", choices=("auto", "paper", "scratch"),
                    help="auto (default): paper with --imagenet-weights, scratch without")
@@ -129,28 +140,77 @@ def register_bundle(bundle: Path, database_url: str, name: str, version: str, de
         engine.dispose()
 
 
-def pin_cohort(cohort_csv: Path, archive_root: Path, database_url: str) -> str:
-    """Pin the cohort's studies in the node's database, so retention never deletes what a
-    model was trained on (``egfr-node archive unpin`` releases them); one line saying so."""
-    from sqlalchemy.exc import SQLAlchemyError
+class CohortCheckError(ValueError):
+    """The cohort names studies the node never received (exit status 2)."""
 
+
+def checked_cohort(args: argparse.Namespace, settings: Any, archive_root: Path | None, database_url: str | None) -> Any:
+    """The cohort to train on, checked before anything is pinned or trained: from the CSV or the
+    node's outcomes; with the node's database every archived study must have been received
+    (CohortCheckError naming the row and the UID, unless --skip-missing drops them, said
+    one line each); at least ``2 * folds`` studies of both classes."""
+    from dataclasses import replace
+
+    from training.cohort import CohortError, read_cohort, with_received_files
+
+    holdout, provenance = None, None
+    if args.from_outcomes:
+        from training.outcomes_cohort import cohort_from_outcomes
+
+        if not database_url or archive_root is None:
+            raise ValueError("--from-outcomes reads the node's outcomes: run it as egfr-node train (the node's database)")
+        built = cohort_from_outcomes(database_url, archive_root, since=args.since, holdout_after=args.holdout_after,
+                                     include_primary=args.include_primary)
+        cohort, holdout, provenance = built.train, built.holdout, built.provenance
+    else:
+        if args.cohort is None:
+            raise ValueError("--cohort CSV or --from-outcomes is needed")
+        cohort = read_cohort(args.cohort, archive_root)
+        if database_url and archive_root is not None:
+            cohort = with_received_files(cohort, database_url, archive_root)
+    missing = [e for e in cohort.entries if e.files is not None and not e.files]
+    if missing and not args.skip_missing:
+        first = missing[0]
+        raise CohortCheckError(f"{cohort.source} row {first.row}: study {first.study_uid} is not in the node's archive"
+                               + (f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else "")
+                               + "; import it first, or --skip-missing trains without such rows")
+    for entry in missing:
+        print(f"skipped: row {entry.row}: study {entry.study_uid} is not in the node's archive")
+    cohort = replace(cohort, entries=tuple(e for e in cohort.entries if e not in missing))
+    positives = sum(e.label for e in cohort.entries)
+    if len(cohort) < 2 * settings.folds or positives < 1 or positives == len(cohort):
+        raise CohortError(f"{len(cohort)} studies ({positives} positive) cannot be split into {settings.folds} folds: "
+                          "both classes are needed, and at least 2 studies per fold")
+    return cohort, holdout, provenance
+
+
+def pin_studies(study_uids: list[str], database_url: str, reason: str) -> list[str]:
+    """Pin these studies in the node's database, so retention never deletes what a model was
+    trained on (``egfr-node archive unpin`` releases them); returns the ones this call pinned
+    (not pinned before), for :func:`unpin_studies` when the training fails."""
     from db.engine import make_engine, make_sessionmaker
-    from db.retention import pin
-    from training.cohort import node_database, read_cohort
+    from db.retention import pin, pinned
 
-    uids = [entry.study_uid for entry in read_cohort(cohort_csv, archive_root).entries]
-    if node_database(database_url) is None:
-        return f"cohort studies not pinned against retention: no node database at {database_url}"
     engine = make_engine(database_url)
     try:
-        sessions = make_sessionmaker(engine)
-        with sessions.begin() as session:
-            pinned = sum(pin(session, uid, "egfr-node train", f"cohort {Path(cohort_csv).name}") for uid in uids)
-    except SQLAlchemyError as exc:
-        return f"cohort studies not pinned against retention (the node's database: {type(exc).__name__})"
+        with make_sessionmaker(engine).begin() as session:
+            before = pinned(session, study_uids)  # a pin made before stays as it was made
+            return [uid for uid in study_uids if uid not in before and pin(session, uid, "egfr-node train", reason)]
     finally:
         engine.dispose()
-    return f"pinned {pinned} of the cohort's {len(uids)} studies against retention (archive unpin releases them)"
+
+
+def unpin_studies(study_uids: list[str], database_url: str) -> None:
+    from db.engine import make_engine, make_sessionmaker
+    from db.retention import unpin
+
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            for uid in study_uids:
+                unpin(session, uid)
+    finally:
+        engine.dispose()
 
 
 def main(argv: list[str] | None = None, *, archive_root: Path | None = None, database_url: str | None = None,
@@ -173,6 +233,8 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
     from training.cohort import CohortError, node_database
     from training.run import TrainingError, train_bundle
 
+    database_url = node_database(database_url)
+    newly_pinned: list[str] = []
     try:
         settings = _settings(args, training_table)
         if args.out is None and not args.lr_find:
@@ -181,6 +243,8 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
             raise ValueError("--register needs the node's database (database_url)")
         if args.register and settings.shuffle_labels:
             raise ValueError("--register with --shuffle-labels: a label-shuffled control is never registered")
+        if args.holdout_after is not None and not args.from_outcomes:
+            raise ValueError("--holdout-after splits the node's outcomes by date: use it with --from-outcomes")
         params = PreprocessParams()
         changes = {}
         if args.output_size is not None:
@@ -193,14 +257,26 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
             raise ValueError(f"--imagenet-weights {settings.imagenet_weights} does not exist (nothing is downloaded)")
         if args.lr_find:
             return _lr_find(args, settings, params, archive_root)
-        if archive_root is not None and database_url:
-            print(pin_cohort(args.cohort, archive_root, database_url))
-        outcome = train_bundle(args.cohort, args.out, settings=settings, params=params, archive_root=archive_root,
-                               database_url=node_database(database_url), cache_dir=args.cache, name=args.name, version=args.version, progress=not args.no_progress)
+        cohort, holdout, provenance = checked_cohort(args, settings, archive_root, database_url)
+        if holdout is not None and not holdout.entries:
+            raise ValueError(f"--holdout-after {args.holdout_after.isoformat()}: no confirmed case has a later pathology date")
+        if database_url and distributed.is_main():
+            every = [e.study_uid for e in cohort.entries + (holdout.entries if holdout else ())]
+            newly_pinned = pin_studies(every, database_url, f"training cohort of {args.out}")
+            print(f"pinned {len(every)} of the cohort's studies against retention ({len(newly_pinned)} newly; "
+                  "archive unpin releases them)")
+        outcome = train_bundle(cohort, args.out, settings=settings, params=params, archive_root=archive_root,
+                               database_url=database_url, cache_dir=args.cache, name=args.name, version=args.version,
+                               progress=not args.no_progress, provenance=provenance)
     except KeyboardInterrupt:
+        _release(newly_pinned, database_url)
         print("interrupted: no bundle written", file=sys.stderr)
         return 130
+    except CohortCheckError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (CohortError, TrainingError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        _release(newly_pinned, database_url)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if not distributed.is_main():
@@ -211,11 +287,29 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
     print(f"bundle {outcome.bundle}: {d['patients_used']} patients ({d['positive']} positive), "
           f"{len(d['failures'])} failed; pooled out-of-fold patient AUC {h['auc'] if h['auc'] is not None else 'n/a'} "
           f"(95% CI {h['auc_ci95']}), selection {settings.selection}")
+    for failure in d["failures"]:
+        print(f"failed: study {failure['study_uid']}: {failure['reason']}")
+    if holdout is not None:
+        from training.evaluate import evaluate_bundle
+
+        evaluation = evaluate_bundle(outcome.bundle, holdout, Path(outcome.bundle) / "holdout", archive_root=archive_root,
+                                     database_url=database_url, cache_dir=args.cache, device=settings.device,
+                                     bootstrap=settings.bootstrap, seed=settings.seed)
+        r = evaluation.report
+        print(f"hold-out (pathology after {args.holdout_after.isoformat()}): {r['cases_scored']} patients, AUC "
+              f"{r['auc'] if r['auc'] is not None else 'n/a'} (95% CI {r['auc_ci']}); report {evaluation.folder / 'report.md'}")
     if args.register:
         m = outcome.manifest
         model_id, created = register_bundle(outcome.bundle, database_url, m.name, m.version, m.device_uid)  # type: ignore[arg-type]
         print(f"registered as model {model_id}{'' if created else ' (already known)'}; not active: activate it explicitly")
     return 0
+
+
+def _release(newly_pinned: list[str], database_url: str | None) -> None:
+    """Undo this run's pins when it wrote no bundle (the site's own pins stay)."""
+    if newly_pinned and database_url:
+        unpin_studies(newly_pinned, database_url)
+        print(f"released the {len(newly_pinned)} pins this run made", file=sys.stderr)
 
 
 def _lr_find(args: argparse.Namespace, settings, params: PreprocessParams, archive_root: Path | None) -> int:  # noqa: ANN001
@@ -230,6 +324,8 @@ def _lr_find(args: argparse.Namespace, settings, params: PreprocessParams, archi
     from training.lr_find import lr_range_test
     from training.splits import assign_folds
 
+    if args.cohort is None:
+        raise ValueError("--lr-find runs on a --cohort CSV")
     cohort = read_cohort(Path(args.cohort), archive_root)
     cache = args.cache if args.cache is not None else (Path(args.out).absolute().parent if args.out else Path.cwd()) / ".egfr-train-cache"
     prepared = prepare_cohort(cohort, params, cache)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["CohortError", "CohortEntry", "Cohort", "read_cohort", "parse_status", "with_received_files", "node_database",
-           "STATUS_VALUES"]
+           "read_outcomes_csv", "write_outcomes_csv", "STATUS_VALUES"]
 
 _ALIASES = {
     "patient_id": ("patient_id", "PatientID", "patient", "subject", "subject_id"),
@@ -35,7 +35,13 @@ _ALIASES = {
     "lesion_label": ("lesion_label", "lesion", "segment", "segment_label", "roi", "roi_name"),
     "group": ("group", "split_group", "site", "centre", "center"),
     "folder": ("folder", "path", "study_folder", "study_dir"),
+    # the outcomes CSV's optional columns (egfr-node outcomes import)
+    "date": ("date", "outcome_date", "pathology_date"),
+    "source": ("source", "tissue", "specimen"),
+    "subtype": ("subtype", "mutation_subtype", "mutation"),
+    "reference": ("reference", "pathology_reference", "report"),
 }
+_NOT_ASSESSABLE = ("not assessable", "not_assessable", "not-assessable", "na", "n/a", "unknown")
 _POSITIVE = ("positive", "pos", "mutant", "mutated", "mut", "1", "true", "yes")
 _NEGATIVE = ("negative", "neg", "wild-type", "wildtype", "wild type", "wt", "0", "false", "no")
 #: What a status cell may hold (shown in the error for anything else).
@@ -94,7 +100,7 @@ def _key(name: str) -> str:
     return re.sub(r"[\s_\-]", "", name.strip().lower())
 
 
-def _columns(header: list[str], path: Path) -> dict[str, str]:
+def _columns(header: list[str], path: Path, required: tuple[str, ...] = ("patient_id", "study_uid", "status")) -> dict[str, str]:
     found: dict[str, str] = {}
     for column in header:
         key = _key(column)
@@ -103,15 +109,18 @@ def _columns(header: list[str], path: Path) -> dict[str, str]:
                 if field in found:
                     raise CohortError(f"{path}: columns {found[field]!r} and {column!r} both name the {field.replace('_', ' ')}")
                 found[field] = column
-    missing = [f for f in ("patient_id", "study_uid", "status") if f not in found]
+    missing = [f for f in required if f not in found]
     if missing:
         spell = "; ".join(f"{f}: {', '.join(_ALIASES[f])}" for f in missing)
         raise CohortError(f"{path}: no column for {', '.join(missing)} (accepted spellings, any case: {spell}); header is {header}")
     return found
 
 
-def read_cohort(csv_path: Path, archive_root: Path | None = None) -> Cohort:
-    """Read and check the cohort CSV; every problem is a CohortError naming the row."""
+def read_cohort(csv_path: Path | Cohort, archive_root: Path | None = None) -> Cohort:
+    """Read and check the cohort CSV; every problem is a CohortError naming the row. A
+    :class:`Cohort` already built (from the node's outcomes) is returned as it is."""
+    if isinstance(csv_path, Cohort):
+        return csv_path
     path = Path(csv_path)
     if not path.is_file():
         raise CohortError(f"cohort file {path} does not exist")
@@ -190,3 +199,69 @@ def with_received_files(cohort: Cohort, database_url: str, archive_root: Path) -
     finally:
         engine.dispose()
     return Cohort(cohort.source, entries)
+
+
+def read_outcomes_csv(csv_path: Path) -> list:  # list[db.outcomes.OutcomeRow]
+    """The rows of an outcomes CSV (``egfr-node outcomes import``): the cohort CSV's columns,
+    the status also "not assessable", plus the optional date (YYYY-MM-DD), source (resection,
+    biopsy, primary_only; default resection), subtype (exon19_deletion, L858R, other) and
+    reference. Every problem is a CohortError naming the line; nothing is returned then."""
+    from datetime import date
+
+    from db.outcomes import OutcomeError, OutcomeRow, OutcomeValue
+
+    path = Path(csv_path)
+    if not path.is_file():
+        raise CohortError(f"outcomes file {path} does not exist")
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise CohortError(f"{path}: empty file (a header row is needed)")
+        cols = _columns(list(reader.fieldnames), path, required=("study_uid", "status"))
+        seen: dict[str, int] = {}
+        for number, row in enumerate(reader, start=2):
+            if not any((v or "").strip() for v in row.values()):
+                continue
+
+            def cell(field: str) -> str:
+                return (row.get(cols[field]) or "").strip() if field in cols else ""
+
+            study = cell("study_uid")
+            if not _UID.match(study) or len(study) > 64:
+                raise CohortError(f"{path} line {number}: {study!r} is not a Study Instance UID")
+            if study in seen:
+                raise CohortError(f"{path} line {number}: study {study} listed again (first on line {seen[study]})")
+            seen[study] = number
+            text = cell("status")
+            try:
+                status = "not_assessable" if text.lower() in _NOT_ASSESSABLE else \
+                    ("positive" if parse_status(text) else "negative")
+            except ValueError as exc:
+                raise CohortError(f"{path} line {number}, column {cols['status']!r}: {exc}; or not assessable") from None
+            try:
+                when = date.fromisoformat(cell("date")) if cell("date") else None
+            except ValueError:
+                raise CohortError(f"{path} line {number}: date {cell('date')!r} is not YYYY-MM-DD") from None
+            try:
+                value = OutcomeValue(status, cell("source") or "resection", when, cell("subtype") or None,
+                                     cell("reference") or None)
+            except OutcomeError as exc:
+                raise CohortError(f"{path} line {number}: {exc}") from None
+            rows.append(OutcomeRow(number, cell("patient_id"), study, value))
+    if not rows:
+        raise CohortError(f"{path}: no outcomes listed")
+    return rows
+
+
+def write_outcomes_csv(path: Path, outcomes: list) -> int:  # outcomes: list[db.outcomes.OutcomeView]
+    """The site's outcomes as a CSV that ``read_outcomes_csv`` and ``read_cohort`` read back
+    (``not_assessable`` rows are not a cohort's: ``read_cohort`` refuses them)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["study_uid", "egfr_status", "date", "source", "subtype", "reference", "updated_by", "updated_at"])
+        for view in outcomes:
+            v = view.value
+            writer.writerow([view.study_uid, v.status, v.outcome_date.isoformat() if v.outcome_date else "", v.source,
+                             v.subtype or "", v.reference or "", view.updated_by, view.updated_at.isoformat() + "Z"])
+    return len(outcomes)

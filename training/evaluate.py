@@ -34,7 +34,7 @@ import numpy as np
 from pipeline.model.bundle import Manifest
 from pipeline.model.performance import auc, auc_ci, performance, roc_band, threshold_figures
 from training.cache import PreparedCohort, prepare_cohort
-from training.cohort import read_cohort, with_received_files
+from training.cohort import Cohort, read_cohort, with_received_files
 from training.export import write_folder
 from training.report import _ci, _clean, _fmt, figure_lines
 
@@ -114,7 +114,7 @@ def _score(prepared: PreparedCohort, ensemble: Any) -> list[EvaluatedCase]:
     return cases
 
 
-def evaluate_bundle(bundle: Path, cohort_csv: Path, out_dir: Path, *, archive_root: Path | None = None,
+def evaluate_bundle(bundle: Path, cohort_csv: Path | Cohort, out_dir: Path, *, archive_root: Path | None = None,
                     database_url: str | None = None, cache_dir: Path | None = None, device: str = "cpu",
                     bootstrap: int = 2000, seed: int = 0,
                     progress: Callable[[int, int], None] | None = None) -> EvaluationOutcome:
@@ -133,7 +133,7 @@ def evaluate_bundle(bundle: Path, cohort_csv: Path, out_dir: Path, *, archive_ro
     bundle = Path(bundle).absolute()
     manifest = Manifest.load_checked(bundle)
     ensemble = FoldEnsemble.load(bundle, manifest, device=resolve_device(device))
-    cohort = read_cohort(Path(cohort_csv), archive_root)
+    cohort = read_cohort(cohort_csv, archive_root)
     if database_url and archive_root is not None:
         cohort = with_received_files(cohort, database_url, archive_root)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / ".egfr-train-cache"
@@ -145,7 +145,7 @@ def evaluate_bundle(bundle: Path, cohort_csv: Path, out_dir: Path, *, archive_ro
     if not scored:
         raise EvaluationError(f"no case of {len(cohort)} could be scored; first reasons: "
                               + "; ".join(f"{c.study_uid}: {c.failure}" for c in failed[:3]))
-    report = _report(bundle, manifest, cohort_csv, scored, failed, bootstrap, seed, device, started)
+    report = _report(bundle, manifest, cohort.source, scored, failed, bootstrap, seed, device, started)
     write_folder(out_dir, lambda folder: _write(folder, report, scored, failed, bootstrap, seed), "the evaluation")
     return EvaluationOutcome(out_dir, report, scored + failed)
 

@@ -42,7 +42,7 @@ from pipeline.model.network import architecture_of
 from pipeline.prep.params import PreprocessParams
 from training import distributed
 from training.cache import PreparedCohort, prepare_cohort
-from training.cohort import read_cohort, with_received_files
+from training.cohort import Cohort, read_cohort, with_received_files
 from training.engine import FoldResult, FoldTrainer, resolve_device, train_fold, train_folds_together
 from training.export import write_bundle
 from training.metrics import binary_metrics, fold_table, pooled_metrics
@@ -196,7 +196,7 @@ class TrainOutcome:
 
 
 def train_bundle(
-    cohort_csv: Path,
+    cohort_csv: Path | Cohort,
     out_dir: Path,
     *,
     settings: TrainSettings | None = None,
@@ -207,10 +207,13 @@ def train_bundle(
     name: str | None = None,
     version: str | None = None,
     progress: bool = True,
+    provenance: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Read the cohort, prepare every study (cached), run the CV (``settings.repeats`` times),
     write the bundle with its report to ``out_dir`` atomically, and return what was written.
 
+    ``cohort_csv`` may be a :class:`training.cohort.Cohort` already built (from the node's
+    outcomes; ``provenance`` then says which, recorded in the bundle).
     ``cache_dir`` defaults to ``<out_dir's parent>/.egfr-train-cache``. With the node's
     ``database_url`` (and ``archive_root``) each archived study is read as the node's jobs read
     it: its received instances only (:func:`training.cohort.with_received_files`)."""
@@ -222,7 +225,7 @@ def train_bundle(
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise TrainingError(f"{out_dir} already exists; choose a new folder for the bundle")
-    cohort = read_cohort(Path(cohort_csv), archive_root)
+    cohort = read_cohort(cohort_csv, archive_root)
     if database_url and archive_root is not None:
         cohort = with_received_files(cohort, database_url, archive_root)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.absolute().parent / ".egfr-train-cache"
@@ -258,6 +261,8 @@ def train_bundle(
     report = build_report(cohort, prepared, labels, runs, settings, params, served, code_version(), started,
                           permutations=permutations, name=name)
     report["training_summary"]["processes"] = distributed.world_size()  # > 1: data-parallel under torchrun
+    if provenance is not None:
+        report["cohort_provenance"] = report["training_summary"]["cohort_provenance"] = provenance
     normalization = "imagenet" if settings.pretrained else "none"
     version = version or started.strftime("%Y%m%d%H%M%S")
 

@@ -1,4 +1,5 @@
-"""``egfr-node models list | activate PATH|ID [--force] | show [ID]``: the bundles the node can run.
+"""``egfr-node models list | activate PATH|ID [--force] | shadow PATH|ID|--clear | promote | show [ID]``:
+the bundles the node can run.
 
 Activation (:mod:`dicom_node.bundles`, shared with the console) checks the bundle before the
 database changes: the manifest parses, this node can run it (format, network, input shape
@@ -44,7 +45,8 @@ def list_lines(sessions: sessionmaker[Session]) -> list[str]:
         records = bundles.list_bundles(session)
     lines = [f"{'ID':>3}  {'ACTIVE':<6}  {'NAME':<24}  {'VERSION':<20}  {'REGISTERED (UTC)':<19}  PATH"]
     for r in records:
-        lines.append(f"{r.id:>3}  {('yes' + ('!' if r.activated_despite else '')) if r.active else '':<6}  {r.name[:24]:<24}  "
+        state = ('yes' + ('!' if r.activated_despite else '')) if r.active else ('shadow' if r.shadow else '')
+        lines.append(f"{r.id:>3}  {state:<6}  {r.name[:24]:<24}  "
                      f"{r.version[:20]:<20}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.bundle_path}")
         if r.active and r.activated_despite:
             lines.append(f"     ! activated by {r.activated_by} despite: {r.activated_despite}")
@@ -84,13 +86,20 @@ def register(sub: Any) -> None:
     m.add_argument("--force", action="store_true",
                    help="activate despite the guards (shuffled labels, random frozen body, threshold, AUC); audited")
     m.set_defaults(run=run)
+    m = models.add_parser("shadow", help="run a candidate bundle beside the active one, never sent (folder or id)")
+    m.add_argument("key", metavar="PATH|ID", nargs="?")
+    m.add_argument("--clear", action="store_true", help="no shadow bundle")
+    m.set_defaults(run=run)
+    m = models.add_parser("promote", help="make the shadow bundle the active one (its guards apply)")
+    m.add_argument("--force", action="store_true", help="promote despite the guards; audited")
+    m.set_defaults(run=run)
     m = models.add_parser("show", help="a bundle's manifest summary (default: the active one)")
     m.add_argument("model_id", nargs="?", type=int)
     m.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """``egfr-node models list | activate PATH|ID | show [ID]``."""
+    """``egfr-node models list | activate | shadow | promote | show``."""
 
     def do(runtime: Any) -> int:
         if args.models_command == "list":
@@ -109,6 +118,27 @@ def run(args: argparse.Namespace) -> int:
             print(f"model bundle {record.id} ({record.name} {record.version}) is active; new jobs use it")
             if record.activated_despite:
                 print(f"FORCED despite: {record.activated_despite}")
+        elif args.models_command == "shadow":
+            from dicom_node.bundles import set_shadow
+
+            if (args.key is None) == (not args.clear):
+                print("egfr-node: give a bundle (PATH or ID) or --clear", file=sys.stderr)
+                return 1
+            record = set_shadow(runtime.sessions, None if args.clear else args.key, user=shell_user())
+            print(f"model bundle {record.id} ({record.name} {record.version}) is the shadow: it runs on each new study "
+                  "after the active one; its answers are stored, never sent" if record else "no shadow bundle")
+        elif args.models_command == "promote":
+            from dicom_node.bundles import ActivationRefused, promote
+
+            try:
+                record = promote(runtime.sessions, user=shell_user(), force=args.force)
+            except ActivationRefused as exc:
+                print("egfr-node: the shadow bundle's guards refuse it:", file=sys.stderr)
+                for concern in exc.concerns:
+                    print(f"  - {concern}", file=sys.stderr)
+                print("egfr-node: --force promotes it anyway (audited, and said in every SR)", file=sys.stderr)
+                return 1
+            print(f"model bundle {record.id} ({record.name} {record.version}) promoted: active; new jobs use it")
         else:
             print(show_text(runtime.sessions, args.model_id))
         return 0

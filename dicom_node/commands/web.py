@@ -15,9 +15,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("web", help="the admin console and HTTP API alone (serve starts it when [web] enabled)")
     p.set_defaults(run=console)
     users = p.add_subparsers(dest="web_command")
-    u = users.add_parser("add-user", help="add a console user, or change a user's password")
+    u = users.add_parser("add-user", help="add a console user, or change a user's password or role")
     u.add_argument("name")
+    u.add_argument("--role", choices=("viewer", "clinician", "admin"),
+                   help="viewer: reads; clinician: also records outcomes; admin: also acts (a new user's default)")
     u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    u.add_argument("--keep-password", action="store_true", help="change the role only")
     u.set_defaults(run=add_user)
 
 
@@ -47,15 +50,18 @@ def add_user(args: argparse.Namespace) -> int:
     from dicom_node.web.auth import UsersFileError, add_user as add_to_users_file
 
     config = load(args)
-    if args.password_stdin:
+    if args.keep_password:
+        password = None
+    elif args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = getpass.getpass(f"password for {args.name}: ")
         if getpass.getpass("again: ") != password:
             return fail("the two passwords differ")
     try:
-        new = add_to_users_file(config.web_users_path, args.name, password)
+        new = add_to_users_file(config.web_users_path, args.name, password, args.role)
     except UsersFileError as exc:
         return fail(str(exc))
-    print(f"{'added' if new else 'changed the password of'} {args.name} in {config.web_users_path}")
+    print(f"{'added' if new else 'changed'} {args.name} ({args.role or ('admin' if new else 'role kept')}) in "
+          f"{config.web_users_path}")
     return 0

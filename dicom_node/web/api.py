@@ -12,14 +12,17 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from dicom_node.web.app import remote_of, require_csrf, user_of
+from dicom_node.web.app import remote_of, require_admin, require_clinician, require_csrf, user_of
 from dicom_node.web.auth import new_csrf_token
 from dicom_node.web.console import ActionRefused, Console
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api", tags=["api"])
-Action = Depends(require_csrf)
+#: An action on the node: the session's CSRF token and the admin role.
+Action = Depends(require_admin)
+#: Recording an outcome: the CSRF token and the clinician (or admin) role.
+OutcomeAction = Depends(require_clinician)
 
 
 def _console(request: Request) -> Console:
@@ -41,6 +44,15 @@ def _refused(exc: ActionRefused) -> HTTPException:
 class SignIn(BaseModel):
     user: str = Field(max_length=64)
     password: str = Field(max_length=1024)
+
+
+class OutcomeBody(BaseModel):
+    status: str = Field(description="positive | negative | not_assessable", max_length=16)
+    source: str = Field(description="resection | biopsy | primary_only: the metastasis itself, or the primary tumour only",
+                        max_length=16)
+    date: str | None = Field(default=None, description="the pathology date, YYYY-MM-DD", max_length=10)
+    subtype: str | None = Field(default=None, description="exon19_deletion | L858R | other (positive only)", max_length=24)
+    reference: str | None = Field(default=None, description="free text: the pathology report's reference", max_length=256)
 
 
 class BundlePath(BaseModel):
@@ -69,7 +81,7 @@ def session_info(request: Request) -> dict[str, Any]:
     return {"user": user, "csrf_token": request.session.get("csrf")}
 
 
-@router.delete("/session", summary="Sign out", dependencies=[Action])
+@router.delete("/session", summary="Sign out", dependencies=[Depends(require_csrf)])
 def sign_out(request: Request) -> dict[str, Any]:
     request.session.clear()
     return {"signed_out": True}
@@ -152,6 +164,44 @@ def activate_model(model_id: int, request: Request, force: bool = False) -> dict
 @router.post("/models", summary="Check, register and activate a bundle folder", dependencies=[Action])
 def activate_folder(body: BundlePath, request: Request) -> dict[str, Any]:
     return _act(lambda c: c.activate(user_of(request), body.path, remote=remote_of(request), force=body.force), request)
+
+
+@router.get("/studies/{study_uid}/outcome", summary="A study's pathology outcome and every change of it")
+def study_outcome(study_uid: str, request: Request) -> dict[str, Any]:
+    return _console(request).outcome(study_uid)
+
+
+@router.put("/studies/{study_uid}/outcome", summary="Record a study's pathology outcome (clinician or admin)",
+            dependencies=[OutcomeAction])
+def put_study_outcome(study_uid: str, body: OutcomeBody, request: Request) -> dict[str, Any]:
+    try:
+        return _console(request).record_outcome(user_of(request), study_uid, body.model_dump(), via="api",
+                                                remote=remote_of(request))
+    except ActionRefused as exc:
+        raise HTTPException(404 if "not in this node's archive" in str(exc) else 422, str(exc)) from None
+
+
+@router.get("/performance", summary="A bundle's running performance on the site's confirmed cases (default: the active "
+                                    "bundle, compared with the shadow)")
+def running_performance(request: Request, bundle: int | None = Query(None, ge=1, le=2**31 - 1),
+                        compare: int | None = Query(None, ge=1, le=2**31 - 1), include_primary: bool = False) -> dict[str, Any]:
+    return _act(lambda c: c.performance(bundle, include_primary, compare), request)
+
+
+@router.post("/models/{model_id}/shadow", summary="Make a registered bundle the shadow (runs after the active one, "
+                                                  "never sent)", dependencies=[Action])
+def shadow_model(model_id: int, request: Request) -> dict[str, Any]:
+    return _act(lambda c: c.shadow(user_of(request), str(model_id), remote=remote_of(request)), request)
+
+
+@router.delete("/models/shadow", summary="No shadow bundle", dependencies=[Action])
+def clear_shadow(request: Request) -> dict[str, Any]:
+    return _act(lambda c: c.shadow(user_of(request), None, remote=remote_of(request)), request)
+
+
+@router.post("/models/promote", summary="Make the shadow bundle the active one (its guards apply)", dependencies=[Action])
+def promote_shadow(request: Request, force: bool = False) -> dict[str, Any]:
+    return _act(lambda c: c.promote(user_of(request), force=force, remote=remote_of(request)), request)
 
 
 @router.get("/destinations", summary="Destinations: deliveries sent, open and failed; last success and failure")

@@ -27,7 +27,7 @@ from dicom_node.config import Config
 from dicom_node.web.auth import Users, new_csrf_token, same_token, session_secret
 from dicom_node.web.console import Console
 
-__all__ = ["create_app", "require_csrf", "user_of", "PUBLIC_PATHS"]
+__all__ = ["create_app", "require_csrf", "require_admin", "require_clinician", "user_of", "role_of", "PUBLIC_PATHS"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,30 @@ SECURITY_HEADERS = {
 def user_of(request: Request) -> str:
     """The signed-in user of a request that passed the guard."""
     return request.state.user
+
+
+def role_of(request: Request) -> str | None:
+    """The signed-in user's role (viewer, clinician, admin)."""
+    return getattr(request.state, "role", None)
+
+
+def _require(request: Request, action: str, what: str) -> None:
+    from dicom_node.web.auth import may
+
+    if not may(role_of(request), action):
+        raise HTTPException(403, f"your role ({role_of(request)}) may not {what}")
+
+
+async def require_admin(request: Request) -> None:
+    """An action on the node (replay, bundles, echo ...): the CSRF token and the admin role."""
+    await require_csrf(request)
+    _require(request, "act", "act on the node: an admin may")
+
+
+async def require_clinician(request: Request) -> None:
+    """Recording a pathology outcome: the CSRF token and the clinician or admin role."""
+    await require_csrf(request)
+    _require(request, "outcome", "record outcomes: a clinician or an admin may")
 
 
 def remote_of(request: Request) -> str:
@@ -69,20 +93,24 @@ class _Guard(BaseHTTPMiddleware):
         super().__init__(app)
         self.config, self.users = config, users
 
-    def _user(self, request: Request) -> str | None:
+    def _user(self, request: Request) -> tuple[str | None, str | None]:
+        """(user, role): a proxy's user has the role the users file gives the name, else admin
+        (as before roles); a session's user the file's role."""
         web = self.config.web
         if web.trusted_user_header and request.client and request.client.host in web.trusted_proxies:
-            name = request.headers.get(web.trusted_user_header, "").strip()
+            name = request.headers.get(web.trusted_user_header, "").strip()[:64]
             if name:
-                return name[:64]
+                return name, self.users.role(name) or "admin"
         name = request.session.get("user")
-        return name if isinstance(name, str) and self.users.exists(name) else None
+        if isinstance(name, str) and self.users.exists(name):
+            return name, self.users.role(name)
+        return None, None
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         if "csrf" not in request.session:
             request.session["csrf"] = new_csrf_token()
-        user = self._user(request)
-        request.state.user = user
+        user, role = self._user(request)
+        request.state.user, request.state.role = user, role
         path = request.url.path
         if user is None and not any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC_PATHS):
             if path.startswith("/api/"):

@@ -1,6 +1,10 @@
-"""Who may use the console: users with scrypt-hashed passwords in a file (``name:scrypt$...``
-lines, written by ``egfr-node web add-user``), or a reverse proxy's header from a trusted
-address; the session's CSRF token that every action must carry.
+"""Who may use the console: users with scrypt-hashed passwords and a role in a file
+(``name:role:scrypt$...`` lines, written by ``egfr-node web add-user``; a line without a role,
+``name:scrypt$...``, is an admin, as every user was before roles), or a reverse proxy's header
+from a trusted address; the session's CSRF token that every action must carry.
+
+Roles (issue 28): ``viewer`` sees every page and reads the API; ``clinician`` also records
+pathology outcomes; ``admin`` also acts on the node (replay, rerun, cancel, bundles, echo).
 
 Passwords are hashed with the standard library's scrypt (salted, n=2**14, r=8, p=1) and
 compared in constant time. Nothing here logs a password or a hash.
@@ -16,7 +20,17 @@ import secrets
 from pathlib import Path
 
 __all__ = ["hash_password", "verify_password", "Users", "UsersFileError", "new_csrf_token", "same_token",
-           "session_secret", "add_user"]
+           "session_secret", "add_user", "ROLES", "may"]
+
+#: The roles, least first; each may do what the ones before it may.
+ROLES = ("viewer", "clinician", "admin")
+#: What each kind of action needs.
+NEEDS = {"read": "viewer", "outcome": "clinician", "act": "admin"}
+
+
+def may(role: str | None, action: str) -> bool:
+    """Whether ``role`` may do ``action`` (read, outcome, act)."""
+    return role in ROLES and ROLES.index(role) >= ROLES.index(NEEDS[action])
 
 _N, _R, _P = 2**14, 8, 1
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
@@ -64,6 +78,7 @@ class Users:
         self.path = Path(path)
         self._stamp: tuple[float, int] | None = None
         self._hashes: dict[str, str] = {}
+        self._roles: dict[str, str] = {}
 
     def _load(self) -> dict[str, str]:
         try:
@@ -73,7 +88,9 @@ class Users:
             return self._hashes
         stamp = (stat.st_mtime, stat.st_size)
         if stamp != self._stamp:
-            self._hashes = read_users(self.path)
+            entries = read_users(self.path)
+            self._hashes = {name: stored for name, (_, stored) in entries.items()}
+            self._roles = {name: role for name, (role, _) in entries.items()}
             self._stamp = stamp
         return self._hashes
 
@@ -83,6 +100,11 @@ class Users:
     def exists(self, name: str) -> bool:
         return name in self._load()
 
+    def role(self, name: str) -> str | None:
+        """The user's role, or None for a name not in the file."""
+        self._load()
+        return self._roles.get(name)
+
     def check(self, name: str, password: str) -> bool:
         stored = self._load().get(name)
         if stored is None:
@@ -91,34 +113,46 @@ class Users:
         return verify_password(password, stored)
 
 
-def read_users(path: Path) -> dict[str, str]:
-    users: dict[str, str] = {}
+def read_users(path: Path) -> dict[str, tuple[str, str]]:
+    """name -> (role, stored hash); a line without a role is an admin's."""
+    users: dict[str, tuple[str, str]] = {}
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        name, sep, stored = line.partition(":")
+        name, sep, rest = line.partition(":")
+        role, stored = ("admin", rest) if rest.startswith("scrypt$") else rest.partition(":")[::2]
         if not sep or not stored.startswith("scrypt$") or stored.count("$") != 5:
-            raise UsersFileError(f"{path} line {number}: not name:scrypt$... (write users with `egfr-node web add-user`)")
-        users[check_user_name(name)] = stored
+            raise UsersFileError(f"{path} line {number}: not name:role:scrypt$... (write users with `egfr-node web add-user`)")
+        if role not in ROLES:
+            raise UsersFileError(f"{path} line {number}: role {role!r} is not one of {', '.join(ROLES)}")
+        users[check_user_name(name)] = (role, stored)
     return users
 
 
-def add_user(path: Path, name: str, password: str) -> bool:
-    """Add or replace ``name`` in the users file (created 0600). True when the user is new."""
+def add_user(path: Path, name: str, password: str | None, role: str | None = None) -> bool:
+    """Add ``name`` to the users file (created 0600), or change its password and/or role (a
+    None password or role keeps the present one; a new user needs a password and is an admin
+    unless ``role`` says otherwise). True when the user is new."""
     check_user_name(name)
-    if len(password) < 8:
+    if role is not None and role not in ROLES:
+        raise UsersFileError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if password is not None and len(password) < 8:
         raise UsersFileError("password: at least 8 characters")
     path = Path(path)
     users = read_users(path) if path.exists() else {}
     new = name not in users
-    users[name] = hash_password(password)
+    if new and password is None:
+        raise UsersFileError(f"user {name} is new: a password is needed")
+    old_role, old_hash = users.get(name, ("admin", ""))
+    users[name] = (role or old_role, hash_password(password) if password is not None else old_hash)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write("# egfr-node console users: name:scrypt$n$r$p$salt$hash (egfr-node web add-user NAME)\n")
-        out.writelines(f"{user}:{stored}\n" for user, stored in sorted(users.items()))
+        out.write("# egfr-node console users: name:role:scrypt$n$r$p$salt$hash, role viewer|clinician|admin "
+                  "(egfr-node web add-user NAME --role ROLE)\n")
+        out.writelines(f"{user}:{role}:{stored}\n" for user, (role, stored) in sorted(users.items()))
     os.replace(temporary, path)
     return new
 

@@ -19,6 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit, bundles, overview
 from db.deliveries import deliveries_of_job
+from db.outcomes import get_outcome
+from db.outcomes import history as outcome_history
+from db.shadow import shadow_results
 from db.models import JobState
 from pipeline.model.bundle import Manifest
 from db.queue import QueueError, cancel, count_jobs_by_state, get_job, list_jobs, replay
@@ -101,7 +104,94 @@ class Console:
             except QueueError as exc:
                 raise ActionRefused(str(exc)) from None
             job["deliveries"] = [d.to_json() for d in deliveries_of_job(session, job_id)]
+            job["shadow"] = [r.to_json() for r in shadow_results(session, job_id)]
         return job
+
+    # --- outcomes and running performance (issue 28) ------------------------------------------
+
+    def study(self, study_uid: str) -> dict[str, Any]:
+        """A study's jobs, newest first, and its pathology outcome with its history."""
+        with self.sessions() as session:
+            jobs = [j.to_json() for j in list_jobs(session, study_uid=study_uid, limit=100)]
+        if not jobs:
+            raise ActionRefused(f"no study {study_uid} in this node's queue")
+        return {"study_uid": study_uid, "jobs": jobs, **self.outcome(study_uid)}
+
+    def outcome(self, study_uid: str) -> dict[str, Any]:
+        with self.sessions() as session:
+            view = get_outcome(session, study_uid)
+            changes = outcome_history(session, study_uid)
+        return {"outcome": view.to_json() if view else None, "history": [c.to_json() for c in changes]}
+
+    def record_outcome(self, user: str, study_uid: str, values: dict[str, Any], via: str, remote: str = "") -> dict[str, Any]:
+        """Record a study's pathology outcome (``dicom_node.outcomes.record``: history, pin, audit)."""
+        from datetime import date
+
+        from db.outcomes import OutcomeError, OutcomeValue
+        from dicom_node import outcomes
+
+        try:
+            when = values.get("date") or None
+            value = OutcomeValue(values.get("status") or "", values.get("source") or "",
+                                 date.fromisoformat(when) if isinstance(when, str) else when, values.get("subtype") or None,
+                                 values.get("reference") or None)
+            return outcomes.record(self.sessions, study_uid, value, user=user, via=via, remote=remote)
+        except ValueError as exc:  # OutcomeError, or a date that is not YYYY-MM-DD
+            raise ActionRefused(f"outcome refused: {exc}" if isinstance(exc, OutcomeError) else
+                                f"outcome refused: date {values.get('date')!r} is not YYYY-MM-DD") from None
+
+    def performance(self, model_id: int | None, include_primary: bool = False, compare: int | None = None,
+                    resamples: int = 2000) -> dict[str, Any]:
+        """The running performance of a bundle (default: the active one) on the confirmed cases,
+        and its comparison with ``compare`` (default: the shadow, when the bundle is the active one)."""
+        from dicom_node import outcomes
+
+        with self.sessions() as session:
+            record = bundles.get_bundle(session, model_id) if model_id else bundles.active(session)
+            shadow = bundles.shadow(session)
+        if record is None:
+            raise ActionRefused("no model bundle is active: choose one")
+        if compare is None and record.active and shadow is not None:
+            compare = shadow.id
+        report = outcomes.performance_of(self.sessions, record.id, include_primary=include_primary, resamples=resamples)
+        report["comparison"] = outcomes.comparison(self.sessions, record.id, compare, include_primary=include_primary,
+                                                   resamples=resamples) if compare else None
+        return report
+
+    def reliability_png(self, report: dict[str, Any]) -> bytes | None:
+        from pipeline.model.plots import png_bytes, reliability_figure
+
+        f = report.get("figures") or {}
+        if not f.get("reliability", {}).get("predicted"):
+            return None
+        cal = f["calibration"]
+        return png_bytes(reliability_figure({"this site's confirmed cases": f["reliability"]},
+                                            f"slope {cal['slope']:.2f}, in-the-large {cal['in_the_large']:+.2f}, "
+                                            f"Brier {cal['brier']:.3f}"))
+
+    def shadow(self, user: str, key: str | None, remote: str = "") -> dict[str, Any]:
+        from dicom_node.bundles import set_shadow
+        from pipeline.model.bundle import BundleError
+
+        try:
+            record = set_shadow(self.sessions, key, user=user, remote=remote)
+        except (BundleError, bundles.BundleRegistryError) as exc:
+            raise ActionRefused(str(exc)) from None
+        outcome = (f"bundle {record.id} ({record.name} {record.version}) is the shadow: it runs on each new study after the "
+                   "active one; its answers are stored, never sent") if record else "no shadow bundle"
+        return {"bundle": _bundle_json(record) if record else None, "outcome": outcome}
+
+    def promote(self, user: str, force: bool = False, remote: str = "") -> dict[str, Any]:
+        from dicom_node.bundles import promote
+        from pipeline.model.bundle import BundleError
+
+        try:
+            record = promote(self.sessions, user=user, force=force, remote=remote)
+        except (BundleError, bundles.BundleRegistryError) as exc:
+            raise ActionRefused(str(exc)) from None
+        return {"bundle": _bundle_json(record), "outcome": f"bundle {record.id} ({record.name} {record.version}) promoted: "
+                                                          "active" + (f"; FORCED despite: {record.activated_despite}"
+                                                                      if record.activated_despite else "")}
 
     def studies(self, limit: int = 50, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
         with self.sessions() as session:
@@ -319,4 +409,4 @@ def _bundle_json(record: bundles.BundleRecord) -> dict[str, Any]:
     return {"id": record.id, "name": record.name, "version": record.version, "device_uid": record.device_uid,
             "path": record.bundle_path, "active": record.active, "registered_at": record.created_at.isoformat() + "Z",
             "activated_at": record.activated_at.isoformat() + "Z" if record.activated_at else None,
-            "activated_by": record.activated_by, "activated_despite": record.activated_despite}
+            "activated_by": record.activated_by, "activated_despite": record.activated_despite, "shadow": record.shadow}

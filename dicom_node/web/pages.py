@@ -14,7 +14,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from dicom_node.web.app import remote_of, require_csrf, user_of
+from dicom_node.web.app import remote_of, require_admin, require_clinician, require_csrf, role_of, user_of
+from dicom_node.web.auth import may
 from dicom_node.web.auth import new_csrf_token
 from dicom_node.web.console import ActionRefused, Console
 from dicom_node.web.plots import slice_scores_svg
@@ -23,7 +24,8 @@ __all__ = ["router", "error_page"]
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
-Action = Depends(require_csrf)
+Action = Depends(require_admin)  # an action on the node: CSRF token and the admin role
+Csrf = Depends(require_csrf)  # signing in and out: the CSRF token only
 PAGE = 50
 RESEARCH_USE = ("Research use only: a second opinion from a model cross-validated on one cohort, "
                 "not a diagnosis; internal cross-validation is not external validation.")
@@ -37,7 +39,8 @@ def _render(request: Request, template: str, status_code: int = 200, **context: 
     console = _console(request)
     flash = request.session.pop("flash", None) if template != "queue_rows.html" else None
     return templates.TemplateResponse(request, template, {
-        "user": request.state.user, "csrf": request.session.get("csrf"), "flash": flash,
+        "user": request.state.user, "role": role_of(request), "csrf": request.session.get("csrf"), "flash": flash,
+        "may_act": may(role_of(request), "act"), "may_enter_outcome": may(role_of(request), "outcome"),
         "health": console.health() if request.state.user else None, "research_use": RESEARCH_USE,
         "refresh_seconds": console.config.web.refresh_seconds, **context}, status_code=status_code)
 
@@ -63,7 +66,7 @@ def login_page(request: Request, next: str | None = None) -> HTMLResponse:  # no
     return _render(request, "login.html", next=_safe_next(next), failed=False)
 
 
-@router.post("/login", dependencies=[Action])
+@router.post("/login", dependencies=[Csrf])
 async def login(request: Request, user: str = Form(max_length=64), password: str = Form(max_length=1024),
                 next: str = Form("/queue")) -> Response:  # noqa: A002
     console, users = _console(request), request.app.state.users
@@ -77,7 +80,7 @@ async def login(request: Request, user: str = Form(max_length=64), password: str
     return RedirectResponse(_safe_next(next), status_code=303)
 
 
-@router.post("/logout", dependencies=[Action])
+@router.post("/logout", dependencies=[Csrf])
 def logout(request: Request) -> Response:
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
@@ -128,8 +131,10 @@ def job_page(job_id: int, request: Request) -> HTMLResponse:
         plot = Markup(slice_scores_svg(result["scores"], result.get("threshold"),
                                        (result.get("selection") or {}).get("slices")))
     patient = console.patient_of(job_id) if (result.get("instances") or {}).get("sr") else {}
+    outcome = console.outcome(job["study_uid"])
     return _render(request, "job.html", job=job, result=result, plot=plot, patient=patient,
-                   has_card=bool((result.get("instances") or {}).get("card")))
+                   has_card=bool((result.get("instances") or {}).get("card")), study_uid=job["study_uid"],
+                   outcome=outcome["outcome"], outcome_history=outcome["history"], back=f"/jobs/{job_id}")
 
 
 @router.post("/jobs/{job_id}/{action}", dependencies=[Action])
@@ -155,6 +160,65 @@ def studies_page(request: Request, page: int = 1) -> HTMLResponse:
     page = max(1, page)
     total, studies = _console(request).studies(PAGE, (page - 1) * PAGE)
     return _render(request, "studies.html", studies=studies, total=total, page=page, more=page * PAGE < total)
+
+
+@router.get("/studies/{study_uid}")
+def study_page(study_uid: str, request: Request) -> HTMLResponse:
+    try:
+        study = _console(request).study(study_uid)
+    except ActionRefused as exc:
+        return error_page(request, 404, str(exc))
+    return _render(request, "study.html", study_uid=study_uid, jobs=study["jobs"], outcome=study["outcome"],
+                   outcome_history=study["history"], back=f"/studies/{study_uid}")
+
+
+@router.post("/studies/{study_uid}/outcome", dependencies=[Depends(require_clinician)])
+def study_outcome(study_uid: str, request: Request, status: str = Form(max_length=16), source: str = Form(max_length=16),
+                  date: str = Form("", max_length=10), subtype: str = Form("", max_length=24),
+                  reference: str = Form("", max_length=256), back: str = Form("", max_length=256)) -> Response:
+    target = back if back.startswith(("/jobs/", "/studies/")) else f"/studies/{study_uid}"
+    try:
+        done = _console(request).record_outcome(user_of(request), study_uid, {
+            "status": status, "source": source, "date": date, "subtype": subtype, "reference": reference},
+            via="console", remote=remote_of(request))
+    except ActionRefused as exc:
+        return _back(request, target, str(exc), ok=False)
+    outcome = done["outcome"]
+    return _back(request, target, f"outcome recorded: EGFR {outcome['status'].replace('_', ' ')} ({outcome['source']})"
+                 if done["changed"] else "outcome unchanged")
+
+
+@router.get("/performance")
+def performance_page(request: Request, bundle: int | None = None, include_primary: str = "") -> HTMLResponse:
+    import base64
+
+    console = _console(request)
+    try:
+        report = console.performance(bundle, include_primary == "yes")
+    except ActionRefused as exc:
+        return error_page(request, 404, str(exc))
+    png = console.reliability_png(report)
+    return _render(request, "performance.html", report=report, comparison=report["comparison"],
+                   bundles=console.bundles(), include_primary=include_primary == "yes",
+                   reliability=base64.b64encode(png).decode("ascii") if png else None)
+
+
+@router.post("/models/shadow", dependencies=[Action])
+def model_shadow(request: Request, key: str = Form("", max_length=4096)) -> Response:
+    try:
+        done = _console(request).shadow(user_of(request), key.strip() or None, remote=remote_of(request))
+    except ActionRefused as exc:
+        return _back(request, "/models", f"shadow refused: {exc}", ok=False)
+    return _back(request, "/models", done["outcome"])
+
+
+@router.post("/models/promote", dependencies=[Action])
+def model_promote(request: Request, force: str = Form(default="", max_length=8)) -> Response:
+    try:
+        done = _console(request).promote(user_of(request), force=force == "yes", remote=remote_of(request))
+    except ActionRefused as exc:
+        return _back(request, "/models", f"promotion refused: {exc}", ok=False)
+    return _back(request, "/models", done["outcome"])
 
 
 @router.post("/studies/{study_uid}/replay", dependencies=[Action])

@@ -58,7 +58,7 @@ def test_import_train_register_activate_then_the_node_predicts(tmp_path: Path) -
     # --selection paper with the scratch recipe: the scratch recipe's metric keeps the last epoch, and the record says so
     assert report["selection_text"].startswith("paper: kept epoch: the last epoch (nothing chosen on data)")
     # what a model was trained on is kept from retention
-    assert f"pinned {len(rows)} of the cohort's {len(rows)} studies against retention" in trained.stdout
+    assert f"pinned {len(rows)} of the cohort's studies against retention ({len(rows)} newly" in trained.stdout
     usage = cli(config_path, "archive", "usage")
     assert f"{len(rows)} pinned" in usage.stdout, usage.stdout + usage.stderr
     listed = cli(config_path, "models", "list")
