@@ -95,6 +95,9 @@ class Study(Base):
     pinned_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     pinned_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     pin_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: an admin let retention delete the study although it was never answered (archive release)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    released_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.id")

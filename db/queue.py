@@ -126,13 +126,21 @@ def study_readiness(session: Session, study: Study) -> StudyReadiness:
         return StudyReadiness(False, "no MR series in the study yet")
     if not masks:
         return StudyReadiness(False, "no lesion mask (SEG or RTSTRUCT) in the study yet")
-    if any(mr_series.intersection(series or ()) for series, _ in masks):
-        return StudyReadiness(True, None)
-    # A mask that names only its source images (per-frame or per-contour references)
     referenced = {uid for _, sops in masks for uid in (sops or ())}
-    if referenced and session.scalar(images.where(Instance.sop_instance_uid.in_(referenced)).limit(1)):
+    present = set(session.scalars(images.with_only_columns(Instance.sop_instance_uid)
+                                  .where(Instance.sop_instance_uid.in_(referenced)))) if referenced else set()
+    # a mask on an MR series of the study (by series, or by the images it names), with every
+    # image it names archived: a study of which only part arrived (the rest refused, or still
+    # to come) waits, saying what is missing (issue 29)
+    usable = [(series, sops) for series, sops in masks
+              if mr_series.intersection(series or ()) or present.intersection(sops or ())]
+    if not usable:
+        return StudyReadiness(False, "no mask references an MR series of the study")
+    missing = min((len(set(sops or ()) - present), len(set(sops or ()))) for _, sops in usable)
+    if missing[0] == 0:
         return StudyReadiness(True, None)
-    return StudyReadiness(False, "no mask references an MR series of the study")
+    return StudyReadiness(False, f"incomplete: {missing[0]} of the {missing[1]} images the mask references are not in "
+                                 "the archive (not sent yet, or refused: the PACS may send them again)")
 
 
 def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: datetime | None = None) -> list[JobView]:

@@ -1,9 +1,12 @@
 """Retention's queries: which studies may be deleted, pins, and the deletion record.
 
-A study is *finished* when it has a job, none of its jobs is waiting, queued or running, no
-result of it is still pending or being retried, and its latest done job's results were all
-sent (a study whose jobs all failed or were cancelled has nothing to send). It is *eligible* when it is also
-not pinned and not already being deleted; its age counts from the last of its arrival, its
+A study is *finished* when it has been answered: none of its jobs is waiting, queued or
+running, no result of it is still pending or being retried, and its latest job is done with
+every result sent. A study whose latest job failed or was cancelled, or never ran, has not
+been answered: it is kept (issue 29: "every job failed" is not "nothing to send"; PACS may
+still send what it lacked) until a later job succeeds and its results are sent, or an admin
+releases it (``egfr-node archive release``: eligible then whatever its jobs say, busy ones
+aside). It is *eligible* when it is also not pinned and not already being deleted; its age counts from the last of its arrival, its
 jobs' ends and its deliveries. Deletion is two transactions around the file removal
 (:func:`mark_deletion`, then :func:`finish_deletion`), so a crash in between leaves a
 ``marked`` row that the next sweep completes.
@@ -15,13 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.models import Deletion, Delivery, DeliveryState, Instance, Job, JobState, Series, Study, utcnow
 
 __all__ = ["Candidate", "DeletionView", "eligible_studies", "mark_deletion", "marked_deletions", "finish_deletion",
            "cancel_deletion", "still_eligible",
-           "pin", "pinned", "unpin", "StudyCounts", "study_counts", "deletion_totals", "recent_deletions", "marked_paths"]
+           "pin", "pinned", "unpin", "release", "kept_unanswered", "StudyCounts", "study_counts", "deletion_totals", "recent_deletions", "marked_paths"]
 
 _BUSY = (JobState.WAITING, JobState.QUEUED, JobState.RUNNING)
 _UNSENT = (DeliveryState.PENDING, DeliveryState.RETRYING)
@@ -53,18 +56,35 @@ def _view(row: Deletion) -> DeletionView:
                         row.instances, row.size_bytes, tuple(row.paths or ()))
 
 
-def _finished_conditions():  # type: ignore[no-untyped-def]
-    busy = select(Job.id).where(Job.study_id == Study.id, Job.state.in_(_BUSY)).exists()
-    unsent = (select(Delivery.id).join(Job, Delivery.job_id == Job.id)
-              .where(Job.study_id == Study.id, Delivery.state.in_(_UNSENT)).exists())
-    # the results that count are the latest done job's: a replay that failed after it, or was
-    # cancelled, sent nothing, so those results must have been sent
-    latest_done = (select(func.max(Job.id)).where(Job.study_id == Study.id, Job.state == JobState.DONE)
-                   .correlate(Study).scalar_subquery())
-    latest_not_sent = (select(Delivery.id).where(Delivery.job_id == latest_done, Delivery.state != DeliveryState.SENT)
+def _latest_job():  # type: ignore[no-untyped-def]
+    """The id of the study's latest job (a scalar subquery on its own alias of ``job``)."""
+    job = aliased(Job)
+    return select(func.max(job.id)).where(job.study_id == Study.id).correlate(Study).scalar_subquery()
+
+
+def _answered():  # type: ignore[no-untyped-def]
+    """The study's latest job is done and every result of it was sent."""
+    latest = _latest_job()
+    job = aliased(Job)
+    latest_done = select(job.id).where(job.id == latest, job.state == JobState.DONE).correlate(Study).exists()
+    latest_not_sent = (select(Delivery.id).where(Delivery.job_id == latest, Delivery.state != DeliveryState.SENT)
                        .correlate(Study).exists())
-    has_job = select(Job.id).where(Job.study_id == Study.id).exists()
-    return has_job, ~busy, ~unsent, ~latest_not_sent
+    return latest_done & ~latest_not_sent
+
+
+def _settled():  # type: ignore[no-untyped-def]
+    """Nothing of the study is under way: no job waiting, queued or running, no result still
+    pending or being retried."""
+    job = aliased(Job)
+    busy = select(job.id).where(job.study_id == Study.id, job.state.in_(_BUSY)).correlate(Study).exists()
+    sending = aliased(Job)
+    unsent = (select(Delivery.id).join(sending, Delivery.job_id == sending.id)
+              .where(sending.study_id == Study.id, Delivery.state.in_(_UNSENT)).correlate(Study).exists())
+    return ~busy & ~unsent
+
+
+def _finished_conditions():  # type: ignore[no-untyped-def]
+    return _settled(), _answered() | Study.released_at.is_not(None)
 
 
 def eligible_studies(session: Session, finished_before: datetime, limit: int = 100) -> list[Candidate]:
@@ -186,6 +206,28 @@ def pinned(session: Session, study_uids: list[str]) -> set[str]:
     return set(session.scalars(select(Study.study_uid).where(Study.study_uid.in_(study_uids), Study.pinned_at.is_not(None))))
 
 
+def release(session: Session, study_uid: str, by: str, now: datetime | None = None) -> bool:
+    """An admin lets retention delete a study it keeps unanswered (a failed job nobody will
+    rerun); False when no such study is archived."""
+    return bool(session.execute(update(Study).where(Study.study_uid == study_uid)
+                                .values(released_at=now or utcnow(), released_by=by[:64])).rowcount)
+
+
+def kept_unanswered(session: Session, limit: int = 100) -> list[tuple[str, str]]:
+    """Studies retention keeps because they were never answered: (study UID, why), the why
+    from the latest job (failed with its reason, cancelled, done with results unsent)."""
+    rows = session.execute(select(Study.study_uid, Job.state, Job.reason, Job.id).join(Job, Job.id == _latest_job())
+                           .where(Study.pinned_at.is_(None), Study.released_at.is_(None), _settled(), ~_answered())
+                           .order_by(Study.id).limit(limit)).all()
+    out = []
+    for uid, state, reason, job_id in rows:
+        why = {JobState.FAILED: f"job {job_id} failed: {reason or 'no reason recorded'}",
+               JobState.CANCELLED: f"job {job_id} was cancelled: {reason or 'no reason recorded'}"}.get(
+            state, f"job {job_id} done, its results not all sent")
+        out.append((uid, why[:300]))
+    return out
+
+
 def unpin(session: Session, study_uid: str) -> bool:
     """Let retention consider ``study_uid`` again; False when no such study is archived."""
     return bool(session.execute(update(Study).where(Study.study_uid == study_uid)
@@ -197,10 +239,11 @@ class StudyCounts:
     studies: int
     pinned: int
     finished: int  # eligible now or later (finished, not pinned)
-    busy: int  # waiting, queued, running or with results to send
+    busy: int  # waiting, queued, running or with results to send, or never answered
     size_bytes: int
     pinned_bytes: int
     finished_bytes: int
+    unanswered: int = 0  # kept: the latest job failed or was cancelled, or its results were not sent
 
 
 def study_counts(session: Session) -> StudyCounts:
@@ -211,9 +254,12 @@ def study_counts(session: Session) -> StudyCounts:
     finished = set(session.scalars(select(Study.id).where(Study.pinned_at.is_(None), *_finished_conditions())))
     ids = set(session.scalars(select(Study.id)))
     size = {k: int(v or 0) for k, v in sizes.items()}
+    has_job = select(Job.id).where(Job.study_id == Study.id).exists()
+    unanswered = set(session.scalars(select(Study.id).where(Study.pinned_at.is_(None), Study.released_at.is_(None),
+                                                            has_job, _settled(), ~_answered())))
     return StudyCounts(studies=len(ids), pinned=len(pinned), finished=len(finished), busy=len(ids - pinned - finished),
                        size_bytes=sum(size.values()), pinned_bytes=sum(size.get(i, 0) for i in pinned),
-                       finished_bytes=sum(size.get(i, 0) for i in finished))
+                       finished_bytes=sum(size.get(i, 0) for i in finished), unanswered=len(unanswered))
 
 
 def deletion_totals(session: Session) -> dict[str, tuple[int, int, int]]:

@@ -1,7 +1,8 @@
-"""``egfr-node archive pin|unpin|usage|prune``: what retention may delete, and what it did.
+"""``egfr-node archive pin|unpin|release|usage|prune``: what retention may delete, and what it did.
 
 ``pin STUDY_UID...`` (or ``--cohort CSV``: every study of a training cohort) keeps studies
-from retention; ``unpin`` lets it consider them again; ``usage`` shows the disk against the
+from retention; ``unpin`` lets it consider them again; ``release`` lets it delete a study it keeps because it
+was never answered (its latest job failed or was cancelled); ``usage`` shows the disk against the
 watermarks, the studies by how retention sees them, and the last deletions; ``prune`` runs
 one retention sweep now (``--dry-run``: only lists what the age rule and the watermarks
 would delete).
@@ -49,6 +50,18 @@ def unpin_studies(sessions: sessionmaker[Session], study_uids: list[str]) -> lis
     return lines
 
 
+def release_studies(sessions: sessionmaker[Session], study_uids: list[str], by: str | None = None) -> list[str]:
+    """Let retention delete these studies although they were never answered; one line each."""
+    by = by or getpass.getuser()
+    lines = []
+    with sessions.begin() as session:
+        for uid in study_uids:
+            uid = check_uid("StudyInstanceUID", uid)
+            lines.append(f"{uid}: released (retention may delete it once nothing of it is busy)"
+                         if records.release(session, uid, by) else f"{uid}: not in the archive")
+    return lines
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
@@ -60,6 +73,7 @@ def usage_lines(retention: Retention) -> list[str]:
         counts = records.study_counts(session)
         totals = records.deletion_totals(session)
         recent = records.recent_deletions(session, 10)
+        kept = records.kept_unanswered(session, 20)
     lines = [f"disk: {use.percent:.1f} % used ({_mib(use.used)} of {_mib(use.total)}, {_mib(use.free)} free); "
              f"watermarks: high {settings.high_watermark_percent:g} %, low {settings.low_watermark_percent:g} %; "
              f"free-space reserve {_mib(retention.archive.free_space_reserve_bytes)}",
@@ -68,7 +82,9 @@ def usage_lines(retention: Retention) -> list[str]:
              + f"; watermarks spare studies finished less than {settings.min_age_hours:g} h ago",
              f"studies: {counts.studies} ({_mib(counts.size_bytes)}): {counts.finished} finished and deletable "
              f"({_mib(counts.finished_bytes)}), {counts.pinned} pinned ({_mib(counts.pinned_bytes)}), "
-             f"{counts.busy} in the queue or with results to send"]
+             f"{counts.busy - counts.unanswered} in the queue or with results to send, {counts.unanswered} never "
+             "answered (kept until a job succeeds or an admin runs archive release)"]
+    lines += [f"  kept: {uid}: {why}" for uid, why in kept]
     for reason, (studies, instances, size) in sorted(totals.items()):
         lines.append(f"deleted ({reason}): {studies} studies, {instances} instances, {_mib(size)}")
     for d in recent:
@@ -112,6 +128,9 @@ def register(sub: Any) -> None:
     a = actions.add_parser("unpin", help="let retention consider studies again")
     a.add_argument("study_uids", nargs="+")
     a.set_defaults(run=run)
+    a = actions.add_parser("release", help="let retention delete studies it keeps because they were never answered")
+    a.add_argument("study_uids", nargs="+")
+    a.set_defaults(run=run)
     actions.add_parser("usage", help="the disk against the watermarks, studies by retention state, last deletions"
                        ).set_defaults(run=run)
     a = actions.add_parser("prune", help="run one retention sweep now")
@@ -144,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
             if args.action == "pin":
                 reason = args.reason or (f"cohort {Path(args.cohort).name}" if args.cohort else "pinned by an admin")
                 lines = pin_studies(runtime.sessions, uids, reason)
+            elif args.action == "release":
+                lines = release_studies(runtime.sessions, uids)
             else:
                 lines = unpin_studies(runtime.sessions, uids)
         print("\n".join(lines))

@@ -135,7 +135,8 @@ def cancel_job(job_id: int, request: Request) -> dict[str, Any]:
 @router.get("/studies", summary="Studies received, latest arrival first: counts, last arrival, why one waits")
 def studies(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict[str, Any]:
     total, items = _console(request).studies(limit, offset)
-    return {"total": total, "studies": items, "limit": limit, "offset": offset}
+    return {"total": total, "studies": items, "limit": limit, "offset": offset,
+            "kept_unanswered": _console(request).kept_unanswered()}
 
 
 @router.post("/studies/{study_uid}/replay", summary="Queue a study (by Study Instance UID) again",

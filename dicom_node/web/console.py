@@ -197,6 +197,13 @@ class Console:
         with self.sessions() as session:
             return overview.count_studies(session), [s.to_json() for s in overview.list_studies(session, limit, offset)]
 
+    def kept_unanswered(self, limit: int = 100) -> list[dict[str, str]]:
+        """Studies retention keeps because they were never answered, and why."""
+        from db.retention import kept_unanswered
+
+        with self.sessions() as session:
+            return [{"study_uid": uid, "why": why} for uid, why in kept_unanswered(session, limit)]
+
     def bundles(self) -> list[dict[str, Any]]:
         with self.sessions() as session:
             return [_bundle_json(b) for b in bundles.list_bundles(session)]

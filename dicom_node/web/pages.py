@@ -159,7 +159,8 @@ def job_action(job_id: int, action: str, request: Request) -> Response:
 def studies_page(request: Request, page: int = 1) -> HTMLResponse:
     page = max(1, page)
     total, studies = _console(request).studies(PAGE, (page - 1) * PAGE)
-    return _render(request, "studies.html", studies=studies, total=total, page=page, more=page * PAGE < total)
+    return _render(request, "studies.html", studies=studies, total=total, page=page, more=page * PAGE < total,
+                   kept=_console(request).kept_unanswered())
 
 
 @router.get("/studies/{study_uid}")

@@ -147,6 +147,23 @@ def test_a_mask_naming_only_its_source_images_makes_the_study_ready(sessions) ->
     assert [j.state for j in scan(sessions, T0 + timedelta(seconds=120))] == ["queued"]
 
 
+def test_a_study_of_which_part_was_refused_waits_for_the_rest_the_mask_names(sessions) -> None:
+    """Issue 29: 12 of 32 slices acknowledged (20 refused), the mask naming all 32: the study is
+    quiet but not complete; it waits, saying how many images are missing, until they come."""
+    slices = [f"5.1.1.{i}" for i in range(32)]
+    for sop in slices[:12]:
+        receive(sessions, rec("5.1", "5.1.1", sop), T0)
+    receive(sessions, rec("5.1", "5.1.2", "5.1.2.1", modality="SEG", refs=("5.1.1",), sop_refs=tuple(slices)), T0)
+    assert scan(sessions, T0 + timedelta(hours=2)) == []
+    with sessions.begin() as s:
+        job = s.scalars(select(Job).join(Study).where(Study.study_uid == "5.1")).one()
+        assert job.state is JobState.WAITING
+        assert job.reason.startswith("incomplete: 20 of the 32 images the mask references are not in the archive")
+    for sop in slices[12:]:  # the PACS sends them again
+        receive(sessions, rec("5.1", "5.1.1", sop), T0 + timedelta(hours=3))
+    assert [j.state for j in scan(sessions, T0 + timedelta(hours=3, seconds=31))] == ["queued"]
+
+
 def test_a_large_series_still_arriving_keeps_the_study_waiting(sessions) -> None:
     receive(sessions, rec("3.1", "3.1.1", "3.1.1.0"), T0)
     receive(sessions, rec("3.1", "3.1.2", "3.1.2.0", modality="RTSTRUCT", refs=("3.1.1",)), T0)

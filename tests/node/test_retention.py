@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from db import deliveries, queue
 from db.migrate import upgrade
 from db.models import Deletion, Instance, Job, JobState, Series, Study, utcnow
-from db.retention import eligible_studies, pin
+from db.retention import eligible_studies, kept_unanswered, pin, release, study_counts
 from dicom_node.cli import main as cli_main
 from dicom_node.commands.check import check_node
 from dicom_node.commands.importing import import_file
@@ -130,13 +130,21 @@ def test_only_finished_unpinned_studies_past_their_time_are_deleted(site: Site) 
 
     report = site.retention.sweep_once()
 
-    assert sorted(d.study_uid for d in report.deleted) == sorted([done, failed])
+    # the failed study was never answered (issue 29): kept until a job succeeds or an admin releases it
+    assert [d.study_uid for d in report.deleted] == [done]
     assert {d.reason for d in report.deleted} == {"age"}
-    assert site.studies() == {young, undelivered, waiting, running, pinned}
-    assert site.files_of(done) == [] and site.files_of(failed) == []
+    assert site.studies() == {young, undelivered, waiting, running, pinned, failed}
+    assert site.files_of(done) == []
     assert not (site.archive.root / done).exists(), "the empty study folder is removed"
-    for kept in (young, undelivered, waiting, running, pinned):
+    for kept in (young, undelivered, waiting, running, pinned, failed):
         assert len(site.files_of(kept)) == 4
+    with site.sessions() as session:
+        assert kept_unanswered(session) == [(failed, f"job {_jobs_of(session, failed)[-1]} failed: no evidence of contrast")]
+        assert study_counts(session).unanswered == 1
+    with site.sessions.begin() as session:
+        assert release(session, failed, "admin")
+    report = site.retention.sweep_once()
+    assert [d.study_uid for d in report.deleted] == [failed] and site.files_of(failed) == []
     check = check_node(site.archive, site.sessions, quarantine=site.tmp / "q")
     assert check.clean, check.lines()
     with site.sessions() as session:
@@ -291,6 +299,36 @@ def test_archive_pin_unpin_and_usage_from_the_command_line(tmp_path: Path, capsy
             assert [c.study_uid for c in eligible_studies(session, utcnow())] == [a]
     finally:
         site.close()
+
+
+def _jobs_of(session, study_uid: str) -> list[int]:  # noqa: ANN001
+    return [j.id for j in session.scalar(select(Study).where(Study.study_uid == study_uid)).jobs]
+
+
+def test_a_study_whose_jobs_failed_or_that_came_in_part_is_never_deleted_unanswered(site: Site) -> None:
+    """Issue 29, defect 1: with retention.min_age_hours 0 and a full disk, studies whose jobs
+    failed three times (the disk held undeliverable results) were deleted seconds later, and a
+    study of which only part arrived was failed and deleted. None of them was answered."""
+    old = utcnow() - timedelta(days=40)
+    failed_thrice = site.study()
+    for attempt in range(3):  # each attempt fails; a rerun after each but the last (an admin asked again)
+        site.run(failed_thrice, ok=False, at=old)
+        if attempt < 2:
+            with site.sessions.begin() as session:
+                queue.replay(session, failed_thrice, old + timedelta(minutes=1), rerun=True)
+    cancelled = site.study()
+    with site.sessions.begin() as session:
+        queue.cancel(session, _jobs_of(session, cancelled)[-1])
+    answered_then_failed = site.finished(at=old)
+    with site.sessions.begin() as session:
+        queue.replay(session, answered_then_failed, old + timedelta(minutes=4), rerun=True)
+    site.run(answered_then_failed, ok=False, at=old + timedelta(minutes=5))  # the rerun failed
+    site.retention.settings = replace(site.retention.settings, min_age_hours=0.0, keep_days=0.001)
+    assert site.retention.sweep_once().deleted == []
+    assert {failed_thrice, cancelled, answered_then_failed} <= site.studies()
+    with site.sessions() as session:
+        kept = dict(kept_unanswered(session))
+    assert "failed: no evidence of contrast" in kept[answered_then_failed] and "cancelled" in kept[cancelled]
 
 
 def test_a_study_whose_results_never_reached_pacs_is_kept_after_a_failed_replay(site: Site) -> None:
