@@ -18,7 +18,7 @@ from db.engine import database_errors, make_engine, make_sessionmaker
 from db.migrate import current_revision, head_revision
 from dicom_node.receive.archive import Archive, process_alive
 from dicom_node.config import Config
-from dicom_node.receive.log_safety import LibraryRepeatFilter, SafeFormatter
+from dicom_node.receive.log_safety import LibraryRepeatFilter, LibraryValueFilter, SafeFormatter
 
 __all__ = ["Runtime", "open_runtime", "SchemaOutOfDate", "configure_logging", "share_metrics_between_processes",
            "SHARED_METRICS_ENV"]
@@ -73,11 +73,13 @@ def configure_logging(level: str) -> None:
 
     One format for everything, the node's and its libraries' (``SafeFormatter``: CR/LF in a
     message escaped, traceback lines fenced, so no peer text can start a forged line); Python
-    warnings (pydicom's) go through it too instead of raw to stderr.
+    warnings (pydicom's, highdicom's) go through it too instead of raw to stderr, with every
+    value they quote withheld (``LibraryValueFilter``: a quoted value may be a patient's name).
     """
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter())
     handler.addFilter(LibraryRepeatFilter())
+    handler.addFilter(LibraryValueFilter())  # a library's message may quote a patient's name: withheld
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(True)
     # pynetdicom at INFO reports every PDU and (for C-FIND/MOVE) identifiers; keep warnings only.

@@ -10,6 +10,10 @@
 - :class:`LibraryRepeatFilter` caps what the libraries (pynetdicom, pydicom, Python warnings)
   log from one line of their code: a peer that makes pynetdicom log an invalid AE title a
   thousand times gets a few lines and a count.
+- :class:`LibraryValueFilter` withholds every quoted value in what the libraries (pydicom,
+  highdicom, Python warnings) log: their messages quote dataset values, a patient's name among
+  them (highdicom warns "The string "..." is unlikely to represent the intended person
+  name"), and a log carries UIDs, never patient data (issue 29).
 - :class:`RejectionLog` summarises refusals: the first refusal of a kind from a source is
   logged, the rest within ``interval_seconds`` are counted and reported on one line when the
   interval ends, so an unauthenticated flood writes a bounded number of lines.
@@ -18,12 +22,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["peer_text", "SafeFormatter", "RejectionLog", "LibraryRepeatFilter", "LOG_FORMAT"]
+__all__ = ["peer_text", "SafeFormatter", "RejectionLog", "LibraryRepeatFilter", "LibraryValueFilter", "LOG_FORMAT",
+           "withhold_quoted"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _MAX_PEER_TEXT = 80
@@ -175,3 +181,26 @@ class LibraryRepeatFilter(logging.Filter):
                 return True
             site[2] += 1
             return False
+
+
+#: A quoted value in a library's message: "...", '...', or a repr's b'...'.
+_QUOTED = re.compile(r"""(?:b)?"(?:[^"\\]|\\.)*"|(?:b)?'(?:[^'\\]|\\.)*'""", re.DOTALL)
+WITHHELD = "<value withheld>"
+
+
+def withhold_quoted(text: str) -> str:
+    """``text`` with every quoted value replaced by ``<value withheld>``."""
+    return _QUOTED.sub(WITHHELD, text)
+
+
+class LibraryValueFilter(logging.Filter):
+    """Library records (pydicom, highdicom, Python warnings) lose their quoted
+    values before they are formatted: a dataset value may be a patient's name or ID. The
+    node's own messages name UIDs and are left as they are."""
+
+    LIBRARIES = ("py.warnings", "pydicom", "highdicom")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(self.LIBRARIES):
+            record.msg, record.args = withhold_quoted(record.getMessage()), ()
+        return True
