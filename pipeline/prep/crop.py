@@ -23,6 +23,8 @@ __all__ = [
     "SliceSelection",
     "CropBox",
     "lesion_geometry",
+    "check_lesion_can_be_read",
+    "minimum_lesion_voxels",
     "select_slices",
     "crop_box",
     "extract_crops",
@@ -89,6 +91,34 @@ def lesion_geometry(lesion: sitk.Image) -> LesionGeometry:
     bmin = (int(kji[2].min()), int(kji[1].min()), int(kji[0].min()))
     bmax = (int(kji[2].max()), int(kji[1].max()), int(kji[0].max()))
     return LesionGeometry(centroid, lps, count, volume, bmin, bmax)  # type: ignore[arg-type]
+
+
+def minimum_lesion_voxels(spacing: tuple[float, ...], diameter_mm: float) -> int:
+    """How many voxels of this spacing a sphere of ``diameter_mm`` holds (at least 1)."""
+    sphere = math.pi / 6.0 * diameter_mm ** 3
+    return max(1, int(sphere / float(np.prod(spacing))))
+
+
+def check_lesion_can_be_read(geometry: LesionGeometry, size: tuple[int, ...], spacing: tuple[float, ...],
+                             params: PreprocessParams) -> None:
+    """A mask that cannot carry a lesion is refused, not predicted (issue 29): fewer voxels than
+    a sphere of ``params.min_lesion_diameter_mm`` holds at the series' spacing (a stray voxel,
+    a mark), or a lesion that touches the series' edge (the field of view cut it: its size,
+    centre and slices would be those of a part)."""
+    needed = minimum_lesion_voxels(spacing, params.min_lesion_diameter_mm)
+    if geometry.voxels < needed:
+        raise PreprocessError(
+            f"lesion mask has {geometry.voxels} voxels, fewer than the {needed} a "
+            f"{params.min_lesion_diameter_mm:g} mm sphere holds at this series' spacing "
+            f"({' x '.join(f'{v:g}' for v in spacing)} mm): not a lesion the model can read "
+            "(preprocessing.min_lesion_diameter_mm)")
+    axes = ("columns (left-right)", "rows (front-back)", "slices")
+    for axis, (low, high, n) in enumerate(zip(geometry.bbox_min, geometry.bbox_max, size)):
+        if axis == 2 and params.slice_edge_policy == "replicate":
+            continue  # the site asked for lesions at the first or last slice to be read (edge slices repeated)
+        if n > 1 and (low == 0 or high == n - 1):
+            raise PreprocessError(f"lesion touches the edge of the series along its {axes[axis]} (index "
+                                  f"{low if low == 0 else high} of {n}): the field of view cut it")
 
 
 def select_slices(geometry: LesionGeometry, slice_count: int, params: PreprocessParams) -> SliceSelection:

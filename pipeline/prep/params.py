@@ -73,6 +73,11 @@ class PreprocessParams:
     The same brain mask is the N4 estimation mask. z-score: ``(x - mean) / sd`` with the
     mean and population SD of the bias-corrected image inside the brain mask.
 
+    Lesion: ``min_lesion_diameter_mm`` (3.0): a mask with fewer voxels than a sphere of this
+    diameter holds at the series' spacing is refused (a stray voxel or a mark is not a lesion
+    the model can read; 14 voxels at 1 mm, 2 at 1 x 1 x 5 mm), and so is a lesion touching the
+    series' edge (the field of view cut it).
+
     Slices and crop:
 
     - ``slice_offset``: the mid-lesion axial slice (through the lesion centroid) and
@@ -110,6 +115,7 @@ class PreprocessParams:
     brain_mask_spacing_mm: float = 2.0
     brain_erode_mm: float = 3.0
     brain_dilate_mm: float = 3.0
+    min_lesion_diameter_mm: float = 3.0
     slice_offset: int = 2
     slice_edge_policy: str = "error"
     crop_extent: str = "lesion"
@@ -135,6 +141,7 @@ class PreprocessParams:
         _check_number("brain_mask_spacing_mm", self.brain_mask_spacing_mm, minimum=0.0, strict=True)
         _check_number("brain_erode_mm", self.brain_erode_mm, minimum=0.0)
         _check_number("brain_dilate_mm", self.brain_dilate_mm, minimum=0.0)
+        _check_number("min_lesion_diameter_mm", self.min_lesion_diameter_mm, minimum=0.0)
         _check_int("slice_offset", self.slice_offset, minimum=0)
         _check_choice("slice_edge_policy", self.slice_edge_policy, SLICE_EDGE_POLICIES)
         _check_choice("crop_extent", self.crop_extent, CROP_EXTENTS)

@@ -24,6 +24,7 @@ from pipeline.prep.crop import (
     CropBox,
     LesionGeometry,
     SliceSelection,
+    check_lesion_can_be_read,
     crop_box,
     extract_crops,
     lesion_geometry,
@@ -96,7 +97,8 @@ def _check_params(params: PreprocessParams | None) -> PreprocessParams:
 def correct_volume(study: LoadedStudy, params: PreprocessParams | None = None) -> CorrectedVolume:
     """Lesion geometry, slices and crop box (checked first), brain mask, N4, brain statistics.
 
-    Haim et al. 2022, "Preprocessing". Raises PreprocessError for an empty lesion, a lesion
+    Haim et al. 2022, "Preprocessing". Raises PreprocessError for an empty lesion, one smaller
+    than a sphere of ``min_lesion_diameter_mm`` or touching the series' edge, a lesion
     too close to the first/last slice (``slice_edge_policy="error"``), an empty brain mask,
     or a brain of constant intensity.
     """
@@ -108,6 +110,7 @@ def correct_volume(study: LoadedStudy, params: PreprocessParams | None = None) -
     image = study.image
     geometry = lesion_geometry(study.lesion)
     slices = select_slices(geometry, image.GetSize()[2], params)
+    check_lesion_can_be_read(geometry, image.GetSize(), image.GetSpacing(), params)
     box = crop_box(sitk.GetArrayViewFromImage(study.lesion), geometry, slices, image.GetSpacing(), params)
     lap("lesion_and_slices")
 

@@ -366,6 +366,24 @@ def test_preprocess_errors(head: SyntheticHead) -> None:
         preprocess(loaded(head, brain=empty), PreprocessParams(brain_mask_method="segment"))
 
 
+def test_a_mask_that_cannot_carry_a_lesion_is_refused(head: SyntheticHead) -> None:
+    """Issue 29, defect 5: a SEG with one voxel set was predicted ("negative, p = 0.343"). A
+    mask smaller than a 3 mm sphere at the series' spacing (1.6 mm: 3 voxels), or a lesion the
+    field of view cuts, fails with that reason; a site may set its own minimum."""
+    one = sitk.Image(head.image.GetSize(), sitk.sitkUInt8)
+    one.CopyInformation(head.image)
+    one[62, 44, 36] = 1
+    with pytest.raises(PreprocessError, match=r"^lesion mask has 1 voxels, fewer than the 3 a 3 mm sphere holds at this "
+                                              r"series' spacing \(1\.6 x 1\.6 x 1\.6 mm\)"):
+        preprocess(loaded(head, lesion=one), PreprocessParams(bias_correction=False))
+    out = preprocess(loaded(head, lesion=one), PreprocessParams(bias_correction=False, min_lesion_diameter_mm=0.0))
+    assert out.array.shape[0] == 5  # a site that wants even a single voxel read can say so
+    cut = make_head(lesion_ijk=(2.0, 44.0, 36.0), lesion_radius_mm=6.0)
+    with pytest.raises(PreprocessError, match=r"lesion touches the edge of the series along its columns \(left-right\) "
+                                              r"\(index 0 of 96\): the field of view cut it"):
+        preprocess(loaded(cut), PreprocessParams(bias_correction=False))
+
+
 def test_preprocess_replicates_edge_slices_when_asked() -> None:
     edge = make_head(lesion_ijk=(62.0, 44.0, 70.0), lesion_radius_mm=2.5)
     out = preprocess(loaded(edge), PreprocessParams(slice_edge_policy="replicate", bias_correction=False))
