@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from dicom_node.web.app import remote_of, require_admin, require_clinician, require_csrf, user_of
+from dicom_node.web.app import DestinationName, RowId, StudyUid, remote_of, require_admin, require_clinician, require_csrf, user_of
 from dicom_node.web.auth import new_csrf_token
 from dicom_node.web.console import ActionRefused, Console
 
@@ -90,7 +90,7 @@ def sign_out(request: Request) -> dict[str, Any]:
 @router.get("/jobs", summary="Jobs, newest first, filtered by state, study and creation time; paged")
 def jobs(request: Request, state: str | None = None, study_uid: str | None = None, since: datetime | None = None,
          until: datetime | None = None, limit: int = Query(50, ge=1, le=500),
-         offset: int = Query(0, ge=0)) -> dict[str, Any]:
+         offset: int = Query(0, ge=0, le=2**31 - 1)) -> dict[str, Any]:
     try:
         items = _console(request).jobs(state, study_uid, _naive_utc(since), _naive_utc(until), limit, offset)
     except ActionRefused as exc:
@@ -99,13 +99,13 @@ def jobs(request: Request, state: str | None = None, study_uid: str | None = Non
 
 
 @router.get("/jobs/{job_id}", summary="One job as `egfr-node queue show` prints it, with its deliveries")
-def job(job_id: int, request: Request) -> dict[str, Any]:
+def job(job_id: RowId, request: Request) -> dict[str, Any]:
     return _act(lambda c: c.job(job_id), request)
 
 
 @router.get("/jobs/{job_id}/card.png", summary="The job's result card (the crops the model saw, scores)",
             response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def card(job_id: int, request: Request) -> Response:
+def card(job_id: RowId, request: Request) -> Response:
     try:
         png = _console(request).result_card_png(job_id)
     except ActionRefused as exc:
@@ -117,23 +117,23 @@ def card(job_id: int, request: Request) -> Response:
 
 @router.post("/jobs/{job_id}/replay", summary="Queue the job's study again; re-sends its stored results",
              dependencies=[Action])
-def replay_job(job_id: int, request: Request) -> dict[str, Any]:
+def replay_job(job_id: RowId, request: Request) -> dict[str, Any]:
     return _act(lambda c: c.replay(user_of(request), str(job_id), rerun=False, remote=remote_of(request)), request)
 
 
 @router.post("/jobs/{job_id}/rerun", summary="Queue the job's study again and predict again",
              dependencies=[Action])
-def rerun_job(job_id: int, request: Request) -> dict[str, Any]:
+def rerun_job(job_id: RowId, request: Request) -> dict[str, Any]:
     return _act(lambda c: c.replay(user_of(request), str(job_id), rerun=True, remote=remote_of(request)), request)
 
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a waiting or queued job", dependencies=[Action])
-def cancel_job(job_id: int, request: Request) -> dict[str, Any]:
+def cancel_job(job_id: RowId, request: Request) -> dict[str, Any]:
     return _act(lambda c: c.cancel(user_of(request), job_id, remote=remote_of(request)), request)
 
 
 @router.get("/studies", summary="Studies received, latest arrival first: counts, last arrival, why one waits")
-def studies(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+def studies(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=2**31 - 1)) -> dict[str, Any]:
     total, items = _console(request).studies(limit, offset)
     return {"total": total, "studies": items, "limit": limit, "offset": offset,
             "kept_unanswered": _console(request).kept_unanswered()}
@@ -141,7 +141,7 @@ def studies(request: Request, limit: int = Query(50, ge=1, le=500), offset: int 
 
 @router.post("/studies/{study_uid}/replay", summary="Queue a study (by Study Instance UID) again",
              dependencies=[Action])
-def replay_study(study_uid: str, request: Request, rerun: bool = False) -> dict[str, Any]:
+def replay_study(study_uid: StudyUid, request: Request, rerun: bool = False) -> dict[str, Any]:
     return _act(lambda c: c.replay(user_of(request), study_uid, rerun=rerun, remote=remote_of(request)), request)
 
 
@@ -151,13 +151,13 @@ def models(request: Request) -> dict[str, Any]:
 
 
 @router.get("/models/{model_id}", summary="A bundle: its record, manifest and cross-validation report")
-def model(model_id: int, request: Request) -> dict[str, Any]:
+def model(model_id: RowId, request: Request) -> dict[str, Any]:
     return _act(lambda c: c.bundle(model_id), request)
 
 
 @router.post("/models/{model_id}/activate", summary="Check a registered bundle again and make it the active one",
              dependencies=[Action])
-def activate_model(model_id: int, request: Request, force: bool = False) -> dict[str, Any]:
+def activate_model(model_id: RowId, request: Request, force: bool = False) -> dict[str, Any]:
     """``force=true`` activates a bundle its guards refuse (audited; every SR says so)."""
     return _act(lambda c: c.activate(user_of(request), str(model_id), remote=remote_of(request), force=force), request)
 
@@ -168,13 +168,13 @@ def activate_folder(body: BundlePath, request: Request) -> dict[str, Any]:
 
 
 @router.get("/studies/{study_uid}/outcome", summary="A study's pathology outcome and every change of it")
-def study_outcome(study_uid: str, request: Request) -> dict[str, Any]:
+def study_outcome(study_uid: StudyUid, request: Request) -> dict[str, Any]:
     return _console(request).outcome(study_uid)
 
 
 @router.put("/studies/{study_uid}/outcome", summary="Record a study's pathology outcome (clinician or admin)",
             dependencies=[OutcomeAction])
-def put_study_outcome(study_uid: str, body: OutcomeBody, request: Request) -> dict[str, Any]:
+def put_study_outcome(study_uid: StudyUid, body: OutcomeBody, request: Request) -> dict[str, Any]:
     try:
         return _console(request).record_outcome(user_of(request), study_uid, body.model_dump(), via="api",
                                                 remote=remote_of(request))
@@ -191,7 +191,7 @@ def running_performance(request: Request, bundle: int | None = Query(None, ge=1,
 
 @router.post("/models/{model_id}/shadow", summary="Make a registered bundle the shadow (runs after the active one, "
                                                   "never sent)", dependencies=[Action])
-def shadow_model(model_id: int, request: Request) -> dict[str, Any]:
+def shadow_model(model_id: RowId, request: Request) -> dict[str, Any]:
     return _act(lambda c: c.shadow(user_of(request), str(model_id), remote=remote_of(request)), request)
 
 
@@ -211,7 +211,7 @@ def destinations(request: Request) -> dict[str, Any]:
 
 
 @router.post("/destinations/{name}/echo", summary="C-ECHO a configured destination", dependencies=[Action])
-def echo(name: str, request: Request) -> dict[str, Any]:
+def echo(name: DestinationName, request: Request) -> dict[str, Any]:
     return _act(lambda c: c.echo(user_of(request), name, remote=remote_of(request)), request)
 
 
@@ -229,7 +229,7 @@ def metrics(request: Request) -> Response:
 
 
 @router.get("/audit", summary="Who did what from the console, newest first")
-def audit(request: Request, limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+def audit(request: Request, limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=0, le=2**31 - 1)) -> dict[str, Any]:
     return {"audit": _console(request).audit(limit, offset), "limit": limit, "offset": offset}
 
 

@@ -16,7 +16,10 @@ import logging
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import FastAPI, HTTPException, Request
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Path as PathParameter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,7 +30,7 @@ from dicom_node.config import Config
 from dicom_node.web.auth import Users, new_csrf_token, same_token, session_secret
 from dicom_node.web.console import Console
 
-__all__ = ["create_app", "require_csrf", "require_admin", "require_clinician", "user_of", "role_of", "PUBLIC_PATHS"]
+__all__ = ["RowId", "StudyUid", "DestinationName", "create_app", "require_csrf", "require_admin", "require_clinician", "user_of", "role_of", "PUBLIC_PATHS"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,14 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
+
+#: A database row's id in a path: beyond these bounds it cannot exist (a 404, not an overflow).
+RowId = Annotated[int, PathParameter(ge=1, le=2**31 - 1)]
+#: A Study Instance UID in a path: digits and dots, at most 64 characters.
+StudyUid = Annotated[str, PathParameter(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)]
+#: A destination's name in a path, as the config allows it.
+DestinationName = Annotated[str, PathParameter(max_length=64)]
 
 
 def user_of(request: Request) -> str:
@@ -119,7 +130,12 @@ class _Guard(BaseHTTPMiddleware):
                 target = path + (f"?{request.url.query}" if request.url.query else "")
                 response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as exc:  # a bug or an outage: one line in the log, a 500 that says what failed
+                log.error("console: %s %s failed: %s: %s", request.method, request.url.path[:120], type(exc).__name__,
+                          str(exc).splitlines()[0][:200] if str(exc) else "")
+                response = JSONResponse({"detail": f"the console failed: {type(exc).__name__}"}, status_code=500)
         for header, value in SECURITY_HEADERS.items():
             response.headers.setdefault(header, value)
         return response
@@ -145,6 +161,20 @@ def create_app(console: Console) -> FastAPI:
     app.add_middleware(SessionMiddleware, secret_key=session_secret(config.storage.data_path),
                        session_cookie="egfr_console", max_age=config.web.session_max_age_seconds,
                        same_site="strict", https_only=bool(config.web.certificate))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        """A path naming what cannot exist is 404; another bad value 422; one line, no traceback."""
+        errors = exc.errors()
+        in_path = [e for e in errors if e.get("loc", ("",))[0] == "path"]
+        status = 404 if in_path else 422
+        where = in_path or errors
+        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}"
+                           for e in where[:3])
+        detail = ("not found: " if in_path else "invalid request: ") + detail
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": detail}, status_code=status)
+        return pages.error_page(request, status, detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from dicom_node.web.app import remote_of, require_admin, require_clinician, require_csrf, role_of, user_of
+from dicom_node.web.app import DestinationName, RowId, StudyUid, remote_of, require_admin, require_clinician, require_csrf, role_of, user_of
 from dicom_node.web.auth import may
 from dicom_node.web.auth import new_csrf_token
 from dicom_node.web.console import ActionRefused, Console
@@ -108,18 +108,18 @@ def _queue_context(request: Request, state: str | None, study: str | None, page:
 
 
 @router.get("/queue")
-def queue_page(request: Request, state: str | None = None, study: str | None = None, page: int = 1) -> HTMLResponse:
+def queue_page(request: Request, state: str | None = None, study: str | None = None, page: int = Query(1, ge=1, le=10**6)) -> HTMLResponse:
     return _render(request, "queue.html", **_queue_context(request, state, study, page))
 
 
 @router.get("/queue/rows")
-def queue_rows(request: Request, state: str | None = None, study: str | None = None, page: int = 1) -> HTMLResponse:
+def queue_rows(request: Request, state: str | None = None, study: str | None = None, page: int = Query(1, ge=1, le=10**6)) -> HTMLResponse:
     """The queue table's body and the health strip, for the page's refresh."""
     return _render(request, "queue_rows.html", **_queue_context(request, state, study, page))
 
 
 @router.get("/jobs/{job_id}")
-def job_page(job_id: int, request: Request) -> HTMLResponse:
+def job_page(job_id: RowId, request: Request) -> HTMLResponse:
     console = _console(request)
     try:
         job = console.job(job_id)
@@ -138,7 +138,7 @@ def job_page(job_id: int, request: Request) -> HTMLResponse:
 
 
 @router.post("/jobs/{job_id}/{action}", dependencies=[Action])
-def job_action(job_id: int, action: str, request: Request) -> Response:
+def job_action(job_id: RowId, action: str, request: Request) -> Response:
     console, user, remote = _console(request), user_of(request), remote_of(request)
     try:
         if action == "cancel":
@@ -156,7 +156,7 @@ def job_action(job_id: int, action: str, request: Request) -> Response:
 
 
 @router.get("/studies")
-def studies_page(request: Request, page: int = 1) -> HTMLResponse:
+def studies_page(request: Request, page: int = Query(1, ge=1, le=10**6)) -> HTMLResponse:
     page = max(1, page)
     total, studies = _console(request).studies(PAGE, (page - 1) * PAGE)
     return _render(request, "studies.html", studies=studies, total=total, page=page, more=page * PAGE < total,
@@ -164,7 +164,7 @@ def studies_page(request: Request, page: int = 1) -> HTMLResponse:
 
 
 @router.get("/studies/{study_uid}")
-def study_page(study_uid: str, request: Request) -> HTMLResponse:
+def study_page(study_uid: StudyUid, request: Request) -> HTMLResponse:
     try:
         study = _console(request).study(study_uid)
     except ActionRefused as exc:
@@ -174,7 +174,7 @@ def study_page(study_uid: str, request: Request) -> HTMLResponse:
 
 
 @router.post("/studies/{study_uid}/outcome", dependencies=[Depends(require_clinician)])
-def study_outcome(study_uid: str, request: Request, status: str = Form(max_length=16), source: str = Form(max_length=16),
+def study_outcome(study_uid: StudyUid, request: Request, status: str = Form(max_length=16), source: str = Form(max_length=16),
                   date: str = Form("", max_length=10), subtype: str = Form("", max_length=24),
                   reference: str = Form("", max_length=256), back: str = Form("", max_length=256)) -> Response:
     target = back if back.startswith(("/jobs/", "/studies/")) else f"/studies/{study_uid}"
@@ -190,7 +190,7 @@ def study_outcome(study_uid: str, request: Request, status: str = Form(max_lengt
 
 
 @router.get("/performance")
-def performance_page(request: Request, bundle: int | None = None, include_primary: str = "") -> HTMLResponse:
+def performance_page(request: Request, bundle: int | None = Query(None, ge=1, le=2**31 - 1), include_primary: str = "") -> HTMLResponse:
     import base64
 
     console = _console(request)
@@ -223,7 +223,7 @@ def model_promote(request: Request, force: str = Form(default="", max_length=8))
 
 
 @router.post("/studies/{study_uid}/replay", dependencies=[Action])
-def study_replay(study_uid: str, request: Request) -> Response:
+def study_replay(study_uid: StudyUid, request: Request) -> Response:
     try:
         done = _console(request).replay(user_of(request), study_uid, rerun=False, remote=remote_of(request))
     except ActionRefused as exc:
@@ -237,7 +237,7 @@ def models_page(request: Request) -> HTMLResponse:
 
 
 @router.get("/models/{model_id}")
-def model_page(model_id: int, request: Request) -> HTMLResponse:
+def model_page(model_id: RowId, request: Request) -> HTMLResponse:
     try:
         bundle = _console(request).bundle(model_id)
     except ActionRefused as exc:
@@ -260,7 +260,7 @@ def destinations_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/destinations/{name}/echo", dependencies=[Action])
-def destination_echo(name: str, request: Request) -> Response:
+def destination_echo(name: DestinationName, request: Request) -> Response:
     try:
         done = _console(request).echo(user_of(request), name, remote=remote_of(request))
     except ActionRefused as exc:
