@@ -6,7 +6,8 @@ header checks, the same durable write and record, so a second import of the same
 nothing new. The summary counts what was stored, duplicated, conflicting (same UID, other
 content: first copy kept) or refused, and lists each refused file with its reason; files that
 are not DICOM Part-10 at all (a ``preview.png``, a DICOMDIR's siblings) are counted as skipped
-on one line with a few examples.
+on one line with a few examples. The exit status is 1 when any file was refused (the summary
+counts them by reason) or when nothing in the folder was DICOM, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class ImportSummary:
         out = [f"{c['new']} stored, {c['duplicate']} already archived, {c['conflict']} conflicting (first copy kept), "
                f"{len(self.refused)} refused, {len(self.skipped)} skipped (not DICOM Part-10); "
                f"{len(self.studies)} studies"]
+        reasons = Counter(reason.split(":")[0] for _, reason in self.refused)
+        if reasons:
+            out.append("refused by reason: " + "; ".join(f"{n} {why}" for why, n in reasons.most_common()))
         out += [f"  refused {path}: {reason}" for path, reason in self.refused]
         if self.skipped:
             more = len(self.skipped) - examples
@@ -143,6 +147,11 @@ def run(args: argparse.Namespace) -> int:
         summary = import_folder(folder, runtime.archive, runtime.sessions, progress=not args.quiet, queue=args.queue,
                                 max_instance_bytes=runtime.config.node.max_instance_size_mb * 2**20)
         print("\n".join(summary.lines()))
+        stored = sum(summary.counts.values())
+        if summary.refused:
+            return fail(f"{len(summary.refused)} files were refused (listed above): the import is not complete")
+        if not stored:
+            return fail(f"no DICOM instance found in {folder}")
         return 0
 
     return with_runtime(args, do)

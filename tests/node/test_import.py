@@ -72,11 +72,17 @@ def test_import_refuses_a_truncated_file_so_the_whole_instance_can_arrive_later(
         (folder / name).write_bytes(b"\x89PNG not DICOM")
 
     done = cli(config, "import", str(folder), "--quiet")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1 and "1 files were refused" in done.stderr, done.stderr  # issue 29: not 0
+    assert "refused by reason: 1 incomplete dataset" in done.stdout
     assert "0 stored" in done.stdout and "1 refused, 4 skipped (not DICOM Part-10); 0 studies" in done.stdout, done.stdout
     assert "refused cut.dcm: incomplete dataset:" in done.stdout
     assert "skipped 4 files that are not DICOM Part-10, for example DICOMDIR.txt, README, preview.png and 1 more" \
         in done.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no DICOM here")
+    nothing = cli(config, "import", str(empty), "--quiet")
+    assert nothing.returncode == 1 and "no DICOM instance found" in nothing.stderr
     node = start(config)
     try:
         wait_until_listening(port, node)
