@@ -171,6 +171,7 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
         "contrast": contrast,
         "slice_aggregation": manifest.slice_aggregation,
         "fold_aggregation": manifest.fold_aggregation,
+        "fold_scale": manifest.fold_scale,
         "instances": instances,
         "timings_s": {**{f"preprocess.{k}": v for k, v in prepared.model_input.provenance["timings_s"].items()}, **timings},
     }

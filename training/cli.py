@@ -233,13 +233,13 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
     from training.cohort import CohortError, node_database
     from training.run import TrainingError, train_bundle
 
-    database_url = node_database(database_url)
+    register_url, database_url = database_url, node_database(database_url)  # register creates the database if need be
     newly_pinned: list[str] = []
     try:
         settings = _settings(args, training_table)
         if args.out is None and not args.lr_find:
             raise ValueError("--out is needed (the bundle folder to create)")
-        if args.register and not database_url:
+        if args.register and not register_url:
             raise ValueError("--register needs the node's database (database_url)")
         if args.register and settings.shuffle_labels:
             raise ValueError("--register with --shuffle-labels: a label-shuffled control is never registered")
@@ -300,7 +300,7 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
               f"{r['auc'] if r['auc'] is not None else 'n/a'} (95% CI {r['auc_ci']}); report {evaluation.folder / 'report.md'}")
     if args.register:
         m = outcome.manifest
-        model_id, created = register_bundle(outcome.bundle, database_url, m.name, m.version, m.device_uid)  # type: ignore[arg-type]
+        model_id, created = register_bundle(outcome.bundle, register_url, m.name, m.version, m.device_uid)  # type: ignore[arg-type]
         print(f"registered as model {model_id}{'' if created else ' (already known)'}; not active: activate it explicitly")
     return 0
 

@@ -128,6 +128,7 @@ def _served_json(served: ServedRule) -> dict[str, Any]:
     return {
         "slice_aggregation": served.slice_aggregation, "fold_aggregation": "mean",
         "calibration": served.calibration.to_dict(), "calibration_text": served.calibration.describe(),
+        "fold_scale": "logit", "ensemble_size": served.ensemble_size,
         "threshold": served.threshold, "threshold_rule": served.threshold_rule,
         "out_of_fold": served.figures, "cross_fitted": served.cross_fitted_figures,
         "statement": SERVED_STATEMENT,
@@ -135,8 +136,9 @@ def _served_json(served: ServedRule) -> dict[str, Any]:
 
 
 SERVED_STATEMENT = (
-    "Each patient is scored by the one fold model that never saw it, under the rule the bundle serves (slice "
-    "aggregation, calibration, threshold). The calibration was fitted on these same patients, so its in-sample "
+    "Each patient is scored by the fold model that never saw it (with --repeats, by the models of every repeat that "
+    "never saw it, their logits averaged), under the rule the bundle serves (slice aggregation, calibration, "
+    "threshold). The calibration was fitted on these same patients, so its in-sample "
     "calibration is ideal by construction: the cross-fitted figures (each fold's patients calibrated by a map fitted on "
     "the other folds) are the honest estimate. The bundle serves the mean of the fold models, which no patient here was "
     "scored by: `egfr-node evaluate` on patients the bundle never saw measures the ensemble itself."
@@ -231,8 +233,12 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         "preprocessing_text": params.describe(),
         "deviations": deviations,
         "bundle_choice": {"slice_aggregation": served.slice_aggregation, "threshold": served.threshold,
-                          "threshold_rule": served.threshold_rule, "fold_aggregation": "mean",
-                          "calibration": served.calibration.describe()},
+                          "threshold_rule": served.threshold_rule, "fold_aggregation": "mean", "fold_scale": "logit",
+                          "calibration": served.calibration.describe()
+                          + (f"; fitted on ensembles of {served.ensemble_size} out-of-fold models per patient (the "
+                             "repeats)" if served.ensemble_size > 1 else "; fitted on one out-of-fold model per patient: "
+                             "on the ensemble it serves it tends to be under-confident (--repeats 5 fits it on "
+                             "ensembles of 5)")},
         "headline": headline,
         "served_rule": _served_json(served),
         "as_selected_per_fold": {**first.selected, "statement": FOLD_STATEMENT},
@@ -373,8 +379,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "assignment in `splits.csv`.",
         f"- Selection: {report['selection_text']}",
         f"- Calibration: {b['calibration']}.",
-        f"- Bundle: slice aggregation {b['slice_aggregation']} per fold model, calibrated per fold model, folds by mean; "
-        f"threshold {b['threshold']:.3f} ({b['threshold_rule']}).",
+        f"- Bundle: slice aggregation {b['slice_aggregation']} per fold model, the folds' logits averaged, then "
+        f"calibrated; threshold {b['threshold']:.3f} ({b['threshold_rule']}).",
         f"- Code: {report['code_version']}.",
         "", "## Deviations from Haim et al. 2022", "",
     ] + [f"- {line}" for line in report["deviations"]]

@@ -158,7 +158,7 @@ def permutation_test(inputs: np.ndarray, labels: np.ndarray, groups: list[str], 
     for i in range(settings.permutations):
         permuted = np.random.default_rng([settings.seed, 0x9E57, i]).permutation(labels)
         run = run_cv(inputs, permuted, groups, settings, real.seed, progress, folds=real.folds)
-        aucs.append(auc(permuted, fit_served_rule(run, settings.replace(bootstrap=0), real.seed).raw))
+        aucs.append(auc(permuted, fit_served_rule([run], settings.replace(bootstrap=0), real.seed).raw))
     finite = [a for a in aucs if np.isfinite(a)]
     at_least = sum(a >= real_auc for a in finite)
     return {"permutations": len(aucs), "real_auc": real_auc, "auc": aucs,
@@ -252,7 +252,7 @@ def train_bundle(
     try:
         runs = [run_cv(prepared.inputs, labels, groups, settings, settings.seed + r, progress) for r in range(settings.repeats)]
         first = runs[0]
-        served = fit_served_rule(first, settings, first.seed)
+        served = fit_served_rule(runs, settings, first.seed)
         permutations = permutation_test(prepared.inputs, labels, groups, settings, first, served, progress) \
             if settings.permutations else None
     finally:
@@ -281,6 +281,7 @@ def train_bundle(
             threshold=served.threshold,
             threshold_rule=served.threshold_rule,
             calibration=served.calibration.to_dict(),
+            fold_scale="logit",
             metrics=report["metrics_summary"],
             training=report["training_summary"],
         )

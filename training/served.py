@@ -8,7 +8,12 @@ out of fold:
 
 1. slice aggregation: the one most folds chose (nested selection), else median;
 2. calibration (``settings.calibration``): fitted on every patient's out-of-fold score under
-   that aggregation (:func:`pipeline.model.calibrate.fit_calibration`);
+   that aggregation (:func:`pipeline.model.calibrate.fit_calibration`). With ``repeats`` R > 1
+   each patient has R out-of-fold models (one per repeat, none of which saw it), and the score
+   calibrated is their logits' mean: an ensemble of R unseen models, as the bundle serves an
+   ensemble of K (the folds are combined on the logit scale, ``fold_scale="logit"``). A map
+   fitted on one model's scores makes an ensemble under-confident (averaging removes noise the
+   map had to shrink away): ``--repeats 5`` with 5 folds fits it on ensembles of the served size;
 3. threshold, on the calibrated scale: the pre-specified ``settings.threshold`` (fixed and
    paper selection), or the median of the folds' inner-patient Youden thresholds mapped
    through the calibration (nested selection: chosen inside the training folds only);
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -49,7 +54,8 @@ class ServedRule:
     calibration: Calibration
     threshold: float
     threshold_rule: str
-    raw: np.ndarray  # [N] each patient's out-of-fold score under the bundle's aggregation
+    raw: np.ndarray  # [N] each patient's out-of-fold score under the bundle's aggregation (R repeats' models combined)
+    ensemble_size: int  # out-of-fold models per patient behind ``raw`` (the repeats)
     probabilities: np.ndarray  # [N] calibrated with the map fitted on all of them
     cross_fitted: np.ndarray  # [N] calibrated with a map fitted on the other folds' patients
     figures: dict[str, Any]
@@ -65,15 +71,20 @@ def bundle_aggregation(chosen: list[str], selection: str) -> str:
 
 
 def _served(scores: np.ndarray, how: str, calibration: Calibration) -> np.ndarray:
-    """Each patient's probability under the served rule from its one out-of-fold model's slice scores."""
-    return np.array([served_probability(row[None, :], how, "mean", calibration).probability for row in scores])
+    """Each patient's probability under the served rule from its out-of-fold models' slice
+    scores ``[R, N, S]`` (R models per patient, combined on the logit scale as the bundle does)."""
+    return np.array([served_probability(scores[:, i], how, "mean", calibration, "logit").probability
+                     for i in range(scores.shape[1])])
 
 
-def fit_served_rule(run: Any, settings: TrainSettings, seed: int) -> ServedRule:
-    """Fix the served rule on ``run`` (a :class:`training.run.CVRun`) and measure it out of fold."""
+def fit_served_rule(runs: Sequence[Any], settings: TrainSettings, seed: int) -> ServedRule:
+    """Fix the served rule on ``runs`` (:class:`training.run.CVRun`, the repeats; the first is
+    the bundle's) and measure it out of fold."""
+    run = runs[0]
     labels = run.labels
     how = bundle_aggregation([r.slice_aggregation for r in run.results], settings.selection)
-    raw = _served(run.oof_scores, how, Calibration())
+    every = np.stack([r.oof_scores for r in runs])  # [R, N, S]
+    raw = _served(every, how, Calibration())
     calibration = fit_calibration(labels, raw, settings.calibration)
     scale = "the calibrated probability" if calibration.applied else "the uncalibrated score"
     if settings.selection == "nested":
@@ -84,7 +95,7 @@ def fit_served_rule(run: Any, settings: TrainSettings, seed: int) -> ServedRule:
     else:
         threshold = float(settings.threshold)
         rule = f"pre-specified {settings.threshold:g} on {scale}"
-    probabilities = _served(run.oof_scores, how, calibration)
+    probabilities = _served(every, how, calibration)
     cross_fitted = np.full(labels.size, np.nan)
     notes = []
     for k in np.unique(run.folds):
@@ -94,9 +105,9 @@ def fit_served_rule(run: Any, settings: TrainSettings, seed: int) -> ServedRule:
         except ValueError as exc:  # the other folds hold one class: nothing to fit
             notes.append(f"fold {int(k) + 1}: {exc}")
             local = Calibration()
-        cross_fitted[inside] = _served(run.oof_scores[inside], how, local)
+        cross_fitted[inside] = _served(every[:, inside], how, local)
     figures = performance(labels, probabilities, threshold, settings.bootstrap, seed, raw_scores=raw)
     cross = {"calibration": calibration_figures(labels, cross_fitted), **threshold_figures(labels, cross_fitted, threshold)}
     if notes:
         cross["notes"] = notes
-    return ServedRule(how, calibration, threshold, rule, raw, probabilities, cross_fitted, figures, cross)
+    return ServedRule(how, calibration, threshold, rule, raw, len(runs), probabilities, cross_fitted, figures, cross)

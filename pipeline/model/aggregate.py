@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.model.calibrate import Calibration
+from pipeline.model.calibrate import Calibration, logit
 
 __all__ = [
     "SLICE_AGGREGATIONS",
@@ -34,6 +34,8 @@ __all__ = [
     "patient_probability",
     "ServedScore",
     "served_probability",
+    "combine_folds",
+    "FOLD_SCALES",
     "is_positive",
     "check_slice_aggregation",
     "check_fold_aggregation",
@@ -42,6 +44,8 @@ __all__ = [
 #: The rows of the paper's Table 2, in its order.
 SLICE_AGGREGATIONS: tuple[str, ...] = ("min", "max", "median", "mean")
 FOLD_AGGREGATIONS: tuple[str, ...] = ("mean", "median")
+#: Where the fold models' patient scores are combined.
+FOLD_SCALES: tuple[str, ...] = ("probability", "logit")
 
 _REDUCE = {"min": np.min, "max": np.max, "median": np.median, "mean": np.mean}
 
@@ -95,16 +99,28 @@ class ServedScore:
     fold_probabilities: np.ndarray
 
 
+def combine_folds(patient_scores: np.ndarray | Sequence[float], how: str = "mean", scale: str = "probability") -> float:
+    """The fold models' patient scores ``[K]`` combined by ``how`` on ``scale`` (``logit``: the
+    combined logit, returned as a probability)."""
+    if scale not in FOLD_SCALES:
+        raise ValueError(f'Argument "scale" must be one of {", ".join(FOLD_SCALES)}; got {scale!r}')
+    if scale == "probability":
+        return aggregate_folds(patient_scores, how)
+    z = aggregate_folds(logit(patient_scores), how)
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
 def served_probability(scores: np.ndarray, slice_aggregation: str = "median", fold_aggregation: str = "mean",
-                       calibration: Calibration | None = None) -> ServedScore:
-    """Scores ``[K, S]`` -> slices aggregated per fold -> calibrated per fold -> folds combined."""
+                       calibration: Calibration | None = None, fold_scale: str = "probability") -> ServedScore:
+    """Scores ``[K, S]`` -> slices aggregated per fold -> folds combined on ``fold_scale`` ->
+    calibrated. ``fold_probabilities``: each fold model's score through the calibration alone."""
     array = np.asarray(scores, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f'Argument "scores" must be [folds, slices], got shape {array.shape}')
+    calibration = calibration or Calibration()
     per_fold = aggregate_slices(array, slice_aggregation)
-    calibrated = (calibration or Calibration()).apply(per_fold)
-    return ServedScore(probability=aggregate_folds(calibrated, fold_aggregation),
-                       raw=aggregate_folds(per_fold, fold_aggregation), fold_probabilities=calibrated)
+    raw = combine_folds(per_fold, fold_aggregation, fold_scale)
+    return ServedScore(probability=float(calibration.apply(raw)), raw=raw, fold_probabilities=calibration.apply(per_fold))
 
 
 def is_positive(probability: float, threshold: float) -> bool:

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.model.aggregate import check_fold_aggregation, check_slice_aggregation
+from pipeline.model.aggregate import FOLD_SCALES, check_fold_aggregation, check_slice_aggregation
 from pipeline.model.calibrate import Calibration
 from pipeline.prep.params import PreprocessParams
 
@@ -43,8 +43,8 @@ __all__ = [
 ]
 
 MANIFEST_FILE = "manifest.json"
-#: Format 2 added ``calibration`` and ``threshold_rule`` (the threshold is on the calibrated
-#: scale); a format 1 bundle is read as uncalibrated.
+#: Format 2 added ``calibration``, ``threshold_rule`` and ``fold_scale`` (the threshold is on
+#: the calibrated scale); a format 1 bundle is read as uncalibrated, folds combined by probability.
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 #: Decision thresholds ``models activate`` accepts without --force.
@@ -99,8 +99,9 @@ class Manifest:
     - ``input_shape``: ``(slices, channels, size)`` of one study's input, e.g. (5, 3, 96).
     - ``architecture``, ``normalization``, ``num_classes``, ``positive_index``: the network.
     - ``slice_aggregation`` (median, the paper's best), ``fold_aggregation`` (mean),
-      ``calibration`` (:class:`pipeline.model.calibrate.Calibration` as a dict; empty: none)
-      and ``threshold`` on the calibrated scale, chosen by ``threshold_rule``: how scores
+      ``fold_scale`` (where the folds are combined: probability, or logit), ``calibration``
+      (:class:`pipeline.model.calibrate.Calibration` as a dict; empty: none) and
+      ``threshold`` on the calibrated scale, chosen by ``threshold_rule``: how scores
       become a probability and a status (:func:`pipeline.model.aggregate.served_probability`).
     - ``folds``: the weights files; ``metrics``, ``training``: the cross-validation results
       and what the bundle was trained on (data summary, splits, selection mode, whether
@@ -122,6 +123,7 @@ class Manifest:
     threshold: float = 0.5
     threshold_rule: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)
+    fold_scale: str = "probability"
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format_version: int = FORMAT_VERSION
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -247,6 +249,8 @@ class Manifest:
             check_fold_aggregation(self.fold_aggregation)
         except ValueError as exc:
             raise BundleError(str(exc)) from None
+        if self.fold_scale not in FOLD_SCALES:
+            raise BundleError(f'fold_scale {self.fold_scale!r} is not one of {", ".join(FOLD_SCALES)}')
 
     def verify_files(self, folder: Path) -> None:
         """Raise BundleError if a fold file is missing or its sha256 differs from the manifest."""

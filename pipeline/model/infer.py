@@ -159,6 +159,6 @@ class FoldEnsemble:
         -> status (:func:`pipeline.model.aggregate.served_probability`)."""
         scores = self.scores(x)
         m = self.manifest
-        served = served_probability(scores, m.slice_aggregation, m.fold_aggregation, m.calibration_map)
+        served = served_probability(scores, m.slice_aggregation, m.fold_aggregation, m.calibration_map, m.fold_scale)
         return Prediction(scores=scores, probability=served.probability, positive=is_positive(served.probability, m.threshold),
                           raw_score=served.raw, fold_probabilities=served.fold_probabilities)

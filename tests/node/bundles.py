@@ -17,7 +17,8 @@ TEST_PARAMS = PreprocessParams(output_size=32)
 
 def write_random_bundle(folder: Path, *, folds: int = 2, seed: int = 0, name: str = "test-bundle",
                         version: str = "0.0.1", params: PreprocessParams = TEST_PARAMS, threshold: float = 0.5,
-                        calibration: dict | None = None, metrics: dict | None = None, training: dict | None = None) -> Path:
+                        calibration: dict | None = None, metrics: dict | None = None, training: dict | None = None,
+                        fold_scale: str = "probability") -> Path:
     """Random folds (never measured: ``models activate`` refuses them without ``force``);
     ``calibration``, ``metrics`` and ``training`` as training would record them, for tests of
     the served rule and of the activation guards."""
@@ -31,7 +32,7 @@ def write_random_bundle(folder: Path, *, folds: int = 2, seed: int = 0, name: st
     Manifest(
         name=name, version=version, device_uid=new_device_uid(), preprocessing=params,
         input_shape=(params.slice_count, params.channels, params.output_size), folds=tuple(files), threshold=threshold,
-        calibration=calibration or {}, metrics=metrics or {},
+        calibration=calibration or {}, metrics=metrics or {}, fold_scale=fold_scale,
         training=training or {"note": "random initialisation, for tests"},
     ).write(folder)
     return folder

@@ -21,9 +21,9 @@ from training.evaluate import main as evaluate
 
 
 def test_evaluate_gives_the_probability_the_node_puts_in_its_sr(tmp_path: Path, phantom_study) -> None:
-    # a non-trivial calibration, so a rule applied in another order (after the folds' mean,
-    # or not at all) would give other numbers
-    bundle = write_random_bundle(tmp_path / "bundle", folds=3, seed=4, calibration={
+    # a non-trivial calibration and the folds combined by their logits, so a rule applied in
+    # another order (per fold, on the probabilities' mean, or not at all) would give other numbers
+    bundle = write_random_bundle(tmp_path / "bundle", folds=3, seed=4, fold_scale="logit", calibration={
         "method": "logistic", "intercept": -0.4, "slope": 2.5, "patients": 30, "positives": 10})
     studies = [phantom_study("axial2d", "seg"),
                phantom_study("axial2d", "rtstruct", seed=8, patient_index=1, egfr_positive=True),

@@ -71,14 +71,19 @@ def test_isotonic_is_scikit_learns_and_round_trips() -> None:
         Calibration.from_dict({"method": "logistic", "temperature": 2})
 
 
-def test_served_probability_calibrates_each_fold_then_averages() -> None:
+def test_served_probability_combines_the_folds_then_calibrates() -> None:
     cal = Calibration("logistic", intercept=-1.0, slope=0.5)
     scores = np.array([[0.2, 0.9, 0.8, 0.7, 0.1], [0.6, 0.6, 0.5, 0.4, 0.3]])
-    served = served_probability(scores, "median", "mean", cal)
     per_fold = np.median(scores, axis=1)
-    expected = cal.apply(per_fold).mean()
-    assert served.probability == pytest.approx(expected) and served.raw == pytest.approx(per_fold.mean())
+    # a calibrated bundle: the folds' logits averaged, then the calibration
+    served = served_probability(scores, "median", "mean", cal, "logit")
+    z = np.log(per_fold / (1 - per_fold)).mean()
+    assert served.raw == pytest.approx(1 / (1 + np.exp(-z)))
+    assert served.probability == pytest.approx(1 / (1 + np.exp(-(-1.0 + 0.5 * z))))
     np.testing.assert_allclose(served.fold_probabilities, cal.apply(per_fold))
+    # a bundle written before calibration: the folds' probabilities averaged, as the node always did
+    old = served_probability(scores, "median", "mean")
+    assert old.probability == old.raw == pytest.approx(per_fold.mean())
 
 
 def test_a_manifest_carries_its_calibration_and_refuses_a_broken_one(tmp_path) -> None:

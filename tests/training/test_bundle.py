@@ -59,12 +59,12 @@ def test_bundle_loads_in_the_node_and_predicts_what_training_computes(tiny_bundl
         model = build_resnet50(normalization=manifest.normalization, head=head_of(manifest.architecture))
         model.load_state_dict(torch.load(tiny_bundle / fold.file, weights_only=True))
         scores.append(patient_scores(model, torch.as_tensor(x)[None])[0])
-    # the served rule by hand: slices by the bundle's aggregation per fold, each fold's score
-    # through the bundle's (logistic) calibration, the folds' mean
+    # the served rule by hand: slices by the bundle's aggregation per fold, the folds' logits
+    # averaged, then the bundle's (logistic) calibration
     per_fold = np.clip(aggregate_slices(np.stack(scores), manifest.slice_aggregation), 1e-6, 1 - 1e-6)
-    assert manifest.calibration_map.method == "logistic"
+    assert manifest.calibration_map.method == "logistic" and manifest.fold_scale == "logit"
     a, b = manifest.calibration["intercept"], manifest.calibration["slope"]
-    ours = float(np.mean(1 / (1 + np.exp(-(a + b * np.log(per_fold / (1 - per_fold)))))))
+    ours = float(1 / (1 + np.exp(-(a + b * np.log(per_fold / (1 - per_fold)).mean()))))
     assert prediction.scores.shape == (2, 5)
     np.testing.assert_allclose(prediction.scores, np.stack(scores), atol=1e-5)
     assert prediction.probability == pytest.approx(ours, abs=1e-5)
