@@ -40,6 +40,8 @@ __all__ = [
     "Outcome",
     "OutcomeChange",
     "ShadowResult",
+    "ConsoleSession",
+    "LoginFailures",
     "utcnow",
     "ACTIVE_JOB_STATES",
 ]
@@ -351,3 +353,33 @@ class ShadowResult(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ConsoleSession(Base):
+    """A signed-in console session, kept server-side so signing out, a password change or a
+    user's removal ends it at once, and an idle one expires."""
+
+    __tablename__ = "console_session"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: sha256 of the session's random id (the cookie carries the id; the database only its hash)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    #: a digest of the user's password hash when the session began (a new password ends it)
+    password_stamp: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class LoginFailures(Base):
+    """Failed sign-ins of one user or one source address (``key``: ``user:NAME`` or
+    ``address:IP``) in the current window, and until when it is locked out."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    first_at: Mapped[datetime] = mapped_column(DateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -198,6 +198,12 @@ class WebSection:
     #: addresses whose trusted_user_header is believed (the proxy's)
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     session_max_age_seconds: int = 28800
+    #: a session unused this long ends (sign-out, a password change or the user's removal end it at once)
+    session_idle_seconds: int = 1800
+    #: failed sign-ins of one user before it is locked out (of one source address: four times this)
+    login_max_failures: int = 5
+    #: the first lock-out; each further failure doubles it, up to an hour (egfr-node web unlock lifts it)
+    login_lockout_seconds: int = 60
     #: HTTPS: certificate and private key (PEM); session cookies are then Secure
     certificate: str = ""
     private_key: str = ""

@@ -162,6 +162,12 @@ def _validate_web(web: WebSection) -> None:
             raise ConfigError(f"web.{key}: file {value} does not exist")
     if web.session_max_age_seconds < 60:
         raise ConfigError(f"web.session_max_age_seconds: must be at least 60, got {web.session_max_age_seconds}")
+    if web.session_idle_seconds < 60:
+        raise ConfigError(f"web.session_idle_seconds: must be at least 60, got {web.session_idle_seconds}")
+    if web.login_max_failures < 1:
+        raise ConfigError(f"web.login_max_failures: must be at least 1, got {web.login_max_failures}")
+    if web.login_lockout_seconds < 1:
+        raise ConfigError(f"web.login_lockout_seconds: must be at least 1, got {web.login_lockout_seconds}")
     if web.refresh_seconds < 1:
         raise ConfigError(f"web.refresh_seconds: must be at least 1, got {web.refresh_seconds:g}")
     if web.trusted_user_header and not _HEADER.match(web.trusted_user_header):

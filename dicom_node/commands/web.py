@@ -8,7 +8,7 @@ from typing import Any
 
 from dicom_node.commands._common import fail, load
 
-__all__ = ["register", "console", "add_user"]
+__all__ = ["register", "console", "add_user", "unlock", "remove_user"]
 
 
 def register(sub: Any) -> None:
@@ -22,6 +22,12 @@ def register(sub: Any) -> None:
     u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     u.add_argument("--keep-password", action="store_true", help="change the role only")
     u.set_defaults(run=add_user)
+    u = users.add_parser("unlock", help="lift the sign-in lock-out of a user or a source address")
+    u.add_argument("name", metavar="USER|ADDRESS")
+    u.set_defaults(run=unlock)
+    u = users.add_parser("remove-user", help="remove a console user (their sessions end at once)")
+    u.add_argument("name")
+    u.set_defaults(run=remove_user)
 
 
 def console(args: argparse.Namespace) -> int:
@@ -65,3 +71,35 @@ def add_user(args: argparse.Namespace) -> int:
     print(f"{'added' if new else 'changed'} {args.name} ({args.role or ('admin' if new else 'role kept')}) in "
           f"{config.web_users_path}")
     return 0
+
+
+def unlock(args: argparse.Namespace) -> int:
+    """``egfr-node web unlock USER|ADDRESS``: the lock-out lifted, audited."""
+    from dicom_node.commands._common import with_runtime
+    from dicom_node.commands.models import shell_user
+
+    def do(runtime: Any) -> int:
+        from db import audit
+        from db.console_sessions import unlock as lift
+
+        with runtime.sessions.begin() as session:
+            lifted = lift(session, args.name)
+            audit.record(session, shell_user(), "unlock", args.name[:128], f"{lifted} lock-outs lifted")
+        print(f"{args.name}: {'lock-out lifted' if lifted else 'not locked out'}")
+        return 0
+
+    return with_runtime(args, do)
+
+
+def remove_user(args: argparse.Namespace) -> int:
+    """``egfr-node web remove-user NAME``: out of the users file; the console refuses their
+    session at its next request."""
+    from dicom_node.web.auth import UsersFileError, remove_user as remove_from_users_file
+
+    config = load(args)
+    try:
+        removed = remove_from_users_file(config.web_users_path, args.name)
+    except UsersFileError as exc:
+        return fail(str(exc))
+    print(f"{args.name}: {'removed' if removed else 'not a user'} ({config.web_users_path})")
+    return 0 if removed else 1

@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from dicom_node.web.app import DestinationName, RowId, StudyUid, remote_of, require_admin, require_clinician, require_csrf, user_of
 from dicom_node.web.auth import new_csrf_token
-from dicom_node.web.console import ActionRefused, Console
+from dicom_node.web.console import ActionRefused, Console, SignInRefused
 
 __all__ = ["router"]
 
@@ -61,16 +61,19 @@ class BundlePath(BaseModel):
 
 
 @router.post("/session", summary="Sign in; returns the CSRF token the POSTs of this session carry")
-async def sign_in(body: SignIn, request: Request) -> dict[str, Any]:
+async def sign_in(body: SignIn, request: Request) -> Response:
+    """Throttled per user and per address: 401 wrong user or password, 429 locked out."""
     console, users = _console(request), request.app.state.users
-    ok = await asyncio.to_thread(users.check, body.user, body.password)
-    await asyncio.to_thread(console.signed_in, body.user, remote_of(request), ok)
-    if not ok:
-        await asyncio.sleep(1.0)  # slows password guessing
-        raise HTTPException(401, "wrong user or password")
-    request.session.clear()
-    request.session.update(user=body.user, csrf=new_csrf_token())
-    return {"user": body.user, "csrf_token": request.session["csrf"]}
+    try:
+        token = await asyncio.to_thread(console.sign_in, body.user, body.password, remote_of(request), users)
+    except SignInRefused as exc:
+        if exc.status == 401:
+            await asyncio.sleep(1.0)  # slows one guesser; the lock-out stops many
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status,
+                            headers={"Retry-After": str(exc.retry_after)} if exc.retry_after else None)
+    request.session.clear()  # a new session on sign-in (no fixation)
+    request.session.update(user=body.user, sid=token, csrf=new_csrf_token())
+    return JSONResponse({"user": body.user, "csrf_token": request.session["csrf"]})
 
 
 @router.get("/session", summary="Who is signed in, and the session's CSRF token")
@@ -83,6 +86,8 @@ def session_info(request: Request) -> dict[str, Any]:
 
 @router.delete("/session", summary="Sign out", dependencies=[Depends(require_csrf)])
 def sign_out(request: Request) -> dict[str, Any]:
+    """Ends the session on the server too: its cookie opens nothing after this."""
+    _console(request).sign_out(request.session.get("sid"), request.state.user, remote_of(request))
     request.session.clear()
     return {"signed_out": True}
 

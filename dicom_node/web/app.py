@@ -3,8 +3,9 @@
 
 Guarding, in order, on every request: the session cookie (signed, HttpOnly, SameSite=Strict,
 Secure under HTTPS, ``web.session_max_age_seconds``) gives the request its CSRF token; the
-signed-in user comes from the session (a user removed from the users file loses access at
-once) or from ``web.trusted_user_header`` when the request comes from ``web.trusted_proxies``;
+signed-in user comes from the session, which must be alive server-side (``db.console_sessions``:
+signing out, a password change, the user's removal, ``web.session_idle_seconds`` unused or
+the maximum age end it at once) or from ``web.trusted_user_header`` when the request comes from ``web.trusted_proxies``;
 a request without one gets 401 (API) or the sign-in page (pages). Every state-changing route
 also depends on :func:`require_csrf`. Pages are sent with ``Cache-Control: no-store`` and a
 Content-Security-Policy that allows nothing from elsewhere.
@@ -100,9 +101,9 @@ async def require_csrf(request: Request) -> None:
 
 
 class _Guard(BaseHTTPMiddleware):
-    def __init__(self, app, config: Config, users: Users) -> None:  # noqa: ANN001 (ASGI app)
+    def __init__(self, app, config: Config, users: Users, console: Console) -> None:  # noqa: ANN001 (ASGI app)
         super().__init__(app)
-        self.config, self.users = config, users
+        self.config, self.users, self.console = config, users, console
 
     def _user(self, request: Request) -> tuple[str | None, str | None]:
         """(user, role): a proxy's user has the role the users file gives the name, else admin
@@ -117,11 +118,25 @@ class _Guard(BaseHTTPMiddleware):
             return name, self.users.role(name)
         return None, None
 
+    async def _alive(self, request: Request, user: str | None) -> str | None:
+        """The session's user, if its server-side session is alive (a proxy's user has none)."""
+        if user is None or request.session.get("user") != user:
+            return user  # signed in by the trusted proxy's header (or nobody)
+        import asyncio
+
+        ended = await asyncio.to_thread(self.console.session_ended, request.session.get("sid"), user, self.users)
+        if ended is None:
+            return user
+        request.session.clear()  # signed out, password changed, user removed, idle or expired
+        request.session["csrf"] = new_csrf_token()
+        return None
+
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         if "csrf" not in request.session:
             request.session["csrf"] = new_csrf_token()
         user, role = self._user(request)
-        request.state.user, request.state.role = user, role
+        user = await self._alive(request, user)
+        request.state.user, request.state.role = user, (role if user else None)
         path = request.url.path
         if user is None and not any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC_PATHS):
             if path.startswith("/api/"):
@@ -157,7 +172,7 @@ def create_app(console: Console) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.add_middleware(_Guard, config=config, users=users)
+    app.add_middleware(_Guard, config=config, users=users, console=console)
     app.add_middleware(SessionMiddleware, secret_key=session_secret(config.storage.data_path),
                        session_cookie="egfr_console", max_age=config.web.session_max_age_seconds,
                        same_site="strict", https_only=bool(config.web.certificate))

@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 
 __all__ = ["hash_password", "verify_password", "Users", "UsersFileError", "new_csrf_token", "same_token",
-           "session_secret", "add_user", "ROLES", "may"]
+           "session_secret", "add_user", "remove_user", "ROLES", "may"]
 
 #: The roles, least first; each may do what the ones before it may.
 ROLES = ("viewer", "clinician", "admin")
@@ -100,6 +100,12 @@ class Users:
     def exists(self, name: str) -> bool:
         return name in self._load()
 
+    def stamp(self, name: str) -> str | None:
+        """A digest of the user's password hash (None for a name not in the file): a session
+        begun under another one ends (the password was changed)."""
+        stored = self._load().get(name)
+        return hashlib.sha256(stored.encode("ascii")).hexdigest()[:32] if stored is not None else None
+
     def role(self, name: str) -> str | None:
         """The user's role, or None for a name not in the file."""
         self._load()
@@ -130,6 +136,17 @@ def read_users(path: Path) -> dict[str, tuple[str, str]]:
     return users
 
 
+def remove_user(path: Path, name: str) -> bool:
+    """Remove ``name`` from the users file; False when not there."""
+    path = Path(path)
+    users = read_users(path) if path.exists() else {}
+    if name not in users:
+        return False
+    del users[name]
+    _write_users(path, users)
+    return True
+
+
 def add_user(path: Path, name: str, password: str | None, role: str | None = None) -> bool:
     """Add ``name`` to the users file (created 0600), or change its password and/or role (a
     None password or role keeps the present one; a new user needs a password and is an admin
@@ -146,6 +163,12 @@ def add_user(path: Path, name: str, password: str | None, role: str | None = Non
         raise UsersFileError(f"user {name} is new: a password is needed")
     old_role, old_hash = users.get(name, ("admin", ""))
     users[name] = (role or old_role, hash_password(password) if password is not None else old_hash)
+    _write_users(path, users)
+    return new
+
+
+def _write_users(path: Path, users: dict[str, tuple[str, str]]) -> None:
+    """The users file replaced atomically (0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -154,7 +177,6 @@ def add_user(path: Path, name: str, password: str | None, role: str | None = Non
                   "(egfr-node web add-user NAME --role ROLE)\n")
         out.writelines(f"{user}:{role}:{stored}\n" for user, (role, stored) in sorted(users.items()))
     os.replace(temporary, path)
-    return new
 
 
 def new_csrf_token() -> str:

@@ -22,7 +22,7 @@ from db.deliveries import deliveries_of_job
 from db.outcomes import get_outcome
 from db.outcomes import history as outcome_history
 from db.shadow import shadow_results
-from db.models import JobState
+from db.models import JobState, utcnow
 from pipeline.model.bundle import Manifest
 from db.queue import QueueError, cancel, count_jobs_by_state, get_job, list_jobs, replay
 from db.retention import deletion_totals
@@ -71,6 +71,14 @@ class _Cached:
     value: tuple[bool, str] = (False, "not checked yet")
     at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SignInRefused(Exception):
+    """A sign-in refused: ``status`` 401 (wrong user or password) or 429 (locked out)."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
 
 
 class Console:
@@ -377,10 +385,56 @@ class Console:
             audit.record(session, user, "echo", f"destination {name}", outcome, remote)
         return {"destination": name, "ok": ok, "outcome": outcome, "seconds": round(seconds, 3)}
 
-    def signed_in(self, user: str, remote: str, ok: bool) -> None:
+    def sign_in(self, user: str, password: str, remote: str, users: Any) -> str:
+        """Check a sign-in, throttled per user and per source address (``db.console_sessions``);
+        the new session's id for the cookie, or SignInRefused (401 wrong, 429 locked out). Audited."""
+        from db.console_sessions import forgive, reserve_attempt, start_session
+
+        web = self.config.web
+        user_key, address_key = f"user:{user[:64]}", f"address:{remote}"
+        keys = [user_key, address_key]
         with self.sessions.begin() as session:
-            audit.record(session, user, "sign-in", "console", "signed in" if ok else "refused: wrong user or password",
-                         remote)
+            # an address (a ward's shared workstation, a NAT) may fail four times as often as one user
+            attempt = reserve_attempt(session, [user_key], web.login_max_failures, web.login_lockout_seconds)
+            if attempt.allowed:
+                attempt = reserve_attempt(session, [address_key], 4 * web.login_max_failures, web.login_lockout_seconds)
+            for key in attempt.newly_locked:
+                audit.record(session, "-", "lockout", key, f"locked out until {attempt.locked_until:%H:%M:%S} UTC after "
+                             f"{web.login_max_failures} failed sign-ins", remote)
+        if not attempt.allowed:
+            wait = max(1, int((attempt.locked_until - utcnow()).total_seconds())) if attempt.locked_until else 60
+            with self.sessions.begin() as session:
+                audit.record(session, user, "sign-in", "console", "refused: locked out", remote)
+            raise SignInRefused(429, f"too many failed sign-ins for this user or address: try again in {wait} s",
+                                retry_after=wait)
+        if not users.check(user, password):
+            with self.sessions.begin() as session:
+                audit.record(session, user, "sign-in", "console", "refused: wrong user or password", remote)
+            raise SignInRefused(401, "wrong user or password")
+        with self.sessions.begin() as session:
+            forgive(session, keys)
+            token = start_session(session, user, users.stamp(user) or "")
+            audit.record(session, user, "sign-in", "console", "signed in", remote)
+        return token
+
+    def session_ended(self, token: str | None, user: str, users: Any) -> str | None:
+        """None while the session is alive, else why it is not (signed out, password changed,
+        user removed, idle, expired)."""
+        from datetime import timedelta
+
+        from db.console_sessions import check_session
+
+        web = self.config.web
+        with self.sessions.begin() as session:
+            return check_session(session, token, user, users.stamp(user), idle=timedelta(seconds=web.session_idle_seconds),
+                                 max_age=timedelta(seconds=web.session_max_age_seconds))
+
+    def sign_out(self, token: str | None, user: str | None, remote: str = "") -> None:
+        from db.console_sessions import end_session
+
+        with self.sessions.begin() as session:
+            if end_session(session, token) and user:
+                audit.record(session, user, "sign-out", "console", "signed out", remote)
 
     # --- health parts --------------------------------------------------------------------
 

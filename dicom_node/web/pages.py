@@ -17,7 +17,7 @@ from markupsafe import Markup
 from dicom_node.web.app import DestinationName, RowId, StudyUid, remote_of, require_admin, require_clinician, require_csrf, role_of, user_of
 from dicom_node.web.auth import may
 from dicom_node.web.auth import new_csrf_token
-from dicom_node.web.console import ActionRefused, Console
+from dicom_node.web.console import ActionRefused, Console, SignInRefused
 from dicom_node.web.plots import slice_scores_svg
 
 __all__ = ["router", "error_page"]
@@ -70,18 +70,20 @@ def login_page(request: Request, next: str | None = None) -> HTMLResponse:  # no
 async def login(request: Request, user: str = Form(max_length=64), password: str = Form(max_length=1024),
                 next: str = Form("/queue")) -> Response:  # noqa: A002
     console, users = _console(request), request.app.state.users
-    ok = await asyncio.to_thread(users.check, user, password)
-    await asyncio.to_thread(console.signed_in, user, remote_of(request), ok)
-    if not ok:
-        await asyncio.sleep(1.0)  # slows password guessing
-        return _render(request, "login.html", status_code=401, next=_safe_next(next), failed=True)
+    try:
+        token = await asyncio.to_thread(console.sign_in, user, password, remote_of(request), users)
+    except SignInRefused as exc:
+        if exc.status == 401:
+            await asyncio.sleep(1.0)  # slows one guesser; the lock-out stops many
+        return _render(request, "login.html", status_code=exc.status, next=_safe_next(next), failed=str(exc))
     request.session.clear()  # a new session on sign-in (no fixation)
-    request.session.update(user=user, csrf=new_csrf_token())
+    request.session.update(user=user, sid=token, csrf=new_csrf_token())
     return RedirectResponse(_safe_next(next), status_code=303)
 
 
 @router.post("/logout", dependencies=[Csrf])
 def logout(request: Request) -> Response:
+    _console(request).sign_out(request.session.get("sid"), request.state.user, remote_of(request))
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
