@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 __all__ = ["make_engine", "make_sessionmaker", "DatabaseUnreachable", "DatabaseFileReplaced", "database_errors",
            "check_database_file", "SQLITE_BUSY_TIMEOUT_MS", "SQLITE_BEGIN"]
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: How long a SQLite transaction waits for another process's write lock before it fails: well
+#: inside a C-STORE's time, so a peer hears 0xA701 (retry later) rather than timing out.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: How every write transaction on SQLite begins (see _sqlite_begin_immediate).
 SQLITE_BEGIN = "BEGIN IMMEDIATE"
 

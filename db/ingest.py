@@ -278,7 +278,10 @@ def _insert_new(engine: Engine, record: InstanceRecord, now: datetime) -> None:
     sql = _statements(dialect)
     dbapi_error = dialect.loaded_dbapi.Error
     check_database_file(engine)  # a deleted SQLite file would swallow the row: 0xA701, not 0x0000
-    connection = engine.raw_connection()
+    try:
+        connection = engine.raw_connection()  # the pool's connect raises the driver's own error
+    except dbapi_error as exc:
+        raise DBAPIError.instance(None, None, exc, dbapi_error, dialect=dialect) from exc
     try:
         cursor = connection.cursor()
         try:

@@ -18,7 +18,7 @@ from db.engine import database_errors, make_engine, make_sessionmaker
 from db.migrate import current_revision, head_revision
 from dicom_node.receive.archive import Archive, process_alive
 from dicom_node.config import Config
-from dicom_node.receive.log_safety import LibraryRepeatFilter, LibraryValueFilter, SafeFormatter
+from dicom_node.receive.log_safety import LibraryRepeatFilter, LibraryValueFilter, OneLineFilter, SafeFormatter
 
 __all__ = ["Runtime", "open_runtime", "SchemaOutOfDate", "configure_logging", "share_metrics_between_processes",
            "SHARED_METRICS_ENV"]
@@ -80,6 +80,7 @@ def configure_logging(level: str) -> None:
     handler.setFormatter(SafeFormatter())
     handler.addFilter(LibraryRepeatFilter())
     handler.addFilter(LibraryValueFilter())  # a library's message may quote a patient's name: withheld
+    handler.addFilter(OneLineFilter())  # the connection pool's tracebacks during a database outage
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(True)
     # pynetdicom at INFO reports every PDU and (for C-FIND/MOVE) identifiers; keep warnings only.

@@ -41,6 +41,7 @@ from db.queue import (
     sweep_expired_leases,
 )
 from dicom_node.receive.archive import Archive
+from dicom_node.receive.log_safety import OutageLog
 from dicom_node.config import Config
 from dicom_node.retention import Retention
 
@@ -116,6 +117,7 @@ class Worker:
         self.scheduler: BackgroundScheduler | None = None
         self._ensembles: dict[int, Any] = {}
         self._deliver_lock = threading.Lock()
+        self._outage = OutageLog(log, "database", "the worker retries at each interval")
         self._stopping = threading.Event()
         self._runner: threading.Thread | None = None
         self._current: JobView | None = None  # the job claim_once is running, for a stop to hand back
@@ -293,8 +295,15 @@ class Worker:
     # --- scheduling ---------------------------------------------------------------------
 
     def _guard(self, name: str, action: Any) -> None:
+        """One pass of a scheduled task; a database outage is one line when it starts and one when
+        it ends (not a traceback per pass), anything else logged with its traceback."""
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             action()
+            self._outage.answered()
+        except SQLAlchemyError as exc:
+            self._outage.failed(f"{type(getattr(exc, 'orig', None) or exc).__name__} in {name}")
         except Exception:
             log.exception("%s failed; retrying at the next interval", name)
 

@@ -14,6 +14,10 @@
   highdicom, Python warnings) log: their messages quote dataset values, a patient's name among
   them (highdicom warns "The string "..." is unlikely to represent the intended person
   name"), and a log carries UIDs, never patient data (issue 29).
+- :class:`OutageLog` says once that the database stopped answering and once that it answers
+  again (with how many requests were refused meanwhile), instead of a line, or a traceback,
+  per C-STORE or per worker pass; :class:`OneLineFilter` keeps the tracebacks SQLAlchemy's
+  connection pool logs during such an outage out of the log (its one line stays).
 - :class:`RejectionLog` summarises refusals: the first refusal of a kind from a source is
   logged, the rest within ``interval_seconds`` are counted and reported on one line when the
   interval ends, so an unauthenticated flood writes a bounded number of lines.
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 __all__ = ["peer_text", "SafeFormatter", "RejectionLog", "LibraryRepeatFilter", "LibraryValueFilter", "LOG_FORMAT",
-           "withhold_quoted"]
+           "withhold_quoted", "OutageLog", "OneLineFilter", "database_outage"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _MAX_PEER_TEXT = 80
@@ -203,4 +207,52 @@ class LibraryValueFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith(self.LIBRARIES):
             record.msg, record.args = withhold_quoted(record.getMessage()), ()
+        return True
+
+
+class OutageLog:
+    """One line when a dependency stops answering, one when it answers again."""
+
+    def __init__(self, logger: logging.Logger, what: str, consequence: str) -> None:
+        self.logger, self.what, self.consequence = logger, what, consequence
+        self.since: float | None = None
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            first = self.since is None
+            if first:
+                self.since, self.count = time.monotonic(), 0
+            self.count += 1
+        if first:
+            self.logger.error("%s unavailable (%s): %s", self.what, reason, self.consequence)
+
+    def answered(self) -> None:
+        if self.since is None:  # the usual case, without taking the lock
+            return
+        with self._lock:
+            since, count, self.since = self.since, self.count, None
+        if since is not None:
+            self.logger.warning("%s answers again after %.0f s; %d requests were refused meanwhile", self.what,
+                                time.monotonic() - since, count)
+
+
+#: The receive path's database outages (scp.py reports into it).
+database_outage = OutageLog(logging.getLogger("dicom_node.receive.scp"), "database",
+                            "C-STOREs are answered 0xA701 (out of resources, retry later) until it answers")
+
+
+class OneLineFilter(logging.Filter):
+    """Records of the named loggers keep their one line and lose their traceback."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("sqlalchemy.pool",)) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(self.prefixes) and record.exc_info:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(error).__name__}"
+            record.args, record.exc_info, record.exc_text = (), None, None
         return True

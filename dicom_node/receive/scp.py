@@ -36,7 +36,7 @@ from dicom_node.receive._pynetdicom import SpooledDataset, spooled_dataset
 from dicom_node.receive.archive import Archive, ArchiveFull, ArchiveNotWritable
 from dicom_node.receive.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
 from dicom_node.receive.intake import store_instance
-from dicom_node.receive.log_safety import RejectionLog, peer_text
+from dicom_node.receive.log_safety import OutageLog, RejectionLog, database_outage, peer_text
 from dicom_node.receive.header import (
     HEADER_TAGS,
     NonConformant,
@@ -154,6 +154,7 @@ def handle_store(
     counters: StoreCounters,
     max_instance_bytes: int = 1024 * 2**20,
     refusals: RejectionLog | None = None,
+    outage: OutageLog | None = None,
 ) -> int | Dataset:
     """C-STORE: check the spooled dataset is whole, archive it, record it, then answer
     (never the other way round)."""
@@ -207,7 +208,9 @@ def handle_store(
                       f"dataset cannot be decoded: {type(exc).__name__}")
     extra = {"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid}
     try:
-        return _archive_and_record(event, spooled, header, calling_aet, archive, sessions, counters)
+        answer = _archive_and_record(event, spooled, header, calling_aet, archive, sessions, counters)
+        (outage or database_outage).answered()
+        return answer
     except ArchiveFull as exc:
         counters.add("failures")
         log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
@@ -222,13 +225,20 @@ def handle_store(
         return _status(Status.OUT_OF_RESOURCES, f"archive cannot be written ({os.strerror(exc.errno or 0)})")
     except SQLAlchemyError as exc:
         counters.add("failures")
-        why = str(exc.orig) if isinstance(getattr(exc, "orig", None), DatabaseFileReplaced) else type(exc).__name__
-        log.error("C-STORE %s: database unavailable: %s", header.sop_instance_uid, why, extra=extra)
+        why = str(exc.orig) if isinstance(getattr(exc, "orig", None), DatabaseFileReplaced) else _first_line(exc)
+        (outage or database_outage).failed(why)  # one line per outage, not one per instance
         return _status(Status.DATABASE_UNAVAILABLE, "database unavailable")
     except Exception:
         counters.add("failures")
         log.exception("C-STORE %s: unexpected failure", header.sop_instance_uid, extra=extra)
         return _status(Status.PROCESSING_FAILURE, "processing failure")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error's kind and the first line of what the driver said (no values, no traceback)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return f"{type(orig).__name__}: {peer_text(text, 160)}" if text else type(orig).__name__
 
 
 def _archive_and_record(

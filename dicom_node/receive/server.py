@@ -26,7 +26,7 @@ from dicom_node.receive import _pynetdicom
 from dicom_node.receive._pynetdicom import NodeAssociationServer, check_pynetdicom, start_server
 from dicom_node.receive.archive import Archive
 from dicom_node.receive.limits import ConnectionTable, TransportLimits
-from dicom_node.receive.log_safety import RejectionLog, peer_text
+from dicom_node.receive.log_safety import OutageLog, RejectionLog, peer_text
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, Status, StoreCounters, handle_echo, handle_store
 
 __all__ = ["DicomNode", "make_ssl_context"]
@@ -71,6 +71,9 @@ class DicomNode:
         self.sessions = sessions
         self.counters = StoreCounters()
         self.refusals = RejectionLog(logging.getLogger("dicom_node.refused"))
+        #: the database's outages on the receive path: one line when one starts, one when it ends
+        self.outage = OutageLog(logging.getLogger("dicom_node.receive.scp"), "database",
+                                "C-STOREs are answered 0xA701 (out of resources, retry later) until it answers")
         self.limits = self._limits()
         _pynetdicom.install(speedups=self.limits.speedups)  # spooling: memory does not grow with a dataset
         self.connections = ConnectionTable(self.limits, self.refusals)
@@ -127,7 +130,7 @@ class DicomNode:
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
         result = handle_store(event, self.archive, self.sessions, self.counters, self.limits.max_instance_bytes,
-                              self.refusals)
+                              self.refusals, self.outage)
         status = int(result.Status) if isinstance(result, Dataset) else int(result)
         try:
             size = event.dataset_path.stat().st_size if status in (Status.SUCCESS, Status.CONFLICT_FIRST_COPY_KEPT) else 0
