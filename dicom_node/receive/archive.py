@@ -123,26 +123,32 @@ class Archive:
         if self.fsync:
             _fsync_path(final.parent)
 
-    def check_free_space(self, incoming_bytes: int) -> None:
+    def check_free_space(self, incoming_bytes: int, *, results: bool = False) -> None:
+        """ArchiveFull when writing ``incoming_bytes`` would leave less than the reserve. The
+        node's own results (``results``) may use three quarters of it: a disk full of studies
+        waiting for their answers must still take the answers (then retention can free it);
+        the last quarter stays for the database."""
         free = shutil.disk_usage(self.root).free
-        if free - incoming_bytes < self.free_space_reserve_bytes:
+        reserve = self.free_space_reserve_bytes // 4 if results else self.free_space_reserve_bytes
+        if free - incoming_bytes < reserve:
             raise ArchiveFull(
                 errno.ENOSPC,
                 f"archive {self.root}: {free // 2**20} MiB free, reserve is {self.free_space_reserve_bytes // 2**20} MiB",
             )
 
-    def store(self, relative_path: str, data: bytes) -> StoredFile:
+    def store(self, relative_path: str, data: bytes, *, results: bool = False) -> StoredFile:
         """Write ``data`` at ``relative_path`` durably, never leaving a partial file there.
 
         An existing file is never replaced (``written=False``; ``identical`` says whether it
         holds the same bytes); it is fsynced before this returns, since the caller may
         acknowledge it. The bytes go to a temporary file under ``.incoming`` (fsynced), which
-        :meth:`store_file` links into place.
+        :meth:`store_file` links into place. ``results``: the node's own results, which may
+        use part of the free-space reserve (:meth:`check_free_space`).
         """
         final = self.root / relative_path
         if final.exists():
             return self._existing(final, hashlib.sha256(data).hexdigest())
-        self.check_free_space(len(data))
+        self.check_free_space(len(data), results=results)
         tmp = self.incoming / f"{self._tmp_prefix}{uuid.uuid4().hex}{TMP_SUFFIX}"
         try:
             try:
@@ -150,12 +156,13 @@ class Archive:
             except OSError as exc:
                 self._raise_if_full(exc, relative_path)
                 raise
-            return self.store_file(relative_path, tmp, synced=True, sha256=hashlib.sha256(data).hexdigest())
+            return self.store_file(relative_path, tmp, synced=True, sha256=hashlib.sha256(data).hexdigest(),
+                                   results=results)
         finally:
             tmp.unlink(missing_ok=True)
 
     def store_file(self, relative_path: str, source: Path, *, synced: bool | Future[None] | None = False,
-                   sha256: str | None = None) -> StoredFile:
+                   sha256: str | None = None, results: bool = False) -> StoredFile:
         """As :meth:`store`, for a whole file already written (the SCP's spool under
         ``.incoming``): fsynced and hard-linked into place, not copied, so memory does not
         grow with its size. ``synced``: True when the caller fsynced it, or the caller's fsync
@@ -166,7 +173,7 @@ class Archive:
         final = self.root / relative_path
         if final.exists():
             return self._existing(final, digest)
-        self.check_free_space(0)  # its bytes are on the disk already
+        self.check_free_space(0, results=results)  # its bytes are on the disk already
         try:
             self._make_folders(final.parent)
             if isinstance(synced, Future):

@@ -82,7 +82,7 @@ def store_instance(
         stored = archive.store_file(relative, encoded, sha256=sha256, synced=synced)
     else:
         size = len(encoded)
-        stored = archive.store(relative, encoded)
+        stored = archive.store(relative, encoded, results=origin == "node")
     record = record_of(header, relative, transfer_syntax_uid, size, calling_aet, origin, enqueue)
     if stored.written:
         try:

@@ -9,9 +9,12 @@ to each fold model's patient score before the folds are averaged
 (:func:`pipeline.model.aggregate.served_probability`).
 
 - ``logistic`` (the default, Platt scaling): ``p = sigmoid(a + b * logit(score))``, fitted by
-  scikit-learn's unpenalised logistic regression on Platt's smoothed targets
-  (``(N+ + 1) / (N+ + 2)`` for a positive, ``1 / (N- + 2)`` for a negative), so a cohort the
-  scores separate perfectly still gets a finite slope. A slope that comes out at or below 0
+  scikit-learn's unpenalised logistic regression (maximum likelihood). Only when the scores
+  separate the classes perfectly (no finite maximum) are Platt's smoothed targets used
+  (``(N+ + 1) / (N+ + 2)`` for a positive, ``1 / (N- + 2)`` for a negative), which keep the
+  slope finite; on a cohort of the paper's size they also shrink it so much that the
+  probabilities come out under-confident (held-out phantoms: slope 1.49 with them, 1.25
+  without, ``tests/bench_calibration.py``), hence not by default. A slope that comes out at or below 0
   (the scores rank no better than chance, as in a shuffled-label control) would turn the
   ranking round: it is set to ``MIN_SLOPE``, which keeps the order and gives every patient
   about the cohort's prevalence; ``note`` says so.
@@ -153,14 +156,20 @@ def fit_calibration(labels: np.ndarray | Sequence[int], scores: np.ndarray | Seq
     from sklearn.linear_model import LogisticRegression
 
     negatives = int(y.size) - positives
-    target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))  # Platt's smoothed targets
     x = logit(s).reshape(-1, 1)
-    # a soft target t is the pair (label 1, weight t) + (label 0, weight 1 - t)
+    separable = x[y == 0].max() < x[y == 1].min() or x[y == 1].max() < x[y == 0].min()
+    if separable:  # no finite maximum likelihood: Platt's smoothed targets
+        target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+        note = "the scores separate these patients perfectly: fitted on Platt's smoothed targets"
+    else:
+        target, note = y.astype(float), ""
+    # a (soft) target t is the pair (label 1, weight t) + (label 0, weight 1 - t)
     fit = LogisticRegression(C=np.inf, max_iter=1000).fit(
         np.vstack([x, x]), np.concatenate([np.ones(y.size), np.zeros(y.size)]),
         sample_weight=np.concatenate([target, 1 - target]))
-    slope, intercept, note = float(fit.coef_[0, 0]), float(fit.intercept_[0]), ""
+    slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
     if slope < MIN_SLOPE:
+        target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
         note = (f"the fitted slope was {slope:.3f} (the scores rank these patients no better than chance): raised to "
                 f"{MIN_SLOPE:g}, which keeps the ranking and gives about the prevalence")
         slope = MIN_SLOPE

@@ -13,6 +13,8 @@ from pipeline.prep.params import PreprocessParams
 
 #: Small crops keep the tests quick; the node runs whatever the manifest says.
 TEST_PARAMS = PreprocessParams(output_size=32)
+#: Quicker still, for tests about what happens around a job rather than in it: no N4.
+QUICK = PreprocessParams(output_size=32, bias_correction=False)
 
 
 def write_random_bundle(folder: Path, *, folds: int = 2, seed: int = 0, name: str = "test-bundle",

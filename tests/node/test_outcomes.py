@@ -19,7 +19,7 @@ from db.shadow import shadow_results
 from dicom_node import bundles as lifecycle
 from dicom_node import outcomes
 from dicom_node.metrics import live_collector
-from tests.node.bundles import write_random_bundle
+from tests.node.bundles import QUICK, write_random_bundle
 from tests.node.peers import Orthanc
 from tests.node.process import cli, free_port, write_config
 from tests.node.scu import store
@@ -89,9 +89,9 @@ def test_running_performance_and_a_shadow_bundle_never_sent(tmp_path: Path, phan
     orthanc = Orthanc(tmp_path)
     node = Node(tmp_path, orthanc.dicom_port)  # Orthanc is the node's PACS destination
     try:
-        active = node.activate(write_random_bundle(tmp_path / "active", seed=1, name="active-bundle"))
+        active = node.activate(write_random_bundle(tmp_path / "active", seed=1, name="active-bundle", params=QUICK))
         candidate = lifecycle.set_shadow(node.runtime.sessions, str(write_random_bundle(tmp_path / "candidate", seed=2,
-                                                                                        name="candidate")), user="test")
+                                                                                        name="candidate", params=QUICK)), user="test")
         studies = [phantom_study("axial2d", "seg", seed=20 + k, patient_index=20 + k, egfr_positive=k % 2 == 0)
                    for k in range(6)]
         jobs = []

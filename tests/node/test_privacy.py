@@ -42,7 +42,7 @@ def test_no_patient_name_in_the_node_log_even_from_library_warnings(tmp_path, ph
 
     import pydicom
 
-    from tests.node.bundles import write_random_bundle
+    from tests.node.bundles import QUICK, write_random_bundle
     import subprocess
     import sys
     from pathlib import Path
@@ -54,7 +54,7 @@ def test_no_patient_name_in_the_node_log_even_from_library_warnings(tmp_path, ph
     with open(config, "a") as handle:
         handle.write('[logging]\nlevel = "DEBUG"\n')
     assert cli(config, "db", "upgrade").returncode == 0
-    assert cli(config, "models", "activate", str(write_random_bundle(tmp_path / "bundle")), "--force").returncode == 0
+    assert cli(config, "models", "activate", str(write_random_bundle(tmp_path / "bundle", params=QUICK)), "--force").returncode == 0
     folders = []
     for k, name in enumerate(NAMES):
         source = phantom_study("axial2d", "seg", seed=60 + k, patient_index=60 + k)
