@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from io import BytesIO
-import subprocess
 import threading
 from dataclasses import replace
 from pathlib import Path

@@ -27,7 +27,7 @@ from dicom_node.config import Destination
 from dicom_node.runtime import open_runtime
 from dicom_node.receive.server import DicomNode
 from dicom_node.worker import Worker
-from tests.conftest import make_config, skip_or_fail
+from tests.conftest import make_config
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import Orthanc
 from tests.waiting import wait_for
