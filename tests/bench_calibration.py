@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", default="logistic", choices=("logistic", "isotonic"))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--figure", type=Path, help="copy the held-out reliability diagram here")
+    p.add_argument("--reuse", action="store_true", help="evaluate the bundle a previous run left in --work (no training)")
     args = p.parse_args(argv)
 
     from pipeline.phantom import generate_cohort
@@ -81,13 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         settings = TrainSettings.from_mapping({"epochs": args.epochs, "folds": args.folds, "device": device.type,
                                                "calibration": args.calibration, "repeats": args.repeats})
         bundle = work / f"bundle-{args.calibration}"
-        if bundle.exists():
-            shutil.rmtree(bundle)
-        start = time.perf_counter()
-        outcome = train_bundle(work / "train" / "labels.csv", bundle, settings=settings, params=params,
-                               cache_dir=work / "cache", progress=False)
-        print(f"trained in {time.perf_counter() - start:.0f} s: {outcome.manifest.calibration_map.describe()}; "
-              f"threshold {outcome.manifest.threshold:.3f}", flush=True)
+        if args.reuse and bundle.is_dir():
+            from pipeline.model.bundle import Manifest
+
+            manifest = Manifest.load_checked(bundle)
+            print(f"reusing {bundle}: {manifest.calibration_map.describe()}; threshold {manifest.threshold:.3f}", flush=True)
+        else:
+            if bundle.exists():
+                shutil.rmtree(bundle)
+            start = time.perf_counter()
+            outcome = train_bundle(work / "train" / "labels.csv", bundle, settings=settings, params=params,
+                                   cache_dir=work / "cache", progress=False)
+            print(f"trained in {time.perf_counter() - start:.0f} s: {outcome.manifest.calibration_map.describe()}; "
+                  f"threshold {outcome.manifest.threshold:.3f}", flush=True)
         out = work / f"evaluation-{args.calibration}"
         if out.exists():
             shutil.rmtree(out)

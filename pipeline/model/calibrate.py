@@ -23,7 +23,9 @@ to each fold model's patient score before the folds are averaged
   linear interpolation between them, exactly as ``IsotonicRegression.predict`` does.
 - ``none``: the score is reported as it is (bundles written before calibration existed).
 
-The map knows the prevalence of the cohort it was fitted on: a site whose prevalence differs
+No calibrated probability is more extreme than ``1 / (N + 2)`` or ``(N + 1) / (N + 2)`` for a
+map fitted on N patients (:attr:`Calibration.bounds`): the node never says 1.000 on the
+evidence of a few dozen cases. The map knows the prevalence of the cohort it was fitted on: a site whose prevalence differs
 reads probabilities calibrated to the training cohort (``egfr-node evaluate`` measures it).
 This module needs numpy only at serve time; scikit-learn is imported to fit.
 """
@@ -93,14 +95,22 @@ class Calibration:
         """Whether the map changes anything (``none`` reports the score as it is)."""
         return self.method != "none"
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The most extreme probabilities the map may give: ``1 / (N + 2)`` and ``(N + 1) / (N + 2)``
+        for N patients fitted on (Laplace's rule of succession): a map fitted on 30 patients has
+        not seen enough to say 1.000 or 0.000."""
+        n = max(self.patients, 0)
+        return (1.0 / (n + 2), (n + 1.0) / (n + 2)) if self.applied and n else (0.0, 1.0)
+
     def apply(self, scores: np.ndarray | Sequence[float] | float) -> np.ndarray:
-        """Scores in [0, 1] -> calibrated probabilities (same shape, float64)."""
+        """Scores in [0, 1] -> calibrated probabilities (same shape, float64), within :attr:`bounds`."""
         s = np.asarray(scores, dtype=np.float64)
         if self.method == "logistic":
             z = self.intercept + self.slope * logit(s)
-            return 1.0 / (1.0 + np.exp(-z))
+            return np.clip(1.0 / (1.0 + np.exp(-z)), *self.bounds)
         if self.method == "isotonic":
-            return np.interp(s, self.knots_x, self.knots_y)
+            return np.clip(np.interp(s, self.knots_x, self.knots_y), *self.bounds)
         return s.copy()
 
     def describe(self) -> str:
