@@ -186,6 +186,8 @@ class Job(Base):
     model_id: Mapped[int | None] = mapped_column(ForeignKey("model.id"), nullable=True)
     #: A replay that re-sends the stored results rather than predicting again.
     resend_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    #: Which completion rule queued it (complete by content, or the quiet timer), in words.
+    queued_because: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")

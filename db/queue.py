@@ -69,6 +69,7 @@ class JobView:
     result: dict | None
     model_id: int | None = None
     resend_only: bool = False
+    queued_because: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -90,6 +91,7 @@ class JobView:
             result=job.result,
             model_id=job.model_id,
             resend_only=bool(job.resend_only),
+            queued_because=job.queued_because,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -101,10 +103,15 @@ class JobView:
 
 @dataclass(frozen=True)
 class StudyReadiness:
-    """Whether a study holds what the pipeline needs: an MR series and a mask referencing it."""
+    """Whether a study holds what the pipeline needs: an MR series and a mask referencing it.
+    ``by_content``: the mask names the images it was drawn on and every one is archived, so the
+    study is complete by its content (no need to wait for the quiet timer); ``images``: how
+    many images that mask names."""
 
     ready: bool
     reason: str | None
+    by_content: bool = False
+    images: int = 0
 
 
 def _received(study: Study, sop_classes: frozenset[str]):  # type: ignore[no-untyped-def]
@@ -138,42 +145,53 @@ def study_readiness(session: Session, study: Study) -> StudyReadiness:
         return StudyReadiness(False, "no mask references an MR series of the study")
     missing = min((len(set(sops or ()) - present), len(set(sops or ()))) for _, sops in usable)
     if missing[0] == 0:
-        return StudyReadiness(True, None)
+        return StudyReadiness(True, None, by_content=missing[1] > 0, images=missing[1])
     return StudyReadiness(False, f"incomplete: {missing[0]} of the {missing[1]} images the mask references are not in "
                                  "the archive (not sent yet, or refused: the PACS may send them again)")
 
 
-def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: datetime | None = None) -> list[JobView]:
-    """Queue every waiting job whose study has been quiet long enough and is complete.
-
-    The quiet time restarts with every instance of any series of the study (the study's
-    ``last_received_at``). Jobs left waiting get a reason saying why. Returns the jobs queued.
+def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: datetime | None = None,
+                      content_settle_seconds: float | None = None) -> list[JobView]:
+    """Queue every waiting job whose study is complete: by its content (the mask and every
+    image it names are in, and nothing arrived for ``content_settle_seconds``, DESIGN.md
+    "completion"), or, for a mask that names no images, after ``study_stable_seconds`` of
+    quiet. The quiet time restarts with every instance of any series of the study (the
+    study's ``last_received_at``). The rule that queued a job is kept on it
+    (``queued_because``); jobs left waiting get a reason saying why. Returns the jobs queued.
     """
     now = now or utcnow()
     stable = timedelta(seconds=study_stable_seconds)
+    settle = timedelta(seconds=min(study_stable_seconds, study_stable_seconds if content_settle_seconds is None
+                                   else content_settle_seconds))
     queued: list[JobView] = []
     jobs = session.scalars(select(Job).where(Job.state == JobState.WAITING).order_by(Job.id)).all()
     for job in jobs:
         quiet = now - job.study.last_received_at
-        if quiet < stable:
-            reason = (
+        readiness = study_readiness(session, job.study) if quiet >= settle else None
+        if readiness is not None and readiness.ready and readiness.by_content:
+            wait, because = settle, (f"complete by content: the mask and the {readiness.images} images it names are "
+                                     f"in, quiet {settle.total_seconds():g} s")
+        else:
+            wait, because = stable, f"quiet for {study_stable_seconds:g} s (the mask names no images)"
+        if quiet < wait:
+            reason = readiness.reason if readiness is not None and not readiness.ready else (
                 f"study still arriving: last instance {quiet.total_seconds():.0f} s ago, "
-                f"ready after {study_stable_seconds:g} s quiet"
+                f"ready after {wait.total_seconds():g} s quiet"
             )
         else:
-            readiness = study_readiness(session, job.study)
+            readiness = readiness or study_readiness(session, job.study)
             if readiness.ready:
                 # Quiet time checked again in the UPDATE: on PostgreSQL an instance committed
                 # since the read above must keep the study waiting.
-                still_quiet = select(Study.id).where(Study.id == job.study_id, Study.last_received_at <= now - stable)
+                still_quiet = select(Study.id).where(Study.id == job.study_id, Study.last_received_at <= now - wait)
                 moved = session.execute(
                     update(Job)
                     .where(Job.id == job.id, Job.state == JobState.WAITING, Job.study_id.in_(still_quiet))
-                    .values(state=JobState.QUEUED, reason=None, queued_at=now, updated_at=now)
+                    .values(state=JobState.QUEUED, reason=None, queued_at=now, updated_at=now, queued_because=because)
                     .execution_options(synchronize_session="fetch")
                 ).rowcount
                 if moved:
-                    log.info("study %s stable and complete: job %d queued", job.study.study_uid, job.id,
+                    log.info("study %s complete: job %d queued (%s)", job.study.study_uid, job.id, because,
                              extra={"study_uid": job.study.study_uid, "job_id": job.id})
                     queued.append(JobView.of(job))
                 continue
@@ -374,6 +392,7 @@ def replay(session: Session, study_uid_or_job_id: str, now: datetime | None = No
         created_at=now,
         updated_at=now,
         queued_at=now,
+        queued_because="a re-send of the stored results, asked for" if resend else "a rerun, asked for",
     )
     try:
         with session.begin_nested():

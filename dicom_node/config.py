@@ -110,6 +110,8 @@ class WorkerSection:
     """[worker]: study completeness and the job queue."""
 
     study_stable_seconds: float = 30.0
+    #: a study whose mask names its images is complete when they are all in and nothing arrived for this long
+    content_settle_seconds: float = 2.0
     scan_interval_seconds: float = 5.0
     lease_seconds: float = 600.0
     max_attempts: int = 3

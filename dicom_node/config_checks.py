@@ -89,6 +89,8 @@ def validate(config: Config) -> None:
     w = config.worker
     if w.study_stable_seconds < 0:
         raise ConfigError("worker.study_stable_seconds: must not be negative")
+    if not 0 <= w.content_settle_seconds <= 10:
+        raise ConfigError(f"worker.content_settle_seconds: must be between 0 and 10, got {w.content_settle_seconds}")
     if w.scan_interval_seconds <= 0:
         raise ConfigError("worker.scan_interval_seconds: must be positive")
     if w.lease_seconds <= 0:

@@ -134,7 +134,7 @@ class Worker:
         with self.sessions.begin() as session:
             sweep_expired_leases(session, self.settings.max_attempts, now)
         with self.sessions.begin() as session:
-            return scan_waiting_jobs(session, self.settings.study_stable_seconds, now)
+            return scan_waiting_jobs(session, self.settings.study_stable_seconds, now, self.settings.content_settle_seconds)
 
     # --- claim and run ------------------------------------------------------------------
 

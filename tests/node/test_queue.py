@@ -306,3 +306,30 @@ def test_the_nodes_own_results_never_move_the_queue_even_when_sent_back(sessions
     # A new image series from a peer does make a new job.
     receive(sessions, rec("5.1", "5.1.3", "5.1.3.1"), T0 + timedelta(seconds=300))
     assert [s for _, s in jobs_of(sessions, "5.1")] == ["done", "waiting"]
+
+
+def test_a_study_complete_by_its_content_is_queued_after_a_short_settle_not_the_timer(sessions) -> None:
+    """Issue 30 item 1: the mask names its images; once they are all in and nothing arrived
+    for the settle (2 s) the job is queued, without the 30 s quiet timer, and says why; the mask
+    arriving first waits for its images; a mask naming no images still waits for the timer."""
+    slices = [f"6.1.1.{i}" for i in range(5)]
+    receive(sessions, rec("6.1", "6.1.2", "6.1.2.1", modality="SEG", refs=("6.1.1",), sop_refs=tuple(slices)), T0)
+    for i, sop in enumerate(slices[:4]):
+        receive(sessions, rec("6.1", "6.1.1", sop), T0 + timedelta(seconds=i))
+    with sessions.begin() as s:
+        assert queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=10), content_settle_seconds=2.0) == []
+        assert s.scalars(select(Job)).one().reason.startswith("incomplete: 1 of the 5 images")
+    receive(sessions, rec("6.1", "6.1.1", slices[4]), T0 + timedelta(seconds=11))
+    with sessions.begin() as s:
+        assert queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=12), content_settle_seconds=2.0) == []  # settling
+    with sessions.begin() as s:
+        [job] = queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=13.5), content_settle_seconds=2.0)
+    assert job.state == "queued" and job.queued_because.startswith("complete by content: the mask and the 5 images")
+    # a mask that names no images: the quiet timer
+    receive(sessions, rec("6.2", "6.2.1", "6.2.1.0"), T0)
+    receive(sessions, rec("6.2", "6.2.2", "6.2.2.1", modality="RTSTRUCT", refs=("6.2.1",)), T0)
+    with sessions.begin() as s:
+        assert queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=5), content_settle_seconds=2.0) == []
+    with sessions.begin() as s:
+        [job] = queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=31), content_settle_seconds=2.0)
+    assert job.queued_because == "quiet for 30 s (the mask names no images)"
