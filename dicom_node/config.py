@@ -111,8 +111,8 @@ class WorkerSection:
 
     study_stable_seconds: float = 30.0
     #: a study whose mask names its images is complete when they are all in and nothing arrived for this long
-    content_settle_seconds: float = 2.0
-    scan_interval_seconds: float = 5.0
+    content_settle_seconds: float = 1.0
+    scan_interval_seconds: float = 1.0
     lease_seconds: float = 600.0
     max_attempts: int = 3
     claim_interval_seconds: float = 1.0

@@ -116,9 +116,12 @@ class Worker:
         self.retention = Retention(config.retention, sessions, archive)
         self.scheduler: BackgroundScheduler | None = None
         self._ensembles: dict[int, Any] = {}
+        self._preload_failed: set[int] = set()
+        self._idle_model: bundles.BundleRecord | None = None
         self._deliver_lock = threading.Lock()
         self._outage = OutageLog(log, "database", "the worker retries at each interval")
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # set by a scan that queued a job: the runner claims it now
         self._runner: threading.Thread | None = None
         self._current: JobView | None = None  # the job claim_once is running, for a stop to hand back
         self.retry_policy = deliveries.RetryPolicy(
@@ -134,7 +137,10 @@ class Worker:
         with self.sessions.begin() as session:
             sweep_expired_leases(session, self.settings.max_attempts, now)
         with self.sessions.begin() as session:
-            return scan_waiting_jobs(session, self.settings.study_stable_seconds, now, self.settings.content_settle_seconds)
+            queued = scan_waiting_jobs(session, self.settings.study_stable_seconds, now, self.settings.content_settle_seconds)
+        if queued:
+            self._wake.set()
+        return queued
 
     # --- claim and run ------------------------------------------------------------------
 
@@ -147,6 +153,7 @@ class Worker:
             job = claim_next(session, self.worker_id, self.settings.lease_seconds,
                              model_id=model.id if model else None, any_job=model is not None)
         if job is None:
+            self._idle_model = model  # the runner loads it while idle (_claim_loop)
             return None
         log.info("job %d claimed for study %s (attempt %d)", job.id, job.study_uid, job.attempts,
                  extra={"job_id": job.id, "study_uid": job.study_uid})
@@ -242,6 +249,17 @@ class Worker:
         return True, None, {"resend_of_job": source.id, "instances": source.result["instances"],
                             "probability": source.result.get("probability"), "status": source.result.get("status")}
 
+    def _preload(self, record: bundles.BundleRecord | None) -> None:
+        """Load the active bundle while idle, so the next study does not wait for its folds; a
+        bundle that cannot be loaded is said once here and fails the jobs that need it."""
+        if record is None or record.id in self._ensembles or record.id in self._preload_failed or self._stopping.is_set():
+            return
+        try:
+            self._ensemble(record)
+        except Exception as exc:  # noqa: BLE001 - the job that needs it records the reason
+            self._preload_failed.add(record.id)
+            log.warning("model bundle %d could not be loaded ahead of its jobs: %s", record.id, one_line(exc))
+
     def _ensemble(self, record: bundles.BundleRecord) -> Any:
         """The FoldEnsemble of the bundle ``record``, loaded once (sha256 checked on load)."""
         model_id = record.id
@@ -310,11 +328,18 @@ class Worker:
     def _claim_loop(self) -> None:
         while not self._stopping.is_set() and self.claim_once() is not None:
             pass
+        self._preload(self._idle_model)
 
     def _run_claims(self) -> None:
         """The job runner: a daemon thread of its own (not the scheduler's pool, which the
-        interpreter waits for at exit), so a stop is bounded by ``worker.stop_grace_seconds``."""
-        while not self._stopping.wait(self.settings.claim_interval_seconds):
+        interpreter waits for at exit), so a stop is bounded by ``worker.stop_grace_seconds``.
+        It claims every ``worker.claim_interval_seconds`` and at once when this worker's scan
+        queued a job (another worker's jobs wait for the interval)."""
+        while not self._stopping.is_set():
+            self._wake.wait(self.settings.claim_interval_seconds)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
             self._guard("claim", self._claim_loop)
 
     def start(self) -> None:
@@ -329,6 +354,7 @@ class Worker:
                                    max_instances=1, coalesce=True, next_run_time=now)
         self.scheduler.start()
         self._stopping.clear()
+        self._wake.clear()
         self._runner = threading.Thread(target=self._run_claims, name=f"jobs-{self.worker_id}", daemon=True)
         self._runner.start()
         if not self.config.destinations:
@@ -341,6 +367,7 @@ class Worker:
         ``worker.stop_grace_seconds`` is handed back to the queue (its lease released, the
         attempt not counted), so another worker, or this one restarted, runs it at once."""
         self._stopping.set()
+        self._wake.set()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None

@@ -12,6 +12,13 @@ Part 1 (torch, numpy and ``pipeline`` only, so it runs on a GPU machine as is): 
 Part 2 (``--latency``, needs the whole node): a phantom study sent to the node on loopback,
 timed from the end of the quiet time (the scan that queues it) to the SR acknowledged by a
 local PACS, split by stage. Prints the device it ran on.
+Part 3 (``--latency --end-to-end``): what a PACS admin sees. ``egfr-node init`` writes the
+configuration (no timer changed; only the port, the destination and the data folder are
+set), ``egfr-node serve`` runs it as a service, ``storescu`` (DCMTK) sends each phantom study
+(MR series + SEG, then + RTSTRUCT; 5 mm axial and 1 mm 3D), and a pynetdicom PACS notes when
+the SR arrives: the median, over ``--studies`` studies each, of the seconds from storescu's
+last acknowledged instance to the SR acknowledged, with the rule that queued each job and
+where the node's share of the time went.
 """
 
 from __future__ import annotations
@@ -195,6 +202,113 @@ def bench_latency() -> None:
         runtime.close()
 
 
+def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple[str, ...] = ("axial2d", "axial3d"),
+                     n4: bool = True) -> None:
+    """storescu -> ``egfr-node serve`` (init's configuration) -> SR at a PACS, per study."""
+    import re
+    import subprocess
+    import tempfile
+    import threading
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Comprehensive3DSRStorage, EnhancedSRStorage
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_sessionmaker
+    from db.models import Job, Study
+    from pipeline.phantom import generate_study
+    from tests.node.bundles import write_random_bundle
+    from tests.node.process import cli, free_port, wait_until_listening
+
+    arrived: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def on_store(event: evt.Event) -> int:
+        with lock:
+            arrived.setdefault(str(event.dataset.StudyInstanceUID), time.perf_counter())
+        return 0x0000
+
+    pacs = AE(ae_title="PACS")
+    for sop_class in (Comprehensive3DSRStorage, EnhancedSRStorage):
+        pacs.add_supported_context(sop_class)
+    from pynetdicom import AllStoragePresentationContexts
+    for context in AllStoragePresentationContexts:
+        if len(pacs.supported_contexts) < 120:
+            pacs.add_supported_context(context.abstract_syntax)
+    server = pacs.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        config = tmp_path / "egfr-node.toml"
+        done = cli(config, "init", "--data-dir", str(tmp_path / "data"))
+        if done.returncode != 0:
+            raise SystemExit(f"egfr-node init failed: {done.stderr}")
+        port = free_port()
+        text = re.sub(r"(?m)^port = 11112$", f"port = {port}", config.read_text(), count=1)
+        config.write_text(text + f'\n[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
+                                 f"port = {server.server_address[1]}\n")
+        if bundle is None:  # the default preprocessing (N4 on, as the paper), random folds: timing only
+            bundle = write_random_bundle(tmp_path / "bundle", folds=5, params=PreprocessParams(bias_correction=n4))
+        done = cli(config, "models", "activate", str(bundle), "--force", timeout=300)
+        if done.returncode != 0:
+            raise SystemExit(f"models activate failed: {done.stdout}{done.stderr}")
+        log_file = (tmp_path / "node.log").open("w")
+        node = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "serve"],
+                                stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+        try:
+            wait_until_listening(port, node)
+            engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'egfr-node.sqlite3'}")
+            sessions = make_sessionmaker(engine)
+            from tests.machine import describe
+
+            print(f"\nend to end on CPU: {describe()}: egfr-node serve with init's configuration, "
+                  f"storescu -> SR at a PACS, {studies} studies each, N4 {'on' if n4 else 'off (as the demo bundle)'}")
+            index = 0
+            for geometry in geometries:
+                for mask_kind in ("seg", "rtstruct"):
+                    seconds, because, stages = [], [], []
+                    for _ in range(studies + 1):  # the first warms the worker (bundle loaded), not counted
+                        index += 1
+                        study = generate_study(tmp_path / "studies" / f"{index}", seed=11, geometry=geometry,
+                                               mask_kind=mask_kind, egfr_positive=bool(index % 2), patient_index=index)
+                        sent = subprocess.run(["storescu", "-R", "-aet", "PACS", "-aec", "EGFR_NODE", "+sd", "+r",
+                                               "127.0.0.1", str(port), str(study.folder)], capture_output=True, text=True)
+                        acknowledged = time.perf_counter()
+                        if sent.returncode != 0:
+                            raise SystemExit(f"storescu failed: {sent.stderr[-500:]}")
+                        deadline = acknowledged + 120
+                        while study.study_uid not in arrived and time.perf_counter() < deadline:
+                            time.sleep(0.02)
+                        if study.study_uid not in arrived:
+                            with sessions() as session:
+                                jobs = [(j.id, j.state, j.reason) for j in session.scalars(select(Job).join(Study).where(
+                                    Study.study_uid == study.study_uid))]
+                            raise SystemExit(f"no SR for study {study.study_uid} ({geometry}, {mask_kind}) after 120 s; "
+                                             f"jobs {jobs}; node {'running' if node.poll() is None else node.returncode}")
+                        with sessions() as session:
+                            job = session.scalars(select(Job).join(Study).where(
+                                Study.study_uid == study.study_uid).order_by(Job.id.desc())).first()
+                            rule = (job.queued_because or "?").split(":")[0] if job else "?"
+                            timings = (job.result or {}).get("timings_s", {}) if job else {}
+                        if index % (studies + 1) != 1:
+                            seconds.append(arrived[study.study_uid] - acknowledged)
+                            because.append(rule)
+                            stages.append(timings)
+                    keys = [k for k in stages[0] if not k.startswith("preprocess.") or k == "preprocess.n4"]
+                    split = ", ".join(f"{k} {statistics.median(t.get(k, 0.0) for t in stages):.2f}" for k in keys)
+                    print(f"  {geometry:<8} {mask_kind:<8} last instance acknowledged -> SR acknowledged: median "
+                          f"{statistics.median(seconds):5.2f} s (min {min(seconds):.2f}, max {max(seconds):.2f}); "
+                          f"queued by {', '.join(sorted(set(because)))}; in the job: {split}")
+            engine.dispose()
+        finally:
+            node.terminate()
+            try:
+                node.wait(30)
+            except subprocess.TimeoutExpired:
+                node.kill()
+            server.shutdown()
+            log_file.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=5)
@@ -203,10 +317,19 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, help="a model bundle folder: time and check its trained folds")
     parser.add_argument("--study", type=Path, help="a cached model input (.npz of the training cache) for the bf16 check")
     parser.add_argument("--latency", action="store_true", help="also the end-to-end study latency (CPU, needs the node)")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="with --latency: storescu -> egfr-node serve (init's configuration) -> SR at a PACS")
+    parser.add_argument("--studies", type=int, default=5, help="studies per geometry and mask kind (--end-to-end)")
+    parser.add_argument("--geometries", default="axial2d,axial3d", help="phantom geometries (--end-to-end)")
+    parser.add_argument("--no-n4", action="store_true", help="--end-to-end with a bundle trained without N4")
+    parser.add_argument("--skip-ensemble", action="store_true", help="only the latency parts")
     args = parser.parse_args()
-    bench_inference(args.folds, args.repeats, torch.device(args.device), args.bundle, args.study)
+    if not args.skip_ensemble:
+        bench_inference(args.folds, args.repeats, torch.device(args.device), args.bundle, args.study)
     if args.latency:
         bench_latency()
+    if args.latency and args.end_to_end:
+        bench_end_to_end(args.studies, args.bundle, tuple(args.geometries.split(",")), n4=not args.no_n4)
 
 
 if __name__ == "__main__":

@@ -56,10 +56,10 @@ def test_study_goes_waiting_then_queued_and_can_be_replayed(tmp_path: Path) -> N
         assert jobs[0]["reason"].startswith("study still arriving")
         queued = wait_for(lambda: [j for j in queue_json(config) if j["state"] == "queued"], 30, "a queued job")
         job_id = queued[0]["id"]
-        # the mask names its four images and they are all in: complete by content after the 2 s
-        # settle, not the 6 s quiet timer (both times are the node's own)
+        # the mask names its four images and they are all in: complete by content after the 1 s
+        # settle (the default), not the 6 s quiet timer (both times are the node's own)
         queued_at = datetime.fromisoformat(queued[0]["queued_at"].rstrip("Z"))
-        assert 2.0 <= (queued_at - last_received_at(config, images[0].StudyInstanceUID)).total_seconds() < 6.0
+        assert 1.0 <= (queued_at - last_received_at(config, images[0].StudyInstanceUID)).total_seconds() < 6.0
         assert queued[0]["queued_because"].startswith("complete by content: the mask and the 4 images it names are in")
 
         listing = cli(config, "queue", "list", "--state", "queued")

@@ -1,0 +1,124 @@
+"""Issue 30: a study whose mask arrives before its images starts when the last image the mask
+names is in, not when a timer runs out, and the worker's scan wakes the job runner at once; the
+worker loads the active bundle while idle (and the next one when it is activated), so the first
+study after a start or an activation does not wait for its folds.
+
+The worker runs as in production (its scheduler and job runner threads), with the quiet timer
+and the claim interval both set to 5 minutes: only completion by content and the scan's wake
+can start the job within the test's time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+
+from db.queue import get_job
+from dicom_node.worker import Worker
+from pipeline.load.study import load_study
+from pipeline.model.infer import FoldEnsemble
+from pipeline.prep.preprocess import preprocess
+from tests.node.bundles import write_random_bundle
+from tests.node.peers import PynetdicomPacs
+from tests.node.test_results import Node
+
+SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22"}
+
+
+def test_a_mask_sent_before_its_images_starts_the_job_when_the_last_image_is_in(tmp_path, phantom_study) -> None:
+    study = phantom_study("axial2d", "seg")
+    files = sorted(study.folder.rglob("*.dcm"))
+    mask = [f for f in files if dcmread(f, stop_before_pixels=True).SOPInstanceUID == study.mask_sop_uid]
+    images = [f for f in files if f not in mask]
+    assert len(mask) == 1 and len(images) > 10
+    pacs = PynetdicomPacs(tmp_path / "pacs")
+    node = Node(tmp_path, pacs.port)
+    bundle = write_random_bundle(tmp_path / "bundle")
+    node.activate(bundle)
+    config = replace(node.config, worker=replace(node.config.worker, study_stable_seconds=300.0, content_settle_seconds=0.5,
+                                                 scan_interval_seconds=0.2, claim_interval_seconds=300.0))
+    worker = Worker(config, node.runtime.sessions, node.runtime.archive, worker_id="content")
+    try:
+        worker.start()
+        node.send(_folder_of(tmp_path / "first", mask))
+        node.send(_folder_of(tmp_path / "half", images[: len(images) // 2]))
+        time.sleep(1.5)  # three settles: the mask's images are not all in, so nothing starts
+        with node.runtime.sessions() as session:
+            waiting = get_job(session, 1)
+        assert waiting.state == "waiting", (waiting.state, waiting.reason)
+        missing = len(images) - len(images) // 2
+        assert waiting.reason.startswith(f"incomplete: {missing} of the {len(images)} images the mask references are not "
+                                         "in the archive"), waiting.reason
+
+        node.send(_folder_of(tmp_path / "rest", images[len(images) // 2:]))
+        last_acknowledged = time.monotonic()
+        deadline = last_acknowledged + 120
+        while not any(str(ds.SOPClassUID) in SR_CLASSES for ds in pacs.received) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answered_in = time.monotonic() - last_acknowledged
+        with node.runtime.sessions() as session:
+            job = get_job(session, 1)
+        assert job.state == "done", (job.state, job.reason)
+        # neither the 300 s timer nor the 300 s claim interval: the content rule and the scan's wake
+        assert answered_in < 60, answered_in
+        assert job.queued_because.startswith(f"complete by content: the mask and the {len(images)} images"), job.queued_because
+        assert (job.started_at - job.queued_at).total_seconds() < 5, (job.queued_at, job.started_at)
+    finally:
+        worker.stop()
+        node.close()
+        pacs.stop()
+
+    # the SR is the answer for the whole study: the same probability as the study read at once
+    [sr] = [ds for ds in pacs.received if str(ds.SOPClassUID) in SR_CLASSES]
+    assert sr.StudyInstanceUID == study.study_uid
+    expected = FoldEnsemble.load(bundle, device="cpu")
+    model_input = preprocess(load_study(study.folder), expected.manifest.preprocessing)
+    assert np.isclose(job.result["probability"], expected.predict(model_input.array).probability, atol=2e-6)
+    assert job.result["selection"]["series_uid"] == study.image_series_uid
+
+
+def _folder_of(folder: Path, files: list[Path]) -> Path:
+    """Links to ``files`` in a folder of their own (what one routing rule sends at a time)."""
+    folder.mkdir()
+    for number, f in enumerate(files):
+        (folder / f"{number:04d}-{f.name}").symlink_to(f)
+    return folder
+
+
+def test_the_worker_loads_the_active_bundle_while_idle_and_again_when_another_is_activated(tmp_path, caplog) -> None:
+    pacs = PynetdicomPacs(tmp_path / "pacs")
+    node = Node(tmp_path, pacs.port)
+    config = replace(node.config, worker=replace(node.config.worker, claim_interval_seconds=0.1))
+    worker = Worker(config, node.runtime.sessions, node.runtime.archive, worker_id="warm")
+    caplog.set_level("INFO", logger="dicom_node.worker")
+
+    def loaded() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "loaded on cpu" in r.getMessage()]
+
+    try:
+        worker.start()
+        time.sleep(0.5)
+        assert loaded() == []  # no active bundle, nothing to load
+        first = node.activate(write_random_bundle(tmp_path / "a", name="bundle-a"))
+        _wait(lambda: len(loaded()) == 1, "the active bundle loaded before any study")
+        assert loaded()[0].startswith(f"model bundle {first} (bundle-a")
+        time.sleep(0.5)
+        assert len(loaded()) == 1  # kept, not reloaded at each idle pass
+        second = node.activate(write_random_bundle(tmp_path / "b", name="bundle-b", seed=2))
+        _wait(lambda: len(loaded()) == 2, "the newly activated bundle loaded")
+        assert loaded()[1].startswith(f"model bundle {second} (bundle-b")
+    finally:
+        worker.stop()
+        node.close()
+        pacs.stop()
+
+
+def _wait(condition, what: str, seconds: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
