@@ -191,7 +191,8 @@ def run(work: Path, *, patients: int = 30, epochs: int = 30, seed: int = 1, time
         sent = _send_like_pacs(held_out.folder, node.port)
         _done(t, f"{sent} instances stored")
 
-        t = _step(5, f"the node waits {config.worker.study_stable_seconds:g} s of quiet, predicts, and sends the SR back")
+        t = _step(5, "the study is complete by its content (the RTSTRUCT and the images it names are in, then "
+                     f"{config.worker.content_settle_seconds:g} s without a new one): the node predicts and sends the SR back")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not [ds for ds in pacs.received if str(ds.SOPClassUID) in SR_CLASSES]:
             time.sleep(0.2)
