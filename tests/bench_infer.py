@@ -218,7 +218,7 @@ def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple
     from db.models import Job, Study
     from pipeline.phantom import generate_study
     from tests.node.bundles import write_random_bundle
-    from tests.node.process import cli, free_port, wait_until_listening
+    from tests.node.process import cli, free_port, stop_processes, wait_until_listening
 
     arrived: dict[str, float] = {}
     lock = threading.Lock()
@@ -300,11 +300,7 @@ def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple
                           f"queued by {', '.join(sorted(set(because)))}; in the job: {split}")
             engine.dispose()
         finally:
-            node.terminate()
-            try:
-                node.wait(30)
-            except subprocess.TimeoutExpired:
-                node.kill()
+            stop_processes([node])
             server.shutdown()
             log_file.close()
 

@@ -48,7 +48,7 @@ from dicom_node.commands.demo import SR_CLASSES, LocalPacs  # noqa: E402
 from pipeline.phantom.study import generate_study  # noqa: E402
 from tests.conftest import mount_tmpfs  # noqa: E402
 from tests.node.bundles import QUICK, write_random_bundle  # noqa: E402
-from tests.node.process import cli, free_port, start, wait_until_listening  # noqa: E402
+from tests.node.process import cli, free_port, start, stop_processes, wait_until_listening  # noqa: E402
 from tests.node.scu import store  # noqa: E402
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -297,13 +297,7 @@ def run(minutes: float, work: Path, *, cycle: float = 60.0, interval: float = 8.
     finally:
         if sender is not None:
             sender.stop.set()
-        for proc in processes.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in processes.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(processes.values())
         pacs.down()
         subprocess.run(["umount", "-l", str(disk)], check=False)
         try:

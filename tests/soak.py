@@ -42,7 +42,7 @@ from pipeline.phantom.study import generate_study  # noqa: E402
 from tests.conftest import mount_tmpfs  # noqa: E402
 from tests.node.bundles import write_random_bundle  # noqa: E402
 from tests.node.peers import PynetdicomPacs  # noqa: E402
-from tests.node.process import cli, free_port, start, wait_until_listening  # noqa: E402
+from tests.node.process import cli, free_port, start, stop_processes, wait_until_listening  # noqa: E402
 from tests.node.scu import store  # noqa: E402
 
 
@@ -222,13 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not lost and deleted else 1  # retention must have acted, and nothing be lost
     finally:
         stop.set()
-        for proc in processes.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in processes.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(processes.values())
         pacs.stop()
         subprocess.run(["umount", "-l", str(disk)], check=False)
         if args.work is None:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from pynetdicom import AE
@@ -68,3 +69,17 @@ def wait_until_listening(port: int, process: subprocess.Popen, deadline_s: float
             return
         time.sleep(0.1)
     raise TimeoutError(f"node not listening on {port} after {deadline_s} s")
+
+
+def stop_processes(processes: Iterable[subprocess.Popen], grace_s: float = 30) -> None:
+    """SIGTERM each, as the service manager does, then wait for each; one still running after
+    ``grace_s`` is killed."""
+    processes = list(processes)
+    for proc in processes:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
