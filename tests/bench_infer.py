@@ -293,7 +293,7 @@ def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple
                             seconds.append(arrived[study.study_uid] - acknowledged)
                             because.append(rule)
                             stages.append(timings)
-                    keys = [k for k in stages[0] if not k.startswith("preprocess.") or k == "preprocess.n4"]
+                    keys = [k for k in stages[0] if not k.startswith("preprocess.") or k == "preprocess.bias_field"]
                     split = ", ".join(f"{k} {statistics.median(t.get(k, 0.0) for t in stages):.2f}" for k in keys)
                     print(f"  {geometry:<8} {mask_kind:<8} last instance acknowledged -> SR acknowledged: median "
                           f"{statistics.median(seconds):5.2f} s (min {min(seconds):.2f}, max {max(seconds):.2f}); "
