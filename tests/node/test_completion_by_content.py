@@ -18,6 +18,7 @@ import numpy as np
 from pydicom import dcmread
 
 from db.queue import get_job
+from dicom_node.commands.demo import SR_CLASSES
 from dicom_node.worker import Worker
 from pipeline.load.study import load_study
 from pipeline.model.infer import FoldEnsemble
@@ -25,9 +26,6 @@ from pipeline.prep.preprocess import preprocess
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import PynetdicomPacs
 from tests.node.test_results import Node
-
-SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22"}
-
 
 def test_a_mask_sent_before_its_images_starts_the_job_when_the_last_image_is_in(tmp_path, phantom_study) -> None:
     study = phantom_study("axial2d", "seg")
