@@ -31,7 +31,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from db.engine import SQLITE_BEGIN, check_database_file
 from db.models import ACTIVE_JOB_PREDICATE_SQL, Deletion, Instance, Job, JobState, Series, Study, utcnow
-from db.sop_classes import moves_queue
+from db.sop_classes import mask_kind_of, moves_queue
 
 __all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "prepare_recording", "find_instance", "ARRIVING_REASON",
            "StudyBeingDeleted"]
@@ -72,10 +72,16 @@ class InstanceRecord:
     origin: str = "received"
     #: False for a retrospective import: archived for training, no job made.
     enqueue: bool = True
+    #: "SEG", "RTSTRUCT", "OUTLINE" or None; a SEG or RTSTRUCT is one by its class when not given
+    mask_kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask_kind is None:
+            object.__setattr__(self, "mask_kind", mask_kind_of(self.sop_class_uid))
 
     @property
     def moves_queue(self) -> bool:
-        return self.enqueue and moves_queue(self.sop_class_uid, self.origin)
+        return self.enqueue and moves_queue(self.sop_class_uid, self.origin, self.mask_kind)
 
 
 class RecordOutcome(str, enum.Enum):
@@ -120,7 +126,7 @@ def record_instance(
 
 
 def _compare(existing: Instance, record: InstanceRecord, now: datetime) -> RecordOutcome:
-    if moves_queue(existing.sop_class_uid, existing.origin):
+    if moves_queue(existing.sop_class_uid, existing.origin, existing.mask_kind):
         study = existing.series.study
         study.last_received_at = max(study.last_received_at, now)
     if existing.sha256 == record.sha256:
@@ -198,6 +204,7 @@ _STATEMENTS: dict[str, _Statements] = {}
 _INSTANCE_COLUMNS = [
     "sop_instance_uid", "sop_class_uid", "series_id", "transfer_syntax_uid", "path", "size_bytes", "sha256",
     "received_at", "calling_aet", "referenced_series_uids", "referenced_sop_uids", "conflict_count", "origin",
+    "mask_kind",
 ]
 
 
@@ -334,6 +341,7 @@ def _insert_statements(cursor: Any, sql: _Statements, record: InstanceRecord, no
             "referenced_sop_uids": list(record.referenced_sop_uids),
             "conflict_count": 0,
             "origin": record.origin,
+            "mask_kind": record.mask_kind,
         },
     )
     if not record.moves_queue:

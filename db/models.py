@@ -145,6 +145,9 @@ class Instance(Base):
     #: received (from a peer or ``egfr-node import``) | node (a result the node built: SR, SEG, card).
     #: The node's own instances are never pipeline input and never move the queue.
     origin: Mapped[str] = mapped_column(String(8), default="received", server_default="received")
+    #: SEG | RTSTRUCT | OUTLINE (an SR whose content outlines a lesion) | None: what is a lesion
+    #: mask, by class and content (``db.sop_classes.mask_kind_of``), decided once when received.
+    mask_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import ACTIVE_JOB_STATES, Instance, Job, JobState, Series, Study, utcnow
-from db.sop_classes import IMAGE_SOP_CLASSES, MASK_SOP_CLASSES
+from db.sop_classes import IMAGE_SOP_CLASSES
 from db.stats import count_by_state
 
 __all__ = [
@@ -114,25 +114,33 @@ class StudyReadiness:
     images: int = 0
 
 
-def _received(study: Study, sop_classes: frozenset[str]):  # type: ignore[no-untyped-def]
-    """Instances of the study received from peers (never the node's own) of these classes."""
+def _received(study: Study, sop_classes: frozenset[str] | None = None):  # type: ignore[no-untyped-def]
+    """Instances of the study received from peers (never the node's own): of these classes, or
+    (``sop_classes`` None) the lesion masks (``Instance.mask_kind``: by class and content)."""
+    kind = Instance.mask_kind.is_not(None) if sop_classes is None else Instance.sop_class_uid.in_(sop_classes)
     return (
         select(Instance.id)
         .join(Series, Instance.series_id == Series.id)
-        .where(Series.study_id == study.id, Instance.origin == "received", Instance.sop_class_uid.in_(sop_classes))
+        .where(Series.study_id == study.id, Instance.origin == "received", kind)
     )
 
 
 def study_readiness(session: Session, study: Study) -> StudyReadiness:
     images = _received(study, IMAGE_SOP_CLASSES)
     mr_series = set(session.scalars(images.with_only_columns(Series.series_uid).distinct()))
-    masks = session.execute(
-        _received(study, MASK_SOP_CLASSES).with_only_columns(Instance.referenced_series_uids, Instance.referenced_sop_uids)
+    mr_frames = set(session.scalars(images.with_only_columns(Series.frame_of_reference_uid).distinct())) - {None}
+    rows = session.execute(
+        _received(study).with_only_columns(Instance.referenced_series_uids, Instance.referenced_sop_uids,
+                                           Series.frame_of_reference_uid)
     ).all()
+    # an outline in patient mm names no image: it is on a series of its frame of reference
+    masks = [(list(series or ()) + ([f"frame:{frame}"] if not series and not sops and frame in mr_frames else []),
+              sops) for series, sops, frame in rows]
+    mr_series |= {f"frame:{frame}" for frame in mr_frames}
     if not mr_series:
         return StudyReadiness(False, "no MR series in the study yet")
     if not masks:
-        return StudyReadiness(False, "no lesion mask (SEG or RTSTRUCT) in the study yet")
+        return StudyReadiness(False, "no lesion mask (SEG, RTSTRUCT or an outline SR) in the study yet")
     referenced = {uid for _, sops in masks for uid in (sops or ())}
     present = set(session.scalars(images.with_only_columns(Instance.sop_instance_uid)
                                   .where(Instance.sop_instance_uid.in_(referenced)))) if referenced else set()
@@ -169,7 +177,8 @@ def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: dateti
         quiet = now - job.study.last_received_at
         readiness = study_readiness(session, job.study) if quiet >= settle else None
         if readiness is not None and readiness.ready and readiness.by_content:
-            wait, because = settle, (f"complete by content: the mask and the {readiness.images} images it names are "
+            named = "the image" if readiness.images == 1 else f"the {readiness.images} images"
+            wait, because = settle, (f"complete by content: the mask and {named} it names are "
                                      f"in, quiet {settle.total_seconds():g} s")
         else:
             wait, because = stable, f"quiet for {study_stable_seconds:g} s (the mask names no images)"

@@ -28,6 +28,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.instances import received_study_paths, recorded_node_instances
+from db.sop_classes import OUTLINE
 from dicom_node.receive.archive import Archive
 from dicom_node.config import Config
 from dicom_node.receive.intake import store_instance
@@ -158,6 +159,8 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
             "series_uid": study.series_uid, "mask_sop_uid": study.mask_sop_uid, "mask_kind": study.mask_kind,
             "lesion_number": study.lesion_number, "lesion_label": study.lesion_label,
             "slices": slices["indices"], "mid_slice": slices["mid"],
+            **({"mask": study.selection["lesion"]["description"],
+                "tracking_uid": study.selection["lesion"]["tracking_uid"]} if study.mask_kind == OUTLINE else {}),
         },
         "scores": [[round(float(v), 6) for v in row] for row in prediction.scores],
         "probability": round(prediction.probability, 6),
@@ -209,11 +212,16 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
     else:
         segment, tracking_id, tracking_uid = 1, None, None
         lesion = study.lesion
+        # a viewer outline keeps its measurement group's tracking identity: the node's SEG and SR
+        # name the lesion the radiologist outlined (issue 31)
+        outlined = study.selection["lesion"] if study.mask_kind == OUTLINE else {}
         seg = seg_from_volume_mask(
             _series_headers(prepared), sitk.GetArrayViewFromImage(lesion).astype(np.uint8),
             lesion.GetOrigin(), lesion.GetSpacing(), lesion.GetDirection(),
-            segment_label=(study.lesion_label or "Lesion")[:64], tracking_id=f"Lesion {study.lesion_number}",
-            tracking_uid=uids["seg_tracking"], sop_instance_uid=uids["seg"], series_instance_uid=uids["seg_series"],
+            segment_label=(study.lesion_label or "Lesion")[:64],
+            tracking_id=(outlined.get("tracking_id") or f"Lesion {study.lesion_number}")[:64],
+            tracking_uid=outlined.get("tracking_uid") or uids["seg_tracking"], sop_instance_uid=uids["seg"],
+            series_instance_uid=uids["seg_series"],
             manufacturer=config.report.manufacturer[:64], software_version=ensemble.manifest.version[:64],
             device_uid=ensemble.manifest.device_uid, created=created,
         )
@@ -225,7 +233,9 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
         positive=prediction.positive, calibrated=calibrated,
     )
     lesion_point = nearest_image_point(sources, lesion_centroid_lps(study.lesion))
+    outline_report = study.mask_instance.header if study.mask_kind == OUTLINE and study.mask_instance else None
     sr = build_sr(sources, seg, finding, algorithm, lesion_point=lesion_point, sop_instance_uid=uids["sr"],
+                  mask_report=outline_report,
                   series_instance_uid=uids["sr_series"], comprehensive_3d=config.report.sr_sop_class == "comprehensive3d",
                   institution_name=config.report.institution_name, created=created)
     card_uid: str | None = None

@@ -4,8 +4,9 @@ Reads only the elements it needs (pydicom converts elements lazily), never the p
 never patient identification. For most instances those elements come from the receive
 path's walk of the file (``dataset_check``, ``HEADER_TAGS``): :func:`header_dataset` makes
 them a pydicom ``Dataset``, so the file is not parsed a second time. A mask, or any
-instance carrying the reference sequences a mask's header is read from, is read whole by
-pydicom instead (``header_dataset`` returns None).
+instance carrying the reference sequences a mask's header is read from, and an SR a viewer
+may have saved an outline in (a mask by its content, ``pipeline.load.outline``), is read
+whole by pydicom instead (``header_dataset`` returns None).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from db.sop_classes import MASK_SOP_CLASSES
+from db.sop_classes import MASK_SOP_CLASSES, OUTLINE_SR_CLASSES, mask_kind_of
 from dicom_node.receive.archive import InvalidUID, check_uid
 from dicom_node.receive.dataset_check import DatasetSummary
+from pipeline.load.outline import find_outlines
 from pipeline.load.references import mask_referenced_instances, mask_referenced_series
 
 __all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header", "header_dataset", "HEADER_TAGS",
@@ -38,7 +40,8 @@ REFERENCE_SEQUENCES = _tags("ReferencedSeriesSequence", "ReferencedFrameOfRefere
 def header_dataset(summary: DatasetSummary, sop_class_uid: str) -> Dataset | None:
     """The header elements the walk kept, as a ``Dataset`` :func:`read_header` reads; None when
     the file must be read whole (a mask, reference sequences, a header element not kept)."""
-    if sop_class_uid in MASK_SOP_CLASSES or not summary.kept_all or summary.top_level_tags & REFERENCE_SEQUENCES:
+    if (sop_class_uid in MASK_SOP_CLASSES or sop_class_uid in OUTLINE_SR_CLASSES or not summary.kept_all
+            or summary.top_level_tags & REFERENCE_SEQUENCES):
         return None
     return Dataset(summary.kept)
 
@@ -64,6 +67,8 @@ class ReceivedHeader:
     frame_of_reference_uid: str | None
     referenced_series_uids: tuple[str, ...]
     referenced_sop_uids: tuple[str, ...]
+    #: "SEG", "RTSTRUCT", "OUTLINE" (an SR with a closed outline) or None (``db.sop_classes.mask_kind_of``)
+    mask_kind: str | None = None
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
@@ -87,6 +92,10 @@ def read_header(ds: Dataset, affected_sop_class_uid: str | None = None, affected
     except (TypeError, ValueError):
         series_number = None
     frame_of_reference = ds.get("FrameOfReferenceUID")
+    outlines = find_outlines(ds) if sop_class in OUTLINE_SR_CLASSES else []
+    mask_kind = mask_kind_of(sop_class, bool(outlines))
+    if not frame_of_reference and outlines:  # an outline in patient mm names its frame of reference
+        frame_of_reference = next((o.frame_of_reference_uid for o in outlines if o.frame_of_reference_uid), None)
     return ReceivedHeader(
         study_uid=_uid(ds, "StudyInstanceUID"),
         series_uid=_uid(ds, "SeriesInstanceUID"),
@@ -98,5 +107,6 @@ def read_header(ds: Dataset, affected_sop_class_uid: str | None = None, affected
         frame_of_reference_uid=str(frame_of_reference) if frame_of_reference else None,
         referenced_series_uids=mask_referenced_series(ds),
         # per-image references are read for masks only (an Enhanced MR has functional groups too)
-        referenced_sop_uids=mask_referenced_instances(ds) if sop_class in MASK_SOP_CLASSES else (),
+        referenced_sop_uids=mask_referenced_instances(ds) if mask_kind else (),
+        mask_kind=mask_kind,
     )

@@ -46,6 +46,7 @@ def record_of(header: ReceivedHeader, relative_path: str, transfer_syntax_uid: s
         calling_aet=calling_aet,
         referenced_series_uids=header.referenced_series_uids,
         referenced_sop_uids=header.referenced_sop_uids,
+        mask_kind=header.mask_kind,
         origin=origin,
         enqueue=enqueue,
     )

@@ -269,6 +269,7 @@ def build_sr(
     comprehensive_3d: bool = True,
     institution_name: str = "",
     created: datetime | None = None,
+    mask_report: Dataset | None = None,
 ) -> Dataset:
     """The EGFR result of one lesion as a Comprehensive 3D SR (or Comprehensive SR).
 
@@ -278,7 +279,10 @@ def build_sr(
     one, or the one converted from an RTSTRUCT). ``lesion_point``: where the lesion is in one
     of ``source_images`` (:func:`dicom_node.report.image_point.nearest_image_point`). Patient
     and study attributes are copied from the first source image; the SR is a new series of
-    that study.
+    that study. ``mask_report``: the viewer's measurement report whose outline was the lesion
+    (issue 31; its header): listed in the Current Requested Procedure Evidence (the objects
+    the SR was made from), while ``finding.tracking_uid`` is its measurement group's, so a
+    viewer ties the answer to the outline.
     """
     images = check_datasets("source_images", source_images)
     if not isinstance(finding, LesionFinding):
@@ -330,8 +334,10 @@ def build_sr(
         contribution_description=f"{algorithm.name}: EGFR mutation prediction (research use)",
     )
     sr_class = hd.sr.Comprehensive3DSR if comprehensive_3d else hd.sr.ComprehensiveSR
+    if mask_report is not None and str(mask_report.get("StudyInstanceUID", "")) != str(images[0].StudyInstanceUID):
+        raise ValueError('Argument "mask_report" must be of the study of the source images')
     sr = sr_class(
-        evidence=[*images, seg],
+        evidence=[*images, seg, *([mask_report] if mask_report is not None else [])],
         content=root,
         series_instance_uid=series_instance_uid,
         series_number=series_number,

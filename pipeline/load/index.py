@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 
 from db import sop_classes
 from pipeline.errors import SelectionError
+from pipeline.load.outline import Outline, find_outlines
 
 __all__ = [
     "ENHANCED_MR_SOP_CLASSES",
@@ -44,7 +45,6 @@ MR_IMAGE_SOP_CLASS = sop_classes.MR_IMAGE
 ENHANCED_MR_SOP_CLASSES = sop_classes.ENHANCED_MR_IMAGES
 SEG_SOP_CLASS = sop_classes.SEG
 RTSTRUCT_SOP_CLASS = sop_classes.RTSTRUCT
-_MASK_KINDS = {SEG_SOP_CLASS: "SEG", RTSTRUCT_SOP_CLASS: "RTSTRUCT"}
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,14 @@ class InstanceHeader:
     modality: str
     frame_of_reference_uid: str | None
     header: Dataset = field(repr=False, compare=False)
+    #: the closed regions of an SR measurement report (a viewer outline), else ()
+    outlines: tuple[Outline, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def mask_kind(self) -> str | None:
-        """``"SEG"`` or ``"RTSTRUCT"`` for a mask object, else None."""
-        return _MASK_KINDS.get(self.sop_class_uid)
+        """``"SEG"``, ``"RTSTRUCT"`` or ``"OUTLINE"`` (an SR that outlines a region) for a mask
+        object, else None (``db.sop_classes.mask_kind_of``)."""
+        return sop_classes.mask_kind_of(self.sop_class_uid, bool(self.outlines))
 
     @property
     def is_mr_image(self) -> bool:
@@ -169,6 +172,9 @@ def _index(files: Iterable[Path], folder: Path) -> StudyIndex:
         if for_uid is None and "ReferencedFrameOfReferenceSequence" in ds:  # RT Structure Set
             refs = ds.ReferencedFrameOfReferenceSequence
             for_uid = refs[0].get("FrameOfReferenceUID") if len(refs) else None
+        outlines = tuple(find_outlines(ds))
+        if for_uid is None and outlines:  # an outline in patient mm names its frame of reference
+            for_uid = next((o.frame_of_reference_uid for o in outlines if o.frame_of_reference_uid), None)
         headers.append(
             InstanceHeader(
                 path=path,
@@ -179,6 +185,7 @@ def _index(files: Iterable[Path], folder: Path) -> StudyIndex:
                 modality=str(ds.get("Modality", "")),
                 frame_of_reference_uid=str(for_uid) if for_uid else None,
                 header=ds,
+                outlines=outlines,
             )
         )
     if not headers:

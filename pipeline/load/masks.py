@@ -1,4 +1,5 @@
-"""Lesion (and brain) masks from a DICOM SEG or RT Structure Set, on the MR volume's grid.
+"""Lesion (and brain) masks from a DICOM SEG, an RT Structure Set or a viewer's outline SR, on
+the MR volume's grid.
 
 Implements issue 3 point 3. SEG (Segmentation IOD, BINARY or FRACTIONAL) is decoded with
 highdicom (``segread`` + ``Segmentation.get_volume``, which places frames by their Plane
@@ -10,7 +11,11 @@ slice by slice in the plane the contour lies in, voxel centres inside the polygo
 of one ROI on one slice combined by even-odd (XOR), so holes drawn as inner contours stay
 empty. Segment/ROI choice follows :class:`pipeline.load.select.SelectionRules`.
 
-Both work on any grid, including the tilted (non-identity direction) grid of a near-axial
+A viewer outline (an SR measurement report's closed SCOORD or SCOORD3D, issue 31) becomes a
+polygon in patient mm (:mod:`pipeline.load.outline`) and is filled with the RTSTRUCT rule;
+one measurement group is one lesion.
+
+All work on any grid, including the tilted (non-identity direction) grid of a near-axial
 oblique acquisition (:mod:`pipeline.load.grid`): SEG frames are placed by their patient
 position and RTSTRUCT points are mapped to continuous indices through the image's origin,
 spacing and direction, so contours in patient mm land on the acquired slices they were
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +38,14 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from pipeline.errors import MaskError
+from pipeline.load.index import InstanceHeader
+from pipeline.load.outline import outline_polygon_mm
 from pipeline.load.select import SelectionRules
+from pipeline.load.volume import frame_planes
 
 __all__ = [
-    "LoadedMask", "choose_labels", "fill_polygon", "load_rtstruct_mask", "load_seg_mask", "rasterize_contours",
+    "LoadedMask", "choose_labels", "fill_polygon", "load_outline_mask", "load_rtstruct_mask", "load_seg_mask",
+    "rasterize_contours",
 ]
 
 logger = logging.getLogger(__name__)
@@ -331,5 +341,85 @@ def load_rtstruct_mask(
         brain=_to_image(arrays[brain_number], image) if brain_number is not None else None,
         lesion_number=lesion_number,
         lesion_label=names.get(lesion_number, ""),
+        record=record,
+    )
+
+
+def load_outline_mask(
+    report: InstanceHeader, image: sitk.Image, rules: SelectionRules, series: Sequence[InstanceHeader], *,
+    raster_grid: sitk.Image | None = None,
+) -> LoadedMask:
+    """Fill the viewer outlines of an SR measurement report (:mod:`pipeline.load.outline`) onto
+    ``image`` and pick the lesion: one measurement group is one lesion, the largest chosen as
+    for a SEG (:func:`choose_labels`; a group's label is its finding or tracking identifier).
+
+    Only outlines on an image of ``series`` (the chosen MR series), or in patient mm in its
+    frame of reference, are read; the others are listed in the record. Each is turned into a
+    polygon in patient mm and filled with the RT Structure Set rule
+    (:func:`rasterize_contours`), on ``raster_grid`` (the acquisition grid) when ``image`` was
+    resampled from an oblique acquisition, then carried as an RTSTRUCT is.
+    """
+    uid = report.sop_uid
+    planes = {(p.sop_uid, p.frame): p for instance in series for p in frame_planes(instance)}
+    single = {instance.sop_uid for instance in series if int(instance.header.get("NumberOfFrames", 1) or 1) == 1}
+    frames_of_reference = {i.frame_of_reference_uid for i in series if i.frame_of_reference_uid}
+    groups: dict[int, list[np.ndarray]] = {}
+    names: dict[int, str] = {}
+    read: list[dict[str, Any]] = []
+    elsewhere: list[str] = []
+    for outline in report.outlines:
+        if outline.three_d:
+            if outline.frame_of_reference_uid not in frames_of_reference:
+                elsewhere.append(outline.describe())
+                continue
+            polygon = outline_polygon_mm(outline)
+        else:
+            frame = 0 if outline.image_sop_uid in single else (outline.frame or 1) - 1
+            plane = planes.get((str(outline.image_sop_uid), frame))
+            if plane is None:
+                elsewhere.append(outline.describe())
+                continue
+            polygon = outline_polygon_mm(outline, plane.position, plane.orientation, plane.pixel_spacing)
+        groups.setdefault(outline.group, []).append(polygon)
+        names.setdefault(outline.group, outline.label)
+        read.append({"group": outline.group, "graphic_type": outline.graphic_type, "tracking_uid": outline.tracking_uid,
+                     "tracking_id": outline.tracking_id, "image_sop_uid": outline.image_sop_uid,
+                     "frame": outline.frame, "frame_of_reference_uid": outline.frame_of_reference_uid})
+    if not groups:
+        listed = "; ".join(elsewhere) or "none"
+        raise MaskError(f"outline SR {uid}: no outline lies on an image of the chosen series ({listed})")
+    arrays: dict[int, np.ndarray] = {}
+    labels: list[tuple[int, str, int]] = []
+    per_group: list[dict[str, Any]] = []
+    for group, polygons in groups.items():
+        try:
+            array, off_plane = rasterize_contours(polygons, raster_grid or image)
+        except MaskError as exc:
+            raise MaskError(f"outline SR {uid} group {group}: {exc}") from exc
+        if raster_grid is not None:
+            array = _carry(array, raster_grid, image)
+        arrays[group] = array
+        labels.append((group, names[group], int(array.sum())))
+        slices = int(np.count_nonzero(array.reshape(array.shape[0], -1).any(axis=1)))
+        per_group.append({"group": group, "label": names[group], "outlines": len(polygons),
+                          "voxels_on_image": int(array.sum()), "slices": slices,
+                          "max_off_plane_mm": round(off_plane, 3), "resampled": raster_grid is not None})
+    lesion_number, _, record = choose_labels(labels, rules, uid)
+    chosen = next(o for o in read if o["group"] == lesion_number)
+    slices = next(g["slices"] for g in per_group if g["group"] == lesion_number)
+    record.update({
+        "brain_number": None,  # a viewer outline is the lesion only
+        "groups": per_group,
+        "outlines": read,
+        "outlines_not_on_series": elsewhere,
+        "tracking_uid": chosen["tracking_uid"],
+        "tracking_id": chosen["tracking_id"],
+        "description": f"viewer outline ({chosen['graphic_type']}) on {slices} slice{'s' if slices != 1 else ''}",
+    })
+    return LoadedMask(
+        lesion=_to_image(arrays[lesion_number], image),
+        brain=None,
+        lesion_number=lesion_number,
+        lesion_label=names[lesion_number],
         record=record,
     )

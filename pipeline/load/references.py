@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 
 from pydicom.dataset import Dataset
 
+from pipeline.load.outline import outline_referenced_images
+
 __all__ = ["mask_referenced_instances", "mask_referenced_series"]
 
 
@@ -51,6 +53,7 @@ def mask_referenced_instances(ds: Dataset) -> tuple[str, ...]:
     functional group's SourceImageSequence (shared and per frame, PS3.3 C.7.6.16.2.6).
     RTSTRUCT: RTReferencedSeriesSequence > ContourImageSequence, and each contour's
     ContourImageSequence (ROIContourSequence > ContourSequence, PS3.3 C.8.8.6).
+    Viewer outline (SR): the image each closed SCOORD is SELECTED FROM (:mod:`pipeline.load.outline`).
     Mapping them to series needs the study's instances (:func:`pipeline.load.select.referenced_series_uids`).
     """
     references: list[Dataset] = []
@@ -65,4 +68,5 @@ def mask_referenced_instances(ds: Dataset) -> tuple[str, ...]:
     for roi in _items(ds, "ROIContourSequence"):
         for contour in _items(roi, "ContourSequence"):
             references.extend(_items(contour, "ContourImageSequence"))
-    return _uids(item.get("ReferencedSOPInstanceUID") for item in references)
+    # a viewer outline (SR): the images its closed regions lie on, not the report's whole evidence
+    return _uids([*(item.get("ReferencedSOPInstanceUID") for item in references), *outline_referenced_images(ds)])

@@ -1,4 +1,4 @@
-"""Choose the lesion mask (SEG or RTSTRUCT) and the MR series it references in one study.
+"""Choose the lesion mask (SEG, RTSTRUCT or a viewer outline) and the MR series it references in one study.
 
 Implements issue 3 point 1. The rule is data (:class:`SelectionRules`); the result records
 every candidate considered and why each was rejected, so a failure reason is one line.
@@ -120,7 +120,7 @@ class Selection:
 
     @property
     def mask_kind(self) -> str:
-        """``"SEG"`` or ``"RTSTRUCT"``."""
+        """``"SEG"``, ``"RTSTRUCT"`` or ``"OUTLINE"`` (a viewer outline: an SR measurement report)."""
         return str(self.mask.mask_kind)
 
 
@@ -135,6 +135,11 @@ def referenced_series_uids(mask: InstanceHeader, index: StudyIndex) -> list[str]
     for sop in mask_referenced_instances(mask.header):
         if sop in index.by_sop_uid:
             series.append(index.by_sop_uid[sop].series_uid)
+    if not series and mask.outlines and mask.frame_of_reference_uid:
+        # an outline in patient mm names no image: the image series of its frame of reference
+        # (which of them it lies on is checked when it is filled)
+        series = sorted(uid for uid, entry in index.series.items()
+                        if entry.is_mr_image_series and mask.frame_of_reference_uid in entry.frame_of_reference_uids)
     return list(dict.fromkeys(series))
 
 
@@ -149,6 +154,12 @@ def _mask_datetime(mask: InstanceHeader) -> str:
 def _judge(mask: InstanceHeader, index: StudyIndex, rules: SelectionRules) -> tuple[str | None, str, str | None]:
     """Return (series_uid, "", note) when usable, else (None, reason, None)."""
     refs = referenced_series_uids(mask, index)
+    if not refs and mask.outlines:  # say where the viewer's outline is, so the site can find it
+        where = sorted({o.image_sop_uid for o in mask.outlines if o.image_sop_uid})
+        if where:
+            return None, f"outline SR: its outline lies on image {', '.join(where)}, not an image of the study", None
+        frames = sorted({str(o.frame_of_reference_uid) for o in mask.outlines})
+        return None, f"outline SR: its outline is in frame of reference {', '.join(frames)}, that of no MR series", None
     if not refs:
         return None, "references no image series", None
     present = [uid for uid in refs if uid in index.series]
@@ -187,7 +198,7 @@ def select_mask_and_series(index: StudyIndex, rules: SelectionRules | None = Non
     """
     rules = rules or SelectionRules()
     if not index.masks:
-        raise SelectionError(f"no lesion mask (SEG or RTSTRUCT) in study {index.study_uid}")
+        raise SelectionError(f"no lesion mask (SEG, RTSTRUCT or an outline SR) in study {index.study_uid}")
     candidates: list[dict[str, Any]] = []
     usable: list[tuple[InstanceHeader, str, dict[str, Any]]] = []
     for mask in index.masks:

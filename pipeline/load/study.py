@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from pipeline.load.index import InstanceHeader, index_files, index_study
-from pipeline.load.masks import load_rtstruct_mask, load_seg_mask
+from pipeline.load.masks import load_outline_mask, load_rtstruct_mask, load_seg_mask
 from pipeline.load.select import SelectionRules, select_mask_and_series
 from pipeline.load.volume import load_series_volume
 
@@ -86,10 +86,13 @@ def load_study(study: Path | Sequence[Path], rules: SelectionRules | None = None
         selection.series, resample_oblique=rules.resample_oblique,
         max_axial_tilt_degrees=rules.max_axial_tilt_degrees, max_resample_slice_mm=rules.max_resample_slice_mm,
     )
+    raster_grid = volume.acquired if volume.resampled else None
     if selection.mask_kind == "SEG":
         mask = load_seg_mask(selection.mask.path, volume.image, rules, sop_uid=selection.mask.sop_uid)
+    elif selection.mask_kind == "OUTLINE":
+        mask = load_outline_mask(selection.mask, volume.image, rules, selection.series.instances,
+                                 raster_grid=raster_grid)
     else:
-        raster_grid = volume.acquired if volume.resampled else None
         mask = load_rtstruct_mask(selection.mask.header, volume.image, rules, raster_grid=raster_grid)
     record = dict(selection.record)
     record["volume"] = {

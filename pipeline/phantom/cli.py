@@ -45,8 +45,9 @@ def build_parser(prog: str = "egfr-node phantom") -> argparse.ArgumentParser:
     parser.add_argument("--positive-fraction", type=_unit_interval, required=True,
                         help="share of EGFR-positive patients; round(N*F) are positive")
     parser.add_argument("--seed", type=int, required=True, help="random seed; the same seed writes the same files")
-    parser.add_argument("--mask", choices=("seg", "rtstruct", "mixed"), default="seg",
-                        help="lesion mask object (default seg; mixed = drawn per patient)")
+    parser.add_argument("--mask", choices=("seg", "rtstruct", "outline", "mixed"), default="seg",
+                        help="lesion mask object (default seg; outline = an ellipse on one slice as a viewer saves "
+                             "it, an Enhanced SR; mixed = seg or rtstruct drawn per patient)")
     parser.add_argument("--geometry", choices=(*GEOMETRIES, "mixed"), default="mixed",
                         help="acquisition geometry (default mixed = drawn per patient)")
     parser.add_argument("--effect-size", type=_unit_interval, default=DEFAULT_EFFECT_SIZE,

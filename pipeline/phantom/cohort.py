@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.phantom.geometry import GEOMETRIES
-from pipeline.phantom.study import DEFAULT_EFFECT_SIZE, MASK_KINDS, PhantomStudy, generate_study
+from pipeline.phantom.study import DEFAULT_EFFECT_SIZE, MASK_KINDS, OUTLINE_KIND, PhantomStudy, generate_study
 
 __all__ = ["GEOMETRY_MIX", "LABEL_COLUMNS", "generate_cohort", "write_labels"]
 
@@ -33,8 +33,8 @@ def _check(patients: int, positive_fraction: float, mask_kind: str, geometry: st
         raise ValueError(f'Argument "patients" must be a positive integer, not {patients!r}')
     if not 0.0 <= positive_fraction <= 1.0:
         raise ValueError(f'Argument "positive_fraction" must be in [0, 1], not {positive_fraction!r}')
-    if mask_kind not in (*MASK_KINDS, "mixed"):
-        raise ValueError(f'Argument "mask_kind" must be seg, rtstruct or mixed, not {mask_kind!r}')
+    if mask_kind not in (*MASK_KINDS, OUTLINE_KIND, "mixed"):
+        raise ValueError(f'Argument "mask_kind" must be seg, rtstruct, outline or mixed, not {mask_kind!r}')
     if geometry not in (*GEOMETRIES, "mixed"):
         raise ValueError(f'Argument "geometry" must be one of {", ".join(GEOMETRIES)} or mixed, not {geometry!r}')
     if not 0.0 <= effect_size <= 1.0:

@@ -15,15 +15,18 @@ from pipeline.phantom.dicom_common import sample_study_meta
 from pipeline.phantom.geometry import GEOMETRIES, Grid, sample_grid, sample_pose
 from pipeline.phantom.lesion import sample_lesion, sample_satellite
 from pipeline.phantom.mr_single import sample_protocol, write_single_frame_series
+from pipeline.phantom.outline_writer import write_outline_sr
 from pipeline.phantom.render import BiasField, lesion_truth, render, sample_bias_field
 from pipeline.phantom.rtstruct_writer import write_rtstruct
 from pipeline.phantom.seg_writer import write_seg
 
-__all__ = ["MASK_KINDS", "PhantomStudy", "generate_study"]
+__all__ = ["MASK_KINDS", "OUTLINE_KIND", "PhantomStudy", "generate_study"]
 
 log = logging.getLogger(__name__)
 
 MASK_KINDS = ("seg", "rtstruct")
+#: a reader's ellipse on one slice, saved as a viewer saves it (an SR measurement report)
+OUTLINE_KIND = "outline"
 DEFAULT_EFFECT_SIZE = 0.6
 
 
@@ -70,7 +73,7 @@ def generate_study(out_dir: Path, *, seed: int, geometry: str = "axial2d", mask_
                    egfr_positive: bool = False, patient_index: int = 0,
                    effect_size: float = DEFAULT_EFFECT_SIZE, satellite: bool | None = None,
                    satellite_in_mask: bool | None = None, brain_segment: bool | None = None,
-                   apply_bias_field: bool = True) -> PhantomStudy:
+                   apply_bias_field: bool = True, outline_jitter_mm: float = 0.0) -> PhantomStudy:
     """Write one phantom T1+c study with its lesion mask under ``out_dir/PHANTOM-nnnn``.
 
     The images depend on (seed, patient_index, geometry, egfr_positive, effect_size) only, so
@@ -78,12 +81,15 @@ def generate_study(out_dir: Path, *, seed: int, geometry: str = "axial2d", mask_
     two kinds of mask. ``satellite`` (a second small lesion), ``satellite_in_mask`` (it is a
     second segment / ROI) and ``brain_segment`` (a "Brain" segment / ROI) are drawn at random
     when None. ``apply_bias_field=False`` writes the same study without the bias field (the
-    returned ``bias_field`` is then flat), for tests of bias correction.
+    returned ``bias_field`` is then flat), for tests of bias correction. ``mask_kind="outline"``
+    writes, instead of a SEG or RTSTRUCT, an ellipse around the lesion on its largest slice as a
+    viewer saves it (an Enhanced SR), moved by ``outline_jitter_mm`` at random when asked.
     """
     if geometry not in GEOMETRIES:
         raise ValueError(f'Argument "geometry" must be one of {", ".join(GEOMETRIES)}, not {geometry!r}')
-    if mask_kind not in MASK_KINDS:
-        raise ValueError(f'Argument "mask_kind" must be one of {", ".join(MASK_KINDS)}, not {mask_kind!r}')
+    if mask_kind not in (*MASK_KINDS, OUTLINE_KIND):
+        raise ValueError(f'Argument "mask_kind" must be one of {", ".join((*MASK_KINDS, OUTLINE_KIND))}, '
+                         f'not {mask_kind!r}')
     if not 0.0 <= effect_size <= 1.0:
         raise ValueError(f'Argument "effect_size" must be in [0, 1], not {effect_size}')
     key = (seed, patient_index, geometry, bool(egfr_positive), f"{effect_size:.4f}")
@@ -136,6 +142,9 @@ def generate_study(out_dir: Path, *, seed: int, geometry: str = "axial2d", mask_
     mask_key = (*key, mask_kind)
     if mask_kind == "seg":
         mask_ds = write_seg(folder / "SEG", sources, masks, mask_key, series_number=100)
+    elif mask_kind == "outline":  # the reader's ellipse around the lesion on one slice (issue 31)
+        mask_ds = write_outline_sr(folder / "SR", grid, sources, rendered.lesion_mask, mask_key, series_number=102,
+                                   jitter_mm=outline_jitter_mm, seed=zlib.crc32(repr(mask_key).encode()))
     else:
         mask_ds = write_rtstruct(folder / "RTSTRUCT", study, grid, sources, masks, mask_key,
                                  series_number=101)

@@ -96,7 +96,7 @@ def test_a_study_without_mask_stays_waiting_and_says_so(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         job = wait_for(lambda: [j for j in queue_json(config) if j["reason"] and "mask" in j["reason"]], 30, "a job waiting for its mask")[0]
         assert job["state"] == "waiting"
-        assert job["reason"] == "no lesion mask (SEG or RTSTRUCT) in the study yet"
+        assert job["reason"] == "no lesion mask (SEG, RTSTRUCT or an outline SR) in the study yet"
     finally:
         node.send_signal(signal.SIGTERM)
         node.communicate(timeout=30)

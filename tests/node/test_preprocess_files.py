@@ -85,7 +85,7 @@ def test_run_without_mask_prints_one_line(phantom_study: Callable[..., PhantomSt
     assert code == 1
     assert stdout.getvalue() == ""
     lines = stderr.getvalue().splitlines()
-    assert lines == [f"error: no lesion mask (SEG or RTSTRUCT) in study {phantom.study_uid}"]
+    assert lines == [f"error: no lesion mask (SEG, RTSTRUCT or an outline SR) in study {phantom.study_uid}"]
     assert not (tmp_path / "out" / "inputs.npz").exists()
 
 

@@ -123,7 +123,7 @@ def test_study_waits_for_quiet_and_a_mask_then_queues(sessions) -> None:
     assert scan(sessions, T0 + timedelta(seconds=100)) == []
     with sessions.begin() as s:
         job = s.scalars(select(Job)).one()
-        assert job.state is JobState.WAITING and job.reason == "no lesion mask (SEG or RTSTRUCT) in the study yet"
+        assert job.state is JobState.WAITING and job.reason == "no lesion mask (SEG, RTSTRUCT or an outline SR) in the study yet"
     # a mask referencing another series does not make it ready
     receive(sessions, rec("2.1", "2.1.9", "2.1.9.1", modality="SEG", refs=("9.9",)), T0 + timedelta(seconds=101))
     assert scan(sessions, T0 + timedelta(seconds=200)) == []

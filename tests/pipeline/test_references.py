@@ -86,12 +86,14 @@ def test_no_references() -> None:
 
 
 def test_importing_it_loads_no_other_pipeline_module() -> None:
-    """The node's receive path uses it: it must stay pydicom-only (no SimpleITK, highdicom, torch)."""
+    """The node's receive path uses it: it must stay pydicom and numpy only (no SimpleITK, highdicom,
+    torch); the outline reader (an SR's closed regions) is the one pipeline module it brings."""
     import subprocess
     import sys
 
     code = "import sys, pipeline.load.references; print('\\n'.join(sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(done.stdout.split())
-    assert {m for m in loaded if m.startswith("pipeline")} == {"pipeline", "pipeline.load", "pipeline.load.references"}
+    assert {m for m in loaded if m.startswith("pipeline")} == {"pipeline", "pipeline.load", "pipeline.load.references",
+                                                               "pipeline.load.outline"}
     assert not loaded & {"SimpleITK", "highdicom", "torch"}

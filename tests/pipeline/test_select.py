@@ -35,7 +35,7 @@ def test_study_without_mask(tmp_path: Path) -> None:
     write_datasets(source, tmp_path)
     with pytest.raises(SelectionError) as err:
         _select(tmp_path)
-    assert str(err.value) == f"no lesion mask (SEG or RTSTRUCT) in study {source[0].StudyInstanceUID}"
+    assert str(err.value) == f"no lesion mask (SEG, RTSTRUCT or an outline SR) in study {source[0].StudyInstanceUID}"
 
 
 def test_mask_without_its_image(tmp_path: Path) -> None:
