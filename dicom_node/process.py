@@ -221,7 +221,7 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
             segment_label=(study.lesion_label or "Lesion")[:64],
             tracking_id=(outlined.get("tracking_id") or f"Lesion {study.lesion_number}")[:64],
             tracking_uid=outlined.get("tracking_uid") or uids["seg_tracking"], sop_instance_uid=uids["seg"],
-            series_instance_uid=uids["seg_series"],
+            series_instance_uid=uids["seg_series"], drawn_as="outline" if study.mask_kind == OUTLINE else "RTSTRUCT",
             manufacturer=config.report.manufacturer[:64], software_version=ensemble.manifest.version[:64],
             device_uid=ensemble.manifest.device_uid, created=created,
         )

@@ -28,9 +28,13 @@ from dicom_node.report import codes as report_codes
 from dicom_node.report.series_time import stamp_series_and_content_time
 from dicom_node.report._checks import check_datasets, check_series_number, check_text, check_uid
 
-__all__ = ["SEG_SERIES_DESCRIPTION", "lesion_volume", "seg_from_volume_mask"]
+__all__ = ["DRAWN_AS", "OUTLINE_SEG_SERIES_DESCRIPTION", "SEG_SERIES_DESCRIPTION", "lesion_volume", "seg_from_volume_mask"]
 
 SEG_SERIES_DESCRIPTION = "Lesion SEG from RTSTRUCT by egfr-node - research use"
+OUTLINE_SEG_SERIES_DESCRIPTION = "Lesion SEG from viewer outline by egfr-node - research use"
+#: what the lesion was drawn as -> the SEG's content description
+DRAWN_AS = {"RTSTRUCT": "Lesion ROI of the RTSTRUCT, rasterised by egfr-node",
+            "outline": "Lesion outlined in a viewer (SR), filled by egfr-node"}
 
 
 def _check_grid(mask: object, origin: object, spacing: object, direction: object) -> tuple[np.ndarray, ...]:
@@ -118,6 +122,7 @@ def seg_from_volume_mask(
     device_serial_number: str = "1",
     device_uid: str | None = None,
     created: datetime | None = None,
+    drawn_as: str = "RTSTRUCT",
 ) -> Dataset:
     """A BINARY SEG with one segment (the lesion) on the grid of ``mask``.
 
@@ -128,8 +133,11 @@ def seg_from_volume_mask(
     series; referenced, and patient/study copied from them). Segment: "Neoplasm, metastatic"
     (SCT 14799000) in "Morphologically abnormal structure" (SCT 49755003), algorithm type
     MANUAL (a person drew it; the node only rasterised it), with ``tracking_id`` and
-    ``tracking_uid``, which the SR's measurement group reuses.
+    ``tracking_uid``, which the SR's measurement group reuses. ``drawn_as``: what the lesion
+    was drawn as, "RTSTRUCT" or "outline" (a viewer's outline SR), said in the descriptions.
     """
+    if drawn_as not in DRAWN_AS:
+        raise ValueError(f'Argument "drawn_as" must be one of {", ".join(DRAWN_AS)}, not {drawn_as!r}')
     images = check_datasets("source_images", source_images)
     array, origin_mm, spacing_mm, matrix = _check_grid(mask, origin, spacing, direction)
     check_text("segment_label", segment_label)
@@ -172,8 +180,8 @@ def seg_from_volume_mask(
         device_serial_number=device_serial_number,
         omit_empty_frames=False,
         content_label="LESION",
-        content_description="Lesion ROI of the RTSTRUCT, rasterised by egfr-node",
-        series_description=SEG_SERIES_DESCRIPTION,
+        content_description=DRAWN_AS[drawn_as],
+        series_description=SEG_SERIES_DESCRIPTION if drawn_as == "RTSTRUCT" else OUTLINE_SEG_SERIES_DESCRIPTION,
     )
     if device_uid is not None:
         seg.DeviceUID = device_uid

@@ -58,14 +58,16 @@ def write_labels(path: Path, studies: list[PhantomStudy], root: Path) -> None:
 def generate_cohort(out_dir: Path, patients: int, positive_fraction: float, seed: int, mask_kind: str = "seg",
                     geometry: str = "mixed", effect_size: float = DEFAULT_EFFECT_SIZE,
                     progress: Callable[[int, int, PhantomStudy], None] | None = None,
-                    jobs: int = 1) -> list[PhantomStudy]:
+                    jobs: int = 1, outline_jitter_mm: float = 0.0) -> list[PhantomStudy]:
     """Write ``patients`` studies (PHANTOM-0001 ...) and ``labels.csv`` under ``out_dir``.
 
     Exactly ``round(patients * positive_fraction)`` patients are EGFR-positive, chosen at
     random. ``mask_kind`` and ``geometry`` may be "mixed" (drawn per patient; geometries
     with the shares in ``GEOMETRY_MIX``). ``progress(done, total, study)`` is called after
     each study (in patient order). ``jobs`` > 1 generates in that many processes; the files
-    are the same as with one.
+    are the same as with one. ``mask_kind="outline"``: each lesion outlined on one slice as a
+    viewer saves it, the ellipse moved at random by ``outline_jitter_mm``; the images are those
+    of the same call with "seg".
     """
     _check(patients, positive_fraction, mask_kind, geometry, effect_size, jobs)
     out_dir = Path(out_dir)
@@ -81,7 +83,8 @@ def generate_cohort(out_dir: Path, patients: int, positive_fraction: float, seed
         geometries = [geometry] * patients
     masks = rng.choice(MASK_KINDS, size=patients) if mask_kind == "mixed" else [mask_kind] * patients
     calls = [dict(seed=seed, geometry=str(geometries[index]), mask_kind=str(masks[index]),
-                  egfr_positive=bool(labels[index]), patient_index=index + 1, effect_size=effect_size)
+                  egfr_positive=bool(labels[index]), patient_index=index + 1, effect_size=effect_size,
+                  **({"outline_jitter_mm": outline_jitter_mm} if masks[index] == OUTLINE_KIND else {}))
              for index in range(patients)]
     studies: list[PhantomStudy] = []
     if jobs <= 1:

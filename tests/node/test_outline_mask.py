@@ -46,6 +46,7 @@ def test_an_outline_sr_gets_the_answer_on_the_lesion_it_outlines(tmp_path, pacs,
         [sr] = pacs.of_class(Comprehensive3DSRStorage)
         [seg] = pacs.of_class(SegmentationStorage)  # the outline, filled, as a SEG the SR can point to
         assert seg.SegmentSequence[0].TrackingUID == drawn.tracking_uid
+        assert seg.SeriesDescription == "Lesion SEG from viewer outline by egfr-node - research use"
         evidence = {str(i.ReferencedSOPInstanceUID) for s in sr.CurrentRequestedProcedureEvidenceSequence
                     for series in s.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
         assert outline.SOPInstanceUID in evidence

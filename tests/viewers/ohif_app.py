@@ -1,6 +1,9 @@
 """OHIF Viewer for the viewer tests: the prebuilt ``dist/`` of a pinned ``@ohif/app`` release
 from npm, served on loopback next to a reverse proxy to the test's Orthanc DICOMweb.
 
+The proxy forwards GET (QIDO-RS, WADO-RS) and POST (STOW-RS: OHIF's "Create SR" saves its
+measurements there) to Orthanc.
+
 ``install_ohif()`` fetches the package tarball once (``npm pack``, no dependencies: the dist is
 self-contained) into ``$EGFR_NODE_TEST_CACHE`` (default ``~/.cache/egfr-node-tests``) and
 unpacks it; ``ViewerServer`` serves it with the vendored ``app-config.js`` and forwards
@@ -76,6 +79,7 @@ def install_ohif(version: str = OHIF_VERSION) -> Path:
 class _Handler(SimpleHTTPRequestHandler):
     dist: Path
     orthanc_port: int
+    app_config: bytes
     _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
@@ -86,11 +90,11 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.startswith("/dicom-web/"):
-            self._proxy()
+            self._proxy("GET")
             return
         path = self.path.split("?", 1)[0]
         if path == "/app-config.js":
-            body = APP_CONFIG.read_bytes()
+            body = self.app_config
             self.send_response(200)
             self.send_header("Content-Type", "application/javascript")
             self.send_header("Content-Length", str(len(body)))
@@ -101,10 +105,17 @@ class _Handler(SimpleHTTPRequestHandler):
             self.path = "/index.html"  # the app's own routes (/viewer?...)
         super().do_GET()
 
-    def _proxy(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 (OHIF saves a report by STOW-RS)
+        if not self.path.startswith("/dicom-web/"):
+            self.send_error(405)
+            return
+        length = int(self.headers.get("Content-Length", 0) or 0)
+        self._proxy("POST", self.rfile.read(length))
+
+    def _proxy(self, method: str = "GET", body: bytes | None = None) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.orthanc_port, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in self._HOP and k.lower() != "host"}
-        connection.request("GET", self.path, headers=headers)
+        connection.request(method, self.path, body=body, headers=headers)
         response = connection.getresponse()
         body = response.read()
         self.send_response(response.status)
@@ -120,8 +131,13 @@ class _Handler(SimpleHTTPRequestHandler):
 class ViewerServer:
     """OHIF's dist on ``http://127.0.0.1:<port>/`` with ``/dicom-web`` forwarded to Orthanc."""
 
-    def __init__(self, dist: Path, orthanc_http_port: int) -> None:
-        handler = type("Handler", (_Handler,), {"dist": Path(dist), "orthanc_port": orthanc_http_port})
+    def __init__(self, dist: Path, orthanc_http_port: int, *, settings: dict[str, str] | None = None) -> None:
+        """``settings``: app-config keys set on top of ``app-config.js`` (JavaScript values)."""
+        config = APP_CONFIG.read_text()
+        for key, value in (settings or {}).items():
+            config = config.replace("window.config = {", f"window.config = {{\n  {key}: {value},", 1)
+        handler = type("Handler", (_Handler,), {"dist": Path(dist), "orthanc_port": orthanc_http_port,
+                                                "app_config": config.encode()})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
