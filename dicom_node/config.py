@@ -118,6 +118,12 @@ class WorkerSection:
     claim_interval_seconds: float = 1.0
     #: on stop, how long a running job may go on before it is handed back to the queue
     stop_grace_seconds: float = 10.0
+    #: jobs one worker runs at once when studies queue; 0 = one per CPU core
+    parallel_jobs: int = 0
+
+    def job_runners(self, cores: int) -> int:
+        """How many jobs this worker runs at once: the configured count, or one per core."""
+        return self.parallel_jobs if self.parallel_jobs > 0 else max(1, cores)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 - stable-study scan: expired leases back to the queue; stable, complete studies queued.
 - claim: one queued job -> running under a lease (renewed by a heartbeat thread while the
-  job runs, so a slow study on a loaded machine is not taken twice), run with the bundle
+  job runs, so a slow study on a loaded machine is not taken twice); ``worker.parallel_jobs``
+  job runners (one per core by default) claim and run jobs at once when studies queue, each
+  study's bias correction on its share of the cores (a study alone gets them all); run with the bundle
   active at claim time (``dicom_node.process``), finished with its result and its
   deliveries in one transaction. With no active bundle, queued jobs wait with the reason
   "no active model".
@@ -21,6 +23,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -121,9 +124,11 @@ class Worker:
         self._deliver_lock = threading.Lock()
         self._outage = OutageLog(log, "database", "the worker retries at each interval")
         self._stopping = threading.Event()
-        self._wake = threading.Event()  # set by a scan that queued a job: the runner claims it now
-        self._runner: threading.Thread | None = None
-        self._current: JobView | None = None  # the job claim_once is running, for a stop to hand back
+        self._wake = threading.Event()  # set by a scan that queued a job: the runners claim it now
+        self._runners: list[threading.Thread] = []
+        self._running: dict[int, JobView] = {}  # the jobs claim_once is running, for a stop to hand back
+        self._running_lock = threading.Lock()
+        self._ensemble_lock = threading.Lock()
         self.retry_policy = deliveries.RetryPolicy(
             max_attempts=config.delivery.max_attempts,
             initial_backoff_seconds=config.delivery.initial_backoff_seconds,
@@ -157,13 +162,17 @@ class Worker:
             return None
         log.info("job %d claimed for study %s (attempt %d)", job.id, job.study_uid, job.attempts,
                  extra={"job_id": job.id, "study_uid": job.study_uid})
-        self._current = job
+        self._wake.set()  # another idle runner of this worker may claim the next queued job
+        with self._running_lock:
+            self._running[job.id] = job
+            self._share_cores(len(self._running))
         keep: dict[str, Any] = {}
         try:
             with _Heartbeat(self, job.id) as heartbeat:
                 ok, reason, result, transient = self._run(job, keep)
         finally:
-            self._current = None
+            with self._running_lock:
+                self._running.pop(job.id, None)
         if heartbeat.lost.is_set():
             log.warning("job %d: lease lost while running; its result is discarded", job.id)
             return job
@@ -179,6 +188,16 @@ class Worker:
                 self._guard("shadow", lambda: self.shadow_once(job, keep.get("prepared")))
         with self.sessions() as session:
             return get_job(session, job.id)
+
+    def _share_cores(self, running: int) -> None:
+        """The cores a job starting now preprocesses with: all of them alone, its share when
+        ``running`` jobs run at once (N4 gains about 1.2x from a second core; two studies at
+        once on one core each, about 1.7x: ``tests/bench_infer.py --throughput``)."""
+        if self.settings.job_runners(os.cpu_count() or 1) <= 1:
+            return
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, (os.cpu_count() or 1) // max(1, running)))
 
     def _run(self, job: JobView, keep: dict[str, Any] | None = None) -> tuple[bool, str | None, dict | None, bool]:
         """(ok, reason, result, transient): a study the pipeline cannot use fails at once; any
@@ -261,7 +280,12 @@ class Worker:
             log.warning("model bundle %d could not be loaded ahead of its jobs: %s", record.id, one_line(exc))
 
     def _ensemble(self, record: bundles.BundleRecord) -> Any:
-        """The FoldEnsemble of the bundle ``record``, loaded once (sha256 checked on load)."""
+        """The FoldEnsemble of the bundle ``record``, loaded once (sha256 checked on load; one
+        load at a time, the job runners share it)."""
+        with self._ensemble_lock:
+            return self._load_ensemble(record)
+
+    def _load_ensemble(self, record: bundles.BundleRecord) -> Any:
         model_id = record.id
         if model_id not in self._ensembles:
             import torch
@@ -331,10 +355,11 @@ class Worker:
         self._preload(self._idle_model)
 
     def _run_claims(self) -> None:
-        """The job runner: a daemon thread of its own (not the scheduler's pool, which the
+        """A job runner: a daemon thread of its own (not the scheduler's pool, which the
         interpreter waits for at exit), so a stop is bounded by ``worker.stop_grace_seconds``.
         It claims every ``worker.claim_interval_seconds`` and at once when this worker's scan
-        queued a job (another worker's jobs wait for the interval)."""
+        queued a job, or another runner of this worker just claimed one (another worker's jobs
+        wait for the interval)."""
         while not self._stopping.is_set():
             self._wake.wait(self.settings.claim_interval_seconds)
             self._wake.clear()
@@ -354,13 +379,17 @@ class Worker:
                                    max_instances=1, coalesce=True, next_run_time=now)
         self.scheduler.start()
         self._stopping.clear()
-        self._wake.clear()
-        self._runner = threading.Thread(target=self._run_claims, name=f"jobs-{self.worker_id}", daemon=True)
-        self._runner.start()
+        self._wake.set()  # jobs queued before the start (a restart, a backlog) are claimed at once
+        runners = self.settings.job_runners(os.cpu_count() or 1)
+        self._runners = [threading.Thread(target=self._run_claims, name=f"jobs-{self.worker_id}-{n}", daemon=True)
+                         for n in range(runners)]
+        for runner in self._runners:
+            runner.start()
         if not self.config.destinations:
             log.warning("no [[destinations]] configured: results are archived but sent nowhere")
-        log.info("worker %s started: stable-study scan every %g s (stable after %g s), claim every %g s", self.worker_id,
-                 self.settings.scan_interval_seconds, self.settings.study_stable_seconds, self.settings.claim_interval_seconds)
+        log.info("worker %s started: stable-study scan every %g s (stable after %g s), claim every %g s, %d job%s at once",
+                 self.worker_id, self.settings.scan_interval_seconds, self.settings.study_stable_seconds,
+                 self.settings.claim_interval_seconds, runners, "s" if runners != 1 else "")
 
     def stop(self) -> None:
         """Stop scanning, claiming and delivering. A job still running after
@@ -371,15 +400,18 @@ class Worker:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
-        if self._runner is not None:
-            self._runner.join(self.settings.stop_grace_seconds)
-            job = self._current
-            if self._runner.is_alive() and job is not None:
+        if self._runners:
+            deadline = time.monotonic() + self.settings.stop_grace_seconds
+            for runner in self._runners:
+                runner.join(max(0.0, deadline - time.monotonic()))
+            with self._running_lock:
+                still = list(self._running.values()) if any(r.is_alive() for r in self._runners) else []
+            for job in still:
                 with self.sessions.begin() as session:
                     handed = hand_back(session, job.id, self.worker_id,
                                        f"worker {self.worker_id} stopped during the job")
                 if handed:
                     log.warning("job %d handed back to the queue: still running %g s after the stop",
                                 job.id, self.settings.stop_grace_seconds, extra={"job_id": job.id})
-            self._runner = None
+            self._runners = []
         log.info("worker %s stopped", self.worker_id)

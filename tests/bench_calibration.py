@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's pipeline, not tests/pipeline
 
 from pipeline.prep.params import PreprocessParams  # noqa: E402
+from tests.bench_heldout import announce_device, heldout_arguments  # noqa: E402
 
 SLOPE_BOUNDS = (0.7, 1.3)
 IN_THE_LARGE_BOUND = 0.3
@@ -42,33 +43,20 @@ def within(calibration: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed)")
-    p.add_argument("--patients", type=int, default=59)
-    p.add_argument("--positives", type=int, default=16)
-    p.add_argument("--heldout", type=int, default=120, help="held-out patients (same positive fraction)")
-    p.add_argument("--effect-size", type=float, default=0.6)
-    p.add_argument("--geometry", default="axial3d")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--folds", type=int, default=5)
+    p = heldout_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--repeats", type=int, default=5,
                    help="CV repeats: the calibration is fitted on each patient's ensemble of out-of-fold models")
-    p.add_argument("--output-size", type=int, default=32)
     p.add_argument("--calibration", default="logistic", choices=("logistic", "isotonic"))
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--figure", type=Path, help="copy the held-out reliability diagram here")
     p.add_argument("--reuse", action="store_true", help="evaluate the bundle a previous run left in --work (no training)")
     args = p.parse_args(argv)
 
     from pipeline.phantom import generate_cohort
-    from training.engine import resolve_device
     from training.evaluate import evaluate_bundle
     from training.run import train_bundle
     from training.settings import TrainSettings
 
-    device = resolve_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {device} ({name}); torch {torch.__version__}", flush=True)
+    device, name = announce_device(args.device)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-calibration-"))
     try:
         fraction = args.positives / args.patients

@@ -19,6 +19,9 @@ set), ``egfr-node serve`` runs it as a service, ``storescu`` (DCMTK) sends each 
 the SR arrives: the median, over ``--studies`` studies each, of the seconds from storescu's
 last acknowledged instance to the SR acknowledged, with the rule that queued each job and
 where the node's share of the time went.
+Part 4 (``--throughput --studies 20``): a backlog. The studies are archived first (storescu to
+``egfr-node scp``), then ``egfr-node worker`` drains them, one job at a time and with the
+default ``worker.parallel_jobs`` (one per core), each on a fresh node: studies per hour.
 """
 
 from __future__ import annotations
@@ -305,6 +308,102 @@ def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple
             log_file.close()
 
 
+def bench_throughput(studies: int, bundle: Path | None = None, n4: bool = True, geometry: str = "axial2d") -> None:
+    """A backlog: ``studies`` complete studies are in the archive (sent by storescu to ``egfr-node
+    scp``), then ``egfr-node worker`` starts and drains them, once with one job at a time
+    (``worker.parallel_jobs = 1``) and once with the default (one per core); studies per hour
+    from the first job's start to the last job's end, each run on a fresh copy of the node."""
+    import re
+    import subprocess
+    import tempfile
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from sqlalchemy import func, select
+
+    from db.engine import make_engine, make_sessionmaker
+    from db.models import Job
+    from pipeline.phantom import generate_study
+    from tests.machine import describe
+    from tests.node.bundles import write_random_bundle
+    from tests.node.process import cli, free_port, stop_processes, wait_until_listening
+
+    pacs = AE(ae_title="PACS")
+    for context in AllStoragePresentationContexts[:120]:
+        pacs.add_supported_context(context.abstract_syntax)
+    server = pacs.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+    root = Path(__file__).resolve().parents[1]
+    rates: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        folders = [generate_study(tmp_path / "studies" / f"{n}", seed=12, geometry=geometry,
+                                  mask_kind=("seg", "rtstruct")[n % 2], egfr_positive=bool(n % 3), patient_index=n).folder
+                   for n in range(studies)]
+        if bundle is None:  # the default preprocessing (N4 on, as the paper), random folds: timing only
+            bundle = write_random_bundle(tmp_path / "bundle", folds=5, params=PreprocessParams(bias_correction=n4))
+        print(f"\nthroughput on CPU: {describe()}: {studies} {geometry} studies queued (SEG and RTSTRUCT), "
+              f"N4 {'on' if n4 else 'off'}, egfr-node worker with init's configuration")
+        for label, parallel in (("one at a time (parallel_jobs = 1)", 1), ("default (parallel_jobs = 0: one per core)", 0)):
+            run = tmp_path / f"run-{parallel}"
+            config = run / "egfr-node.toml"
+            run.mkdir()
+            done = cli(config, "init", "--data-dir", str(run / "data"))
+            if done.returncode != 0:
+                raise SystemExit(f"egfr-node init failed: {done.stderr}")
+            port = free_port()
+            text = re.sub(r"(?m)^port = 11112$", f"port = {port}", config.read_text(), count=1)
+            text = re.sub(r"(?m)^parallel_jobs = 0$", f"parallel_jobs = {parallel}", text, count=1)
+            config.write_text(text + f'\n[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
+                                     f"port = {server.server_address[1]}\n")
+            done = cli(config, "models", "activate", str(bundle), "--force", timeout=300)
+            if done.returncode != 0:
+                raise SystemExit(f"models activate failed: {done.stdout}{done.stderr}")
+            with (run / "scp.log").open("w") as log_file:
+                scp = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "scp"],
+                                       stdout=log_file, stderr=subprocess.STDOUT, cwd=root)
+                try:
+                    wait_until_listening(port, scp)
+                    for folder in folders:
+                        sent = subprocess.run(["storescu", "-R", "-aet", "PACS", "-aec", "EGFR_NODE", "+sd", "+r",
+                                               "127.0.0.1", str(port), str(folder)], capture_output=True, text=True)
+                        if sent.returncode != 0:
+                            raise SystemExit(f"storescu failed: {sent.stderr[-500:]}")
+                finally:
+                    stop_processes([scp])
+            engine = make_engine(f"sqlite:///{run / 'data' / 'egfr-node.sqlite3'}")
+            sessions = make_sessionmaker(engine)
+            with (run / "worker.log").open("w") as log_file:
+                worker = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "worker"],
+                                          stdout=log_file, stderr=subprocess.STDOUT, cwd=root)
+                try:
+                    deadline = time.monotonic() + 60 + 60 * studies
+                    while time.monotonic() < deadline:
+                        with sessions() as session:
+                            finished = session.scalar(select(func.count()).select_from(Job).where(
+                                Job.state.in_(["done", "failed"])))
+                        if finished == studies:
+                            break
+                        time.sleep(0.5)
+                    else:
+                        raise SystemExit(f"{label}: {finished} of {studies} jobs finished in time; see {run}/worker.log")
+                finally:
+                    stop_processes([worker])
+            with sessions() as session:
+                jobs = session.scalars(select(Job)).all()
+                failed = [(j.id, j.reason) for j in jobs if j.state.value != "done"]
+                if failed:
+                    raise SystemExit(f"{label}: jobs failed: {failed}")
+                window = (max(j.finished_at for j in jobs) - min(j.started_at for j in jobs)).total_seconds()
+                stage = statistics.median((j.result or {}).get("timings_s", {}).get("preprocess.bias_field", 0.0)
+                                          for j in jobs)
+            engine.dispose()
+            rates[label] = studies / window * 3600.0
+            print(f"  {label:<42} {window:6.1f} s for {studies} studies: {rates[label]:6.0f} studies/hour "
+                  f"(N4 median {stage:.2f} s per study)")
+        one, default = rates.values()
+        print(f"  the default drains a backlog {default / one:.2f} times as fast as one at a time")
+    server.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=5)
@@ -319,6 +418,8 @@ def main() -> None:
     parser.add_argument("--geometries", default="axial2d,axial3d", help="phantom geometries (--end-to-end)")
     parser.add_argument("--no-n4", action="store_true", help="--end-to-end with a bundle trained without N4")
     parser.add_argument("--skip-ensemble", action="store_true", help="only the latency parts")
+    parser.add_argument("--throughput", action="store_true",
+                        help="a backlog of --studies queued studies drained one at a time and by the default worker")
     args = parser.parse_args()
     if not args.skip_ensemble:
         bench_inference(args.folds, args.repeats, torch.device(args.device), args.bundle, args.study)
@@ -326,6 +427,8 @@ def main() -> None:
         bench_latency()
     if args.latency and args.end_to_end:
         bench_end_to_end(args.studies, args.bundle, tuple(args.geometries.split(",")), n4=not args.no_n4)
+    if args.throughput:
+        bench_throughput(args.studies, args.bundle, n4=not args.no_n4, geometry=args.geometries.split(",")[0])
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's pipeline, not tests/pipeline
 
 from pipeline.prep.params import PreprocessParams  # noqa: E402
+from tests.bench_heldout import announce_device, heldout_arguments  # noqa: E402
 
 
 def _cases(folder: Path) -> dict[str, tuple[float, int]]:
@@ -59,30 +60,17 @@ def paired_auc(labels: np.ndarray, first: np.ndarray, second: np.ndarray, draws:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed)")
-    p.add_argument("--patients", type=int, default=59)
-    p.add_argument("--positives", type=int, default=16)
-    p.add_argument("--heldout", type=int, default=120, help="held-out patients (same positive fraction)")
-    p.add_argument("--effect-size", type=float, default=0.6)
-    p.add_argument("--geometry", default="axial3d")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--output-size", type=int, default=32)
+    p = heldout_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--jitter-mm", type=float, default=2.0, help="how far a reader's ellipse strays (SD, mm)")
     p.add_argument("--bootstrap", type=int, default=2000)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     args = p.parse_args(argv)
 
     from pipeline.phantom import generate_cohort
-    from training.engine import resolve_device
     from training.evaluate import evaluate_bundle
     from training.run import train_bundle
     from training.settings import TrainSettings
 
-    device = resolve_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {device} ({name}); torch {torch.__version__}", flush=True)
+    device, name = announce_device(args.device)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-outline-"))
     try:
         fraction = args.positives / args.patients

@@ -288,6 +288,19 @@ def _carry(array: np.ndarray, grid: sitk.Image, target: sitk.Image) -> np.ndarra
     return (sitk.GetArrayViewFromImage(moved) >= 0.5).astype(np.uint8)
 
 
+def _fill(contours: list[np.ndarray], image: sitk.Image, raster_grid: sitk.Image | None,
+          what: str) -> tuple[np.ndarray, float]:
+    """Planar contours (patient mm) filled on ``image``: on ``raster_grid`` (the acquisition
+    grid of a resampled oblique series) first and carried over when given; errors name ``what``."""
+    try:
+        array, off_plane = rasterize_contours(contours, raster_grid or image)
+    except MaskError as exc:
+        raise MaskError(f"{what}: {exc}") from exc
+    if raster_grid is not None:
+        array = _carry(array, raster_grid, image)
+    return array, off_plane
+
+
 def _contour_points(contour: Dataset) -> np.ndarray:
     """ContourData (3006,0050) as an N x 3 array; parsed from the raw bytes when still raw.
 
@@ -321,12 +334,7 @@ def load_rtstruct_mask(
             for c in roi.get("ContourSequence", [])
             if str(c.get("ContourGeometricType", "CLOSED_PLANAR")) == "CLOSED_PLANAR"
         ]
-        try:
-            array, off_plane = rasterize_contours(contours, raster_grid or image)
-        except MaskError as exc:
-            raise MaskError(f"RTSTRUCT {uid} ROI {number}: {exc}") from exc
-        if raster_grid is not None:
-            array = _carry(array, raster_grid, image)
+        array, off_plane = _fill(contours, image, raster_grid, f"RTSTRUCT {uid} ROI {number}")
         arrays[number] = array
         labels.append((number, names.get(number, ""), int(array.sum())))
         per_roi.append({"number": number, "label": names.get(number, ""), "contours": len(contours),
@@ -392,12 +400,7 @@ def load_outline_mask(
     labels: list[tuple[int, str, int]] = []
     per_group: list[dict[str, Any]] = []
     for group, polygons in groups.items():
-        try:
-            array, off_plane = rasterize_contours(polygons, raster_grid or image)
-        except MaskError as exc:
-            raise MaskError(f"outline SR {uid} group {group}: {exc}") from exc
-        if raster_grid is not None:
-            array = _carry(array, raster_grid, image)
+        array, off_plane = _fill(polygons, image, raster_grid, f"outline SR {uid} group {group}")
         arrays[group] = array
         labels.append((group, names[group], int(array.sum())))
         slices = int(np.count_nonzero(array.reshape(array.shape[0], -1).any(axis=1)))
