@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-outline-"))
     try:
         fraction = args.positives / args.patients
+        outlined = f"heldout-outline-{args.jitter_mm:g}mm"
         cohorts = (("train", args.patients, 71, "seg"), ("heldout-seg", args.heldout, 72, "seg"),
-                   ("heldout-outline", args.heldout, 72, "outline"))
+                   (outlined, args.heldout, 72, "outline"))
         for folder, patients, seed, mask in cohorts:
             if not (work / folder / "labels.csv").is_file():
                 start = time.perf_counter()
@@ -92,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
                          cache_dir=work / "cache", progress=False)
             print(f"trained on SEG masks in {time.perf_counter() - start:.0f} s", flush=True)
         scored = {}
-        for mask in ("seg", "outline"):
-            out = work / f"evaluation-{mask}"
+        for mask, folder in (("seg", "heldout-seg"), ("outline", outlined)):
+            out = work / f"evaluation-{folder}"
             if out.exists():
                 shutil.rmtree(out)
-            report = evaluate_bundle(bundle, work / f"heldout-{mask}" / "labels.csv", out, cache_dir=work / f"cache-{mask}",
+            report = evaluate_bundle(bundle, work / folder / "labels.csv", out, cache_dir=work / f"cache-{folder}",
                                      device=args.device, bootstrap=200).report
             print(f"{mask}: {report['cases_scored']} of {report['cases_listed']} held-out patients scored", flush=True)
             scored[mask] = _cases(out)
