@@ -127,6 +127,7 @@ class Worker:
         self._stopping = threading.Event()
         self._wake = threading.Event()  # set by a scan that queued a job: the runners claim it now
         self._runners: list[threading.Thread] = []
+        self._outlived: list[threading.Thread] = []  # runners still in a job the last stop handed back
         self._running: dict[int, JobView] = {}  # the jobs claim_once is running, for a stop to hand back
         self._running_lock = threading.Lock()
         self._ensemble_lock = threading.Lock()
@@ -407,6 +408,7 @@ class Worker:
                 runner.join(max(0.0, deadline - time.monotonic()))
             with self._running_lock:
                 still = list(self._running.values()) if any(r.is_alive() for r in self._runners) else []
+            self._outlived = [r for r in self._runners if r.is_alive()]
             for job in still:
                 with self.sessions.begin() as session:
                     handed = hand_back(session, job.id, self.worker_id,
@@ -416,3 +418,11 @@ class Worker:
                                 job.id, self.settings.stop_grace_seconds, extra={"job_id": job.id})
             self._runners = []
         log.info("worker %s stopped", self.worker_id)
+
+    def join_outlived(self, timeout: float) -> bool:
+        """Wait for the job runners that were still in a job when the last stop handed it back
+        (their late result is discarded: the lease is gone); True when all have ended."""
+        deadline = time.monotonic() + timeout
+        for runner in self._outlived:
+            runner.join(max(0.0, deadline - time.monotonic()))
+        return not any(r.is_alive() for r in self._outlived)

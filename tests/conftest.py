@@ -173,13 +173,17 @@ def phantom_study(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pha
 @pytest.fixture
 def browser() -> Iterator[object]:
     """Headless Debian Chromium through Selenium (the viewer and console tests), software GL."""
-    selenium = pytest.importorskip("selenium.webdriver", reason="selenium is a test dependency: pip install -e '.[test]'")
+    try:
+        import selenium.webdriver as selenium
+    except ImportError:
+        skip_or_fail("selenium is a test dependency: pip install -e '.[test]'")
+        raise
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver:
-        skip_or_fail("Debian chromium and chromium-driver are needed (.ci/run installs them)")
+        skip_or_fail("Debian chromium and chromium-driver are needed (scripts/test installs them)")
     options = Options()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

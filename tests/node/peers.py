@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from dicom_node.commands.demo import LocalPacs
 from tests.conftest import require_tool
 from tests.node.process import free_port
+from tests.waiting import wait_for
 
 
 #: The demo's stand-in PACS: a Storage SCP writing each instance to a folder.
@@ -37,7 +38,16 @@ class StorescpPacs:
             ["storescp", "-aet", "PACS", "-od", str(folder), "+xa", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TCP_NODELAY": "1"},
         )
-        time.sleep(0.3)
+        wait_for(self._listening, 30, f"storescp listening on port {self.port}")
+
+    def _listening(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"storescp exited with {self.process.returncode}: {self.process.stderr.read()[-500:]!r}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())
@@ -56,7 +66,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "orthanc"
 def _orthanc() -> str:
     path = shutil.which("Orthanc")
     if path is None:
-        pytest.fail("Orthanc not found: install the Debian package orthanc (see README; .ci/run does)")
+        pytest.fail("Orthanc not found: install the Debian package orthanc (scripts/test does)")
     return path
 
 
@@ -77,20 +87,20 @@ class Orthanc:
         if dicomweb:
             plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
             if not plugin.is_file():
-                pytest.fail(f"{plugin} not found: install the Debian package orthanc-dicomweb (.ci/run does)")
+                pytest.fail(f"{plugin} not found: install the Debian package orthanc-dicomweb (scripts/test does)")
             config.update(Plugins=[str(plugin)], DicomWeb={"Enable": True, "Root": "/dicom-web/"})
         path = tmp / "orthanc.json"
         path.write_text(json.dumps(config))
         self.log = open(tmp / "orthanc.log", "w")
         self.process = subprocess.Popen([_orthanc(), str(path)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                self.get("/system")
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise TimeoutError("Orthanc did not start")
+        wait_for(self._answers, 30, "Orthanc's REST API (Orthanc did not start)", every=0.2)
+
+    def _answers(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except OSError:
+            return False
 
     def get(self, path: str):  # type: ignore[no-untyped-def]
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:

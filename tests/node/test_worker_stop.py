@@ -14,6 +14,7 @@ from dicom_node.worker import Worker
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import PynetdicomPacs
 from tests.node.test_results import Node
+from tests.waiting import wait_for
 
 
 def test_a_stop_hands_the_running_job_back_and_the_next_worker_finishes_it(tmp_path, phantom_study) -> None:
@@ -26,14 +27,13 @@ def test_a_stop_hands_the_running_job_back_and_the_next_worker_finishes_it(tmp_p
                                                      claim_interval_seconds=0.1, scan_interval_seconds=60))
         worker = Worker(config, node.runtime.sessions, node.runtime.archive, worker_id="stopping")
         worker.start()
-        deadline = time.monotonic() + 60
-        while True:
+        def running() -> bool:
             with node.runtime.sessions() as session:
                 job = get_job(session, 1)
-            if job.state == "running":
-                break
-            assert time.monotonic() < deadline and job.state == "queued", job
-            time.sleep(0.05)
+            assert job.state in ("queued", "running"), job
+            return job.state == "running"
+
+        wait_for(running, 60, "job 1 running", every=0.05)
         began = time.monotonic()
         worker.stop()
         stopped_in = time.monotonic() - began
@@ -47,9 +47,10 @@ def test_a_stop_hands_the_running_job_back_and_the_next_worker_finishes_it(tmp_p
         # the next worker runs it to the end, once; the stopped worker's late result changes nothing
         job = node.worker.claim_once()
         assert job.id == 1 and job.state == "done" and job.attempts == 1, (job.state, job.reason)
-        time.sleep(1.0)
+        assert worker.join_outlived(120), "the stopped worker's runner did not end"
         with node.runtime.sessions() as session:
-            assert get_job(session, 1).state == "done"
+            done = get_job(session, 1)
+        assert done.state == "done" and done.attempts == 1 and done.result == job.result
         assert node.worker.claim_once() is None
         assert node.worker.scan_once(now=utcnow() + timedelta(seconds=60)) == []
     finally:
