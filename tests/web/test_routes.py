@@ -1,6 +1,9 @@
 """The console's guard and its API, over HTTP: refusals (wrong password, no session, no CSRF
 token) change nothing; every route the OpenAPI document lists answers, each about a job, study,
-bundle and destination that exists."""
+bundle and destination that exists.
+
+It sends a study of its own to the package's node, so it runs after the console tests, which
+follow the first study the node receives (pytest collects the package's files by name)."""
 
 from __future__ import annotations
 
