@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from db.sop_classes import MASK_SOP_CLASSES, OUTLINE_SR_CLASSES, mask_kind_of
 from dicom_node.receive.archive import InvalidUID, check_uid
 from dicom_node.receive.dataset_check import DatasetSummary
-from pipeline.load.outline import find_outlines
+from pipeline.load.outline import find_outlines, outline_frame_of_reference
 from pipeline.load.references import mask_referenced_instances, mask_referenced_series
 
 __all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header", "header_dataset", "HEADER_TAGS",
@@ -95,7 +95,7 @@ def read_header(ds: Dataset, affected_sop_class_uid: str | None = None, affected
     outlines = find_outlines(ds) if sop_class in OUTLINE_SR_CLASSES else []
     mask_kind = mask_kind_of(sop_class, bool(outlines))
     if not frame_of_reference and outlines:  # an outline in patient mm names its frame of reference
-        frame_of_reference = next((o.frame_of_reference_uid for o in outlines if o.frame_of_reference_uid), None)
+        frame_of_reference = outline_frame_of_reference(outlines)
     return ReceivedHeader(
         study_uid=_uid(ds, "StudyInstanceUID"),
         series_uid=_uid(ds, "SeriesInstanceUID"),

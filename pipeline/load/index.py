@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 
 from db import sop_classes
 from pipeline.errors import SelectionError
-from pipeline.load.outline import Outline, find_outlines
+from pipeline.load.outline import Outline, find_outlines, outline_frame_of_reference
 
 __all__ = [
     "ENHANCED_MR_SOP_CLASSES",
@@ -174,7 +174,7 @@ def _index(files: Iterable[Path], folder: Path) -> StudyIndex:
             for_uid = refs[0].get("FrameOfReferenceUID") if len(refs) else None
         outlines = tuple(find_outlines(ds))
         if for_uid is None and outlines:  # an outline in patient mm names its frame of reference
-            for_uid = next((o.frame_of_reference_uid for o in outlines if o.frame_of_reference_uid), None)
+            for_uid = outline_frame_of_reference(outlines)
         headers.append(
             InstanceHeader(
                 path=path,

@@ -27,7 +27,6 @@ The outline is turned into a closed polygon in patient mm (an ellipse or circle 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,8 +37,6 @@ from db import sop_classes
 
 __all__ = ["ELLIPSE_VERTICES", "OUTLINE_SHAPES", "Outline", "find_outlines", "outline_frame_of_reference",
            "outline_polygon_mm", "outline_referenced_images"]
-
-logger = logging.getLogger(__name__)
 
 #: Vertices of the polygon an ELLIPSE or CIRCLE is filled as (the area is within 0.2 %).
 ELLIPSE_VERTICES = 72
@@ -143,6 +140,8 @@ def _outline(item: Dataset, group: int, identity: tuple[str | None, str | None, 
     if graphic_type not in OUTLINE_SHAPES:
         return None
     three_d = str(item.ValueType) == "SCOORD3D"
+    if three_d and graphic_type == "CIRCLE":  # SCOORD3D defines no CIRCLE (it would need a plane)
+        return None
     try:
         points = np.asarray([float(v) for v in item.get("GraphicData", [])], dtype=float).reshape(-1, 3 if three_d else 2)
     except (TypeError, ValueError):
@@ -184,9 +183,9 @@ def outline_referenced_images(ds: Dataset) -> tuple[str, ...]:
     return tuple(dict.fromkeys(o.image_sop_uid for o in find_outlines(ds) if o.image_sop_uid))
 
 
-def outline_frame_of_reference(ds: Dataset) -> str | None:
-    """The frame of reference of the report's first SCOORD3D outline, if any."""
-    return next((o.frame_of_reference_uid for o in find_outlines(ds) if o.frame_of_reference_uid), None)
+def outline_frame_of_reference(outlines: list[Outline] | tuple[Outline, ...]) -> str | None:
+    """The frame of reference of the first outline in patient mm (SCOORD3D), if any."""
+    return next((o.frame_of_reference_uid for o in outlines if o.frame_of_reference_uid), None)
 
 
 def _ellipse(centre: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
