@@ -14,7 +14,7 @@ import tomllib
 from importlib import resources
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 from dicom_node.config_checks import validate
 from pipeline.settings import SettingError, apply_env, build_section, check_known, coerce
@@ -29,7 +29,10 @@ __all__ = [
     "InferenceSection",
     "DeliverySection",
     "ReportSection",
+    "Peer",
     "Destination",
+    "Source",
+    "RETRIEVE_METHODS",
     "LoggingSection",
     "MonitoringSection",
     "Config",
@@ -40,6 +43,7 @@ __all__ = [
 ]
 
 ENV_PREFIX = "EGFR_NODE_"
+PeerT = TypeVar("PeerT", bound="Peer")
 DEFAULT_CONFIG_PATH = Path("egfr-node.toml")
 
 
@@ -168,17 +172,61 @@ class ReportSection:
 
 
 @dataclass(frozen=True)
-class Destination:
-    """One [[destinations]] entry: where results are sent by C-STORE (TLS when ``tls``)."""
+class Peer:
+    """A PACS the node talks to: by DIMSE (``ae_title``, ``host``, ``port``; TLS when ``tls``)
+    and/or by DICOMweb (``dicomweb_url``, with a bearer token or a user and password, each
+    read from a file so the config holds no secret)."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
     tls: bool = False
     ca_certificates: str = ""
     certificate: str = ""
     private_key: str = ""
+    #: DICOMweb base URL (e.g. http://pacs:8042/dicom-web); empty = DIMSE only
+    dicomweb_url: str = ""
+    #: a file holding the bearer token sent as ``Authorization: Bearer ...``
+    token_file: str = ""
+    #: HTTP basic authentication: the user, and a file holding the password
+    username: str = ""
+    password_file: str = ""
+
+    @property
+    def dimse(self) -> bool:
+        """Whether the peer is reached by DIMSE (an AE title, host and port are configured)."""
+        return bool(self.ae_title and self.host and self.port)
+
+    def where(self) -> str:
+        """How the peer is named in logs and delivery reasons."""
+        if self.dimse:
+            return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+        return f"{self.name} ({self.dicomweb_url})"
+
+
+@dataclass(frozen=True)
+class Destination(Peer):
+    """One [[destinations]] entry: where results are sent, by C-STORE, or by STOW-RS when only
+    ``dicomweb_url`` is set."""
+
+    @property
+    def stow(self) -> bool:
+        """Results go by STOW-RS (a DICOMweb URL and no DIMSE address)."""
+        return bool(self.dicomweb_url) and not self.dimse
+
+
+#: How a source's studies are retrieved.
+RETRIEVE_METHODS = ("c-move", "c-get", "wado")
+
+
+@dataclass(frozen=True)
+class Source(Peer):
+    """One [[sources]] entry: a PACS the node may query (C-FIND, or QIDO-RS with ``wado``) and
+    retrieve from: ``c-move`` to the node's own AE title (which the source must know),
+    ``c-get`` on the query's association, or ``wado`` (WADO-RS from ``dicomweb_url``)."""
+
+    retrieve: str = "c-move"
 
 
 @dataclass(frozen=True)
@@ -253,6 +301,7 @@ class Config:
     delivery: DeliverySection = field(default_factory=DeliverySection)
     report: ReportSection = field(default_factory=ReportSection)
     destinations: tuple[Destination, ...] = ()
+    sources: tuple[Source, ...] = ()
     logging: LoggingSection = field(default_factory=LoggingSection)
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
     web: WebSection = field(default_factory=WebSection)
@@ -321,9 +370,9 @@ def load_config(
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
         source = str(p)
 
-    unknown = set(raw) - set(_SECTIONS) - {"destinations", "training"}
+    unknown = set(raw) - set(_SECTIONS) - {"destinations", "sources", "training"}
     if unknown:
-        known = ", ".join([*_SECTIONS, "destinations", "training"])
+        known = ", ".join([*_SECTIONS, "destinations", "sources", "training"])
         raise ConfigError(f"{sorted(unknown)[0]}: unknown section (known: {known})")
     training = raw.get("training", {})
     if not isinstance(training, dict):
@@ -338,19 +387,21 @@ def load_config(
         apply_env(ENV_PREFIX, name, cls, table, environ)
         sections[name] = build_section(name, cls, table)
 
-    destinations = _build_destinations(raw.get("destinations", []))
-    config = Config(destinations=destinations, training=dict(training), source=source, **sections)
+    destinations = _build_peers("destinations", Destination, raw.get("destinations", []))
+    sources = _build_peers("sources", Source, raw.get("sources", []))
+    config = Config(destinations=destinations, sources=sources, training=dict(training), source=source, **sections)
     validate(config)
     return config
 
 
-def _build_destinations(items: Any) -> tuple[Destination, ...]:
+def _build_peers(table: str, cls: type[PeerT], items: Any) -> tuple[PeerT, ...]:
+    """The ``[[table]]`` entries as ``cls`` (Destination or Source), each key checked."""
     if not isinstance(items, list):
-        raise ConfigError("destinations: must be an array of tables ([[destinations]])")
-    known = {f.name: f for f in fields(Destination)}
+        raise ConfigError(f"{table}: must be an array of tables ([[{table}]])")
+    known = {f.name: f for f in fields(cls)}
     out = []
     for i, item in enumerate(items):
-        where = f"destinations[{i}]"
+        where = f"{table}[{i}]"
         if not isinstance(item, dict):
             raise ConfigError(f"{where}: must be a table")
         check_known(where, item, known)
@@ -358,11 +409,11 @@ def _build_destinations(items: Any) -> tuple[Destination, ...]:
             if key not in item and f.default is MISSING:
                 raise ConfigError(f"{where}.{key}: missing")
         values = {k: coerce(f"{where}.{k}", str(known[k].type), v) for k, v in item.items()}
-        out.append(Destination(**values))
+        out.append(cls(**values))
     names = [d.name for d in out]
     for name in names:
         if names.count(name) > 1:
-            raise ConfigError(f"destinations.name: {name!r} is used twice")
+            raise ConfigError(f"{table}.name: {name!r} is used twice")
     return tuple(out)
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pipeline.settings import SettingError as ConfigError
 
 if TYPE_CHECKING:
-    from dicom_node.config import Config, RetentionSection, WebSection
+    from dicom_node.config import Config, Peer, RetentionSection, WebSection
 
 __all__ = ["validate"]
 
@@ -26,6 +26,34 @@ def _check_port(key: str, port: int) -> None:
 def _check_ae(key: str, title: str) -> None:
     if not _AE_TITLE.match(title) or not title.strip():
         raise ConfigError(f"{key}: {title!r} is not a valid AE title (1-16 characters, no backslash)")
+
+
+def _check_peer(where: str, peer: Peer) -> None:
+    """A destination or source: a DIMSE address (AE title, host, port) and/or a DICOMweb URL,
+    and every file it names present."""
+    from urllib.parse import urlparse
+
+    if not peer.name.strip():
+        raise ConfigError(f"{where}.name: must not be empty")
+    if peer.ae_title or peer.host or peer.port:
+        _check_ae(f"{where}.ae_title", peer.ae_title)
+        if not peer.host:
+            raise ConfigError(f"{where}.host: missing")
+        _check_port(f"{where}.port", peer.port)
+    if not peer.dimse and not peer.dicomweb_url:
+        raise ConfigError(f"{where}: needs ae_title, host and port (DIMSE) or dicomweb_url (DICOMweb)")
+    if peer.dicomweb_url:
+        url = urlparse(peer.dicomweb_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ConfigError(f"{where}.dicomweb_url: {peer.dicomweb_url!r} is not an http(s) URL")
+    if peer.token_file and peer.username:
+        raise ConfigError(f"{where}: token_file and username are two ways to authenticate: set one")
+    if peer.password_file and not peer.username:
+        raise ConfigError(f"{where}.username: password_file needs the user it belongs to")
+    for key in ("ca_certificates", "certificate", "private_key", "token_file", "password_file"):
+        value = getattr(peer, key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{where}.{key}: file {value} does not exist")
 
 
 def _is_loopback(host: str) -> bool:
@@ -122,12 +150,18 @@ def validate(config: Config) -> None:
     if not config.report.manufacturer.strip():
         raise ConfigError("report.manufacturer: must not be empty")
     for i, dest in enumerate(config.destinations):
-        _check_ae(f"destinations[{i}].ae_title", dest.ae_title)
-        _check_port(f"destinations[{i}].port", dest.port)
-        for key in ("ca_certificates", "certificate", "private_key"):
-            value = getattr(dest, key)
-            if value and not Path(value).is_file():
-                raise ConfigError(f"destinations[{i}].{key}: file {value} does not exist")
+        _check_peer(f"destinations[{i}]", dest)
+    from dicom_node.config import RETRIEVE_METHODS
+
+    for i, src in enumerate(config.sources):
+        where = f"sources[{i}]"
+        _check_peer(where, src)
+        if src.retrieve not in RETRIEVE_METHODS:
+            raise ConfigError(f"{where}.retrieve: must be one of {', '.join(RETRIEVE_METHODS)}, got {src.retrieve!r}")
+        if src.retrieve == "wado" and not src.dicomweb_url:
+            raise ConfigError(f"{where}.dicomweb_url: retrieve = \"wado\" needs the source's DICOMweb URL")
+        if src.retrieve != "wado" and not src.dimse:
+            raise ConfigError(f"{where}: retrieve = {src.retrieve!r} needs ae_title, host and port")
     m = config.monitoring
     if m.enabled:
         _check_port("monitoring.port", m.port)

@@ -320,8 +320,14 @@ class Worker:
                 try:
                     if destination is None:
                         raise SendError(f"destination {delivery.destination!r} is no longer configured")
-                    send_files(destination, [self.archive.path(delivery.path)], calling_aet=self.config.node.ae_title,
-                               timeout=self.config.delivery.timeout_seconds)
+                    paths = [self.archive.path(delivery.path)]
+                    if destination.stow:
+                        from dicom_node.dicomweb_peer import stow_files
+
+                        stow_files(destination, paths, timeout=self.config.delivery.timeout_seconds)
+                    else:
+                        send_files(destination, paths, calling_aet=self.config.node.ae_title,
+                                   timeout=self.config.delivery.timeout_seconds)
                 except Exception as exc:
                     reason = str(exc) if isinstance(exc, SendError) else one_line(exc)
                     with self.sessions.begin() as session:

@@ -246,7 +246,8 @@ class Console:
             item = view.to_json()
             dest = configured.get(view.name)
             item["configured"] = dest is not None
-            item["address"] = f"{dest.ae_title}@{dest.host}:{dest.port}{' (TLS)' if dest.tls else ''}" if dest else None
+            item["address"] = (None if dest is None else f"STOW-RS {dest.dicomweb_url}" if dest.stow
+                               else f"{dest.ae_title}@{dest.host}:{dest.port}{' (TLS)' if dest.tls else ''}")
             out.append(item)
         return out
 
@@ -375,11 +376,18 @@ class Console:
             raise ActionRefused(f"no destination {name!r} in the configuration")
         started = time.monotonic()
         try:
-            status = echo(dest, calling_aet=self.config.node.ae_title, timeout=self.config.delivery.timeout_seconds)
-            ok = status == 0
-            outcome = "C-ECHO success" if ok else f"C-ECHO failed: status 0x{status:04X}"
+            if dest.stow:
+                from dicom_node.dicomweb_peer import check_web_peer
+
+                status = check_web_peer(dest, timeout=self.config.delivery.timeout_seconds)
+                ok = status in (200, 204)
+                outcome = f"QIDO-RS answered HTTP {status}" + ("" if ok else " (not reachable as a DICOMweb server)")
+            else:
+                status = echo(dest, calling_aet=self.config.node.ae_title, timeout=self.config.delivery.timeout_seconds)
+                ok = status == 0
+                outcome = "C-ECHO success" if ok else f"C-ECHO failed: status 0x{status:04X}"
         except SendError as exc:
-            ok, outcome = False, f"C-ECHO failed: {exc}"
+            ok, outcome = False, f"{'QIDO-RS' if dest.stow else 'C-ECHO'} failed: {exc}"
         seconds = time.monotonic() - started
         with self.sessions.begin() as session:
             audit.record(session, user, "echo", f"destination {name}", outcome, remote)

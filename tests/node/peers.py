@@ -72,28 +72,37 @@ def _orthanc() -> str:
 
 class Orthanc:
     """A private Orthanc on loopback ports, configured with deploy/orthanc/: with ``node_port``
-    it routes stable studies to the node there; with ``dicomweb`` it serves DICOMweb under
-    ``/dicom-web/`` (Debian's orthanc-dicomweb plugin), as a viewer reads it."""
+    it knows the node (as the modality ``egfr-node``, AE EGFR_NODE) and, with ``route``, routes
+    stable studies to it; with ``dicomweb`` it serves DICOMweb under ``/dicom-web/`` (Debian's
+    orthanc-dicomweb plugin), as a viewer reads it, and can push to ``web_servers`` (name ->
+    Orthanc's ``DicomWeb.Servers`` entry) by STOW-RS."""
 
-    def __init__(self, tmp: Path, node_port: int | None = None, *, dicomweb: bool = False) -> None:
+    def __init__(self, tmp: Path, node_port: int | None = None, *, dicomweb: bool = False, route: bool = True,
+                 web_servers: dict | None = None, http_port: int | None = None) -> None:
         config = json.loads((DEPLOY / "orthanc.json").read_text())
-        self.dicom_port, self.http_port = free_port(), free_port()
+        self.dicom_port, self.http_port = free_port(), http_port or free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
         config.update(
             StorageDirectory=str(tmp / "orthanc-db"), IndexDirectory=str(tmp / "orthanc-db"),
             DicomPort=self.dicom_port, HttpPort=self.http_port, StableAge=1,
-            LuaScripts=[str(DEPLOY / "route-to-egfr-node.lua")] if node_port else [],
+            LuaScripts=[str(DEPLOY / "route-to-egfr-node.lua")] if node_port and route else [],
             DicomModalities={"egfr-node": ["EGFR_NODE", "127.0.0.1", node_port]} if node_port else {},
         )
         if dicomweb:
             plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
             if not plugin.is_file():
                 pytest.fail(f"{plugin} not found: install the Debian package orthanc-dicomweb (scripts/test does)")
-            config.update(Plugins=[str(plugin)], DicomWeb={"Enable": True, "Root": "/dicom-web/"})
+            config.update(Plugins=[str(plugin)],
+                          DicomWeb={"Enable": True, "Root": "/dicom-web/", "Servers": web_servers or {}})
         path = tmp / "orthanc.json"
         path.write_text(json.dumps(config))
-        self.log = open(tmp / "orthanc.log", "w")
+        self.log = open(tmp / "orthanc.log", "a")
         self.process = subprocess.Popen([_orthanc(), str(path)], stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(self._answers, 30, "Orthanc's REST API (Orthanc did not start)", every=0.2)
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def _answers(self) -> bool:
         try:
@@ -104,6 +113,12 @@ class Orthanc:
 
     def get(self, path: str):  # type: ignore[no-untyped-def]
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: object):  # type: ignore[no-untyped-def]
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(),
+                                         method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
             return json.loads(response.read())
 
     def upload(self, file: Path) -> None:

@@ -54,6 +54,16 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ("[tls]\nenabled = true\n", {}, "tls.certificate"),
         ("[worker]\nstudy_stable_seconds = -1\n", {}, "worker.study_stable_seconds"),
         ('[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\n', {}, "destinations[0].port"),
+        ('[[destinations]]\nname = "pacs"\n', {}, r"destinations[0]: needs ae_title, host and port"),
+        ('[[destinations]]\nname = "web"\ndicomweb_url = "ftp://x"\n', {}, "destinations[0].dicomweb_url"),
+        ('[[destinations]]\nname = "web"\ndicomweb_url = "http://x"\ntoken_file = "/nonexistent"\n', {},
+         "destinations[0].token_file"),
+        ('[[sources]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 104\nretrieve = "ftp"\n', {}, "sources[0].retrieve"),
+        ('[[sources]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 104\nretrieve = "wado"\n', {},
+         "sources[0].dicomweb_url"),
+        ('[[sources]]\nname = "web"\ndicomweb_url = "http://x"\n', {}, "sources[0]: retrieve = 'c-move' needs"),
+        ('[[sources]]\nname = "a"\ndicomweb_url = "http://x"\nretrieve = "wado"\n'
+         '[[sources]]\nname = "a"\ndicomweb_url = "http://y"\nretrieve = "wado"\n', {}, "sources.name"),
         ("", {"EGFR_NODE_NODE_PORT": "abc"}, "node.port"),
         ('[database]\nurl = "not a url"\n', {}, "database.url"),
     ],
@@ -89,17 +99,17 @@ def test_default_config_documents_every_key(tmp_path: Path) -> None:
     """Every key of every section appears in what `init` writes, so each has its documented default."""
     from dataclasses import fields
 
-    from dicom_node.config import Config, Destination
+    from dicom_node.config import Config, Destination, Source
 
     text = DEFAULT_CONFIG_TEXT
     for section in fields(Config):
-        if section.name in ("source", "destinations", "training"):
+        if section.name in ("source", "destinations", "sources", "training"):
             continue
         assert f"[{section.name}]" in text
         for key in fields(section.default_factory()):
             assert f"\n{key.name} = " in text, f"{section.name}.{key.name} is not in the default config"
-    for key in fields(Destination):
-        assert f"# {key.name} = " in text
+    for key in (*fields(Destination), *fields(Source)):
+        assert f"# {key.name} = " in text, key.name
 
 
 def test_the_training_recipe_lives_in_the_node_config(tmp_path: Path) -> None:

@@ -38,12 +38,12 @@ from db.migrate import upgrade
 class Node:
     """SCP + worker of one test, talking to one PACS destination."""
 
-    def __init__(self, tmp: Path, pacs_port: int, *, delivery: DeliverySection | None = None,
-                 database_url: str = "") -> None:
+    def __init__(self, tmp: Path, pacs_port: int | None, *, delivery: DeliverySection | None = None,
+                 database_url: str = "", destinations: tuple[Destination, ...] = ()) -> None:
         config = make_config(tmp / "data", database_url)
         self.config: Config = replace(
             config,
-            destinations=(Destination("pacs", "PACS", "127.0.0.1", pacs_port),),
+            destinations=destinations or (Destination("pacs", "PACS", "127.0.0.1", pacs_port),),
             delivery=delivery or DeliverySection(initial_backoff_seconds=0.2, max_backoff_seconds=2.0, timeout_seconds=5.0),
         )
         upgrade(self.config.database_url)
