@@ -7,6 +7,7 @@
     egfr-node web                        the admin console alone ([web] host:port)
     egfr-node web add-user NAME          add or change a console user (password asked, or --password-stdin)
     egfr-node echo HOST PORT [--aet AET] C-ECHO a peer
+    egfr-node fetch --accession N | --study UID | --patient-id ID [--source NAME] [--list]   query and retrieve a study
     egfr-node queue list [--state S] [--json] | show ID | replay STUDY_UID|JOB_ID [--rerun] | cancel ID
     egfr-node models list | activate PATH|ID [--force] | shadow PATH|ID|--clear | promote | show [ID]
     egfr-node outcomes import CSV | export CSV | report [--bundle ID] [--json] | export-cohort --deidentify OUT
@@ -33,16 +34,16 @@ import argparse
 import sys
 from typing import Sequence
 
-from dicom_node.commands import (archive, backup, check, demo, echo, evaluate, importing, jobs, models, outcomes,
-                                  preprocess, serve, setup, train, web)
+from dicom_node.commands import (archive, backup, check, demo, echo, evaluate, fetch, importing, jobs, models,
+                                  outcomes, preprocess, serve, setup, train, web)
 from dicom_node.commands._common import fail
 from dicom_node.config import ConfigError
 
 __all__ = ["main", "build_parser"]
 
 #: in the order ``egfr-node --help`` lists them
-COMMANDS = (setup, serve, web, echo, jobs, models, outcomes, importing, check, backup, archive, train, evaluate, demo,
-            preprocess)
+COMMANDS = (setup, serve, web, echo, fetch, jobs, models, outcomes, importing, check, backup, archive, train, evaluate,
+            demo, preprocess)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +60,7 @@ def _refusal(exc: Exception) -> int | None:
     database or schema, the archive, the pynetdicom release); None for anything else."""
     from db.engine import DatabaseUnreachable
     from dicom_node.receive._pynetdicom.contract import UnsupportedPynetdicom
-    from dicom_node.receive.archive import ArchiveFull, ArchiveNotWritable
+    from dicom_node.store.archive import ArchiveFull, ArchiveNotWritable
     from dicom_node.runtime import SchemaOutOfDate
 
     if isinstance(exc, (SchemaOutOfDate, DatabaseUnreachable, UnsupportedPynetdicom)):

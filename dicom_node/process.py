@@ -29,10 +29,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.instances import received_study_paths, recorded_node_instances
 from db.sop_classes import OUTLINE
-from dicom_node.receive.archive import Archive
+from dicom_node.store.archive import Archive
 from dicom_node.config import Config
-from dicom_node.receive.intake import store_instance
-from dicom_node.receive.header import read_header
+from dicom_node.store.intake import store_instance
+from dicom_node.store.header import read_header
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
 from dicom_node.report.image_point import nearest_image_point
 from dicom_node.report.sr import probability_words

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import retention as records
 from db.models import utcnow
-from dicom_node.receive.archive import Archive
+from dicom_node.store.archive import Archive
 from dicom_node.config import RetentionSection
 
 __all__ = ["Retention", "SweepReport", "DiskUse"]

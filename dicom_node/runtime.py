@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import database_errors, make_engine, make_sessionmaker
 from db.migrate import current_revision, head_revision
-from dicom_node.receive.archive import Archive, process_alive
+from dicom_node.store.archive import Archive, process_alive
 from dicom_node.config import Config
-from dicom_node.receive.log_safety import LibraryRepeatFilter, LibraryValueFilter, OneLineFilter, SafeFormatter
+from dicom_node.log_safety import LibraryRepeatFilter, LibraryValueFilter, OneLineFilter, SafeFormatter
 
 __all__ = ["Runtime", "open_runtime", "SchemaOutOfDate", "configure_logging", "share_metrics_between_processes",
            "SHARED_METRICS_ENV"]

@@ -1,7 +1,8 @@
-"""The node as a Storage SCU: C-STORE of its results, and C-ECHO, to a configured peer.
+"""The node as an SCU: C-STORE of its results and C-ECHO to a configured peer; C-FIND,
+C-MOVE and C-GET (Study Root) from a configured source.
 
-One association per call, proposing exactly the SOP classes and transfer syntaxes of the
-files sent (each file goes in the syntax it was archived in). TCP_NODELAY is set on the
+One association per call; a C-STORE proposes exactly the SOP classes and transfer syntaxes of
+the files sent (each file goes in the syntax it was archived in). TCP_NODELAY is set on the
 socket (DCMTK peers otherwise stall ~40 ms per message). Outbound TLS when the
 destination says so.
 """
@@ -13,15 +14,22 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pydicom import dcmread
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
-from dicom_node.config import Destination
+from dicom_node.config import Peer
 
-__all__ = ["SendResult", "SendError", "send_files", "echo", "client_ssl_context"]
+__all__ = ["SendResult", "SendError", "RetrieveCounts", "send_files", "echo", "client_ssl_context", "c_find",
+           "c_move", "c_get", "RETRIEVED_CLASSES"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +44,7 @@ class SendResult:
     status: int
 
 
-def client_ssl_context(destination: Destination) -> ssl.SSLContext:
+def client_ssl_context(destination: Peer) -> ssl.SSLContext:
     """Client TLS: verify the destination with its CA bundle (system CAs when empty); present
     the node's certificate when configured (mutual TLS)."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=destination.ca_certificates or None)
@@ -54,10 +62,11 @@ def _nodelay(event: evt.Event) -> None:
         pass
 
 
-def _associate(ae: AE, destination: Destination):  # type: ignore[no-untyped-def]
+def _associate(ae: AE, destination: Peer, *, ext_neg: list | None = None,  # type: ignore[no-untyped-def]
+               extra_handlers: list | None = None):
     tls_args = (client_ssl_context(destination), "") if destination.tls else None
-    return ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                        tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    return ae.associate(destination.host, destination.port, ae_title=destination.ae_title, ext_neg=ext_neg,
+                        tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), *(extra_handlers or [])])
 
 
 def _make_ae(calling_aet: str, timeout: float) -> AE:
@@ -67,7 +76,7 @@ def _make_ae(calling_aet: str, timeout: float) -> AE:
     return ae
 
 
-def send_files(destination: Destination, paths: Sequence[Path], *, calling_aet: str, timeout: float = 30.0) -> list[SendResult]:
+def send_files(destination: Peer, paths: Sequence[Path], *, calling_aet: str, timeout: float = 30.0) -> list[SendResult]:
     """C-STORE every file to ``destination`` in one association.
 
     Raises SendError when the association is refused or aborted, or when a file is not
@@ -101,7 +110,7 @@ def send_files(destination: Destination, paths: Sequence[Path], *, calling_aet: 
     return results
 
 
-def echo(destination: Destination, *, calling_aet: str, timeout: float = 10.0) -> int:
+def echo(destination: Peer, *, calling_aet: str, timeout: float = 10.0) -> int:
     """C-ECHO ``destination``; the status (0 = success). Raises SendError when not associated."""
     ae = _make_ae(calling_aet, timeout)
     ae.add_requested_context(Verification)
@@ -114,3 +123,122 @@ def echo(destination: Destination, *, calling_aet: str, timeout: float = 10.0) -
         if assoc.is_established:
             assoc.release()
     return int(status.Status) if status and "Status" in status else -1
+
+
+# --- query and retrieve (Study Root) -----------------------------------------------------
+
+#: The storage classes a C-GET takes (the SCP role is offered for each): the images and masks
+#: the pipeline reads.
+RETRIEVED_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+)
+_PENDING = (0xFF00, 0xFF01)
+
+
+@dataclass(frozen=True)
+class RetrieveCounts:
+    """A C-MOVE's or C-GET's final sub-operation counts."""
+
+    completed: int
+    failed: int
+    warning: int
+    status: int
+
+
+def _open(source: Peer, ae: AE, what: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    assoc = _associate(ae, source, **kwargs)
+    if not assoc.is_established:
+        state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+        raise SendError(f"{what}: association with {source.where()} {state}")
+    return assoc
+
+
+def c_find(source: Peer, identifier: Dataset, *, calling_aet: str, timeout: float = 30.0) -> list[Dataset]:
+    """C-FIND ``identifier`` (its QueryRetrieveLevel set) on ``source``: the matches. Raises
+    SendError when the association fails or the query ends with a failure status."""
+    ae = _make_ae(calling_aet, timeout)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = _open(source, ae, "C-FIND")
+    matches: list[Dataset] = []
+    try:
+        for status, found in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
+            code = int(status.Status) if status and "Status" in status else -1
+            if code in _PENDING and found is not None:
+                matches.append(found)
+            elif code == -1:
+                raise SendError(f"{source.where()}: no answer to C-FIND (timeout or connection lost)")
+            elif code != 0:
+                raise SendError(f"{source.where()}: C-FIND answered 0x{code:04X}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return matches
+
+
+def _final_counts(source: Peer, what: str, responses) -> RetrieveCounts:  # type: ignore[no-untyped-def]
+    last: Dataset | None = None
+    for status, _identifier in responses:
+        if not status or "Status" not in status:
+            raise SendError(f"{source.where()}: no answer to {what} (timeout or connection lost)")
+        last = status
+        if int(status.Status) not in _PENDING:
+            break
+    assert last is not None
+    code = int(last.Status)
+    counts = RetrieveCounts(int(last.get("NumberOfCompletedSuboperations", 0) or 0),
+                            int(last.get("NumberOfFailedSuboperations", 0) or 0),
+                            int(last.get("NumberOfWarningSuboperations", 0) or 0), code)
+    if code != 0 and not 0xB000 <= code <= 0xBFFF:
+        comment = str(last.get("ErrorComment", "")).strip()
+        raise SendError(f"{source.where()}: {what} answered 0x{code:04X}" + (f" ({comment})" if comment else "")
+                        + f"; {counts.completed} sent, {counts.failed} failed")
+    return counts
+
+
+def c_move(source: Peer, identifier: Dataset, *, move_destination: str, calling_aet: str,
+           timeout: float = 30.0) -> RetrieveCounts:
+    """C-MOVE what ``identifier`` names from ``source`` to the AE title ``move_destination``
+    (the node's own: the source sends it C-STOREs on a new association)."""
+    ae = _make_ae(calling_aet, timeout)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = _open(source, ae, "C-MOVE")
+    try:
+        return _final_counts(source, "C-MOVE", assoc.send_c_move(identifier, move_destination,
+                                                                 StudyRootQueryRetrieveInformationModelMove))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def c_get(source: Peer, identifier: Dataset, store: Callable[[bytes, str], int], *, calling_aet: str,
+          timeout: float = 30.0) -> RetrieveCounts:
+    """C-GET what ``identifier`` names from ``source``; each instance arrives as a C-STORE on
+    the same association and is passed to ``store(part10_bytes, transfer_syntax_uid)``, whose
+    return value is the C-STORE status sent back."""
+    ae = _make_ae(calling_aet, timeout)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class in RETRIEVED_CLASSES:
+        ae.add_requested_context(sop_class)
+    roles = [build_role(sop_class, scp_role=True) for sop_class in RETRIEVED_CLASSES]
+
+    def on_store(event: evt.Event) -> int:
+        spooled = getattr(event, "dataset_path", None)  # pynetdicom's chunked mode, when a process set it
+        try:
+            data = Path(spooled).read_bytes() if spooled else event.encoded_dataset(include_meta=True)
+        except (OSError, AttributeError):
+            return 0xA700
+        return store(data, str(event.context.transfer_syntax))
+
+    assoc = _open(source, ae, "C-GET", ext_neg=roles, extra_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        return _final_counts(source, "C-GET", assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -44,8 +44,8 @@ from db.queue import (
     scan_waiting_jobs,
     sweep_expired_leases,
 )
-from dicom_node.receive.archive import Archive
-from dicom_node.receive.log_safety import OutageLog
+from dicom_node.store.archive import Archive
+from dicom_node.log_safety import OutageLog
 from dicom_node.config import Config
 from dicom_node.retention import Retention
 

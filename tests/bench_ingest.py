@@ -249,8 +249,8 @@ _STAGES = [
     ("dicom_node.receive.scp", "check_part10_file", "dataset walk (whole? Pixel Data length?)", 1),
     ("dicom_node.receive.scp", "dcmread", "header read by pydicom (masks only)", 1),
     ("dicom_node.receive.scp", "read_header", "header fields: converted and checked", 1),
-    ("dicom_node.receive.archive:Archive", "store_file", "archive: wait for that fsync, link, fsync folder", 1),
-    ("dicom_node.receive.intake", "record_instance", "database: record + commit (SQLite, FULL)", 1),
+    ("dicom_node.store.archive:Archive", "store_file", "archive: wait for that fsync, link, fsync folder", 1),
+    ("dicom_node.store.intake", "record_instance", "database: record + commit (SQLite, FULL)", 1),
     ("dicom_node.receive._pynetdicom.encodings:NodeDIMSE", "send_msg", "C-STORE-RSP: encode and queue", 0),
 ]
 
@@ -339,7 +339,7 @@ def bounds(files: list[Path], work: Path) -> None:
     import queue
     import threading
 
-    import dicom_node.receive.intake as intake
+    import dicom_node.store.intake as intake
     from db.ingest import RecordOutcome
     from db.migrate import upgrade
     from dicom_node.runtime import open_runtime
@@ -385,8 +385,8 @@ def bounds(files: list[Path], work: Path) -> None:
         record (SQLite, synchronous=FULL). Every one must finish before the success status."""
         from pydicom import dcmread
 
-        from dicom_node.receive.intake import record_of
-        from dicom_node.receive.header import read_header
+        from dicom_node.store.intake import record_of
+        from dicom_node.store.header import read_header
 
         config = make_config(work / "chain")
         upgrade(config.database_url)

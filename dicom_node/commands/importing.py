@@ -1,6 +1,6 @@
 """``egfr-node import DIR``: bulk-load a folder of DICOM files into the archive.
 
-Every file goes through the same checks and intake as a C-STORE (``dicom_node.receive.intake``): the
+Every file goes through the same checks and intake as a C-STORE (``dicom_node.store.intake``): the
 whole-dataset walk (a truncated file is refused, not archived), the same SOP classes, the same
 header checks, the same durable write and record, so a second import of the same folder stores
 nothing new. The summary counts what was stored, duplicated, conflicting (same UID, other
@@ -28,12 +28,12 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from dicom_node.receive.archive import Archive, InvalidUID
-from dicom_node.receive.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
+from dicom_node.store.archive import Archive, InvalidUID
+from dicom_node.store.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
 from db.ingest import RecordOutcome
-from dicom_node.receive.intake import store_instance
-from dicom_node.receive.header import NonConformant, ReceivedHeader, read_header
-from dicom_node.receive.scp import PIXEL_DATA_REQUIRED, STORAGE_SOP_CLASSES
+from dicom_node.store.intake import store_instance
+from dicom_node.store.header import NonConformant, ReceivedHeader, read_header
+from dicom_node.store.accept import PIXEL_DATA_REQUIRED, STORAGE_SOP_CLASSES
 
 __all__ = ["ImportSummary", "import_folder", "import_file"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicom_node.receive.log_safety import RejectionLog
+from dicom_node.log_safety import RejectionLog
 
 __all__ = ["TransportLimits", "Connection", "ConnectionTable"]
 

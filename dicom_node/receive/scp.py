@@ -24,30 +24,20 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from pydicom import dcmread, uid as dicom_uid
+from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset
-from pynetdicom import _config as pynetdicom_config, evt, sop_class
-from sqlalchemy.exc import SQLAlchemyError
+from pynetdicom import _config as pynetdicom_config, evt
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import DatabaseFileReplaced
-from db.ingest import RecordOutcome, StudyBeingDeleted
-from dicom_node.receive._pynetdicom import SpooledDataset, spooled_dataset
-from dicom_node.receive.archive import Archive, ArchiveFull, ArchiveNotWritable
-from dicom_node.receive.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
-from dicom_node.receive.intake import store_instance
-from dicom_node.receive.log_safety import OutageLog, RejectionLog, database_outage, peer_text
-from dicom_node.receive.header import (
-    HEADER_TAGS,
-    NonConformant,
-    ReceivedHeader,
-    SOPClassMismatch,
-    header_dataset,
-    read_header,
-)
+from db.ingest import RecordOutcome
+from dicom_node.log_safety import OutageLog, RejectionLog, peer_text
+from dicom_node.receive._pynetdicom import spooled_dataset
+from dicom_node.store.accept import PIXEL_DATA_REQUIRED, STORAGE_SOP_CLASSES, Status, accept_file
+from dicom_node.store.archive import Archive
 
 __all__ = [
     "STORAGE_SOP_CLASSES",
+    "PIXEL_DATA_REQUIRED",
     "TRANSFER_SYNTAXES",
     "Status",
     "StoreCounters",
@@ -62,31 +52,6 @@ log = logging.getLogger(__name__)
 pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 pynetdicom_config.LOG_HANDLER_LEVEL = "none"
-
-STORAGE_SOP_CLASSES: tuple[str, ...] = (
-    sop_class.MRImageStorage,
-    sop_class.EnhancedMRImageStorage,
-    sop_class.LegacyConvertedEnhancedMRImageStorage,
-    sop_class.SegmentationStorage,
-    sop_class.RTStructureSetStorage,
-    sop_class.BasicTextSRStorage,
-    sop_class.EnhancedSRStorage,
-    sop_class.ComprehensiveSRStorage,
-    sop_class.Comprehensive3DSRStorage,
-    sop_class.ExtensibleSRStorage,
-    sop_class.SecondaryCaptureImageStorage,
-    sop_class.EncapsulatedPDFStorage,
-)
-
-#: Storage classes whose IODs require Pixel Data (Type 1): an instance without it is
-#: incomplete (0xC210). RTSTRUCT, SR and PDF carry none.
-PIXEL_DATA_REQUIRED: frozenset[str] = frozenset({
-    sop_class.MRImageStorage,
-    sop_class.EnhancedMRImageStorage,
-    sop_class.LegacyConvertedEnhancedMRImageStorage,
-    sop_class.SecondaryCaptureImageStorage,
-    sop_class.SegmentationStorage,
-})
 
 #: In order of preference: pynetdicom accepts, per proposed context, the first of these the
 #: peer offers. Lossless encodings first (a peer offering the JPEG-LS it holds beside
@@ -106,19 +71,6 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     dicom_uid.JPEGBaseline8Bit,
     dicom_uid.JPEGExtended12Bit,
 )
-
-
-class Status:
-    """C-STORE / C-ECHO status codes the node answers with (PS3.4 B.2.3, PS3.7 C)."""
-
-    SUCCESS = 0x0000
-    CONFLICT_FIRST_COPY_KEPT = 0xB006  # warning, elements discarded: the earlier copy is kept
-    OUT_OF_RESOURCES = 0xA700  # archive below its free-space reserve or disk full
-    DATABASE_UNAVAILABLE = 0xA701  # out of resources: the record could not be committed
-    DATASET_DOES_NOT_MATCH = 0xA900  # SOP class/instance differs from the request
-    CANNOT_UNDERSTAND = 0xC210  # the dataset cannot be decoded
-    NON_CONFORMANT = 0xC220  # a required attribute is missing or invalid
-    PROCESSING_FAILURE = 0xC211  # anything else, logged with its traceback
 
 
 @dataclass
@@ -173,7 +125,6 @@ def handle_store(
         return _status(code, comment)
 
     spooled = spooled_dataset(event)
-    path = spooled.path
     if spooled.over_limit:
         return refuse(Status.OUT_OF_RESOURCES, "instance over node.max_instance_size_mb",
                       f"instance over the limit of {max_instance_bytes // 2**20} MiB")
@@ -183,81 +134,19 @@ def handle_store(
             return refuse(Status.OUT_OF_RESOURCES, "archive out of disk space", "archive out of disk space")
         return refuse(Status.OUT_OF_RESOURCES, "archive cannot be written",
                       f"archive cannot be written ({failed.strerror or type(failed).__name__})")
-    sop_class_uid = str(request.AffectedSOPClassUID or "")
-    try:
-        summary = check_part10_file(path, max_instance_bytes, pixel_data_required=sop_class_uid in PIXEL_DATA_REQUIRED,
-                                    keep=HEADER_TAGS)
-    except DatasetTooLarge:
-        return refuse(Status.OUT_OF_RESOURCES, "instance over node.max_instance_size_mb",
-                      f"instance over the limit of {max_instance_bytes // 2**20} MiB")
-    except IncompleteDataset as exc:
-        return refuse(Status.CANNOT_UNDERSTAND, "incomplete dataset", f"incomplete dataset: {exc}")
-    try:
-        dataset = header_dataset(summary, sop_class_uid)
-        if dataset is None:
-            dataset = dcmread(path, stop_before_pixels=True, defer_size=1 << 16)
-        header = read_header(dataset, sop_class_uid, str(request.AffectedSOPInstanceUID or ""))
-    except SOPClassMismatch as exc:
-        return refuse(Status.DATASET_DOES_NOT_MATCH, "dataset does not match the request", str(exc))
-    except NonConformant as exc:
-        return refuse(Status.NON_CONFORMANT, "dataset non-conformant", str(exc))
-    except Exception as exc:  # pydicom raises many kinds on a garbled stream
-        # The library's message may quote element values: the type at ERROR, the text at DEBUG.
-        log.debug("decode failure detail: %s", peer_text(exc, 200))
-        return refuse(Status.CANNOT_UNDERSTAND, "dataset cannot be decoded",
-                      f"dataset cannot be decoded: {type(exc).__name__}")
-    extra = {"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid}
-    try:
-        answer = _archive_and_record(event, spooled, header, calling_aet, archive, sessions, counters)
-        (outage or database_outage).answered()
-        return answer
-    except ArchiveFull as exc:
-        counters.add("failures")
-        log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
-        return _status(Status.OUT_OF_RESOURCES, "archive out of disk space")
-    except StudyBeingDeleted as exc:
-        counters.add("failures")
-        log.warning("C-STORE %s refused: %s", header.sop_instance_uid, exc, extra=extra)
-        return _status(Status.OUT_OF_RESOURCES, "study being deleted by retention: send it again later")
-    except ArchiveNotWritable as exc:
-        counters.add("failures")
-        log.error("C-STORE %s refused: %s", header.sop_instance_uid, exc.strerror, extra=extra)
-        return _status(Status.OUT_OF_RESOURCES, f"archive cannot be written ({os.strerror(exc.errno or 0)})")
-    except SQLAlchemyError as exc:
-        counters.add("failures")
-        why = str(exc.orig) if isinstance(getattr(exc, "orig", None), DatabaseFileReplaced) else _first_line(exc)
-        (outage or database_outage).failed(why)  # one line per outage, not one per instance
-        return _status(Status.DATABASE_UNAVAILABLE, "database unavailable")
-    except Exception:
-        counters.add("failures")
-        log.exception("C-STORE %s: unexpected failure", header.sop_instance_uid, extra=extra)
-        return _status(Status.PROCESSING_FAILURE, "processing failure")
-
-
-def _first_line(exc: BaseException) -> str:
-    """The error's kind and the first line of what the driver said (no values, no traceback)."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-    return f"{type(orig).__name__}: {peer_text(text, 160)}" if text else type(orig).__name__
-
-
-def _archive_and_record(
-    event: evt.Event,
-    spooled: SpooledDataset,
-    header: ReceivedHeader,
-    calling_aet: str,
-    archive: Archive,
-    sessions: sessionmaker[Session],
-    counters: StoreCounters,
-) -> int | Dataset:
     # the DUL thread fsyncs the spool while this thread checks it (override 8)
-    outcome = store_instance(archive, sessions, spooled.path, header, str(event.context.transfer_syntax),
-                             calling_aet=calling_aet, sha256=spooled.sha256, synced=spooled.synced)
-    counters.add({RecordOutcome.NEW: "stored", RecordOutcome.DUPLICATE: "duplicates", RecordOutcome.CONFLICT: "conflicts"}[outcome])
-    if outcome is RecordOutcome.CONFLICT:
-        # Stored earlier with other content: the first copy stays. A warning, not a failure,
-        # so the sender logs it and does not retry in a loop.
-        return _status(Status.CONFLICT_FIRST_COPY_KEPT, "stored earlier with other content; first copy kept")
-    return Status.SUCCESS
+    accepted = accept_file(spooled.path, archive, sessions, max_instance_bytes=max_instance_bytes,
+                           claimed_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                           claimed_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                           transfer_syntax_uid=str(event.context.transfer_syntax), calling_aet=calling_aet,
+                           sha256=spooled.sha256, synced=spooled.synced, outage=outage)
+    if accepted.refusal:
+        return refuse(accepted.status, accepted.refusal, accepted.comment)
+    if accepted.outcome is None:
+        counters.add("failures")
+        return _status(accepted.status, accepted.comment)
+    counters.add({RecordOutcome.NEW: "stored", RecordOutcome.DUPLICATE: "duplicates",
+                  RecordOutcome.CONFLICT: "conflicts"}[accepted.outcome])
+    return _status(accepted.status, accepted.comment) if accepted.status else Status.SUCCESS
 
 

@@ -24,9 +24,9 @@ from dicom_node.config import Config
 from dicom_node.metrics import MetricsServer, NodeMetrics, database_answers, forget_process
 from dicom_node.receive import _pynetdicom
 from dicom_node.receive._pynetdicom import NodeAssociationServer, check_pynetdicom, start_server
-from dicom_node.receive.archive import Archive
+from dicom_node.store.archive import Archive
 from dicom_node.receive.limits import ConnectionTable, TransportLimits
-from dicom_node.receive.log_safety import OutageLog, RejectionLog, peer_text
+from dicom_node.log_safety import OutageLog, RejectionLog, peer_text
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, Status, StoreCounters, handle_echo, handle_store
 
 __all__ = ["DicomNode", "make_ssl_context"]

@@ -26,7 +26,7 @@ from db.models import JobState, utcnow
 from pipeline.model.bundle import Manifest
 from db.queue import QueueError, cancel, count_jobs_by_state, get_job, list_jobs, replay
 from db.retention import deletion_totals
-from dicom_node.receive.archive import Archive
+from dicom_node.store.archive import Archive
 from dicom_node.config import Config, Destination
 from dicom_node.retention import DiskUse
 

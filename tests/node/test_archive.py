@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.receive.archive import Archive, ArchiveFull, StoredFile
+from dicom_node.store.archive import Archive, ArchiveFull, StoredFile
 
 
 def test_store_never_replaces_and_compares(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicom_node.receive.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
-from dicom_node.receive.log_safety import RejectionLog, SafeFormatter, peer_text
-from dicom_node.receive.header import HEADER_TAGS, MASK_SOP_CLASSES, header_dataset, read_header
+from dicom_node.store.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
+from dicom_node.log_safety import RejectionLog, SafeFormatter, peer_text
+from dicom_node.store.header import HEADER_TAGS, MASK_SOP_CLASSES, header_dataset, read_header
 from dicom_node.receive._pynetdicom import spool
 from dicom_node.receive._pynetdicom.spool import MessageQueue, spooled_dataset
 from pynetdicom import AE, build_context

@@ -16,7 +16,7 @@ def modules_loaded_by(*imports: str) -> set[str]:
 
 
 def test_the_receive_path_never_imports_torch_or_image_processing() -> None:
-    loaded = modules_loaded_by("dicom_node.receive.scp", "dicom_node.receive.archive", "dicom_node.worker", "dicom_node.cli", "db.ingest", "db.queue")
+    loaded = modules_loaded_by("dicom_node.receive.scp", "dicom_node.store.archive", "dicom_node.worker", "dicom_node.cli", "db.ingest", "db.queue")
     assert not loaded & {"torch", "torchvision", "SimpleITK", "highdicom", "matplotlib", "training"}
 
 

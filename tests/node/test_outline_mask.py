@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
 from db.models import utcnow
-from dicom_node.receive.header import read_header
+from dicom_node.store.header import read_header
 from pipeline.load.outline import find_outlines
 from tests.node.scu import store
 from tests.node.test_results import Node, bundle_a, pacs  # noqa: F401 (fixtures)

@@ -215,7 +215,7 @@ def test_the_watermarks_keep_a_small_disk_receiving_and_delete_the_longest_finis
 _KILLED_SWEEP = """
 import os, signal, sys
 from pathlib import Path
-from dicom_node.receive.archive import Archive
+from dicom_node.store.archive import Archive
 from dicom_node.config import RetentionSection
 from dicom_node.retention import Retention
 from db.engine import make_engine, make_sessionmaker

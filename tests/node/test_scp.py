@@ -83,8 +83,8 @@ def test_same_uid_with_other_content_keeps_the_first_copy(node: DicomNode, runti
 def test_the_nodes_own_result_sent_back_re_encoded_is_not_a_conflict(node: DicomNode, runtime) -> None:
     """A routing rule that echoes the node's results back (Orthanc re-encodes them): success,
     nothing counted as a conflict, the node's own copy kept."""
-    from dicom_node.receive.intake import store_instance
-    from dicom_node.receive.header import read_header
+    from dicom_node.store.intake import store_instance
+    from dicom_node.store.header import read_header
     from dicom_node.process import encode_part10
 
     (result,) = mr_series(1)
@@ -224,7 +224,7 @@ def tiny_disk(tmpfs) -> Path:
 
 
 def test_full_disk_answers_out_of_resources_writes_nothing_partial_and_keeps_serving(config, runtime, tiny_disk: Path) -> None:
-    from dicom_node.receive.archive import Archive
+    from dicom_node.store.archive import Archive
 
     archive = Archive(tiny_disk / "archive", free_space_reserve_bytes=0)
     node = DicomNode(config, archive, runtime.sessions)
@@ -250,7 +250,7 @@ def test_full_disk_answers_out_of_resources_writes_nothing_partial_and_keeps_ser
 
 
 def test_below_the_free_space_reserve_answers_out_of_resources(config, runtime) -> None:
-    from dicom_node.receive.archive import Archive
+    from dicom_node.store.archive import Archive
 
     free = os.statvfs(runtime.archive.root)
     archive = Archive(runtime.archive.root, free_space_reserve_bytes=free.f_bavail * free.f_frsize + 2**30)

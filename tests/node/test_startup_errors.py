@@ -11,7 +11,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
-from dicom_node.receive.archive import Archive, ArchiveNotWritable
+from dicom_node.store.archive import Archive, ArchiveNotWritable
 from dicom_node.receive.server import DicomNode
 from tests.conftest import _pg_reachable, mount_tmpfs, skip_or_fail
 from tests.dicom_factory import mr_series

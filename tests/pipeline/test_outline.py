@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
-from dicom_node.receive.header import read_header
+from dicom_node.store.header import read_header
 from pipeline.errors import SelectionError
 from pipeline.load.index import index_study
 from pipeline.load.outline import find_outlines

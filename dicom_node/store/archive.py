@@ -161,6 +161,12 @@ class Archive:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def incoming_file(self) -> Path:
+        """A new temporary file's name under ``.incoming`` (same file system as the archive;
+        removed at start by :meth:`remove_stale_temporary_files` if its writer died): where
+        a STOW-RS part or a retrieved instance is written whole before :meth:`store_file`."""
+        return self.incoming / f"{self._tmp_prefix}{uuid.uuid4().hex}{TMP_SUFFIX}"
+
     def store_file(self, relative_path: str, source: Path, *, synced: bool | Future[None] | None = False,
                    sha256: str | None = None, results: bool = False) -> StoredFile:
         """As :meth:`store`, for a whole file already written (the SCP's spool under

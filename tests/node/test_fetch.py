@@ -1,0 +1,127 @@
+"""Query/retrieve on demand: ``egfr-node fetch --accession`` asks a source (Orthanc on
+loopback holding a phantom study) for the study, retrieves its MR series and mask by C-MOVE,
+C-GET or WADO-RS, and the node predicts as for a push: the SR goes back to that Orthanc (by
+C-STORE, or by STOW-RS for the DICOMweb case)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+
+from db.migrate import upgrade
+from db.models import AuditEntry, utcnow
+from dicom_node import bundles as models
+from dicom_node.cli import main
+from dicom_node.config import load_config
+from dicom_node.receive.server import DicomNode
+from dicom_node.runtime import open_runtime
+from dicom_node.worker import Worker
+from tests.node.bundles import write_random_bundle
+from tests.node.peers import Orthanc
+from tests.node.process import free_port
+
+
+def write_node_config(folder: Path, port: int, orthanc: Orthanc, retrieve: str) -> Path:
+    web = retrieve == "wado"
+    source = (f'dicomweb_url = "{orthanc.dicomweb_url}"\n' if web else
+              f'ae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n')
+    destination = (f'dicomweb_url = "{orthanc.dicomweb_url}"\n' if web else
+                   f'ae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n')
+    path = folder / "egfr-node.toml"
+    path.write_text(f"""
+[node]
+ae_title = "EGFR_NODE"
+host = "127.0.0.1"
+port = {port}
+[storage]
+data_dir = "{folder / 'data'}"
+free_space_reserve_mb = 0
+[worker]
+study_stable_seconds = 1.0
+[delivery]
+initial_backoff_seconds = 0.2
+timeout_seconds = 10.0
+[[sources]]
+name = "orthanc"
+retrieve = "{retrieve}"
+{source}
+[[destinations]]
+name = "orthanc"
+{destination}
+""")
+    return path
+
+
+class FetchingNode:
+    """The node (SCP + worker, in this process) beside an Orthanc that knows it but routes nothing."""
+
+    def __init__(self, tmp: Path, retrieve: str) -> None:
+        port = free_port()
+        self.orthanc = Orthanc(tmp / "orthanc", node_port=port, route=False, dicomweb=True)
+        self.config_path = write_node_config(tmp, port, self.orthanc, retrieve)
+        self.config = load_config(self.config_path)
+        upgrade(self.config.database_url)
+        self.runtime = open_runtime(self.config)
+        self.scp = DicomNode(self.config, self.runtime.archive, self.runtime.sessions)
+        self.scp.start()
+        self.worker = Worker(self.config, self.runtime.sessions, self.runtime.archive, worker_id="test-worker")
+
+    def fetch(self, *args: str) -> int:
+        return main(["--config", str(self.config_path), "fetch", *args])
+
+    def close(self) -> None:
+        self.scp.stop()
+        self.runtime.close()
+        self.orthanc.stop()
+
+
+@pytest.mark.parametrize("retrieve", ["c-move", "c-get", "wado"])
+def test_fetch_by_accession_brings_the_study_and_the_sr_goes_back(tmp_path: Path, retrieve: str, phantom_study,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    node = FetchingNode(tmp_path, retrieve)
+    try:
+        models.activate(node.runtime.sessions, str(write_random_bundle(tmp_path / "bundle")), user="test", force=True)
+        study = phantom_study("axial2d", "seg")
+        files = sorted(study.folder.rglob("*.dcm"))
+        for file in files:
+            node.orthanc.upload(file)
+        first = dcmread(files[0], stop_before_pixels=True)
+        accession, study_uid = str(first.AccessionNumber), str(first.StudyInstanceUID)
+
+        assert node.fetch("--accession", "NO-SUCH-ACC") == 1
+        assert "no study on orthanc matches" in capsys.readouterr().err
+        assert node.fetch("--accession", accession, "--list") == 0
+        listed = capsys.readouterr().out
+        assert study_uid in listed and "MR×" in listed and "SEG×1" in listed
+
+        assert node.fetch("--accession", accession) == 0, capsys.readouterr().err
+        said = capsys.readouterr().out
+        done = "instances sent to the node" if retrieve == "c-move" else "instances stored"
+        assert f"{len(files)} {done}" in said and "0 failed" in said, said
+        archived = {p.stem for p in node.config.storage.archive_path.rglob("*.dcm")}
+        assert archived == {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+
+        # as if pushed: the study is complete by its content, queued, predicted, and the SR sent back
+        [queued] = node.worker.scan_once(now=utcnow() + timedelta(seconds=5))
+        assert queued.state == "queued"
+        job = node.worker.claim_once()
+        assert job.state == "done", job.reason
+        node.worker.deliver_due()
+        held = {node.orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]
+                for i in node.orthanc.get("/instances")}
+        assert job.result["instances"]["sr"] in held and job.result["instances"]["card"] in held
+
+        # fetching again (the node's own SR is in that study now) brings nothing new, no second job
+        assert node.fetch("--study", study_uid) == 0
+        again = capsys.readouterr().out
+        assert "0 failed" in again and (retrieve == "c-move" or " 0 instances stored" in again), again
+        assert node.worker.scan_once(now=utcnow() + timedelta(seconds=5)) == []
+        with node.runtime.sessions() as s:
+            audits = s.scalars(select(AuditEntry).where(AuditEntry.action == "fetch")).all()
+        assert len(audits) == 2 and all(study_uid in a.target for a in audits)
+    finally:
+        node.close()
