@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Mapping
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +28,8 @@ __all__ = [
     "QueueError",
     "StudyReadiness",
     "study_readiness",
+    "WantingImages",
+    "studies_wanting_images",
     "scan_waiting_jobs",
     "claim_next",
     "renew_lease",
@@ -112,6 +114,9 @@ class StudyReadiness:
     reason: str | None
     by_content: bool = False
     images: int = 0
+    #: not ready for want of images: the series the study's masks reference (a node with a
+    #: source may fetch them, ``dicom_node.fetch``)
+    wanting: tuple[str, ...] = ()
 
 
 def _received(study: Study, sop_classes: frozenset[str] | None = None):  # type: ignore[no-untyped-def]
@@ -137,8 +142,9 @@ def study_readiness(session: Session, study: Study) -> StudyReadiness:
     masks = [(list(series or ()) + ([f"frame:{frame}"] if not series and not sops and frame in mr_frames else []),
               sops) for series, sops, frame in rows]
     mr_series |= {f"frame:{frame}" for frame in mr_frames}
+    wanting = tuple(sorted({uid for series, _ in masks for uid in (series or ()) if not uid.startswith("frame:")}))
     if not mr_series:
-        return StudyReadiness(False, "no MR series in the study yet")
+        return StudyReadiness(False, "no MR series in the study yet", wanting=wanting)
     if not masks:
         return StudyReadiness(False, "no lesion mask (SEG, RTSTRUCT or an outline SR) in the study yet")
     referenced = {uid for _, sops in masks for uid in (sops or ())}
@@ -150,22 +156,47 @@ def study_readiness(session: Session, study: Study) -> StudyReadiness:
     usable = [(series, sops) for series, sops in masks
               if mr_series.intersection(series or ()) or present.intersection(sops or ())]
     if not usable:
-        return StudyReadiness(False, "no mask references an MR series of the study")
+        return StudyReadiness(False, "no mask references an MR series of the study", wanting=wanting)
     missing = min((len(set(sops or ()) - present), len(set(sops or ()))) for _, sops in usable)
     if missing[0] == 0:
         return StudyReadiness(True, None, by_content=missing[1] > 0, images=missing[1])
     return StudyReadiness(False, f"incomplete: {missing[0]} of the {missing[1]} images the mask references are not in "
-                                 "the archive (not sent yet, or refused: the PACS may send them again)")
+                                 "the archive (not sent yet, or refused: the PACS may send them again)", wanting=wanting)
+
+
+@dataclass(frozen=True)
+class WantingImages:
+    """A waiting study whose masks reference series not (wholly) archived, quiet for the settle time."""
+
+    study_uid: str
+    job_id: int
+    series_uids: tuple[str, ...]
+    reason: str
+
+
+def studies_wanting_images(session: Session, settle_seconds: float, now: datetime | None = None) -> list[WantingImages]:
+    """The waiting studies whose masks name images that are not archived and for which nothing
+    arrived for ``settle_seconds``: what a node with a source fetches (issue 32)."""
+    now = now or utcnow()
+    out = []
+    for job in session.scalars(select(Job).where(Job.state == JobState.WAITING).order_by(Job.id)).all():
+        if now - job.study.last_received_at < timedelta(seconds=settle_seconds):
+            continue
+        readiness = study_readiness(session, job.study)
+        if not readiness.ready and readiness.wanting:
+            out.append(WantingImages(job.study.study_uid, job.id, readiness.wanting, readiness.reason or ""))
+    return out
 
 
 def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: datetime | None = None,
-                      content_settle_seconds: float | None = None) -> list[JobView]:
+                      content_settle_seconds: float | None = None, notes: Mapping[str, str] | None = None) -> list[JobView]:
     """Queue every waiting job whose study is complete: by its content (the mask and every
     image it names are in, and nothing arrived for ``content_settle_seconds``, DESIGN.md
     "completion"), or, for a mask that names no images, after ``study_stable_seconds`` of
     quiet. The quiet time restarts with every instance of any series of the study (the
     study's ``last_received_at``). The rule that queued a job is kept on it
-    (``queued_because``); jobs left waiting get a reason saying why. Returns the jobs queued.
+    (``queued_because``); jobs left waiting get a reason saying why, with ``notes[study_uid]``
+    after it (what the worker does about it: fetching the images). Returns the jobs queued.
     """
     now = now or utcnow()
     stable = timedelta(seconds=study_stable_seconds)
@@ -205,6 +236,9 @@ def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: dateti
                     queued.append(JobView.of(job))
                 continue
             reason = readiness.reason
+        note = (notes or {}).get(job.study.study_uid)
+        if note and reason:
+            reason = f"{reason}; {note}"
         if job.reason != reason:
             job.reason = reason
             job.updated_at = now

@@ -124,6 +124,9 @@ class WorkerSection:
     stop_grace_seconds: float = 10.0
     #: jobs one worker runs at once when studies queue; 0 = one per CPU core
     parallel_jobs: int = 0
+    #: a waiting mask whose images are not archived: after this much quiet they are fetched
+    #: from the first [[sources]] entry (0 = never)
+    fetch_after_seconds: float = 5.0
 
     def job_runners(self, cores: int) -> int:
         """How many jobs this worker runs at once: the configured count, or one per core."""
@@ -264,6 +267,10 @@ class WebSection:
     certificate: str = ""
     private_key: str = ""
     refresh_seconds: float = 5.0
+    #: STOW-RS into the node (POST /dicomweb/studies), served by this server; closed by default
+    stow_enabled: bool = False
+    #: ``name:sha256`` lines, one sending system each (``egfr-node web add-sender NAME``); default <data_dir>/stow-senders
+    stow_senders_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -315,6 +322,11 @@ class Config:
     def web_users_path(self) -> Path:
         """The console's users file: web.users_file, else <data_dir>/web-users."""
         return Path(self.web.users_file) if self.web.users_file else self.storage.data_path / "web-users"
+
+    @property
+    def stow_senders_path(self) -> Path:
+        """STOW-RS senders' tokens: web.stow_senders_file, else <data_dir>/stow-senders."""
+        return Path(self.web.stow_senders_file) if self.web.stow_senders_file else self.storage.data_path / "stow-senders"
 
     @property
     def database_url(self) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -27,7 +29,7 @@ from dicom_node.store.accept import Acceptance, accept_bytes
 from dicom_node.store.archive import Archive
 
 __all__ = ["FetchError", "FoundSeries", "FoundStudy", "Fetched", "source_named", "find_studies", "fetch_study",
-           "WANTED_MODALITIES"]
+           "WANTED_MODALITIES", "MaskImageFetcher"]
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +251,88 @@ def _wado_series(source: Source, study_uid: str, series_uid: str, archive: Archi
     except requests.RequestException as exc:
         raise SendError(f"{source.where()}: WADO-RS of series {series_uid} failed ({type(exc).__name__})") from None
 
+
+# --- a mask brings its images -------------------------------------------------------------
+
+@dataclass
+class _Attempts:
+    tries: int = 0
+    running: bool = False
+    done: str = ""
+    error: str = ""
+    next_at: float = 0.0
+
+
+class MaskImageFetcher:
+    """For the worker: a waiting study whose mask names images the archive lacks (a site that
+    routes only masks) gets them from the first ``[[sources]]`` entry, in a thread of its own,
+    once (up to ``MAX_TRIES`` tries, the delivery backoff between them). What it is doing is a
+    note on the job's reason; each fetch is in the audit trail (user ``node``)."""
+
+    MAX_TRIES = 3
+
+    def __init__(self, config: Config, archive: Archive, sessions: sessionmaker[Session]) -> None:
+        self.config, self.archive, self.sessions = config, archive, sessions
+        self.source = config.sources[0]
+        self._attempts: dict[str, _Attempts] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def consider(self, study_uid: str, series_uids: tuple[str, ...]) -> None:
+        """Start a fetch of ``series_uids`` for the study unless one runs, succeeded, or is not due."""
+        with self._lock:
+            state = self._attempts.setdefault(study_uid, _Attempts())
+            if state.running or state.done or state.tries >= self.MAX_TRIES or time.monotonic() < state.next_at:
+                return
+            state.running = True
+            state.tries += 1
+        thread = threading.Thread(target=self._fetch, args=(study_uid, series_uids), name=f"fetch-{study_uid[-8:]}",
+                                  daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _fetch(self, study_uid: str, series_uids: tuple[str, ...]) -> None:
+        from db import audit
+
+        state = self._attempts[study_uid]
+        log.info("study %s: its mask names images not archived; fetching %d series from %s by %s (try %d)",
+                 study_uid, len(series_uids), self.source.name, self.source.retrieve, state.tries,
+                 extra={"study_uid": study_uid})
+        try:
+            fetched = fetch_study(self.config, self.archive, self.sessions, self.source,
+                                  FoundStudy(study_uid, "", ""), series_uids=series_uids)
+            outcome, error = fetched.summary(), ""
+        except Exception as exc:  # FetchError, a database outage: the next try, or the reason on the job
+            outcome = error = str(exc) if isinstance(exc, FetchError) else f"{type(exc).__name__}: {exc}"
+        try:
+            with self.sessions.begin() as session:
+                audit.record(session, "node", "fetch", f"study {study_uid} from {self.source.name} (its mask's images)",
+                             outcome)
+        except Exception:
+            log.warning("study %s: the fetch could not be written to the audit trail", study_uid)
+        backoff = min(self.config.delivery.initial_backoff_seconds * 2 ** (state.tries - 1),
+                      self.config.delivery.max_backoff_seconds)
+        with self._lock:
+            state.running = False
+            state.done, state.error = ("" if error else outcome), error
+            state.next_at = time.monotonic() + backoff
+        (log.warning if error else log.info)("study %s: %s", study_uid, outcome, extra={"study_uid": study_uid})
+
+    def notes(self) -> dict[str, str]:
+        """study UID -> what the node does about its missing images, for the job's reason."""
+        out = {}
+        with self._lock:
+            for study_uid, state in self._attempts.items():
+                if state.running:
+                    out[study_uid] = f"fetching them from {self.source.name} (try {state.tries})"
+                elif state.done:
+                    out[study_uid] = f"fetched from {self.source.name}: {state.done}"
+                elif state.error:
+                    left = self.MAX_TRIES - state.tries
+                    out[study_uid] = (f"could not fetch them from {self.source.name}: {state.error}"
+                                      + (f" ({left} more tries)" if left else f" (gave up after {state.tries} tries)"))
+        return out
+
+    def join(self, timeout: float = 30.0) -> None:
+        for thread in self._threads:
+            thread.join(timeout)

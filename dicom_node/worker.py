@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,12 +42,16 @@ from db.queue import (
     release_for_retry,
     renew_lease,
     scan_waiting_jobs,
+    studies_wanting_images,
     sweep_expired_leases,
 )
 from dicom_node.store.archive import Archive
 from dicom_node.log_safety import OutageLog
 from dicom_node.config import Config
 from dicom_node.retention import Retention
+
+if TYPE_CHECKING:
+    from dicom_node.fetch import MaskImageFetcher
 
 __all__ = ["Worker", "default_worker_id", "result_sop_uids"]
 
@@ -118,6 +122,11 @@ class Worker:
         self.archive = archive
         self.worker_id = worker_id or default_worker_id()
         self.retention = Retention(config.retention, sessions, archive)
+        self.fetcher: MaskImageFetcher | None = None
+        if config.sources and config.worker.fetch_after_seconds > 0:
+            from dicom_node.fetch import MaskImageFetcher
+
+            self.fetcher = MaskImageFetcher(config, archive, sessions)
         self.scheduler: BackgroundScheduler | None = None
         self._ensembles: dict[int, Any] = {}
         self._preload_failed: set[int] = set()
@@ -140,11 +149,20 @@ class Worker:
     # --- stable-study scan --------------------------------------------------------------
 
     def scan_once(self, now: datetime | None = None) -> list[JobView]:
-        """One pass: expired leases back to the queue, stable complete studies queued."""
+        """One pass: expired leases back to the queue, the images a waiting mask names fetched
+        (with a source), stable complete studies queued."""
         with self.sessions.begin() as session:
             sweep_expired_leases(session, self.settings.max_attempts, now)
+        notes = None
+        if self.fetcher is not None:
+            with self.sessions.begin() as session:
+                wanting = studies_wanting_images(session, self.settings.fetch_after_seconds, now)
+            for study in wanting:
+                self.fetcher.consider(study.study_uid, study.series_uids)
+            notes = self.fetcher.notes()
         with self.sessions.begin() as session:
-            queued = scan_waiting_jobs(session, self.settings.study_stable_seconds, now, self.settings.content_settle_seconds)
+            queued = scan_waiting_jobs(session, self.settings.study_stable_seconds, now, self.settings.content_settle_seconds,
+                                       notes=notes)
         if queued:
             self._wake.set()
         return queued

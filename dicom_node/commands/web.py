@@ -1,4 +1,5 @@
-"""``egfr-node web`` (the admin console alone) and ``egfr-node web add-user NAME``."""
+"""``egfr-node web`` (the admin console alone), its users (``add-user``, ``remove-user``,
+``unlock``) and the STOW-RS senders (``add-sender``, ``remove-sender``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from dicom_node.commands._common import fail, load
 
-__all__ = ["register", "console", "add_user", "unlock", "remove_user"]
+__all__ = ["register", "console", "add_user", "unlock", "remove_user", "add_sender", "remove_sender"]
 
 
 def register(sub: Any) -> None:
@@ -28,6 +29,12 @@ def register(sub: Any) -> None:
     u = users.add_parser("remove-user", help="remove a console user (their sessions end at once)")
     u.add_argument("name")
     u.set_defaults(run=remove_user)
+    u = users.add_parser("add-sender", help="a STOW-RS token for a sending system (printed once; replaces its old one)")
+    u.add_argument("name")
+    u.set_defaults(run=add_sender)
+    u = users.add_parser("remove-sender", help="revoke a sending system's STOW-RS token")
+    u.add_argument("name")
+    u.set_defaults(run=remove_sender)
 
 
 def console(args: argparse.Namespace) -> int:
@@ -102,4 +109,32 @@ def remove_user(args: argparse.Namespace) -> int:
     except UsersFileError as exc:
         return fail(str(exc))
     print(f"{args.name}: {'removed' if removed else 'not a user'} ({config.web_users_path})")
+    return 0 if removed else 1
+
+
+def add_sender(args: argparse.Namespace) -> int:
+    """``egfr-node web add-sender NAME``: a new token, printed once on stdout (only its digest is kept)."""
+    from dicom_node.web.auth import UsersFileError, add_sender as add_to_senders
+
+    config = load(args)
+    try:
+        token = add_to_senders(config.stow_senders_path, args.name)
+    except UsersFileError as exc:
+        return fail(str(exc))
+    print(token)
+    print(f"STOW-RS token for {args.name} (kept as a digest in {config.stow_senders_path}); the sender sends "
+          f"\"Authorization: Bearer <token>\"" + ("" if config.web.stow_enabled else "; [web] stow_enabled is false"),
+          file=sys.stderr)
+    return 0
+
+
+def remove_sender(args: argparse.Namespace) -> int:
+    from dicom_node.web.auth import UsersFileError, remove_sender as remove_from_senders
+
+    config = load(args)
+    try:
+        removed = remove_from_senders(config.stow_senders_path, args.name)
+    except UsersFileError as exc:
+        return fail(str(exc))
+    print(f"{args.name}: {'token revoked' if removed else 'not a sender'} ({config.stow_senders_path})")
     return 0 if removed else 1

@@ -128,13 +128,15 @@ def accept_file(
     synced: Future[None] | None = None,
     outage: OutageLog | None = None,
     door: str = "C-STORE",
+    study_uid: str = "",
 ) -> Acceptance:
     """Check the Part-10 file at ``path`` whole, read its header (it must be the SOP class and
     instance the sender claimed, when it claimed one), archive and record it.
 
     ``transfer_syntax_uid``: the one it was sent in (a DIMSE context); empty = its file
     meta's. ``sha256``/``synced``: as for ``store_instance`` (the SCP's spool). ``door``
-    names the way in, in log lines (C-STORE, STOW-RS, C-GET, WADO-RS).
+    names the way in, in log lines (C-STORE, STOW-RS, C-GET, WADO-RS). ``study_uid``: the
+    study the sender addressed (STOW-RS to /studies/{uid}); an instance of another is refused.
     """
     def refuse(code: int, refusal: str, comment: str) -> Acceptance:
         return Acceptance(code, comment, refusal)
@@ -168,6 +170,9 @@ def accept_file(
         log.debug("decode failure detail: %s", peer_text(exc, 200))
         return refuse(Status.CANNOT_UNDERSTAND, "dataset cannot be decoded",
                       f"dataset cannot be decoded: {type(exc).__name__}")
+    if study_uid and header.study_uid != study_uid:
+        return refuse(Status.DATASET_DOES_NOT_MATCH, "instance of another study than addressed",
+                      f"instance of study {header.study_uid}, not of {study_uid}")
     if header.sop_class_uid not in STORAGE_SOP_CLASSES:
         return refuse(Status.SOP_CLASS_NOT_SUPPORTED, "SOP class not stored by the node",
                       f"SOP class {header.sop_class_uid} is not one the node stores")

@@ -30,6 +30,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from dicom_node.config import Config
 from dicom_node.web.auth import Users, new_csrf_token, same_token, session_secret
 from dicom_node.web.console import Console
+from dicom_node.web.dicomweb import STOW_PREFIX
 
 __all__ = ["RowId", "StudyUid", "DestinationName", "create_app", "require_csrf", "require_admin", "require_clinician", "user_of", "role_of", "PUBLIC_PATHS"]
 
@@ -131,7 +132,39 @@ class _Guard(BaseHTTPMiddleware):
         request.session["csrf"] = new_csrf_token()
         return None
 
+    def _sender(self, request: Request) -> str | None:
+        """A STOW-RS request's sending system: its bearer token's name, or the trusted proxy's user."""
+        from dicom_node.web.auth import sender_of
+
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return sender_of(self.config.stow_senders_path, token.strip())
+        web = self.config.web
+        if web.trusted_user_header and request.client and request.client.host in web.trusted_proxies:
+            return request.headers.get(web.trusted_user_header, "").strip()[:64] or None
+        return None
+
+    async def _stow_guard(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        """/dicomweb/: closed unless [web] stow_enabled; a sender's token or the proxy, never a
+        session cookie (a cookie would let any page the browser opens post instances)."""
+        import asyncio
+
+        if not self.config.web.stow_enabled:
+            return JSONResponse({"detail": "STOW-RS is not enabled on this node ([web] stow_enabled)"}, status_code=404)
+        sender = await asyncio.to_thread(self._sender, request)
+        if sender is None:
+            log.warning("STOW-RS from %s refused: no valid sender token", remote_of(request))
+            return JSONResponse({"detail": "a sender's token is needed (Authorization: Bearer; egfr-node web add-sender)"},
+                                status_code=401, headers={"WWW-Authenticate": 'Bearer realm="egfr-node STOW-RS"'})
+        request.state.sender = sender
+        return await call_next(request)
+
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if request.url.path.startswith(STOW_PREFIX):
+            response = await self._stow_guard(request, call_next)
+            for header, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(header, value)
+            return response
         if "csrf" not in request.session:
             request.session["csrf"] = new_csrf_token()
         user, role = self._user(request)
@@ -158,7 +191,7 @@ class _Guard(BaseHTTPMiddleware):
 
 def create_app(console: Console) -> FastAPI:
     """The console for ``console``'s node: API, pages, static files and the guard."""
-    from dicom_node.web import api, pages
+    from dicom_node.web import api, dicomweb, pages
 
     config = console.config
     users = Users(config.web_users_path)
@@ -170,6 +203,7 @@ def create_app(console: Console) -> FastAPI:
                   docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.console, app.state.users = console, users
     app.include_router(api.router)
+    app.include_router(dicomweb.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(_Guard, config=config, users=users, console=console)

@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 
 __all__ = ["hash_password", "verify_password", "Users", "UsersFileError", "new_csrf_token", "same_token",
-           "session_secret", "add_user", "remove_user", "ROLES", "may"]
+           "session_secret", "add_user", "remove_user", "ROLES", "may", "add_sender", "remove_sender", "sender_of"]
 
 #: The roles, least first; each may do what the ones before it may.
 ROLES = ("viewer", "clinician", "admin")
@@ -204,3 +204,70 @@ def session_secret(data_dir: Path) -> str:
     with os.fdopen(fd, "w", encoding="ascii") as out:
         out.write(secret + "\n")
     return secret
+
+
+# --- STOW-RS senders: one token per sending system ----------------------------------------
+# ``<name>:<sha256 of the token>`` lines. A token is 32 random bytes, so a plain SHA-256 is
+# enough to keep the file from being a list of secrets; it is compared in constant time.
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def read_senders(path: Path) -> dict[str, str]:
+    """name -> token digest; a missing file is no sender."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    senders: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, digest = line.partition(":")
+        if not sep or len(digest) != 64:
+            raise UsersFileError(f"{path} line {number}: not name:sha256 (write senders with `egfr-node web add-sender`)")
+        senders[check_user_name(name)] = digest
+    return senders
+
+
+def _write_senders(path: Path, senders: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("# egfr-node STOW-RS senders: name:sha256(token) (egfr-node web add-sender NAME)\n")
+        out.writelines(f"{name}:{digest}\n" for name, digest in sorted(senders.items()))
+    os.replace(temporary, path)
+
+
+def add_sender(path: Path, name: str) -> str:
+    """A new token for the sending system ``name`` (replacing its old one); returned once,
+    only its digest is kept."""
+    check_user_name(name)
+    senders = read_senders(path)
+    token = secrets.token_urlsafe(32)
+    senders[name] = _token_digest(token)
+    _write_senders(Path(path), senders)
+    return token
+
+
+def remove_sender(path: Path, name: str) -> bool:
+    senders = read_senders(path)
+    if name not in senders:
+        return False
+    del senders[name]
+    _write_senders(Path(path), senders)
+    return True
+
+
+def sender_of(path: Path, token: str) -> str | None:
+    """The sending system whose token this is (the file is read each time: a removed sender
+    is refused at its next request)."""
+    if not token:
+        return None
+    digest = _token_digest(token)
+    for name, known in read_senders(path).items():
+        if hmac.compare_digest(digest, known):
+            return name
+    return None

@@ -23,6 +23,7 @@ from dicom_node.worker import Worker
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import Orthanc
 from tests.node.process import free_port
+from tests.waiting import wait_for
 
 
 def write_node_config(folder: Path, port: int, orthanc: Orthanc, retrieve: str) -> Path:
@@ -42,6 +43,7 @@ data_dir = "{folder / 'data'}"
 free_space_reserve_mb = 0
 [worker]
 study_stable_seconds = 1.0
+fetch_after_seconds = 0.5
 [delivery]
 initial_backoff_seconds = 0.2
 timeout_seconds = 10.0
@@ -123,5 +125,53 @@ def test_fetch_by_accession_brings_the_study_and_the_sr_goes_back(tmp_path: Path
         with node.runtime.sessions() as s:
             audits = s.scalars(select(AuditEntry).where(AuditEntry.action == "fetch")).all()
         assert len(audits) == 2 and all(study_uid in a.target for a in audits)
+    finally:
+        node.close()
+
+
+@pytest.mark.parametrize("retrieve", ["c-move", "wado"])
+def test_orthanc_routing_only_the_mask_gives_a_correct_sr(tmp_path: Path, retrieve: str, phantom_study) -> None:
+    """The usual routing rule forwards only the mask: the node fetches the images the mask names
+    from its source, predicts, and the SR names those images."""
+    from dicom_node.report.sr import read_sr_result
+
+    node = FetchingNode(tmp_path, retrieve)
+    try:
+        models.activate(node.runtime.sessions, str(write_random_bundle(tmp_path / "bundle")), user="test", force=True)
+        study = phantom_study("axial2d", "rtstruct")
+        files = sorted(study.folder.rglob("*.dcm"))
+        for file in files:
+            node.orthanc.upload(file)
+        [mask_id] = [i for i in node.orthanc.get("/instances")
+                     if node.orthanc.get(f"/instances/{i}/simplified-tags")["Modality"] == "RTSTRUCT"]
+        node.orthanc.post("/modalities/egfr-node/store", {"Resources": [mask_id], "Synchronous": True})
+        assert len(list(node.config.storage.archive_path.rglob("*.dcm"))) == 1  # only the mask came
+
+        def queued() -> bool:
+            return bool(node.worker.scan_once(now=utcnow() + timedelta(seconds=2)))
+
+        wait_for(queued, 60, "the study to be complete after the node fetched the images", every=0.2)
+        node.worker.fetcher.join()
+        job = node.worker.claim_once()
+        assert job.state == "done", job.reason
+        assert "complete by content" in (job.queued_because or "")
+        node.worker.deliver_due()
+        sr_uid = job.result["instances"]["sr"]
+        [sr_id] = [i for i in node.orthanc.get("/instances")
+                   if node.orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] == sr_uid]
+        sr_file = tmp_path / "sr.dcm"
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.orthanc.http_port}/instances/{sr_id}/file") as r:
+            sr_file.write_bytes(r.read())
+        result = read_sr_result(sr_file)
+        assert 0.0 <= result.probability <= 1.0 and ("positive" if result.positive else "negative") == job.result["status"]
+        images = {str(ds.SOPInstanceUID) for ds in (dcmread(f, stop_before_pixels=True) for f in files) if ds.Modality == "MR"}
+        evidence = {str(item.ReferencedSOPInstanceUID) for study_item in dcmread(sr_file).CurrentRequestedProcedureEvidenceSequence
+                    for series in study_item.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+        assert evidence & images  # the SR names the images the node fetched
+        with node.runtime.sessions() as s:
+            [audit] = s.scalars(select(AuditEntry).where(AuditEntry.action == "fetch")).all()
+        assert audit.user == "node" and "0 failed" in audit.outcome
     finally:
         node.close()
