@@ -3,6 +3,7 @@ that stores nothing, on the same files with the same sender, in one run.
 
     .venv/bin/python tests/bench_ingest.py [--count 300] [--repeat 1]
     .venv/bin/python tests/bench_ingest.py --console [--repeat 3]   # serve with and without the console
+    .venv/bin/python tests/bench_ingest.py --stow [--repeat 3]      # STOW-RS beside C-STORE, same instances
 
 Sends the same MR slices (256x256, 16-bit, about 129 KiB each) with DCMTK storescu over 1 and
 4 parallel associations to: (1) DCMTK storescp writing files (no fsync); (2) a private
@@ -416,6 +417,84 @@ def bounds(files: list[Path], work: Path) -> None:
     measure("durability alone: write, fsync, link, fsync folder, commit", durability_chain)
 
 
+def _stow_body(files: list[Path], boundary: str) -> bytes:
+    parts = [b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), f.read_bytes()) for f in files]
+    return b"".join(parts) + b"--%s--\r\n" % boundary.encode()
+
+
+def bench_stow(files: list[Path], work: Path, requests_at_once: int, orthanc: bool = False) -> float:
+    """Seconds to STOW-RS all files in ``requests_at_once`` parallel requests (each one
+    multipart body, built before the clock starts) to egfr-node (``egfr-node web`` with
+    ``[web] stow_enabled``, fsync and the SQLite record before the response), or to Orthanc's
+    DICOMweb plugin."""
+    import requests
+
+    boundary = "bench-boundary"
+    bodies = [_stow_body(files[i::requests_at_once], boundary) for i in range(requests_at_once)]
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+               "Accept": "application/dicom+json"}
+    folder = work / f"stow-{'orthanc' if orthanc else 'node'}-{requests_at_once}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if orthanc:
+        from tests.node.peers import Orthanc
+
+        server = Orthanc(folder, dicomweb=True)
+        url, stop = f"{server.dicomweb_url}/studies", server.stop
+    else:
+        port = free_port()
+        config = write_config(folder, port, stable=3600)
+        config.write_text(config.read_text() + f"\n[web]\nport = {port}\nstow_enabled = true\n")
+        assert cli(config, "db", "upgrade").returncode == 0
+        token = cli(config, "web", "add-sender", "bench").stdout.split()[0]
+        headers["Authorization"] = f"Bearer {token}"
+        log = open(folder / "web.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "web"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+        url = f"http://127.0.0.1:{port}/dicomweb/studies"
+        for _ in range(300):
+            try:
+                requests.get(f"http://127.0.0.1:{port}/login", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+
+        def stop() -> None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
+            log.close()
+    answers: list[int] = []
+    try:
+        begin = time.perf_counter()
+        threads = [threading.Thread(target=lambda b=b: answers.append(requests.post(url, data=b, headers=headers,
+                                                                                  timeout=600).status_code))
+                   for b in bodies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - begin
+    finally:
+        stop()
+    if answers != [200] * requests_at_once:
+        raise RuntimeError(f"STOW-RS answered {answers}")
+    if not orthanc:
+        assert len(list((folder / "data" / "archive").rglob("*.dcm"))) == len(files)
+    return seconds
+
+
+def stow_beside_cstore(files: list[Path], work: Path, repeat: int) -> None:
+    """STOW-RS into the node beside C-STORE into it, and Orthanc's STOW-RS, on the same files."""
+    runs = [("egfr-node C-STORE (storescu), 1 association", lambda i: bench_node(files, work / f"c1-{i}", 1)),
+            ("egfr-node C-STORE (storescu), 4 associations", lambda i: bench_node(files, work / f"c4-{i}", 4)),
+            ("egfr-node STOW-RS, 1 request", lambda i: bench_stow(files, work / f"w1-{i}", 1)),
+            ("egfr-node STOW-RS, 4 parallel requests", lambda i: bench_stow(files, work / f"w4-{i}", 4)),
+            ("Orthanc STOW-RS (DICOMweb plugin), 1 request", lambda i: bench_stow(files, work / f"o1-{i}", 1, True)),
+            ("Orthanc STOW-RS (DICOMweb plugin), 4 requests", lambda i: bench_stow(files, work / f"o4-{i}", 4, True))]
+    for name, run in runs:
+        best = min(run(i) for i in range(repeat))
+        print(f"  {name:<48} {len(files) / best:8.1f} instances/s  ({best:.2f} s)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300, help="MR slices to send (default 300)")
@@ -424,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--associations", type=int, default=1, help="with --stages: parallel associations (default 1)")
     parser.add_argument("--console", action="store_true",
                         help="only `egfr-node serve` at one association without and with the console open and refreshing")
+    parser.add_argument("--stow", action="store_true",
+                        help="only STOW-RS into the node beside C-STORE into it (and Orthanc's STOW-RS), same instances")
     parser.add_argument("--bounds", action="store_true",
                         help="only what bounds one association: wall and CPU per instance, with what-if variants")
     args = parser.parse_args(argv)
@@ -445,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.console:
             console_ab(files, work, args.repeat)
+            return 0
+        if args.stow:
+            stow_beside_cstore(files, work, args.repeat)
             return 0
         runs: list[tuple[str, int, object]] = []
         for a in (1, 4):

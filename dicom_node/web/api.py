@@ -220,6 +220,17 @@ def echo(name: DestinationName, request: Request) -> dict[str, Any]:
     return _act(lambda c: c.echo(user_of(request), name, remote=remote_of(request)), request)
 
 
+class FetchRequest(BaseModel):
+    source: str | None = Field(None, max_length=64)
+    study_uid: str = Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")
+
+
+@router.post("/fetch", summary="Retrieve a study from a [[sources]] PACS and predict it (in the background; audited)",
+             dependencies=[Action], status_code=202)
+def fetch(body: FetchRequest, request: Request) -> dict[str, Any]:
+    return _act(lambda c: c.fetch(user_of(request), body.source, body.study_uid, remote=remote_of(request)), request)
+
+
 @router.get("/health", summary="The health strip: listening, database, free space, queue depth, last error")
 def health(request: Request) -> dict[str, Any]:
     return _console(request).health().to_json()

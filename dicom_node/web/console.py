@@ -393,6 +393,65 @@ class Console:
             audit.record(session, user, "echo", f"destination {name}", outcome, remote)
         return {"destination": name, "ok": ok, "outcome": outcome, "seconds": round(seconds, 3)}
 
+    # --- fetch from a source ------------------------------------------------------------
+
+    def sources(self) -> list[str]:
+        return [s.name for s in self.config.sources]
+
+    def find_studies(self, user: str, source: str | None, *, accession: str = "", patient_id: str = "",
+                     study_date: str = "", remote: str = "") -> list[dict[str, Any]]:
+        """The studies on a source matching exactly what the admin gave (at most 20), each with
+        its series; no patient name is asked for. Audited (the keys are not written: the
+        trail says who searched which source, and how many studies matched)."""
+        from dicom_node.fetch import FetchError, find_studies, source_named
+
+        accession, patient_id, study_date = accession.strip(), patient_id.strip(), study_date.strip()
+        try:
+            peer = source_named(self.config, source or None)
+            found = find_studies(self.config, peer, accession=accession, patient_id=patient_id, study_date=study_date)
+        except FetchError as exc:
+            raise ActionRefused(str(exc)) from None
+        # a PACS may match loosely (wildcards, case): keep exactly what was asked for
+        found = [f for f in found if (not accession or f.accession == accession)][:20]
+        keys = ", ".join(k for k, v in (("accession", accession), ("patient ID", patient_id), ("date", study_date)) if v)
+        with self.sessions.begin() as session:
+            audit.record(session, user, "fetch-query", f"source {peer.name} by {keys}", f"{len(found)} studies", remote)
+        return [f.to_json() for f in found]
+
+    def fetch(self, user: str, source: str | None, study_uid: str, remote: str = "") -> dict[str, Any]:
+        """Retrieve a study from a source in the background (a retrieval can take minutes); the
+        outcome goes to the audit trail, the study to the queue as if pushed."""
+        from dicom_node.fetch import FetchError, fetch_study, find_studies, source_named
+        from dicom_node.store.archive import check_uid
+
+        try:
+            peer = source_named(self.config, source or None)
+            check_uid("Study Instance UID", study_uid)
+        except (FetchError, ValueError) as exc:
+            raise ActionRefused(str(exc)) from None
+
+        def run() -> None:
+            try:
+                [study] = find_studies(self.config, peer, study_uid=study_uid) or [None]
+                if study is None:
+                    raise FetchError(f"no study {study_uid} on {peer.name}")
+                outcome = fetch_study(self.config, self.archive, self.sessions, peer, study).summary()
+            except (FetchError, ValueError) as exc:
+                outcome = f"fetch failed: {exc}"
+            except Exception as exc:  # a database outage: said in the log and, if it can be, the audit
+                outcome = f"fetch failed: {type(exc).__name__}"
+                log.exception("fetch of %s from %s failed", study_uid, peer.name)
+            try:
+                with self.sessions.begin() as session:
+                    audit.record(session, user, "fetch", f"study {study_uid} from {peer.name}", outcome, remote)
+            except Exception:
+                log.warning("fetch of %s from %s: %s (not in the audit trail: database unavailable)",
+                            study_uid, peer.name, outcome)
+
+        threading.Thread(target=run, name=f"fetch-{study_uid[-8:]}", daemon=True).start()
+        return {"study_uid": study_uid, "source": peer.name, "outcome": f"fetch of {study_uid} from {peer.name} started; "
+                "its outcome goes to the audit trail, the study to the queue"}
+
     def sign_in(self, user: str, password: str, remote: str, users: Any) -> str:
         """Check a sign-in, throttled per user and per source address (``db.console_sessions``);
         the new session's id for the cookie, or SignInRefused (401 wrong, 429 locked out). Audited."""

@@ -270,6 +270,34 @@ def destination_echo(name: DestinationName, request: Request) -> Response:
     return _back(request, "/destinations", f"{name}: {done['outcome']} ({done['seconds']:.2f} s)", ok=done["ok"])
 
 
+@router.get("/fetch")
+def fetch_page(request: Request) -> HTMLResponse:
+    return _render(request, "fetch.html", sources=_console(request).sources(), found=None, asked={})
+
+
+@router.post("/fetch/search", dependencies=[Action])
+async def fetch_search(request: Request, source: str = Form("", max_length=64), accession: str = Form("", max_length=16),
+                       patient_id: str = Form("", max_length=64), study_date: str = Form("", max_length=17)) -> Response:
+    """A search of a source (POST: the patient ID never goes into a URL); admins only."""
+    asked = {"source": source, "accession": accession, "patient_id": patient_id, "study_date": study_date}
+    try:
+        found = await asyncio.to_thread(_console(request).find_studies, user_of(request), source or None,
+                                        accession=accession, patient_id=patient_id, study_date=study_date,
+                                        remote=remote_of(request))
+    except ActionRefused as exc:
+        return _back(request, "/fetch", str(exc), ok=False)
+    return _render(request, "fetch.html", sources=_console(request).sources(), found=found, asked=asked)
+
+
+@router.post("/fetch/retrieve", dependencies=[Action])
+def fetch_retrieve(request: Request, source: str = Form("", max_length=64), study_uid: str = Form(max_length=64)) -> Response:
+    try:
+        done = _console(request).fetch(user_of(request), source or None, study_uid, remote=remote_of(request))
+    except ActionRefused as exc:
+        return _back(request, "/fetch", str(exc), ok=False)
+    return _back(request, "/fetch", done["outcome"])
+
+
 @router.get("/audit")
 def audit_page(request: Request) -> HTMLResponse:
     return _render(request, "audit.html", entries=_console(request).audit(500))

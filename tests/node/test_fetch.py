@@ -175,3 +175,60 @@ def test_orthanc_routing_only_the_mask_gives_a_correct_sr(tmp_path: Path, retrie
         assert audit.user == "node" and "0 failed" in audit.outcome
     finally:
         node.close()
+
+
+def test_the_console_searches_a_source_and_fetches_a_study(tmp_path: Path, phantom_study) -> None:
+    """An admin searches by accession number on the Fetch page, sees the study's series (no
+    patient name), presses "Fetch and predict"; the study arrives and both steps are audited."""
+    from dataclasses import replace
+
+    import requests
+
+    from dicom_node.web.auth import add_user
+    from dicom_node.web.server import ConsoleProcess
+
+    node = FetchingNode(tmp_path, "c-move")
+    config = replace(node.config, web=replace(node.config.web, enabled=True, port=free_port()))
+    add_user(config.web_users_path, "admin", "fetch it please")
+    console = ConsoleProcess(config)
+    console.start()
+    try:
+        study = phantom_study("axial2d", "seg")
+        files = sorted(study.folder.rglob("*.dcm"))
+        for file in files:
+            node.orthanc.upload(file)
+        first = dcmread(files[0], stop_before_pixels=True)
+        url = f"http://127.0.0.1:{config.web.port}"
+
+        def up() -> bool:
+            try:
+                return requests.get(url + "/login", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, 60, "the console")
+        web = requests.Session()
+        csrf = web.post(url + "/api/session", json={"user": "admin", "password": "fetch it please"}, timeout=30).json()["csrf_token"]
+        page = web.post(url + "/fetch/search", data={"csrf_token": csrf, "accession": str(first.AccessionNumber)}, timeout=60)
+        assert page.status_code == 200
+        assert str(first.StudyInstanceUID) in page.text and "Fetch and predict" in page.text and "SEG&times;1" in page.text
+        assert str(first.PatientName) not in page.text
+        done = web.post(url + "/fetch/retrieve", data={"csrf_token": csrf, "study_uid": str(first.StudyInstanceUID)},
+                        timeout=60)
+        assert done.status_code == 200 and "started" in done.text
+
+        def audited() -> bool:
+            with node.runtime.sessions() as s:
+                return bool(s.scalars(select(AuditEntry).where(AuditEntry.action == "fetch")).all())
+
+        wait_for(audited, 60, "the fetch's outcome in the audit trail")
+        with node.runtime.sessions() as s:
+            entries = {a.action: a for a in s.scalars(select(AuditEntry))}
+        assert entries["fetch"].user == "admin" and "0 failed" in entries["fetch"].outcome, entries["fetch"].outcome
+        assert entries["fetch-query"].outcome == "1 studies" and str(first.AccessionNumber) not in entries["fetch-query"].target
+        assert len(list(node.config.storage.archive_path.rglob("*.dcm"))) == len(files)
+        # the page's search needs the admin's CSRF token
+        assert web.post(url + "/fetch/search", data={"accession": "X"}, timeout=30).status_code == 403
+    finally:
+        console.stop()
+        node.close()
