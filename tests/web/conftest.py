@@ -1,5 +1,5 @@
 """A node as an admin on call finds it: the SCP and a worker on loopback, a real Orthanc as
-the PACS results go to, a second destination that is down, a bundle active, and the console
+the PACS results go to (and the source it may fetch from), a second destination that is down, a bundle active, and the console
 in its own process (``ConsoleProcess``, what ``egfr-node serve`` starts) with one user."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import requests
 
 from db.migrate import upgrade
 from dicom_node import bundles as models
-from dicom_node.config import Config, Destination
+from dicom_node.config import Config, Destination, Source
 from dicom_node.runtime import Runtime, open_runtime
 from dicom_node.receive.server import DicomNode
 from dicom_node.web.auth import add_user
@@ -53,14 +53,15 @@ class ConsoleNode:
 @pytest.fixture(scope="package")
 def console_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleNode]:
     tmp = tmp_path_factory.mktemp("console")
-    base = make_config(tmp / "data")
-    orthanc = Orthanc(tmp)
+    base = make_config(tmp / "data", port=free_port())
+    orthanc = Orthanc(tmp, node_port=base.node.port, route=False)  # knows the node (a source), routes nothing
     config = replace(
         base,
         worker=replace(base.worker, study_stable_seconds=4.0),
         delivery=replace(base.delivery, max_attempts=1, timeout_seconds=5.0, scan_interval_seconds=0.5),
         destinations=(Destination("pacs", "ORTHANC", "127.0.0.1", orthanc.dicom_port),
                       Destination("offline", "OFFLINE", "127.0.0.1", free_port())),
+        sources=(Source("pacs", "ORTHANC", "127.0.0.1", orthanc.dicom_port),),
     )
     upgrade(config.database_url)
     runtime = open_runtime(config)
