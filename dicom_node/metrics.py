@@ -10,7 +10,8 @@ page sums every receive process. What is counted:
 
 - associations open and negotiating (gauges), associations accepted / rejected, and every
   refusal by reason (from the node's refusal log);
-- C-STORE outcomes by status code, bytes stored;
+- C-STORE outcomes by status code, bytes stored; STOW-RS outcomes by status code
+  (`egfr_node_stow_instances`, from the console process with `egfr-node serve`);
 - archive free space and its reserve;
 - jobs by state and deliveries by state, and retention's deletions by reason (studies,
   instances, bytes) (read from the database at scrape time);

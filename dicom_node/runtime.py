@@ -90,10 +90,12 @@ def configure_logging(level: str) -> None:
 
 
 def share_metrics_between_processes(config: Config) -> None:
-    """With several receive processes, count in prometheus_client's multiprocess mode, in
-    ``<data_dir>/.metrics/<pid>`` (emptied): called before prometheus_client is imported, by
-    the process that starts the receive processes (they inherit the setting)."""
-    if config.node.receive_processes <= 1 or not config.monitoring.enabled or os.environ.get(SHARED_METRICS_ENV):
+    """With several receive processes, or STOW-RS served by the console's process, count in
+    prometheus_client's multiprocess mode, in ``<data_dir>/.metrics/<pid>`` (emptied): called
+    before prometheus_client is imported, by the process that starts the receive processes
+    and the console (they inherit the setting), so the SCP's /metrics sums them all."""
+    several = config.node.receive_processes > 1 or (config.web.enabled and config.web.stow_enabled)
+    if not several or not config.monitoring.enabled or os.environ.get(SHARED_METRICS_ENV):
         return
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")

@@ -164,6 +164,22 @@ def _accept_part(part: _Part, archive: Archive, sessions: Any, max_bytes: int, s
         part.path.unlink(missing_ok=True)
 
 
+_COUNTED: Any = None
+
+
+def _count(outcomes: list[_Outcome]) -> None:
+    """``egfr_node_stow_instances{status}``: with ``egfr-node serve`` and monitoring on, summed
+    into the SCP's /metrics beside C-STORE's ``egfr_node_instances`` (multiprocess mode)."""
+    global _COUNTED
+    if _COUNTED is None:
+        from prometheus_client import CollectorRegistry, Counter
+
+        _COUNTED = Counter("egfr_node_stow_instances", "STOW-RS instances answered, by status", ["status"],
+                           registry=CollectorRegistry(auto_describe=True))
+    for o in outcomes:
+        _COUNTED.labels(status=f"0x{o.acceptance.status:04X}").inc()
+
+
 def _answer(outcomes: list[_Outcome], status: int, detail: str = "") -> Response:
     """The STOW-RS response body (PS3.18 Table 10.5.3-1) with ``status``."""
     ds = Dataset()
@@ -257,6 +273,7 @@ async def _stow(request: Request, study_uid: str = "") -> Response:
             audit.record(session, f"stow:{sender}", "stow", target, summary, request.client.host if request.client else "")
 
     await asyncio.to_thread(note)
+    _count(outcomes)
     log.info("STOW-RS from %s: %s", sender, summary)
     return _answer(outcomes, code, detail)
 

@@ -22,38 +22,27 @@ from dicom_node.runtime import open_runtime
 from dicom_node.worker import Worker
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import Orthanc
-from tests.node.process import free_port
+from tests.node.process import free_port, write_config
 from tests.waiting import wait_for
 
 
 def write_node_config(folder: Path, port: int, orthanc: Orthanc, retrieve: str) -> Path:
-    web = retrieve == "wado"
-    source = (f'dicomweb_url = "{orthanc.dicomweb_url}"\n' if web else
-              f'ae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n')
-    destination = (f'dicomweb_url = "{orthanc.dicomweb_url}"\n' if web else
-                   f'ae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n')
-    path = folder / "egfr-node.toml"
-    path.write_text(f"""
-[node]
-ae_title = "EGFR_NODE"
-host = "127.0.0.1"
-port = {port}
-[storage]
-data_dir = "{folder / 'data'}"
-free_space_reserve_mb = 0
-[worker]
-study_stable_seconds = 1.0
-fetch_after_seconds = 0.5
+    """The node's config: Orthanc as its source (retrieving by ``retrieve``) and destination
+    (by STOW-RS when ``retrieve`` is wado, else by C-STORE)."""
+    peer = (f'dicomweb_url = "{orthanc.dicomweb_url}"\n' if retrieve == "wado" else
+            f'ae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n')
+    path = write_config(folder, port, stable=1.0)
+    path.write_text(path.read_text().replace("[worker]\n", "[worker]\nfetch_after_seconds = 0.5\n") + f"""
 [delivery]
 initial_backoff_seconds = 0.2
 timeout_seconds = 10.0
 [[sources]]
 name = "orthanc"
 retrieve = "{retrieve}"
-{source}
+{peer}
 [[destinations]]
 name = "orthanc"
-{destination}
+{peer}
 """)
     return path
 
@@ -72,6 +61,15 @@ class FetchingNode:
         self.scp.start()
         self.worker = Worker(self.config, self.runtime.sessions, self.runtime.archive, worker_id="test-worker")
 
+    def hold(self, study: object) -> list[Path]:
+        """An active bundle, and the phantom ``study`` in Orthanc (not in the node); its files."""
+        models.activate(self.runtime.sessions, str(write_random_bundle(self.config_path.parent / "bundle")), user="test",
+                        force=True)
+        files = sorted(study.folder.rglob("*.dcm"))
+        for file in files:
+            self.orthanc.upload(file)
+        return files
+
     def fetch(self, *args: str) -> int:
         return main(["--config", str(self.config_path), "fetch", *args])
 
@@ -86,11 +84,7 @@ def test_fetch_by_accession_brings_the_study_and_the_sr_goes_back(tmp_path: Path
                                                                   capsys: pytest.CaptureFixture) -> None:
     node = FetchingNode(tmp_path, retrieve)
     try:
-        models.activate(node.runtime.sessions, str(write_random_bundle(tmp_path / "bundle")), user="test", force=True)
-        study = phantom_study("axial2d", "seg")
-        files = sorted(study.folder.rglob("*.dcm"))
-        for file in files:
-            node.orthanc.upload(file)
+        files = node.hold(phantom_study("axial2d", "seg"))
         first = dcmread(files[0], stop_before_pixels=True)
         accession, study_uid = str(first.AccessionNumber), str(first.StudyInstanceUID)
 
@@ -137,11 +131,7 @@ def test_orthanc_routing_only_the_mask_gives_a_correct_sr(tmp_path: Path, retrie
 
     node = FetchingNode(tmp_path, retrieve)
     try:
-        models.activate(node.runtime.sessions, str(write_random_bundle(tmp_path / "bundle")), user="test", force=True)
-        study = phantom_study("axial2d", "rtstruct")
-        files = sorted(study.folder.rglob("*.dcm"))
-        for file in files:
-            node.orthanc.upload(file)
+        files = node.hold(phantom_study("axial2d", "rtstruct"))
         [mask_id] = [i for i in node.orthanc.get("/instances")
                      if node.orthanc.get(f"/instances/{i}/simplified-tags")["Modality"] == "RTSTRUCT"]
         node.orthanc.post("/modalities/egfr-node/store", {"Resources": [mask_id], "Synchronous": True})

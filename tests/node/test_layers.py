@@ -55,3 +55,21 @@ def test_every_import_points_the_way_design_draws_it() -> None:
             if extra:
                 wrong.append(f"{path} imports {', '.join(sorted(extra))}")
     assert wrong == []
+
+
+def test_the_archive_wing_knows_no_door() -> None:
+    """dicom_node/store is what every door (the DIMSE server, STOW-RS, fetch, import, the job's
+    results) stores through: it imports none of them, and pynetdicom's network side not at all."""
+    import ast
+
+    wrong = []
+    for path in sorted((ROOT / "dicom_node" / "store").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                if name.startswith(("dicom_node.receive", "dicom_node.web", "dicom_node.fetch", "dicom_node.worker",
+                                    "dicom_node.commands", "dicom_node.scu", "dicom_node.dicomweb_peer")) \
+                        or name in ("pynetdicom.ae", "pynetdicom.association"):
+                    wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert wrong == []

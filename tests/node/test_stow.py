@@ -278,3 +278,37 @@ def test_sigkill_during_stow_loses_nothing_reported_stored(tmp_path: Path) -> No
         node.stop()
     assert len(node.instances()) == len(images)
     assert len(list(node.archive.rglob("*.dcm"))) == len(images)
+
+
+def test_stow_outcomes_are_counted_on_the_nodes_metrics_page(tmp_path: Path) -> None:
+    """``egfr-node serve`` with the console and monitoring: STOW-RS outcomes reach the SCP's
+    /metrics (prometheus_client's multiprocess mode), beside C-STORE's counters."""
+    from tests.node.process import start, stop_processes, wait_until_listening, write_config
+
+    port, web_port, metrics_port = free_port(), free_port(), free_port()
+    path = write_config(tmp_path, port)
+    path.write_text(path.read_text() + f"\n[web]\nenabled = true\nport = {web_port}\nstow_enabled = true\n"
+                                       f"[monitoring]\nenabled = true\nport = {metrics_port}\n")
+    assert cli(path, "db", "upgrade").returncode == 0
+    token = cli(path, "web", "add-sender", "pacs").stdout.split()[0]
+    node = start(path, "serve")
+    try:
+        wait_until_listening(port, node)
+        web = StowNode(path, web_port, token)
+        wait_for(lambda: _up(web_port), 60, "the console of egfr-node serve")
+        images = mr_series(2, seed=21)
+        assert web.post(multipart([part10(ds) for ds in images])).status_code == 200
+        assert web.post(multipart([b"not dicom"])).status_code == 409
+        page = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'egfr_node_stow_instances_total{status="0x0000"} 2.0' in page, page[-3000:]
+        assert 'egfr_node_stow_instances_total{status="0xC210"} 1.0' in page
+    finally:
+        stop_processes([node])
+
+
+def _up(port: int) -> bool:
+    try:
+        requests.get(f"http://127.0.0.1:{port}/login", timeout=2)
+        return True
+    except requests.ConnectionError:
+        return False
