@@ -124,9 +124,9 @@ class Worker:
         self.retention = Retention(config.retention, sessions, archive)
         self.fetcher: MaskImageFetcher | None = None
         if config.sources and config.worker.fetch_after_seconds > 0:
-            from dicom_node.fetch import MaskImageFetcher
+            from dicom_node import fetch
 
-            self.fetcher = MaskImageFetcher(config, archive, sessions)
+            self.fetcher = fetch.MaskImageFetcher(config, archive, sessions)
         self.scheduler: BackgroundScheduler | None = None
         self._ensembles: dict[int, Any] = {}
         self._preload_failed: set[int] = set()

@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.prep.params import PreprocessParams
 from training.cohort import Cohort, CohortEntry
+from pipeline.uids import is_uid
 
 if TYPE_CHECKING:
     from pipeline.load.select import SelectionRules
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["params_key", "PreparedCohort", "StudyFailure", "prepare_cohort"]
 
 log = logging.getLogger(__name__)
-_SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
 
 
 def params_key(params: PreprocessParams) -> str:
@@ -105,7 +105,7 @@ def prepare_cohort(
     failures: list[StudyFailure] = []
     cached = computed = 0
     for index, entry in enumerate(cohort.entries):
-        target = folder / f"{entry.study_uid}.npz" if folder is not None and _SAFE_UID.match(entry.study_uid) else None
+        target = folder / f"{entry.study_uid}.npz" if folder is not None and is_uid(entry.study_uid) else None
         array = None
         mask = None
         series: dict = {}

@@ -24,6 +24,7 @@ import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from pipeline.uids import is_uid
 
 __all__ = ["CohortError", "CohortEntry", "Cohort", "read_cohort", "parse_status", "with_received_files", "node_database",
            "read_outcomes_csv", "write_outcomes_csv", "STATUS_VALUES"]
@@ -46,7 +47,6 @@ _POSITIVE = ("positive", "pos", "mutant", "mutated", "mut", "1", "true", "yes")
 _NEGATIVE = ("negative", "neg", "wild-type", "wildtype", "wild type", "wt", "0", "false", "no")
 #: What a status cell may hold (shown in the error for anything else).
 STATUS_VALUES = (_POSITIVE, _NEGATIVE)
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 class CohortError(ValueError):
@@ -141,7 +141,7 @@ def read_cohort(csv_path: Path | Cohort, archive_root: Path | None = None) -> Co
             study = (row.get(cols["study_uid"]) or "").strip()
             if not patient:
                 raise CohortError(f"{path} row {number}: empty patient id")
-            if not _UID.match(study) or len(study) > 64:
+            if not is_uid(study):
                 raise CohortError(f"{path} row {number}: {study!r} is not a Study Instance UID")
             try:
                 label = parse_status(row.get(cols["status"]) or "")
@@ -228,7 +228,7 @@ def read_outcomes_csv(csv_path: Path) -> list:  # list[db.outcomes.OutcomeRow]
                 return (row.get(cols[field]) or "").strip() if field in cols else ""
 
             study = cell("study_uid")
-            if not _UID.match(study) or len(study) > 64:
+            if not is_uid(study):
                 raise CohortError(f"{path} line {number}: {study!r} is not a Study Instance UID")
             if study in seen:
                 raise CohortError(f"{path} line {number}: study {study} listed again (first on line {seen[study]})")

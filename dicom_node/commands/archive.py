@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import retention as records
 from db.models import utcnow
-from dicom_node.store.archive import check_uid
+from pipeline.uids import check_uid
 from dicom_node.retention import Retention
 
 __all__ = ["pin_studies", "unpin_studies", "usage_lines", "prune_lines"]

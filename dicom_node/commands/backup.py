@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from dicom_node.store.archive import sha256_of
+from pipeline.uids import sha256_of
 from dicom_node.config import Config
 
 __all__ = ["BackupError", "backup_node", "restore_node", "MANIFEST"]

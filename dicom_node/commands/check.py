@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.queue import sweep_expired_leases
 from db.reconcile import forget_instances, recorded_files, stuck_jobs
 from db.retention import marked_paths
-from dicom_node.store.archive import Archive, sha256_of
+from dicom_node.store.archive import Archive
+from pipeline.uids import sha256_of
 
 __all__ = ["CheckReport", "check_node"]
 

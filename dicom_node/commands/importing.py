@@ -28,7 +28,8 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from dicom_node.store.archive import Archive, InvalidUID
+from dicom_node.store.archive import Archive
+from pipeline.uids import InvalidUID
 from dicom_node.store.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
 from db.ingest import RecordOutcome
 from dicom_node.store.intake import store_instance

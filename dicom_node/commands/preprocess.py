@@ -33,7 +33,7 @@ def preprocess(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("preprocess-out")
     if not path.exists():
         # Not a folder: a Study Instance UID in the archive.
-        from dicom_node.store.archive import InvalidUID, check_uid
+        from pipeline.uids import InvalidUID, check_uid
 
         try:
             study_uid = check_uid("study", args.path)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 

@@ -4,15 +4,15 @@ type, ValueError for a wrong value (shared/STYLE.md)."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from numbers import Real
 
 from pydicom.dataset import Dataset
 
+from pipeline.uids import is_uid
+
 __all__ = ["check_datasets", "check_real", "check_series_number", "check_text", "check_uid"]
 
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")  # PS3.5 9.1
 
 
 def check_text(name: str, value: object, *, max_length: int = 64) -> str:
@@ -28,7 +28,7 @@ def check_uid(name: str, value: object) -> str:
     """A valid DICOM UID (digits and dots, at most 64 characters)."""
     if not isinstance(value, str):
         raise TypeError(f'Argument "{name}" must be a UID str, not {type(value).__name__}')
-    if len(value) > 64 or not _UID.fullmatch(value):
+    if not is_uid(value):
         raise ValueError(f'Argument "{name}" must be a valid DICOM UID, not {value!r}')
     return value
 

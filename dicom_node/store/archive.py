@@ -19,7 +19,6 @@ import errno
 import hashlib
 import logging
 import os
-import re
 import shutil
 import socket
 import time
@@ -28,11 +27,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Archive", "ArchiveFull", "StoredFile", "InvalidUID", "check_uid", "sha256_of", "INCOMING", "process_alive"]
+from pipeline.uids import InvalidUID, check_uid, sha256_of
+
+__all__ = ["Archive", "ArchiveFull", "ArchiveNotWritable", "StoredFile", "INCOMING", "process_alive"]
 
 log = logging.getLogger(__name__)
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 INCOMING = ".incoming"
 TMP_SUFFIX = ".tmp"
 STALE_SECONDS = 24 * 3600
@@ -44,20 +44,6 @@ class ArchiveFull(OSError):
 
 class ArchiveNotWritable(OSError):
     """The archive folder cannot be written (permissions, a read-only mount): not a full disk."""
-
-
-class InvalidUID(ValueError):
-    """A UID that cannot be a DICOM UID (and so cannot name a file)."""
-
-
-def check_uid(name: str, value: object) -> str:
-    """``value`` if it is a valid DICOM UID (digits and dots, at most 64 characters)."""
-    if not isinstance(value, str) or not value:
-        raise InvalidUID(f"{name} is missing")
-    text = value.strip("\x00 ")
-    if len(text) > 64 or not _UID.match(text):
-        raise InvalidUID(f"{name} {text[:70]!r} is not a valid UID")
-    return text
 
 
 @dataclass(frozen=True)
@@ -345,15 +331,6 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of the file at ``path``, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_path(path: Path) -> None:

@@ -17,7 +17,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from db.sop_classes import MASK_SOP_CLASSES, OUTLINE_SR_CLASSES, mask_kind_of
-from dicom_node.store.archive import InvalidUID, check_uid
+from pipeline.uids import InvalidUID, check_uid
 from dicom_node.store.dataset_check import DatasetSummary
 from pipeline.load.outline import find_outlines, outline_frame_of_reference
 from pipeline.load.references import mask_referenced_instances, mask_referenced_series

@@ -19,7 +19,8 @@ from pydicom.filereader import read_file_meta_info
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.ingest import InstanceRecord, RecordOutcome, record_instance
-from dicom_node.store.archive import Archive, sha256_of
+from dicom_node.store.archive import Archive
+from pipeline.uids import sha256_of
 from dicom_node.store.header import ReceivedHeader
 
 __all__ = ["store_instance", "record_of"]

@@ -422,7 +422,7 @@ class Console:
         """Retrieve a study from a source in the background (a retrieval can take minutes); the
         outcome goes to the audit trail, the study to the queue as if pushed."""
         from dicom_node.fetch import FetchError, fetch_study, find_studies, source_named
-        from dicom_node.store.archive import check_uid
+        from pipeline.uids import check_uid
 
         try:
             peer = source_named(self.config, source or None)

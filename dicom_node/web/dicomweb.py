@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,6 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 
+from pipeline.uids import is_uid
 from dicom_node.store.accept import Acceptance, Status, accept_file
 from dicom_node.store.archive import Archive
 
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 STOW_PREFIX = "/dicomweb/"
 MEDIA_TYPE = "application/dicom+json"
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 @dataclass
@@ -130,7 +129,7 @@ def _claimed(path: Path) -> tuple[str, str]:
     except Exception:  # not a Part-10 file: the acceptance says so
         return "", ""
     cls, uid = (str(meta.get(k, "") or "").strip("\x00 ") for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID"))
-    return (cls if _UID.match(cls) else ""), (uid if _UID.match(uid) else "")
+    return (cls if is_uid(cls) else ""), (uid if is_uid(uid) else "")
 
 
 @dataclass(frozen=True)
@@ -285,6 +284,6 @@ async def stow_studies(request: Request) -> Response:
 
 @router.post("/dicomweb/studies/{study_uid}", include_in_schema=False)
 async def stow_study(request: Request, study_uid: str) -> Response:
-    if not _UID.match(study_uid) or len(study_uid) > 64:
+    if not is_uid(study_uid):
         return JSONResponse({"detail": "not a Study Instance UID"}, status_code=404)
     return await _stow(request, study_uid)

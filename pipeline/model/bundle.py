@@ -15,7 +15,6 @@ This module does not import torch: the node checks a bundle (``check_runnable``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import uuid
@@ -24,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipeline.uids import sha256_of
 from pipeline.model.aggregate import FOLD_SCALES, check_fold_aggregation, check_slice_aggregation
 from pipeline.model.calibrate import Calibration
 from pipeline.prep.params import PreprocessParams
@@ -57,14 +57,6 @@ NORMALIZATIONS = ("imagenet", "none")
 
 class BundleError(ValueError):
     """A bundle the node cannot use; the message says which file or field and why."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def new_device_uid() -> str:
