@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from db.deliveries import RetryPolicy
 from dicom_node.config_checks import validate
 from pipeline.settings import SettingError, apply_env, build_section, check_known, coerce
 
@@ -157,11 +158,15 @@ class ContrastSection:
 class DeliverySection:
     """[delivery]: C-STORE of results to the destinations, with retries."""
 
-    max_attempts: int = 8
-    initial_backoff_seconds: float = 5.0
-    max_backoff_seconds: float = 600.0
+    max_attempts: int = RetryPolicy.max_attempts
+    initial_backoff_seconds: float = RetryPolicy.initial_backoff_seconds
+    max_backoff_seconds: float = RetryPolicy.max_backoff_seconds
     timeout_seconds: float = 30.0
     scan_interval_seconds: float = 2.0
+
+    def retry_policy(self) -> RetryPolicy:
+        """The waits between tries (deliveries, and fetching a mask's images)."""
+        return RetryPolicy(self.max_attempts, self.initial_backoff_seconds, self.max_backoff_seconds)
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"worker.parallel_jobs: must be between 0 (one per core) and 64, got {w.parallel_jobs}")
     if w.fetch_after_seconds < 0:
         raise ConfigError(f"worker.fetch_after_seconds: must not be negative (0 = never), got {w.fetch_after_seconds:g}")
-    if config.inference.device not in ("auto", "cpu", "cuda"):
+    from pipeline.model.device import DEVICES
+
+    if config.inference.device not in DEVICES:
         raise ConfigError(f"inference.device: must be auto, cpu or cuda, got {config.inference.device!r}")
     if config.inference.torch_threads < 0:
         raise ConfigError("inference.torch_threads: must not be negative (0 = all cores but one)")

@@ -310,8 +310,7 @@ class MaskImageFetcher:
                              outcome)
         except Exception:
             log.warning("study %s: the fetch could not be written to the audit trail", study_uid)
-        backoff = min(self.config.delivery.initial_backoff_seconds * 2 ** (state.tries - 1),
-                      self.config.delivery.max_backoff_seconds)
+        backoff = self.config.delivery.retry_policy().backoff(state.tries)
         with self._lock:
             state.running = False
             state.done, state.error = ("" if error else outcome), error

@@ -140,11 +140,7 @@ class Worker:
         self._running: dict[int, JobView] = {}  # the jobs claim_once is running, for a stop to hand back
         self._running_lock = threading.Lock()
         self._ensemble_lock = threading.Lock()
-        self.retry_policy = deliveries.RetryPolicy(
-            max_attempts=config.delivery.max_attempts,
-            initial_backoff_seconds=config.delivery.initial_backoff_seconds,
-            max_backoff_seconds=config.delivery.max_backoff_seconds,
-        )
+        self.retry_policy = config.delivery.retry_policy()
 
     # --- stable-study scan --------------------------------------------------------------
 
@@ -312,9 +308,9 @@ class Worker:
 
             from pipeline.model.infer import FoldEnsemble
 
-            device = self.config.inference.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            from pipeline.model.device import resolve_device
+
+            device = str(resolve_device(self.config.inference.device))
             torch.set_num_threads(self.config.inference.threads(os.cpu_count() or 1))
             # keep the active bundle and the shadow: two at most, the newest loaded replacing the oldest
             self._ensembles = {**dict(list(self._ensembles.items())[-1:]),

@@ -31,6 +31,7 @@ from typing import Any
 from pipeline.model.bundle import MANIFEST_FILE, sha256_of
 from pipeline.model.calibrate import CALIBRATION_METHODS
 from pipeline.prep.params import PreprocessParams
+from pipeline.model.device import DEVICES
 
 __all__ = ["main", "build_parser", "register_bundle"]
 
@@ -55,7 +56,7 @@ def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
                    help="auto (default): paper with --imagenet-weights, scratch without")
     p.add_argument("--config", type=Path, help="the node's TOML file, whose [training] table overrides the recipe "
                    "(under egfr-node: egfr-node --config FILE train ...)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--device", choices=DEVICES)
     p.add_argument("--epochs", type=int)
     p.add_argument("--folds", type=int)
     p.add_argument("--seed", type=int)
@@ -320,7 +321,7 @@ def _lr_find(args: argparse.Namespace, settings, params: PreprocessParams, archi
 
     from training.cache import prepare_cohort
     from training.cohort import read_cohort
-    from training.engine import resolve_device
+    from pipeline.model.device import resolve_device
     from training.lr_find import lr_range_test
     from training.splits import assign_folds
 

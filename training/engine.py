@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.model.device import resolve_device
 from pipeline.model.aggregate import SLICE_AGGREGATIONS, aggregate_slices
 from pipeline.model.network import EGFRNet, build_resnet50, load_imagenet_body
 from training import distributed
@@ -77,14 +78,6 @@ class FoldResult:
     selection: dict[str, Any] = field(default_factory=dict)
     train_images: int = 0
     seconds: float = 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def build_model(settings: TrainSettings, seed: int) -> EGFRNet:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.model.bundle import Manifest
+from pipeline.model.device import DEVICES
 from pipeline.model.performance import auc, auc_ci, performance, roc_band, threshold_figures
 from training.cache import PreparedCohort, prepare_cohort
 from training.cohort import Cohort, read_cohort, with_received_files
@@ -124,7 +125,7 @@ def evaluate_bundle(bundle: Path, cohort_csv: Path | Cohort, out_dir: Path, *, a
     import torch
 
     from pipeline.model.infer import FoldEnsemble
-    from training.engine import resolve_device
+    from pipeline.model.device import resolve_device
 
     out_dir = Path(out_dir).absolute()
     if out_dir.exists():
@@ -280,7 +281,7 @@ def build_parser(prog: str = "egfr-node evaluate") -> Any:
     p.add_argument("--bundle", required=True, help="bundle folder, or a registered bundle's id (egfr-node models list)")
     p.add_argument("--cohort", type=Path, required=True, help="cohort CSV, as for train: patient id, Study Instance UID, EGFR status")
     p.add_argument("--out", type=Path, required=True, help="folder to create for the report (must not exist)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals (default 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="preprocessing cache folder (default: beside --out)")

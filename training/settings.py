@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 from pipeline.model.calibrate import CALIBRATION_METHODS
 from pipeline.settings import SettingError, SettingTypeError, check_bool, check_choice, check_int, check_known, check_number
+from pipeline.model.device import DEVICES
 
 __all__ = ["TrainSettings", "LOSSES", "SELECTIONS", "SELECTION_METRICS", "DEVICES", "RECIPES", "RECIPE_VALUES",
            "AUGMENTATIONS", "HEADS"]
@@ -47,7 +48,6 @@ SELECTIONS = ("nested", "fixed", "paper")
 #: What picks the kept epoch: slice-level accuracy at 0.5 (the paper's), patient-level AUC
 #: (median of slices), or simply the last epoch.
 SELECTION_METRICS = ("accuracy", "auc", "last")
-DEVICES = ("cpu", "cuda", "auto")
 RECIPES = ("paper", "scratch")
 #: ``fastai``: rotation, zoom, lighting (and ``flip_p``), fastai's ``aug_transforms``;
 #: ``dihedral``: a random quarter turn and mirror per image; ``none``.
