@@ -157,14 +157,6 @@ def test_path_traversal_uid_is_refused(node: DicomNode, runtime) -> None:
     assert archive_files(runtime) == []
 
 
-@pytest.fixture
-def send_files_raw(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pynetdicom sends a file's bytes as they are, request UIDs from its file meta."""
-    from pynetdicom import _config
-
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-
-
 def test_dataset_that_does_not_match_the_request(node: DicomNode, runtime, tmp_path: Path, send_files_raw) -> None:
     (image,) = mr_series(1)
     path = tmp_path / "mismatch.dcm"

@@ -333,3 +333,26 @@ def test_a_study_complete_by_its_content_is_queued_after_a_short_settle_not_the_
     with sessions.begin() as s:
         [job] = queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=31), content_settle_seconds=2.0)
     assert job.queued_because == "quiet for 30 s (the mask names no images)"
+
+
+def test_a_mask_alone_names_the_series_to_fetch_and_the_workers_note_joins_the_reason(sessions) -> None:
+    """Issue 32: only the mask came. After the settle time the study is listed with the series
+    its mask names (what a node with a source fetches), the worker's note is said after the
+    reason, and once the images are in the study is queued and no longer wanted."""
+    slices = [f"6.1.1.{i}" for i in range(4)]
+    receive(sessions, rec("6.1", "6.1.2", "6.1.2.1", modality="SEG", refs=("6.1.1",), sop_refs=tuple(slices)), T0)
+    with sessions.begin() as s:
+        assert queue.studies_wanting_images(s, 5.0, T0 + timedelta(seconds=2)) == []  # still settling
+        [wanting] = queue.studies_wanting_images(s, 5.0, T0 + timedelta(seconds=6))
+    assert wanting.study_uid == "6.1" and wanting.series_uids == ("6.1.1",)
+    with sessions.begin() as s:
+        assert queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=6), content_settle_seconds=1.0,
+                                       notes={"6.1": "fetching them from pacs (try 1)"}) == []
+        job = s.scalars(select(Job).join(Study).where(Study.study_uid == "6.1")).one()
+        assert job.reason == "no MR series in the study yet; fetching them from pacs (try 1)"
+    for sop in slices:
+        receive(sessions, rec("6.1", "6.1.1", sop), T0 + timedelta(seconds=7))
+    with sessions.begin() as s:
+        assert queue.studies_wanting_images(s, 5.0, T0 + timedelta(seconds=20)) == []
+        [job] = queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=20), content_settle_seconds=1.0)
+    assert job.state == "queued" and "complete by content" in job.queued_because
