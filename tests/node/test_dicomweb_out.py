@@ -4,7 +4,6 @@ says what the server answered. The server is Orthanc with its DICOMweb plugin, o
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from pydicom import dcmread
@@ -14,6 +13,7 @@ from dicom_node.config import DeliverySection, Destination
 from tests.node.peers import Orthanc
 from tests.node.process import free_port
 from tests.node.test_results import Node, bundle_a  # noqa: F401 (fixture)
+from tests.waiting import wait_for
 
 
 def _deliveries(node: Node, job_id: int) -> list:
@@ -41,14 +41,13 @@ def test_a_dicomweb_destination_down_then_up_receives_the_sr_seg_and_card_once(t
         assert all("cannot connect" in (d.last_error or "") and "STOW-RS" in d.last_error for d in first), first
 
         orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True, http_port=http_port)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def tried_again() -> bool:
             node.worker.deliver_due()
-            states = {(d.destination, d.state) for d in _deliveries(node, job.id)}
-            if ("archive-web", "retrying") not in states and ("archive-web", "pending") not in states \
-                    and all(d.attempts >= 2 for d in _deliveries(node, job.id) if d.destination == "wrong-root"):
-                break
-            time.sleep(0.1)
+            views = _deliveries(node, job.id)
+            return all(d.state not in ("retrying", "pending") for d in views if d.destination == "archive-web") \
+                and all(d.attempts >= 2 for d in views if d.destination == "wrong-root")
+
+        wait_for(tried_again, 60, "the deliveries tried again after Orthanc came up")
         views = _deliveries(node, job.id)
         assert {d.state for d in views if d.destination == "archive-web"} == {"sent"}, views
         # a server that answers, but not as DICOMweb: the record names the HTTP status

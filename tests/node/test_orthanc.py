@@ -3,7 +3,6 @@ deploy/orthanc/, routes a phantom study to the node when stable and stores the S
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from dicom_node.worker import Worker
 from tests.conftest import make_config
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import Orthanc
+from tests.waiting import wait_for
 
 def test_orthanc_routes_a_stable_study_to_the_node_and_stores_the_sr(tmp_path: Path, phantom_study) -> None:
     config = make_config(tmp_path / "data")
@@ -35,14 +35,13 @@ def test_orthanc_routes_a_stable_study_to_the_node_and_stores_the_sr(tmp_path: P
             orthanc.upload(file)
         # the results are back (SR, SEG, card) and Orthanc's study is stable again with them: its
         # route on stable has run for them (the node's own instances make no job)
-        deadline = time.monotonic() + 120
-        modalities: list = []
-        while time.monotonic() < deadline:
+        def results_back_and_stable() -> list:
             modalities = orthanc.series_modalities()
             kinds = {m for m, _ in modalities}
-            if {"SR", "SEG"} <= kinds and kinds & {"OT", "SC"} and all(s["IsStable"] for s in orthanc.get("/studies?expand")):
-                break
-            time.sleep(0.5)
+            done = {"SR", "SEG"} <= kinds and kinds & {"OT", "SC"} and all(s["IsStable"] for s in orthanc.get("/studies?expand"))
+            return modalities if done else []
+
+        modalities = wait_for(results_back_and_stable, 120, "the results back at Orthanc, its study stable", every=0.5)
         assert [m for m, _ in modalities].count("SR") == 1, modalities
         assert ("SEG", "Lesion SEG from RTSTRUCT by egfr-node - research use") in modalities
         assert [m for m, _ in modalities].count("OT") + [m for m, _ in modalities].count("SC") == 1, modalities

@@ -24,6 +24,7 @@ from tests.node.peers import Orthanc
 from tests.node.process import cli, free_port, write_config
 from tests.node.scu import store
 from tests.node.test_results import Node
+from tests.waiting import wait_for
 
 
 def _csv(path: Path, rows: list[list[str]]) -> Path:
@@ -109,11 +110,7 @@ def test_running_performance_and_a_shadow_bundle_never_sent(tmp_path: Path, phan
         assert "backlog" in shadows[4][0].reason
         assert shadows[0][0].model_id == candidate.id and shadows[0][0].result["probability"] is not None
         # the shadow's answers are never sent: Orthanc holds one SR (and one card) per study, from the active bundle
-        import time
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and [m for m, _ in orthanc.series_modalities()].count("SR") < 6:
-            time.sleep(0.5)
+        wait_for(lambda: [m for m, _ in orthanc.series_modalities()].count("SR") >= 6, 60, "six SRs at Orthanc", every=0.5)
         modalities = [m for m, _ in orthanc.series_modalities()]
         assert modalities.count("SR") == 6, modalities
         for job in jobs:

@@ -9,6 +9,7 @@ import pytest
 from dicom_node.receive.server import DicomNode
 from tests.dicom_factory import mask_for, mr_series
 from tests.node.scu import association, store
+from tests.waiting import wait_for
 
 
 def test_no_patient_name_or_id_in_any_log_record(node: DicomNode, caplog: pytest.LogCaptureFixture) -> None:
@@ -38,7 +39,6 @@ def test_no_patient_name_in_the_node_log_even_from_library_warnings(tmp_path, ph
     through ``egfr-node serve`` (its own logging set-up); no name or ID reaches its log."""
     import shutil
     import signal
-    import time
 
     import pydicom
 
@@ -72,12 +72,11 @@ def test_no_patient_name_in_the_node_log_even_from_library_warnings(tmp_path, ph
         wait_until_listening(port, node)
         for folder in folders:
             assert set(store(port, sorted(str(p) for p in folder.rglob("*.dcm")))) == {0}
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        def finished() -> str:
             listed = cli(config, "queue", "list").stdout
-            if listed.count(" done ") + listed.count(" failed ") >= len(NAMES):
-                break
-            time.sleep(1)
+            return listed if listed.count(" done ") + listed.count(" failed ") >= len(NAMES) else ""
+
+        listed = wait_for(finished, 300, "every study done or failed", every=1.0)
     finally:
         node.send_signal(signal.SIGINT)
         node.wait(60)

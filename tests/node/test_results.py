@@ -32,6 +32,7 @@ from tests.node.bundles import write_random_bundle
 from tests.node.peers import PynetdicomPacs, StorescpPacs
 from tests.node.process import free_port
 from tests.node.scu import store
+from tests.waiting import wait_for
 from db.migrate import upgrade
 
 
@@ -248,12 +249,11 @@ def test_bundle_swapped_while_a_job_runs_then_replay_resends_and_rerun_uses_the_
         finished: list = []
         runner = threading.Thread(target=lambda: finished.append(node.worker.claim_once()))
         runner.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def running() -> bool:
             with node.runtime.sessions() as s:
-                if s.scalars(select(Job)).one().state.value == "running":
-                    break
-            time.sleep(0.02)
+                return s.scalars(select(Job)).one().state.value == "running"
+
+        wait_for(running, 30, "the job running", every=0.02)
         b = node.activate(bundle_b)  # while the job runs
         with node.runtime.sessions() as s:
             assert s.scalars(select(Job)).one().state.value == "running"
