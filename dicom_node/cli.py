@@ -59,9 +59,9 @@ def _refusal(exc: Exception) -> int | None:
     """The exit status and one line for what stops a command before it does anything (the
     database or schema, the archive, the pynetdicom release); None for anything else."""
     from db.engine import DatabaseUnreachable
-    from dicom_node.receive._pynetdicom.contract import UnsupportedPynetdicom
+    from dicom_node.receive.server import UnsupportedPynetdicom
     from dicom_node.store.archive import ArchiveFull, ArchiveNotWritable
-    from dicom_node.runtime import SchemaOutOfDate
+    from dicom_node.store.open import SchemaOutOfDate
 
     if isinstance(exc, (SchemaOutOfDate, DatabaseUnreachable, UnsupportedPynetdicom)):
         return fail(str(exc), 2)

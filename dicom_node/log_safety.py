@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["peer_text", "SafeFormatter", "RejectionLog", "LibraryRepeatFilter", "LibraryValueFilter", "LOG_FORMAT",
+__all__ = ["configure_logging", "peer_text", "SafeFormatter", "RejectionLog", "LibraryRepeatFilter", "LibraryValueFilter", "LOG_FORMAT",
            "withhold_quoted", "OutageLog", "OneLineFilter", "database_outage"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -256,3 +256,24 @@ class OneLineFilter(logging.Filter):
             record.msg = f"{record.getMessage()}: {type(error).__name__}"
             record.args, record.exc_info, record.exc_text = (), None, None
         return True
+
+
+def configure_logging(level: str) -> None:
+    """Handlers are configured here only (by the CLI). Messages carry UIDs, never patient data.
+
+    One format for everything, the node's and its libraries' (``SafeFormatter``: CR/LF in a
+    message escaped, traceback lines fenced, so no peer text can start a forged line); Python
+    warnings (pydicom's, highdicom's) go through it too instead of raw to stderr, with every
+    value they quote withheld (``LibraryValueFilter``: a quoted value may be a patient's name).
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter())
+    handler.addFilter(LibraryRepeatFilter())
+    handler.addFilter(LibraryValueFilter())  # a library's message may quote a patient's name: withheld
+    handler.addFilter(OneLineFilter())  # the connection pool's tracebacks during a database outage
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.captureWarnings(True)
+    # pynetdicom at INFO reports every PDU and (for C-FIND/MOVE) identifiers; keep warnings only.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

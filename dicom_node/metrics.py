@@ -5,7 +5,7 @@ Served on ``[monitoring] host:port`` (loopback by default; another address only 
 nodes in one process (the tests) do not mix their figures. With several receive processes
 (``node.receive_processes``) the counters and the association gauges are shared through
 prometheus_client's multiprocess mode (set up by ``egfr-node scp|serve`` before
-prometheus_client is imported: ``dicom_node.runtime.share_metrics_between_processes``): the
+prometheus_client is imported: ``dicom_node.shared_metrics.share_metrics_between_processes``): the
 page sums every receive process. What is counted:
 
 - associations open and negotiating (gauges), associations accepted / rejected, and every
@@ -41,7 +41,7 @@ from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.runtime import SHARED_METRICS_ENV as SHARED_DIR_ENV
+from dicom_node.shared_metrics import SHARED_METRICS_ENV as SHARED_DIR_ENV
 
 __all__ = ["NodeMetrics", "MetricsServer", "JobTimes", "forget_process", "live_collector"]
 

@@ -156,7 +156,7 @@ def bench_latency() -> None:
     from dicom_node.commands.demo import LocalPacs, _send_like_pacs
     from dicom_node.bundles import activate
     from dicom_node.config import Destination
-    from dicom_node.runtime import open_runtime
+    from dicom_node.store.open import open_runtime
     from dicom_node.receive.server import DicomNode
     from dicom_node.worker import Worker
     from pipeline.phantom import generate_study

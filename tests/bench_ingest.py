@@ -268,7 +268,7 @@ def stage_profile(files: list[Path], work: Path, associations: int = 1) -> None:
     import threading
 
     from db.migrate import upgrade
-    from dicom_node.runtime import open_runtime
+    from dicom_node.store.open import open_runtime
     from dicom_node.receive.server import DicomNode
     from tests.conftest import make_config
 
@@ -343,7 +343,7 @@ def bounds(files: list[Path], work: Path) -> None:
     import dicom_node.store.intake as intake
     from db.ingest import RecordOutcome
     from db.migrate import upgrade
-    from dicom_node.runtime import open_runtime
+    from dicom_node.store.open import open_runtime
     from dicom_node.receive.server import DicomNode
     from tests.conftest import make_config
 

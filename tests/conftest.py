@@ -24,7 +24,7 @@ import pytest
 
 from db.migrate import upgrade
 from dicom_node.config import Config, DatabaseSection, NodeSection, StorageSection, WorkerSection
-from dicom_node.runtime import Runtime, open_runtime
+from dicom_node.store.open import Runtime, open_runtime
 from dicom_node.receive.server import DicomNode
 from pipeline.phantom import PhantomStudy, generate_study
 

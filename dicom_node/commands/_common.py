@@ -26,7 +26,7 @@ def fail(message: str, code: int = 1) -> int:
 def with_runtime(args: argparse.Namespace, action: Callable[[Any], int]) -> int:
     """Run ``action(runtime)``; a bundle or registry error becomes a one-line failure."""
     from db.bundles import BundleRegistryError
-    from dicom_node.runtime import open_runtime
+    from dicom_node.store.open import open_runtime
     from pipeline.model.bundle import BundleError
 
     runtime = open_runtime(load(args))

@@ -62,7 +62,7 @@ def _empty_or_absent(folder: Path, what: str) -> None:
 
 def backup_node(config: Config, folder: Path) -> BackupSummary:
     from db.reconcile import recorded_files
-    from dicom_node.runtime import open_runtime
+    from dicom_node.store.open import open_runtime
 
     folder = Path(folder)
     _empty_or_absent(folder, "backup folder")
@@ -119,8 +119,8 @@ def backup_node(config: Config, folder: Path) -> BackupSummary:
 def restore_node(config: Config, folder: Path) -> list[str]:
     """Restore the backup in ``folder`` into this config's (empty) data folder; the lines of
     the ``check`` that follows."""
-    from dicom_node.commands.check import check_node
-    from dicom_node.runtime import open_runtime
+    from dicom_node.check import check_node
+    from dicom_node.store.open import open_runtime
 
     folder = Path(folder)
     try:

@@ -126,7 +126,8 @@ def run(work: Path, *, patients: int = 30, epochs: int = 30, seed: int = 1, time
     from db.migrate import upgrade
     from dicom_node.bundles import ActivationRefused, activate
     from dicom_node.config import load_config
-    from dicom_node.runtime import configure_logging, open_runtime
+    from dicom_node.log_safety import configure_logging
+    from dicom_node.store.open import open_runtime
     from dicom_node.receive.server import DicomNode
     from dicom_node.worker import Worker
     from pipeline.phantom import generate_cohort, generate_study

@@ -39,7 +39,9 @@ def _run_until_stopped(start: Callable[[], None], stop: Callable[[], None]) -> i
 
 
 def serve(args: argparse.Namespace) -> int:
-    from dicom_node.runtime import configure_logging, open_runtime, share_metrics_between_processes
+    from dicom_node.log_safety import configure_logging
+    from dicom_node.store.open import open_runtime
+    from dicom_node.shared_metrics import share_metrics_between_processes
 
     config = load(args)
     if args.scp:

@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
 
 
 def console(args: argparse.Namespace) -> int:
-    from dicom_node.runtime import configure_logging
+    from dicom_node.log_safety import configure_logging
     from dicom_node.web.auth import UsersFileError
     from dicom_node.web.server import run_console
 

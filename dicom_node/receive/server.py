@@ -23,13 +23,13 @@ from db.ingest import prepare_recording
 from dicom_node.config import Config
 from dicom_node.metrics import MetricsServer, NodeMetrics, database_answers, forget_process
 from dicom_node.receive import _pynetdicom
-from dicom_node.receive._pynetdicom import NodeAssociationServer, check_pynetdicom, start_server
+from dicom_node.receive._pynetdicom import NodeAssociationServer, UnsupportedPynetdicom, check_pynetdicom, start_server
 from dicom_node.store.archive import Archive
 from dicom_node.receive.limits import ConnectionTable, TransportLimits
 from dicom_node.log_safety import OutageLog, RejectionLog, peer_text
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, Status, StoreCounters, handle_echo, handle_store
 
-__all__ = ["DicomNode", "make_ssl_context"]
+__all__ = ["DicomNode", "make_ssl_context", "UnsupportedPynetdicom"]
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class DicomNode:
     def _check_archive(self) -> None:
         """The quick part of ``egfr-node check`` (no hashing), while the node already listens:
         files without rows, rows without files, stale leases; a warning says what to run."""
-        from dicom_node.commands.check import check_node
+        from dicom_node.check import check_node
 
         try:
             report = check_node(self.archive, self.sessions, quarantine=self.config.storage.data_path / "quarantine",
@@ -211,7 +211,7 @@ class DicomNode:
         """More processes on the same port(s) (SO_REUSEPORT): the kernel spreads connections
         over them, so parallel associations use several cores. They share the archive and
         the database; each has its own limits; their metrics are summed on this process's
-        page (``dicom_node.runtime.share_metrics_between_processes``)."""
+        page (``dicom_node.shared_metrics.share_metrics_between_processes``)."""
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
@@ -286,7 +286,9 @@ def _receiver_main(config: Config, stop: Any, parent_pid: int) -> None:
     """A receive process: the same SCP on the same port until told to stop (or the parent dies)."""
     import signal
 
-    from dicom_node.runtime import configure_logging, open_runtime
+    from dicom_node.log_safety import configure_logging
+
+    from dicom_node.store.open import open_runtime
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -23,7 +23,7 @@ CONCURRENCY = 32
 
 
 def build(config: Config):  # noqa: ANN201 (a FastAPI app; imported late so the CLI starts fast)
-    from dicom_node.runtime import open_runtime
+    from dicom_node.store.open import open_runtime
     from dicom_node.web.app import create_app
     from dicom_node.web.console import Console
 
@@ -53,7 +53,7 @@ def run_console(config: Config, sock: socket.socket | None = None) -> None:
 
 
 def _child(config: Config) -> None:
-    from dicom_node.runtime import configure_logging
+    from dicom_node.log_safety import configure_logging
 
     configure_logging(config.logging.level)
     run_console(config)

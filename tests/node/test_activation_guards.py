@@ -46,7 +46,7 @@ def test_each_kind_is_refused_with_its_reason_and_force_activates_it_audited(tmp
     listed = cli(config, "models", "list").stdout
     assert "yes!" in listed and "despite: " in listed and reason in listed
     from dicom_node.config import load_config
-    from dicom_node.runtime import open_runtime
+    from dicom_node.store.open import open_runtime
 
     runtime = open_runtime(load_config(config))
     try:

@@ -18,9 +18,9 @@ from db.migrate import upgrade
 from db.queue import claim_next, replay
 from dicom_node.cli import main as cli
 from dicom_node.commands.backup import backup_node, restore_node
-from dicom_node.commands.check import check_node
-from dicom_node.commands.importing import import_folder
-from dicom_node.runtime import open_runtime
+from dicom_node.check import check_node
+from dicom_node.store.import_files import import_folder
+from dicom_node.store.open import open_runtime
 from dicom_node.receive.server import DicomNode
 from tests.conftest import make_config
 from tests.dicom_factory import mr_series

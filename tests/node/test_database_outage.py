@@ -19,7 +19,7 @@ from sqlalchemy import select
 from db.models import Instance
 from dicom_node.config import Config
 from dicom_node.receive.server import DicomNode
-from dicom_node.runtime import open_runtime
+from dicom_node.store.open import open_runtime
 from tests.conftest import make_config, skip_or_fail
 from tests.dicom_factory import mr_series
 from tests.node.scu import store

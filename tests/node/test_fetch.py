@@ -18,7 +18,7 @@ from dicom_node import bundles as models
 from dicom_node.cli import main
 from dicom_node.config import load_config
 from dicom_node.receive.server import DicomNode
-from dicom_node.runtime import open_runtime
+from dicom_node.store.open import open_runtime
 from dicom_node.worker import Worker
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import Orthanc

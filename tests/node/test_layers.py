@@ -73,3 +73,46 @@ def test_the_archive_wing_knows_no_door() -> None:
                         or name in ("pynetdicom.ae", "pynetdicom.association"):
                     wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert wrong == []
+
+
+#: (which files, what they may not import, why)
+WING_RULES = (
+    (("dicom_node/receive/", "dicom_node/web/", "dicom_node/metrics.py"), ("dicom_node.commands", "dicom_node.cli"),
+     "the DIMSE server, the console and metrics call services, never the command line"),
+    (("dicom_node/",), ("dicom_node.receive._pynetdicom", "dicom_node.receive.scp", "dicom_node.receive.limits"),
+     "outside the receive wing only its server (dicom_node.receive.server) is used"),
+)
+
+
+def wing_violations(sources: dict[str, str]) -> list[str]:
+    """Imports (top-level or lazy) that break WING_RULES, in ``sources`` (path -> text)."""
+    import ast
+
+    wrong = []
+    for path, text in sorted(sources.items()):
+        names = []
+        for node in ast.walk(ast.parse(text, path)):
+            if isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.append(node.module)
+        for where, forbidden, why in WING_RULES:
+            if not path.startswith(where) or (forbidden[0].startswith("dicom_node.receive") and path.startswith("dicom_node/receive/")):
+                continue
+            wrong += [f"{path} imports {name}: {why}" for name in names if name.startswith(forbidden)]
+    return wrong
+
+
+def _package_sources() -> dict[str, str]:
+    return {p.relative_to(ROOT).as_posix(): p.read_text() for p in (ROOT / "dicom_node").rglob("*.py")}
+
+
+def test_wings_use_services_not_commands_and_the_receive_wing_only_by_its_server() -> None:
+    assert wing_violations(_package_sources()) == []
+
+
+def test_the_wing_rules_catch_a_planted_import() -> None:
+    planted = {**_package_sources(),
+               "dicom_node/receive/planted.py": "def f():\n    from dicom_node.commands.check import run\n",
+               "dicom_node/worker_planted.py": "from dicom_node.receive.scp import handle_store\n"}
+    assert len(wing_violations(planted)) == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 from db.migrate import upgrade
 from dicom_node import bundles as models
 from dicom_node.config import Destination
-from dicom_node.runtime import open_runtime
+from dicom_node.store.open import open_runtime
 from dicom_node.receive.server import DicomNode
 from dicom_node.worker import Worker
 from tests.conftest import make_config

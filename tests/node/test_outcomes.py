@@ -66,7 +66,7 @@ def test_outcomes_import_all_or_nothing_export_and_history(tmp_path: Path, phant
     usage = cli(config, "archive", "usage").stdout
     assert "2 pinned" in usage, usage  # a confirmed case is kept from retention
     from dicom_node.config import load_config
-    from dicom_node.runtime import open_runtime
+    from dicom_node.store.open import open_runtime
 
     runtime = open_runtime(load_config(config))
     try:

@@ -18,7 +18,7 @@ from pydicom.filewriter import write_file_meta_info
 from pynetdicom.dsutils import create_file_meta
 
 from db.migrate import upgrade
-from dicom_node import runtime as node_runtime
+from dicom_node.store import open as node_store
 from dicom_node.receive import _pynetdicom
 from dicom_node.receive._pynetdicom import contract, encodings, reactor
 from dicom_node.receive._pynetdicom.association import NodeAssociation
@@ -89,7 +89,7 @@ def _archived(data_dir: Path) -> list[Path]:
 def test_with_the_speedups_off_the_node_stores_through_pynetdicoms_own_code(tmp_path) -> None:
     config = make_config(tmp_path / "data", receive_speedups=False)
     upgrade(config.database_url)
-    runtime = node_runtime.open_runtime(config)
+    runtime = node_store.open_runtime(config)
     node = DicomNode(config, runtime.archive, runtime.sessions)
     try:
         node.start()

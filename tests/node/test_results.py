@@ -23,7 +23,7 @@ from db.queue import get_job, replay
 from dicom_node import bundles as models
 from dicom_node.config import Config, DeliverySection, Destination
 from dicom_node.report.sr import read_sr_result
-from dicom_node.runtime import open_runtime
+from dicom_node.store.open import open_runtime
 from dicom_node.receive.server import DicomNode
 from dicom_node.worker import Worker
 from pipeline.model.bundle import BundleError

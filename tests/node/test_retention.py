@@ -25,12 +25,12 @@ from db.migrate import upgrade
 from db.models import Deletion, Instance, Job, JobState, Series, Study, utcnow
 from db.retention import eligible_studies, kept_unanswered, pin, release, study_counts
 from dicom_node.cli import main as cli_main
-from dicom_node.commands.check import check_node
-from dicom_node.commands.importing import import_file
+from dicom_node.check import check_node
+from dicom_node.store.import_files import import_file
 from dicom_node.config import RetentionSection
 from dicom_node.metrics import live_collector
 from dicom_node.retention import Retention
-from dicom_node.runtime import open_runtime
+from dicom_node.store.open import open_runtime
 from dicom_node.receive.server import DicomNode
 from tests.conftest import make_config
 from tests.node.scu import store

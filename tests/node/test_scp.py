@@ -292,7 +292,7 @@ def test_a_deleted_sqlite_file_refuses_instead_of_acknowledging_into_it(node: Di
 def test_scale_out_database_two_scps_share_postgresql(pg_url: str, tmp_path: Path) -> None:
     """Two SCP processes' worth of nodes on one PostgreSQL and one archive, same instances at once."""
     from db.migrate import upgrade
-    from dicom_node.runtime import open_runtime
+    from dicom_node.store.open import open_runtime
     from tests.conftest import make_config
 
     config = make_config(tmp_path / "data", database_url=pg_url)

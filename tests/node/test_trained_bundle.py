@@ -16,7 +16,7 @@ from pydicom.uid import Comprehensive3DSRStorage
 from db.models import utcnow
 from dicom_node.commands.demo import LocalPacs, _send_like_pacs
 from dicom_node.config import Destination, load_config
-from dicom_node.runtime import open_runtime
+from dicom_node.store.open import open_runtime
 from dicom_node.receive.server import DicomNode
 from dicom_node.worker import Worker
 from pipeline.phantom import generate_cohort, generate_study

@@ -15,7 +15,7 @@ import requests
 from db.migrate import upgrade
 from dicom_node import bundles as models
 from dicom_node.config import Config, Destination, Source
-from dicom_node.runtime import Runtime, open_runtime
+from dicom_node.store.open import Runtime, open_runtime
 from dicom_node.receive.server import DicomNode
 from dicom_node.web.auth import add_user
 from dicom_node.web.server import ConsoleProcess
