@@ -1,5 +1,6 @@
 """The bundle lifecycle the command line and the console share: register a bundle folder
-(checked: manifest, every sha256, every fold loads as this network's weights) and activate
+(``pipeline.model.registry``, which ``train --register`` uses too: manifest, every sha256,
+every fold loads as this network's weights) and activate
 it, with its guards (issue 27, item 5).
 
 Activation refuses a bundle whose ``Manifest.activation_concerns`` are not empty (a
@@ -17,9 +18,10 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit, bundles
-from pipeline.model.bundle import MANIFEST_FILE, BundleError, Manifest, sha256_of
+from pipeline.model import registry
+from pipeline.model.bundle import BundleError, Manifest
 
-__all__ = ["ActivationRefused", "register_bundle", "activate", "checked_manifest", "set_shadow", "promote"]
+__all__ = ["ActivationRefused", "register_bundle", "activate", "set_shadow", "promote"]
 
 
 class ActivationRefused(BundleError):
@@ -30,22 +32,9 @@ class ActivationRefused(BundleError):
         super().__init__(f"bundle {key} refused: " + "; ".join(concerns) + " (--force activates it anyway, audited)")
 
 
-def checked_manifest(folder: Path) -> Manifest:
-    """The bundle in ``folder`` checked as registration and activation check it."""
-    from pipeline.model.infer import check_bundle  # torch: only when a bundle is checked
-
-    return check_bundle(Path(folder))
-
-
 def register_bundle(sessions: sessionmaker[Session], folder: Path) -> tuple[bundles.BundleRecord, Manifest]:
-    """Check ``folder`` and record it, not active. Raises BundleError."""
-    folder = Path(folder).resolve()
-    manifest = checked_manifest(folder)
-    with sessions.begin() as session:
-        record, _ = bundles.register(
-            session, name=manifest.name, version=manifest.version, device_uid=manifest.device_uid,
-            bundle_path=str(folder), manifest_sha256=sha256_of(folder / MANIFEST_FILE),
-        )
+    """Check ``folder`` and record it, not active (``pipeline.model.registry``). Raises BundleError."""
+    record, manifest, _ = registry.register_bundle(sessions, folder)
     return record, manifest
 
 
@@ -60,10 +49,7 @@ def activate(sessions: sessionmaker[Session], key: str, *, user: str, force: boo
         elif key.isdigit():
             with sessions() as session:
                 record = bundles.get_bundle(session, int(key))
-            folder = Path(record.bundle_path)
-            manifest = checked_manifest(folder)
-            if sha256_of(folder / MANIFEST_FILE) != record.manifest_sha256:
-                raise BundleError(f"bundle {record.id}: {folder / MANIFEST_FILE} changed since it was registered")
+            manifest = registry.checked_registered(record)
         else:
             raise BundleError(f"{key} is neither a bundle folder nor a registered bundle id")
         concerns = manifest.activation_concerns()
@@ -96,7 +82,7 @@ def set_shadow(sessions: sessionmaker[Session], key: str | None, *, user: str, r
         elif key.isdigit():
             with sessions() as session:
                 record = bundles.get_bundle(session, int(key))
-            checked_manifest(Path(record.bundle_path))
+            registry.checked_registered(record)
         else:
             raise BundleError(f"{key} is neither a bundle folder nor a registered bundle id")
         with sessions.begin() as session:

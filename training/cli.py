@@ -28,7 +28,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pipeline.model.bundle import MANIFEST_FILE, sha256_of
 from pipeline.model.calibrate import CALIBRATION_METHODS
 from pipeline.prep.params import PreprocessParams
 from pipeline.model.device import DEVICES
@@ -118,24 +117,17 @@ def _settings(args: argparse.Namespace, training_table: Mapping[str, Any] | None
     return TrainSettings.from_mapping(values)
 
 
-def register_bundle(bundle: Path, database_url: str, name: str, version: str, device_uid: str) -> tuple[int, bool]:
-    """Record ``bundle`` in the node's database (migrated first) after the checks the node
-    makes (:func:`pipeline.model.infer.check_bundle`: manifest, sha256, every fold loads);
-    never activates it."""
-    from db.bundles import register
+def register_bundle(bundle: Path, database_url: str) -> tuple[int, bool]:
+    """Record ``bundle`` in the node's database (migrated first) as the node registers one
+    (``pipeline.model.registry``: checked, never activated): its id, and whether it is new."""
     from db.engine import make_engine, make_sessionmaker
     from db.migrate import upgrade
-    from pipeline.model.infer import check_bundle
+    from pipeline.model.registry import register_bundle as register
 
-    check_bundle(Path(bundle))
     upgrade(database_url)
     engine = make_engine(database_url)
     try:
-        sessions = make_sessionmaker(engine)
-        with sessions.begin() as session:
-            record, created = register(session, name=name, version=version, device_uid=device_uid,
-                                       bundle_path=str(Path(bundle).resolve()),
-                                       manifest_sha256=sha256_of(Path(bundle) / MANIFEST_FILE))
+        record, _, created = register(make_sessionmaker(engine), Path(bundle))
         return record.id, created
     finally:
         engine.dispose()
@@ -300,8 +292,7 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
         print(f"hold-out (pathology after {args.holdout_after.isoformat()}): {r['cases_scored']} patients, AUC "
               f"{r['auc'] if r['auc'] is not None else 'n/a'} (95% CI {r['auc_ci']}); report {evaluation.folder / 'report.md'}")
     if args.register:
-        m = outcome.manifest
-        model_id, created = register_bundle(outcome.bundle, register_url, m.name, m.version, m.device_uid)  # type: ignore[arg-type]
+        model_id, created = register_bundle(outcome.bundle, register_url)
         print(f"registered as model {model_id}{'' if created else ' (already known)'}; not active: activate it explicitly")
     return 0
 
