@@ -102,7 +102,7 @@ def lr_range_test(inputs: torch.Tensor, labels: np.ndarray, train_index: np.ndar
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        value = float(loss)
+        value = loss.item()
         average = 0.98 * average + 0.02 * value
         smoothed = average / (1 - 0.98 ** (step + 1))
         lrs.append(lr)
