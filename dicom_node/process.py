@@ -17,11 +17,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from io import BytesIO
 from typing import Any
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -31,8 +29,7 @@ from db.instances import received_study_paths, recorded_node_instances
 from db.sop_classes import OUTLINE
 from dicom_node.store.archive import Archive
 from dicom_node.config import Config
-from dicom_node.store.intake import store_instance
-from dicom_node.store.header import read_header
+from dicom_node.store.intake import store_result
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
 from dicom_node.report.image_point import nearest_image_point
 from dicom_node.report.sr import probability_words
@@ -41,7 +38,7 @@ from pipeline.model.infer import FoldEnsemble, Prediction
 from pipeline.prepare import PreparedStudy, prepare_study
 from pipeline.timing import Laps
 
-__all__ = ["JobContext", "run_job", "run_shadow", "encode_part10", "result_uids"]
+__all__ = ["JobContext", "run_job", "run_shadow", "result_uids"]
 
 #: The UIDs each job's results need (instance and series of each object, the SEG's tracking UID).
 RESULT_UID_KINDS = ("sr", "sr_series", "seg", "seg_series", "seg_tracking", "card", "card_series")
@@ -58,13 +55,6 @@ class JobContext:
     sessions: sessionmaker[Session]
 
 
-def encode_part10(ds: Dataset) -> bytes:
-    """``ds`` as a Part-10 file (preamble, file meta, dataset), the bytes that are archived and sent."""
-    buffer = BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def result_uids(study_uid: str, job_key: str | None, device_uid: str, version: str) -> dict[str, str]:
     """The UIDs of a job's results: derived from the study, the job (``job_key``: its id and
     creation time, so a job of another database never shares them) and the bundle, the same for
@@ -76,10 +66,7 @@ def result_uids(study_uid: str, job_key: str | None, device_uid: str, version: s
 
 
 def _archive(ctx: JobContext, ds: Dataset) -> str:
-    encoded = encode_part10(ds)
-    header = read_header(ds)
-    store_instance(ctx.archive, ctx.sessions, encoded, header, str(ds.file_meta.TransferSyntaxUID), origin="node")
-    return header.sop_instance_uid
+    return store_result(ctx.archive, ctx.sessions, ds)
 
 
 def _segment_tracking(seg: Dataset, segment_number: int) -> tuple[str | None, str | None]:
@@ -206,7 +193,7 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
     derived_seg_uid: str | None = None
     if study.mask_kind == "SEG":
         assert study.mask_instance is not None  # load_study records the mask it used
-        seg = pydicom.dcmread(study.mask_instance.path, stop_before_pixels=False)
+        seg = study.mask_instance.header  # read once by the index (no pixels: the SR names the segment, not its voxels)
         segment = study.lesion_number
         tracking_id, tracking_uid = _segment_tracking(seg, segment)
     else:

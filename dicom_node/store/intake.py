@@ -15,6 +15,10 @@ from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
+from io import BytesIO
+
+import pydicom
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,7 +27,7 @@ from dicom_node.store.archive import Archive
 from pipeline.uids import sha256_of
 from dicom_node.store.header import ReceivedHeader
 
-__all__ = ["store_instance", "record_of"]
+__all__ = ["store_instance", "store_result", "record_of", "encode_part10"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,29 @@ def store_instance(
     log.debug("%s %s: %s", origin, header.sop_instance_uid, outcome.value,
               extra={"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid})
     return outcome
+
+
+def encode_part10(ds: Dataset) -> bytes:
+    """``ds`` as a Part-10 file (preamble, file meta, dataset), the bytes that are archived and sent."""
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def store_result(archive: Archive, sessions: sessionmaker[Session], ds: Dataset) -> str:
+    """The node's own result (its SR, the SEG it derives, the result card) archived and
+    recorded as ``origin="node"`` (it never moves the queue), described by the UIDs its builder
+    set: nothing to check or re-derive, as a received header is. Its SOP Instance UID."""
+    series_number = ds.get("SeriesNumber")
+    frame = ds.get("FrameOfReferenceUID")
+    header = ReceivedHeader(
+        study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID), sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID), modality=str(ds.get("Modality", "") or ""),
+        series_number=int(series_number) if series_number not in (None, "") else None,
+        series_description=str(ds.get("SeriesDescription", "") or "")[:64],
+        frame_of_reference_uid=str(frame) if frame else None, referenced_series_uids=(), referenced_sop_uids=())
+    store_instance(archive, sessions, encode_part10(ds), header, str(ds.file_meta.TransferSyntaxUID), origin="node")
+    return header.sop_instance_uid
 
 
 def _record_of_file(path: Path, record: InstanceRecord) -> InstanceRecord:

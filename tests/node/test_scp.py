@@ -83,13 +83,10 @@ def test_same_uid_with_other_content_keeps_the_first_copy(node: DicomNode, runti
 def test_the_nodes_own_result_sent_back_re_encoded_is_not_a_conflict(node: DicomNode, runtime) -> None:
     """A routing rule that echoes the node's results back (Orthanc re-encodes them): success,
     nothing counted as a conflict, the node's own copy kept."""
-    from dicom_node.store.intake import store_instance
-    from dicom_node.store.header import read_header
-    from dicom_node.process import encode_part10
+    from dicom_node.store.intake import store_result
 
     (result,) = mr_series(1)
-    store_instance(runtime.archive, runtime.sessions, encode_part10(result), read_header(result),
-                   str(result.file_meta.TransferSyntaxUID), origin="node")
+    store_result(runtime.archive, runtime.sessions, result)
     (row,) = instances(runtime)
     ours = runtime.archive.path(row.path).read_bytes()
     echoed = dcmread(BytesIO(ours))
