@@ -8,6 +8,9 @@
 -- otherwise re-run it from the node: `egfr-node queue replay STUDY --rerun`.
 
 EGFR_MODALITY = 'egfr-node'               -- the DicomModalities entry of the node
+-- true: send only the masks; the node fetches the images they name from its [[sources]]
+-- (this Orthanc, by C-MOVE, C-GET or WADO-RS), as a site whose rule forwards masks only
+MASKS_ONLY = false
 RESULT_MARKERS = { 'EGFR prediction', 'EGFR result card', 'by egfr-node' }
 MASK_MODALITIES = { SEG = true, RTSTRUCT = true, SR = true }
 
@@ -44,8 +47,10 @@ function OnStableStudy(studyId, tags, metadata)
     return  -- answered, and no mask arrived since
   end
   local resources = {}
-  for _, id in ipairs(images) do table.insert(resources, id) end
+  if not MASKS_ONLY then
+    for _, id in ipairs(images) do table.insert(resources, id) end
+  end
   for _, id in ipairs(masks) do table.insert(resources, id) end
-  print('egfr-node routing: study ' .. studyId .. ', ' .. #images .. ' MR and ' .. #masks .. ' mask series')
+  print('egfr-node routing: study ' .. studyId .. ', ' .. (MASKS_ONLY and 0 or #images) .. ' MR and ' .. #masks .. ' mask series')
   RestApiPost('/modalities/' .. EGFR_MODALITY .. '/store', DumpJson(resources, true))
 end

@@ -78,14 +78,20 @@ class Orthanc:
     Orthanc's ``DicomWeb.Servers`` entry) by STOW-RS."""
 
     def __init__(self, tmp: Path, node_port: int | None = None, *, dicomweb: bool = False, route: bool = True,
-                 web_servers: dict | None = None, http_port: int | None = None) -> None:
+                 web_servers: dict | None = None, http_port: int | None = None, masks_only: bool = False) -> None:
         config = json.loads((DEPLOY / "orthanc.json").read_text())
         self.dicom_port, self.http_port = free_port(), http_port or free_port()
         tmp.mkdir(parents=True, exist_ok=True)
+        script = DEPLOY / "route-to-egfr-node.lua"
+        if masks_only:  # the deployed script, switched to its masks-only rule
+            text = script.read_text()
+            assert "\nMASKS_ONLY = false" in text
+            script = tmp / "route-masks-only.lua"
+            script.write_text(text.replace("\nMASKS_ONLY = false", "\nMASKS_ONLY = true"))
         config.update(
             StorageDirectory=str(tmp / "orthanc-db"), IndexDirectory=str(tmp / "orthanc-db"),
             DicomPort=self.dicom_port, HttpPort=self.http_port, StableAge=1,
-            LuaScripts=[str(DEPLOY / "route-to-egfr-node.lua")] if node_port and route else [],
+            LuaScripts=[str(script)] if node_port and route else [],
             DicomModalities={"egfr-node": ["EGFR_NODE", "127.0.0.1", node_port]} if node_port else {},
         )
         if dicomweb:

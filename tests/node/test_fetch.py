@@ -50,9 +50,9 @@ name = "orthanc"
 class FetchingNode:
     """The node (SCP + worker, in this process) beside an Orthanc that knows it but routes nothing."""
 
-    def __init__(self, tmp: Path, retrieve: str) -> None:
+    def __init__(self, tmp: Path, retrieve: str, *, masks_only: bool = False) -> None:
         port = free_port()
-        self.orthanc = Orthanc(tmp / "orthanc", node_port=port, route=False, dicomweb=True)
+        self.orthanc = Orthanc(tmp / "orthanc", node_port=port, route=masks_only, masks_only=masks_only, dicomweb=True)
         self.config_path = write_node_config(tmp, port, self.orthanc, retrieve)
         self.config = load_config(self.config_path)
         upgrade(self.config.database_url)
@@ -129,13 +129,15 @@ def test_orthanc_routing_only_the_mask_gives_a_correct_sr(tmp_path: Path, retrie
     from its source, predicts, and the SR names those images."""
     from dicom_node.report.sr import read_sr_result
 
-    node = FetchingNode(tmp_path, retrieve)
+    node = FetchingNode(tmp_path, retrieve, masks_only=True)  # deploy/orthanc's script with MASKS_ONLY = true
     try:
         files = node.hold(phantom_study("axial2d", "rtstruct"))
-        [mask_id] = [i for i in node.orthanc.get("/instances")
-                     if node.orthanc.get(f"/instances/{i}/simplified-tags")["Modality"] == "RTSTRUCT"]
-        node.orthanc.post("/modalities/egfr-node/store", {"Resources": [mask_id], "Synchronous": True})
-        assert len(list(node.config.storage.archive_path.rglob("*.dcm"))) == 1  # only the mask came
+        # Orthanc routes the stable study: only its RTSTRUCT comes
+        wait_for(lambda: list(node.config.storage.archive_path.rglob("*.dcm")), 60, "the mask routed by Orthanc")
+        with node.runtime.sessions() as s:
+            from db.models import Instance
+
+            assert [i.sop_class_uid for i in s.scalars(select(Instance))] == ["1.2.840.10008.5.1.4.1.1.481.3"]
 
         def queued() -> bool:
             return bool(node.worker.scan_once(now=utcnow() + timedelta(seconds=2)))
