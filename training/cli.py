@@ -6,13 +6,14 @@
           [--allow-random-frozen-body] [--output-size N] [--imagenet-weights FILE] [--lr LR]
           [--loss f1|ce] [--mixup | --no-mixup] [--augmentation fastai|dihedral|none]
           [--head fastai|linear] [--calibration logistic|isotonic|none] [--permutations N]
-          [--config FILE.toml] [--cache DIR] [--register] [--no-progress]
+          [--cache DIR] [--register] [--no-progress]
     train --cohort cohort.csv --lr-find [...]     # the LR range test only, on training patients
 
 Settings come from the recipe (``--recipe``, default ``auto``: the paper's with
 ``--imagenet-weights``, the scratch recipe without; :mod:`training.settings`), then the
 ``[training]`` table of the node's config file (``egfr-node --config FILE train``; run
-alone, ``python -m training.cli --config FILE``), then the flags. ``--register`` records the bundle in
+alone, as under torchrun, the file ``$EGFR_NODE_CONFIG`` names, as for every node command),
+then the flags. ``--register`` records the bundle in
 the node's database (needs ``database_url``); activation stays a separate, explicit step.
 Exit status 0 on success, 1 on a one-line error (printed), 130 on Ctrl-C (no bundle left).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import os
 import tomllib
 from collections.abc import Mapping
 from datetime import date
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.model.calibrate import CALIBRATION_METHODS
+from training.settings import AUGMENTATIONS, HEADS, LOSSES, RECIPES, SELECTIONS
 from pipeline.prep.params import PreprocessParams
 from pipeline.model.device import DEVICES
 
@@ -51,29 +54,27 @@ def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
     p.add_argument("--skip-missing", action="store_true",
                    help="train without the rows whose study the node never received (default: refuse, exit 2)")
     p.add_argument("--out", type=Path, help="bundle folder to create (must not exist; not needed with --lr-find)")
-    p.add_argument("--recipe", choices=("auto", "paper", "scratch"),
+    p.add_argument("--recipe", choices=("auto", *RECIPES),
                    help="auto (default): paper with --imagenet-weights, scratch without")
-    p.add_argument("--config", type=Path, help="the node's TOML file, whose [training] table overrides the recipe "
-                   "(under egfr-node: egfr-node --config FILE train ...)")
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--epochs", type=int)
     p.add_argument("--folds", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--repeats", type=int, help="repeat the whole CV with seeds seed, seed+1, ... (spread in the report)")
     p.add_argument("--shuffle-labels", action="store_true", default=None, help="negative control: permuted labels")
-    p.add_argument("--selection", choices=("fixed", "nested", "paper"))
+    p.add_argument("--selection", choices=SELECTIONS)
     body = p.add_mutually_exclusive_group()
     body.add_argument("--freeze-body", dest="freeze_body", action="store_true", default=None)
     body.add_argument("--full-finetune", dest="freeze_body", action="store_false")
     p.add_argument("--allow-random-frozen-body", action="store_true", default=None,
                    help="force a frozen body without ImageNet weights (it does not learn; for ablations)")
     p.add_argument("--lr", type=float, dest="max_lr", help="one-cycle max learning rate (paper 4e-2, scratch 1e-3)")
-    p.add_argument("--loss", choices=("f1", "ce"))
+    p.add_argument("--loss", choices=LOSSES)
     mixup = p.add_mutually_exclusive_group()
     mixup.add_argument("--mixup", dest="mixup", action="store_true", default=None)
     mixup.add_argument("--no-mixup", dest="mixup", action="store_false")
-    p.add_argument("--augmentation", choices=("fastai", "dihedral", "none"))
-    p.add_argument("--head", choices=("fastai", "linear"))
+    p.add_argument("--augmentation", choices=AUGMENTATIONS)
+    p.add_argument("--head", choices=HEADS)
     p.add_argument("--lr-find", action="store_true",
                    help="run the LR range test on the first fold's training patients, print the suggestion, train nothing")
     p.add_argument("--batch-size", type=int)
@@ -91,19 +92,26 @@ def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
     return p
 
 
+def _node_training_table() -> Mapping[str, Any]:
+    """Run alone (``python -m training.cli``, torchrun): the ``[training]`` table of the node's
+    config file named by ``$EGFR_NODE_CONFIG``, the one way the node's commands find it; none
+    without it."""
+    path = os.environ.get("EGFR_NODE_CONFIG")
+    if not path:
+        return {}
+    try:
+        table = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("training", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"EGFR_NODE_CONFIG {path}: {exc}") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"EGFR_NODE_CONFIG {path}: [training] must be a table")
+    return table
+
+
 def _settings(args: argparse.Namespace, training_table: Mapping[str, Any] | None = None):
     from training.settings import TrainSettings
 
-    values: dict = dict(training_table or {})
-    if args.config is not None:
-        if training_table is not None:
-            raise ValueError("egfr-node train has no --config of its own: the [training] table is read from the node's "
-                             "config file (egfr-node --config FILE train ...)")
-        try:
-            table = tomllib.loads(args.config.read_text(encoding="utf-8")).get("training", {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ValueError(f"config {args.config}: {exc}") from None
-        values.update(table)
+    values: dict = dict(training_table if training_table is not None else _node_training_table())
     if args.recipe is not None:
         values["recipe"] = args.recipe
     for key in ("device", "epochs", "folds", "seed", "repeats", "shuffle_labels", "selection", "freeze_body", "max_lr",

@@ -85,3 +85,21 @@ def test_from_toml_table() -> None:
 def test_errors_name_the_key(values: dict, kind: type, key: str) -> None:
     with pytest.raises(kind, match=f"^training.{key}: "):
         TrainSettings.from_mapping(values)
+
+
+def test_run_alone_the_training_table_comes_from_the_nodes_config_and_flags_win(tmp_path, monkeypatch) -> None:
+    """One way into the settings: ``python -m training.cli`` (torchrun) reads the [training]
+    table of the file $EGFR_NODE_CONFIG names, as the node's commands do; the flags override
+    it; there is no --config of training's own."""
+    from training.cli import _settings, build_parser
+
+    config = tmp_path / "egfr-node.toml"
+    config.write_text("[training]\nepochs = 3\nfolds = 4\n")
+    monkeypatch.setenv("EGFR_NODE_CONFIG", str(config))
+    settings = _settings(build_parser().parse_args(["--cohort", "c.csv", "--out", "o", "--folds", "2"]))
+    assert (settings.epochs, settings.folds) == (3, 2)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--cohort", "c.csv", "--config", str(config)])
+    config.write_text("[training]\nepochs = 'three'\n")
+    with pytest.raises(Exception, match="training.epochs"):
+        _settings(build_parser().parse_args(["--cohort", "c.csv"]))
