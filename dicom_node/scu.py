@@ -14,11 +14,11 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, Association, build_role, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -62,8 +62,8 @@ def _nodelay(event: evt.Event) -> None:
         pass
 
 
-def _associate(ae: AE, destination: Peer, *, ext_neg: list | None = None,  # type: ignore[no-untyped-def]
-               extra_handlers: list | None = None):
+def _associate(ae: AE, destination: Peer, *, ext_neg: list[Any] | None = None,
+               extra_handlers: list[Any] | None = None) -> Association:
     tls_args = (client_ssl_context(destination), "") if destination.tls else None
     return ae.associate(destination.host, destination.port, ae_title=destination.ae_title, ext_neg=ext_neg,
                         tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), *(extra_handlers or [])])
@@ -152,7 +152,7 @@ class RetrieveCounts:
     status: int
 
 
-def _open(source: Peer, ae: AE, what: str, **kwargs: object):  # type: ignore[no-untyped-def]
+def _open(source: Peer, ae: AE, what: str, **kwargs: Any) -> Association:
     assoc = _associate(ae, source, **kwargs)
     if not assoc.is_established:
         state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
@@ -182,7 +182,7 @@ def c_find(source: Peer, identifier: Dataset, *, calling_aet: str, timeout: floa
     return matches
 
 
-def _final_counts(source: Peer, what: str, responses) -> RetrieveCounts:  # type: ignore[no-untyped-def]
+def _final_counts(source: Peer, what: str, responses: Iterator[tuple[Dataset, Dataset | None]]) -> RetrieveCounts:
     last: Dataset | None = None
     for status, _identifier in responses:
         if not status or "Status" not in status:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import sop_class
+from pydicom import uid as sop_class  # the storage SOP class UIDs, typed (pynetdicom makes its own at import)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -193,7 +193,8 @@ def accept_file(
         return Acceptance(Status.OUT_OF_RESOURCES, f"archive cannot be written ({os.strerror(exc.errno or 0)})",
                           header=header)
     except SQLAlchemyError as exc:
-        why = str(exc.orig) if isinstance(getattr(exc, "orig", None), DatabaseFileReplaced) else first_line(exc)
+        orig = getattr(exc, "orig", None)
+        why = str(orig) if isinstance(orig, DatabaseFileReplaced) else first_line(exc)
         (outage or database_outage).failed(why)  # one line per outage, not one per instance
         return Acceptance(Status.DATABASE_UNAVAILABLE, "database unavailable", header=header)
     except Exception:
