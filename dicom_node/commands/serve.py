@@ -38,12 +38,23 @@ def _run_until_stopped(start: Callable[[], None], stop: Callable[[], None]) -> i
     return 0
 
 
+def _check_training_table(config: Any) -> None:
+    """``[training]`` checked when the node starts, as every other section is, not first when
+    ``train`` runs weeks later: an unknown key or a bad value stops the start, naming
+    ``training.<key>`` (the recipe's own checks, ``training.settings``; lazily imported, the
+    receive path never loads training)."""
+    from training.settings import TrainSettings
+
+    TrainSettings.from_mapping(config.training)
+
+
 def serve(args: argparse.Namespace) -> int:
     from dicom_node.log_safety import configure_logging
     from dicom_node.store.open import open_runtime
     from dicom_node.shared_metrics import share_metrics_between_processes
 
     config = load(args)
+    _check_training_table(config)
     if args.scp:
         share_metrics_between_processes(config)  # before prometheus_client is imported
     from dicom_node.receive.server import DicomNode

@@ -95,3 +95,15 @@ def test_serve_on_an_unwritable_archive_exits_with_one_line(tmp_path: Path, remo
     assert done.returncode == 2, done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert "cannot be written (Read-only file system)" in last and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("table", "key"), [("epochs = 'forty'", "training.epochs"), ("epoks = 40", "training.epoks")])
+def test_a_bad_training_table_stops_the_node_at_start_naming_the_key(tmp_path: Path, table: str, key: str) -> None:
+    """[training] is checked when the node starts (serve, scp, worker), as the other sections
+    are, not first when `train` runs: exit 2 and one line naming training.<key>."""
+    config = tmp_path / "egfr-node.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n[training]\n{table}\n')
+    done = cli(config, "serve")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("egfr-node: configuration error: ") and key in line, line
