@@ -33,10 +33,10 @@ TINY = ["--epochs", "1", "--folds", "2", "--output-size", "32", "--no-bias-corre
 @pytest.fixture(scope="module")
 def tiny_bundle(clear_cohort: Path, training_root: Path, cache_dir: Path) -> Path:
     out = training_root / "tiny-bundle"
-    config = training_root / "train.toml"
-    config.write_text("[training]\nbootstrap = 200\nbatch_size = 32\n")
-    assert cli.main(["--cohort", str(clear_cohort), "--out", str(out), "--cache", str(cache_dir), "--config", str(config),
-                     "--selection", "nested", "--full-finetune", *TINY]) == 0
+    # the [training] table of the node's config file, as egfr-node train passes it
+    assert cli.main(["--cohort", str(clear_cohort), "--out", str(out), "--cache", str(cache_dir),
+                     "--selection", "nested", "--full-finetune", *TINY],
+                    training_table={"bootstrap": 200, "batch_size": 32}) == 0
     return out
 
 
