@@ -6,7 +6,8 @@
           [--allow-random-frozen-body] [--output-size N] [--imagenet-weights FILE] [--lr LR]
           [--loss f1|ce] [--mixup | --no-mixup] [--augmentation fastai|dihedral|none]
           [--head fastai|linear] [--calibration logistic|isotonic|none] [--permutations N]
-          [--cache DIR] [--register] [--no-progress]
+          [--cache DIR] [--register] [--no-progress] [--deterministic]
+    train --resume OUT                            # go on with an interrupted run
     train --cohort cohort.csv --lr-find [...]     # the LR range test only, on training patients
 
 Settings come from the recipe (``--recipe``, default ``auto``: the paper's with
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import json
+import shutil
 import sys
 import os
 import tomllib
@@ -89,7 +92,34 @@ def build_parser(prog: str = "egfr-node train") -> argparse.ArgumentParser:
     p.add_argument("--version")
     p.add_argument("--register", action="store_true", help="record the bundle in the node's database (not activated)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="torch's deterministic algorithms only: two CPU runs give the same weights bit for bit")
+    p.add_argument("--resume", type=Path, metavar="OUT",
+                   help="alone: go on with the interrupted run that was to write OUT, from each fold's last epoch, "
+                        "with its own arguments (the result is the uninterrupted run's with --deterministic)")
     return p
+
+
+def checkpoints_of(out: Path) -> Path:
+    """Where a run that writes the bundle ``out`` keeps its arguments and each fold's state
+    after every epoch (removed when the bundle is written): ``.<name>.checkpoints`` beside it."""
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}.checkpoints"
+
+
+def _resumed_argv(argv: list[str]) -> list[str] | None:
+    """``--resume OUT`` (with ``--no-progress`` at most): the interrupted run's own arguments."""
+    if "--resume" not in argv:
+        return None
+    rest = [a for a in argv if a != "--no-progress"]
+    if len(rest) != 2 or rest[0] != "--resume":
+        raise SystemExit("train: --resume takes only the bundle folder OUT of the interrupted run "
+                         "(its arguments are the ones it was started with)")
+    saved = checkpoints_of(Path(rest[1])) / "arguments.json"
+    if not saved.is_file():
+        raise SystemExit(f"train: nothing to resume for {rest[1]}: {saved} does not exist")
+    arguments = json.loads(saved.read_text(encoding="utf-8"))
+    return [*arguments, *(["--no-progress"] if "--no-progress" in argv and "--no-progress" not in arguments else [])]
 
 
 def _node_training_table() -> Mapping[str, Any]:
@@ -116,7 +146,7 @@ def _settings(args: argparse.Namespace, training_table: Mapping[str, Any] | None
         values["recipe"] = args.recipe
     for key in ("device", "epochs", "folds", "seed", "repeats", "shuffle_labels", "selection", "freeze_body", "max_lr",
                 "loss", "batch_size", "mixup", "augmentation", "head", "allow_random_frozen_body", "calibration",
-                "permutations"):
+                "permutations", "deterministic"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -218,7 +248,10 @@ def main(argv: list[str] | None = None, *, archive_root: Path | None = None, dat
          training_table: Mapping[str, Any] | None = None) -> int:
     """The command line; under ``egfr-node train`` the node passes its archive, database and
     the ``[training]`` table of its config file (``training_table``)."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    resumed = _resumed_argv(argv)
+    args = build_parser().parse_args(resumed if resumed is not None else argv)
+    args.resuming, args.argv = resumed is not None, (resumed if resumed is not None else argv)
     from training import distributed
 
     distributed.init_from_env(args.device or "cpu")  # under torchrun: join the process group
@@ -266,18 +299,25 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
             newly_pinned = pin_studies(every, database_url, f"training cohort of {args.out}")
             print(f"pinned {len(every)} of the cohort's studies against retention ({len(newly_pinned)} newly; "
                   "archive unpin releases them)")
+        checkpoints = _checkpoint_folder(args) if distributed.world_size() == 1 else None
         outcome = train_bundle(cohort, args.out, settings=settings, params=params, archive_root=archive_root,
                                database_url=database_url, cache_dir=args.cache, name=args.name, version=args.version,
-                               progress=not args.no_progress, provenance=provenance)
+                               progress=not args.no_progress, provenance=provenance, checkpoints=checkpoints)
+        if checkpoints is not None:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # the bundle is written: nothing left to resume
     except KeyboardInterrupt:
         _release(newly_pinned, database_url)
-        print("interrupted: no bundle written", file=sys.stderr)
+        print(f"interrupted: no bundle written; `train --resume {args.out}` goes on from each fold's last epoch"
+              if args.out is not None and checkpoints_of(args.out).is_dir() else "interrupted: no bundle written",
+              file=sys.stderr)
         return 130
     except CohortCheckError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (CohortError, TrainingError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         _release(newly_pinned, database_url)
+        if args.out is not None and not any(checkpoints_of(args.out).glob("*.pt")):
+            shutil.rmtree(checkpoints_of(args.out), ignore_errors=True)  # it trained nothing: nothing to resume
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if not distributed.is_main():
@@ -303,6 +343,21 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
         model_id, created = register_bundle(outcome.bundle, register_url)
         print(f"registered as model {model_id}{'' if created else ' (already known)'}; not active: activate it explicitly")
     return 0
+
+
+def _checkpoint_folder(args: argparse.Namespace) -> Path:
+    """The run's checkpoint folder: made, with the run's arguments, for a new run; the one left
+    by the interrupted run for ``--resume``. A new run refuses to start over an interrupted one."""
+    folder = checkpoints_of(args.out)
+    if Path(args.out).exists():
+        raise ValueError(f"{args.out} already exists; choose a new folder for the bundle")
+    if not args.resuming:
+        if folder.exists():
+            raise ValueError(f"{folder} holds an interrupted run of {args.out}: go on with `train --resume {args.out}`, "
+                             "or delete that folder to start again")
+        folder.mkdir(parents=True)
+        (folder / "arguments.json").write_text(json.dumps(args.argv), encoding="utf-8")
+    return folder
 
 
 def _release(newly_pinned: list[str], database_url: str | None) -> None:

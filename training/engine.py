@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -291,7 +292,7 @@ class FoldTrainer:
 
     def __init__(self, fold: int, inputs: torch.Tensor, labels: np.ndarray, fit_index: np.ndarray,
                  select_index: np.ndarray, test_index: np.ndarray, settings: TrainSettings, seed: int,
-                 device: torch.device, progress: bool = True, position: int = 1) -> None:
+                 device: torch.device, progress: bool = True, position: int = 1, checkpoint: Path | None = None) -> None:
         self.started = time.perf_counter()
         self.fold, self.settings, self.device = fold, settings, device
         self.inputs, self.labels = inputs, labels
@@ -320,6 +321,44 @@ class FoldTrainer:
         self._loss = torch.zeros((), device=device)
         self.bar = tqdm(total=settings.epochs, desc=f"fold {fold + 1}", unit="epoch", leave=False, position=position,
                         disable=not progress)
+        #: where this fold's state is saved after every epoch, and read back from when it exists
+        #: (``train --resume``): the network, optimiser, schedule, every generator and RNG state,
+        #: the kept epoch and the history, so the rest of the run is the uninterrupted one's
+        self.checkpoint = checkpoint
+        if checkpoint is not None and checkpoint.is_file():
+            self._restore(torch.load(checkpoint, map_location=device, weights_only=True))
+
+    def _state(self) -> dict[str, Any]:
+        return {"fold": self.fold, "epoch": self.epoch, "network": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(), "device_generator": self.device_generator.get_state(),
+                "rng_cpu": self.random.cpu, "rng_cuda": self.random.cuda, "best_value": self.best_value,
+                "best_epoch": self.best_epoch, "best_state": self.best_state, "no_eligible_epoch": self.no_eligible_epoch,
+                "history": self.history}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state["fold"] != self.fold:
+            raise RuntimeError(f"checkpoint {self.checkpoint} is of fold {state['fold']}, not {self.fold}")
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"].cpu())
+        self.device_generator.set_state(state["device_generator"].cpu() if self.device.type == "cpu"
+                                        else state["device_generator"])
+        self.random.cpu = state["rng_cpu"].cpu()
+        if state["rng_cuda"] is not None:
+            self.random.cuda = state["rng_cuda"].cpu()
+        self.epoch, self.best_value, self.best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
+        self.best_state, self.no_eligible_epoch, self.history = state["best_state"], state["no_eligible_epoch"], state["history"]
+        self.bar.update(self.epoch)
+        log.info("fold %d: resumed after epoch %d (%s)", self.fold + 1, self.epoch, self.checkpoint)
+
+    def save_checkpoint(self) -> None:
+        """This fold's state after its last epoch, written whole (a temporary file renamed)."""
+        assert self.checkpoint is not None
+        partial = self.checkpoint.with_name(self.checkpoint.name + ".partial")
+        torch.save(self._state(), partial)
+        os.replace(partial, self.checkpoint)
 
     def begin_epoch(self) -> None:
         self.epoch += 1
@@ -372,6 +411,8 @@ class FoldTrainer:
         elif last and self.best_state is None:  # no epoch was eligible: the last one is kept, and the record says so
             self.best_epoch, self.no_eligible_epoch = self.epoch, True
             self.best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+        if self.checkpoint is not None:
+            self.save_checkpoint()
 
     def finish(self) -> FoldResult:
         """The kept epoch's model, its scores on the test patients and the selection record."""
@@ -404,11 +445,12 @@ class FoldTrainer:
 
 def train_fold(fold: int, inputs: torch.Tensor, labels: np.ndarray, fit_index: np.ndarray, select_index: np.ndarray,
                test_index: np.ndarray, settings: TrainSettings, seed: int, device: torch.device, progress: bool = True,
-               position: int = 1) -> FoldResult:
-    """One fold on its own: every epoch's steps, then its selection (see :class:`FoldTrainer`)."""
+               position: int = 1, checkpoint: Path | None = None) -> FoldResult:
+    """One fold on its own: every epoch's steps (from its checkpoint's), then its selection (see
+    :class:`FoldTrainer`)."""
     trainer = FoldTrainer(fold, inputs, labels, fit_index, select_index, test_index, settings, seed, device,
-                          progress, position)
-    for _ in range(settings.epochs):
+                          progress, position, checkpoint)
+    for _ in range(settings.epochs - trainer.epoch):
         trainer.begin_epoch()
         for i in range(trainer.steps):
             trainer.step(i)
@@ -433,16 +475,19 @@ def train_folds_together(trainers: list[FoldTrainer]) -> list[FoldResult]:
     def on(stream: Any) -> contextlib.AbstractContextManager[Any]:
         return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
-    for _ in range(trainers[0].settings.epochs):
-        for trainer, stream in zip(trainers, streams):
+    epochs = trainers[0].settings.epochs
+    while any(t.epoch < epochs for t in trainers):
+        # a resumed run's folds may stand at different epochs: each goes on from its own
+        behind = [(t, s) for t, s in zip(trainers, streams) if t.epoch < epochs]
+        for trainer, stream in behind:
             with on(stream):
                 trainer.begin_epoch()
-        for i in range(max(t.steps for t in trainers)):
-            for trainer, stream in zip(trainers, streams):
+        for i in range(max(t.steps for t, _ in behind)):
+            for trainer, stream in behind:
                 if i < trainer.steps:
                     with on(stream):
                         trainer.step(i)
-        for trainer, stream in zip(trainers, streams):
+        for trainer, stream in behind:
             with on(stream):
                 trainer.end_epoch()
     results = []

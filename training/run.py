@@ -83,9 +83,13 @@ class CVRun:
 
 
 def run_cv(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: TrainSettings, seed: int,
-           progress: bool = True, folds: np.ndarray | None = None) -> CVRun:
+           progress: bool = True, folds: np.ndarray | None = None, checkpoints: Path | None = None,
+           label: str = "") -> CVRun:
     """K-fold CV on prepared inputs ``[N, S, C, H, W]``; every patient scored out of fold
-    (``folds``: a given assignment, as the permutation runs reuse the real one's)."""
+    (``folds``: a given assignment, as the permutation runs reuse the real one's).
+    ``checkpoints``: a folder where each fold's state is saved after every epoch as
+    ``<label>-fold<k>.pt`` (default label ``seed<seed>``) and resumed from when there (one
+    process only: not under torchrun)."""
     start = time.perf_counter()
     device = resolve_device(settings.device)
     folds = assign_folds(labels, groups, settings.folds, seed) if folds is None else np.asarray(folds)
@@ -105,14 +109,21 @@ def run_cv(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: 
         else:
             fit, select = train, test
         plan.append((k, fit, select, test))
+
+    def checkpoint(k: int) -> Path | None:
+        if checkpoints is None or distributed.world_size() > 1:
+            return None
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        return checkpoints / f"{label or f'seed{seed}'}-fold{k}.pt"
+
     if settings.folds_together and distributed.world_size() == 1:
         trainers = [FoldTrainer(k, x, labels, fit, select, test, settings, seed=seed * 1000 + k, device=device,
-                                progress=progress, position=k + 1) for k, fit, select, test in plan]
+                                progress=progress, position=k + 1, checkpoint=checkpoint(k)) for k, fit, select, test in plan]
         results = train_folds_together(trainers)
     else:
         bar = tqdm(plan, desc=f"CV seed {seed}", unit="fold", position=0, disable=not progress)
         results = [train_fold(k, x, labels, fit, select, test, settings, seed=seed * 1000 + k, device=device,
-                              progress=progress) for k, fit, select, test in bar]
+                              progress=progress, checkpoint=checkpoint(k)) for k, fit, select, test in bar]
         bar.close()
     for result in results:
         oof[result.test_index] = result.test_scores
@@ -150,14 +161,15 @@ def default_bundle_name(settings: TrainSettings) -> str:
 
 
 def permutation_test(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: TrainSettings, real: CVRun,
-                     served: ServedRule, progress: bool = True) -> dict[str, Any]:
+                     served: ServedRule, progress: bool = True, checkpoints: Path | None = None) -> dict[str, Any]:
     """``settings.permutations`` trainings on shuffled labels, with the real run's folds and seed:
     the permutation p-value of the real served-rule AUC, (1 + #{AUC_perm >= AUC}) / (1 + N)."""
     real_auc = served.figures["auc"]
     aucs = []
     for i in range(settings.permutations):
         permuted = np.random.default_rng([settings.seed, 0x9E57, i]).permutation(labels)
-        run = run_cv(inputs, permuted, groups, settings, real.seed, progress, folds=real.folds)
+        run = run_cv(inputs, permuted, groups, settings, real.seed, progress, folds=real.folds, checkpoints=checkpoints,
+                     label=f"permutation{i}")
         aucs.append(auc(permuted, fit_served_rule([run], settings.replace(bootstrap=0), real.seed).raw))
     finite = [a for a in aucs if np.isfinite(a)]
     at_least = sum(a >= real_auc for a in finite)
@@ -208,6 +220,7 @@ def train_bundle(
     version: str | None = None,
     progress: bool = True,
     provenance: dict[str, Any] | None = None,
+    checkpoints: Path | None = None,
 ) -> TrainOutcome:
     """Read the cohort, prepare every study (cached), run the CV (``settings.repeats`` times),
     write the bundle with its report to ``out_dir`` atomically, and return what was written.
@@ -216,7 +229,9 @@ def train_bundle(
     outcomes; ``provenance`` then says which, recorded in the bundle).
     ``cache_dir`` defaults to ``<out_dir's parent>/.egfr-train-cache``. With the node's
     ``database_url`` (and ``archive_root``) each archived study is read as the node's jobs read
-    it: its received instances only (:func:`training.cohort.with_received_files`)."""
+    it: its received instances only (:func:`training.cohort.with_received_files`).
+    ``checkpoints``: the folder each fold's state is saved in after every epoch, and resumed
+    from (``train --resume``)."""
     from training.report import build_report, write_report_files
 
     settings = settings or TrainSettings()
@@ -248,15 +263,22 @@ def train_bundle(
     # CPU results depend on the thread count (oneDNN's reduction order): fix it for the run so
     # the same cohort and seed give the same scores whatever the calling process set before.
     previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // distributed.world_size()))
+    if settings.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what CUDA's deterministic GEMMs need
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     try:
-        runs = [run_cv(prepared.inputs, labels, groups, settings, settings.seed + r, progress) for r in range(settings.repeats)]
+        runs = [run_cv(prepared.inputs, labels, groups, settings, settings.seed + r, progress, checkpoints=checkpoints)
+                for r in range(settings.repeats)]
         first = runs[0]
         served = fit_served_rule(runs, settings, first.seed)
-        permutations = permutation_test(prepared.inputs, labels, groups, settings, first, served, progress) \
-            if settings.permutations else None
+        permutations = permutation_test(prepared.inputs, labels, groups, settings, first, served, progress,
+                                        checkpoints=checkpoints) if settings.permutations else None
     finally:
         torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_deterministic)
     name = name or default_bundle_name(settings)
     report = build_report(cohort, prepared, labels, runs, settings, params, served, code_version(), started,
                           permutations=permutations, name=name)

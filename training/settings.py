@@ -122,6 +122,9 @@ class TrainSettings:
     ``folds_together``: train the K folds in turns, step by step (each on its own CUDA
     stream on a GPU, so a small cohort keeps the device busy); the results are those of
     training them one after another (off: one after another; always so under torchrun).
+    ``deterministic``: torch's deterministic algorithms only (``torch.use_deterministic_algorithms``;
+    cuDNN autotuning off): two runs of the same cohort, settings and threads give the same
+    weights bit for bit on the CPU (tested), and a resumed run the weights of an uninterrupted one.
     """
 
     recipe: str = "scratch"
@@ -167,6 +170,7 @@ class TrainSettings:
     calibration: str = "logistic"
     permutations: int = 0
     folds_together: bool = True
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         _choice("recipe", self.recipe, RECIPES)
@@ -213,6 +217,7 @@ class TrainSettings:
         _choice("calibration", self.calibration, CALIBRATION_METHODS)
         _int("permutations", self.permutations, 0)
         _bool("folds_together", self.folds_together)
+        _bool("deterministic", self.deterministic)
         if self.freeze_body and self.imagenet_weights is None and not self.allow_random_frozen_body:
             raise SettingError("training.freeze_body: needs ImageNet weights (training.imagenet_weights): a frozen body "
                                "of random filters does not learn (docs/examples/ablation.md); train every layer (full "
