@@ -242,6 +242,10 @@ async def _stow(request: Request, study_uid: str = "") -> Response:
         async for chunk in request.stream():
             try:
                 parts = body.feed(chunk)
+            except OSError as exc:  # a part's file in .incoming (disk full, not writable): nothing of it kept
+                log.error("STOW-RS from %s: a part could not be written to the archive: %s", sender, exc.strerror)
+                return JSONResponse({"detail": f"the archive cannot be written ({exc.strerror}); send it again later"},
+                                    status_code=503)
             except Exception as exc:  # python-multipart's MultipartParseError and kin
                 malformed = f"malformed multipart body: {str(exc)[:120]}"
                 break
