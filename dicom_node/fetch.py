@@ -317,6 +317,13 @@ class MaskImageFetcher:
             state.next_at = time.monotonic() + backoff
         (log.warning if error else log.info)("study %s: %s", study_uid, outcome, extra={"study_uid": study_uid})
 
+    def retain(self, study_uids: set[str]) -> None:
+        """Forget the studies that no longer want images (complete, or gone), unless a fetch of
+        theirs still runs: a study that wants images again later (a new mask) is fetched again."""
+        with self._lock:
+            for uid in [u for u, state in self._attempts.items() if u not in study_uids and not state.running]:
+                del self._attempts[uid]
+
     def notes(self) -> dict[str, str]:
         """study UID -> what the node does about its missing images, for the job's reason."""
         out = {}

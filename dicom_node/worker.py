@@ -153,6 +153,7 @@ class Worker:
         if self.fetcher is not None:
             with self.sessions.begin() as session:
                 wanting = studies_wanting_images(session, self.settings.fetch_after_seconds, now)
+            self.fetcher.retain({study.study_uid for study in wanting})
             for study in wanting:
                 self.fetcher.consider(study.study_uid, study.series_uids)
             notes = self.fetcher.notes()
