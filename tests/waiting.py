@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["wait_for", "settled"]
+__all__ = ["wait_for", "settled", "wait_for_http"]
 
 T = TypeVar("T")
 
@@ -37,3 +37,21 @@ def settled(measure: Callable[[], T], timeout: float = 10.0, reads: int = 3, eve
         same = same + 1 if value == last else 1
         last = value
     return last
+
+
+def wait_for_http(url: str, timeout: float = 60.0, what: str = "the server", alive: Callable[[], bool] | None = None,
+                  verify: object = True) -> None:
+    """Until ``url`` answers HTTP at all (any status); AssertionError naming ``what`` when it
+    does not within ``timeout``, or at once when ``alive()`` says its process ended."""
+    import requests
+
+    def answers() -> bool:
+        if alive is not None:
+            assert alive(), f"{what} ended before it answered at {url}"
+        try:
+            requests.get(url, timeout=2, verify=verify)
+            return True
+        except requests.ConnectionError:
+            return False
+
+    wait_for(answers, timeout, f"{what} to answer at {url}", every=0.2)

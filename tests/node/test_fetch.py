@@ -23,7 +23,7 @@ from dicom_node.worker import Worker
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import Orthanc
 from tests.node.process import free_port, write_config
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_for_http
 
 
 def write_node_config(folder: Path, port: int, orthanc: Orthanc, retrieve: str) -> Path:
@@ -192,13 +192,7 @@ def test_the_console_searches_a_source_and_fetches_a_study(tmp_path: Path, phant
         first = dcmread(files[0], stop_before_pixels=True)
         url = f"http://127.0.0.1:{config.web.port}"
 
-        def up() -> bool:
-            try:
-                return requests.get(url + "/login", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(up, 60, "the console")
+        wait_for_http(url + "/login", 60, "the console", alive=console.process.is_alive)
         web = requests.Session()
         csrf = web.post(url + "/api/session", json={"user": "admin", "password": "fetch it please"}, timeout=30).json()["csrf_token"]
         page = web.post(url + "/fetch/search", data={"csrf_token": csrf, "accession": str(first.AccessionNumber)}, timeout=60)

@@ -29,7 +29,7 @@ from dicom_node.config import load_config
 from tests.dicom_factory import mr_series
 from tests.node.peers import Orthanc
 from tests.node.process import cli, free_port
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_for_http
 
 BOUNDARY = "egfr-test-boundary"
 DICOM_PARTS = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -62,15 +62,8 @@ class StowNode:
         self.log = open(self.config_path.parent / "web.log", "a")
         self.process = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "--config", str(self.config_path), "web"],
                                         stdout=self.log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
-        wait_for(self._answers, 60, "the console with STOW-RS did not start", every=0.2)
-
-    def _answers(self) -> bool:
-        assert self.process.poll() is None, (self.config_path.parent / "web.log").read_text()[-2000:]
-        try:
-            requests.get(f"http://127.0.0.1:{self.port}/login", timeout=2)
-            return True
-        except requests.ConnectionError:
-            return False
+        wait_for_http(f"http://127.0.0.1:{self.port}/login", 60, "egfr-node web with STOW-RS",
+                      alive=lambda: self.process.poll() is None)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -294,7 +287,8 @@ def test_stow_outcomes_are_counted_on_the_nodes_metrics_page(tmp_path: Path) -> 
     try:
         wait_until_listening(port, node)
         web = StowNode(path, web_port, token)
-        wait_for(lambda: _up(web_port), 60, "the console of egfr-node serve")
+        wait_for_http(f"http://127.0.0.1:{web_port}/login", 60, "the console of egfr-node serve",
+                      alive=lambda: node.poll() is None)
         images = mr_series(2, seed=21)
         assert web.post(multipart([part10(ds) for ds in images])).status_code == 200
         assert web.post(multipart([b"not dicom"])).status_code == 409
@@ -304,10 +298,3 @@ def test_stow_outcomes_are_counted_on_the_nodes_metrics_page(tmp_path: Path) -> 
     finally:
         stop_processes([node])
 
-
-def _up(port: int) -> bool:
-    try:
-        requests.get(f"http://127.0.0.1:{port}/login", timeout=2)
-        return True
-    except requests.ConnectionError:
-        return False

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 from pipeline.model.bundle import Manifest
 from training import cli
 from training.cli import checkpoints_of
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--epochs", "8", "--folds", "2", "--output-size", "32", "--no-bias-correction", "--lr", "1e-3", "--loss", "ce",
@@ -59,12 +59,11 @@ def test_a_run_killed_between_epochs_and_resumed_gives_the_uninterrupted_weights
     run = subprocess.Popen([sys.executable, "-m", "training.cli", "--cohort", str(clear_cohort), "--out", str(out),
                             "--cache", str(cache_dir), *ARGS], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and run.poll() is None:
+    def two_epochs_saved_or_ended() -> bool:
         saved = _epochs_saved(checkpoints_of(out))
-        if len(saved) == 2 and min(saved) >= 2:
-            break
-        time.sleep(0.02)
+        return run.poll() is not None or (len(saved) == 2 and min(saved) >= 2)
+
+    wait_for(two_epochs_saved_or_ended, 300, "both folds' checkpoints at epoch 2", every=0.02)
     assert run.poll() is None, f"the run ended before it could be killed: {run.stderr.read()[-2000:]}"
     run.send_signal(signal.SIGKILL)
     run.wait(30)

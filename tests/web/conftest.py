@@ -4,7 +4,6 @@ in its own process (``ConsoleProcess``, what ``egfr-node serve`` starts) with on
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.conftest import make_config
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import Orthanc
 from tests.node.process import free_port
+from tests.waiting import wait_for_http
 
 USER, PASSWORD = "oncall", "night shift 0300"
 
@@ -76,15 +76,7 @@ def console_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleNo
     console = ConsoleProcess(config)
     console.start()
     here = ConsoleNode(config, runtime, node, worker, orthanc, console, tmp)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            requests.get(here.url + "/login", timeout=2)
-            break
-        except requests.ConnectionError:
-            assert time.monotonic() < deadline, "the console did not start within 60 s"
-            assert console.process.is_alive(), f"the console process ended: exit code {console.process.exitcode}"
-            time.sleep(0.3)
+    wait_for_http(here.url + "/login", 60, "the console process", alive=console.process.is_alive)
     try:
         yield here
     finally:

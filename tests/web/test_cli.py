@@ -6,12 +6,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
 from tests.node.process import cli, free_port, start, wait_until_listening, write_config
+from tests.waiting import wait_for_http
 
 
 def test_serve_starts_the_console_and_add_user_lets_a_user_in(tmp_path: Path) -> None:
@@ -30,14 +30,7 @@ def test_serve_starts_the_console_and_add_user_lets_a_user_in(tmp_path: Path) ->
     url = f"http://127.0.0.1:{web_port}"
     try:
         wait_until_listening(port, proc)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(url + "/login", timeout=2)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None, "serve did not start the console"
-                time.sleep(0.3)
+        wait_for_http(url + "/login", 60, "the console of egfr-node serve", alive=lambda: proc.poll() is None)
         session = requests.Session()
         assert session.post(url + "/api/session", json={"user": "oncall", "password": "night shift 0300"},
                             timeout=30).status_code == 200
@@ -69,14 +62,7 @@ def test_web_alone_serves_https_with_secure_cookies_when_configured(tmp_path: Pa
     proc = start(config, "web")  # the console alone: no SCP in this process
     url = f"https://127.0.0.1:{web_port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(url + "/login", timeout=2, verify=str(certs.ca_cert))
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None, "egfr-node web did not start"
-                time.sleep(0.3)
+        wait_for_http(url + "/login", 60, "egfr-node web", alive=lambda: proc.poll() is None, verify=str(certs.ca_cert))
         session = requests.Session()
         signed = session.post(url + "/api/session", json={"user": "oncall", "password": "night shift 0300"},
                               timeout=30, verify=str(certs.ca_cert))

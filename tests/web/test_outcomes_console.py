@@ -6,7 +6,6 @@ comparison (its screenshot is the README's picture); the shadow is promoted from
 
 from __future__ import annotations
 
-import time
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.node.bundles import write_random_bundle
 from tests.node.scu import store
 from tests.web.conftest import ConsoleNode
 from tests.web.test_console import ARTIFACTS, click_button, save_whole_page, wait_for_text
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -37,15 +37,13 @@ def _sign_in(here: ConsoleNode, user: str) -> tuple[requests.Session, str]:
 
 def _done_job(here: ConsoleNode, study_uid: str, timeout: float = 120) -> int:
     """The study's done job, once its shadow result is stored too."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def done_with_shadow() -> int | None:
         with here.runtime.sessions() as session:
             job = session.scalars(select(Job).join(Study).where(Study.study_uid == study_uid, Job.state == JobState.DONE)
                                   .order_by(Job.id.desc())).first()
-            if job is not None and shadow_results(session, job.id):
-                return job.id
-        time.sleep(0.5)
-    raise AssertionError(f"study {study_uid}: no done job with its shadow result within {timeout:g} s")
+            return job.id if job is not None and shadow_results(session, job.id) else None
+
+    return wait_for(done_with_shadow, timeout, f"study {study_uid}: a done job with its shadow result", every=0.5)
 
 
 def test_a_clinician_records_pathology_and_the_performance_page_shows_how_the_node_did(
