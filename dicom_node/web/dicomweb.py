@@ -201,7 +201,8 @@ def _answer(outcomes: list[_Outcome], status: int, detail: str = "") -> Response
     if failed:
         ds.FailedSOPSequence = failed
     body = ds.to_json_dict()
-    headers = {"Warning": f'299 egfr-node "{detail[:200]}"'} if detail else {}
+    shown = "".join(c if " " <= c <= "~" and c != '"' else "'" if c == '"' else " " for c in detail[:200])
+    headers = {"Warning": f'299 egfr-node "{shown}"'} if detail else {}
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
@@ -272,8 +273,12 @@ async def _stow(request: Request, study_uid: str = "") -> Response:
     target = f"STOW-RS {len(outcomes)} instances" + (f" of study {study_uid}" if study_uid else "")
 
     def note() -> None:
-        with sessions.begin() as session:
-            audit.record(session, f"stow:{sender}", "stow", target, summary, request.client.host if request.client else "")
+        try:
+            with sessions.begin() as session:
+                audit.record(session, f"stow:{sender}", "stow", target, summary,
+                             request.client.host if request.client else "")
+        except Exception as exc:  # the answer stands (what was stored is stored); the log says it
+            log.error("STOW-RS from %s: %s; not in the audit trail (%s)", sender, summary, type(exc).__name__)
 
     await asyncio.to_thread(note)
     _count(outcomes)
