@@ -126,9 +126,10 @@ def test_interrupted_export_leaves_no_bundle(clear_cohort: Path, tmp_path: Path,
     calls = []
 
     def save_then_interrupt(obj, path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
+        if ".partial-" in str(path):  # the bundle's staging folder (not the per-epoch checkpoints)
+            calls.append(path)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(export.torch, "save", save_then_interrupt)
@@ -136,7 +137,10 @@ def test_interrupted_export_leaves_no_bundle(clear_cohort: Path, tmp_path: Path,
     assert cli.main(["--cohort", str(clear_cohort), "--out", str(out), "--cache", str(cache_dir), "--selection", "paper",
                      *TINY]) == 130
     assert len(calls) == 2 and not out.exists()
-    assert list(tmp_path.iterdir()) == []  # the staging folder is gone too
+    # the staging folder is gone too; the run's checkpoints stay, for train --resume
+    assert [p.name for p in tmp_path.iterdir()] == [".bundle.checkpoints"]
+    assert cli.main(["--resume", str(out)]) == 0 and out.is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
 
 def test_same_seed_same_scores_and_weights(clear_cohort: Path, cache_dir: Path) -> None:
