@@ -23,6 +23,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.engine import rowcount
 from db.models import ConsoleSession, LoginFailures, utcnow
 
 __all__ = ["start_session", "check_session", "end_session", "end_sessions_of", "Attempt", "reserve_attempt",
@@ -143,5 +144,4 @@ def forgive(session: Session, keys: list[str]) -> None:
 
 def unlock(session: Session, name: str) -> int:
     """Lift the lock-out of a user or an address (``name`` either); how many were lifted."""
-    return session.execute(delete(LoginFailures).where(LoginFailures.key.in_([f"user:{name}", f"address:{name}"]))
-                           ).rowcount or 0
+    return rowcount(session, delete(LoginFailures).where(LoginFailures.key.in_([f"user:{name}", f"address:{name}"])))

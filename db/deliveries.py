@@ -15,11 +15,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Sequence
+from typing import Any, Sequence
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from db.engine import rowcount
 from db.models import Delivery, DeliveryState, Instance, utcnow
 
 __all__ = ["DeliveryView", "RetryPolicy", "create_deliveries", "claim_due", "mark_sent", "mark_failed_try",
@@ -38,7 +39,7 @@ class RetryPolicy:
     def backoff(self, failed_attempts: int, rng: random.Random | None = None) -> float:
         """Seconds before the next try after ``failed_attempts`` failures: initial x 2^(n-1),
         capped, times a uniform jitter in [1 - jitter, 1 + jitter] (no thundering herd)."""
-        base = min(self.max_backoff_seconds, self.initial_backoff_seconds * 2 ** max(0, failed_attempts - 1))
+        base = min(self.max_backoff_seconds, self.initial_backoff_seconds * 2.0 ** max(0, failed_attempts - 1))
         return base * (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
 
 
@@ -60,7 +61,7 @@ class DeliveryView:
         return cls(delivery.id, delivery.job_id, delivery.sop_instance_uid, delivery.destination, delivery.state.value,
                    delivery.attempts, delivery.last_error, delivery.next_attempt_at, delivery.sent_at, path)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         for key in ("next_attempt_at", "sent_at"):
             out[key] = out[key].isoformat() + "Z" if out[key] else None
@@ -79,6 +80,13 @@ def create_deliveries(session: Session, job_id: int, sop_instance_uids: Sequence
     return [row.id for row in rows]
 
 
+def _get(session: Session, delivery_id: int) -> Delivery:
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        raise LookupError(f"no delivery {delivery_id}")
+    return delivery
+
+
 def _path_of(session: Session, sop_instance_uid: str) -> str:
     return session.scalar(select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid)) or ""
 
@@ -95,14 +103,15 @@ def claim_due(session: Session, lease_seconds: float, now: datetime | None = Non
     ).all()
     claimed = []
     for delivery_id, due_at in due:
-        moved = session.execute(
+        moved = rowcount(
+            session,
             update(Delivery)
             .where(Delivery.id == delivery_id, Delivery.state.in_(OPEN_STATES),
                    Delivery.next_attempt_at.is_(None) if due_at is None else Delivery.next_attempt_at == due_at)
-            .values(next_attempt_at=now + timedelta(seconds=lease_seconds), updated_at=now)
-        ).rowcount
+            .values(next_attempt_at=now + timedelta(seconds=lease_seconds), updated_at=now),
+        )
         if moved:
-            delivery = session.get(Delivery, delivery_id)
+            delivery = _get(session, delivery_id)
             claimed.append(DeliveryView.of(delivery, _path_of(session, delivery.sop_instance_uid)))
     return claimed
 
@@ -120,7 +129,7 @@ def mark_failed_try(session: Session, delivery_id: int, reason: str, policy: Ret
                     now: datetime | None = None, rng: random.Random | None = None) -> DeliveryView:
     """Count a failed try: ``retrying`` with the next try after the backoff, or ``failed``."""
     now = now or utcnow()
-    delivery = session.get(Delivery, delivery_id)
+    delivery = _get(session, delivery_id)
     delivery.attempts += 1
     delivery.last_error = reason[:1000]
     delivery.updated_at = now

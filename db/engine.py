@@ -11,14 +11,15 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import CursorResult, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["make_engine", "make_sessionmaker", "DatabaseUnreachable", "DatabaseFileReplaced", "database_errors",
-           "check_database_file", "SQLITE_BUSY_TIMEOUT_MS", "SQLITE_BEGIN"]
+           "check_database_file", "rowcount", "SQLITE_BUSY_TIMEOUT_MS", "SQLITE_BEGIN"]
 
 #: How long a SQLite transaction waits for another process's write lock before it fails: well
 #: inside a C-STORE's time, so a peer hears 0xA701 (retry later) rather than timing out.
@@ -90,7 +91,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     # Let SQLAlchemy drive transactions (BEGIN emitted in _sqlite_begin_immediate).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -101,7 +102,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-def _sqlite_begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_begin_immediate(connection: Connection) -> None:
     # Take the write lock at BEGIN: two processes never deadlock upgrading read locks,
     # and the busy timeout applies (a deferred transaction that upgrades fails at once).
     check_database_file(connection.engine)
@@ -141,3 +142,9 @@ def check_database_file(engine: Engine) -> None:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def rowcount(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE in ``session``; how many rows it matched (SQLAlchemy types
+    ``rowcount`` on the CursorResult such a statement returns, not on Result)."""
+    return cast("CursorResult[Any]", session.execute(statement)).rowcount

@@ -20,17 +20,18 @@ import enum
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
-from sqlalchemy import Engine, bindparam, case, select, text, update
+from sqlalchemy import Engine, Table, bindparam, case, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from db.engine import SQLITE_BEGIN, check_database_file
-from db.models import ACTIVE_JOB_PREDICATE_SQL, Deletion, Instance, Job, JobState, Series, Study, utcnow
+from db.models import ACTIVE_JOB_PREDICATE_SQL, Base, Deletion, Instance, Job, JobState, Series, Study, utcnow
 from db.sop_classes import mask_kind_of, moves_queue
 
 __all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "prepare_recording", "find_instance", "ARRIVING_REASON",
@@ -161,7 +162,7 @@ class _DriverStatement:
         self.defaults: dict[str, Any] = {}
         for column in [*self.compiled.insert_prefetch, *self.compiled.update_prefetch]:
             default = column.default if column in self.compiled.insert_prefetch else column.onupdate
-            if default is None or not default.is_scalar:
+            if not isinstance(default, ScalarElementColumnDefault):
                 raise TypeError(f"{column} needs a value the statement does not give (its default is not a constant)")
             self.defaults[column.key] = default.arg
         self.processors: dict[str, Callable[[Any], Any]] = {}
@@ -169,7 +170,11 @@ class _DriverStatement:
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self.processors[name] = processor
-        self.positional = bool(self.compiled.positional)
+        self.positions: list[str] | None = None
+        if self.compiled.positional:
+            if self.compiled.positiontup is None:
+                raise TypeError(f"{type(statement).__name__} compiles to positional binds without their order")
+            self.positions = list(self.compiled.positiontup)
 
     def execute(self, cursor: Any, params: dict[str, Any]) -> Any:
         if not params.keys() <= self.compiled.binds.keys():
@@ -178,8 +183,8 @@ class _DriverStatement:
         for name, processor in self.processors.items():
             if name in values:
                 values[name] = processor(values[name])
-        if self.positional:
-            cursor.execute(self.compiled.string, tuple(values[name] for name in self.compiled.positiontup))
+        if self.positions is not None:
+            cursor.execute(self.compiled.string, tuple(values[name] for name in self.positions))
         else:
             cursor.execute(self.compiled.string, values)
         return cursor
@@ -213,27 +218,24 @@ def _statements(dialect: Dialect) -> _Statements:
     if cached is not None:
         return cached
     insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-    study_t, series_t, instance_t, job_t = Study.__table__, Series.__table__, Instance.__table__, Job.__table__
-    study = insert(study_t).values(
+    study_t, series_t, instance_t, job_t = _table(Study), _table(Series), _table(Instance), _table(Job)
+    new_study = insert(study_t).values(
         study_uid=bindparam("study_uid"), first_received_at=bindparam("now"), last_received_at=bindparam("now")
     )
-    study = study.on_conflict_do_update(
+    study = new_study.on_conflict_do_update(
         index_elements=[study_t.c.study_uid],
         set_={
             "last_received_at": case(
-                (study.excluded.last_received_at > study_t.c.last_received_at, study.excluded.last_received_at),
+                (new_study.excluded.last_received_at > study_t.c.last_received_at, new_study.excluded.last_received_at),
                 else_=study_t.c.last_received_at,
             )
         },
     ).returning(study_t.c.id)
     # For instances that do not move the queue: the study row exists, its quiet time stays.
-    study_quiet = insert(study_t).values(
-        study_uid=bindparam("study_uid"), first_received_at=bindparam("now"), last_received_at=bindparam("now")
-    )
-    study_quiet = study_quiet.on_conflict_do_update(
+    study_quiet = new_study.on_conflict_do_update(
         index_elements=[study_t.c.study_uid], set_={"last_received_at": study_t.c.last_received_at}
     ).returning(study_t.c.id)
-    series = insert(series_t).values(
+    new_series = insert(series_t).values(
         series_uid=bindparam("series_uid"),
         study_id=bindparam("study_id"),
         modality=bindparam("modality"),
@@ -242,8 +244,8 @@ def _statements(dialect: Dialect) -> _Statements:
         frame_of_reference_uid=bindparam("frame_of_reference_uid"),
         last_received_at=bindparam("now"),
     )
-    series = series.on_conflict_do_update(
-        index_elements=[series_t.c.series_uid], set_={"last_received_at": series.excluded.last_received_at}
+    series = new_series.on_conflict_do_update(
+        index_elements=[series_t.c.series_uid], set_={"last_received_at": new_series.excluded.last_received_at}
     ).returning(series_t.c.id)
     touch_job = (
         update(job_t)
@@ -267,6 +269,11 @@ def _statements(dialect: Dialect) -> _Statements:
     )
     _STATEMENTS[dialect.name] = statements
     return statements
+
+
+def _table(model: type[Base]) -> Table:
+    """The model's table (declarative types ``__table__`` as any FromClause; it is a Table)."""
+    return cast(Table, model.__table__)
 
 
 def prepare_recording(engine: Engine) -> None:

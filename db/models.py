@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import date, datetime, timezone
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -183,7 +184,7 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     #: What the pipeline chose and produced (selection, probability, SR UID ...), JSON.
-    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     #: The model bundle the job runs with, fixed when it is claimed (a bundle activated
     #: meanwhile is for the next jobs).
     model_id: Mapped[int | None] = mapped_column(ForeignKey("model.id"), nullable=True)
@@ -340,8 +341,8 @@ class OutcomeChange(Base):
     user: Mapped[str] = mapped_column(String(64))
     #: console | api | import
     via: Mapped[str] = mapped_column(String(16))
-    old: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    new: Mapped[dict] = mapped_column(JSON)
+    old: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    new: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class ShadowResult(Base):
@@ -356,7 +357,7 @@ class ShadowResult(Base):
     #: done | skipped | failed
     state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 

@@ -158,8 +158,8 @@ def record_outcome(session: Session, study_uid: str, value: OutcomeValue, *, use
         raise OutcomeError(f"study {study_uid} is not in this node's archive")
     row = session.scalars(select(Outcome).where(Outcome.study_uid == study_uid).with_for_update()).one_or_none()
     old = _value(row).to_json() if row is not None else None
-    if old == value.to_json():
-        return _view(row), False  # type: ignore[arg-type]  # old is None when row is None
+    if row is not None and old == value.to_json():
+        return _view(row), False
     if row is None:
         row = Outcome(study_uid=study_uid, entered_by=user[:64], entered_at=now)
         session.add(row)
@@ -236,4 +236,4 @@ def bundle_ids_with_predictions(session: Session) -> list[int]:
     jobs = set(session.scalars(select(Job.model_id).where(Job.state == JobState.DONE, Job.model_id.is_not(None)).distinct()))
     shadows = set(session.scalars(select(ShadowResult.model_id).where(ShadowResult.state == "done").distinct()))
     known = set(session.scalars(select(Model.id)))
-    return sorted((jobs | shadows) & known)
+    return sorted(known & (jobs | shadows))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -34,7 +35,7 @@ class StudyView:
     #: why the study has no job running or done: what it lacks, or its waiting job's reason
     waiting_because: str | None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "first_received_at": _iso(self.first_received_at),
                 "last_received_at": _iso(self.last_received_at)}
 
@@ -49,7 +50,7 @@ class DestinationView:
     last_failure_at: datetime | None
     last_error: str | None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "last_sent_at": _iso(self.last_sent_at), "last_failure_at": _iso(self.last_failure_at)}
 
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.engine import rowcount
 from db.models import ACTIVE_JOB_STATES, Instance, Job, JobState, Series, Study, utcnow
 from db.sop_classes import IMAGE_SOP_CLASSES
 from db.stats import count_by_state
@@ -68,7 +69,7 @@ class JobView:
     finished_at: datetime | None
     lease_owner: str | None
     lease_expires_at: datetime | None
-    result: dict | None
+    result: dict[str, Any] | None
     model_id: int | None = None
     resend_only: bool = False
     queued_because: str | None = None
@@ -119,7 +120,7 @@ class StudyReadiness:
     wanting: tuple[str, ...] = ()
 
 
-def _received(study: Study, sop_classes: frozenset[str] | None = None):  # type: ignore[no-untyped-def]
+def _received(study: Study, sop_classes: frozenset[str] | None = None) -> Select[int]:
     """Instances of the study received from peers (never the node's own): of these classes, or
     (``sop_classes`` None) the lesion masks (``Instance.mask_kind``: by class and content)."""
     kind = Instance.mask_kind.is_not(None) if sop_classes is None else Instance.sop_class_uid.in_(sop_classes)
@@ -224,12 +225,13 @@ def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: dateti
                 # Quiet time checked again in the UPDATE: on PostgreSQL an instance committed
                 # since the read above must keep the study waiting.
                 still_quiet = select(Study.id).where(Study.id == job.study_id, Study.last_received_at <= now - wait)
-                moved = session.execute(
+                moved = rowcount(
+                    session,
                     update(Job)
                     .where(Job.id == job.id, Job.state == JobState.WAITING, Job.study_id.in_(still_quiet))
                     .values(state=JobState.QUEUED, reason=None, queued_at=now, updated_at=now, queued_because=because)
-                    .execution_options(synchronize_session="fetch")
-                ).rowcount
+                    .execution_options(synchronize_session="fetch"),
+                )
                 if moved:
                     log.info("study %s complete: job %d queued (%s)", job.study.study_uid, job.id, because,
                              extra={"study_uid": job.study.study_uid, "job_id": job.id})
@@ -271,7 +273,8 @@ def claim_next(
         ).first()
         if candidate is None:
             return None
-        moved = session.execute(
+        moved = rowcount(
+            session,
             update(Job)
             .where(Job.id == candidate.id, Job.state == JobState.QUEUED)
             .values(
@@ -284,8 +287,8 @@ def claim_next(
                 model_id=None if candidate.resend_only else model_id,
                 reason=None,
             )
-            .execution_options(synchronize_session="fetch")
-        ).rowcount
+            .execution_options(synchronize_session="fetch"),
+        )
         if moved:
             session.refresh(candidate)
             return JobView.of(candidate)
@@ -295,22 +298,24 @@ def claim_next(
 def note_waiting_for(session: Session, reason: str, now: datetime | None = None) -> int:
     """Say on every queued job that needs a model why it is not claimed (e.g. "no active model")."""
     now = now or utcnow()
-    return session.execute(
+    return rowcount(
+        session,
         update(Job)
         .where(Job.state == JobState.QUEUED, Job.resend_only.is_(False), or_(Job.reason.is_(None), Job.reason != reason))
-        .values(reason=reason, updated_at=now)
-    ).rowcount
+        .values(reason=reason, updated_at=now),
+    )
 
 
 def renew_lease(session: Session, job_id: int, worker_id: str, lease_seconds: float, now: datetime | None = None) -> bool:
     """Extend the lease (heartbeat); False when the job is no longer this worker's."""
     now = now or utcnow()
     return bool(
-        session.execute(
+        rowcount(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == worker_id)
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
-        ).rowcount
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now),
+        )
     )
 
 
@@ -321,13 +326,14 @@ def finish_job(
     *,
     ok: bool,
     reason: str | None = None,
-    result: dict | None = None,
+    result: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> bool:
     """running -> done (ok) or failed (with ``reason``); False if the lease was lost meanwhile."""
     now = now or utcnow()
     return bool(
-        session.execute(
+        rowcount(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == worker_id)
             .values(
@@ -338,8 +344,8 @@ def finish_job(
                 updated_at=now,
                 lease_owner=None,
                 lease_expires_at=None,
-            )
-        ).rowcount
+            ),
+        )
     )
 
 
@@ -423,14 +429,14 @@ def replay(session: Session, study_uid_or_job_id: str, now: datetime | None = No
         latest = session.get(Job, int(key))
     else:
         latest = session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id.desc()).limit(1)).first()
-    source = _with_results(session, latest)
-    resend = not rerun and source is not None
+    source = None if rerun else _with_results(session, latest)
+    resend = source is not None
     job = Job(
         study_id=study.id,
         state=JobState.QUEUED,
         trigger="resend" if resend else "replay",
         resend_only=resend,
-        result={"resend_of_job": source.id} if resend else None,
+        result={"resend_of_job": source.id} if source is not None else None,
         replay_of_id=latest.id if latest else None,
         created_at=now,
         updated_at=now,

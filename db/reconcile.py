@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from db.engine import rowcount
 from db.models import Instance, Job, JobState, utcnow
 
 __all__ = ["RecordedFile", "recorded_files", "stuck_jobs", "forget_instances"]
@@ -41,4 +42,4 @@ def forget_instances(session: Session, instance_ids: list[int]) -> int:
     """Remove the rows of instances whose file is gone or was quarantined."""
     if not instance_ids:
         return 0
-    return session.execute(delete(Instance).where(Instance.id.in_(instance_ids))).rowcount
+    return rowcount(session, delete(Instance).where(Instance.id.in_(instance_ids)))

@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
+from db.engine import rowcount
 from db.models import Deletion, Delivery, DeliveryState, Instance, Job, JobState, Series, Study, utcnow
 
 __all__ = ["Candidate", "DeletionView", "eligible_studies", "mark_deletion", "marked_deletions", "finish_deletion",
@@ -56,13 +57,13 @@ def _view(row: Deletion) -> DeletionView:
                         row.instances, row.size_bytes, tuple(row.paths or ()))
 
 
-def _latest_job():  # type: ignore[no-untyped-def]
+def _latest_job() -> ScalarSelect[int]:
     """The id of the study's latest job (a scalar subquery on its own alias of ``job``)."""
     job = aliased(Job)
     return select(func.max(job.id)).where(job.study_id == Study.id).correlate(Study).scalar_subquery()
 
 
-def _answered():  # type: ignore[no-untyped-def]
+def _answered() -> ColumnElement[bool]:
     """The study's latest job is done and every result of it was sent."""
     latest = _latest_job()
     job = aliased(Job)
@@ -72,7 +73,7 @@ def _answered():  # type: ignore[no-untyped-def]
     return latest_done & ~latest_not_sent
 
 
-def _settled():  # type: ignore[no-untyped-def]
+def _settled() -> ColumnElement[bool]:
     """Nothing of the study is under way: no job waiting, queued or running, no result still
     pending or being retried."""
     job = aliased(Job)
@@ -83,7 +84,7 @@ def _settled():  # type: ignore[no-untyped-def]
     return ~busy & ~unsent
 
 
-def _finished_conditions():  # type: ignore[no-untyped-def]
+def _finished_conditions() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     return _settled(), _answered() | Study.released_at.is_not(None)
 
 
@@ -197,8 +198,8 @@ def cancel_deletion(session: Session, deletion_id: int, why: str, now: datetime 
 def pin(session: Session, study_uid: str, by: str, reason: str, now: datetime | None = None) -> bool:
     """Keep ``study_uid`` from retention; False when no such study is archived."""
     now = now or utcnow()
-    return bool(session.execute(update(Study).where(Study.study_uid == study_uid)
-                                .values(pinned_at=now, pinned_by=by[:64], pin_reason=reason)).rowcount)
+    return bool(rowcount(session, update(Study).where(Study.study_uid == study_uid)
+                         .values(pinned_at=now, pinned_by=by[:64], pin_reason=reason)))
 
 
 def pinned(session: Session, study_uids: list[str]) -> set[str]:
@@ -209,8 +210,8 @@ def pinned(session: Session, study_uids: list[str]) -> set[str]:
 def release(session: Session, study_uid: str, by: str, now: datetime | None = None) -> bool:
     """An admin lets retention delete a study it keeps unanswered (a failed job nobody will
     rerun); False when no such study is archived."""
-    return bool(session.execute(update(Study).where(Study.study_uid == study_uid)
-                                .values(released_at=now or utcnow(), released_by=by[:64])).rowcount)
+    return bool(rowcount(session, update(Study).where(Study.study_uid == study_uid)
+                         .values(released_at=now or utcnow(), released_by=by[:64])))
 
 
 def kept_unanswered(session: Session, limit: int = 100) -> list[tuple[str, str]]:
@@ -230,8 +231,8 @@ def kept_unanswered(session: Session, limit: int = 100) -> list[tuple[str, str]]
 
 def unpin(session: Session, study_uid: str) -> bool:
     """Let retention consider ``study_uid`` again; False when no such study is archived."""
-    return bool(session.execute(update(Study).where(Study.study_uid == study_uid)
-                                .values(pinned_at=None, pinned_by=None, pin_reason=None)).rowcount)
+    return bool(rowcount(session, update(Study).where(Study.study_uid == study_uid)
+                         .values(pinned_at=None, pinned_by=None, pin_reason=None)))
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ def done_jobs_since(session: Session, since: datetime) -> list[DoneJob]:
 
 def count_by_state(session: Session, table: str) -> dict[str, int]:
     """``job`` or ``delivery`` rows counted by state (states no row is in are left out)."""
-    model = {"job": Job, "delivery": Delivery}[table]
+    column = {"job": Job.state, "delivery": Delivery.state}[table]
     return {getattr(state, "value", str(state)): count
-            for state, count in session.execute(select(model.state, func.count()).group_by(model.state))}
+            for state, count in session.execute(select(column, func.count()).group_by(column))}
 
 
 def database_answers(session: Session) -> bool:

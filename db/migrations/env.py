@@ -1,6 +1,7 @@
 """Alembic environment: runs migrations on the connection db.migrate hands it."""
 
 from alembic import context
+from sqlalchemy import Connection
 
 from db.models import Base
 
@@ -13,7 +14,10 @@ def run_migrations_online() -> None:
     if connection is None:
         from db.engine import make_engine
 
-        engine = make_engine(config.get_main_option("sqlalchemy.url"))
+        url = config.get_main_option("sqlalchemy.url")
+        if url is None:
+            raise RuntimeError("alembic: no connection handed in and no sqlalchemy.url configured")
+        engine = make_engine(url)
         with engine.connect() as connection:
             _run(connection)
         engine.dispose()
@@ -21,7 +25,7 @@ def run_migrations_online() -> None:
         _run(connection)
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
