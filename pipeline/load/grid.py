@@ -104,7 +104,7 @@ class GridDecision:
 
 def _check_resample_oblique(value: object) -> bool | str:
     if isinstance(value, bool) or value == "auto":
-        return value  # type: ignore[return-value]
+        return value
     raise ValueError(f'Argument "resample_oblique" must be true, false or "auto", not {value!r}')
 
 

@@ -285,7 +285,8 @@ def _carry(array: np.ndarray, grid: sitk.Image, target: sitk.Image) -> np.ndarra
     source = sitk.GetImageFromArray(array.astype(np.float32))
     source.CopyInformation(grid)
     moved = sitk.Resample(source, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return (sitk.GetArrayViewFromImage(moved) >= 0.5).astype(np.uint8)
+    carried: np.ndarray = (sitk.GetArrayViewFromImage(moved) >= 0.5).astype(np.uint8)
+    return carried
 
 
 def _fill(contours: list[np.ndarray], image: sitk.Image, raster_grid: sitk.Image | None,

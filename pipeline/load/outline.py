@@ -27,7 +27,8 @@ The outline is turned into a closed polygon in patient mm (an ellipse or circle 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +80,7 @@ class Outline:
 
 
 def _code(item: Dataset, keyword: str = "ConceptNameCodeSequence") -> tuple[str, str] | None:
-    codes = item.get(keyword) or ()
+    codes: Sequence[Dataset] = item.get(keyword) or ()
     if not len(codes):
         return None
     return str(codes[0].get("CodeValue", "")), str(codes[0].get("CodingSchemeDesignator", ""))
@@ -149,19 +150,19 @@ def _outline(item: Dataset, group: int, identity: tuple[str | None, str | None, 
     if not len(points) or not np.isfinite(points).all() or not _closed(graphic_type, points):
         return None
     uid, identifier, label = identity or (None, None, "")
-    common = {"graphic_type": graphic_type, "points": points, "group": group, "tracking_uid": uid,
-              "tracking_id": identifier, "label": label or identifier or ""}
+    outline = Outline(graphic_type=graphic_type, points=points, group=group, tracking_uid=uid,
+                      tracking_id=identifier, label=label or identifier or "")
     if three_d:
         frame_of_reference = str(item.get("ReferencedFrameOfReferenceUID", "")) or None
-        return Outline(**common, frame_of_reference_uid=frame_of_reference) if frame_of_reference else None
+        return dataclasses.replace(outline, frame_of_reference_uid=frame_of_reference) if frame_of_reference else None
     for child in _children(item):  # SELECTED FROM the image (PS3.3 C.18.6)
-        references = child.get("ReferencedSOPSequence") or ()
+        references: Sequence[Dataset] = child.get("ReferencedSOPSequence") or ()
         if str(child.get("ValueType", "")) == "IMAGE" and len(references):
             frames = references[0].get("ReferencedFrameNumber")
             if isinstance(frames, (list, tuple)) or type(frames).__name__ == "MultiValue":
                 frames = frames[0] if len(frames) else None
             frame = int(frames) if frames not in (None, "") else None
-            return Outline(**common, image_sop_uid=str(references[0].ReferencedSOPInstanceUID), frame=frame)
+            return dataclasses.replace(outline, image_sop_uid=str(references[0].ReferencedSOPInstanceUID), frame=frame)
     return None
 
 
@@ -190,7 +191,8 @@ def outline_frame_of_reference(outlines: list[Outline] | tuple[Outline, ...]) ->
 
 def _ellipse(centre: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     angles = np.linspace(0.0, 2.0 * np.pi, ELLIPSE_VERTICES, endpoint=False)[:, None]
-    return centre + np.cos(angles) * a + np.sin(angles) * b
+    vertices: np.ndarray = centre + np.cos(angles) * a + np.sin(angles) * b
+    return vertices
 
 
 def _polygon(graphic_type: str, points: np.ndarray) -> np.ndarray:
@@ -229,5 +231,6 @@ def outline_polygon_mm(outline: Outline, position: tuple[float, ...] | None = No
     row_direction, column_direction = np.asarray(orientation[:3]), np.asarray(orientation[3:])
     between_rows, between_columns = pixel_spacing
     columns, rows = polygon[:, 0] - 0.5, polygon[:, 1] - 0.5
-    return (np.asarray(position)[None, :] + columns[:, None] * between_columns * row_direction[None, :]
-            + rows[:, None] * between_rows * column_direction[None, :])
+    polygon_mm: np.ndarray = (np.asarray(position)[None, :] + columns[:, None] * between_columns * row_direction[None, :]
+                              + rows[:, None] * between_rows * column_direction[None, :])
+    return polygon_mm

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any, Literal, overload
 
 import numpy as np
 import pydicom
@@ -99,13 +100,21 @@ def _group_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
         if groups is not None and len(groups) > index and sequence in groups[index]:
             items = getattr(groups[index], sequence)
             if len(items):
-                return items[0]
+                item: Dataset = items[0]
+                return item
     return None
 
 
-def _floats(value: object, n: int, what: str, sop_uid: str) -> tuple[float, ...]:
+@overload
+def _floats(value: Any, n: Literal[2], what: str, sop_uid: str) -> tuple[float, float]: ...
+@overload
+def _floats(value: Any, n: Literal[3], what: str, sop_uid: str) -> tuple[float, float, float]: ...
+@overload
+def _floats(value: Any, n: int, what: str, sop_uid: str) -> tuple[float, ...]: ...
+def _floats(value: Any, n: int, what: str, sop_uid: str) -> tuple[float, ...]:
+    """``n`` floats of a DICOM value (any type: a malformed one is a VolumeError)."""
     try:
-        out = tuple(float(v) for v in value)  # type: ignore[union-attr]
+        out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         out = ()
     if len(out) != n:
@@ -143,9 +152,9 @@ def frame_planes(instance: InstanceHeader) -> list[FramePlane]:
             FramePlane(
                 sop_uid=uid,
                 frame=frame,
-                position=_floats(position, 3, "ImagePositionPatient", uid),  # type: ignore[arg-type]
+                position=_floats(position, 3, "ImagePositionPatient", uid),
                 orientation=_floats(orientation, 6, "ImageOrientationPatient", uid),
-                pixel_spacing=_floats(spacing, 2, "PixelSpacing", uid),  # type: ignore[arg-type]
+                pixel_spacing=_floats(spacing, 2, "PixelSpacing", uid),
                 rows=rows,
                 columns=columns,
                 slope=float(slope if slope not in (None, "") else 1.0),

@@ -20,7 +20,7 @@ same code, so the numbers in a bundle's report are the numbers the node computes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -47,7 +47,7 @@ FOLD_AGGREGATIONS: tuple[str, ...] = ("mean", "median")
 #: Where the fold models' patient scores are combined.
 FOLD_SCALES: tuple[str, ...] = ("probability", "logit")
 
-_REDUCE = {"min": np.min, "max": np.max, "median": np.median, "mean": np.mean}
+_REDUCE: dict[str, Callable[..., Any]] = {"min": np.min, "max": np.max, "median": np.median, "mean": np.mean}
 
 
 def check_slice_aggregation(name: str) -> str:
@@ -68,7 +68,8 @@ def aggregate_slices(scores: np.ndarray | Sequence[float], how: str = "median") 
     array = np.asarray(scores, dtype=np.float64)
     if array.ndim == 0 or array.shape[-1] == 0:
         raise ValueError(f'Argument "scores" must have at least one slice on its last axis, got shape {array.shape}')
-    return _REDUCE[how](array, axis=-1)
+    reduced: np.ndarray = _REDUCE[how](array, axis=-1)
+    return reduced
 
 
 def aggregate_folds(patient_scores: np.ndarray | Sequence[float], how: str = "mean") -> float:

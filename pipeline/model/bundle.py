@@ -193,11 +193,11 @@ class Manifest:
         a decision threshold outside ``THRESHOLD_RANGE``, a cross-validated AUC whose 95 % CI
         does not exclude chance (or none recorded)."""
         out = []
-        data = self.training.get("data") if isinstance(self.training.get("data"), dict) else {}
-        if data.get("labels_shuffled"):
+        data = self.training.get("data")
+        if isinstance(data, dict) and data.get("labels_shuffled"):
             out.append("trained on shuffled labels: a negative control, not a model")
-        settings = self.training.get("settings") if isinstance(self.training.get("settings"), dict) else {}
-        if settings.get("freeze_body") and not self.pretrained:
+        settings = self.training.get("settings")
+        if isinstance(settings, dict) and settings.get("freeze_body") and not self.pretrained:
             out.append("a frozen body of random filters (no ImageNet weights): only BatchNorm and the head trained")
         low, high = THRESHOLD_RANGE
         if not low <= self.threshold <= high:

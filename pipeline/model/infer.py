@@ -79,7 +79,8 @@ class Prediction:
     @property
     def slice_scores(self) -> np.ndarray:
         """Mean over folds per slice (for display on the result card)."""
-        return self.scores.mean(axis=0)
+        mean: np.ndarray = self.scores.mean(axis=0)
+        return mean
 
 
 class FoldEnsemble:
@@ -101,7 +102,7 @@ class FoldEnsemble:
         #: combination measured on a GPU).
         self.batched = self.mixed_precision if batched is None else batched
         layout = torch.channels_last if self.mixed_precision else torch.contiguous_format
-        self.models = [m.to(self.device, memory_format=layout).eval() for m in models]
+        self.models = [m.to(self.device).to(memory_format=layout).eval() for m in models]
         if self.batched:
             self._params, self._buffers = stack_module_state(self.models)
             # A weightless copy of the architecture to call with the stacked tensors.
@@ -130,8 +131,9 @@ class FoldEnsemble:
         tensor = tensor.to(self.device)
         return tensor.contiguous(memory_format=torch.channels_last) if self.mixed_precision else tensor
 
-    def _one(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self._skeleton, (params, buffers), (x,))
+    def _one(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = functional_call(self._skeleton, (params, buffers), (x,))
+        return logits
 
     def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Logits ``[K, S, classes]`` (all folds in one vmapped call when ``batched``)."""

@@ -66,7 +66,9 @@ def _head(features: int = 2048, hidden: int = 512, classes: int = 2) -> nn.Seque
 
 def _linear_head(backbone: nn.Module, classes: int = 2) -> nn.Sequential:
     """torchvision's classifier: global average pooling and one Linear layer (its default init)."""
-    fc = nn.Linear(backbone.fc.in_features, classes)  # type: ignore[union-attr]
+    classifier = backbone.fc
+    assert isinstance(classifier, nn.Linear), "torchvision's ResNet ends in a Linear classifier"
+    fc = nn.Linear(classifier.in_features, classes)
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
 
 
@@ -89,6 +91,9 @@ class EGFRNet(nn.Module):
     """ResNet-50 body + a head (fastai's, or torchvision's linear one); ``forward`` returns
     logits ``[N, classes]``."""
 
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
     def __init__(self, classes: int = 2, normalization: str = "none", head: str = "fastai") -> None:
         super().__init__()
         backbone = resnet50(weights=None)
@@ -103,7 +108,8 @@ class EGFRNet(nn.Module):
         self.register_buffer("input_std", std if normalization == "imagenet" else torch.ones(1, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body((x - self.input_mean) / self.input_std))
+        logits: torch.Tensor = self.head(self.body((x - self.input_mean) / self.input_std))
+        return logits
 
 
 def build_resnet50(classes: int = 2, normalization: str = "none", head: str = "fastai") -> EGFRNet:

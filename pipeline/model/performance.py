@@ -76,7 +76,8 @@ def _pair_auc(positives: np.ndarray, negatives: np.ndarray, axis: int = -1) -> n
     from scipy.stats import mannwhitneyu
 
     u = mannwhitneyu(positives, negatives, axis=axis, method="asymptotic").statistic
-    return u / (positives.shape[axis] * negatives.shape[axis])
+    pair_auc: np.ndarray = u / (positives.shape[axis] * negatives.shape[axis])
+    return pair_auc
 
 
 def _bootstrap(statistic: Any, samples: tuple[np.ndarray, ...], resamples: int, seed: int) -> tuple[float, float]:
@@ -129,11 +130,13 @@ def paired_auc_difference(labels: Sequence[int] | np.ndarray, scores_a: Sequence
 
     def mean_auc(scores: np.ndarray, p: np.ndarray, n: np.ndarray, axis: int) -> np.ndarray:
         # scores [R, N]; p, n index arrays [..., k]: AUC per repeat [R, ...], averaged over the repeats
-        return _pair_auc(scores[:, p], scores[:, n], axis).mean(axis=0)
+        repeats_mean: np.ndarray = _pair_auc(scores[:, p], scores[:, n], axis).mean(axis=0)
+        return repeats_mean
 
     def statistic(p: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
         p, n = p.astype(int), n.astype(int)
-        return mean_auc(a, p, n, axis) - mean_auc(b, p, n, axis)
+        difference: np.ndarray = mean_auc(a, p, n, axis) - mean_auc(b, p, n, axis)
+        return difference
 
     out["ci95"] = list(_bootstrap(statistic, (pos.astype(float), neg.astype(float)), resamples, seed))
     return out

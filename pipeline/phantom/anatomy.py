@@ -69,7 +69,7 @@ class HeadModel:
         origin = np.asarray(self.t1c.GetOrigin())
         spacing = np.asarray(self.t1c.GetSpacing())
         direction = np.asarray(self.t1c.GetDirection()).reshape(3, 3)
-        ijk = (np.asarray(points_lps, dtype=np.float64) - origin) @ direction / spacing
+        ijk: np.ndarray = (np.asarray(points_lps, dtype=np.float64) - origin) @ direction / spacing
         return ijk[:, ::-1]
 
     def to_lps(self, index_zyx: np.ndarray) -> np.ndarray:
@@ -78,11 +78,13 @@ class HeadModel:
         spacing = np.asarray(self.t1c.GetSpacing())
         direction = np.asarray(self.t1c.GetDirection()).reshape(3, 3)
         ijk = np.asarray(index_zyx, dtype=np.float64)[:, ::-1] * spacing
-        return ijk @ direction.T + origin
+        points: np.ndarray = ijk @ direction.T + origin
+        return points
 
     def sample(self, array: np.ndarray, points_lps: np.ndarray) -> np.ndarray:
         """Trilinear value of a template-grid array at template-space points."""
-        return ndimage.map_coordinates(array, self.to_index(points_lps).T, order=1, mode="nearest")
+        values: np.ndarray = ndimage.map_coordinates(array, self.to_index(points_lps).T, order=1, mode="nearest")
+        return values
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,4 +129,5 @@ def head_model() -> HeadModel:
 def _index_to_lps(image: sitk.Image, index_zyx: np.ndarray) -> np.ndarray:
     origin, spacing = np.asarray(image.GetOrigin()), np.asarray(image.GetSpacing())
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    return (np.asarray(index_zyx, dtype=np.float64)[:, ::-1] * spacing) @ direction.T + origin
+    points: np.ndarray = (np.asarray(index_zyx, dtype=np.float64)[:, ::-1] * spacing) @ direction.T + origin
+    return points

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -78,23 +79,23 @@ def generate_cohort(out_dir: Path, patients: int, positive_fraction: float, seed
     labels[rng.permutation(patients)[:positives]] = True
     names, shares = list(GEOMETRY_MIX), np.array(list(GEOMETRY_MIX.values()))
     if geometry == "mixed":
-        geometries = rng.choice(names, size=patients, p=shares / shares.sum())
+        geometries = [str(g) for g in rng.choice(names, size=patients, p=shares / shares.sum())]
     else:
         geometries = [geometry] * patients
-    masks = rng.choice(MASK_KINDS, size=patients) if mask_kind == "mixed" else [mask_kind] * patients
-    calls = [dict(seed=seed, geometry=str(geometries[index]), mask_kind=str(masks[index]),
-                  egfr_positive=bool(labels[index]), patient_index=index + 1, effect_size=effect_size,
-                  **({"outline_jitter_mm": outline_jitter_mm} if masks[index] == OUTLINE_KIND else {}))
+    masks = [str(m) for m in rng.choice(MASK_KINDS, size=patients)] if mask_kind == "mixed" else [mask_kind] * patients
+    calls = [functools.partial(generate_study, out_dir, seed=seed, geometry=geometries[index], mask_kind=masks[index],
+                               egfr_positive=bool(labels[index]), patient_index=index + 1, effect_size=effect_size,
+                               outline_jitter_mm=outline_jitter_mm if masks[index] == OUTLINE_KIND else 0.0)
              for index in range(patients)]
     studies: list[PhantomStudy] = []
     if jobs <= 1:
         for call in calls:
-            studies.append(generate_study(out_dir, **call))
+            studies.append(call())
             if progress is not None:
                 progress(len(studies), patients, studies[-1])
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(generate_study, out_dir, **call) for call in calls]
+            futures = [pool.submit(call) for call in calls]
             for future in futures:
                 studies.append(future.result())
                 if progress is not None:

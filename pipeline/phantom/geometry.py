@@ -16,12 +16,13 @@ tilted (a tilted plane is an error case for the loader, not a phantom feature).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["GEOMETRIES", "Grid", "HeadPose", "sample_grid", "sample_pose"]
+__all__ = ["GEOMETRIES", "Grid", "HeadPose", "point3", "sample_grid", "sample_pose"]
 
 GEOMETRIES = ("axial2d", "axial3d", "sagittal3d", "enhanced")
 
@@ -29,6 +30,12 @@ _HEAD_CENTRE_LPS = np.array([0.0, 18.0, 12.0])  # centre of the MNI brain, LPS m
 _AXIAL = np.eye(3)
 # columns: row direction (+y, posterior), column direction (-z, inferior), slice normal (-x, right)
 _SAGITTAL = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def point3(values: Iterable[float]) -> tuple[float, float, float]:
+    """The three values as a float (x, y, z) tuple."""
+    x, y, z = (float(v) for v in values)
+    return x, y, z
 
 
 @dataclass(frozen=True)
@@ -57,15 +64,19 @@ class Grid:
 
     def index_to_lps(self, ijk: np.ndarray) -> np.ndarray:
         """Patient points (N, 3) of continuous indices (N, 3) in (i, j, k) order."""
-        return np.asarray(ijk, dtype=np.float64) * np.asarray(self.spacing) @ self.matrix.T + np.asarray(self.origin)
+        scaled = np.asarray(ijk, dtype=np.float64) * np.asarray(self.spacing)
+        points: np.ndarray = scaled @ self.matrix.T + np.asarray(self.origin)
+        return points
 
     def lps_to_index(self, points: np.ndarray) -> np.ndarray:
         """Continuous (i, j, k) indices (N, 3) of patient points (N, 3)."""
-        return (np.asarray(points, dtype=np.float64) - np.asarray(self.origin)) @ self.matrix / np.asarray(self.spacing)
+        shifted = np.asarray(points, dtype=np.float64) - np.asarray(self.origin)
+        indices: np.ndarray = shifted @ self.matrix / np.asarray(self.spacing)
+        return indices
 
     def slice_position(self, k: int) -> tuple[float, float, float]:
         """ImagePositionPatient of slice k (centre of its first transmitted voxel)."""
-        return tuple(float(v) for v in self.index_to_lps(np.array([[0.0, 0.0, float(k)]]))[0])
+        return point3(self.index_to_lps(np.array([[0.0, 0.0, float(k)]]))[0])
 
 
 @dataclass(frozen=True)
@@ -79,13 +90,15 @@ class HeadPose:
         """Template-space points (N, 3) of patient points (N, 3)."""
         m = np.asarray(self.matrix).reshape(3, 3)
         centred = np.asarray(points, dtype=np.float64) - _HEAD_CENTRE_LPS
-        return centred @ m.T + _HEAD_CENTRE_LPS + np.asarray(self.shift)
+        template: np.ndarray = centred @ m.T + _HEAD_CENTRE_LPS + np.asarray(self.shift)
+        return template
 
     def to_patient(self, points: np.ndarray) -> np.ndarray:
         """Patient points (N, 3) of template-space points (N, 3)."""
         m = np.asarray(self.matrix).reshape(3, 3)
         q = np.asarray(points, dtype=np.float64) - _HEAD_CENTRE_LPS - np.asarray(self.shift)
-        return q @ np.linalg.inv(m).T + _HEAD_CENTRE_LPS
+        patient: np.ndarray = q @ np.linalg.inv(m).T + _HEAD_CENTRE_LPS
+        return patient
 
     @property
     def volume_scale(self) -> float:
@@ -106,7 +119,8 @@ def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
     mx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     my = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     mz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return mz @ my @ mx
+    rotation: np.ndarray = mz @ my @ mx
+    return rotation
 
 
 def sample_pose(rng: np.random.Generator) -> HeadPose:
@@ -115,7 +129,7 @@ def sample_pose(rng: np.random.Generator) -> HeadPose:
     size = rng.uniform(0.95, 1.05)
     matrix = _rotation(*angles) / size
     shift = rng.uniform(-3.0, 3.0, size=3)
-    return HeadPose(matrix=tuple(float(v) for v in matrix.ravel()), shift=tuple(float(v) for v in shift))
+    return HeadPose(matrix=tuple(float(v) for v in matrix.ravel()), shift=point3(shift))
 
 
 def sample_grid(geometry: str, rng: np.random.Generator) -> Grid:
@@ -148,8 +162,8 @@ def sample_grid(geometry: str, rng: np.random.Generator) -> Grid:
     origin = centre - direction @ half
     return Grid(
         size=size,
-        spacing=tuple(float(v) for v in spacing),
-        origin=tuple(float(v) for v in origin),
+        spacing=point3(spacing),
+        origin=point3(origin),
         direction=tuple(float(v) for v in direction.ravel()),
         slice_thickness=float(thickness),
         plane="sagittal" if geometry == "sagittal3d" else "axial",

@@ -63,8 +63,9 @@ RIM_VALUE, SOLID_VALUE, NECROSIS_VALUE, EDEMA_DROP = 1.55, 1.2, 0.35, 0.3
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
+    t = np.clip(x, 0.0, 1.0)
+    smooth: np.ndarray = t * t * (3.0 - 2.0 * t)
+    return smooth
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ class _Waves:
     phases: np.ndarray  # (K,)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.sqrt(2.0 / len(self.phases)) * np.cos(x @ self.vectors.T + self.phases).sum(axis=1)
+        waves: np.ndarray = np.sqrt(2.0 / len(self.phases)) * np.cos(x @ self.vectors.T + self.phases).sum(axis=1)
+        return waves
 
 
 def _waves(rng: np.random.Generator, count: int, frequency: float) -> _Waves:
@@ -171,7 +173,8 @@ def _place(head: HeadModel, region: str, reach: float, rng: np.random.Generator,
     if avoid is not None:
         wanted &= np.linalg.norm(lps - avoid, axis=1) > 30.0
     candidates = lps[wanted] if wanted.any() else lps
-    return candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, 3)
+    centre: np.ndarray = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, 3)
+    return centre
 
 
 def _build(head: HeadModel, rng: np.random.Generator, params: dict[str, float], volume_cm3: float, region: str,

@@ -14,6 +14,7 @@ Bolus Usage; per frame Frame Content (stack 1, in-stack position) and Plane Posi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -37,9 +38,12 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
-def _typed(name: str, value: object) -> object:
+def _typed(name: str, value: Any) -> object:
     """Convert decimal strings to float for the binary float VRs (FD, FL)."""
-    if dictionary_VR(tag_for_keyword(name)) in ("FD", "FL"):
+    tag = tag_for_keyword(name)
+    if tag is None:
+        raise ValueError(f"{name!r} is not a DICOM keyword")
+    if dictionary_VR(tag) in ("FD", "FL"):
         return [float(v) for v in value] if isinstance(value, list) else float(value)
     return value
 

@@ -41,7 +41,7 @@ def lesion_ellipse(mask2d: np.ndarray, spacing: tuple[float, float], rng: np.ran
         centre = centre + rng.normal(0.0, jitter_mm / np.sqrt(2.0), 2)
         radii = np.maximum(radii + rng.normal(0.0, jitter_mm / 2.0, 2), 1.0)
     major, minor = vectors[:, 1] * radii[1], vectors[:, 0] * radii[0]
-    points = np.array([centre + major, centre - major, centre + minor, centre - minor]) / np.asarray(spacing)
+    points: np.ndarray = np.array([centre + major, centre - major, centre + minor, centre - minor]) / np.asarray(spacing)
     return points + 0.5  # pixel index -> SCOORD pixel coordinate (centre of pixel 0 is 0.5)
 
 
@@ -89,7 +89,7 @@ def write_outline_sr(folder: Path, grid: Grid, sources: list[Dataset], lesion_ma
         procedure_reported=hd.sr.CodedConcept("24587-8", "LN", "MR brain W and WO contrast IV"),
         imaging_measurements=[group],
     )
-    sr = hd.sr.EnhancedSR(
+    sr: Dataset = hd.sr.EnhancedSR(
         evidence=[image], content=report, series_instance_uid=phantom_uid(*uid_key, "outline-series"),
         series_number=series_number, sop_instance_uid=phantom_uid(*uid_key, "outline-instance"), instance_number=1,
         manufacturer=MANUFACTURER, series_description="Measurements", is_complete=True,

@@ -9,12 +9,13 @@ of the acquisition grid, so tests can check the written mask against them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from pipeline.phantom.anatomy import HeadModel
-from pipeline.phantom.geometry import Grid, HeadPose
+from pipeline.phantom.geometry import Grid, HeadPose, point3
 from pipeline.phantom.lesion import Lesion
 
 __all__ = ["BiasField", "Rendered", "lesion_truth", "render", "sample_bias_field"]
@@ -74,7 +75,7 @@ class BiasField:
         image.CopyInformation(reference)
         return image
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable parameters."""
         return {"centre_lps": list(self.centre_lps), "half_extent_mm": self.half_extent_mm,
                 "coefficients": list(self.coefficients), "terms": list(self.terms)}
@@ -86,7 +87,7 @@ def sample_bias_field(rng: np.random.Generator, centre_lps: np.ndarray) -> BiasF
     coefficients[3:] *= 0.5
     probe = rng.standard_normal((2000, 3))
     probe = probe / np.linalg.norm(probe, axis=1)[:, None] * rng.uniform(0, 1, (2000, 1)) ** (1 / 3)
-    unit = BiasField(tuple(float(v) for v in centre_lps), 100.0, tuple(float(v) for v in coefficients))
+    unit = BiasField(point3(centre_lps), 100.0, tuple(float(v) for v in coefficients))
     log_range = np.ptp(np.log(unit.evaluate(np.asarray(centre_lps) + 100.0 * probe)))
     coefficients *= np.log(rng.uniform(1.3, 1.7)) / max(log_range, 1e-9)
     return BiasField(unit.centre_lps, 100.0, tuple(float(v) for v in coefficients))
@@ -170,4 +171,4 @@ def lesion_truth(pose: HeadPose, lesion: Lesion, step_mm: float = 0.5) -> tuple[
     centroid_template = q[inside].mean(axis=0)
     centroid = pose.to_patient(centroid_template[None])[0]
     volume_cm3 = inside.sum() * step_mm**3 / 1000.0 * pose.volume_scale
-    return tuple(float(v) for v in centroid), float(volume_cm3)
+    return point3(centroid), float(volume_cm3)

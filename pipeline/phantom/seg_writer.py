@@ -58,7 +58,7 @@ def write_seg(folder: Path, source_images: list[Dataset], masks: list[tuple[str,
     """
     stack = np.stack([m for _, m in masks], axis=-1).astype(np.uint8)
     descriptions = [_description(i + 1, label, uid_key) for i, (label, _) in enumerate(masks)]
-    seg = hd.seg.Segmentation(
+    seg: Dataset = hd.seg.Segmentation(
         source_images=source_images,
         pixel_array=stack,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,

@@ -85,12 +85,13 @@ def lesion_geometry(lesion: sitk.Image) -> LesionGeometry:
     if kji[0].size == 0:
         raise PreprocessError("lesion mask is empty on the image grid")
     centroid = (float(kji[2].mean()), float(kji[1].mean()), float(kji[0].mean()))
-    lps = tuple(float(v) for v in lesion.TransformContinuousIndexToPhysicalPoint(centroid))
+    x, y, z = lesion.TransformContinuousIndexToPhysicalPoint(centroid)
+    lps = (float(x), float(y), float(z))
     count = int(kji[0].size)
     volume = count * float(np.prod(lesion.GetSpacing())) / 1000.0
     bmin = (int(kji[2].min()), int(kji[1].min()), int(kji[0].min()))
     bmax = (int(kji[2].max()), int(kji[1].max()), int(kji[0].max()))
-    return LesionGeometry(centroid, lps, count, volume, bmin, bmax)  # type: ignore[arg-type]
+    return LesionGeometry(centroid, lps, count, volume, bmin, bmax)
 
 
 def minimum_lesion_voxels(spacing: tuple[float, ...], diameter_mm: float) -> int:
@@ -192,7 +193,7 @@ def extract_crops(
     nk, nj, ni = volume.shape
     rows = np.arange(box.j0, box.j1)
     cols = np.arange(box.i0, box.i1)
-    crops = volume[np.ix_(np.asarray(slices.indices), np.clip(rows, 0, nj - 1), np.clip(cols, 0, ni - 1))]
+    crops: np.ndarray = volume[np.ix_(np.asarray(slices.indices), np.clip(rows, 0, nj - 1), np.clip(cols, 0, ni - 1))]
     if pad_value is not None:
         crops = crops.copy()
         crops[:, (rows < 0) | (rows >= nj), :] = pad_value
@@ -223,5 +224,5 @@ def resize_crops(crops: np.ndarray, size: int, interpolation: str = "linear") ->
         raise ValueError(f'Argument "crops" must be [n, rows, cols], got shape {crops.shape}')
     wr = _interpolation_matrix(crops.shape[1], size, interpolation)
     wc = _interpolation_matrix(crops.shape[2], size, interpolation)
-    out = np.einsum("ur,nrc,vc->nuv", wr, crops.astype(np.float64), wc, optimize=True)
+    out: np.ndarray = np.einsum("ur,nrc,vc->nuv", wr, crops.astype(np.float64), wc, optimize=True)
     return out.astype(np.float32)
