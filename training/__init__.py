@@ -11,7 +11,7 @@ Imports ``pipeline`` and ``db`` only. Heavy modules (torch) load on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from training.settings import TrainSettings
 
@@ -26,7 +26,7 @@ __all__ = ["TrainSettings", "train_bundle", "DEMO_SETTINGS"]
 DEMO_SETTINGS = TrainSettings.from_mapping({"epochs": 30, "folds": 3, "bootstrap": 1000})
 
 
-def train_bundle(*args, **kwargs) -> "TrainOutcome":
+def train_bundle(*args: Any, **kwargs: Any) -> "TrainOutcome":
     """See :func:`training.run.train_bundle`."""
     from training.run import train_bundle as run
 

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from pipeline.uids import is_uid
 
 if TYPE_CHECKING:
     from pipeline.load.select import SelectionRules
+    from pipeline.prepare import PreparedStudy
 
 __all__ = ["params_key", "PreparedCohort", "StudyFailure", "prepare_cohort"]
 
@@ -60,7 +61,7 @@ class PreparedCohort:
     computed: int = 0
     #: per entry, the chosen series and mask and how the series was acquired
     #: (``provenance["chosen"]``; {} for an older cache file)
-    attributes: list[dict] = field(default_factory=list)
+    attributes: list[dict[str, Any]] = field(default_factory=list)
     #: per entry, the lesion mask on the model input's pixels ``[S, H, W]`` (None from an older cache file)
     lesion_masks: list[np.ndarray | None] = field(default_factory=list)
 
@@ -74,11 +75,14 @@ def _rules_for(entry: CohortEntry) -> SelectionRules | None:
                           lesion_fallback_largest=False)
 
 
-def _atomic_save(path: Path, array: np.ndarray, provenance: dict, lesion_mask: np.ndarray | None = None) -> None:
+def _atomic_save(path: Path, array: np.ndarray, provenance: dict[str, Any], lesion_mask: np.ndarray | None = None) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    extra = {} if lesion_mask is None else {"lesion_mask": np.asarray(lesion_mask, dtype=np.float32)}
+    record = np.array(json.dumps(provenance, default=str))
     with open(tmp, "wb") as handle:
-        np.savez(handle, array=array, provenance=np.array(json.dumps(provenance, default=str)), **extra)
+        if lesion_mask is None:
+            np.savez(handle, array=array, provenance=record)
+        else:
+            np.savez(handle, array=array, provenance=record, lesion_mask=np.asarray(lesion_mask, dtype=np.float32))
     os.replace(tmp, path)
 
 
@@ -87,7 +91,7 @@ def prepare_cohort(
     params: PreprocessParams,
     cache_dir: Path | None,
     progress: Callable[[int, int], None] | None = None,
-    prepare: Callable[..., object] | None = None,
+    prepare: Callable[..., PreparedStudy] | None = None,
 ) -> PreparedCohort:
     """Model inputs for every study of ``cohort`` (from the cache where present).
 
@@ -100,15 +104,15 @@ def prepare_cohort(
         (folder / "params.json").write_text(json.dumps(params.to_dict(), indent=2, sort_keys=True))
     kept: list[CohortEntry] = []
     arrays: list[np.ndarray] = []
-    attributes: list[dict] = []
+    attributes: list[dict[str, Any]] = []
     masks: list[np.ndarray | None] = []
     failures: list[StudyFailure] = []
     cached = computed = 0
     for index, entry in enumerate(cohort.entries):
         target = folder / f"{entry.study_uid}.npz" if folder is not None and is_uid(entry.study_uid) else None
-        array = None
-        mask = None
-        series: dict = {}
+        array: np.ndarray | None = None
+        mask: np.ndarray | None = None
+        series: dict[str, Any] = {}
         if target is not None and target.is_file():
             try:
                 with np.load(target) as data:
@@ -126,7 +130,9 @@ def prepare_cohort(
                 if entry.files is None and not entry.folder.is_dir():
                     raise PipelineError(f"study folder {entry.folder} does not exist")
                 if prepare is None:
-                    from pipeline.prepare import prepare_study as prepare
+                    from pipeline.prepare import prepare_study
+
+                    prepare = prepare_study
                 prepared = prepare(list(entry.files) if entry.files is not None else entry.folder, params,
                                    _rules_for(entry))
                 array = np.asarray(prepared.model_input.array, dtype=np.float32)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.model.calibrate import CALIBRATION_METHODS
-from training.settings import AUGMENTATIONS, HEADS, LOSSES, RECIPES, SELECTIONS
+from training.settings import AUGMENTATIONS, HEADS, LOSSES, RECIPES, SELECTIONS, TrainSettings
 from pipeline.prep.params import PreprocessParams
 from pipeline.model.device import DEVICES
 
@@ -138,10 +138,8 @@ def _node_training_table() -> Mapping[str, Any]:
     return table
 
 
-def _settings(args: argparse.Namespace, training_table: Mapping[str, Any] | None = None):
-    from training.settings import TrainSettings
-
-    values: dict = dict(training_table if training_table is not None else _node_training_table())
+def _settings(args: argparse.Namespace, training_table: Mapping[str, Any] | None = None) -> TrainSettings:
+    values: dict[str, Any] = dict(training_table if training_table is not None else _node_training_table())
     if args.recipe is not None:
         values["recipe"] = args.recipe
     for key in ("device", "epochs", "folds", "seed", "repeats", "shuffle_labels", "selection", "freeze_body", "max_lr",
@@ -287,7 +285,7 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
             changes["bias_correction"] = False
         if changes:
             params = PreprocessParams.from_dict(params.to_dict() | changes)
-        if settings.pretrained and not Path(settings.imagenet_weights).is_file():  # type: ignore[arg-type]
+        if settings.imagenet_weights is not None and not Path(settings.imagenet_weights).is_file():
             raise ValueError(f"--imagenet-weights {settings.imagenet_weights} does not exist (nothing is downloaded)")
         if args.lr_find:
             return _lr_find(args, settings, params, archive_root)
@@ -340,6 +338,7 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
         print(f"hold-out (pathology after {args.holdout_after.isoformat()}): {r['cases_scored']} patients, AUC "
               f"{r['auc'] if r['auc'] is not None else 'n/a'} (95% CI {r['auc_ci']}); report {evaluation.folder / 'report.md'}")
     if args.register:
+        assert register_url is not None
         model_id, created = register_bundle(outcome.bundle, register_url)
         print(f"registered as model {model_id}{'' if created else ' (already known)'}; not active: activate it explicitly")
     return 0
@@ -367,7 +366,7 @@ def _release(newly_pinned: list[str], database_url: str | None) -> None:
         print(f"released the {len(newly_pinned)} pins this run made", file=sys.stderr)
 
 
-def _lr_find(args: argparse.Namespace, settings, params: PreprocessParams, archive_root: Path | None) -> int:  # noqa: ANN001
+def _lr_find(args: argparse.Namespace, settings: TrainSettings, params: PreprocessParams, archive_root: Path | None) -> int:
     """``--lr-find``: the range test on the first outer fold's training patients (the test
     fold's patients are not used), with the recipe's network, loss and augmentation."""
     import numpy as np

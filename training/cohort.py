@@ -24,7 +24,12 @@ import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
 from pipeline.uids import is_uid
+
+if TYPE_CHECKING:
+    from db.outcomes import OutcomeRow, OutcomeView
 
 __all__ = ["CohortError", "CohortEntry", "Cohort", "read_cohort", "parse_status", "with_received_files", "node_database",
            "read_outcomes_csv", "write_outcomes_csv", "STATUS_VALUES"]
@@ -201,7 +206,7 @@ def with_received_files(cohort: Cohort, database_url: str, archive_root: Path) -
     return Cohort(cohort.source, entries)
 
 
-def read_outcomes_csv(csv_path: Path) -> list:  # list[db.outcomes.OutcomeRow]
+def read_outcomes_csv(csv_path: Path) -> list[OutcomeRow]:
     """The rows of an outcomes CSV (``egfr-node outcomes import``): the cohort CSV's columns,
     the status also "not assessable", plus the optional date (YYYY-MM-DD), source (resection,
     biopsy, primary_only; default resection), subtype (exon19_deletion, L858R, other) and
@@ -254,7 +259,7 @@ def read_outcomes_csv(csv_path: Path) -> list:  # list[db.outcomes.OutcomeRow]
     return rows
 
 
-def write_outcomes_csv(path: Path, outcomes: list) -> int:  # outcomes: list[db.outcomes.OutcomeView]
+def write_outcomes_csv(path: Path, outcomes: list[OutcomeView]) -> int:
     """The site's outcomes as a CSV that ``read_outcomes_csv`` and ``read_cohort`` read back
     (``not_assessable`` rows are not a cohort's: ``read_cohort`` refuses them)."""
     with open(path, "w", newline="", encoding="utf-8") as handle:

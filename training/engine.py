@@ -85,8 +85,8 @@ def build_model(settings: TrainSettings, seed: int) -> EGFRNet:
     """The network, initialised from ``seed``; ImageNet body from the local file when configured."""
     torch.manual_seed(seed)
     model = build_resnet50(normalization="imagenet" if settings.pretrained else "none", head=settings.head)
-    if settings.pretrained:
-        load_imagenet_body(model, Path(settings.imagenet_weights))  # type: ignore[arg-type]
+    if settings.imagenet_weights is not None:
+        load_imagenet_body(model, Path(settings.imagenet_weights))
     configure_trainable(model, settings.freeze_body)
     return model
 
@@ -103,7 +103,8 @@ def configure_trainable(model: EGFRNet, freeze_body: bool) -> None:
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay), none on BatchNorm and bias parameters (fastai ``bn_wd=False``)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for module in model.modules():
         is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
         for name, parameter in module.named_parameters(recurse=False):
@@ -276,7 +277,7 @@ class _RandomState:
         finally:
             self.cpu = torch.get_rng_state()
             torch.set_rng_state(outer_cpu)
-            if self.cuda is not None:
+            if outer_cuda is not None:
                 self.cuda = torch.cuda.get_rng_state(self.device)
                 torch.cuda.set_rng_state(outer_cuda, self.device)
 
@@ -378,7 +379,7 @@ class FoldTrainer:
                 xb, yb = mixup_batch(xb, yb, self.settings.mixup_alpha, self.device_generator)
             loss = self.criterion(self.model(xb), yb)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             self.optimizer.step()
             self.scheduler.step()
             self._loss += loss.detach()  # no host sync per step
@@ -468,7 +469,7 @@ def train_folds_together(trainers: list[FoldTrainer]) -> list[FoldResult]:
     device = trainers[0].device
     streams: list[Any] = [None] * len(trainers)
     if device.type == "cuda":
-        streams = [torch.cuda.Stream(device) for _ in trainers]
+        streams = [torch.cuda.Stream(device) for _ in trainers]  # type: ignore[no-untyped-call]  # torch.cuda.Stream.__new__ is unannotated
         for stream in streams:
             stream.wait_stream(torch.cuda.current_stream(device))  # the inputs are ready
 

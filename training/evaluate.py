@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
@@ -196,7 +196,8 @@ def _report(bundle: Path, manifest: Manifest, cohort_csv: Path, scored: list[Eva
                         "cohorts from other centres show how the model transfers."),
         "bootstrap": bootstrap,
     }
-    return _clean(report)
+    cleaned: dict[str, Any] = _clean(report)
+    return cleaned
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -263,7 +264,8 @@ def _write(folder: Path, report: dict[str, Any], scored: list[EvaluatedCase], fa
     y = np.array([c.label for c in scored])
     p = np.array([c.probability for c in scored], dtype=np.float64)
     f = report["figures"]
-    save_png(roc_figure([(f"bundle as served (AUC {_fmt(f['auc'])})", y, p)], roc_band(y, p, min(resamples, 1000), seed),
+    curve = (f"bundle as served (AUC {_fmt(f['auc'])})", cast("Sequence[int]", y), cast("Sequence[float]", p))
+    save_png(roc_figure([curve], roc_band(y, p, min(resamples, 1000), seed),
                         title=f"ROC, {len(y)} patients"), folder / "roc.png")
     cal, raw = f["calibration"], f["calibration_raw"]
     title = (f"Calibration: slope {_fmt(raw['slope'])} -> {_fmt(cal['slope'])}, in-the-large {_fmt(raw['in_the_large'])} -> "
@@ -305,9 +307,14 @@ def main(argv: list[str] | None = None, *, archive_root: Path | None = None, dat
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="preprocess", unit="study", disable=args.no_progress)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(1)
+
         outcome = evaluate_bundle(bundle, args.cohort, args.out, archive_root=archive_root, database_url=database_url,
                                   cache_dir=args.cache, device=args.device, bootstrap=args.bootstrap, seed=args.seed,
-                                  progress=lambda done, total: (setattr(bar, "total", total), bar.update(1)))
+                                  progress=progress)
         bar.close()
     except KeyboardInterrupt:
         print("interrupted: no report written", file=sys.stderr)

@@ -8,6 +8,8 @@ classes. It depends on the batch composition, which is why training oversamples.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 __all__ = ["soft_f1_loss", "soft_cross_entropy", "loss_fn"]
@@ -27,5 +29,5 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets.float() * torch.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def loss_fn(name: str):
+def loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return {"f1": soft_f1_loss, "ce": soft_cross_entropy}[name]

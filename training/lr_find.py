@@ -100,7 +100,7 @@ def lr_range_test(inputs: torch.Tensor, labels: np.ndarray, train_index: np.ndar
             xb, yb = mixup_batch(xb, yb, settings.mixup_alpha, device_generator)
         loss = criterion(model(xb), yb)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         optimizer.step()
         value = loss.item()
         average = 0.98 * average + 0.02 * value

@@ -27,7 +27,8 @@ __all__ = [
 ]
 
 
-def binary_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float | Sequence[float] = 0.5) -> dict[str, float]:
+def binary_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                   threshold: float | Sequence[float] | np.ndarray = 0.5) -> dict[str, float]:
     """Accuracy, precision, recall (sensitivity), specificity, F1 at ``threshold`` (score >=
     threshold is positive, as :func:`pipeline.model.aggregate.is_positive`), and ROC AUC."""
     y = np.asarray(labels, dtype=int)
@@ -70,7 +71,7 @@ def pooled_metrics(labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarra
     out: dict[str, Any] = {"slice": binary_metrics(np.repeat(y, scores.shape[1]), scores.reshape(-1), np.repeat(thresholds, scores.shape[1]))}
     for how in SLICE_AGGREGATIONS:
         patient = aggregate_slices(scores, how)
-        metrics = binary_metrics(y, patient, thresholds)
+        metrics: dict[str, Any] = binary_metrics(y, patient, thresholds)
         predicted = patient >= thresholds
         tp, fn = int((predicted & (y == 1)).sum()), int((~predicted & (y == 1)).sum())
         tn, fp = int((~predicted & (y == 0)).sum()), int((predicted & (y == 0)).sum())

@@ -63,15 +63,16 @@ def cohort_from_outcomes(database_url: str, archive_root: Path, *, since: date |
     finally:
         engine.dispose()
     sources = (*METASTASIS_SOURCES, "primary_only") if include_primary else METASTASIS_SOURCES
-    used = [v for v in views if v.value.label is not None and v.value.source in sources]
+    confirmed = [(v, label) for v in views if (label := v.value.label) is not None and v.value.source in sources]
+    used = [v for v, _ in confirmed]
     if not used:
         raise CohortError(f"no confirmed outcome (positive or negative, from {', '.join(sources)})"
                           + (f" with a pathology date on or after {since.isoformat()}" if since else "")
                           + ": record outcomes first (egfr-node outcomes import, or the console)")
     source = Path("the node's outcomes")
     everything = with_received_files(Cohort(source, tuple(
-        CohortEntry(v.study_uid, v.study_uid, int(v.value.label), Path(archive_root) / v.study_uid, row=i + 1,
-                    in_archive=True) for i, v in enumerate(used))), database_url, archive_root)
+        CohortEntry(v.study_uid, v.study_uid, label, Path(archive_root) / v.study_uid, row=i + 1,
+                    in_archive=True) for i, (v, label) in enumerate(confirmed))), database_url, archive_root)
     names = _pseudonyms(everything)
     entries = []
     counts: dict[str, int] = {}
@@ -81,8 +82,8 @@ def cohort_from_outcomes(database_url: str, archive_root: Path, *, since: date |
         entries.append(CohortEntry(f"{group}-{counts[group]}", entry.study_uid, entry.label, entry.folder, group=group,
                                    row=entry.row, in_archive=True, files=entry.files))
     by_uid = {v.study_uid: v for v in used}
-    later = {e.study_uid for e in entries if holdout_after is not None and by_uid[e.study_uid].value.outcome_date
-             and by_uid[e.study_uid].value.outcome_date > holdout_after}
+    later = {e.study_uid for e in entries if holdout_after is not None
+             and (when := by_uid[e.study_uid].value.outcome_date) is not None and when > holdout_after}
     train = Cohort(source, tuple(e for e in entries if e.study_uid not in later))
     holdout = Cohort(source, tuple(e for e in entries if e.study_uid in later)) if holdout_after is not None else None
     provenance = {

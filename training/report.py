@@ -15,7 +15,7 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
@@ -177,7 +177,7 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
             "specificity": pooled["specificity"],
             "accuracy": pooled["accuracy"],
         }
-    data = {
+    data: dict[str, Any] = {
         "cohort_csv": str(cohort.source),
         "patients_listed": len(cohort),
         "patients_used": int(len(labels)),
@@ -286,7 +286,8 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         "code_version": code_version,
         "kept_epochs": [r.epoch for r in first.results],
     })
-    return _clean(report)
+    cleaned: dict[str, Any] = _clean(report)
+    return cleaned
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -443,11 +444,11 @@ def write_report_files(folder: Path, report: dict[str, Any], runs: Sequence[Any]
         writer.writerows(report["splits"])
     s = prepared.inputs.shape[1]
     with open(folder / "folds.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["repeat", "seed", "fold", "patient_id", "study_uid", "label"] + [f"slice{i}" for i in range(s)]
-                        + list(SLICE_AGGREGATIONS) + ["selected_aggregation", "selected_score", "threshold", "predicted_positive",
-                                                      "served_score", "served_probability", "served_probability_cross_fitted",
-                                                      "served_positive"])
+        folds_writer = csv.writer(handle)
+        folds_writer.writerow(["repeat", "seed", "fold", "patient_id", "study_uid", "label"] + [f"slice{i}" for i in range(s)]
+                              + list(SLICE_AGGREGATIONS) + ["selected_aggregation", "selected_score", "threshold",
+                                                            "predicted_positive", "served_score", "served_probability",
+                                                            "served_probability_cross_fitted", "served_positive"])
         for repeat, run in enumerate(runs):
             selected = run.selected_scores
             for i, entry in enumerate(prepared.entries):
@@ -460,7 +461,7 @@ def write_report_files(folder: Path, report: dict[str, Any], runs: Sequence[Any]
                 if repeat == 0:  # the served rule is fixed on the first repeat (the bundle's)
                     row += [f"{served.raw[i]:.6f}", f"{served.probabilities[i]:.6f}", f"{served.cross_fitted[i]:.6f}",
                             int(served.probabilities[i] >= served.threshold)]
-                writer.writerow(row)
+                folds_writer.writerow(row)
     _plots(folder, runs[0], served, min(1000, report["settings"]["bootstrap"]))
 
 
@@ -470,9 +471,10 @@ def _plots(folder: Path, run: Any, served: ServedRule, resamples: int) -> None:
 
     y = run.labels
     f = served.figures
-    curves = [(f"served rule, out of fold (AUC {_fmt(f['auc'])})", y, served.probabilities)]
-    curves += [(f"fold {r.fold + 1}", y[r.test_index], aggregate_slices(r.test_scores, r.slice_aggregation))
-               for r in run.results]
+    curves: list[tuple[str, Sequence[int], Sequence[float]]] = [
+        (f"served rule, out of fold (AUC {_fmt(f['auc'])})", y, cast("Sequence[float]", served.probabilities))]
+    curves += [(f"fold {r.fold + 1}", y[r.test_index],
+                cast("Sequence[float]", aggregate_slices(r.test_scores, r.slice_aggregation))) for r in run.results]
     save_png(roc_figure(curves, roc_band(y, served.probabilities, resamples, run.seed)), folder / "roc.png")
     cal, raw = f["calibration"], f["calibration_raw"]
     title = (f"Out of fold: slope {_fmt(raw['slope'])} -> {_fmt(cal['slope'])} (in-sample), cross-fitted "

@@ -21,7 +21,7 @@ class SplitError(ValueError):
     """The cohort cannot be split as asked (too few patients or positives)."""
 
 
-def assign_folds(labels: Sequence[int], groups: Sequence[str], k: int, seed: int) -> np.ndarray:
+def assign_folds(labels: Sequence[int] | np.ndarray, groups: Sequence[str] | np.ndarray, k: int, seed: int) -> np.ndarray:
     """The test fold (0..k-1) of every patient. Raises SplitError, naming the fix, when there
     are fewer patient groups than folds; warns when the smaller class has fewer patients
     than folds (some test folds then hold none of it, and their own AUC is undefined)."""
@@ -46,7 +46,7 @@ def assign_folds(labels: Sequence[int], groups: Sequence[str], k: int, seed: int
     return folds
 
 
-def check_disjoint(folds: np.ndarray, groups: Sequence[str]) -> None:
+def check_disjoint(folds: np.ndarray, groups: Sequence[str] | np.ndarray) -> None:
     """Raise SplitError if a patient/group is in no fold or in two."""
     folds = np.asarray(folds)
     if (folds < 0).any():
@@ -57,7 +57,7 @@ def check_disjoint(folds: np.ndarray, groups: Sequence[str]) -> None:
             raise SplitError(f"group {group!r} is in folds {seen[group]} and {int(fold)}")
 
 
-def inner_folds_for(train_labels: Sequence[int], train_groups: Sequence[str], inner_folds: int) -> int:
+def inner_folds_for(train_labels: Sequence[int] | np.ndarray, train_groups: Sequence[str] | np.ndarray, inner_folds: int) -> int:
     """How many inner folds a training fold affords: ``inner_folds``, fewer when its smaller
     class has fewer patients (each inner fold needs one of them), at least 2. Raises
     SplitError naming the smallest class count and the fix when not even 2 are possible."""
@@ -72,7 +72,8 @@ def inner_folds_for(train_labels: Sequence[int], train_groups: Sequence[str], in
     return k
 
 
-def inner_split(train_index: np.ndarray, labels: Sequence[int], groups: Sequence[str], inner_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def inner_split(train_index: np.ndarray, labels: Sequence[int] | np.ndarray, groups: Sequence[str] | np.ndarray,
+                inner_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split a training fold's patients into (fit, inner validation): one fold of an inner
     ``StratifiedGroupKFold`` of :func:`inner_folds_for` folds. Nested selection chooses epoch,
     threshold and slice aggregation on the inner validation patients only."""
