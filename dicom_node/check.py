@@ -24,7 +24,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.queue import sweep_expired_leases
-from db.reconcile import forget_instances, recorded_files, stuck_jobs
+from db.reconcile import RecordedFile, forget_instances, recorded_files, stuck_jobs
 from db.retention import marked_paths
 from dicom_node.store.archive import Archive
 from pipeline.uids import sha256_of
@@ -111,8 +111,9 @@ def _quarantine(archive: Archive, relative: str, quarantine: Path) -> Path:
     return target
 
 
-def _repair(report: CheckReport, archive: Archive, sessions: sessionmaker[Session], quarantine: Path, missing: list,
-            changed: list, stale: list[Path], max_attempts: int, max_instance_bytes: int) -> None:
+def _repair(report: CheckReport, archive: Archive, sessions: sessionmaker[Session], quarantine: Path,
+            missing: list[RecordedFile], changed: list[RecordedFile], stale: list[Path], max_attempts: int,
+            max_instance_bytes: int) -> None:
     from dicom_node.store.import_files import import_file
 
     forgotten = []

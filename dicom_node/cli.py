@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from dicom_node.commands import (archive, backup, check, demo, echo, evaluate, fetch, importing, jobs, models,
                                   outcomes, preprocess, serve, setup, train, web)
@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     try:
-        return args.run(args)
+        run: Callable[[argparse.Namespace], int] = args.run
+        return run(args)
     except ConfigError as exc:
         return fail(f"configuration error: {exc}", 2)
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Callable
 
 __all__ = ["configure_logging", "peer_text", "SafeFormatter", "RejectionLog", "LibraryRepeatFilter", "LibraryValueFilter", "LOG_FORMAT",
@@ -40,6 +41,8 @@ _MAX_PEER_TEXT = 80
 #: C0 controls but tab, and DEL, as the escapes ``peer_text`` writes (CR, LF: ``\r``, ``\n``).
 _CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if code != 0x09} | {0x0D: "\\r", 0x0A: "\\n"}
 _CONTROLS_BUT_LF = {code: text for code, text in _CONTROLS.items() if code != 0x0A}
+#: what ``sys.exc_info()`` returns, as ``logging.Formatter.formatException`` is given it
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 
 def peer_text(value: object, limit: int = _MAX_PEER_TEXT) -> str:
@@ -70,7 +73,7 @@ class SafeFormatter(logging.Formatter):
         record.message = record.message.translate(_CONTROLS)
         return super().formatMessage(record)
 
-    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]  # noqa: N802
+    def formatException(self, ei: _ExcInfo) -> str:  # noqa: N802
         text = super().formatException(ei).translate(_CONTROLS_BUT_LF)
         return "\n".join("  | " + line for line in text.split("\n"))
 

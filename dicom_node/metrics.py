@@ -96,7 +96,8 @@ class NodeMetrics:
     def exposition(self) -> bytes:
         self.refresh_gauges()
         self.job_times.refresh()
-        return generate_latest(self.registry)
+        text: bytes = generate_latest(self.registry)
+        return text
 
 
 class JobTimes:

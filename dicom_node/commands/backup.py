@@ -104,8 +104,9 @@ def backup_node(config: Config, folder: Path) -> BackupSummary:
         digest = sha256_of(target)
         if digest != row.sha256:
             problems.append(f"{row.sop_instance_uid}: its file's sha256 is not the recorded one")
-        entries.append({"path": row.path, "sha256": digest, "size": target.stat().st_size})
-        total += entries[-1]["size"]
+        size = target.stat().st_size
+        entries.append({"path": row.path, "sha256": digest, "size": size})
+        total += size
     users = config.web_users_path
     if users.is_file():
         shutil.copyfile(users, folder / "web-users")

@@ -9,7 +9,7 @@ status, the probability and where everything is.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import argparse
 import shutil
@@ -24,6 +24,10 @@ from typing import Sequence
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage, Verification
+
+if TYPE_CHECKING:
+    from dicom_node.store.open import Runtime
+    from pipeline.phantom import PhantomStudy
 
 __all__ = ["LocalPacs", "main"]
 
@@ -71,7 +75,7 @@ class LocalPacs:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _send_like_pacs(folder: Path, port: int) -> int:
@@ -217,7 +221,7 @@ def run(work: Path, *, patients: int = 30, epochs: int = 30, seed: int = 1, time
     return 0
 
 
-def _print_result(runtime, pacs: LocalPacs, sr: Dataset, held_out, config_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _print_result(runtime: Runtime, pacs: LocalPacs, sr: Dataset, held_out: PhantomStudy, config_path: Path) -> None:
     from db.queue import list_jobs
     from dicom_node.report.sr import read_sr_result
 

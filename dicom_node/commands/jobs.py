@@ -76,6 +76,7 @@ def replay_study(args: argparse.Namespace) -> int:
     def queue_again(session: Any) -> int:
         job, created = replay(session, args.key, rerun=args.rerun)
         if created and job.resend_only:
+            assert job.result is not None  # replay records the job it re-sends
             print(f"job {job.id} queued for study {job.study_uid}: re-sends the results of job "
                   f"{job.result['resend_of_job']} (use --rerun to predict again)")
         elif created:

@@ -124,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
             if (args.key is None) == (not args.clear):
                 print("egfr-node: give a bundle (PATH or ID) or --clear", file=sys.stderr)
                 return 1
-            record = set_shadow(runtime.sessions, None if args.clear else args.key, user=shell_user())
-            print(f"model bundle {record.id} ({record.name} {record.version}) is the shadow: it runs on each new study "
-                  "after the active one; its answers are stored, never sent" if record else "no shadow bundle")
+            shadow = set_shadow(runtime.sessions, None if args.clear else args.key, user=shell_user())
+            print(f"model bundle {shadow.id} ({shadow.name} {shadow.version}) is the shadow: it runs on each new study "
+                  "after the active one; its answers are stored, never sent" if shadow else "no shadow bundle")
         elif args.models_command == "promote":
             from dicom_node.bundles import ActivationRefused, promote
 

@@ -242,7 +242,7 @@ class DicomNode:
 
     @property
     def port(self) -> int:
-        return self.servers[0].server_address[1]
+        return int(self.servers[0].server_address[1])
 
     @property
     def tls_port(self) -> int | None:

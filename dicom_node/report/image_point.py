@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -42,7 +43,7 @@ class _Plane:
     spacing: tuple[float, float]  # (between rows, between columns), as PixelSpacing
 
 
-def _first(groups: Sequence[Dataset], sequence: str, keyword: str) -> object:
+def _first(groups: Sequence[Dataset], sequence: str, keyword: str) -> Any:
     for group in groups:
         for item in group.get(sequence, []):
             if keyword in item:
@@ -64,10 +65,11 @@ def _planes(image: Dataset) -> Iterator[_Plane]:
         yield _plane(image, None, image.ImagePositionPatient, image.ImageOrientationPatient, image.PixelSpacing)
 
 
-def _plane(image: Dataset, frame: int | None, position: object, orientation: object, spacing: object) -> _Plane:
-    cosines = np.asarray([float(v) for v in orientation], dtype=float)  # type: ignore[union-attr]
-    pixel = [float(v) for v in spacing]  # type: ignore[union-attr]
-    return _Plane(image, frame, np.asarray([float(v) for v in position], dtype=float),  # type: ignore[union-attr]
+def _plane(image: Dataset, frame: int | None, position: Sequence[float], orientation: Sequence[float],
+           spacing: Sequence[float]) -> _Plane:
+    cosines = np.asarray([float(v) for v in orientation], dtype=float)
+    pixel = [float(v) for v in spacing]
+    return _Plane(image, frame, np.asarray([float(v) for v in position], dtype=float),
                   cosines[:3], cosines[3:], (pixel[0], pixel[1]))
 
 

@@ -92,8 +92,8 @@ def render_result_card(crops: np.ndarray, lesion_mask: np.ndarray, slice_scores:
     ]
     for row, (text, color, size) in enumerate(lines):
         figure.text(0.5, 0.30 - row * 0.1, text, ha="center", va="top", color=color, fontsize=size)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    canvas.draw()  # type: ignore[no-untyped-call]  # matplotlib's Agg backend is not annotated
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # type: ignore[no-untyped-call]  # Agg is not annotated
 
 
 def build_result_card(

@@ -22,7 +22,7 @@ from datetime import datetime
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import pack_bits
+from pydicom.pixels.utils import pack_bits
 
 from dicom_node.report import codes as report_codes
 from dicom_node.report.series_time import stamp_series_and_content_time

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
@@ -55,7 +55,7 @@ class DatasetSummary:
     pixel_data: str  # "none", "native" or "encapsulated"
     #: The top-level elements asked for with ``keep`` that the dataset has, undecoded (as
     #: pydicom's reader yields them: a ``Dataset`` built of them converts them on access).
-    kept: dict[int, RawDataElement] = field(default_factory=dict)
+    kept: dict[BaseTag, DataElement | RawDataElement] = field(default_factory=dict)
     #: False when a kept tag was there but too long, a sequence or of undefined length.
     kept_all: bool = True
     #: Every top-level tag of the dataset.
@@ -147,7 +147,7 @@ class _Walker:
         self.image: dict[str, bytes] = {}
         self.pixel: tuple[str, int, int] | None = None  # (kind, length or fragments, offset-table bytes)
         self.keep = keep
-        self.kept: dict[int, RawDataElement] = {}
+        self.kept: dict[BaseTag, DataElement | RawDataElement] = {}
         self.kept_all = True
         self.top_level_tags: set[int] = set()
 
@@ -178,7 +178,8 @@ class _Walker:
                 if tag in self.keep:
                     if length <= _MAX_KEPT_BYTES and vr != b"SQ" and not (implicit and _is_sequence(tag)):
                         position = src.pos
-                        self.kept[tag] = RawDataElement(BaseTag(tag), vr.decode("ascii") if vr else None, length,
+                        key = BaseTag(tag)
+                        self.kept[key] = RawDataElement(key, vr.decode("ascii") if vr else None, length,
                                                         src.read(length), position, implicit, True)
                         continue
                     self.kept_all = False
@@ -291,7 +292,7 @@ def _image_int(image: dict[str, bytes], name: str, default: int | None = None) -
             return int(raw.decode("ascii").strip(" \x00"))
         except ValueError:
             raise IncompleteDataset("NumberOfFrames is not an integer") from None
-    return struct.unpack("<H", raw[:2])[0]
+    return int(struct.unpack("<H", raw[:2])[0])
 
 
 def _check_pixel_data(walker: _Walker, syntax: UID) -> str:

@@ -26,8 +26,15 @@ __all__ = ["ReceivedHeader", "NonConformant", "SOPClassMismatch", "read_header",
            "MASK_SOP_CLASSES"]
 
 
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"{keyword} is not a DICOM keyword")
+    return tag
+
+
 def _tags(*keywords: str) -> frozenset[int]:
-    return frozenset(int(tag_for_keyword(keyword)) for keyword in keywords)  # type: ignore[arg-type]
+    return frozenset(_tag(keyword) for keyword in keywords)
 
 
 #: The top-level elements :func:`read_header` reads, and the character set that decodes them.

@@ -37,7 +37,7 @@ __all__ = ["ImportSummary", "import_folder", "import_file"]
 
 @dataclass
 class ImportSummary:
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
     refused: list[tuple[str, str]] = field(default_factory=list)
     #: Files without the Part-10 "DICM" marker: not DICOM, counted, not refused one by one.
     skipped: list[str] = field(default_factory=list)

@@ -5,6 +5,7 @@ proxy header; every POST also needs the session's CSRF token in ``X-CSRF-Token``
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,7 +27,8 @@ OutcomeAction = Depends(require_clinician)
 
 
 def _console(request: Request) -> Console:
-    return request.app.state.console
+    console: Console = request.app.state.console
+    return console
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:
@@ -249,7 +251,7 @@ def audit(request: Request, limit: int = Query(200, ge=1, le=1000), offset: int 
     return {"audit": _console(request).audit(limit, offset), "limit": limit, "offset": offset}
 
 
-def _act(action, request: Request) -> dict[str, Any]:  # noqa: ANN001 (a callable on the console)
+def _act(action: Callable[[Console], dict[str, Any]], request: Request) -> dict[str, Any]:
     """``action(console)``; a refusal as 404 (unknown thing) or 409 (wrong state)."""
     try:
         return action(_console(request))

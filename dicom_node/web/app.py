@@ -23,9 +23,11 @@ from fastapi import FastAPI, HTTPException, Path as PathParameter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp
 
 from dicom_node.config import Config
 from dicom_node.web.auth import Users, new_csrf_token, same_token, session_secret
@@ -59,7 +61,8 @@ DestinationName = Annotated[str, PathParameter(max_length=64)]
 
 def user_of(request: Request) -> str:
     """The signed-in user of a request that passed the guard."""
-    return request.state.user
+    user: str = request.state.user
+    return user
 
 
 def role_of(request: Request) -> str | None:
@@ -93,7 +96,7 @@ def remote_of(request: Request) -> str:
 async def require_csrf(request: Request) -> None:
     """A state-changing request carries the session's CSRF token: the ``X-CSRF-Token`` header
     (API) or the ``csrf_token`` form field (pages). 403 otherwise."""
-    token = request.headers.get("x-csrf-token")
+    token: str | UploadFile | None = request.headers.get("x-csrf-token")
     if token is None and request.headers.get("content-type", "").startswith(
             ("application/x-www-form-urlencoded", "multipart/form-data")):
         token = (await request.form()).get("csrf_token")
@@ -102,7 +105,7 @@ async def require_csrf(request: Request) -> None:
 
 
 class _Guard(BaseHTTPMiddleware):
-    def __init__(self, app, config: Config, users: Users, console: Console) -> None:  # noqa: ANN001 (ASGI app)
+    def __init__(self, app: ASGIApp, config: Config, users: Users, console: Console) -> None:
         super().__init__(app)
         self.config, self.users, self.console = config, users, console
 
@@ -111,9 +114,9 @@ class _Guard(BaseHTTPMiddleware):
         (as before roles); a session's user the file's role."""
         web = self.config.web
         if web.trusted_user_header and request.client and request.client.host in web.trusted_proxies:
-            name = request.headers.get(web.trusted_user_header, "").strip()[:64]
-            if name:
-                return name, self.users.role(name) or "admin"
+            proxied = request.headers.get(web.trusted_user_header, "").strip()[:64]
+            if proxied:
+                return proxied, self.users.role(proxied) or "admin"
         name = request.session.get("user")
         if isinstance(name, str) and self.users.exists(name):
             return name, self.users.role(name)
@@ -173,7 +176,7 @@ class _Guard(BaseHTTPMiddleware):
         path = request.url.path
         if user is None and not any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC_PATHS):
             if path.startswith("/api/"):
-                response: Response = JSONResponse({"detail": "sign in first (POST /api/session)"}, status_code=401)
+                response = JSONResponse({"detail": "sign in first (POST /api/session)"}, status_code=401)
             else:
                 target = path + (f"?{request.url.query}" if request.url.query else "")
                 response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)

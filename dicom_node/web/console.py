@@ -285,7 +285,8 @@ class Console:
 
         registry = CollectorRegistry(auto_describe=True)
         registry.register(live_collector(self.archive, self.sessions))
-        return generate_latest(registry)
+        text: bytes = generate_latest(registry)
+        return text
 
     def result_card_png(self, job_id: int) -> bytes | None:
         """The job's result card (the five crops with the lesion outline and the slice scores)
@@ -331,6 +332,7 @@ class Console:
                 outcome = f"refused: {exc}"
             else:
                 if created and job.resend_only:
+                    assert job.result is not None  # replay records the job it re-sends
                     outcome = f"job {job.id} queued: re-sends the results of job {job.result['resend_of_job']}"
                 elif created:
                     outcome = f"job {job.id} queued (replay of job {job.replay_of_id})"
@@ -432,9 +434,10 @@ class Console:
 
         def run() -> None:
             try:
-                [study] = find_studies(self.config, peer, study_uid=study_uid) or [None]
-                if study is None:
+                found = find_studies(self.config, peer, study_uid=study_uid)
+                if not found:
                     raise FetchError(f"no study {study_uid} on {peer.name}")
+                [study] = found
                 outcome = fetch_study(self.config, self.archive, self.sessions, peer, study).summary()
             except (FetchError, ValueError) as exc:
                 outcome = f"fetch failed: {exc}"

@@ -32,7 +32,8 @@ RESEARCH_USE = ("Research use only: a second opinion from a model cross-validate
 
 
 def _console(request: Request) -> Console:
-    return request.app.state.console
+    console: Console = request.app.state.console
+    return console
 
 
 def _render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:

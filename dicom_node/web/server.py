@@ -13,8 +13,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import socket
+from typing import TYPE_CHECKING
 
 from dicom_node.config import Config
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from dicom_node.store.open import Runtime
 
 __all__ = ["run_console", "ConsoleProcess", "CONCURRENCY"]
 
@@ -22,7 +28,7 @@ log = logging.getLogger(__name__)
 CONCURRENCY = 32
 
 
-def build(config: Config):  # noqa: ANN201 (a FastAPI app; imported late so the CLI starts fast)
+def build(config: Config) -> tuple[FastAPI, Runtime]:  # imported late so the CLI starts fast
     from dicom_node.store.open import open_runtime
     from dicom_node.web.app import create_app
     from dicom_node.web.console import Console

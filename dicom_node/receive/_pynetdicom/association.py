@@ -96,7 +96,8 @@ class NodeAssociationServer(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         # pynetdicom wraps TLS here, in the accept loop; the handshake moves to the connection's thread
-        return self.socket.accept()
+        accepted: tuple[socket.socket, Any] = self.socket.accept()
+        return accepted
 
     def process_request(self, request: Any, client_address: Any) -> None:
         source = str(client_address[0])

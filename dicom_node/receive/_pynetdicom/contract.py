@@ -77,15 +77,15 @@ def contract_problems() -> list[str]:
     for module_name, name in _MODULE_ATTRIBUTES:
         if not hasattr(importlib.import_module(module_name), name):
             problems.append(f"{module_name}.{name} is gone")
-    for module_name, class_name, text in _SET_IN_SOURCE:
+    for module_name, source_class, text in _SET_IN_SOURCE:
         module = importlib.import_module(module_name)
-        owner = getattr(module, class_name, None) if class_name else module
+        owner = getattr(module, source_class, None) if source_class else module
         try:
             source = inspect.getsource(owner) if owner is not None else ""
         except (OSError, TypeError):
             source = ""
         if text not in source:
-            problems.append(f"{module_name}{'.' + class_name if class_name else ''} no longer uses {text}")
+            problems.append(f"{module_name}{'.' + source_class if source_class else ''} no longer uses {text}")
     return problems
 
 

@@ -57,10 +57,11 @@ class NodeDUL(DULServiceProvider):
         self.to_provider_queue = SignallingQueue(self._wake)
         self.to_user_queue = SignallingQueue(assoc.work_queued.set)  # a NodeAssociation's
 
-    def _open_wake_up(self) -> None:
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+    def _open_wake_up(self) -> tuple[socket.socket, socket.socket]:
+        self._wake_r, self._wake_w = wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        return wake_r, wake_w
 
     def _wake(self) -> None:
         wake = self._wake_w
@@ -79,6 +80,10 @@ class NodeDUL(DULServiceProvider):
             return reactor.PYNETDICOM_POLL_SECONDS
         self.wait_for_work(reactor.MAX_WAIT_SECONDS)
         return 0.0
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        pass  # pynetdicom's __init__ sets its constant 1 ms
 
     def wait_for_work(self, timeout: float) -> None:
         """Return when the socket has data, a primitive is queued to send or an event to
@@ -104,19 +109,14 @@ class NodeDUL(DULServiceProvider):
             except OSError:
                 pass
 
-    @_run_loop_delay.setter
-    def _run_loop_delay(self, value: float) -> None:
-        pass  # pynetdicom's __init__ sets its constant 1 ms
-
     def run_reactor(self) -> None:
         spool_folder.folder = self.limits.spool_dir
-        self._open_wake_up()
+        wake_r, wake_w = self._open_wake_up()
         try:
             super().run_reactor()
         finally:
             discard_partial_spool(self.assoc)
             self.table.release(self.connection)
-            wake_r, wake_w = self._wake_r, self._wake_w
             self._wake_w = None
             wake_r.close()
             wake_w.close()

@@ -129,7 +129,10 @@ def _library_store_response(message_id: int, sop_class_uid: str, sop_instance_ui
     primitive.Status = status
     message = C_STORE_RSP()
     message.primitive_to_message(primitive)
-    return encode(message.command_set, True, True)  # as DIMSEMessage.encode_msg does
+    encoded: bytes | None = encode(message.command_set, True, True)  # as DIMSEMessage.encode_msg does
+    if encoded is None:
+        raise _TemplateMismatch("pynetdicom could not encode the C-STORE-RSP command set")
+    return encoded
 
 
 @functools.lru_cache(maxsize=_TEMPLATES)

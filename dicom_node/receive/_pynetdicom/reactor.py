@@ -25,7 +25,7 @@ MAX_WAIT_SECONDS = 0.001
 _LIBRARY_TIME = (pynetdicom_association.time, pynetdicom_dul.time)
 
 
-class SignallingQueue(queue.Queue):  # type: ignore[type-arg]
+class SignallingQueue(queue.Queue[Any]):
     """A queue that calls ``signal`` after every put (override 7)."""
 
     def __init__(self, signal: Callable[[], None]) -> None:

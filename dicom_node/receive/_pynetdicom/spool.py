@@ -107,7 +107,7 @@ class SpoolFile:
     def write(self, data: bytes) -> int:
         if self.error is None:
             try:
-                written = self._file.write(data)
+                written: int = self._file.write(data)
                 self._hash.update(data)
                 return written
             except OSError as exc:
