@@ -29,6 +29,7 @@ from db.instances import received_study_paths, recorded_node_instances
 from db.sop_classes import OUTLINE
 from dicom_node.store.archive import Archive
 from dicom_node.config import Config
+from dicom_node.job_result import JobResult, ModelRef, ResultInstances, Selection, ShadowResult, rounded
 from dicom_node.store.intake import store_result
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
 from dicom_node.report.image_point import nearest_image_point
@@ -104,11 +105,12 @@ def lesion_centroid_lps(lesion: sitk.Image) -> tuple[float, float, float]:
     k, j, i = np.nonzero(sitk.GetArrayViewFromImage(lesion))
     if not len(i):
         raise ValueError("the lesion mask is empty")
-    return lesion.TransformContinuousIndexToPhysicalPoint((float(i.mean()), float(j.mean()), float(k.mean())))
+    x, y, z = lesion.TransformContinuousIndexToPhysicalPoint((float(i.mean()), float(j.mean()), float(k.mean())))
+    return float(x), float(y), float(z)
 
 
 def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: str | None = None,
-            activated_despite: str = "", keep: dict[str, Any] | None = None) -> dict[str, Any]:
+            activated_despite: str = "", keep: dict[str, Any] | None = None) -> JobResult:
     """Run the pipeline on ``study_uid`` with ``ensemble``; archive the results (or reuse those
     an earlier attempt of the job ``job_key`` names archived); return the record.
     ``activated_despite``: the guards the bundle was activated over (``models activate
@@ -139,35 +141,27 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
     log.info("study %s: EGFR %s, %s) (bundle %s %s); SR %s", study_uid,
              "positive" if prediction.positive else "negative", probability_words(prediction.probability, calibrated),
              manifest.name,
-             manifest.version, instances["sr"], extra={"study_uid": study_uid})
-    return {
-        "model": {"name": manifest.name, "version": manifest.version, "device_uid": manifest.device_uid},
-        "selection": {
-            "series_uid": study.series_uid, "mask_sop_uid": study.mask_sop_uid, "mask_kind": study.mask_kind,
-            "lesion_number": study.lesion_number, "lesion_label": study.lesion_label,
-            "slices": slices["indices"], "mid_slice": slices["mid"],
-            **({"mask": study.selection["lesion"]["description"],
-                "tracking_uid": study.selection["lesion"]["tracking_uid"]} if study.mask_kind == OUTLINE else {}),
-        },
-        "scores": [[round(float(v), 6) for v in row] for row in prediction.scores],
-        "probability": round(prediction.probability, 6),
-        "status": "positive" if prediction.positive else "negative",
-        "calibrated": calibrated,
-        "raw_score": round(prediction.raw_score, 6),
-        "fold_probabilities": [round(float(v), 6) for v in prediction.fold_probabilities],
-        "calibration": manifest.calibration_map.describe(),
-        "threshold": manifest.threshold,
-        "threshold_rule": manifest.threshold_rule,
-        "contrast": contrast,
-        "slice_aggregation": manifest.slice_aggregation,
-        "fold_aggregation": manifest.fold_aggregation,
-        "fold_scale": manifest.fold_scale,
-        "instances": instances,
-        "timings_s": {**{f"preprocess.{k}": v for k, v in prepared.model_input.provenance["timings_s"].items()}, **timings},
-    }
+             manifest.version, instances.sr, extra={"study_uid": study_uid})
+    outlined = study.selection["lesion"] if study.mask_kind == OUTLINE else {}
+    return JobResult.of(
+        model=ModelRef(manifest.name, manifest.version, manifest.device_uid),
+        selection=Selection(
+            series_uid=study.series_uid, mask_sop_uid=study.mask_sop_uid, mask_kind=study.mask_kind,
+            lesion_number=study.lesion_number, lesion_label=study.lesion_label,
+            slices=tuple(int(k) for k in slices["indices"]), mid_slice=int(slices["mid"]),
+            mask=outlined.get("description"), tracking_uid=outlined.get("tracking_uid"),
+        ),
+        scores=prediction.scores.tolist(), probability=prediction.probability, positive=prediction.positive,
+        calibrated=calibrated, raw_score=prediction.raw_score,
+        fold_probabilities=[] if prediction.fold_probabilities is None else prediction.fold_probabilities.tolist(),
+        calibration=manifest.calibration_map.describe(), threshold=manifest.threshold,
+        threshold_rule=manifest.threshold_rule, contrast=contrast, slice_aggregation=manifest.slice_aggregation,
+        fold_aggregation=manifest.fold_aggregation, fold_scale=manifest.fold_scale, instances=instances,
+        timings_s={**{f"preprocess.{k}": v for k, v in prepared.model_input.provenance["timings_s"].items()}, **timings},
+    )
 
 
-def _reused(ctx: JobContext, prepared: PreparedStudy, uids: dict[str, str]) -> dict[str, str | None] | None:
+def _reused(ctx: JobContext, prepared: PreparedStudy, uids: dict[str, str]) -> ResultInstances | None:
     """The results an earlier attempt of this job archived, when its SR is there (the SR is
     archived last, after the SEG and the card); None otherwise."""
     with ctx.sessions() as session:
@@ -176,12 +170,12 @@ def _reused(ctx: JobContext, prepared: PreparedStudy, uids: dict[str, str]) -> d
         return None
     log.info("study %s: results of an earlier attempt reused (SR %s)", prepared.study.study_uid, uids["sr"],
              extra={"study_uid": prepared.study.study_uid})
-    return {"sr": uids["sr"], "seg": uids["seg"] if uids["seg"] in recorded else None,
-            "card": uids["card"] if uids["card"] in recorded else None}
+    return ResultInstances(sr=uids["sr"], seg=uids["seg"] if uids["seg"] in recorded else None,
+                           card=uids["card"] if uids["card"] in recorded else None)
 
 
 def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Prediction, ensemble: FoldEnsemble,
-                       uids: dict[str, str], contrast: str = "", activated_despite: str = "") -> dict[str, str | None]:
+                       uids: dict[str, str], contrast: str = "", activated_despite: str = "") -> ResultInstances:
     """SEG (when the lesion came from an RTSTRUCT), SR and result card, each archived as the
     node's own, with the UIDs ``uids`` (:func:`result_uids`)."""
     study, config = prepared.study, ctx.config
@@ -228,6 +222,8 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
     card_uid: str | None = None
     if config.report.result_card:
         model_input = prepared.model_input
+        if model_input.lesion_mask is None:
+            raise RuntimeError(f"study {study.study_uid}: preprocessing kept no lesion mask to draw on the result card")
         card = build_result_card(
             sources[0], model_input.array[:, 0], model_input.lesion_mask, [float(v) for v in prediction.slice_scores],
             float(np.clip(prediction.probability, 0.0, 1.0)), prediction.positive, algorithm,
@@ -235,10 +231,10 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
         )
         card_uid = _archive(ctx, card)
     sr_uid = _archive(ctx, sr)
-    return {"sr": sr_uid, "seg": derived_seg_uid, "card": card_uid}
+    return ResultInstances(sr=sr_uid, seg=derived_seg_uid, card=card_uid)
 
 
-def run_shadow(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, prepared: PreparedStudy | None = None) -> dict[str, Any]:
+def run_shadow(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, prepared: PreparedStudy | None = None) -> ShadowResult:
     """The shadow bundle on a study (issue 28): its answer, stored, never archived as a result
     nor sent. ``prepared``: the active job's prepared study, reused when the shadow bundle's
     preprocessing parameters are the same."""
@@ -251,13 +247,10 @@ def run_shadow(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, prepared
     laps.lap("preprocess")
     prediction = ensemble.predict(prepared.model_input.array)
     laps.lap("infer")
-    return {
-        "model": {"name": manifest.name, "version": manifest.version, "device_uid": manifest.device_uid},
-        "probability": round(prediction.probability, 6),
-        "status": "positive" if prediction.positive else "negative",
-        "calibrated": manifest.calibration_map.applied,
-        "raw_score": round(prediction.raw_score, 6),
-        "threshold": manifest.threshold,
-        "scores": [[round(float(v), 6) for v in row] for row in prediction.scores],
-        "timings_s": laps.timings,
-    }
+    return ShadowResult(
+        model=ModelRef(manifest.name, manifest.version, manifest.device_uid),
+        probability=round(prediction.probability, 6), positive=prediction.positive,
+        calibrated=manifest.calibration_map.applied, raw_score=round(prediction.raw_score, 6),
+        threshold=manifest.threshold,
+        scores=tuple(rounded(row) for row in prediction.scores.tolist()), timings_s=laps.timings,
+    )

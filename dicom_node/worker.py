@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -48,12 +49,14 @@ from db.queue import (
 from dicom_node.store.archive import Archive
 from dicom_node.log_safety import OutageLog
 from dicom_node.config import Config
+from dicom_node.job_result import JobResult, ResendResult, ResultInstances, ShadowResult, result_sop_uids
 from dicom_node.retention import Retention
 
 if TYPE_CHECKING:
     from dicom_node.fetch import MaskImageFetcher
+    from pipeline.model.infer import FoldEnsemble
 
-__all__ = ["Worker", "default_worker_id", "result_sop_uids"]
+__all__ = ["Worker", "default_worker_id"]
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +74,6 @@ logging.getLogger("apscheduler.scheduler").addFilter(_SkipBusyRuns())
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def result_sop_uids(result: dict[str, Any] | None) -> list[str]:
-    """The instances a job's result sends: the derived SEG first (the SR references it), the SR, the card."""
-    instances = (result or {}).get("instances") or {}
-    return [uid for uid in (instances.get("seg"), instances.get("sr"), instances.get("card")) if uid]
 
 
 def one_line(exc: BaseException) -> str:
@@ -128,7 +125,7 @@ class Worker:
 
             self.fetcher = fetch.MaskImageFetcher(config, archive, sessions)
         self.scheduler: BackgroundScheduler | None = None
-        self._ensembles: dict[int, Any] = {}
+        self._ensembles: dict[int, FoldEnsemble] = {}
         self._preload_failed: set[int] = set()
         self._idle_model: bundles.BundleRecord | None = None
         self._deliver_lock = threading.Lock()
@@ -197,8 +194,9 @@ class Worker:
         with self.sessions.begin() as session:
             if transient:
                 release_for_retry(session, job.id, self.worker_id, reason or "", self.settings.max_attempts)
-            elif finish_job(session, job.id, self.worker_id, ok=ok, reason=reason, result=result) and ok:
-                deliveries.create_deliveries(session, job.id, result_sop_uids(result), destinations)
+            elif finish_job(session, job.id, self.worker_id, ok=ok, reason=reason,
+                            result=result.to_json() if result else None) and ok and result:
+                deliveries.create_deliveries(session, job.id, result.instances.sop_uids(), destinations)
         if ok:
             self.deliver_due()
             if not job.resend_only and job.trigger == "arrival":
@@ -216,7 +214,8 @@ class Worker:
 
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, (os.cpu_count() or 1) // max(1, running)))
 
-    def _run(self, job: JobView, keep: dict[str, Any] | None = None) -> tuple[bool, str | None, dict | None, bool]:
+    def _run(self, job: JobView, keep: dict[str, Any] | None = None
+             ) -> tuple[bool, str | None, JobResult | ResendResult | None, bool]:
         """(ok, reason, result, transient): a study the pipeline cannot use fails at once; any
         other error (database, disk, a bundle file) is retried up to ``worker.max_attempts``."""
         if job.resend_only:
@@ -232,8 +231,7 @@ class Worker:
             result = run_job(JobContext(self.config, self.archive, self.sessions), job.study_uid, ensemble,
                              f"{job.id}@{job.created_at.isoformat()}", activated_despite=record.activated_despite or "",
                              keep=keep)
-            result["model"]["id"] = job.model_id
-            return True, None, result, False
+            return True, None, result.answered_by(job.model_id), False
         except Exception as exc:
             from pipeline.errors import PipelineError
 
@@ -268,22 +266,24 @@ class Worker:
 
             result = run_shadow(JobContext(self.config, self.archive, self.sessions), job.study_uid,
                                 self._ensemble(candidate), prepared)
-            result["model"]["id"] = candidate.id
+            shadow_result: ShadowResult | None = result.answered_by(candidate.id)
             state, reason = "done", None
         except Exception as exc:
-            result, state, reason = None, "failed", one_line(exc)[:1000]
+            shadow_result, state, reason = None, "failed", one_line(exc)[:1000]
             log.warning("job %d: shadow bundle %d failed: %s", job.id, candidate.id, reason, extra={"job_id": job.id})
         with self.sessions.begin() as session:
-            record_shadow(session, job.id, candidate.id, state, reason=reason, result=result)
+            record_shadow(session, job.id, candidate.id, state, reason=reason,
+                          result=shadow_result.to_json() if shadow_result else None)
 
-    def _resend(self, job: JobView) -> tuple[bool, str | None, dict | None]:
+    def _resend(self, job: JobView) -> tuple[bool, str | None, ResendResult | None]:
         source_id = (job.result or {}).get("resend_of_job")
         with self.sessions() as session:
             source = get_job(session, source_id) if source_id else None
         if source is None or not result_sop_uids(source.result):
             return False, f"job {source_id} has no stored results to re-send", None
-        return True, None, {"resend_of_job": source.id, "instances": source.result["instances"],
-                            "probability": source.result.get("probability"), "status": source.result.get("status")}
+        stored = source.result or {}
+        return True, None, ResendResult(resend_of_job=source.id, instances=ResultInstances.from_json(stored["instances"]),
+                                        probability=stored.get("probability"), status=stored.get("status"))
 
     def _preload(self, record: bundles.BundleRecord | None) -> None:
         """Load the active bundle while idle, so the next study does not wait for its folds; a
@@ -296,13 +296,13 @@ class Worker:
             self._preload_failed.add(record.id)
             log.warning("model bundle %d could not be loaded ahead of its jobs: %s", record.id, one_line(exc))
 
-    def _ensemble(self, record: bundles.BundleRecord) -> Any:
+    def _ensemble(self, record: bundles.BundleRecord) -> FoldEnsemble:
         """The FoldEnsemble of the bundle ``record``, loaded once (sha256 checked on load; one
         load at a time, the job runners share it)."""
         with self._ensemble_lock:
             return self._load_ensemble(record)
 
-    def _load_ensemble(self, record: bundles.BundleRecord) -> Any:
+    def _load_ensemble(self, record: bundles.BundleRecord) -> FoldEnsemble:
         model_id = record.id
         if model_id not in self._ensembles:
             import torch
@@ -315,7 +315,7 @@ class Worker:
             torch.set_num_threads(self.config.inference.threads(os.cpu_count() or 1))
             # keep the active bundle and the shadow: two at most, the newest loaded replacing the oldest
             self._ensembles = {**dict(list(self._ensembles.items())[-1:]),
-                               model_id: FoldEnsemble.load(record.bundle_path, device=device)}
+                               model_id: FoldEnsemble.load(Path(record.bundle_path), device=device)}
             log.info("model bundle %d (%s %s) loaded on %s", model_id, record.name, record.version, device)
         return self._ensembles[model_id]
 
