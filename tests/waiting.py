@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["wait_for", "settled", "wait_for_http"]
+__all__ = ["wait_for", "settled", "wait_for_http", "save_screenshot_when_still"]
 
 T = TypeVar("T")
 
@@ -55,3 +55,18 @@ def wait_for_http(url: str, timeout: float = 60.0, what: str = "the server", ali
             return False
 
     wait_for(answers, timeout, f"{what} to answer at {url}", every=0.2)
+
+
+def save_screenshot_when_still(browser: Any, path: object, timeout: float = 15.0) -> None:
+    """Save ``browser``'s screenshot at ``path`` once two screenshots in a row are the same:
+    the page has finished drawing (fonts, images, a viewer's render), instead of a fixed sleep.
+    A page that keeps moving (a spinner) is saved as it is after ``timeout``, and said: the
+    screenshot is for a person to look at, what the page must show is asserted by the test."""
+    import hashlib
+
+    shoot = browser.get_screenshot_as_png
+    try:
+        settled(lambda: hashlib.sha256(shoot()).hexdigest(), timeout, reads=2, every=0.3)
+    except AssertionError:
+        print(f"{path}: the page was still changing after {timeout:g} s; saved as it was")
+    browser.save_screenshot(str(path))

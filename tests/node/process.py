@@ -6,12 +6,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+
+from tests.waiting import wait_for
 
 
 def free_port() -> int:
@@ -59,16 +60,17 @@ def wait_until_listening(port: int, process: subprocess.Popen, deadline_s: float
     ae = AE(ae_title="PROBE")
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 2
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
+
+    def answers_echo() -> bool:
         if process.poll() is not None:
-            raise RuntimeError(f"node exited with {process.returncode}: {process.stdout.read()}")
+            raise RuntimeError(f"node exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}")
         assoc = ae.associate("127.0.0.1", port, ae_title="EGFR_NODE")
-        if assoc.is_established:
+        established = bool(assoc.is_established)
+        if established:
             assoc.release()
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"node not listening on {port} after {deadline_s} s")
+        return established
+
+    wait_for(answers_echo, deadline_s, f"the node to listen on {port}")
 
 
 def stop_processes(processes: Iterable[subprocess.Popen], grace_s: float = 30) -> None:

@@ -26,6 +26,7 @@ from pipeline.prep.preprocess import preprocess
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import PynetdicomPacs
 from tests.node.test_results import Node
+from tests.waiting import wait_for
 
 def test_a_mask_sent_before_its_images_starts_the_job_when_the_last_image_is_in(tmp_path, phantom_study) -> None:
     study = phantom_study("axial2d", "seg")
@@ -54,9 +55,8 @@ def test_a_mask_sent_before_its_images_starts_the_job_when_the_last_image_is_in(
 
         node.send(_folder_of(tmp_path / "rest", images[len(images) // 2:]))
         last_acknowledged = time.monotonic()
-        deadline = last_acknowledged + 120
-        while not any(str(ds.SOPClassUID) in SR_CLASSES for ds in pacs.received) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: any(str(ds.SOPClassUID) in SR_CLASSES for ds in pacs.received), 120,
+                 "the SR at the PACS", every=0.05)
         answered_in = time.monotonic() - last_acknowledged
         with node.runtime.sessions() as session:
             job = get_job(session, 1)
@@ -102,21 +102,14 @@ def test_the_worker_loads_the_active_bundle_while_idle_and_again_when_another_is
         time.sleep(0.5)
         assert loaded() == []  # no active bundle, nothing to load
         first = node.activate(write_random_bundle(tmp_path / "a", name="bundle-a"))
-        _wait(lambda: len(loaded()) == 1, "the active bundle loaded before any study")
+        wait_for(lambda: len(loaded()) == 1, 60, "the active bundle loaded before any study")
         assert loaded()[0].startswith(f"model bundle {first} (bundle-a")
         time.sleep(0.5)
         assert len(loaded()) == 1  # kept, not reloaded at each idle pass
         second = node.activate(write_random_bundle(tmp_path / "b", name="bundle-b", seed=2))
-        _wait(lambda: len(loaded()) == 2, "the newly activated bundle loaded")
+        wait_for(lambda: len(loaded()) == 2, 60, "the newly activated bundle loaded")
         assert loaded()[1].startswith(f"model bundle {second} (bundle-b")
     finally:
         worker.stop()
         node.close()
         pacs.stop()
-
-
-def _wait(condition, what: str, seconds: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from dicom_node.worker import Worker
 from tests.conftest import make_config
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import Orthanc
-from tests.waiting import wait_for
+from tests.waiting import save_screenshot_when_still, wait_for
 from tests.viewers.ohif_app import OHIF_VERSION, ViewerServer, install_ohif, installed_or_skip
 
 pytestmark = pytest.mark.timeout(600)
@@ -63,19 +62,20 @@ class ResultsAtPacs:
         """PACS receives the study, routes it to the node, and gets the results back; the job."""
         for file in sorted(folder.rglob("*.dcm")):
             self.orthanc.upload(file)
-        deadline = time.monotonic() + timeout
-        wanted = {"SR", "SEG"}
-        while time.monotonic() < deadline:
-            modalities = [m for m, _ in self.orthanc.series_modalities()]
+
+        def answered() -> dict | None:
+            modalities = {m for m, _ in self.orthanc.series_modalities()}
             with self.runtime.sessions() as session:
                 jobs = session.scalars(select(Job)).all()
                 done = [j for j in jobs if j.state.value == "done"]
                 failed = [j for j in jobs if j.state.value == "failed"]
                 assert not failed, [(j.id, j.reason) for j in failed]
-                if done and wanted <= set(modalities) and ("OT" in modalities or "SC" in modalities):
+                if done and {"SR", "SEG"} <= modalities and modalities & {"OT", "SC"}:
                     return dict(done[0].result)  # SR, SEG and card are at the PACS
-            time.sleep(0.5)
-        raise AssertionError(f"no SR at the PACS within {timeout:g} s: {self.orthanc.series_modalities()}")
+            return None
+
+        result: dict = wait_for(answered, timeout, "the SR, SEG and card at the PACS", every=0.5)
+        return result
 
     def close(self) -> None:
         self.worker.stop()
@@ -86,16 +86,18 @@ class ResultsAtPacs:
 
 def _wait_for_text(browser, text: str, timeout: float = 90.0) -> str:  # noqa: ANN001
     """The page's text once ``text`` is in it (OHIF's first-visit tour is dismissed meanwhile)."""
-    deadline = time.monotonic() + timeout
-    body = ""
-    while time.monotonic() < deadline:
-        body = browser.execute_script("return document.body ? document.body.innerText : ''") or ""
-        if text in body:
-            return body
-        if "Skip all" in body:
+    body = [""]
+
+    def shown() -> str:
+        body[0] = browser.execute_script("return document.body ? document.body.innerText : ''") or ""
+        if text not in body[0] and "Skip all" in body[0]:
             _click_text(browser, "Skip all")
-        time.sleep(0.5)
-    raise AssertionError(f"{text!r} did not appear within {timeout:g} s; the page says: {body[-2000:]}")
+        return body[0] if text in body[0] else ""
+
+    try:
+        return wait_for(shown, timeout, repr(text), every=0.5)
+    except AssertionError:
+        raise AssertionError(f"{text!r} did not appear within {timeout:g} s; the page says: {body[0][-2000:]}") from None
 
 
 def _click_text(browser, text: str) -> bool:  # noqa: ANN001
@@ -155,7 +157,7 @@ def open_sr(browser, server: ViewerServer, study_uid: str, shots: Path) -> tuple
         (element,) = [e for e in browser.find_elements(By.CSS_SELECTOR, "[data-viewport-uid]") if e.is_displayed()]
         origin = ScrollOrigin.from_element(element)
         ActionChains(browser).scroll_from_origin(origin, 0, 120).perform()
-        time.sleep(1)
+        wait_for(lambda: browser.execute_script(_VIEWPORTS_RENDERED), 30, "the next image to render")
         ActionChains(browser).scroll_from_origin(origin, 0, -120).perform()
     try:
         viewport = _wait_for_text(browser, "EGFR mutation", 60)
@@ -164,17 +166,15 @@ def open_sr(browser, server: ViewerServer, study_uid: str, shots: Path) -> tuple
         console = browser.get_log("browser")
         Path(f"{shots}-not-drawn-console.json").write_text(json.dumps(console, indent=1))
         raise
-    time.sleep(2)
-    browser.save_screenshot(f"{shots}-viewport.png")
+    save_screenshot_when_still(browser, f"{shots}-viewport.png")
     _wait_for_text(browser, "continue tracking measurements", 60)
     assert _click_text(browser, "Yes")
-    time.sleep(2)
-    panel_button = browser.find_element(By.CSS_SELECTOR, "[data-cy='trackedMeasurements-btn']")
+    panel_button = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "[data-cy='trackedMeasurements-btn']"), 30,
+                            "the tracked measurements button")[0]
     if "Findings" not in (browser.execute_script("return document.body.innerText") or ""):
         panel_button.click()
     panel = _wait_for_text(browser, "Findings (1)", 30)
-    time.sleep(2)
-    browser.save_screenshot(f"{shots}-panel.png")
+    save_screenshot_when_still(browser, f"{shots}-panel.png")
     return viewport, panel
 
 

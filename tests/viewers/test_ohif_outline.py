@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import time
 import urllib.request
 from pathlib import Path
 

@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from dicom_node.cli import main as cli
 from tests.conftest import require_tool
 from tests.node.bundles import write_random_bundle
 from tests.web.conftest import PASSWORD, USER, ConsoleNode
+from tests.waiting import save_screenshot_when_still, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -33,15 +33,17 @@ def page_text(browser) -> str:  # noqa: ANN001
 def wait_for_text(browser, text: str, timeout: float = 60.0, where: str = "body") -> str:  # noqa: ANN001
     from selenium.webdriver.common.by import By
 
-    deadline = time.monotonic() + timeout
-    seen = ""
-    while time.monotonic() < deadline:
+    seen = [""]
+
+    def shown() -> str:
         with contextlib.suppress(Exception):  # the element is replaced while the page refreshes
-            seen = browser.find_element(By.CSS_SELECTOR, where).text
-            if text in seen:
-                return seen
-        time.sleep(0.25)
-    raise AssertionError(f"{text!r} not in {where} within {timeout:g} s; it says: {seen[-1500:]}")
+            seen[0] = browser.find_element(By.CSS_SELECTOR, where).text
+        return seen[0] if text in seen[0] else ""
+
+    try:
+        return wait_for(shown, timeout, f"{text!r} in {where}", every=0.25)
+    except AssertionError:
+        raise AssertionError(f"{text!r} not in {where} within {timeout:g} s; it says: {seen[0][-1500:]}") from None
 
 
 def click_button(browser, label: str, within: str = "main") -> None:  # noqa: ANN001
@@ -56,8 +58,7 @@ def save_whole_page(browser, path: Path) -> None:  # noqa: ANN001
     size = browser.get_window_size()
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(size["width"], max(size["height"], min(int(height) + 140, 4000)))
-    time.sleep(0.5)
-    browser.save_screenshot(str(path))
+    save_screenshot_when_still(browser, path)
     browser.set_window_size(size["width"], size["height"])
 
 
@@ -115,8 +116,7 @@ def test_an_admin_follows_a_study_from_arrival_to_result_and_steers_it(console_n
     rows = wait_for_text(browser, "EGFR ", 180, where="#job-rows")
     assert "done" in rows, rows
     assert browser.execute_script("return document.body.dataset.refreshedAt"), "the queue page did not refresh in place"
-    time.sleep(1.5)
-    browser.save_screenshot(str(ARTIFACTS / "console-queue.png"))
+    save_screenshot_when_still(browser, ARTIFACTS / "console-queue.png")
 
     # The job page: the probability queue show reports, the crops image, the failed delivery's reason.
     shown = queue_show(write_config(here), 1)
@@ -144,10 +144,8 @@ def test_an_admin_follows_a_study_from_arrival_to_result_and_steers_it(console_n
     click_button(browser, "Rerun")
     wait_for_text(browser, "Job 2", where="h1")
     assert "queued (replay of job 1)" in page_text(browser)
-    deadline = time.monotonic() + 180
-    while queue_show(write_config(here), 2)["state"] != "done" or sr_count(here) < before + 1:
-        assert time.monotonic() < deadline, (queue_show(write_config(here), 2), sr_count(here))
-        time.sleep(1)
+    wait_for(lambda: queue_show(write_config(here), 2)["state"] == "done" and sr_count(here) >= before + 1, 180,
+             "the rerun's job done and its SR at the PACS", every=1)
     assert sr_count(here) == before + 1
 
     # A second bundle, activated from the models page: its random weights were never measured, so
