@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 from db.deliveries import RetryPolicy
-from dicom_node.config_checks import validate
+from dicom_node.config_checks import AUTO, MAX_RECEIVE_PROCESSES, validate
 from pipeline.settings import SettingError, apply_env, build_section, check_known, coerce
 
 __all__ = [
@@ -71,7 +71,8 @@ class NodeSection:
     max_negotiating_per_source: int = 8
     max_negotiating: int = 64
     max_instance_size_mb: int = 1024
-    receive_processes: int = 1
+    #: processes receiving on the port: a count, or "auto" (one per core, see receive_process_count)
+    receive_processes: int | str = AUTO
     receive_speedups: bool = True
 
 
@@ -338,6 +339,18 @@ class Config:
         if self.database.url:
             return self.database.url
         return f"sqlite:///{self.storage.data_path / 'egfr-node.sqlite3'}"
+
+    def receive_process_count(self, cores: int | None = None) -> int:
+        """How many processes receive on the port: ``node.receive_processes``, or for "auto"
+        one per core (at most 64), unless the database cannot be shared between processes (an
+        in-memory SQLite): then one."""
+        setting = self.node.receive_processes
+        if setting != AUTO:
+            return int(setting)
+        url = self.database_url
+        if url.startswith("sqlite") and (":memory:" in url or url.split("://", 1)[1] in ("", "/")):
+            return 1
+        return max(1, min(cores if cores is not None else (os.cpu_count() or 1), MAX_RECEIVE_PROCESSES))
 
 
 _SECTIONS: dict[str, type] = {

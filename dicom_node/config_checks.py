@@ -13,7 +13,11 @@ from pipeline.settings import SettingError as ConfigError
 if TYPE_CHECKING:
     from dicom_node.config import Config, Peer, RetentionSection, WebSection
 
-__all__ = ["validate"]
+__all__ = ["AUTO", "MAX_RECEIVE_PROCESSES", "validate"]
+
+#: the word a count setting takes for "one per core" (node.receive_processes)
+AUTO = "auto"
+MAX_RECEIVE_PROCESSES = 64
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash, 16 chars
 
@@ -90,8 +94,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"node.max_negotiating_per_source: must be at least 1, got {n.max_negotiating_per_source}")
     if n.max_negotiating < n.max_negotiating_per_source:
         raise ConfigError(f"node.max_negotiating: must be at least node.max_negotiating_per_source, got {n.max_negotiating}")
-    if not 1 <= n.receive_processes <= 64:
-        raise ConfigError(f"node.receive_processes: must be between 1 and 64, got {n.receive_processes}")
+    if n.receive_processes != AUTO and not (isinstance(n.receive_processes, int)
+                                            and 1 <= n.receive_processes <= MAX_RECEIVE_PROCESSES):
+        raise ConfigError(f'node.receive_processes: must be "{AUTO}" (one per core) or between 1 and '
+                          f"{MAX_RECEIVE_PROCESSES}, got {n.receive_processes!r}")
     if n.max_instance_size_mb < 1:
         raise ConfigError(f"node.max_instance_size_mb: must be at least 1, got {n.max_instance_size_mb}")
     t = config.tls

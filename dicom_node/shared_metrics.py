@@ -22,7 +22,7 @@ def share_metrics_between_processes(config: Config) -> None:
     prometheus_client's multiprocess mode, in ``<data_dir>/.metrics/<pid>`` (emptied): called
     before prometheus_client is imported, by the process that starts the receive processes
     and the console (they inherit the setting), so the SCP's /metrics sums them all."""
-    several = config.node.receive_processes > 1 or (config.web.enabled and config.web.stow_enabled)
+    several = config.receive_process_count() > 1 or (config.web.enabled and config.web.stow_enabled)
     if not several or not config.monitoring.enabled or os.environ.get(SHARED_METRICS_ENV):
         return
     if "prometheus_client" in sys.modules:

@@ -104,6 +104,10 @@ def coerce(key: str, type_name: str, value: Any) -> Any:
     if type_name == "int":
         check_int(key, value)
         return value
+    if type_name == "int | str":  # a count, or a word such as "auto"
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise SettingTypeError(f"{key}: must be a whole number or a word, got {value!r}")
+        return value
     if type_name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SettingTypeError(f"{key}: must be a number, got {value!r}")
@@ -137,6 +141,8 @@ def parse_env(key: str, type_name: str, text: str) -> Any:
             raise ValueError(text)
         if type_name == "int":
             return int(text)
+        if type_name == "int | str":
+            return int(text) if text.strip().lstrip("+-").isdigit() else text.strip()
         if type_name == "float":
             return float(text)
         if type_name.startswith("tuple"):

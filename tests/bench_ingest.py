@@ -148,10 +148,9 @@ def bench_orthanc(files: list[Path], work: Path, associations: int) -> float:
 def bench_node(files: list[Path], work: Path, associations: int, fsync: bool = True, processes: int = 1) -> float:
     port = free_port()
     folder = work / f"node-fsync-{fsync}-p{processes}-a{associations}"
-    config = write_config(folder, port, stable=3600)
+    config = write_config(folder, port, stable=3600, receive_processes=processes)
     config.write_text(config.read_text() + f"\n[database]\nurl = \"sqlite:///{folder / 'node.sqlite3'}\"\n")
     text = config.read_text().replace("free_space_reserve_mb = 0", f"free_space_reserve_mb = 0\nfsync = {str(fsync).lower()}")
-    text = text.replace("[node]\n", f"[node]\nreceive_processes = {processes}\n", 1)
     config.write_text(text)
     assert cli(config, "db", "upgrade").returncode == 0
     proc = start(config, "scp")

@@ -76,7 +76,9 @@ def require_tool(name: str) -> str:
 
 
 def make_config(data_dir: Path, database_url: str = "", **node: object) -> Config:
-    node_defaults = dict(ae_title="EGFR_NODE", host="127.0.0.1", port=0)
+    # one receive process: a test's node runs in the test's own process (the "auto" default,
+    # one per core, is run by the init/serve and demo tests and test_faults' own processes)
+    node_defaults: dict[str, object] = dict(ae_title="EGFR_NODE", host="127.0.0.1", port=0, receive_processes=1)
     node_defaults.update(node)
     return Config(
         node=replace(NodeSection(), **node_defaults),  # port 0: a free port, read back from the server

@@ -99,7 +99,7 @@ class DicomNode:
             max_instance_bytes=node.max_instance_size_mb * 2**20,
             spool_dir=self.archive.incoming,
             sync_spool=self.archive.fsync,
-            reuse_port=node.receive_processes > 1 or self.receiver,
+            reuse_port=self.config.receive_process_count() > 1 or self.receiver,
             speedups=node.receive_speedups,
         )
 
@@ -167,8 +167,9 @@ class DicomNode:
         threading.Thread(target=self._housekeeping, name="RefusalSummaries", daemon=True).start()
         if not self.receiver:  # one check per node, not one per receive process
             threading.Thread(target=self._check_archive, name="ArchiveCheck", daemon=True).start()
-        if node.receive_processes > 1:
-            self._start_receivers(node.receive_processes - 1)
+        processes = self.config.receive_process_count()
+        if processes > 1 and not self.receiver:
+            self._start_receivers(processes - 1)
         monitoring = self.config.monitoring
         if monitoring.enabled:
             self.metrics_server = MetricsServer(monitoring.host, monitoring.port, self.metrics, self.health)

@@ -21,7 +21,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(folder: Path, port: int, *, stable: float = 2.0, scan: float = 0.5) -> Path:
+def write_config(folder: Path, port: int, *, stable: float = 2.0, scan: float = 0.5,
+                 receive_processes: int | str = 1) -> Path:
+    """A node's configuration file; one receive process unless asked (tests that kill the node
+    and start it again on the same port must not meet a receive process of the one killed)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "egfr-node.toml"
     path.write_text(
@@ -30,6 +33,7 @@ def write_config(folder: Path, port: int, *, stable: float = 2.0, scan: float = 
 ae_title = "EGFR_NODE"
 host = "127.0.0.1"
 port = {port}
+receive_processes = {receive_processes!r}
 [storage]
 data_dir = "{folder / 'data'}"
 free_space_reserve_mb = 0

@@ -172,6 +172,9 @@ def test_readme_running_the_node_init_then_serve_in_a_fresh_folder(tmp_path: Pat
         node.send_signal(signal.SIGINT)
         out, _ = node.communicate(timeout=60)
     assert node.returncode == 0, out
+    # init's receive_processes = "auto": one process per core on the port
+    cores = min(os.cpu_count() or 1, 64)
+    assert (f"{cores - 1} more receive processes on port {port}" in out) == (cores > 1), out[-3000:]
 
 
 def test_queue_commands_on_a_missing_database_say_what_to_run(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,21 @@ def test_the_training_recipe_lives_in_the_node_config(tmp_path: Path) -> None:
         load_config(write(tmp_path, "training = 3\n"), environ={})
     with pytest.raises(ConfigError, match=r"^training\.epochs: must be at least 1, got 0$"):
         TrainSettings.from_mapping(load_config(write(tmp_path, "[training]\nepochs = 0\n"), environ={}).training)
+
+
+def test_receive_processes_auto_is_one_per_core_where_the_database_can_be_shared(tmp_path: Path) -> None:
+    """Issue 30, item 5: init's "auto" receives in one process per core (at most 64); an
+    in-memory SQLite cannot be shared between processes, so it keeps one; a count is a count."""
+    config = load_config(write(tmp_path, DEFAULT_CONFIG_TEXT.replace("{data_dir}", str(tmp_path / "d"))), environ={})
+    assert config.node.receive_processes == "auto"
+    assert [config.receive_process_count(cores) for cores in (1, 2, 16, 200)] == [1, 2, 16, 64]
+    assert config.receive_process_count() == min(os.cpu_count() or 1, 64)
+    memory = load_config(write(tmp_path, '[database]\nurl = "sqlite://"\n'), environ={})
+    assert memory.receive_process_count(16) == 1
+    three = load_config(write(tmp_path, "[node]\nreceive_processes = 3\n"), environ={})
+    assert three.receive_process_count(16) == 3
+    from_env = load_config(write(tmp_path, ""), environ={"EGFR_NODE_NODE_RECEIVE_PROCESSES": "5"})
+    assert from_env.node.receive_processes == 5 and from_env.receive_process_count(16) == 5
+    for bad in ('"many"', "0", "65", "true"):
+        with pytest.raises(ConfigError, match="node.receive_processes"):
+            load_config(write(tmp_path, f"[node]\nreceive_processes = {bad}\n"), environ={})

@@ -41,9 +41,9 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 class NodeProcess:
-    def __init__(self, folder: Path, extra: str = "", sections: str = "") -> None:
+    def __init__(self, folder: Path, extra: str = "", sections: str = "", processes: int | str = 1) -> None:
         self.port = free_port()
-        self.config = write_config(folder, self.port)
+        self.config = write_config(folder, self.port, receive_processes=processes)
         text = self.config.read_text().replace(
             "[node]\n",
             f"[node]\nacse_timeout_seconds = {ACSE_TIMEOUT}\nnetwork_timeout_seconds = {NETWORK_TIMEOUT}\n{extra}", 1)
@@ -365,7 +365,7 @@ def test_peer_strings_cannot_forge_log_lines_and_a_flood_is_summarised(tmp_path:
 def test_receive_processes_share_the_port_and_stop_together(tmp_path: Path) -> None:
     """The kernel spreads associations over the processes; /metrics sums them all."""
     metrics_port = free_port()
-    node = NodeProcess(tmp_path / "node", extra="receive_processes = 2\n",
+    node = NodeProcess(tmp_path / "node", processes=2,
                        sections=f"[monitoring]\nenabled = true\nport = {metrics_port}\n")
     try:
         children = lambda: [int(p) for p in Path(f"/proc/{node.pid}/task/{node.pid}/children").read_text().split()]  # noqa: E731

@@ -100,6 +100,7 @@ def make_stow_node(tmp: Path, max_instance_mb: int = 1024) -> StowNode:
     path.write_text(f"""
 [node]
 max_instance_size_mb = {max_instance_mb}
+receive_processes = 1
 [storage]
 data_dir = "{tmp / 'data'}"
 free_space_reserve_mb = 0

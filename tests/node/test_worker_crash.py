@@ -37,7 +37,7 @@ def test_sigkill_worker_mid_job_completes_after_lease_with_one_sr(tmp_path: Path
     port = free_port()
     config_path = tmp_path / "egfr-node.toml"
     config_path.write_text(
-        f'[node]\nae_title = "EGFR_NODE"\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[node]\nae_title = "EGFR_NODE"\nhost = "127.0.0.1"\nport = {port}\nreceive_processes = 1\n'
         f'[storage]\ndata_dir = "{tmp_path / "data"}"\nfree_space_reserve_mb = 0\n'
         '[worker]\nstudy_stable_seconds = 1.0\nscan_interval_seconds = 0.3\nclaim_interval_seconds = 0.3\n'
         'lease_seconds = 3.0\nmax_attempts = 3\n'
