@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
                                 max_instance_bytes=runtime.config.node.max_instance_size_mb * 2**20)
         print("\n".join(summary.lines()))
         stored = sum(summary.counts.values())
+        if summary.stopped:
+            return fail("the import stopped before the end of the folder (see above)")
         if summary.refused:
             return fail(f"{len(summary.refused)} files were refused (listed above): the import is not complete")
         if not stored:

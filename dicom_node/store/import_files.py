@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from dicom_node.store.archive import Archive
+from dicom_node.store.archive import Archive, ArchiveFull, ArchiveNotWritable
 from pipeline.uids import InvalidUID
 from dicom_node.store.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
 from db.ingest import RecordOutcome
@@ -42,6 +42,9 @@ class ImportSummary:
     #: Files without the Part-10 "DICM" marker: not DICOM, counted, not refused one by one.
     skipped: list[str] = field(default_factory=list)
     studies: set[str] = field(default_factory=set)
+    #: why the import stopped before the end of the folder (the archive's disk is full or
+    #: cannot be written); "" when every file was seen
+    stopped: str = ""
 
     def lines(self, examples: int = 3) -> list[str]:
         c = self.counts
@@ -52,6 +55,8 @@ class ImportSummary:
         if reasons:
             out.append("refused by reason: " + "; ".join(f"{n} {why}" for why, n in reasons.most_common()))
         out += [f"  refused {path}: {reason}" for path, reason in self.refused]
+        if self.stopped:
+            out.append(f"stopped: {self.stopped}")
         if self.skipped:
             more = len(self.skipped) - examples
             out.append(f"  skipped {len(self.skipped)} files that are not DICOM Part-10, for example "
@@ -108,7 +113,7 @@ def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session
     """
     summary = ImportSummary()
     files = list(_files(Path(folder)))
-    for path in tqdm(files, desc="import", unit="file", disable=not progress):
+    for seen, path in enumerate(tqdm(files, desc="import", unit="file", disable=not progress)):
         shown = str(path.relative_to(folder))
         try:
             if not _is_part10(path):
@@ -118,6 +123,11 @@ def import_folder(folder: Path, archive: Archive, sessions: sessionmaker[Session
         except (InvalidDicomError, NonConformant, InvalidUID) as exc:
             summary.refused.append((shown, str(exc) or type(exc).__name__))
             continue
+        except (ArchiveFull, ArchiveNotWritable) as exc:  # no later file would fare better: stop here
+            summary.stopped = (f"the archive cannot take {shown} ({exc.strerror}); {seen} of {len(files)} files "
+                               "were seen, nothing of this one was kept. Free space (or fix the folder) and run "
+                               "the import again: what is archived counts as already archived")
+            break
         except (OSError, ValueError, TypeError, KeyError, EOFError) as exc:
             summary.refused.append((shown, f"cannot be read: {type(exc).__name__}"))
             continue

@@ -90,3 +90,36 @@ def test_import_refuses_a_truncated_file_so_the_whole_instance_can_arrive_later(
     finally:
         node.terminate()
         node.wait(timeout=30)
+
+
+def test_an_import_into_a_full_archive_stops_saying_so_and_keeps_what_it_archived(tmp_path: Path, phantom_study,
+                                                                                   tmpfs) -> None:
+    """A 2 MiB disk for the archive (a real tmpfs; the database beside it, elsewhere): the
+    import stops at the first file the disk cannot take, says why and what to do, and exits 1;
+    no file is reported "cannot be read"; what it archived is recorded (``check`` is clean),
+    and a second run on a bigger disk counts it as already archived."""
+    disk = tmpfs("disk", "2m")
+    config = write_config(tmp_path / "node", free_port())
+    text = config.read_text().replace(f'data_dir = "{tmp_path / "node" / "data"}"', f'data_dir = "{disk / "data"}"')
+    config.write_text(text + f'[database]\nurl = "sqlite:///{tmp_path / "node.sqlite3"}"\n')
+    assert cli(config, "db", "upgrade").returncode == 0
+    folder = tmp_path / "retrospective"
+    shutil.copytree(phantom_study("axial2d", "seg").folder, folder / "study")  # 256x256x29: about 3.8 MB
+    total = len(list(folder.rglob("*.dcm")))
+
+    full = cli(config, "import", str(folder), "--quiet")
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "the import stopped before the end of the folder" in full.stderr
+    (line,) = [x for x in full.stdout.splitlines() if x.startswith("stopped: the archive cannot take")]
+    assert f"of {total} files were seen, nothing of this one was kept" in line and "run the import again" in line
+    assert "cannot be read" not in full.stdout
+    stored = int(full.stdout.split(" stored,")[0])
+    assert 0 < stored < total
+    assert cli(config, "check").returncode == 0, "what the import archived is recorded, and nothing else"
+
+    bigger = tmpfs("bigger", "64m")
+    shutil.copytree(disk / "data", bigger / "data")
+    config.write_text(config.read_text().replace(f'data_dir = "{disk / "data"}"', f'data_dir = "{bigger / "data"}"'))
+    again = cli(config, "import", str(folder), "--quiet")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{total - stored} stored, {stored} already archived" in again.stdout
