@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 __all__ = ["JobResult", "ModelRef", "ResendResult", "ResultInstances", "Selection", "ShadowResult",
-           "result_sop_uids", "rounded"]
+           "result_sop_uids", "status_word"]
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,19 @@ class Selection:
         return record
 
 
-def rounded(values: Sequence[float]) -> tuple[float, ...]:
-    """To six places, as the record keeps scores."""
+def _rounded(values: Sequence[float]) -> tuple[float, ...]:
     return tuple(round(float(v), 6) for v in values)
+
+
+def _rounded_answer(scores: Sequence[Sequence[float]], probability: float, raw_score: float) -> dict[str, Any]:
+    """A prediction's numbers to six places, as the job and shadow records keep them."""
+    return {"scores": tuple(_rounded(row) for row in scores), "probability": round(float(probability), 6),
+            "raw_score": round(float(raw_score), 6)}
+
+
+def status_word(positive: bool) -> str:
+    """The answer as the record, the log and the console say it."""
+    return "positive" if positive else "negative"
 
 
 @dataclass(frozen=True)
@@ -105,12 +115,12 @@ class JobResult:
     def of(cls, *, scores: Sequence[Sequence[float]], probability: float, raw_score: float,
            fold_probabilities: Sequence[float], **rest: Any) -> JobResult:
         """Rounded to six places, as the record keeps them."""
-        return cls(scores=tuple(rounded(row) for row in scores), probability=round(float(probability), 6),
-                   raw_score=round(float(raw_score), 6), fold_probabilities=rounded(fold_probabilities), **rest)
+        return cls(**_rounded_answer(scores, probability, raw_score), fold_probabilities=_rounded(fold_probabilities),
+                   **rest)
 
     @property
     def status(self) -> str:
-        return "positive" if self.positive else "negative"
+        return status_word(self.positive)
 
     def answered_by(self, model_id: int) -> JobResult:
         return replace(self, model=replace(self.model, id=model_id))
@@ -164,9 +174,15 @@ class ShadowResult:
     scores: tuple[tuple[float, ...], ...]
     timings_s: Mapping[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, *, scores: Sequence[Sequence[float]], probability: float, raw_score: float,
+           **rest: Any) -> ShadowResult:
+        """Rounded to six places, as :meth:`JobResult.of`."""
+        return cls(**_rounded_answer(scores, probability, raw_score), **rest)
+
     @property
     def status(self) -> str:
-        return "positive" if self.positive else "negative"
+        return status_word(self.positive)
 
     def answered_by(self, model_id: int) -> ShadowResult:
         return replace(self, model=replace(self.model, id=model_id))

@@ -29,7 +29,7 @@ from db.instances import received_study_paths, recorded_node_instances
 from db.sop_classes import OUTLINE
 from dicom_node.store.archive import Archive
 from dicom_node.config import Config
-from dicom_node.job_result import JobResult, ModelRef, ResultInstances, Selection, ShadowResult, rounded
+from dicom_node.job_result import JobResult, ModelRef, ResultInstances, Selection, ShadowResult, status_word
 from dicom_node.store.intake import store_result
 from dicom_node.report import AlgorithmInfo, LesionFinding, build_result_card, build_sr, seg_from_volume_mask
 from dicom_node.report.image_point import nearest_image_point
@@ -139,7 +139,7 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
     slices = prepared.model_input.provenance["slices"]
     calibrated = manifest.calibration_map.applied
     log.info("study %s: EGFR %s, %s) (bundle %s %s); SR %s", study_uid,
-             "positive" if prediction.positive else "negative", probability_words(prediction.probability, calibrated),
+             status_word(prediction.positive), probability_words(prediction.probability, calibrated),
              manifest.name,
              manifest.version, instances.sr, extra={"study_uid": study_uid})
     outlined = study.selection["lesion"] if study.mask_kind == OUTLINE else {}
@@ -247,10 +247,9 @@ def run_shadow(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, prepared
     laps.lap("preprocess")
     prediction = ensemble.predict(prepared.model_input.array)
     laps.lap("infer")
-    return ShadowResult(
+    return ShadowResult.of(
         model=ModelRef(manifest.name, manifest.version, manifest.device_uid),
-        probability=round(prediction.probability, 6), positive=prediction.positive,
-        calibrated=manifest.calibration_map.applied, raw_score=round(prediction.raw_score, 6),
-        threshold=manifest.threshold,
-        scores=tuple(rounded(row) for row in prediction.scores.tolist()), timings_s=laps.timings,
+        scores=prediction.scores.tolist(), probability=prediction.probability, raw_score=prediction.raw_score,
+        positive=prediction.positive, calibrated=manifest.calibration_map.applied, threshold=manifest.threshold,
+        timings_s=laps.timings,
     )
