@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,6 +31,9 @@ __all__ = [
     "study_readiness",
     "WantingImages",
     "studies_wanting_images",
+    "AwaitingMask",
+    "studies_awaiting_mask",
+    "NO_MASK_YET",
     "scan_waiting_jobs",
     "claim_next",
     "renew_lease",
@@ -118,6 +121,13 @@ class StudyReadiness:
     #: not ready for want of images: the series the study's masks reference (a node with a
     #: source may fetch them, ``dicom_node.fetch``)
     wanting: tuple[str, ...] = ()
+    #: ready by content: the archived series holding the images the mask names (their quiet,
+    #: not the whole study's, is the settle of the content rule)
+    named_series_ids: tuple[int, ...] = ()
+
+
+#: The reason a study waits before any mask arrived (the worker fits its bias field meanwhile).
+NO_MASK_YET = "no lesion mask (SEG, RTSTRUCT or an outline SR) in the study yet"
 
 
 def _received(study: Study, sop_classes: frozenset[str] | None = None) -> Select[int]:
@@ -147,7 +157,7 @@ def study_readiness(session: Session, study: Study) -> StudyReadiness:
     if not mr_series:
         return StudyReadiness(False, "no MR series in the study yet", wanting=wanting)
     if not masks:
-        return StudyReadiness(False, "no lesion mask (SEG, RTSTRUCT or an outline SR) in the study yet")
+        return StudyReadiness(False, NO_MASK_YET)
     referenced = {uid for _, sops in masks for uid in (sops or ())}
     present = set(session.scalars(images.with_only_columns(Instance.sop_instance_uid)
                                   .where(Instance.sop_instance_uid.in_(referenced)))) if referenced else set()
@@ -160,7 +170,10 @@ def study_readiness(session: Session, study: Study) -> StudyReadiness:
         return StudyReadiness(False, "no mask references an MR series of the study", wanting=wanting)
     missing = min((len(set(sops or ()) - present), len(set(sops or ()))) for _, sops in usable)
     if missing[0] == 0:
-        return StudyReadiness(True, None, by_content=missing[1] > 0, images=missing[1])
+        named = set(session.scalars(images.with_only_columns(Instance.series_id).where(
+            Instance.sop_instance_uid.in_(referenced)).distinct())) if missing[1] else set()
+        return StudyReadiness(True, None, by_content=missing[1] > 0, images=missing[1],
+                              named_series_ids=tuple(sorted(named)))
     return StudyReadiness(False, f"incomplete: {missing[0]} of the {missing[1]} images the mask references are not in "
                                  "the archive (not sent yet, or refused: the PACS may send them again)", wanting=wanting)
 
@@ -189,13 +202,45 @@ def studies_wanting_images(session: Session, settle_seconds: float, now: datetim
     return out
 
 
+def _images_last_received(session: Session, study_id: int) -> datetime:
+    """When the last instance of the study's image series arrived (the mask's series aside)."""
+    images = select(Instance.id).where(Instance.series_id == Series.id, Instance.sop_class_uid.in_(IMAGE_SOP_CLASSES),
+                                       Instance.origin == "received")
+    last = session.scalar(select(func.max(Series.last_received_at)).where(Series.study_id == study_id, images.exists()))
+    return last if last is not None else datetime.min
+
+
+@dataclass(frozen=True)
+class AwaitingMask:
+    """A waiting study with MR images and no mask yet, quiet since ``last_received_at``."""
+
+    study_uid: str
+    job_id: int
+    last_received_at: datetime
+
+
+def studies_awaiting_mask(session: Session, quiet_seconds: float, now: datetime | None = None) -> list[AwaitingMask]:
+    """The waiting studies whose MR images are in, no mask yet, and nothing arrived for
+    ``quiet_seconds``: what an idle worker fits the bias field of (``pipeline.prefit``)."""
+    now = now or utcnow()
+    out = []
+    for job in session.scalars(select(Job).where(Job.state == JobState.WAITING).order_by(Job.id)).all():
+        if now - job.study.last_received_at < timedelta(seconds=quiet_seconds):
+            continue
+        if study_readiness(session, job.study).reason == NO_MASK_YET:
+            out.append(AwaitingMask(job.study.study_uid, job.id, job.study.last_received_at))
+    return out
+
+
 def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: datetime | None = None,
                       content_settle_seconds: float | None = None, notes: Mapping[str, str] | None = None) -> list[JobView]:
     """Queue every waiting job whose study is complete: by its content (the mask and every
     image it names are in, and nothing arrived for ``content_settle_seconds``, DESIGN.md
     "completion"), or, for a mask that names no images, after ``study_stable_seconds`` of
-    quiet. The quiet time restarts with every instance of any series of the study (the
-    study's ``last_received_at``). The rule that queued a job is kept on it
+    quiet. The timer's quiet time restarts with every instance of any series of the study (the
+    study's ``last_received_at``); the settle of the content rule with every instance of the
+    series holding the images the mask names (a mask that arrives long after its images is
+    queued at the next scan). The rule that queued a job is kept on it
     (``queued_because``); jobs left waiting get a reason saying why, with ``notes[study_uid]``
     after it (what the worker does about it: fetching the images). Returns the jobs queued.
     """
@@ -206,29 +251,37 @@ def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: dateti
     queued: list[JobView] = []
     jobs = session.scalars(select(Job).where(Job.state == JobState.WAITING).order_by(Job.id)).all()
     for job in jobs:
-        quiet = now - job.study.last_received_at
-        readiness = study_readiness(session, job.study) if quiet >= settle else None
-        if readiness is not None and readiness.ready and readiness.by_content:
+        quiet = study_quiet = now - job.study.last_received_at
+        # what the study holds is read once its MR images are quiet for the settle (not at every
+        # scan while they stream in: the scan holds SQLite's write lock the receive path needs)
+        images_quiet = study_quiet >= settle or now - _images_last_received(session, job.study_id) >= settle
+        readiness = study_readiness(session, job.study) if images_quiet else StudyReadiness(False, None)
+        quiet_since, quiet_where = Study.last_received_at, Study.id == job.study_id
+        if readiness.ready and readiness.by_content and readiness.named_series_ids:
             named = "the image" if readiness.images == 1 else f"the {readiness.images} images"
             wait, because = settle, (f"complete by content: the mask and {named} it names are "
-                                     f"in, quiet {settle.total_seconds():g} s")
+                                     f"in, their series quiet {settle.total_seconds():g} s")
+            last = session.scalar(select(func.max(Series.last_received_at))
+                                  .where(Series.id.in_(readiness.named_series_ids)))
+            quiet = now - last if last is not None else quiet
+            quiet_since, quiet_where = Series.last_received_at, Series.id.in_(readiness.named_series_ids)
         else:
             wait, because = stable, f"quiet for {study_stable_seconds:g} s (the mask names no images)"
         if quiet < wait:
-            reason = readiness.reason if readiness is not None and not readiness.ready else (
+            reason: str | None = readiness.reason if readiness.reason and study_quiet >= settle else (
                 f"study still arriving: last instance {quiet.total_seconds():.0f} s ago, "
                 f"ready after {wait.total_seconds():g} s quiet"
             )
         else:
-            readiness = readiness or study_readiness(session, job.study)
             if readiness.ready:
                 # Quiet time checked again in the UPDATE: on PostgreSQL an instance committed
                 # since the read above must keep the study waiting.
-                still_quiet = select(Study.id).where(Study.id == job.study_id, Study.last_received_at <= now - wait)
+                arriving = select(Study.id).join(Series, Series.study_id == Study.id).where(
+                    quiet_where, quiet_since > now - wait)
                 moved = rowcount(
                     session,
                     update(Job)
-                    .where(Job.id == job.id, Job.state == JobState.WAITING, Job.study_id.in_(still_quiet))
+                    .where(Job.id == job.id, Job.state == JobState.WAITING, Job.study_id.not_in(arriving))
                     .values(state=JobState.QUEUED, reason=None, queued_at=now, updated_at=now, queued_because=because)
                     .execution_options(synchronize_session="fetch"),
                 )

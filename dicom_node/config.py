@@ -129,6 +129,11 @@ class WorkerSection:
     #: a waiting mask whose images are not archived: after this much quiet they are fetched
     #: from the first [[sources]] entry (0 = never)
     fetch_after_seconds: float = 5.0
+    #: a study waiting for its mask, its images quiet this long: an idle worker fits the brain
+    #: mask and N4 field of its post-contrast series, so the job does not (0 = never)
+    prefit_after_seconds: float = 2.0
+    #: memory for the fits kept for their jobs (MiB; the least recently used dropped first)
+    prefit_cache_mb: int = 1024
 
     def job_runners(self, cores: int) -> int:
         """How many jobs this worker runs at once: the configured count, or one per core."""

@@ -139,6 +139,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"worker.parallel_jobs: must be between 0 (one per core) and 64, got {w.parallel_jobs}")
     if w.fetch_after_seconds < 0:
         raise ConfigError(f"worker.fetch_after_seconds: must not be negative (0 = never), got {w.fetch_after_seconds:g}")
+    if w.prefit_after_seconds < 0:
+        raise ConfigError(f"worker.prefit_after_seconds: must not be negative (0 = never), got {w.prefit_after_seconds:g}")
+    if not 0 <= w.prefit_cache_mb <= 1_048_576:
+        raise ConfigError(f"worker.prefit_cache_mb: must be between 0 and 1048576 MiB, got {w.prefit_cache_mb}")
     from pipeline.model.device import DEVICES
 
     if config.inference.device not in DEVICES:

@@ -37,6 +37,7 @@ from dicom_node.report.sr import probability_words
 from pipeline.contrast import ContrastRule, check_contrast
 from pipeline.model.infer import FoldEnsemble, Prediction
 from pipeline.prepare import PreparedStudy, prepare_study
+from pipeline.prep.bias_cache import BiasFieldCache
 from pipeline.timing import Laps
 
 __all__ = ["JobContext", "run_job", "run_shadow", "result_uids"]
@@ -49,11 +50,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JobContext:
-    """What a job needs from the node: configuration, archive and database."""
+    """What a job needs from the node: configuration, archive and database; ``bias_fits``: the
+    worker's brain masks and N4 fields fitted before their jobs (None: every job fits its own)."""
 
     config: Config
     archive: Archive
     sessions: sessionmaker[Session]
+    bias_fits: BiasFieldCache | None = None
 
 
 def result_uids(study_uid: str, job_key: str | None, device_uid: str, version: str) -> dict[str, str]:
@@ -124,7 +127,7 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
     with ctx.sessions() as session:
         inputs = [ctx.archive.path(p) for p in received_study_paths(session, study_uid)]
     manifest = ensemble.manifest
-    prepared = prepare_study(inputs, manifest.preprocessing)
+    prepared = prepare_study(inputs, manifest.preprocessing, bias_cache=ctx.bias_fits)
     if keep is not None:
         keep["prepared"] = prepared
     lap("preprocess")
@@ -243,7 +246,7 @@ def run_shadow(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, prepared
     if prepared is None or prepared.model_input.provenance.get("params") != manifest.preprocessing.to_dict():
         with ctx.sessions() as session:
             inputs = [ctx.archive.path(p) for p in received_study_paths(session, study_uid)]
-        prepared = prepare_study(inputs, manifest.preprocessing)
+        prepared = prepare_study(inputs, manifest.preprocessing, bias_cache=ctx.bias_fits)
     laps.lap("preprocess")
     prediction = ensemble.predict(prepared.model_input.array)
     laps.lap("infer")

@@ -9,6 +9,11 @@
   active at claim time (``dicom_node.process``), finished with its result and its
   deliveries in one transaction. With no active bundle, queued jobs wait with the reason
   "no active model".
+- fit ahead: a study whose images are in and whose mask is not, quiet for
+  ``worker.prefit_after_seconds``, gets the brain mask and N4 field of its post-contrast
+  series fitted by an idle job runner (``pipeline.prefit``), kept in memory for its job
+  (``worker.prefit_cache_mb``): N4 is most of a job on a CPU, and a radiologist's mask
+  usually comes minutes after the images.
 - delivery: due deliveries are sent (``dicom_node.scu``), retried with backoff, failed after
   ``delivery.max_attempts``.
 - retention: finished studies deleted by age and above the disk's high watermark
@@ -33,6 +38,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import bundles, deliveries
+from db.instances import received_study_paths
 from db.queue import (
     JobView,
     claim_next,
@@ -43,6 +49,7 @@ from db.queue import (
     release_for_retry,
     renew_lease,
     scan_waiting_jobs,
+    studies_awaiting_mask,
     studies_wanting_images,
     sweep_expired_leases,
 )
@@ -54,7 +61,9 @@ from dicom_node.retention import Retention
 
 if TYPE_CHECKING:
     from dicom_node.fetch import MaskImageFetcher
+    from dicom_node.process import JobContext
     from pipeline.model.infer import FoldEnsemble
+    from pipeline.prep.bias_cache import BiasFieldCache
 
 __all__ = ["Worker", "default_worker_id"]
 
@@ -138,6 +147,9 @@ class Worker:
         self._running_lock = threading.Lock()
         self._ensemble_lock = threading.Lock()
         self.retry_policy = config.delivery.retry_policy()
+        self._bias_fits: BiasFieldCache | None = None
+        self._prefit_lock = threading.Lock()
+        self._prefitted: dict[str, datetime] = {}  # study UID -> the last arrival its fit was tried at
 
     # --- stable-study scan --------------------------------------------------------------
 
@@ -204,6 +216,59 @@ class Worker:
         with self.sessions() as session:
             return get_job(session, job.id)
 
+    @property
+    def bias_fits(self) -> BiasFieldCache:
+        """The brain masks and N4 fields this worker fitted, kept for the jobs that need them."""
+        if self._bias_fits is None:
+            from pipeline.prep.bias_cache import BiasFieldCache
+
+            self._bias_fits = BiasFieldCache(self.settings.prefit_cache_mb * 2**20)
+        return self._bias_fits
+
+    def _context(self) -> JobContext:
+        from dicom_node.process import JobContext
+
+        return JobContext(self.config, self.archive, self.sessions, self.bias_fits)
+
+    def prefit_once(self, now: datetime | None = None) -> list[str]:
+        """Fit the bias field of every study waiting for its mask, quiet for
+        ``worker.prefit_after_seconds`` and not tried since its last arrival, with the active
+        bundle's preprocessing; the study UIDs fitted. One runner at a time; nothing without an
+        active bundle or with the setting at 0. A study that cannot be fitted is said once (its
+        job says why when the mask comes)."""
+        if self.settings.prefit_after_seconds <= 0 or not self._prefit_lock.acquire(blocking=False):
+            return []
+        try:
+            with self.sessions() as session:
+                model = bundles.active(session)
+                awaiting = studies_awaiting_mask(session, self.settings.prefit_after_seconds, now)
+            self._prefitted = {s.study_uid: self._prefitted[s.study_uid] for s in awaiting if s.study_uid in self._prefitted}
+            fitted = []
+            for study in awaiting:
+                if model is None or self._stopping.is_set() or self._prefitted.get(study.study_uid) == study.last_received_at:
+                    continue
+                self._prefitted[study.study_uid] = study.last_received_at
+                if self._prefit(study.study_uid, self._ensemble(model)):
+                    fitted.append(study.study_uid)
+            return fitted
+        finally:
+            self._prefit_lock.release()
+
+    def _prefit(self, study_uid: str, ensemble: FoldEnsemble) -> bool:
+        from pipeline.contrast import ContrastRule
+        from pipeline.errors import PipelineError
+        from pipeline.prefit import prefit_bias_fields
+
+        with self.sessions() as session:
+            paths = [self.archive.path(p) for p in received_study_paths(session, study_uid)]
+        rule = ContrastRule(self.config.contrast.require_evidence, self.config.contrast.series_description_pattern)
+        try:
+            return bool(prefit_bias_fields(paths, ensemble.manifest.preprocessing, self.bias_fits, contrast=rule))
+        except (PipelineError, OSError) as exc:
+            log.info("study %s: no bias field fitted ahead of the mask: %s", study_uid, one_line(exc),
+                     extra={"study_uid": study_uid})
+            return False
+
     def _share_cores(self, running: int) -> None:
         """The cores a job starting now preprocesses with: all of them alone, its share when
         ``running`` jobs run at once, so two studies do not each ask for every core (N4, most
@@ -221,14 +286,14 @@ class Worker:
         if job.resend_only:
             return (*self._resend(job), False)
         try:
-            from dicom_node.process import JobContext, run_job
+            from dicom_node.process import run_job
 
             if job.model_id is None:
                 raise RuntimeError("job has no model bundle")
             with self.sessions() as session:
                 record = bundles.get_bundle(session, job.model_id)
             ensemble = self._ensemble(record)
-            result = run_job(JobContext(self.config, self.archive, self.sessions), job.study_uid, ensemble,
+            result = run_job(self._context(), job.study_uid, ensemble,
                              f"{job.id}@{job.created_at.isoformat()}", activated_despite=record.activated_despite or "",
                              keep=keep)
             return True, None, result.answered_by(job.model_id), False
@@ -262,9 +327,9 @@ class Worker:
                      extra={"job_id": job.id})
             return
         try:
-            from dicom_node.process import JobContext, run_shadow
+            from dicom_node.process import run_shadow
 
-            result = run_shadow(JobContext(self.config, self.archive, self.sessions), job.study_uid,
+            result = run_shadow(self._context(), job.study_uid,
                                 self._ensemble(candidate), prepared)
             shadow_result: ShadowResult | None = result.answered_by(candidate.id)
             state, reason = "done", None
@@ -376,6 +441,8 @@ class Worker:
         while not self._stopping.is_set() and self.claim_once() is not None:
             pass
         self._preload(self._idle_model)
+        if self._idle_model is not None and not self._stopping.is_set():
+            self.prefit_once()
 
     def _run_claims(self) -> None:
         """A job runner: a daemon thread of its own (not the scheduler's pool, which the

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.load.attributes import acquisition_attributes
+from pipeline.prep.bias_cache import BiasFieldCache
 from pipeline.prep.params import PreprocessParams
 from pipeline.prep.preprocess import ModelInput, preprocess
 from pipeline.load.select import SelectionRules
@@ -39,16 +40,18 @@ def prepare_study(
     study: Path | Sequence[Path],
     params: PreprocessParams | None = None,
     rules: SelectionRules | None = None,
+    bias_cache: BiasFieldCache | None = None,
 ) -> PreparedStudy:
     """Select, load and preprocess one study: a folder, or exactly the files listed
-    (:func:`pipeline.load.study.load_study`).
+    (:func:`pipeline.load.study.load_study`). ``bias_cache``: brain masks and N4 fields fitted
+    before (:mod:`pipeline.prep.bias_cache`); the input is the same with or without it.
 
     Raises the ``PipelineError`` of whichever step fails (selection, volume, mask, preprocess).
     """
     start = time.perf_counter()
     loaded = load_study(study, rules)
     load_s = time.perf_counter() - start
-    model_input = preprocess(loaded, params)
+    model_input = preprocess(loaded, params, bias_cache)
     provenance = dict(model_input.provenance)
     provenance["selection"] = loaded.selection
     provenance["chosen"] = {"series_uid": loaded.series_uid, "mask_sop_uid": loaded.mask_sop_uid, "mask_kind": loaded.mask_kind,

@@ -18,7 +18,9 @@ set), ``egfr-node serve`` runs it as a service, ``storescu`` (DCMTK) sends each 
 (MR series + SEG, then + RTSTRUCT; 5 mm axial and 1 mm 3D), and a pynetdicom PACS notes when
 the SR arrives: the median, over ``--studies`` studies each, of the seconds from storescu's
 last acknowledged instance to the SR acknowledged, with the rule that queued each job and
-where the node's share of the time went.
+where the node's share of the time went. ``--mask-after S``: the images first and the mask S
+seconds later (the usual order in a department), timed from the mask's acknowledgment; the
+node fits the bias field while the study waits for its mask.
 Part 4 (``--throughput --studies 20``): a backlog. The studies are archived first (storescu to
 ``egfr-node scp``), then ``egfr-node worker`` drains them, one job at a time and with the
 default ``worker.parallel_jobs`` (one per core), each on a fresh node: studies per hour.
@@ -206,8 +208,10 @@ def bench_latency() -> None:
 
 
 def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple[str, ...] = ("axial2d", "axial3d"),
-                     n4: bool = True) -> None:
-    """storescu -> ``egfr-node serve`` (init's configuration) -> SR at a PACS, per study."""
+                     n4: bool = True, mask_after: float = 0.0) -> None:
+    """storescu -> ``egfr-node serve`` (init's configuration) -> SR at a PACS, per study.
+    ``mask_after``: the images first, the mask this many seconds later by a second storescu
+    (the usual order: a radiologist draws it after the scan); timed from the mask's acknowledgment."""
     import re
     import subprocess
     import tempfile
@@ -263,8 +267,11 @@ def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple
             sessions = make_sessionmaker(engine)
             from tests.machine import describe
 
+            order = (f"images, then the mask {mask_after:g} s later (last instance: the mask)" if mask_after > 0
+                     else "images and mask in one storescu")
             print(f"\nend to end on CPU: {describe()}: egfr-node serve with init's configuration, "
-                  f"storescu -> SR at a PACS, {studies} studies each, N4 {'on' if n4 else 'off (as the demo bundle)'}")
+                  f"storescu -> SR at a PACS, {studies} studies each, N4 {'on' if n4 else 'off (as the demo bundle)'}; "
+                  f"{order}")
             index = 0
             for geometry in geometries:
                 for mask_kind in ("seg", "rtstruct"):
@@ -273,11 +280,17 @@ def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple
                         index += 1
                         study = generate_study(tmp_path / "studies" / f"{index}", seed=11, geometry=geometry,
                                                mask_kind=mask_kind, egfr_positive=bool(index % 2), patient_index=index)
-                        sent = subprocess.run(["storescu", "-R", "-aet", "PACS", "-aec", "EGFR_NODE", "+sd", "+r",
-                                               "127.0.0.1", str(port), str(study.folder)], capture_output=True, text=True)
-                        acknowledged = time.perf_counter()
-                        if sent.returncode != 0:
-                            raise SystemExit(f"storescu failed: {sent.stderr[-500:]}")
+                        files = sorted(study.folder.rglob("*.dcm"))
+                        images = [f for f in files if f.parent.name.startswith("MR")]
+                        parts = [images, [f for f in files if f not in images]] if mask_after > 0 else [files]
+                        for number, part in enumerate(parts):
+                            if number:
+                                time.sleep(mask_after)
+                            sent = subprocess.run(["storescu", "-R", "-aet", "PACS", "-aec", "EGFR_NODE", "127.0.0.1",
+                                                   str(port), *map(str, part)], capture_output=True, text=True)
+                            acknowledged = time.perf_counter()
+                            if sent.returncode != 0:
+                                raise SystemExit(f"storescu failed: {sent.stderr[-500:]}")
                         deadline = acknowledged + 120
                         while study.study_uid not in arrived and time.perf_counter() < deadline:
                             time.sleep(0.02)
@@ -296,7 +309,8 @@ def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple
                             seconds.append(arrived[study.study_uid] - acknowledged)
                             because.append(rule)
                             stages.append(timings)
-                    keys = [k for k in stages[0] if not k.startswith("preprocess.") or k == "preprocess.bias_field"]
+                    keys = [k for k in stages[0] if not k.startswith("preprocess.")
+                            or k in ("preprocess.brain_mask", "preprocess.bias_field")]
                     split = ", ".join(f"{k} {statistics.median(t.get(k, 0.0) for t in stages):.2f}" for k in keys)
                     print(f"  {geometry:<8} {mask_kind:<8} last instance acknowledged -> SR acknowledged: median "
                           f"{statistics.median(seconds):5.2f} s (min {min(seconds):.2f}, max {max(seconds):.2f}); "
@@ -417,6 +431,8 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=5, help="studies per geometry and mask kind (--end-to-end)")
     parser.add_argument("--geometries", default="axial2d,axial3d", help="phantom geometries (--end-to-end)")
     parser.add_argument("--no-n4", action="store_true", help="--end-to-end with a bundle trained without N4")
+    parser.add_argument("--mask-after", type=float, default=0.0,
+                        help="--end-to-end: send the images, then the mask this many seconds later")
     parser.add_argument("--skip-ensemble", action="store_true", help="only the latency parts")
     parser.add_argument("--throughput", action="store_true",
                         help="a backlog of --studies queued studies drained one at a time and by the default worker")
@@ -426,7 +442,8 @@ def main() -> None:
     if args.latency:
         bench_latency()
     if args.latency and args.end_to_end:
-        bench_end_to_end(args.studies, args.bundle, tuple(args.geometries.split(",")), n4=not args.no_n4)
+        bench_end_to_end(args.studies, args.bundle, tuple(args.geometries.split(",")), n4=not args.no_n4,
+                         mask_after=args.mask_after)
     if args.throughput:
         bench_throughput(args.studies, args.bundle, n4=not args.no_n4, geometry=args.geometries.split(",")[0])
 

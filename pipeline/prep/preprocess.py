@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.prep.bias import BiasCorrection, correct_bias_field
-from pipeline.prep.brain import BrainMask, brain_mask
+from pipeline.prep.bias import BiasCorrection
+from pipeline.prep.bias_cache import BiasFieldCache, fit_brain_and_bias, volume_key
+from pipeline.prep.brain import BrainMask
 from pipeline.prep.crop import (
     CropBox,
     LesionGeometry,
@@ -74,7 +75,8 @@ class CorrectedVolume:
 
     ``corrected``: float32 ``[k, j, i]`` bias-corrected intensities (z-score them with
     ``stats``); ``bias``: the N4 result (None when ``bias_correction`` is off);
-    ``timings``: seconds per step so far.
+    ``timings``: seconds per step so far; ``fitted_before``: the brain mask and N4 were taken
+    from a :class:`BiasFieldCache` (fitted before the job, or by another job on the same volume).
     """
 
     geometry: LesionGeometry
@@ -85,6 +87,7 @@ class CorrectedVolume:
     stats: IntensityStats
     bias: BiasCorrection | None
     timings: dict[str, float]
+    fitted_before: bool = False
 
 
 def _check_params(params: PreprocessParams | None) -> PreprocessParams:
@@ -94,8 +97,12 @@ def _check_params(params: PreprocessParams | None) -> PreprocessParams:
     return params
 
 
-def correct_volume(study: LoadedStudy, params: PreprocessParams | None = None) -> CorrectedVolume:
+def correct_volume(study: LoadedStudy, params: PreprocessParams | None = None,
+                   cache: BiasFieldCache | None = None) -> CorrectedVolume:
     """Lesion geometry, slices and crop box (checked first), brain mask, N4, brain statistics.
+
+    ``cache``: where a brain mask and N4 fitted on the same voxels with the same parameters
+    are taken from (and this fit is kept); the result is the same with or without it.
 
     Haim et al. 2022, "Preprocessing". Raises PreprocessError for an empty lesion, one smaller
     than a sphere of ``min_lesion_diameter_mm`` or touching the series' edge, a lesion
@@ -114,20 +121,24 @@ def correct_volume(study: LoadedStudy, params: PreprocessParams | None = None) -
     box = crop_box(sitk.GetArrayViewFromImage(study.lesion), geometry, slices, image.GetSpacing(), params)
     lap("lesion_and_slices")
 
-    brain = brain_mask(image, study.brain, params)
-    lap("brain_mask")
-
-    bias: BiasCorrection | None = None
-    if params.bias_correction:
-        bias = correct_bias_field(image, brain.mask, params)
+    reused = False
+    if cache is not None and params.bias_correction:
+        fit, reused = cache.get_or_fit(volume_key(image, params, study.brain),
+                                       lambda: fit_brain_and_bias(image, study.brain, params, lap))
+        if reused:  # the key's hash, or the wait for a fit in progress
+            timings["brain_mask"] = 0.0
+            lap("bias_field")
+    else:
+        fit = fit_brain_and_bias(image, study.brain, params, lap)
+    brain, bias = fit.brain, fit.bias
+    if bias is not None:
         corrected = sitk.GetArrayFromImage(bias.corrected)
     else:
         corrected = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    lap("bias_field")
 
     stats = brain_statistics(corrected, sitk.GetArrayViewFromImage(brain.mask))
     lap("zscore")
-    return CorrectedVolume(geometry, slices, box, brain, corrected, stats, bias, timings)
+    return CorrectedVolume(geometry, slices, box, brain, corrected, stats, bias, timings, reused)
 
 
 def model_input_from(
@@ -172,7 +183,8 @@ def model_input_from(
     return ModelInput(array=array, provenance=provenance, lesion_mask=mask_resized)
 
 
-def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> ModelInput:
+def preprocess(study: LoadedStudy, params: PreprocessParams | None = None,
+               cache: BiasFieldCache | None = None) -> ModelInput:
     """Run the preprocessing recipe on ``study``: :func:`correct_volume` then :func:`model_input_from`.
 
     Raises PreprocessError (one line, ending with the study and series UIDs) for an empty lesion, a lesion too close to the
@@ -181,7 +193,7 @@ def preprocess(study: LoadedStudy, params: PreprocessParams | None = None) -> Mo
     """
     params = _check_params(params)
     try:
-        return model_input_from(study, correct_volume(study, params), params)
+        return model_input_from(study, correct_volume(study, params, cache), params)
     except PreprocessError as exc:
         raise PreprocessError(f"{exc} (study {study.study_uid}, series {study.series_uid})") from exc
 
@@ -205,7 +217,7 @@ def _provenance(
     geometry, slices, box, brain, stats = (
         volume.geometry, volume.slices, volume.box, volume.brain, volume.stats
     )
-    bias_record = _bias_record(volume.bias)
+    bias_record = {**_bias_record(volume.bias), **({"fitted_before_the_job": True} if volume.fitted_before else {})}
     image = study.image
     nk, nj, ni = image.GetSize()[2], image.GetSize()[1], image.GetSize()[0]
     # z of each slice at the crop centre (on a tilted grid z varies across the slice)

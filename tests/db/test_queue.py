@@ -335,6 +335,37 @@ def test_a_study_complete_by_its_content_is_queued_after_a_short_settle_not_the_
     assert job.queued_because == "quiet for 30 s (the mask names no images)"
 
 
+def test_a_mask_arriving_after_its_quiet_images_is_queued_at_the_next_scan(sessions) -> None:
+    """The settle of the content rule is the quiet of the series the mask names, not of the
+    study: a SEG drawn minutes after the scan is queued at once; another series still arriving
+    keeps it waiting; the study waiting for its mask is listed for the bias field fit ahead."""
+    slices = [f"6.3.1.{i}" for i in range(3)]
+    for i, sop in enumerate(slices):
+        receive(sessions, rec("6.3", "6.3.1", sop), T0 + timedelta(seconds=i))
+    with sessions.begin() as s:
+        assert queue.studies_awaiting_mask(s, 2.0, T0 + timedelta(seconds=3)) == []  # not quiet 2 s yet
+        [awaiting] = queue.studies_awaiting_mask(s, 2.0, T0 + timedelta(seconds=5))
+        assert awaiting.study_uid == "6.3" and awaiting.last_received_at == T0 + timedelta(seconds=2)
+        assert queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=5), content_settle_seconds=2.0) == []
+        assert s.scalars(select(Job)).one().reason == queue.NO_MASK_YET
+    mask_at = T0 + timedelta(seconds=300)
+    receive(sessions, rec("6.3", "6.3.2", "6.3.2.1", modality="SEG", refs=("6.3.1",), sop_refs=tuple(slices)), mask_at)
+    with sessions.begin() as s:
+        assert queue.studies_awaiting_mask(s, 2.0, mask_at + timedelta(seconds=5)) == []  # the mask is in
+        [job] = queue.scan_waiting_jobs(s, 30.0, mask_at + timedelta(seconds=0.1), content_settle_seconds=2.0)
+    assert job.queued_because == "complete by content: the mask and the 3 images it names are in, their series quiet 2 s"
+
+    # a second study: its images' series is still arriving when the mask comes
+    receive(sessions, rec("6.4", "6.4.1", "6.4.1.0"), T0)
+    receive(sessions, rec("6.4", "6.4.2", "6.4.2.1", modality="SEG", refs=("6.4.1",), sop_refs=("6.4.1.0",)), T0)
+    receive(sessions, rec("6.4", "6.4.1", "6.4.1.1"), T0 + timedelta(seconds=9))  # not named, same series
+    with sessions.begin() as s:
+        assert queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=10), content_settle_seconds=2.0) == []
+    with sessions.begin() as s:
+        [job] = queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=11), content_settle_seconds=2.0)
+    assert job.study_uid == "6.4"
+
+
 def test_a_mask_alone_names_the_series_to_fetch_and_the_workers_note_joins_the_reason(sessions) -> None:
     """Issue 32: only the mask came. After the settle time the study is listed with the series
     its mask names (what a node with a source fetches), the worker's note is said after the

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 def write_config(folder: Path, port: int, *, stable: float = 2.0, scan: float = 0.5,
-                 receive_processes: int | str = 1) -> Path:
+                 receive_processes: int | str = 1, settle: float | None = None) -> Path:
     """A node's configuration file; one receive process unless asked (tests that kill the node
     and start it again on the same port must not meet a receive process of the one killed)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -40,7 +40,7 @@ free_space_reserve_mb = 0
 [worker]
 study_stable_seconds = {stable}
 scan_interval_seconds = {scan}
-"""
+""" + (f"content_settle_seconds = {settle}\n" if settle is not None else "")
     )
     return path
 

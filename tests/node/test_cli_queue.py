@@ -24,22 +24,23 @@ def queue_json(config: Path) -> list[dict]:
     return json.loads(done.stdout)
 
 
-def last_received_at(config: Path, study_uid: str) -> datetime:
+def last_received_at(config: Path, series_uid: str) -> datetime:
     from db.engine import make_engine
-    from db.models import Study
+    from db.models import Series
     from dicom_node.config import load_config
 
     engine = make_engine(load_config(config).database_url)
     try:
         with engine.connect() as conn:
-            return conn.execute(select(Study.last_received_at).where(Study.study_uid == study_uid)).scalar_one()
+            return conn.execute(select(Series.last_received_at).where(Series.series_uid == series_uid)).scalar_one()
     finally:
         engine.dispose()
 
 
 def test_study_goes_waiting_then_queued_and_can_be_replayed(tmp_path: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path, port, stable=6.0, scan=0.3)
+    # a settle longer than a CLI start (about 2 s here), so `queue list` sees the study still arriving
+    config = write_config(tmp_path, port, stable=12.0, scan=0.3, settle=4.0)
     assert cli(config, "init", "--data-dir", str(tmp_path / "data")).returncode == 0
     node = start(config, "serve")
     try:
@@ -56,10 +57,10 @@ def test_study_goes_waiting_then_queued_and_can_be_replayed(tmp_path: Path) -> N
         assert jobs[0]["reason"].startswith("study still arriving")
         queued = wait_for(lambda: [j for j in queue_json(config) if j["state"] == "queued"], 30, "a queued job")
         job_id = queued[0]["id"]
-        # the mask names its four images and they are all in: complete by content after the 1 s
-        # settle (the default), not the 6 s quiet timer (both times are the node's own)
+        # the mask names its four images and they are all in: complete by content after the 4 s
+        # settle of their series, not the 12 s quiet timer (both times are the node's own)
         queued_at = datetime.fromisoformat(queued[0]["queued_at"].rstrip("Z"))
-        assert 1.0 <= (queued_at - last_received_at(config, images[0].StudyInstanceUID)).total_seconds() < 6.0
+        assert 4.0 <= (queued_at - last_received_at(config, images[0].SeriesInstanceUID)).total_seconds() < 12.0
         assert queued[0]["queued_because"].startswith("complete by content: the mask and the 4 images it names are in")
 
         listing = cli(config, "queue", "list", "--state", "queued")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 
-from db.queue import get_job
+from db.queue import JobView, get_job
 from dicom_node.commands.demo import SR_CLASSES
 from dicom_node.worker import Worker
 from pipeline.load.study import load_study
@@ -53,14 +53,7 @@ def test_a_mask_sent_before_its_images_starts_the_job_when_the_last_image_is_in(
         assert waiting.reason.startswith(f"incomplete: {missing} of the {len(images)} images the mask references are not "
                                          "in the archive"), waiting.reason
 
-        node.send(_folder_of(tmp_path / "rest", images[len(images) // 2:]))
-        last_acknowledged = time.monotonic()
-        wait_for(lambda: any(str(ds.SOPClassUID) in SR_CLASSES for ds in pacs.received), 120,
-                 "the SR at the PACS", every=0.05)
-        answered_in = time.monotonic() - last_acknowledged
-        with node.runtime.sessions() as session:
-            job = get_job(session, 1)
-        assert job.state == "done", (job.state, job.reason)
+        job, answered_in = _send_last_and_wait_for_the_sr(node, pacs, _folder_of(tmp_path / "rest", images[len(images) // 2:]))
         # neither the 300 s timer nor the 300 s claim interval: the content rule and the scan's wake
         assert answered_in < 60, answered_in
         assert job.queued_because.startswith(f"complete by content: the mask and the {len(images)} images"), job.queued_because
@@ -77,6 +70,18 @@ def test_a_mask_sent_before_its_images_starts_the_job_when_the_last_image_is_in(
     model_input = preprocess(load_study(study.folder), expected.manifest.preprocessing)
     assert np.isclose(job.result["probability"], expected.predict(model_input.array).probability, atol=2e-6)
     assert job.result["selection"]["series_uid"] == study.image_series_uid
+
+
+def _send_last_and_wait_for_the_sr(node: Node, pacs: PynetdicomPacs, folder: Path) -> tuple[JobView, float]:
+    """Send the study's last part; (its job, done; seconds from the part acknowledged to the SR at the PACS)."""
+    node.send(folder)
+    acknowledged = time.monotonic()
+    wait_for(lambda: any(str(ds.SOPClassUID) in SR_CLASSES for ds in pacs.received), 120, "the SR at the PACS", every=0.05)
+    answered_in = time.monotonic() - acknowledged
+    with node.runtime.sessions() as session:
+        job = get_job(session, 1)
+    assert job.state == "done", (job.state, job.reason)
+    return job, answered_in
 
 
 def _folder_of(folder: Path, files: list[Path]) -> Path:
@@ -113,3 +118,48 @@ def test_the_worker_loads_the_active_bundle_while_idle_and_again_when_another_is
         worker.stop()
         node.close()
         pacs.stop()
+
+
+def test_images_first_then_the_mask_takes_the_bias_field_fitted_while_it_waited(tmp_path, phantom_study) -> None:
+    """The usual order in a department: the scanner's images, minutes later the radiologist's
+    SEG. While the study waits for its mask an idle worker fits the N4 field of its
+    post-contrast series; the job takes it (no brain mask or N4 in the job) and the answer is
+    the one the study read at once gives. The job is queued by the images' series being quiet,
+    not held for a settle after the mask."""
+    study = phantom_study("axial3d", "seg")
+    files = sorted(study.folder.rglob("*.dcm"))
+    mask = [f for f in files if dcmread(f, stop_before_pixels=True).SOPInstanceUID == study.mask_sop_uid]
+    images = [f for f in files if f not in mask]
+    pacs = PynetdicomPacs(tmp_path / "pacs")
+    node = Node(tmp_path, pacs.port)
+    bundle = write_random_bundle(tmp_path / "bundle")
+    node.activate(bundle)
+    assert node.config.worker.prefit_after_seconds > 0  # on by default
+    config = replace(node.config, worker=replace(node.config.worker, study_stable_seconds=300.0, content_settle_seconds=5.0,
+                                                 prefit_after_seconds=0.5, scan_interval_seconds=0.2,
+                                                 claim_interval_seconds=0.2))
+    worker = Worker(config, node.runtime.sessions, node.runtime.archive, worker_id="prefit")
+    try:
+        worker.start()
+        node.send(_folder_of(tmp_path / "images", images))
+        wait_for(lambda: len(worker.bias_fits) == 1, 120, "the bias field fitted while the study waits for its mask")
+        with node.runtime.sessions() as session:
+            waiting = get_job(session, 1)
+        assert waiting.state == "waiting" and waiting.reason.startswith("no lesion mask"), (waiting.state, waiting.reason)
+        time.sleep(5.5)  # the images' series is quiet longer than the settle
+
+        job, answered_in = _send_last_and_wait_for_the_sr(node, pacs, _folder_of(tmp_path / "mask", mask))
+        assert job.queued_because.startswith(f"complete by content: the mask and the {len(images)} images it names are "
+                                             "in, their series quiet 5 s"), job.queued_because
+        assert answered_in < 5.0, answered_in  # not held for the 5 s settle after the mask
+        timings = job.result["timings_s"]
+        assert timings["preprocess.brain_mask"] == 0.0, timings  # the kept fit, not fitted in the job
+        assert len(worker.bias_fits) == 1  # the job's key was the pre-fit's
+    finally:
+        worker.stop()
+        node.close()
+        pacs.stop()
+
+    expected = FoldEnsemble.load(bundle, device="cpu")
+    model_input = preprocess(load_study(study.folder), expected.manifest.preprocessing)
+    assert np.isclose(job.result["probability"], expected.predict(model_input.array).probability, atol=2e-6)
