@@ -264,9 +264,10 @@ class Worker:
         rule = ContrastRule(self.config.contrast.require_evidence, self.config.contrast.series_description_pattern)
         try:
             return bool(prefit_bias_fields(paths, ensemble.manifest.preprocessing, self.bias_fits, contrast=rule))
-        except (PipelineError, OSError) as exc:
-            log.info("study %s: no bias field fitted ahead of the mask: %s", study_uid, one_line(exc),
-                     extra={"study_uid": study_uid})
+        except Exception as exc:  # noqa: BLE001 - only a head start: the job fits for itself and says why it fails
+            level = logging.INFO if isinstance(exc, (PipelineError, OSError)) else logging.WARNING
+            log.log(level, "study %s: no bias field fitted ahead of the mask: %s", study_uid, one_line(exc),
+                    extra={"study_uid": study_uid})
             return False
 
     def _share_cores(self, running: int) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
 
+from db.models import utcnow
 from db.queue import JobView, get_job
 from dicom_node.commands.demo import SR_CLASSES
 from dicom_node.worker import Worker
@@ -163,3 +165,25 @@ def test_images_first_then_the_mask_takes_the_bias_field_fitted_while_it_waited(
     expected = FoldEnsemble.load(bundle, device="cpu")
     model_input = preprocess(load_study(study.folder), expected.manifest.preprocessing)
     assert np.isclose(job.result["probability"], expected.predict(model_input.array).probability, atol=2e-6)
+
+
+def test_a_study_that_cannot_be_fitted_ahead_is_said_once_and_left_to_its_job(tmp_path, phantom_study, caplog) -> None:
+    """The fit ahead is only a head start: an image file gone from the archive (or a series
+    the loader refuses) is one line naming the study by UID, tried once per arrival, nothing kept."""
+    study = phantom_study("axial2d", "seg")
+    images = [f for f in sorted(study.folder.rglob("*.dcm")) if f.parent.name.startswith("MR")]
+    node = Node(tmp_path, None)
+    node.activate(write_random_bundle(tmp_path / "bundle"))
+    caplog.set_level("INFO", logger="dicom_node.worker")
+    try:
+        node.send(_folder_of(tmp_path / "images", images))
+        later = utcnow() + timedelta(seconds=10)
+        next(node.runtime.archive.root.rglob("*.dcm")).unlink()  # the disk lost a file
+        assert node.worker.prefit_once(now=later) == []
+        assert node.worker.prefit_once(now=later) == []  # not tried again until something arrives
+        said = [r.getMessage() for r in caplog.records if "no bias field fitted ahead" in r.getMessage()]
+        assert len(said) == 1 and said[0].startswith(f"study {study.study_uid}: no bias field fitted ahead of the mask")
+        assert study.patient_id not in said[0]
+        assert len(node.worker.bias_fits) == 0
+    finally:
+        node.close()
