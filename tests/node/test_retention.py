@@ -69,6 +69,8 @@ class Site:
         with self.sessions.begin() as session:  # the study arrived a minute before ``at`` (time passes)
             session.execute(update(Study).where(Study.study_uid == study_uid).values(
                 first_received_at=at - timedelta(minutes=1), last_received_at=at - timedelta(minutes=1)))
+            session.execute(update(Series).where(Series.study_id.in_(select(Study.id).where(
+                Study.study_uid == study_uid))).values(last_received_at=at - timedelta(minutes=1)))
             queue.scan_waiting_jobs(session, 0.0, at + timedelta(seconds=1))
         with self.sessions.begin() as session:
             job = queue.claim_next(session, "w1", 600, at + timedelta(seconds=2))
