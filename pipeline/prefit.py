@@ -4,8 +4,8 @@ waits for its lesion mask (issue 30; :mod:`pipeline.prep.bias_cache`).
 Which series the mask will name is not known before the mask arrives; the one the method
 reads is a post-contrast T1, so the series with evidence of a contrast agent
 (:func:`pipeline.contrast.contrast_evidence`, with the site's rule) are fitted, or the only
-MR series of a study that has one. The volume is built exactly as :func:`pipeline.load.study.load_study`
-builds it (the same oblique policy), so the job's key matches when the mask names that series;
+MR series of a study that has one. The volume is built by the function
+:func:`pipeline.load.study.load_study` builds it with (``series_volume``), so the job's key matches when the mask names that series;
 when it names another, the job fits its own.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline.contrast import ContrastRule, contrast_evidence
 from pipeline.load.index import SeriesEntry, index_files
 from pipeline.load.select import SelectionRules
-from pipeline.load.volume import load_series_volume
+from pipeline.load.study import series_volume
 from pipeline.prep.bias_cache import BiasFieldCache, fit_brain_and_bias, volume_key
 from pipeline.prep.params import PreprocessParams
 
@@ -62,10 +62,7 @@ def prefit_bias_fields(files: Sequence[Path], params: PreprocessParams, cache: B
     done = []
     for series in prefit_candidates(list(index.series.values()), contrast or ContrastRule(), rules.image_modality)[:limit]:
         start = time.perf_counter()
-        volume = load_series_volume(series, resample_oblique=rules.resample_oblique,
-                                    max_axial_tilt_degrees=rules.max_axial_tilt_degrees,
-                                    max_resample_slice_mm=rules.max_resample_slice_mm)
-        image = volume.image
+        image = series_volume(series, rules).image
         _, kept = cache.get_or_fit(volume_key(image, params), lambda: fit_brain_and_bias(image, None, params))
         done.append(PrefitSeries(series.series_uid, kept, round(time.perf_counter() - start, 3)))
         logger.info("study %s: bias field of series %s fitted ahead of the mask in %.2f s%s", index.study_uid,

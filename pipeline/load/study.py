@@ -17,12 +17,12 @@ from typing import Any
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from pipeline.load.index import InstanceHeader, index_files, index_study
+from pipeline.load.index import InstanceHeader, SeriesEntry, index_files, index_study
 from pipeline.load.masks import load_outline_mask, load_rtstruct_mask, load_seg_mask
 from pipeline.load.select import SelectionRules, select_mask_and_series
-from pipeline.load.volume import load_series_volume
+from pipeline.load.volume import MRVolume, load_series_volume
 
-__all__ = ["LoadedStudy", "SelectionRules", "load_study"]
+__all__ = ["LoadedStudy", "SelectionRules", "load_study", "series_volume"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,15 @@ class LoadedStudy:
         return [by_uid[uid] for uid in sop_uids if uid in by_uid]
 
 
+def series_volume(series: SeriesEntry, rules: SelectionRules) -> MRVolume:
+    """The series' volume as a job reads it: the oblique policy of ``rules``
+    (:func:`pipeline.load.volume.load_series_volume`). The bias field fitted ahead of the mask
+    (:mod:`pipeline.prefit`) builds it here too, so the job's volume is the one it fitted."""
+    return load_series_volume(series, resample_oblique=rules.resample_oblique,
+                              max_axial_tilt_degrees=rules.max_axial_tilt_degrees,
+                              max_resample_slice_mm=rules.max_resample_slice_mm)
+
+
 def load_study(study: Path | Sequence[Path], rules: SelectionRules | None = None) -> LoadedStudy:
     """Load the lesion mask and the MR series it references from one study: a folder, or the
     list of its files (the node's worker passes the received instances its database lists, so
@@ -82,10 +91,7 @@ def load_study(study: Path | Sequence[Path], rules: SelectionRules | None = None
     rules = rules or SelectionRules()
     index = index_study(Path(study)) if isinstance(study, (str, Path)) else index_files(study)
     selection = select_mask_and_series(index, rules)
-    volume = load_series_volume(
-        selection.series, resample_oblique=rules.resample_oblique,
-        max_axial_tilt_degrees=rules.max_axial_tilt_degrees, max_resample_slice_mm=rules.max_resample_slice_mm,
-    )
+    volume = series_volume(selection.series, rules)
     raster_grid = volume.acquired if volume.resampled else None
     if selection.mask_kind == "SEG":
         mask = load_seg_mask(selection.mask.path, volume.image, rules, sop_uid=selection.mask.sop_uid)
