@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -191,15 +191,17 @@ class WantingImages:
 def studies_wanting_images(session: Session, settle_seconds: float, now: datetime | None = None) -> list[WantingImages]:
     """The waiting studies whose masks name images that are not archived and for which nothing
     arrived for ``settle_seconds``: what a node with a source fetches (issue 32)."""
+    return [WantingImages(job.study.study_uid, job.id, readiness.wanting, readiness.reason or "")
+            for job, readiness in _quiet_waiting(session, settle_seconds, now)
+            if not readiness.ready and readiness.wanting]
+
+
+def _quiet_waiting(session: Session, quiet_seconds: float, now: datetime | None) -> Iterator[tuple[Job, StudyReadiness]]:
+    """Each waiting job whose study received nothing for ``quiet_seconds``, with what the study holds."""
     now = now or utcnow()
-    out = []
     for job in session.scalars(select(Job).where(Job.state == JobState.WAITING).order_by(Job.id)).all():
-        if now - job.study.last_received_at < timedelta(seconds=settle_seconds):
-            continue
-        readiness = study_readiness(session, job.study)
-        if not readiness.ready and readiness.wanting:
-            out.append(WantingImages(job.study.study_uid, job.id, readiness.wanting, readiness.reason or ""))
-    return out
+        if now - job.study.last_received_at >= timedelta(seconds=quiet_seconds):
+            yield job, study_readiness(session, job.study)
 
 
 def _images_last_received(session: Session, study_id: int) -> datetime:
@@ -222,14 +224,8 @@ class AwaitingMask:
 def studies_awaiting_mask(session: Session, quiet_seconds: float, now: datetime | None = None) -> list[AwaitingMask]:
     """The waiting studies whose MR images are in, no mask yet, and nothing arrived for
     ``quiet_seconds``: what an idle worker fits the bias field of (``pipeline.prefit``)."""
-    now = now or utcnow()
-    out = []
-    for job in session.scalars(select(Job).where(Job.state == JobState.WAITING).order_by(Job.id)).all():
-        if now - job.study.last_received_at < timedelta(seconds=quiet_seconds):
-            continue
-        if study_readiness(session, job.study).reason == NO_MASK_YET:
-            out.append(AwaitingMask(job.study.study_uid, job.id, job.study.last_received_at))
-    return out
+    return [AwaitingMask(job.study.study_uid, job.id, job.study.last_received_at)
+            for job, readiness in _quiet_waiting(session, quiet_seconds, now) if readiness.reason == NO_MASK_YET]
 
 
 def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: datetime | None = None,
