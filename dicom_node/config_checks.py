@@ -148,7 +148,7 @@ def validate(config: Config) -> None:
     if config.inference.device not in DEVICES:
         raise ConfigError(f"inference.device: must be auto, cpu or cuda, got {config.inference.device!r}")
     if config.inference.torch_threads < 0:
-        raise ConfigError("inference.torch_threads: must not be negative (0 = all cores but one)")
+        raise ConfigError("inference.torch_threads: must not be negative (0 = the cores shared by the jobs running)")
     try:
         re.compile(config.contrast.series_description_pattern)
     except re.error as exc:

@@ -150,12 +150,19 @@ class Worker:
         self._bias_fits: BiasFieldCache | None = None
         self._prefit_lock = threading.Lock()
         self._prefitted: dict[str, datetime] = {}  # study UID -> the last arrival its fit was tried at
+        self._scan_lock = threading.Lock()  # one scan at a time: the interval's, or a mask arrival's
+        self._mask_arrivals: Any = None
+        self._arrival_watcher: threading.Thread | None = None
 
     # --- stable-study scan --------------------------------------------------------------
 
     def scan_once(self, now: datetime | None = None) -> list[JobView]:
         """One pass: expired leases back to the queue, the images a waiting mask names fetched
         (with a source), stable complete studies queued."""
+        with self._scan_lock:
+            return self._scan(now)
+
+    def _scan(self, now: datetime | None) -> list[JobView]:
         with self.sessions.begin() as session:
             sweep_expired_leases(session, self.settings.max_attempts, now)
         notes = None
@@ -172,6 +179,24 @@ class Worker:
         if queued:
             self._wake.set()
         return queued
+
+    def wake_on_masks(self, arrivals: Any) -> None:
+        """Scan when ``arrivals`` (an Event the SCP of this node sets when a mask is archived,
+        ``DicomNode.mask_arrivals``) is set, not only every ``worker.scan_interval_seconds``: a
+        mask whose images are already in queues its job at once, and a study sent whole is
+        scanned again when its series' settle has passed. Call before :meth:`start`; a worker
+        apart from the SCP (``egfr-node worker``) keeps the interval alone."""
+        self._mask_arrivals = arrivals
+
+    def _watch_mask_arrivals(self) -> None:
+        settle = self.settings.content_settle_seconds
+        while not self._stopping.is_set():
+            if not self._mask_arrivals.wait(0.5):
+                continue
+            self._mask_arrivals.clear()
+            self._guard("stable-study-scan", self.scan_once)  # the images were in before the mask
+            if not self._stopping.wait(settle + 0.05):  # they came just before it: their settle ends now
+                self._guard("stable-study-scan", self.scan_once)
 
     # --- claim and run ------------------------------------------------------------------
 
@@ -199,6 +224,8 @@ class Worker:
         finally:
             with self._running_lock:
                 self._running.pop(job.id, None)
+                if self._running:
+                    self._share_cores(len(self._running))  # the jobs still running get the cores back
         if heartbeat.lost.is_set():
             log.warning("job %d: lease lost while running; its result is discarded", job.id)
             return job
@@ -271,14 +298,19 @@ class Worker:
             return False
 
     def _share_cores(self, running: int) -> None:
-        """The cores a job starting now preprocesses with: all of them alone, its share when
-        ``running`` jobs run at once, so two studies do not each ask for every core (N4, most
-        of a job, already uses both cores of this machine: 4.4 s on two, 7.9 s on one)."""
-        if self.settings.job_runners(os.cpu_count() or 1) <= 1:
+        """The cores a job starting now preprocesses and infers with: all of them alone, its
+        share when ``running`` jobs run at once, so two studies do not each ask for every core
+        (N4 uses both cores of this machine: 4.4 s on two, 7.9 s on one; the five folds 0.43 s
+        on two, 0.92 s on one). ``inference.torch_threads`` set: that many for torch."""
+        import torch
+
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(self.config.inference.threads(cores, running))
+        if self.settings.job_runners(cores) <= 1:
             return
         import SimpleITK as sitk
 
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, (os.cpu_count() or 1) // max(1, running)))
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, cores // max(1, running)))
 
     def _run(self, job: JobView, keep: dict[str, Any] | None = None
              ) -> tuple[bool, str | None, JobResult | ResendResult | None, bool]:
@@ -476,6 +508,10 @@ class Worker:
                          for n in range(runners)]
         for runner in self._runners:
             runner.start()
+        if self._mask_arrivals is not None:
+            self._arrival_watcher = threading.Thread(target=self._watch_mask_arrivals, name=f"masks-{self.worker_id}",
+                                                     daemon=True)
+            self._arrival_watcher.start()
         if not self.config.destinations:
             log.warning("no [[destinations]] configured: results are archived but sent nowhere")
         log.info("worker %s started: stable-study scan every %g s (stable after %g s), claim every %g s, %d job%s at once",
@@ -506,6 +542,9 @@ class Worker:
                     log.warning("job %d handed back to the queue: still running %g s after the stop",
                                 job.id, self.settings.stop_grace_seconds, extra={"job_id": job.id})
             self._runners = []
+        if self._arrival_watcher is not None:
+            self._arrival_watcher.join(timeout=self.settings.content_settle_seconds + 1.0)
+            self._arrival_watcher = None
         log.info("worker %s stopped", self.worker_id)
 
     def join_outlived(self, timeout: float) -> bool:

@@ -64,6 +64,8 @@ def serve(args: argparse.Namespace) -> int:
     runtime = open_runtime(config)
     node = DicomNode(config, runtime.archive, runtime.sessions) if args.scp else None
     worker = Worker(config, runtime.sessions, runtime.archive) if args.worker else None
+    if node and worker:
+        worker.wake_on_masks(node.mask_arrivals)  # a mask arriving is scanned at once, not at the interval
     console = None
     if node and worker and config.web.enabled:
         from dicom_node.web.server import ConsoleProcess

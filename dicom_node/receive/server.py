@@ -7,6 +7,7 @@ orderly stop that lets associations in progress finish. What one C-STORE does is
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import ssl
 import threading
@@ -20,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.ingest import prepare_recording
+from db.sop_classes import MASK_SOP_CLASSES, OUTLINE_SR_CLASSES
 from dicom_node.config import Config
 from dicom_node.metrics import MetricsServer, NodeMetrics, database_answers, forget_process
 from dicom_node.receive import _pynetdicom
@@ -32,6 +34,11 @@ from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, Statu
 __all__ = ["DicomNode", "make_ssl_context", "UnsupportedPynetdicom"]
 
 log = logging.getLogger(__name__)
+
+#: the receive processes' start method (and so the context of the Events they share)
+_SPAWN = multiprocessing.get_context("spawn")
+#: the classes whose arrival can complete a study: SEG, RTSTRUCT, and the SRs a viewer outlines in
+_MAYBE_MASK = MASK_SOP_CLASSES | OUTLINE_SR_CLASSES
 
 
 def make_ssl_context(certificate: str, private_key: str, ca_certificates: str = "") -> ssl.SSLContext:
@@ -63,10 +70,14 @@ class DicomNode:
     """The node's Application Entity: a plain listener and, when configured, a TLS one."""
 
     def __init__(self, config: Config, archive: Archive, sessions: sessionmaker[Session], *,
-                 receiver: bool = False) -> None:
+                 receiver: bool = False, mask_arrivals: Any = None) -> None:
         self.config = config
         #: A receive process started by another node process: it shares that one's port.
         self.receiver = receiver
+        #: set (in whichever receive process took it) when a mask, or an SR that may outline one,
+        #: was archived: the worker of this node scans at once (``Worker.wake_on_masks``)
+        #: instead of at its next interval. An Event of the receive processes' context.
+        self.mask_arrivals = mask_arrivals if mask_arrivals is not None else _SPAWN.Event()
         self.archive = archive
         self.sessions = sessions
         self.counters = StoreCounters()
@@ -137,6 +148,8 @@ class DicomNode:
         except OSError:
             size = 0
         self.metrics.stored(status, size)
+        if status == Status.SUCCESS and str(event.request.AffectedSOPClassUID or "") in _MAYBE_MASK:
+            self.mask_arrivals.set()
         return result
 
     def health(self) -> tuple[bool, str]:
@@ -213,15 +226,14 @@ class DicomNode:
         over them, so parallel associations use several cores. They share the archive and
         the database; each has its own limits; their metrics are summed on this process's
         page (``dicom_node.shared_metrics.share_metrics_between_processes``)."""
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
+        context = _SPAWN
         self._receivers_stop = context.Event()
         node = replace(self.config.node, port=self.port, receive_processes=1)
         tls = replace(self.config.tls, port=self.tls_port) if self.tls_port else self.config.tls
         config = replace(self.config, node=node, tls=tls, monitoring=replace(self.config.monitoring, enabled=False))
         for index in range(count):
-            process = context.Process(target=_receiver_main, args=(config, self._receivers_stop, os.getpid()),
+            process = context.Process(target=_receiver_main,
+                                      args=(config, self._receivers_stop, os.getpid(), self.mask_arrivals),
                                       name=f"egfr-node-receiver-{index + 1}", daemon=False)
             process.start()
             self.receivers.append(process)
@@ -283,7 +295,7 @@ class DicomNode:
         log.info("stopped; %s", self.counters)
 
 
-def _receiver_main(config: Config, stop: Any, parent_pid: int) -> None:
+def _receiver_main(config: Config, stop: Any, parent_pid: int, mask_arrivals: Any = None) -> None:
     """A receive process: the same SCP on the same port until told to stop (or the parent dies)."""
     import signal
 
@@ -295,7 +307,7 @@ def _receiver_main(config: Config, stop: Any, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(config.logging.level)
     runtime = open_runtime(config, check_schema=False)
-    node = DicomNode(config, runtime.archive, runtime.sessions, receiver=True)
+    node = DicomNode(config, runtime.archive, runtime.sessions, receiver=True, mask_arrivals=mask_arrivals)
     node.start()
     try:
         while not stop.wait(0.5):

@@ -40,9 +40,8 @@ def test_a_mask_sent_before_its_images_starts_the_job_when_the_last_image_is_in(
     node = Node(tmp_path, pacs.port)
     bundle = write_random_bundle(tmp_path / "bundle")
     node.activate(bundle)
-    config = replace(node.config, worker=replace(node.config.worker, study_stable_seconds=300.0, content_settle_seconds=0.5,
-                                                 scan_interval_seconds=0.2, claim_interval_seconds=300.0))
-    worker = Worker(config, node.runtime.sessions, node.runtime.archive, worker_id="content")
+    worker = _worker(node, "content", study_stable_seconds=300.0,
+                     content_settle_seconds=0.5, scan_interval_seconds=0.2, claim_interval_seconds=300.0)
     try:
         worker.start()
         node.send(_folder_of(tmp_path / "first", mask))
@@ -86,6 +85,12 @@ def _send_last_and_wait_for_the_sr(node: Node, pacs: PynetdicomPacs, folder: Pat
     return job, answered_in
 
 
+def _worker(node: Node, worker_id: str, **settings: float) -> Worker:
+    """A worker of the test's node with these ``[worker]`` settings (timers the test sets apart)."""
+    config = replace(node.config, worker=replace(node.config.worker, **settings))
+    return Worker(config, node.runtime.sessions, node.runtime.archive, worker_id=worker_id)
+
+
 def _folder_of(folder: Path, files: list[Path]) -> Path:
     """Links to ``files`` in a folder of their own (what one routing rule sends at a time)."""
     folder.mkdir()
@@ -97,8 +102,7 @@ def _folder_of(folder: Path, files: list[Path]) -> Path:
 def test_the_worker_loads_the_active_bundle_while_idle_and_again_when_another_is_activated(tmp_path, caplog) -> None:
     pacs = PynetdicomPacs(tmp_path / "pacs")
     node = Node(tmp_path, pacs.port)
-    config = replace(node.config, worker=replace(node.config.worker, claim_interval_seconds=0.1))
-    worker = Worker(config, node.runtime.sessions, node.runtime.archive, worker_id="warm")
+    worker = _worker(node, "warm", claim_interval_seconds=0.1)
     caplog.set_level("INFO", logger="dicom_node.worker")
 
     def loaded() -> list[str]:
@@ -137,10 +141,9 @@ def test_images_first_then_the_mask_takes_the_bias_field_fitted_while_it_waited(
     bundle = write_random_bundle(tmp_path / "bundle")
     node.activate(bundle)
     assert node.config.worker.prefit_after_seconds > 0  # on by default
-    config = replace(node.config, worker=replace(node.config.worker, study_stable_seconds=300.0, content_settle_seconds=5.0,
-                                                 prefit_after_seconds=0.5, scan_interval_seconds=0.2,
-                                                 claim_interval_seconds=0.2))
-    worker = Worker(config, node.runtime.sessions, node.runtime.archive, worker_id="prefit")
+    worker = _worker(node, "prefit", study_stable_seconds=300.0,
+                     content_settle_seconds=5.0, prefit_after_seconds=0.5, scan_interval_seconds=0.2,
+                     claim_interval_seconds=0.2)
     try:
         worker.start()
         node.send(_folder_of(tmp_path / "images", images))
@@ -186,4 +189,66 @@ def test_a_study_that_cannot_be_fitted_ahead_is_said_once_and_left_to_its_job(tm
         assert study.patient_id not in said[0]
         assert len(node.worker.bias_fits) == 0
     finally:
+        node.close()
+
+
+def test_a_mask_arriving_at_any_receive_process_scans_at_once_not_at_the_interval(tmp_path, phantom_study) -> None:
+    """The scan runs every 5 minutes here: only the arrival of the mask can start the jobs in
+    the test's time. Two receive processes share the port, so the mask may land in either;
+    both wake the worker of the node. A study whose images came long before its mask is queued
+    at once; one sent whole (images and mask in one association) when its series' settle ends."""
+    mask_after = phantom_study("axial2d", "seg")
+    files = sorted(mask_after.folder.rglob("*.dcm"))
+    mask = [f for f in files if dcmread(f, stop_before_pixels=True).SOPInstanceUID == mask_after.mask_sop_uid]
+    images = [f for f in files if f not in mask]
+    whole = phantom_study("axial2d", "rtstruct")
+    pacs = PynetdicomPacs(tmp_path / "pacs")
+    node = Node(tmp_path, pacs.port, receive_processes=2)
+    assert len(node.scp.receivers) == 1
+    node.activate(write_random_bundle(tmp_path / "bundle"))
+    worker = _worker(node, "woken", study_stable_seconds=300.0,
+                     content_settle_seconds=1.0, scan_interval_seconds=300.0, claim_interval_seconds=300.0,
+                     prefit_after_seconds=0.0)
+    worker.wake_on_masks(node.scp.mask_arrivals)
+    try:
+        worker.start()
+        node.send(_folder_of(tmp_path / "images", images))
+        time.sleep(2.0)  # the images' series quiet longer than the settle; no scan since the start
+        with node.runtime.sessions() as session:
+            assert get_job(session, 1).state == "waiting"
+        job, answered_in = _send_last_and_wait_for_the_sr(node, pacs, _folder_of(tmp_path / "mask", mask))
+        assert job.queued_because.startswith("complete by content"), job.queued_because
+        assert answered_in < 60, answered_in
+
+        node.send(whole.folder)
+        wait_for(lambda: len([ds for ds in pacs.received if str(ds.SOPClassUID) in SR_CLASSES]) == 2, 120,
+                 "the SR of the study sent whole")
+        with node.runtime.sessions() as session:
+            second = get_job(session, 2)
+        assert second.study_uid == whole.study_uid and second.queued_because.startswith("complete by content")
+        assert (second.queued_at - second.created_at).total_seconds() < 10, (second.created_at, second.queued_at)
+    finally:
+        worker.stop()
+        node.close()
+        pacs.stop()
+
+
+def test_without_a_mask_arrival_the_interval_alone_scans(tmp_path, phantom_study) -> None:
+    """The wake is the only change: a worker not told of the SCP's arrivals (``egfr-node
+    worker`` apart) does not scan before its interval."""
+    study = phantom_study("axial2d", "seg")
+    node = Node(tmp_path, None)
+    worker = _worker(node, "deaf", study_stable_seconds=300.0,
+                     content_settle_seconds=0.5, scan_interval_seconds=300.0, claim_interval_seconds=300.0,
+                     prefit_after_seconds=0.0)
+    try:
+        worker.start()
+        time.sleep(0.5)  # the scan at the start has run
+        node.send(study.folder)
+        assert node.scp.mask_arrivals.is_set()  # the SCP said it
+        time.sleep(2.0)
+        with node.runtime.sessions() as session:
+            assert get_job(session, 1).state == "waiting"  # nobody listened: the 5-minute interval
+    finally:
+        worker.stop()
         node.close()

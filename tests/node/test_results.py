@@ -40,8 +40,8 @@ class Node:
     """SCP + worker of one test, talking to one PACS destination."""
 
     def __init__(self, tmp: Path, pacs_port: int | None, *, delivery: DeliverySection | None = None,
-                 database_url: str = "", destinations: tuple[Destination, ...] = ()) -> None:
-        config = make_config(tmp / "data", database_url)
+                 database_url: str = "", destinations: tuple[Destination, ...] = (), receive_processes: int = 1) -> None:
+        config = make_config(tmp / "data", database_url, receive_processes=receive_processes)
         self.config: Config = replace(
             config,
             destinations=destinations or (Destination("pacs", "PACS", "127.0.0.1", pacs_port),),
