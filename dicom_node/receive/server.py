@@ -76,8 +76,9 @@ class DicomNode:
         self.receiver = receiver
         #: set (in whichever receive process took it) when a mask, or an SR that may outline one,
         #: was archived: the worker of this node scans at once (``Worker.wake_on_masks``)
-        #: instead of at its next interval. An Event of the receive processes' context.
-        self.mask_arrivals = mask_arrivals if mask_arrivals is not None else _SPAWN.Event()
+        #: instead of at its next interval. Shared with the receive processes when there are some.
+        self.mask_arrivals = mask_arrivals if mask_arrivals is not None else (
+            _SPAWN.Event() if config.receive_process_count() > 1 else threading.Event())
         self.archive = archive
         self.sessions = sessions
         self.counters = StoreCounters()
