@@ -19,13 +19,16 @@ control, and the LR range test (fastai's ``lr_find``) on each outer fold's train
 
 Results (with every patient's out-of-fold score) are appended to ``<work>/results.jsonl`` as
 each run ends; a second call with the same ``--work`` reuses them (delete the file to start
-again), so a long ablation can be run in parts. ``--jsonl`` copies them where they are kept.
+again), so a long ablation can be run in parts. Several processes may share one ``--work``
+(each run is claimed first): on a CPU, one per core with ``OMP_NUM_THREADS=1`` gets more runs
+an hour than one process on every core at small crops. ``--jsonl`` copies them where they are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -157,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     results_file = args.work / "results.jsonl"
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
-    done: dict[tuple[str, str, int], dict] = {}
-    if results_file.is_file():
-        for line in results_file.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["cohort"], row["row"], row.get("seed", 0))] = row
+    done = read_results(results_file)
     params = PreprocessParams(output_size=args.output_size)
     rows = ablation_rows(args.epochs, args.folds, device.type, TrainSettings)
     wanted = set(args.only.split(",")) if args.only else None
@@ -171,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             for key, label, settings in rows:
                 if (cohort, key, seed) in done or (wanted is not None and key not in wanted):
+                    continue
+                if not claim(args.work / "claims", f"{cohort}-{key}-{seed}"):
+                    continue  # another process of this --work runs it
+                done.update(read_results(results_file))
+                if (cohort, key, seed) in done:
                     continue
                 prepared = prepared if prepared is not None else prepare(args.work, cohort, params)
                 result = run_row(prepared, key, settings, seed, args, device)
@@ -188,6 +192,36 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(render(done, rows, args, machine, seeds))
         print(f"wrote {args.out}")
     return 0
+
+
+def read_results(results_file: Path) -> dict[tuple[str, str, int], dict]:
+    """The runs already in ``results.jsonl``, by (cohort, row, seed)."""
+    done: dict[tuple[str, str, int], dict] = {}
+    if results_file.is_file():
+        for line in results_file.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["cohort"], row["row"], row.get("seed", 0))] = row
+    return done
+
+
+def claim(folder: Path, name: str) -> bool:
+    """Take one run for this process, so several processes on one ``--work`` (one per core,
+    ``OMP_NUM_THREADS=1``) share the rows without running one twice; a claim whose process
+    has ended is taken over (a killed run is run again)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(path.read_text() or 0), 0)
+            return False  # its process is alive
+        except (ProcessLookupError, ValueError):
+            path.write_text(str(os.getpid()))
+            return True
+    with os.fdopen(fd, "w") as handle:
+        handle.write(str(os.getpid()))
+    return True
 
 
 def ablation_rows(epochs: int, folds: int, device: str, settings_type) -> list[tuple[str, str, object]]:  # noqa: ANN001
@@ -232,7 +266,9 @@ def render(done: dict, rows: list, args: argparse.Namespace, machine: str, seeds
     from the scratch recipe (row 7) with its 95 % CI; what a row could not run says so."""
     from pipeline.model.performance import paired_auc_difference
 
-    lines = [f"Device: {machine}; {args.epochs} epochs, {args.folds} folds, seeds {', '.join(map(str, seeds))} (each seed "
+    ran_on = sorted({r["device"] for r in done.values() if r.get("cohort") in args.cohorts.split(",")}) or [machine]
+    lines = [f"Device: {' and '.join(ran_on)} (each run's own in the JSON lines; seconds per run depend on what "
+             f"else the machine ran); {args.epochs} epochs, {args.folds} folds, seeds {', '.join(map(str, seeds))} (each seed "
              f"its own patient splits, the same for every row), the node's own inputs [5, 3, {args.output_size}, "
              f"{args.output_size}] (N4, z-score, crop), cached once.", ""]
     for cohort in [c.strip() for c in args.cohorts.split(",") if c.strip()]:

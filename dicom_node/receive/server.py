@@ -227,15 +227,14 @@ class DicomNode:
         over them, so parallel associations use several cores. They share the archive and
         the database; each has its own limits; their metrics are summed on this process's
         page (``dicom_node.shared_metrics.share_metrics_between_processes``)."""
-        context = _SPAWN
-        self._receivers_stop = context.Event()
+        self._receivers_stop = _SPAWN.Event()
         node = replace(self.config.node, port=self.port, receive_processes=1)
         tls = replace(self.config.tls, port=self.tls_port) if self.tls_port else self.config.tls
         config = replace(self.config, node=node, tls=tls, monitoring=replace(self.config.monitoring, enabled=False))
         for index in range(count):
-            process = context.Process(target=_receiver_main,
-                                      args=(config, self._receivers_stop, os.getpid(), self.mask_arrivals),
-                                      name=f"egfr-node-receiver-{index + 1}", daemon=False)
+            process = _SPAWN.Process(target=_receiver_main,
+                                     args=(config, self._receivers_stop, os.getpid(), self.mask_arrivals),
+                                     name=f"egfr-node-receiver-{index + 1}", daemon=False)
             process.start()
             self.receivers.append(process)
         log.info("%d more receive processes on port %d", count, self.port)
