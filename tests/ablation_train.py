@@ -281,7 +281,8 @@ def render(done: dict, rows: list, args: argparse.Namespace, machine: str, seeds
             runs = [done.get((cohort, key, s)) for s in seeds]
             if any(r is None for r in runs):
                 ran = [f"{r['auc']:.2f} (seed {s})" for r, s in zip(runs, seeds) if r is not None and "auc" in r]
-                lines.append(f"| {key} | {label} | {', '.join(ran + ['not run'])} ({len(ran)} of {len(seeds)} seeds) | | | |")
+                count = sum(r is not None for r in runs)
+                lines.append(f"| {key} | {label} | {', '.join(ran + ['not run'])} ({count} of {len(seeds)} seeds) | | | |")
                 continue
             if key == "lr_find":
                 text = "; ".join(", ".join(f"{v:.1e}" for v in r["suggestions"]) for r in runs)
