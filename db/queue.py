@@ -33,6 +33,8 @@ __all__ = [
     "studies_wanting_images",
     "AwaitingMask",
     "studies_awaiting_mask",
+    "CompleteByContent",
+    "studies_complete_by_content",
     "NO_MASK_YET",
     "scan_waiting_jobs",
     "claim_next",
@@ -226,6 +228,30 @@ def studies_awaiting_mask(session: Session, quiet_seconds: float, now: datetime 
     ``quiet_seconds``: what an idle worker fits the bias field of (``pipeline.prefit``)."""
     return [AwaitingMask(job.study.study_uid, job.id, job.study.last_received_at)
             for job, readiness in _quiet_waiting(session, quiet_seconds, now) if readiness.reason == NO_MASK_YET]
+
+
+@dataclass(frozen=True)
+class CompleteByContent:
+    """A waiting study whose mask and every image it names are in, with the series holding
+    those images: complete by content, queued when their settle has passed."""
+
+    study_uid: str
+    job_id: int
+    series_uids: tuple[str, ...]
+    last_received_at: datetime
+
+
+def studies_complete_by_content(session: Session) -> list[CompleteByContent]:
+    """The waiting studies complete by content (:func:`study_readiness`), their settle over or
+    not: what the worker fits the bias field of when the mask arrives, while the settle runs."""
+    found = []
+    for job in session.scalars(select(Job).where(Job.state == JobState.WAITING).order_by(Job.id)).all():
+        readiness = study_readiness(session, job.study)
+        if readiness.ready and readiness.by_content and readiness.named_series_ids:
+            series = tuple(sorted(session.scalars(select(Series.series_uid)
+                                                  .where(Series.id.in_(readiness.named_series_ids)))))
+            found.append(CompleteByContent(job.study.study_uid, job.id, series, job.study.last_received_at))
+    return found
 
 
 def scan_waiting_jobs(session: Session, study_stable_seconds: float, now: datetime | None = None,

@@ -13,7 +13,8 @@
   ``worker.prefit_after_seconds``, gets the brain mask and N4 field of its post-contrast
   series fitted by an idle job runner (``pipeline.prefit``), kept in memory for its job
   (``worker.prefit_cache_mb``): N4 is most of a job on a CPU, and a radiologist's mask
-  usually comes minutes after the images.
+  usually comes minutes after the images. A study sent whole (images and mask together) has
+  the fit of the series its mask names started at the mask's arrival, while its settle runs.
 - delivery: due deliveries are sent (``dicom_node.scu``), retried with backoff, failed after
   ``delivery.max_attempts``.
 - retention: finished studies deleted by age and above the disk's high watermark
@@ -50,6 +51,7 @@ from db.queue import (
     renew_lease,
     scan_waiting_jobs,
     studies_awaiting_mask,
+    studies_complete_by_content,
     studies_wanting_images,
     sweep_expired_leases,
 )
@@ -153,6 +155,8 @@ class Worker:
         self._scan_lock = threading.Lock()  # one scan at a time: the interval's, or a mask arrival's
         self._mask_arrivals: Any = None
         self._arrival_watcher: threading.Thread | None = None
+        self._settle_fits: list[threading.Thread] = []  # N4 fits started at a mask's arrival
+        self._settle_fitted: set[tuple[str, datetime]] = set()  # (study UID, its last arrival) started
 
     # --- stable-study scan --------------------------------------------------------------
 
@@ -195,8 +199,33 @@ class Worker:
                 continue
             self._mask_arrivals.clear()
             self._guard("stable-study-scan", self.scan_once)  # the images were in before the mask
+            self._guard("fit-while-settling", self._fit_while_settling)
             if not self._stopping.wait(settle + 0.05):  # they came just before it: their settle ends now
                 self._guard("stable-study-scan", self.scan_once)
+
+    def _fit_while_settling(self) -> None:
+        """Start fitting, each in a thread of its own, the brain mask and N4 field of the series
+        a mask names in every study it made complete by content, while their settle runs: a
+        study sent whole (images and mask in one association) is queued only when the settle has
+        passed, and its job then waits for this fit (``BiasFieldCache``) instead of starting
+        N4 a settle later. Off with ``worker.prefit_after_seconds = 0``, as the fit ahead."""
+        if self.settings.prefit_after_seconds <= 0:
+            return
+        with self.sessions() as session:
+            model = bundles.active(session)
+            complete = studies_complete_by_content(session) if model is not None else []
+        tried = {(study.study_uid, study.last_received_at) for study in complete}
+        self._settle_fitted &= tried
+        self._settle_fits = [thread for thread in self._settle_fits if thread.is_alive()]
+        for study in complete:
+            if model is None or self._stopping.is_set() or (study.study_uid, study.last_received_at) in self._settle_fitted:
+                continue
+            self._settle_fitted.add((study.study_uid, study.last_received_at))
+            ensemble = self._ensemble(model)
+            thread = threading.Thread(target=self._prefit, args=(study.study_uid, ensemble, study.series_uids),
+                                      name=f"settle-fit-{study.job_id}", daemon=True)
+            thread.start()
+            self._settle_fits.append(thread)
 
     # --- claim and run ------------------------------------------------------------------
 
@@ -281,7 +310,7 @@ class Worker:
         finally:
             self._prefit_lock.release()
 
-    def _prefit(self, study_uid: str, ensemble: FoldEnsemble) -> bool:
+    def _prefit(self, study_uid: str, ensemble: FoldEnsemble, series_uids: tuple[str, ...] | None = None) -> bool:
         from pipeline.contrast import ContrastRule
         from pipeline.errors import PipelineError
         from pipeline.prefit import prefit_bias_fields
@@ -290,10 +319,12 @@ class Worker:
             paths = [self.archive.path(p) for p in received_study_paths(session, study_uid)]
         rule = ContrastRule(self.config.contrast.require_evidence, self.config.contrast.series_description_pattern)
         try:
-            return bool(prefit_bias_fields(paths, ensemble.manifest.preprocessing, self.bias_fits, contrast=rule))
+            return bool(prefit_bias_fields(paths, ensemble.manifest.preprocessing, self.bias_fits, contrast=rule,
+                                           series_uids=series_uids))
         except Exception as exc:  # noqa: BLE001 - only a head start: the job fits for itself and says why it fails
             level = logging.INFO if isinstance(exc, (PipelineError, OSError)) else logging.WARNING
-            log.log(level, "study %s: no bias field fitted ahead of the mask: %s", study_uid, one_line(exc),
+            log.log(level, "study %s: no bias field fitted ahead of %s: %s", study_uid,
+                    "the mask" if series_uids is None else "its job", one_line(exc),
                     extra={"study_uid": study_uid})
             return False
 
@@ -545,6 +576,10 @@ class Worker:
         if self._arrival_watcher is not None:
             self._arrival_watcher.join(timeout=self.settings.content_settle_seconds + 1.0)
             self._arrival_watcher = None
+        deadline = time.monotonic() + self.settings.stop_grace_seconds
+        for fit in self._settle_fits:  # a fit is seconds of N4; a daemon thread if it outlives the grace
+            fit.join(max(0.0, deadline - time.monotonic()))
+        self._settle_fits = []
         log.info("worker %s stopped", self.worker_id)
 
     def join_outlived(self, timeout: float) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,21 +50,25 @@ def prefit_candidates(series: Sequence[SeriesEntry], rule: ContrastRule, modalit
 
 def prefit_bias_fields(files: Sequence[Path], params: PreprocessParams, cache: BiasFieldCache,
                        rules: SelectionRules | None = None, contrast: ContrastRule | None = None,
-                       limit: int = 2) -> list[PrefitSeries]:
+                       limit: int = 2, series_uids: Collection[str] | None = None) -> list[PrefitSeries]:
     """Fit and keep in ``cache`` the brain mask and N4 field of at most ``limit`` candidate
-    series of the study made of ``files`` (:func:`prefit_candidates`). Nothing to do with N4
-    off or a brain segment required from the mask. Raises what loading the volume or the fit
-    raises (``pipeline.errors.PipelineError``)."""
+    series of the study made of ``files`` (:func:`prefit_candidates`), or of the series
+    ``series_uids`` (those a mask that has arrived names). Nothing to do with N4 off or a
+    brain segment required from the mask. Raises what loading the volume or the fit raises
+    (``pipeline.errors.PipelineError``)."""
     rules = rules or SelectionRules()
     if not params.bias_correction or (params.brain_mask_method == "segment" and params.brain_mask_fallback == "error"):
         return []
     index = index_files(files)
     done = []
-    for series in prefit_candidates(list(index.series.values()), contrast or ContrastRule(), rules.image_modality)[:limit]:
+    chosen = ([index.series[uid] for uid in series_uids if uid in index.series] if series_uids is not None else
+              prefit_candidates(list(index.series.values()), contrast or ContrastRule(), rules.image_modality))
+    for series in chosen[:limit]:
         start = time.perf_counter()
         image = series_volume(series, rules).image
         _, kept = cache.get_or_fit(volume_key(image, params), lambda: fit_brain_and_bias(image, None, params))
         done.append(PrefitSeries(series.series_uid, kept, round(time.perf_counter() - start, 3)))
-        logger.info("study %s: bias field of series %s fitted ahead of the mask in %.2f s%s", index.study_uid,
-                    series.series_uid, done[-1].seconds, " (already kept)" if kept else "")
+        logger.info("study %s: bias field of series %s fitted ahead of %s in %.2f s%s", index.study_uid,
+                    series.series_uid, "the mask" if series_uids is None else "the job", done[-1].seconds,
+                    " (already kept)" if kept else "")
     return done

@@ -67,10 +67,15 @@ def test_a_mask_sent_before_its_images_starts_the_job_when_the_last_image_is_in(
     # the SR is the answer for the whole study: the same probability as the study read at once
     [sr] = [ds for ds in pacs.received if str(ds.SOPClassUID) in SR_CLASSES]
     assert sr.StudyInstanceUID == study.study_uid
-    expected = FoldEnsemble.load(bundle, device="cpu")
-    model_input = preprocess(load_study(study.folder), expected.manifest.preprocessing)
-    assert np.isclose(job.result["probability"], expected.predict(model_input.array).probability, atol=2e-6)
+    _assert_the_answer_of_the_study_read_at_once(job, bundle, study.folder)
     assert job.result["selection"]["series_uid"] == study.image_series_uid
+
+
+def _assert_the_answer_of_the_study_read_at_once(job: JobView, bundle: Path, study: Path) -> None:
+    """The job's probability is the one the bundle gives the whole study read from its folder."""
+    expected = FoldEnsemble.load(bundle, device="cpu")
+    model_input = preprocess(load_study(study), expected.manifest.preprocessing)
+    assert np.isclose(job.result["probability"], expected.predict(model_input.array).probability, atol=2e-6)
 
 
 def _send_last_and_wait_for_the_sr(node: Node, pacs: PynetdicomPacs, folder: Path) -> tuple[JobView, float]:
@@ -165,9 +170,7 @@ def test_images_first_then_the_mask_takes_the_bias_field_fitted_while_it_waited(
         node.close()
         pacs.stop()
 
-    expected = FoldEnsemble.load(bundle, device="cpu")
-    model_input = preprocess(load_study(study.folder), expected.manifest.preprocessing)
-    assert np.isclose(job.result["probability"], expected.predict(model_input.array).probability, atol=2e-6)
+    _assert_the_answer_of_the_study_read_at_once(job, bundle, study.folder)
 
 
 def test_a_study_that_cannot_be_fitted_ahead_is_said_once_and_left_to_its_job(tmp_path, phantom_study, caplog) -> None:
@@ -231,6 +234,39 @@ def test_a_mask_arriving_at_any_receive_process_scans_at_once_not_at_the_interva
         worker.stop()
         node.close()
         pacs.stop()
+
+
+def test_a_study_sent_whole_has_its_bias_field_fitted_from_the_masks_arrival_during_the_settle(
+        tmp_path, phantom_study, caplog) -> None:
+    """Images and mask in one association: the study is complete by content when the mask
+    arrives but queued only when its series' settle has passed (3 s here). The N4 field of the
+    series the mask names is fitted from the mask's arrival, so the job takes that fit (no brain
+    mask or N4 of its own) and the answer is the one the study read at once gives."""
+    study = phantom_study("axial2d", "seg")
+    pacs = PynetdicomPacs(tmp_path / "pacs")
+    node = Node(tmp_path, pacs.port)
+    bundle = write_random_bundle(tmp_path / "bundle")
+    node.activate(bundle)
+    worker = _worker(node, "settling", study_stable_seconds=300.0, content_settle_seconds=3.0,
+                     scan_interval_seconds=300.0, claim_interval_seconds=300.0)
+    worker.wake_on_masks(node.scp.mask_arrivals)
+    caplog.set_level("INFO", logger="pipeline.prefit")
+    try:
+        worker.start()
+        time.sleep(0.5)  # the scan at the start has run
+        job, _ = _send_last_and_wait_for_the_sr(node, pacs, study.folder)
+        assert job.queued_because.startswith("complete by content"), job.queued_because
+        assert job.result["timings_s"]["preprocess.brain_mask"] == 0.0, job.result["timings_s"]  # the fit begun at arrival
+        assert len(worker.bias_fits) == 1
+        said = [r.getMessage() for r in caplog.records if "fitted ahead of the job" in r.getMessage()]
+        assert said == [f"study {study.study_uid}: bias field of series {study.image_series_uid} fitted ahead of the job "
+                        f"in {said[0].rsplit(' in ', 1)[1]}"], said
+    finally:
+        worker.stop()
+        node.close()
+        pacs.stop()
+
+    _assert_the_answer_of_the_study_read_at_once(job, bundle, study.folder)
 
 
 def test_without_a_mask_arrival_the_interval_alone_scans(tmp_path, phantom_study) -> None:
