@@ -241,11 +241,16 @@ class CompleteByContent:
     last_received_at: datetime
 
 
-def studies_complete_by_content(session: Session) -> list[CompleteByContent]:
-    """The waiting studies complete by content (:func:`study_readiness`), their settle over or
-    not: what the worker fits the bias field of when the mask arrives, while the settle runs."""
+def studies_complete_by_content(session: Session, within_seconds: float,
+                                now: datetime | None = None) -> list[CompleteByContent]:
+    """The waiting studies complete by content (:func:`study_readiness`) that received an
+    instance in the last ``within_seconds`` (their settle over or not): what the worker fits
+    the bias field of when a mask arrives, while the settle runs. Studies quiet for longer are
+    not read (a node may hold hundreds waiting for their masks)."""
+    recent = (now or utcnow()) - timedelta(seconds=within_seconds)
     found = []
-    for job in session.scalars(select(Job).where(Job.state == JobState.WAITING).order_by(Job.id)).all():
+    for job in session.scalars(select(Job).join(Study, Job.study_id == Study.id).where(
+            Job.state == JobState.WAITING, Study.last_received_at >= recent).order_by(Job.id)).all():
         readiness = study_readiness(session, job.study)
         if readiness.ready and readiness.by_content and readiness.named_series_ids:
             series = tuple(sorted(session.scalars(select(Series.series_uid)

@@ -213,7 +213,8 @@ class Worker:
             return
         with self.sessions() as session:
             model = bundles.active(session)
-            complete = studies_complete_by_content(session) if model is not None else []
+            complete = (studies_complete_by_content(session, self.settings.content_settle_seconds + 1.0)
+                        if model is not None else [])
         tried = {(study.study_uid, study.last_received_at) for study in complete}
         self._settle_fitted &= tried
         self._settle_fits = [thread for thread in self._settle_fits if thread.is_alive()]

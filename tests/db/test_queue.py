@@ -319,9 +319,14 @@ def test_a_study_complete_by_its_content_is_queued_after_a_short_settle_not_the_
     with sessions.begin() as s:
         assert queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=10), content_settle_seconds=2.0) == []
         assert s.scalars(select(Job)).one().reason.startswith("incomplete: 1 of the 5 images")
+        assert queue.studies_complete_by_content(s, 30.0, T0 + timedelta(seconds=10)) == []  # one image short
     receive(sessions, rec("6.1", "6.1.1", slices[4]), T0 + timedelta(seconds=11))
     with sessions.begin() as s:
         assert queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=12), content_settle_seconds=2.0) == []  # settling
+        # complete, still settling: what the worker fits N4 for at the mask's arrival; not once long quiet
+        [complete] = queue.studies_complete_by_content(s, 3.0, T0 + timedelta(seconds=12))
+        assert (complete.study_uid, complete.series_uids) == ("6.1", ("6.1.1",))
+        assert queue.studies_complete_by_content(s, 3.0, T0 + timedelta(seconds=15)) == []
     with sessions.begin() as s:
         [job] = queue.scan_waiting_jobs(s, 30.0, T0 + timedelta(seconds=13.5), content_settle_seconds=2.0)
     assert job.state == "queued" and job.queued_because.startswith("complete by content: the mask and the 5 images")
