@@ -4,8 +4,9 @@ cohort (issue 27, item 1).
 Each study goes through the node's own preprocessing with the bundle's parameters
 (:func:`pipeline.prepare.prepare_study`, cached like training's), then through the bundle's
 :class:`pipeline.model.infer.FoldEnsemble` one study at a time, as a job does: the K fold
-models on the study's slices, slice aggregation per fold, calibration per fold, the folds'
-mean, the threshold (:func:`pipeline.model.aggregate.served_probability`). The probability of
+models on the study's slices, slice aggregation per fold, the folds' mean on the bundle's
+scale (their logits, for a bundle trained now), the calibration, the threshold
+(:func:`pipeline.model.aggregate.served_probability`). The probability of
 a case is the one the node's SR gives for the same study.
 
 Written to the output folder (atomically, like a bundle): ``report.md``, ``report.json``
@@ -171,6 +172,7 @@ def _report(bundle: Path, manifest: Manifest, cohort_csv: Path, scored: list[Eva
         "bundle": {"path": str(bundle), "name": manifest.name, "version": manifest.version,
                    "device_uid": manifest.device_uid, "folds": len(manifest.folds),
                    "slice_aggregation": manifest.slice_aggregation, "fold_aggregation": manifest.fold_aggregation,
+                   "fold_scale": manifest.fold_scale,
                    "calibration": calibration.to_dict(), "calibration_text": calibration.describe(),
                    "threshold": manifest.threshold, "threshold_rule": manifest.threshold_rule or "not recorded",
                    "cross_validated_auc": manifest.metrics.get("pooled_patient_auc"),
@@ -206,8 +208,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# {report['title']}", "", f"> {report['statement']}", "",
              "## Bundle (as served)",
              f"- {b['name']} {b['version']} ({b['folds']} folds), `{b['path']}`, device UID {b['device_uid']}.",
-             f"- Rule: slices by {b['slice_aggregation']} per fold model, calibration {b['calibration_text']}, folds by "
-             f"{b['fold_aggregation']}; threshold {b['threshold']:.3f} ({b['threshold_rule']}).",
+             f"- Rule: slices by {b['slice_aggregation']} per fold model, folds by the {b['fold_aggregation']} of their "
+             f"{b['fold_scale']}s, then calibration {b['calibration_text']}; threshold {b['threshold']:.3f} "
+             f"({b['threshold_rule']}).",
              f"- Cross-validated AUC recorded in the bundle: {_fmt(b['cross_validated_auc'])} "
              f"({_ci(b['cross_validated_auc_ci'])}).",
              "", "## Preprocessing (the bundle's)", ""] + [f"- {line}" for line in report["preprocessing_text"]]
@@ -248,7 +251,7 @@ def _write(folder: Path, report: dict[str, Any], scored: list[EvaluatedCase], fa
         writer = csv.writer(handle)
         writer.writerow(["patient_id", "study_uid", "label", "probability", "status", "raw_score", "fold_sd", "fold_min",
                          "fold_max", "series_uid", "mask_sop_uid", "mask_kind", "manufacturer", "field_strength_t",
-                         "slice_thickness_mm", "acquisition", "failure"])
+                         "slice_thickness_mm", "acquisition", "institution", "failure"])
         for c in scored + failed:
             folds = np.array(c.fold_probabilities) if c.fold_probabilities else None
             writer.writerow([c.patient_id, c.study_uid, c.label,
@@ -259,7 +262,7 @@ def _write(folder: Path, report: dict[str, Any], scored: list[EvaluatedCase], fa
                              "" if folds is None else f"{folds.max():.6f}",
                              *[c.attributes.get(k) if c.attributes.get(k) is not None else ""
                                for k in ("series_uid", "mask_sop_uid", "mask_kind", "manufacturer", "field_strength_t",
-                                         "slice_thickness_mm", "acquisition")],
+                                         "slice_thickness_mm", "acquisition", "institution")],
                              c.failure])
     y = np.array([c.label for c in scored])
     p = np.array([c.probability for c in scored], dtype=np.float64)

@@ -119,8 +119,8 @@ def deviations_from_paper(settings: TrainSettings, params: PreprocessParams, ser
                                   f"{served.threshold:.3f} on the calibrated scale; the paper thresholded the network's "
                                   "score at 0.5" if served.calibration.applied
                                   else "the network's score, uncalibrated, as the paper") + ".")
-    out.append("Fold combination: the node averages the fold models' probabilities (the paper reported each fold model "
-               "on its own test fold only).")
+    out.append("Fold combination: the node takes the mean of the fold models' patient scores on the logit scale, then "
+               "applies the calibration (the paper reported each fold model on its own test fold only).")
     return out
 
 
@@ -236,9 +236,8 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
                           "threshold_rule": served.threshold_rule, "fold_aggregation": "mean", "fold_scale": "logit",
                           "calibration": served.calibration.describe()
                           + (f"; fitted on ensembles of {served.ensemble_size} out-of-fold models per patient (the "
-                             "repeats)" if served.ensemble_size > 1 else "; fitted on one out-of-fold model per patient: "
-                             "on the ensemble it serves it tends to be under-confident (--repeats 5 fits it on "
-                             "ensembles of 5)")},
+                             "repeats)" if served.ensemble_size > 1 and "while the node serves" not in
+                             served.calibration.note else "")},
         "headline": headline,
         "served_rule": _served_json(served),
         "as_selected_per_fold": {**first.selected, "statement": FOLD_STATEMENT},
@@ -398,7 +397,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if p:
         lines += ["", "## Permutation test", "",
                   f"- {p['permutations']} trainings on shuffled labels with the same folds and seed: AUC mean "
-                  f"{_fmt(p['mean'])}, max {_fmt(p['max'])}; the real AUC {_fmt(p['real_auc'])}; permutation p = "
+                  f"{_fmt(p['mean'])}, max {_fmt(p['max'])}; the real AUC {_fmt(p['real_auc'])} (as each permutation's: "
+                  "the first run's pooled out-of-fold score, uncalibrated); permutation p = "
                   f"{_fmt(p['p_value'], 3)} ((1 + permutations at least as high) / (1 + permutations))."]
     r = report["repeats"]
     sel = report["as_selected_per_fold"]

@@ -4,9 +4,10 @@ Training draws the minority class up to a 1:1 prior (oversampling) and, with the
 recipe, mixes images and optimises a soft F1: the network's softmax is a score, not the
 probability of an EGFR mutation in the cohort it came from. Training fits a map from one
 fold model's patient score to the observed outcome on the pooled out-of-fold patients (each
-scored by the fold model that never saw it) and stores it in the bundle; the node applies it
-to each fold model's patient score before the folds are averaged
-(:func:`pipeline.model.aggregate.served_probability`).
+scored by the fold models that never saw it, combined as the bundle combines its folds) and
+stores it in the bundle; the node applies it to the folds' combined score (the mean of their
+logits for a bundle trained now, of their probabilities for an older one;
+:func:`pipeline.model.aggregate.served_probability`).
 
 - ``logistic`` (the default, Platt scaling): ``p = sigmoid(a + b * logit(score))``, fitted by
   scikit-learn's unpenalised logistic regression (maximum likelihood). Only when the scores

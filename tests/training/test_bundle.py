@@ -88,6 +88,9 @@ def test_report_files_and_statements(tiny_bundle: Path) -> None:
     assert "## The served rule, out of fold" in text and "egfr-node evaluate" in text
     served = report["served_rule"]
     assert served["calibration"]["method"] == "logistic" and served["calibration"]["patients"] == 30
+    # one repeat: the map says, wherever it is shown, that it was fitted on single fold models
+    assert "fitted on one fold model's score per patient while the node serves the mean of" in served["calibration"]["note"]
+    assert "Fold combination: the node takes the mean of the fold models' patient scores on the logit scale" in text
     assert served["out_of_fold"]["auc"] == report["metrics_summary"]["pooled_patient_auc"]
     assert report["headline"]["calibration_raw"]["brier"] is not None
     assert report["selection_mode"] == "nested" and report["pretrained"] is False
