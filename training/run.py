@@ -161,10 +161,12 @@ def default_bundle_name(settings: TrainSettings) -> str:
 
 
 def permutation_test(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: TrainSettings, real: CVRun,
-                     served: ServedRule, progress: bool = True, checkpoints: Path | None = None) -> dict[str, Any]:
+                     progress: bool = True, checkpoints: Path | None = None) -> dict[str, Any]:
     """``settings.permutations`` trainings on shuffled labels, with the real run's folds and seed:
-    the permutation p-value of the real served-rule AUC, (1 + #{AUC_perm >= AUC}) / (1 + N)."""
-    real_auc = served.figures["auc"]
+    the permutation p-value of the real AUC, (1 + #{AUC_perm >= AUC}) / (1 + N). Both AUCs are
+    computed alike: one run's pooled out-of-fold score under the bundle's aggregation,
+    uncalibrated (an ensemble of repeats, or an isotonic map's ties, would make them differ)."""
+    real_auc = auc(labels, fit_served_rule([real], settings.replace(bootstrap=0), real.seed).raw)
     aucs = []
     for i in range(settings.permutations):
         permuted = np.random.default_rng([settings.seed, 0x9E57, i]).permutation(labels)
@@ -274,7 +276,7 @@ def train_bundle(
                 for r in range(settings.repeats)]
         first = runs[0]
         served = fit_served_rule(runs, settings, first.seed)
-        permutations = permutation_test(prepared.inputs, labels, groups, settings, first, served, progress,
+        permutations = permutation_test(prepared.inputs, labels, groups, settings, first, progress,
                                         checkpoints=checkpoints) if settings.permutations else None
     finally:
         torch.set_num_threads(previous_threads)
