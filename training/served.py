@@ -30,7 +30,7 @@ ensemble of K models does on patients none of them saw is measured by ``egfr-nod
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -77,6 +77,13 @@ def _served(scores: np.ndarray, how: str, calibration: Calibration) -> np.ndarra
                      for i in range(scores.shape[1])])
 
 
+def single_model_note(repeats: int, folds: int) -> str:
+    """What the calibration's own record says when it was fitted on smaller ensembles than served."""
+    fitted = "one fold model's score" if repeats == 1 else f"the mean of {repeats} fold models' scores"
+    return (f"fitted on {fitted} per patient while the node serves the mean of {folds}: on new patients the served "
+            f"probability tends to be under-confident (train with --repeats {folds} to fit it on ensembles of {folds})")
+
+
 def fit_served_rule(runs: Sequence[Any], settings: TrainSettings, seed: int) -> ServedRule:
     """Fix the served rule on ``runs`` (:class:`training.run.CVRun`, the repeats; the first is
     the bundle's) and measure it out of fold."""
@@ -86,6 +93,9 @@ def fit_served_rule(runs: Sequence[Any], settings: TrainSettings, seed: int) -> 
     every = np.stack([r.oof_scores for r in runs])  # [R, N, S]
     raw = _served(every, how, Calibration())
     calibration = fit_calibration(labels, raw, settings.calibration)
+    if calibration.applied and len(runs) < len(run.results):
+        calibration = replace(calibration, note="; ".join(filter(None, [calibration.note, single_model_note(
+            len(runs), len(run.results))])))
     scale = "the calibrated probability" if calibration.applied else "the uncalibrated score"
     if settings.selection == "nested":
         raw_threshold = float(np.median([r.threshold for r in run.results]))
