@@ -11,6 +11,7 @@ from pathlib import Path
 from pynetdicom.sop_class import Comprehensive3DSRStorage
 
 from db.audit import list_audit
+from pipeline.model.bundle import Manifest
 from tests.node.bundles import write_random_bundle
 from tests.node.peers import PynetdicomPacs
 from tests.node.process import cli, free_port, write_config
@@ -57,6 +58,17 @@ def test_each_kind_is_refused_with_its_reason_and_force_activates_it_audited(tmp
     assert [r.action for r in rows] == ["activate --force"] + ["activate"] * len(CASES)
     assert rows[0].outcome.startswith("bundle 4") and reason in rows[0].outcome and rows[0].user.startswith("shell")
     assert all(r.outcome.startswith("refused") for r in rows[1:])
+
+
+def test_the_threshold_guard_holds_both_ends_of_its_range(tmp_path: Path) -> None:
+    """[0.05, 0.95] inclusive: a threshold just above the top refuses as one just below the bottom."""
+    concerns = {threshold: Manifest.read(write_random_bundle(tmp_path / str(threshold), threshold=threshold,
+                                                             metrics=MEASURED)).activation_concerns()
+                for threshold in (0.04, 0.05, 0.5, 0.95, 0.96)}
+    assert concerns[0.05] == concerns[0.5] == concerns[0.95] == []
+    for threshold in (0.04, 0.96):
+        [reason] = concerns[threshold]
+        assert reason.startswith(f"decision threshold {threshold:g} on the ") and "outside [0.05, 0.95]" in reason
 
 
 def test_a_measured_bundle_activates_without_force(tmp_path: Path) -> None:

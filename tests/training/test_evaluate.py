@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from training.evaluate import EvaluationError, evaluate_bundle
+from training.evaluate import SUBGROUPS, EvaluationError, evaluate_bundle
 
 pytestmark = pytest.mark.timeout(1200)  # the session's learned and shuffled bundles train first when run alone
 
@@ -53,6 +54,11 @@ def test_a_learned_bundle_separates_patients_it_never_saw(learned_bundle, heldou
         rows = list(csv.DictReader(handle))
     assert len(rows) == 21 and sum(1 for r in rows if r["failure"]) == 1
     assert all(r["probability"] and r["status"] in ("positive", "negative") for r in rows if not r["failure"])
+    # every scored patient in one band of each subgroup attribute, as cases.csv says
+    for name, _ in SUBGROUPS:
+        assert sum(g["patients"] for g in report["subgroups"] if g["attribute"] == name) == 20, name
+    acquisition = {g["value"]: g["patients"] for g in report["subgroups"] if g["attribute"] == "acquisition"}
+    assert acquisition == Counter(r["acquisition"] for r in rows if not r["failure"]) == {"3D": 20}  # 1 mm 3D phantoms
     for name in ("roc.png", "calibration.png", "decision.png"):
         assert (tmp_path / "eval" / name).read_bytes()[:4] == b"\x89PNG"
     assert outcome.cases[-1].failure and outcome.folder == (tmp_path / "eval").absolute()
