@@ -323,6 +323,7 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
     h = outcome.report["headline"]
     d = outcome.report["data"]
     print(f"recipe: {outcome.report['recipe_text']}")
+    print(f"calibration: {outcome.report['bundle_choice']['calibration']}")
     print(f"bundle {outcome.bundle}: {d['patients_used']} patients ({d['positive']} positive), "
           f"{len(d['failures'])} failed; pooled out-of-fold patient AUC {h['auc'] if h['auc'] is not None else 'n/a'} "
           f"(95% CI {h['auc_ci95']}), selection {settings.selection}")
