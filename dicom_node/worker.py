@@ -26,6 +26,7 @@ receive path.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -223,7 +224,8 @@ class Worker:
                 continue
             self._settle_fitted.add((study.study_uid, study.last_received_at))
             ensemble = self._ensemble(model)
-            thread = threading.Thread(target=self._prefit, args=(study.study_uid, ensemble, study.series_uids),
+            fit = functools.partial(self._prefit, study.study_uid, ensemble, study.series_uids)
+            thread = threading.Thread(target=self._guard, args=("fit-while-settling", fit),
                                       name=f"settle-fit-{study.job_id}", daemon=True)
             thread.start()
             self._settle_fits.append(thread)
