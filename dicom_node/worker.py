@@ -214,13 +214,14 @@ class Worker:
             return
         with self.sessions() as session:
             model = bundles.active(session)
-            complete = (studies_complete_by_content(session, self.settings.content_settle_seconds + 1.0)
-                        if model is not None else [])
+            if model is None:
+                return
+            complete = studies_complete_by_content(session, self.settings.content_settle_seconds + 1.0)
         tried = {(study.study_uid, study.last_received_at) for study in complete}
         self._settle_fitted &= tried
         self._settle_fits = [thread for thread in self._settle_fits if thread.is_alive()]
         for study in complete:
-            if model is None or self._stopping.is_set() or (study.study_uid, study.last_received_at) in self._settle_fitted:
+            if self._stopping.is_set() or (study.study_uid, study.last_received_at) in self._settle_fitted:
                 continue
             self._settle_fitted.add((study.study_uid, study.last_received_at))
             ensemble = self._ensemble(model)

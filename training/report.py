@@ -236,8 +236,8 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
                           "threshold_rule": served.threshold_rule, "fold_aggregation": "mean", "fold_scale": "logit",
                           "calibration": served.calibration.describe()
                           + (f"; fitted on ensembles of {served.ensemble_size} out-of-fold models per patient (the "
-                             "repeats)" if served.ensemble_size > 1 and "while the node serves" not in
-                             served.calibration.note else "")},
+                             "repeats)" if 1 < served.ensemble_size and len(first.results) <= served.ensemble_size
+                             else "")},
         "headline": headline,
         "served_rule": _served_json(served),
         "as_selected_per_fold": {**first.selected, "statement": FOLD_STATEMENT},

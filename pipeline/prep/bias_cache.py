@@ -3,7 +3,8 @@
 N4 is most of a job on a CPU (3.6-5.1 s of it on two cores) and it does not depend on the
 lesion: only on the image, the brain mask and the parameters. A radiologist's mask usually
 reaches the node minutes after the images, so the worker fits the field while the study
-waits for its mask (:mod:`pipeline.prefit`; for a study sent whole, from the mask's arrival), and the job takes it from here.
+waits for its mask (:mod:`pipeline.prefit`; a study sent whole, from the mask's arrival), and
+the job takes it from here.
 
 The key is the content, not a name: a SHA-256 of the volume's voxels and grid, the brain
 segment when the recipe uses one, and every preprocessing parameter. A series that changed
