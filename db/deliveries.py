@@ -1,6 +1,8 @@
 """Deliveries: one result instance to one destination (DESIGN.md "States").
 
 pending -> sent                first try succeeded
+(sent)                         sent by the worker while its job ran (the SR while the card was
+                               drawn), recorded sent with the job's result
 pending|retrying -> retrying   a try failed; the next one waits ``backoff`` (doubling, jittered)
 retrying -> failed             ``max_attempts`` tries failed; the last reason is kept
 
@@ -15,13 +17,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from db.engine import rowcount
-from db.models import Delivery, DeliveryState, Instance, utcnow
+from db.instances import instance_path
+from db.models import Delivery, DeliveryState, utcnow
 
 __all__ = ["DeliveryView", "RetryPolicy", "create_deliveries", "claim_due", "mark_sent", "mark_failed_try",
            "deliveries_of_job"]
@@ -69,10 +72,14 @@ class DeliveryView:
 
 
 def create_deliveries(session: Session, job_id: int, sop_instance_uids: Sequence[str], destinations: Sequence[str],
-                      now: datetime | None = None) -> list[int]:
-    """One pending delivery per (instance, destination), due now."""
+                      now: datetime | None = None, sent: Collection[tuple[str, str]] = ()) -> list[int]:
+    """One delivery per (instance, destination): pending and due now, or ``sent`` (one try, sent
+    now) for the (instance, destination) pairs the worker sent while the job ran."""
     now = now or utcnow()
-    rows = [Delivery(job_id=job_id, sop_instance_uid=uid, destination=name, state=DeliveryState.PENDING, attempts=0,
+    rows = [Delivery(job_id=job_id, sop_instance_uid=uid, destination=name, state=DeliveryState.SENT, attempts=1,
+                     next_attempt_at=None, sent_at=now, created_at=now, updated_at=now)
+            if (uid, name) in sent else
+            Delivery(job_id=job_id, sop_instance_uid=uid, destination=name, state=DeliveryState.PENDING, attempts=0,
                      next_attempt_at=now, created_at=now, updated_at=now)
             for name in destinations for uid in sop_instance_uids]
     session.add_all(rows)
@@ -88,7 +95,7 @@ def _get(session: Session, delivery_id: int) -> Delivery:
 
 
 def _path_of(session: Session, sop_instance_uid: str) -> str:
-    return session.scalar(select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid)) or ""
+    return instance_path(session, sop_instance_uid) or ""
 
 
 def claim_due(session: Session, lease_seconds: float, now: datetime | None = None, limit: int = 50) -> list[DeliveryView]:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Instance, Series, Study
 
-__all__ = ["received_study_paths", "recorded_node_instances"]
+__all__ = ["received_study_paths", "node_instance_paths", "instance_path"]
 
 
 def received_study_paths(session: Session, study_uid: str) -> list[str]:
@@ -23,7 +23,14 @@ def received_study_paths(session: Session, study_uid: str) -> list[str]:
     ))
 
 
-def recorded_node_instances(session: Session, sop_uids: Collection[str]) -> set[str]:
-    """Which of these SOP Instance UIDs the node has already archived as its own results."""
-    return set(session.scalars(select(Instance.sop_instance_uid).where(
-        Instance.sop_instance_uid.in_(list(sop_uids)), Instance.origin == "node")))
+def node_instance_paths(session: Session, sop_uids: Collection[str]) -> dict[str, str]:
+    """The archive paths (relative) of those of these SOP Instance UIDs the node has already
+    archived as its own results, by UID."""
+    rows = session.execute(select(Instance.sop_instance_uid, Instance.path).where(
+        Instance.sop_instance_uid.in_(list(sop_uids)), Instance.origin == "node"))
+    return {uid: path for uid, path in rows}
+
+
+def instance_path(session: Session, sop_uid: str) -> str | None:
+    """The archive path (relative) of an instance, received or the node's own; None if absent."""
+    return session.scalar(select(Instance.path).where(Instance.sop_instance_uid == sop_uid))

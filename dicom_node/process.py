@@ -2,14 +2,16 @@
 
 DESIGN.md data flow. :func:`run_job` takes a claimed job and the bundle it was claimed with,
 and returns what the job record keeps (model, selection, scores, probability, status, the
-result instances' UIDs, per-stage times). Deliveries are created by the caller in the same
-transaction that marks the job done (``dicom_node.worker``). Every result (the SR, the SEG
-derived from an RTSTRUCT, the result card) gets its SOP Instance UID here and is archived
-with ``origin="node"`` before anything is sent: a retry re-sends the same instance, and the
-node never treats its own results as input. The UIDs of a job's results follow from the job
-and its bundle (:func:`result_uids`), so a job retried after its results were archived (a
-worker killed before it could mark the job done) reuses the SR, SEG and card it built
-instead of leaving unsent copies; a replay or rerun is a new job and builds new ones.
+result instances' UIDs, per-stage times). Every result (the SEG derived from an RTSTRUCT or an
+outline, the SR, the result card, built in that order) gets its SOP Instance UID here and is
+archived with ``origin="node"`` before anything is sent; each is handed to ``on_archived`` as
+soon as it is archived, so the worker sends the SR while the card is drawn (issue 30), and
+records those sends with the job's deliveries in the transaction that marks the job done
+(``dicom_node.worker``). A retry re-sends the same instance, and the node never treats its
+own results as input. The UIDs of a job's results follow from the job and its bundle
+(:func:`result_uids`), so a job retried after some of its results were archived (a worker
+killed part-way) reuses those and builds only what is missing, instead of leaving unsent
+copies; a replay or rerun is a new job and builds new ones.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.instances import received_study_paths, recorded_node_instances
+from db.instances import node_instance_paths, received_study_paths
 from db.sop_classes import OUTLINE
 from dicom_node.store.archive import Archive
 from dicom_node.config import Config
@@ -44,6 +47,10 @@ __all__ = ["JobContext", "run_job", "run_shadow", "result_uids"]
 
 #: The UIDs each job's results need (instance and series of each object, the SEG's tracking UID).
 RESULT_UID_KINDS = ("sr", "sr_series", "seg", "seg_series", "seg_tracking", "card", "card_series")
+
+#: Told the SOP Instance UID of each result of a job as soon as it is archived (the SR before the
+#: card is drawn): the worker's early send (``dicom_node.sending.EarlySend.archived``).
+Archived = Callable[[str], None]
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +120,14 @@ def lesion_centroid_lps(lesion: sitk.Image) -> tuple[float, float, float]:
 
 
 def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: str | None = None,
-            activated_despite: str = "", keep: dict[str, Any] | None = None) -> JobResult:
+            activated_despite: str = "", keep: dict[str, Any] | None = None,
+            on_archived: Archived | None = None) -> JobResult:
     """Run the pipeline on ``study_uid`` with ``ensemble``; archive the results (or reuse those
     an earlier attempt of the job ``job_key`` names archived); return the record.
     ``activated_despite``: the guards the bundle was activated over (``models activate
     --force``), said in the SR's algorithm parameters. ``keep``: a dict that receives the
-    prepared study (``"prepared"``), for the shadow bundle to reuse.
+    prepared study (``"prepared"``), for the shadow bundle to reuse. ``on_archived``: told the
+    UID of each result as soon as it is archived, before the next is built.
 
     Raises ``pipeline.errors.PipelineError`` (one line) when the study cannot be used.
     """
@@ -135,8 +144,7 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
     prediction = ensemble.predict(prepared.model_input.array)
     lap("infer")
     uids = result_uids(study_uid, job_key, manifest.device_uid, manifest.version)
-    instances = _reused(ctx, prepared, uids) or _build_and_archive(ctx, prepared, prediction, ensemble, uids, contrast,
-                                                                   activated_despite)
+    instances = _build_and_archive(ctx, prepared, prediction, ensemble, uids, contrast, activated_despite, on_archived)
     lap("report")
     study = prepared.study
     slices = prepared.model_input.provenance["slices"]
@@ -164,24 +172,28 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
     )
 
 
-def _reused(ctx: JobContext, prepared: PreparedStudy, uids: dict[str, str]) -> ResultInstances | None:
-    """The results an earlier attempt of this job archived, when its SR is there (the SR is
-    archived last, after the SEG and the card); None otherwise."""
-    with ctx.sessions() as session:
-        recorded = recorded_node_instances(session, [uids["sr"], uids["seg"], uids["card"]])
-    if uids["sr"] not in recorded:
-        return None
-    log.info("study %s: results of an earlier attempt reused (SR %s)", prepared.study.study_uid, uids["sr"],
-             extra={"study_uid": prepared.study.study_uid})
-    return ResultInstances(sr=uids["sr"], seg=uids["seg"] if uids["seg"] in recorded else None,
-                           card=uids["card"] if uids["card"] in recorded else None)
-
-
 def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Prediction, ensemble: FoldEnsemble,
-                       uids: dict[str, str], contrast: str = "", activated_despite: str = "") -> ResultInstances:
-    """SEG (when the lesion came from an RTSTRUCT), SR and result card, each archived as the
-    node's own, with the UIDs ``uids`` (:func:`result_uids`)."""
+                       uids: dict[str, str], contrast: str = "", activated_despite: str = "",
+                       on_archived: Archived | None = None) -> ResultInstances:
+    """The SEG (when the lesion came from an RTSTRUCT or an outline: the SR references it), the SR
+    and the result card, in that order, each archived as the node's own with the UIDs ``uids``
+    (:func:`result_uids`) and handed to ``on_archived`` before the next is built. One an
+    earlier attempt of this job archived is reused, not built again."""
     study, config = prepared.study, ctx.config
+    with ctx.sessions() as session:
+        earlier = node_instance_paths(session, [uids["seg"], uids["sr"], uids["card"]])
+    if earlier:
+        log.info("study %s: %s of an earlier attempt reused", study.study_uid,
+                 ", ".join(kind.upper() for kind in ("seg", "sr", "card") if uids[kind] in earlier),
+                 extra={"study_uid": study.study_uid})
+
+    def archived(uid: str, build: Callable[[], Dataset]) -> str:
+        if uid not in earlier:
+            _archive(ctx, build())
+        if on_archived is not None:
+            on_archived(uid)
+        return uid
+
     algorithm = _algorithm(ensemble, config, contrast, activated_despite)
     calibrated = ensemble.manifest.calibration_map.applied
     used = sorted({uid for k in prepared.model_input.provenance["slices"]["indices"] for uid in study.source_sop_uids[k]})
@@ -194,46 +206,52 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
         segment = study.lesion_number
         tracking_id, tracking_uid = _segment_tracking(seg, segment)
     else:
-        segment, tracking_id, tracking_uid = 1, None, None
-        lesion = study.lesion
-        # a viewer outline keeps its measurement group's tracking identity: the node's SEG and SR
-        # name the lesion the radiologist outlined (issue 31)
-        outlined = study.selection["lesion"] if study.mask_kind == OUTLINE else {}
-        seg = seg_from_volume_mask(
-            _series_headers(prepared), sitk.GetArrayViewFromImage(lesion).astype(np.uint8),
-            lesion.GetOrigin(), lesion.GetSpacing(), lesion.GetDirection(),
-            segment_label=(study.lesion_label or "Lesion")[:64],
-            tracking_id=(outlined.get("tracking_id") or f"Lesion {study.lesion_number}")[:64],
-            tracking_uid=outlined.get("tracking_uid") or uids["seg_tracking"], sop_instance_uid=uids["seg"],
-            series_instance_uid=uids["seg_series"], drawn_as="outline" if study.mask_kind == OUTLINE else "RTSTRUCT",
-            manufacturer=config.report.manufacturer[:64], software_version=ensemble.manifest.version[:64],
-            device_uid=ensemble.manifest.device_uid, created=created,
-        )
+        segment = 1
+        if uids["seg"] in earlier:
+            seg = dcmread(ctx.archive.path(earlier[uids["seg"]]), stop_before_pixels=True)
+        else:
+            lesion = study.lesion
+            # a viewer outline keeps its measurement group's tracking identity: the node's SEG and SR
+            # name the lesion the radiologist outlined (issue 31)
+            outlined = study.selection["lesion"] if study.mask_kind == OUTLINE else {}
+            seg = seg_from_volume_mask(
+                _series_headers(prepared), sitk.GetArrayViewFromImage(lesion).astype(np.uint8),
+                lesion.GetOrigin(), lesion.GetSpacing(), lesion.GetDirection(),
+                segment_label=(study.lesion_label or "Lesion")[:64],
+                tracking_id=(outlined.get("tracking_id") or f"Lesion {study.lesion_number}")[:64],
+                tracking_uid=outlined.get("tracking_uid") or uids["seg_tracking"], sop_instance_uid=uids["seg"],
+                series_instance_uid=uids["seg_series"], drawn_as="outline" if study.mask_kind == OUTLINE else "RTSTRUCT",
+                manufacturer=config.report.manufacturer[:64], software_version=ensemble.manifest.version[:64],
+                device_uid=ensemble.manifest.device_uid, created=created,
+            )
         tracking_id, tracking_uid = _segment_tracking(seg, 1)
-        derived_seg_uid = _archive(ctx, seg)
+        derived_seg_uid = archived(uids["seg"], lambda: seg)
     finding = LesionFinding(
         segment_number=segment, tracking_id=(tracking_id or f"Lesion {segment}")[:64],
         tracking_uid=tracking_uid or uids["seg_tracking"], probability=float(np.clip(prediction.probability, 0.0, 1.0)),
         positive=prediction.positive, calibrated=calibrated,
     )
-    lesion_point = nearest_image_point(sources, lesion_centroid_lps(study.lesion))
-    outline_report = study.mask_instance.header if study.mask_kind == OUTLINE and study.mask_instance else None
-    sr = build_sr(sources, seg, finding, algorithm, lesion_point=lesion_point, sop_instance_uid=uids["sr"],
-                  mask_report=outline_report,
-                  series_instance_uid=uids["sr_series"], comprehensive_3d=config.report.sr_sop_class == "comprehensive3d",
-                  institution_name=config.report.institution_name, created=created)
-    card_uid: str | None = None
-    if config.report.result_card:
+
+    def sr() -> Dataset:
+        lesion_point = nearest_image_point(sources, lesion_centroid_lps(study.lesion))
+        outline_report = study.mask_instance.header if study.mask_kind == OUTLINE and study.mask_instance else None
+        return build_sr(sources, seg, finding, algorithm, lesion_point=lesion_point, sop_instance_uid=uids["sr"],
+                        mask_report=outline_report, series_instance_uid=uids["sr_series"],
+                        comprehensive_3d=config.report.sr_sop_class == "comprehensive3d",
+                        institution_name=config.report.institution_name, created=created)
+
+    def card() -> Dataset:
         model_input = prepared.model_input
         if model_input.lesion_mask is None:
             raise RuntimeError(f"study {study.study_uid}: preprocessing kept no lesion mask to draw on the result card")
-        card = build_result_card(
+        return build_result_card(
             sources[0], model_input.array[:, 0], model_input.lesion_mask, [float(v) for v in prediction.slice_scores],
             float(np.clip(prediction.probability, 0.0, 1.0)), prediction.positive, algorithm,
             sop_instance_uid=uids["card"], series_instance_uid=uids["card_series"], calibrated=calibrated, created=created,
         )
-        card_uid = _archive(ctx, card)
-    sr_uid = _archive(ctx, sr)
+
+    sr_uid = archived(uids["sr"], sr)
+    card_uid = archived(uids["card"], card) if config.report.result_card else None
     return ResultInstances(sr=sr_uid, seg=derived_seg_uid, card=card_uid)
 
 

@@ -15,8 +15,10 @@
   (``worker.prefit_cache_mb``): N4 is most of a job on a CPU, and a radiologist's mask
   usually comes minutes after the images. A study sent whole (images and mask together) has
   the fit of the series its mask names started at the mask's arrival, while its settle runs.
-- delivery: due deliveries are sent (``dicom_node.scu``), retried with backoff, failed after
-  ``delivery.max_attempts``.
+- delivery: a running job's results are sent as each is archived (the SR while the card is
+  drawn; ``dicom_node.sending``) and recorded sent with its result; due deliveries (what
+  was not sent so, and every retry) are sent (``dicom_node.scu``), retried with backoff,
+  failed after ``delivery.max_attempts``.
 - retention: finished studies deleted by age and above the disk's high watermark
   (``dicom_node.retention``); it first completes any deletion a killed node left marked.
 
@@ -34,13 +36,13 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import bundles, deliveries
-from db.instances import received_study_paths
+from db.instances import instance_path, received_study_paths
 from db.queue import (
     JobView,
     claim_next,
@@ -58,9 +60,10 @@ from db.queue import (
 )
 from dicom_node.store.archive import Archive
 from dicom_node.log_safety import OutageLog
-from dicom_node.config import Config
+from dicom_node.config import Config, Destination
 from dicom_node.job_result import JobResult, ResendResult, ResultInstances, ShadowResult, result_sop_uids
 from dicom_node.retention import Retention
+from dicom_node.sending import EarlySend, send_to
 
 if TYPE_CHECKING:
     from dicom_node.fetch import MaskImageFetcher
@@ -251,9 +254,13 @@ class Worker:
             self._running[job.id] = job
             self._share_cores(len(self._running))
         keep: dict[str, Any] = {}
+        early = self._early_send(job.id)
         try:
             with _Heartbeat(self, job.id) as heartbeat:
-                ok, reason, result, transient = self._run(job, keep)
+                try:
+                    ok, reason, result, transient = self._run(job, keep, early.archived)
+                finally:  # under the lease: a slow destination does not let the job be taken twice
+                    sent = early.finish(self.config.delivery.timeout_seconds + 5)
         finally:
             with self._running_lock:
                 self._running.pop(job.id, None)
@@ -268,7 +275,7 @@ class Worker:
                 release_for_retry(session, job.id, self.worker_id, reason or "", self.settings.max_attempts)
             elif finish_job(session, job.id, self.worker_id, ok=ok, reason=reason,
                             result=result.to_json() if result else None) and ok and result:
-                deliveries.create_deliveries(session, job.id, result.instances.sop_uids(), destinations)
+                deliveries.create_deliveries(session, job.id, result.instances.sop_uids(), destinations, sent=sent)
         if ok:
             self.deliver_due()
             if not job.resend_only and job.trigger == "arrival":
@@ -347,10 +354,27 @@ class Worker:
 
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, cores // max(1, running)))
 
-    def _run(self, job: JobView, keep: dict[str, Any] | None = None
+    def _early_send(self, job_id: int) -> EarlySend:
+        """What sends job ``job_id``'s results while it runs (``dicom_node.sending``)."""
+        timeout = self.config.delivery.timeout_seconds
+
+        def send(destination: Destination, path: Path) -> None:
+            send_to(destination, [path], calling_aet=self.config.node.ae_title, timeout=timeout)
+
+        def path_of(sop_uid: str) -> Path:
+            with self.sessions() as session:
+                relative = instance_path(session, sop_uid)
+            if relative is None:
+                raise LookupError(f"{sop_uid} is not in the archive")
+            return self.archive.path(relative)
+
+        return EarlySend(job_id, self.config.destinations, send, path_of)
+
+    def _run(self, job: JobView, keep: dict[str, Any] | None = None, on_archived: Callable[[str], None] | None = None
              ) -> tuple[bool, str | None, JobResult | ResendResult | None, bool]:
         """(ok, reason, result, transient): a study the pipeline cannot use fails at once; any
-        other error (database, disk, a bundle file) is retried up to ``worker.max_attempts``."""
+        other error (database, disk, a bundle file) is retried up to ``worker.max_attempts``.
+        ``on_archived``: told each result's UID as the job archives it (the early send)."""
         if job.resend_only:
             return (*self._resend(job), False)
         try:
@@ -363,7 +387,7 @@ class Worker:
             ensemble = self._ensemble(record)
             result = run_job(self._context(), job.study_uid, ensemble,
                              f"{job.id}@{job.created_at.isoformat()}", activated_despite=record.activated_despite or "",
-                             keep=keep)
+                             keep=keep, on_archived=on_archived)
             return True, None, result.answered_by(job.model_id), False
         except Exception as exc:
             from pipeline.errors import PipelineError
@@ -456,7 +480,7 @@ class Worker:
 
     def deliver_due(self) -> int:
         """Send every due delivery once; returns how many were sent."""
-        from dicom_node.scu import SendError, send_files
+        from dicom_node.scu import SendError
 
         by_name = {d.name: d for d in self.config.destinations}
         sent = 0
@@ -468,14 +492,8 @@ class Worker:
                 try:
                     if destination is None:
                         raise SendError(f"destination {delivery.destination!r} is no longer configured")
-                    paths = [self.archive.path(delivery.path)]
-                    if destination.stow:
-                        from dicom_node.dicomweb_peer import stow_files
-
-                        stow_files(destination, paths, timeout=self.config.delivery.timeout_seconds)
-                    else:
-                        send_files(destination, paths, calling_aet=self.config.node.ae_title,
-                                   timeout=self.config.delivery.timeout_seconds)
+                    send_to(destination, [self.archive.path(delivery.path)], calling_aet=self.config.node.ae_title,
+                            timeout=self.config.delivery.timeout_seconds)
                 except Exception as exc:
                     reason = str(exc) if isinstance(exc, SendError) else one_line(exc)
                     with self.sessions.begin() as session:

@@ -209,7 +209,9 @@ def bench_latency() -> None:
 
 def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple[str, ...] = ("axial2d", "axial3d"),
                      n4: bool = True, mask_after: float = 0.0) -> None:
-    """storescu -> ``egfr-node serve`` (init's configuration) -> SR at a PACS, per study.
+    """storescu -> ``egfr-node serve`` (init's configuration) -> SR at a PACS, per study: from the
+    last instance's acknowledgment to the SR's arrival at the PACS (the SR, not the SEG the node
+    derives from an RTSTRUCT and sends before it).
     ``mask_after``: the images first, the mask this many seconds later by a second storescu
     (the usual order: a radiologist draws it after the scan); timed from the mask's acknowledgment."""
     import re
@@ -218,7 +220,7 @@ def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple
     import threading
 
     from pynetdicom import AE, evt
-    from pynetdicom.sop_class import Comprehensive3DSRStorage, EnhancedSRStorage
+    from pynetdicom.sop_class import Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage
     from sqlalchemy import select
 
     from db.engine import make_engine, make_sessionmaker
@@ -230,9 +232,10 @@ def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple
     arrived: dict[str, float] = {}
     lock = threading.Lock()
 
-    def on_store(event: evt.Event) -> int:
-        with lock:
-            arrived.setdefault(str(event.dataset.StudyInstanceUID), time.perf_counter())
+    def on_store(event: evt.Event) -> int:  # the SR's arrival (not the SEG derived from an RTSTRUCT, sent first)
+        if str(event.dataset.SOPClassUID) in (Comprehensive3DSRStorage, EnhancedSRStorage, ComprehensiveSRStorage):
+            with lock:
+                arrived.setdefault(str(event.dataset.StudyInstanceUID), time.perf_counter())
         return 0x0000
 
     pacs = AE(ae_title="PACS")
@@ -300,11 +303,15 @@ def bench_end_to_end(studies: int, bundle: Path | None = None, geometries: tuple
                                     Study.study_uid == study.study_uid))]
                             raise SystemExit(f"no SR for study {study.study_uid} ({geometry}, {mask_kind}) after 120 s; "
                                              f"jobs {jobs}; node {'running' if node.poll() is None else node.returncode}")
-                        with sessions() as session:
-                            job = session.scalars(select(Job).join(Study).where(
-                                Study.study_uid == study.study_uid).order_by(Job.id.desc())).first()
-                            rule = (job.queued_because or "?").split(":")[0] if job else "?"
-                            timings = (job.result or {}).get("timings_s", {}) if job else {}
+                        while time.perf_counter() < deadline:  # the SR leaves before its job is marked done
+                            with sessions() as session:
+                                job = session.scalars(select(Job).join(Study).where(
+                                    Study.study_uid == study.study_uid).order_by(Job.id.desc())).first()
+                                rule = (job.queued_because or "?").split(":")[0] if job else "?"
+                                timings = (job.result or {}).get("timings_s", {}) if job else {}
+                            if timings:
+                                break
+                            time.sleep(0.05)
                         if index % (studies + 1) != 1:
                             seconds.append(arrived[study.study_uid] - acknowledged)
                             because.append(rule)

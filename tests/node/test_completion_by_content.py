@@ -84,8 +84,13 @@ def _send_last_and_wait_for_the_sr(node: Node, pacs: PynetdicomPacs, folder: Pat
     acknowledged = time.monotonic()
     wait_for(lambda: any(str(ds.SOPClassUID) in SR_CLASSES for ds in pacs.received), 120, "the SR at the PACS", every=0.05)
     answered_in = time.monotonic() - acknowledged
-    with node.runtime.sessions() as session:
-        job = get_job(session, 1)
+
+    def finished() -> JobView | None:  # the SR leaves as soon as it is archived, before its job is marked done
+        with node.runtime.sessions() as session:
+            job = get_job(session, 1)
+        return job if job.state in ("done", "failed") else None
+
+    job = wait_for(finished, 30, "the job marked done after its SR was sent")
     assert job.state == "done", (job.state, job.reason)
     return job, answered_in
 

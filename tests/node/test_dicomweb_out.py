@@ -30,10 +30,7 @@ def test_a_dicomweb_destination_down_then_up_receives_the_sr_seg_and_card_once(t
                                          max_attempts=20))
     orthanc = None
     try:
-        node.activate(bundle_a)
-        node.arrive(phantom_study("axial2d", "rtstruct").folder)
-        job = node.worker.claim_once()
-        assert job.state == "done", job.reason
+        job = node.answer(bundle_a, phantom_study("axial2d", "rtstruct").folder)
         made = job.result["instances"]
         assert set(made) >= {"sr", "seg", "card"} and all(made.values())
         first = _deliveries(node, job.id)

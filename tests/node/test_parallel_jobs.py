@@ -10,7 +10,7 @@ from datetime import timedelta
 from pynetdicom.sop_class import Comprehensive3DSRStorage
 from sqlalchemy import select
 
-from db.models import Job, utcnow
+from db.models import Job, JobState, utcnow
 from dicom_node.worker import Worker
 from tests.node.test_results import Node, bundle_a, pacs  # noqa: F401 (fixtures)
 from tests.waiting import wait_for
@@ -29,6 +29,12 @@ def test_two_queued_studies_run_at_once_and_each_gets_its_own_answer(tmp_path, p
         assert len(worker.scan_once(now=utcnow() + timedelta(seconds=60))) == 2
         worker.start()  # both runners claim at once: neither interval (300 s) is waited for
         wait_for(lambda: len(pacs.of_class(Comprehensive3DSRStorage)) == 2, 120, "both SRs at the PACS")
+
+        def finished() -> bool:  # an SR leaves as soon as it is archived, before its job is marked done
+            with node.runtime.sessions() as session:
+                return set(session.scalars(select(Job.state))) <= {JobState.DONE, JobState.FAILED}
+
+        wait_for(finished, 30, "both jobs marked done")
         with node.runtime.sessions() as session:
             jobs = session.scalars(select(Job).order_by(Job.started_at)).all()
             assert [j.state.value for j in jobs] == ["done", "done"], [(j.id, j.reason) for j in jobs]

@@ -66,6 +66,14 @@ class Node:
     def activate(self, folder: Path) -> int:
         return models.activate(self.runtime.sessions, str(folder), user="test", force=True).id  # random weights: forced
 
+    def answer(self, bundle: Path, study: Path):  # type: ignore[no-untyped-def]
+        """``bundle`` active, the study in folder ``study`` received and its job run: the job, done."""
+        self.activate(bundle)
+        self.arrive(study)
+        job = self.worker.claim_once()
+        assert job is not None and job.state == "done", job and job.reason
+        return job
+
     def close(self) -> None:
         self.scp.stop()
         self.runtime.close()
@@ -222,6 +230,148 @@ def test_a_job_retried_after_its_results_were_archived_reuses_them(tmp_path, pac
             replay(s, first.study_uid, rerun=True)
         rerun = node.worker.claim_once()
         assert rerun.id != first.id and set(rerun.result["instances"].values()).isdisjoint(first.result["instances"].values())
+    finally:
+        node.close()
+
+
+class _HoldingPacs(PynetdicomPacs):
+    """A PACS that holds the SR's C-STORE open until ``hold()`` returns (its answer waits), and
+    notes what ``look()`` saw when the SR arrived."""
+
+    def __init__(self, folder: Path, look, hold) -> None:  # type: ignore[no-untyped-def]
+        self.look, self.hold, self.seen = look, hold, {}
+        super().__init__(folder)
+
+    def _on_store(self, event) -> int:  # type: ignore[no-untyped-def]
+        if event.dataset.SOPClassUID == Comprehensive3DSRStorage and not self.seen:
+            self.seen.update(self.look())
+            self.seen["held until"] = self.hold()
+        return super()._on_store(event)
+
+
+def test_the_sr_is_sent_while_the_job_still_draws_its_card(tmp_path, bundle_a, phantom_study) -> None:
+    """Issue 30: the SR leaves as soon as it is archived. It reaches PACS while its job is still
+    running and before the card is archived; PACS holds the SR's C-STORE open until the node has
+    archived the card, so the card is drawn while the SR is in flight (a job that waited for the
+    SR's answer before drawing the card would time out here). The early sends are the job's
+    deliveries, each sent in one try, and PACS has each result once, the SR before the card."""
+    from db.deliveries import deliveries_of_job
+    from db.models import Instance
+
+    holder: dict[str, Node] = {}
+
+    def card_archived() -> bool:
+        with holder["node"].runtime.sessions() as s:
+            return s.scalar(select(Instance.id).where(Instance.origin == "node",
+                                                      Instance.sop_class_uid == SecondaryCaptureImageStorage)) is not None
+
+    def look() -> dict[str, object]:
+        with holder["node"].runtime.sessions() as s:
+            state = s.scalars(select(Job.state)).one().value
+        return {"job": state}
+
+    def hold() -> str:
+        wait_for(card_archived, timeout=4.0, what="the card archived while the SR's C-STORE is open")
+        return "card archived"
+
+    pacs = _HoldingPacs(tmp_path / "pacs", look, hold)
+    node = holder["node"] = Node(tmp_path, pacs.port)
+    try:
+        job = node.answer(bundle_a, phantom_study("axial2d", "seg").folder)
+        assert pacs.seen == {"job": "running", "held until": "card archived"}
+        received = [str(ds.SOPInstanceUID) for ds in pacs.received]
+        instances = job.result["instances"]
+        assert received == [instances["sr"], instances["card"]]  # each once, the SR first
+        with node.runtime.sessions() as s:
+            sent = [(d.sop_instance_uid, d.state, d.attempts) for d in deliveries_of_job(s, job.id)]
+        assert sorted(sent) == sorted([(instances["sr"], "sent", 1), (instances["card"], "sent", 1)])
+    finally:
+        node.close()
+        pacs.stop()
+
+
+class _Hangup:
+    """A TCP port that accepts and at once closes every connection, counting them: a
+    destination whose every association fails."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.accepted = 0
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.socket.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+
+def test_a_destination_failing_during_the_job_gets_one_early_try_and_the_retry_path(
+        tmp_path, pacs, bundle_a, phantom_study) -> None:
+    """Two destinations, one whose associations all fail: the SR and the card go to the good one
+    as they are archived (sent, one try each); the failing one is tried once during the job (the
+    SR), not again for the card, and both its deliveries are left to the delivery queue, which
+    tries each once when the job is done and then waits its backoff."""
+    from db.deliveries import deliveries_of_job
+
+    down = _Hangup()
+    node = Node(tmp_path, pacs.port, destinations=(Destination("pacs", "PACS", "127.0.0.1", pacs.port),
+                                                   Destination("down", "DOWN", "127.0.0.1", down.port)))
+    try:
+        job = node.answer(bundle_a, phantom_study("axial2d", "seg").folder)
+        instances = job.result["instances"]
+        with node.runtime.sessions() as s:
+            rows = {(d.destination, d.sop_instance_uid): (d.state, d.attempts) for d in deliveries_of_job(s, job.id)}
+        assert rows == {("pacs", instances["sr"]): ("sent", 1), ("pacs", instances["card"]): ("sent", 1),
+                        ("down", instances["sr"]): ("retrying", 1), ("down", instances["card"]): ("retrying", 1)}
+        assert down.accepted == 3  # the SR during the job; the SR and the card from the queue
+        assert [str(ds.SOPInstanceUID) for ds in pacs.received] == [instances["sr"], instances["card"]]
+    finally:
+        node.close()
+        down.socket.close()
+
+
+def test_a_job_retried_after_its_sr_was_sent_draws_only_the_missing_card(tmp_path, pacs, bundle_a, phantom_study) -> None:
+    """A worker killed after it archived and sent the SEG and the SR, before the card: the retry
+    reuses the SEG and the SR (same UIDs, same files), draws the card with the UID the first
+    attempt would have given it, and delivers all three; the archive holds one of each."""
+    from db.deliveries import deliveries_of_job
+    from db.models import Delivery, Instance
+
+    node = Node(tmp_path, pacs.port)
+    try:
+        first = node.answer(bundle_a, phantom_study("axial2d", "rtstruct").folder)
+        instances = first.result["instances"]
+        files = {}
+        with node.runtime.sessions.begin() as s:  # the rows a worker SIGKILLed after the SR leaves
+            for kind in ("seg", "sr", "card"):
+                files[kind] = node.runtime.archive.path(s.scalar(select(Instance.path).where(
+                    Instance.sop_instance_uid == instances[kind])))
+            kept = {kind: files[kind].read_bytes() for kind in ("seg", "sr")}
+            s.execute(Delivery.__table__.delete().where(Delivery.job_id == first.id))
+            s.execute(Instance.__table__.delete().where(Instance.sop_instance_uid == instances["card"]))
+            files["card"].unlink()
+            job = s.get(Job, first.id)
+            job.state, job.result, job.finished_at = JobState.RUNNING, None, None
+            job.lease_owner, job.lease_expires_at = "killed-worker", utcnow() - timedelta(seconds=1)
+        node.worker.scan_once()
+        retried = node.worker.claim_once()
+        assert retried.id == first.id and retried.state == "done" and retried.attempts == 2
+        assert retried.result["instances"] == instances
+        assert {kind: files[kind].read_bytes() for kind in ("seg", "sr")} == kept  # reused, not rebuilt
+        assert dcmread(files["card"]).SOPInstanceUID == instances["card"]
+        with node.runtime.sessions() as s:
+            own = s.scalars(select(Instance.sop_instance_uid).where(Instance.origin == "node")).all()
+            states = {d.sop_instance_uid: d.state for d in deliveries_of_job(s, first.id)}
+        assert sorted(own) == sorted(instances.values())
+        assert states == {uid: "sent" for uid in instances.values()}
+        assert [str(ds.SOPInstanceUID) for ds in pacs.of_class(SecondaryCaptureImageStorage)] == [instances["card"]] * 2
     finally:
         node.close()
 
