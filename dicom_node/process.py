@@ -5,7 +5,7 @@ and returns what the job record keeps (model, selection, scores, probability, st
 result instances' UIDs, per-stage times). Every result (the SEG derived from an RTSTRUCT or an
 outline, the SR, the result card, built in that order) gets its SOP Instance UID here and is
 archived with ``origin="node"`` before anything is sent; each is handed to ``on_archived`` as
-soon as it is archived, so the worker sends the SR while the card is drawn (issue 30), and
+soon as it is archived, so the worker sends the SR before the card is drawn (issue 30), and
 records those sends with the job's deliveries in the transaction that marks the job done
 (``dicom_node.worker``). A retry re-sends the same instance, and the node never treats its
 own results as input. The UIDs of a job's results follow from the job and its bundle
@@ -48,8 +48,9 @@ __all__ = ["JobContext", "run_job", "run_shadow", "result_uids"]
 #: The UIDs each job's results need (instance and series of each object, the SEG's tracking UID).
 RESULT_UID_KINDS = ("sr", "sr_series", "seg", "seg_series", "seg_tracking", "card", "card_series")
 
-#: Told the SOP Instance UID of each result of a job as soon as it is archived (the SR before the
-#: card is drawn): the worker's early send (``dicom_node.sending.EarlySend.archived``).
+#: Told the SOP Instance UID of each result of a job as soon as it is archived, before the next is
+#: built: the worker's early send (``dicom_node.sending.EarlySend.archived``, which returns when
+#: the send is done or after 1 s).
 Archived = Callable[[str], None]
 
 log = logging.getLogger(__name__)

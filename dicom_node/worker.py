@@ -15,7 +15,7 @@
   (``worker.prefit_cache_mb``): N4 is most of a job on a CPU, and a radiologist's mask
   usually comes minutes after the images. A study sent whole (images and mask together) has
   the fit of the series its mask names started at the mask's arrival, while its settle runs.
-- delivery: a running job's results are sent as each is archived (the SR while the card is
+- delivery: a running job's results are sent as each is archived (the SR before the card is
   drawn; ``dicom_node.sending``) and recorded sent with its result; due deliveries (what
   was not sent so, and every retry) are sent (``dicom_node.scu``), retried with backoff,
   failed after ``delivery.max_attempts``.

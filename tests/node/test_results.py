@@ -252,9 +252,10 @@ class _HoldingPacs(PynetdicomPacs):
 def test_the_sr_is_sent_while_the_job_still_draws_its_card(tmp_path, bundle_a, phantom_study) -> None:
     """Issue 30: the SR leaves as soon as it is archived. It reaches PACS while its job is still
     running and before the card is archived; PACS holds the SR's C-STORE open until the node has
-    archived the card, so the card is drawn while the SR is in flight (a job that waited for the
-    SR's answer before drawing the card would time out here). The early sends are the job's
-    deliveries, each sent in one try, and PACS has each result once, the SR before the card."""
+    archived the card: the job waits for the SR's answer 1 s at most, then draws the card while
+    the SR is in flight (a job that waited for the answer without bound would time out here). The
+    early sends are the job's deliveries, each sent in one try, and PACS has each result once,
+    the SR before the card."""
     from db.deliveries import deliveries_of_job
     from db.models import Instance
 
