@@ -1,7 +1,7 @@
 """Deliveries: one result instance to one destination (DESIGN.md "States").
 
 pending -> sent                first try succeeded
-(sent)                         sent by the worker while its job ran (the SR while the card was
+(sent)                         sent by the worker while its job ran (the SR before the card was
                                drawn), recorded sent with the job's result
 pending|retrying -> retrying   a try failed; the next one waits ``backoff`` (doubling, jittered)
 retrying -> failed             ``max_attempts`` tries failed; the last reason is kept
@@ -76,12 +76,10 @@ def create_deliveries(session: Session, job_id: int, sop_instance_uids: Sequence
     """One delivery per (instance, destination): pending and due now, or ``sent`` (one try, sent
     now) for the (instance, destination) pairs the worker sent while the job ran."""
     now = now or utcnow()
-    rows = [Delivery(job_id=job_id, sop_instance_uid=uid, destination=name, state=DeliveryState.SENT, attempts=1,
-                     next_attempt_at=None, sent_at=now, created_at=now, updated_at=now)
-            if (uid, name) in sent else
-            Delivery(job_id=job_id, sop_instance_uid=uid, destination=name, state=DeliveryState.PENDING, attempts=0,
-                     next_attempt_at=now, created_at=now, updated_at=now)
-            for name in destinations for uid in sop_instance_uids]
+    rows = [Delivery(job_id=job_id, sop_instance_uid=uid, destination=name,
+                     state=DeliveryState.SENT if done else DeliveryState.PENDING, attempts=int(done),
+                     next_attempt_at=None if done else now, sent_at=now if done else None, created_at=now, updated_at=now)
+            for name in destinations for uid in sop_instance_uids for done in [(uid, name) in sent]]
     session.add_all(rows)
     session.flush()
     return [row.id for row in rows]
