@@ -5,7 +5,10 @@ interpreter).
 
 Limits of its own: at most ``CONCURRENCY`` requests at once (more get 503), keep-alive
 connections closed after 5 s idle, no access log (paths carry UIDs; actions are in the
-audit trail instead).
+audit trail instead). A stop waits at most ``GRACEFUL_STOP_SECONDS`` for requests in flight and
+connections to close: over HTTPS an idle keep-alive client that does not answer the TLS
+close otherwise held ``egfr-node web`` for asyncio's 30 s, and ``serve`` kills its console
+process 10 s after SIGTERM (:meth:`ConsoleProcess.stop`), before its database closed.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ if TYPE_CHECKING:
 
     from dicom_node.store.open import Runtime
 
-__all__ = ["run_console", "ConsoleProcess", "CONCURRENCY"]
+__all__ = ["run_console", "ConsoleProcess", "CONCURRENCY", "GRACEFUL_STOP_SECONDS"]
 
 log = logging.getLogger(__name__)
 CONCURRENCY = 32
+GRACEFUL_STOP_SECONDS = 5
 
 
 def build(config: Config) -> tuple[FastAPI, Runtime]:  # imported late so the CLI starts fast
@@ -48,7 +52,8 @@ def run_console(config: Config, sock: socket.socket | None = None) -> None:
     web = config.web
     server = uvicorn.Server(uvicorn.Config(
         app, host=web.host, port=web.port, access_log=False, log_level="warning", limit_concurrency=CONCURRENCY,
-        timeout_keep_alive=5, ssl_certfile=web.certificate or None, ssl_keyfile=web.private_key or None,
+        timeout_keep_alive=5, timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS, ssl_certfile=web.certificate or None,
+        ssl_keyfile=web.private_key or None,
         proxy_headers=False, server_header=False))
     scheme = "https" if web.certificate else "http"
     log.info("console on %s://%s:%d/", scheme, web.host, web.port)
