@@ -6,9 +6,10 @@ interpreter).
 Limits of its own: at most ``CONCURRENCY`` requests at once (more get 503), keep-alive
 connections closed after 5 s idle, no access log (paths carry UIDs; actions are in the
 audit trail instead). A stop waits at most ``GRACEFUL_STOP_SECONDS`` for requests in flight and
-connections to close: over HTTPS an idle keep-alive client that does not answer the TLS
-close otherwise held ``egfr-node web`` for asyncio's 30 s, and ``serve`` kills its console
-process 10 s after SIGTERM (:meth:`ConsoleProcess.stop`), before its database closed.
+connections to close (then uvicorn cancels them and says so in an ERROR line): over HTTPS an
+idle keep-alive client that does not answer the TLS close otherwise held ``egfr-node web``
+for asyncio's 30 s. It is shorter than the 10 s after which ``serve`` kills its console
+process (:meth:`ConsoleProcess.stop`), so the console still closes its database itself.
 """
 
 from __future__ import annotations
