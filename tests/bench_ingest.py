@@ -242,24 +242,26 @@ def console_ab(files: list[Path], work: Path, repeat: int) -> None:
 #: records and answers it. A stage inside another (depth 1) is shown indented under it.
 _STAGES = [
     ("pynetdicom.dimse:DIMSEServiceProvider", "receive_primitive", "DUL: P-DATA to a DIMSE message, spooled, fsynced", 0),
-    ("pynetdicom.dimse_messages", "write_file_meta_info", "spool: file meta (memoised encoding)", 1),
+    ("dicom_node.receive._pynetdicom.encodings", "encoded_file_meta", "spool: file meta (memoised encoding)", 1),
     ("dicom_node.receive._pynetdicom.spool:SpoolFile", "write", "spool: write and hash the fragments", 1),
     ("dicom_node.receive._pynetdicom.spool:SpoolFile", "sync", "spool: fsync (the handler checks meanwhile)", 1),
     ("dicom_node.receive.server:DicomNode", "_on_store", "C-STORE handler, whole", 0),
-    ("dicom_node.receive.scp", "check_part10_file", "dataset walk (whole? Pixel Data length?)", 1),
-    ("dicom_node.receive.scp", "dcmread", "header read by pydicom (masks only)", 1),
-    ("dicom_node.receive.scp", "read_header", "header fields: converted and checked", 1),
+    ("dicom_node.store.accept", "check_part10_file", "dataset walk (whole? Pixel Data length?)", 1),
+    ("dicom_node.store.accept", "dcmread", "header read by pydicom (masks only)", 1),
+    ("dicom_node.store.accept", "read_header", "header fields: converted and checked", 1),
     ("dicom_node.store.archive:Archive", "store_file", "archive: wait for that fsync, link, fsync folder", 1),
     ("dicom_node.store.intake", "record_instance", "database: record + commit (SQLite, FULL)", 1),
     ("dicom_node.receive._pynetdicom.encodings:NodeDIMSE", "send_msg", "C-STORE-RSP: encode and queue", 0),
 ]
 
 
-def stage_profile(files: list[Path], work: Path, associations: int = 1) -> None:
+def stage_profile(files: list[Path], work: Path, associations: int = 1) -> dict[str, float]:
     """Where the node's time goes, stage by stage: each stage's function wrapped to add up its
     wall time and its thread's CPU time (``time.thread_time``) per instance, while storescu
     sends ``files`` to an in-process SCP (fsync on, SQLite). Wrapping costs a few
-    microseconds a call, unlike a sampling thread, which takes the GIL from the node."""
+    microseconds a call, unlike a sampling thread, which takes the GIL from the node.
+    Returns each stage's calls per instance (``tests/node/test_bench_stages.py`` checks the
+    table still names what the node runs)."""
     import collections
     import functools
     import importlib
@@ -274,40 +276,44 @@ def stage_profile(files: list[Path], work: Path, associations: int = 1) -> None:
     wall: collections.Counter[str] = collections.Counter()
     cpu: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
-    restore = []
     counting = threading.Lock()  # the DUL and association threads (of several associations) add up
+    targets = []  # every function resolved before any is wrapped: a stale name wraps nothing
     for target, name, label, _ in _STAGES:
         module, _, cls = target.partition(":")
         owner = getattr(importlib.import_module(module), cls) if cls else importlib.import_module(module)
-        original = owner.__dict__[name] if cls else getattr(owner, name)
+        targets.append((owner, name, label, owner.__dict__[name] if cls else getattr(owner, name)))
 
-        def timed(*args, _f=original, _label=label, **kwargs):  # type: ignore[no-untyped-def]
+    def timed_stage(original, label):  # type: ignore[no-untyped-def]
+        @functools.wraps(original)
+        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
             w, c = time.perf_counter(), time.thread_time()
             try:
-                return _f(*args, **kwargs)
+                return original(*args, **kwargs)
             finally:
                 w, c = time.perf_counter() - w, time.thread_time() - c
                 with counting:
-                    wall[_label] += w
-                    cpu[_label] += c
-                    calls[_label] += 1
-
-        setattr(owner, name, functools.wraps(original)(timed))
-        restore.append((owner, name, original))
+                    wall[label] += w
+                    cpu[label] += c
+                    calls[label] += 1
+        return timed
 
     config = make_config(work / "stages")
     upgrade(config.database_url)
     runtime = open_runtime(config)
-    node = DicomNode(config, runtime.archive, runtime.sessions)
-    node.start()
-    before, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        seconds = send(node.port, "EGFR_NODE", files, associations)
+        for owner, name, label, original in targets:
+            setattr(owner, name, timed_stage(original, label))
+        node = DicomNode(config, runtime.archive, runtime.sessions)
+        node.start()
+        before, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            seconds = send(node.port, "EGFR_NODE", files, associations)
+        finally:
+            after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            node.stop()
     finally:
-        after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        node.stop()
         runtime.close()
-        for owner, name, original in restore:
+        for owner, name, _, original in targets:
             setattr(owner, name, original)
     n = len(files)
     print(f"stages, {associations} association(s), in-process node: {n / seconds:.1f} instances/s, "
@@ -318,6 +324,7 @@ def stage_profile(files: list[Path], work: Path, associations: int = 1) -> None:
     print(f"  {'stage (per instance)':<50} {'calls':>5} {'wall ms':>8} {'CPU ms':>7}")
     for _, _, label, depth in _STAGES:
         print(f"  {'  ' * depth + label:<50} {calls[label] / n:5.1f} {wall[label] / n * 1e3:8.3f} {cpu[label] / n * 1e3:7.3f}")
+    return {label: calls[label] / n for _, _, label, _ in _STAGES}
 
 
 def _cpu_seconds() -> float:
