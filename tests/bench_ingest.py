@@ -39,9 +39,41 @@ from tests.node.process import cli, free_port, start, wait_until_listening, writ
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-def send(port: int, aet: str, files: list[Path], associations: int) -> float:
-    """Seconds for storescu to send all files over ``associations`` parallel associations."""
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of process ``pid`` and every process below it,
+    from /proc (a process that ended since is not counted: measure while the receiver runs)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        cpu[child] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier and child not in tree]
+        tree.update(below)
+        frontier = below
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
+#: CPU seconds of the last :func:`send`: the receiver's (process and children, or this
+#: process's for an in-process receiver) and the senders' (the storescu processes).
+LAST_CPU: dict[str, float] = {"receiver": 0.0, "senders": 0.0}
+
+
+def send(port: int, aet: str, files: list[Path], associations: int, receiver: int | None = None) -> float:
+    """Seconds for storescu to send all files over ``associations`` parallel associations.
+    ``receiver``: the receiving process's pid, for :data:`LAST_CPU` (None: this process)."""
+    import resource
+
     chunks = [files[i::associations] for i in range(associations)]
+    receiver_cpu = _process_cpu(receiver) if receiver else time.process_time()
+    senders_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     begin = time.perf_counter()
     procs = [
         subprocess.Popen(["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, chunk)],
@@ -52,7 +84,11 @@ def send(port: int, aet: str, files: list[Path], associations: int) -> float:
         _, err = p.communicate(timeout=600)
         if p.returncode != 0 or "Failed" in err:
             raise RuntimeError(f"storescu failed: {err[-500:]}")
-    return time.perf_counter() - begin
+    seconds = time.perf_counter() - begin
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    LAST_CPU["receiver"] = (_process_cpu(receiver) if receiver else time.process_time()) - receiver_cpu
+    LAST_CPU["senders"] = after.ru_utime + after.ru_stime - senders_cpu.ru_utime - senders_cpu.ru_stime
+    return seconds
 
 
 def bench_storescp(files: list[Path], work: Path, associations: int) -> float:
@@ -66,7 +102,7 @@ def bench_storescp(files: list[Path], work: Path, associations: int) -> float:
             if subprocess.run(["echoscu", "-aec", "STORESCP", "127.0.0.1", str(port)], capture_output=True, env=ENV).returncode == 0:
                 break
             time.sleep(0.05)
-        seconds = send(port, "STORESCP", files, associations)
+        seconds = send(port, "STORESCP", files, associations, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -139,7 +175,7 @@ def bench_orthanc(files: list[Path], work: Path, associations: int) -> float:
             if subprocess.run(["echoscu", "-aec", "ORTHANC", "127.0.0.1", str(port)], capture_output=True, env=ENV).returncode == 0:
                 break
             time.sleep(0.05)
-        return send(port, "ORTHANC", files, associations)
+        return send(port, "ORTHANC", files, associations, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -158,7 +194,7 @@ def bench_node(files: list[Path], work: Path, associations: int, fsync: bool = T
         wait_until_listening(port, proc)
         if processes > 1:
             time.sleep(3 + processes)  # the receive processes start (spawned) and listen
-        seconds = send(port, "EGFR_NODE", files, associations)
+        seconds = send(port, "EGFR_NODE", files, associations, proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
@@ -547,17 +583,31 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append((f"egfr-node, {p} receive process(es)", a,
                              lambda i, a=a, p=p: bench_node(files, work / f"n{i}", a, True, p)))
         results: dict[tuple[str, int], float] = {}
+        cpu: dict[tuple[str, int], tuple[float, float]] = {}
+        n = len(files)
+        print(f"  {'':<49} {'':>8} {'':>12}  {'':>8}  CPU ms per instance: receiver, storescu")
         for name, a, run in runs:
             best = float("inf")
             for i in range(args.repeat):
                 (work / f"s{a}-{i}").mkdir(parents=True, exist_ok=True)
-                best = min(best, run(i))  # type: ignore[operator]
-            results[(name, a)] = len(files) / best
-            print(f"  {a} assoc  {name:<40} {results[(name, a)]:8.1f} instances/s  ({best:.2f} s)", flush=True)
+                seconds = run(i)  # type: ignore[operator]
+                if seconds < best:
+                    best, cpu[(name, a)] = seconds, (LAST_CPU["receiver"], LAST_CPU["senders"])
+            results[(name, a)] = n / best
+            receiver, senders = (c / n * 1e3 for c in cpu[(name, a)])
+            print(f"  {a} assoc  {name:<40} {results[(name, a)]:8.1f} instances/s  ({best:.2f} s)  "
+                  f"{receiver:6.2f}  {senders:5.2f}", flush=True)
+        cores = len(os.sched_getaffinity(0))
         for a in (1, 4):
             floor = results[("pynetdicom, handler stores nothing", a)]
             ratios = ", ".join(f"{p} proc {results[(f'egfr-node, {p} receive process(es)', a)] / floor:.2f}" for p in (1, 2, 4))
             print(f"{a} association(s): egfr-node / store-nothing pynetdicom: {ratios}")
+        # What the CPU allows: the cores divided by the CPU one instance costs, receiver and sender together.
+        bound = ", ".join(f"{label} {cores / (sum(cpu[(name, 4)]) / n):.0f}/s"
+                          for label, name in (("Orthanc", "Orthanc (fsync per file)"),
+                                              ("egfr-node 2 proc", "egfr-node, 2 receive process(es)"),
+                                              ("egfr-node 4 proc", "egfr-node, 4 receive process(es)")))
+        print(f"4 associations, what {cores} cores allow at the CPU each instance cost (receiver + storescu): {bound}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
