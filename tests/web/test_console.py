@@ -11,7 +11,9 @@ import contextlib
 import io
 import json
 import subprocess
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -46,11 +48,31 @@ def wait_for_text(browser, text: str, timeout: float = 60.0, where: str = "body"
         raise AssertionError(f"{text!r} not in {where} within {timeout:g} s; it says: {seen[0][-1500:]}") from None
 
 
+def click_found(find: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Click what ``find()`` returns. The console's pages refresh parts of themselves in place, so
+    the element found may be replaced before the click reaches it (selenium's
+    StaleElementReferenceException, raised before any click is dispatched): found again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            find().click()
+            return
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def click_button(browser, label: str, within: str = "main") -> None:  # noqa: ANN001
     from selenium.webdriver.common.by import By
 
-    (button,) = [b for b in browser.find_elements(By.CSS_SELECTOR, f"{within} button") if b.text.strip() == label]
-    button.click()
+    def button() -> Any:
+        (found,) = [b for b in browser.find_elements(By.CSS_SELECTOR, f"{within} button") if b.text.strip() == label]
+        return found
+
+    click_found(button)
 
 
 def save_whole_page(browser, path: Path) -> None:  # noqa: ANN001
@@ -120,7 +142,7 @@ def test_an_admin_follows_a_study_from_arrival_to_result_and_steers_it(console_n
 
     # The job page: the probability queue show reports, the crops image, the failed delivery's reason.
     shown = queue_show(write_config(here), 1)
-    browser.find_element(By.LINK_TEXT, "1").click()
+    click_found(lambda: browser.find_element(By.LINK_TEXT, "1"))  # in the rows the page refreshes
     wait_for_text(browser, "Job 1", where="h1")
     assert browser.find_element(By.ID, "probability").text == f"{shown['result']['probability']:.3f}"
     answer = browser.find_element(By.ID, "answer").text
