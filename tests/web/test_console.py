@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,15 +53,14 @@ def click_found(find: Callable[[], Any], timeout: float = 10.0) -> None:
     StaleElementReferenceException, raised before any click is dispatched): found again."""
     from selenium.common.exceptions import StaleElementReferenceException
 
-    deadline = time.monotonic() + timeout
-    while True:
+    def clicked() -> bool:
         try:
             find().click()
-            return
         except StaleElementReferenceException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            return False
+        return True
+
+    wait_for(clicked, timeout, "a click on an element the page kept replacing")
 
 
 def click_button(browser, label: str, within: str = "main") -> None:  # noqa: ANN001
