@@ -250,7 +250,10 @@ def _statements(dialect: Dialect) -> _Statements:
     touch_job = (
         update(job_t)
         .where(job_t.c.study_id == bindparam("job_study_id"), ACTIVE_JOB_PREDICATE)
-        .values(state=JobState.WAITING, reason=ARRIVING_REASON, updated_at=bindparam("now"), queued_at=None)
+        # A re-send waiting in the queue becomes a prediction: what it would re-send was made
+        # before this instance arrived (a corrected mask, a new image) and is no longer the answer.
+        .values(state=JobState.WAITING, reason=ARRIVING_REASON, updated_at=bindparam("now"), queued_at=None,
+                resend_only=False, result=None, trigger="arrival")
     )
     insert_job = (
         insert(job_t)

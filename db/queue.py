@@ -497,12 +497,19 @@ def replay(session: Session, study_uid_or_job_id: str, now: datetime | None = No
     UIDs, so PACS keeps one copy); otherwise it predicts again. Returns (job, created). A
     study that already has a waiting or queued job keeps it: (that job, False). History is
     kept: the new job's ``replay_of_id`` is the job replayed (the named job, else the
-    study's latest).
+    study's latest). A rerun asked for while the study's active job is a re-send turns that
+    job into the rerun: (that job, True).
     """
     now = now or utcnow()
     study = _resolve_study(session, study_uid_or_job_id)
     active = session.scalars(select(Job).where(Job.study_id == study.id, Job.state.in_(ACTIVE_JOB_STATES))).one_or_none()
     if active is not None:
+        if rerun and active.resend_only:
+            # asked to predict again: the queued re-send of the old result predicts instead
+            active.resend_only, active.result, active.trigger = False, None, "replay"
+            active.queued_because, active.updated_at = "a rerun, asked for", now
+            session.flush()
+            return JobView.of(active), True
         return JobView.of(active), False
     key = study_uid_or_job_id.strip()
     if key.isdigit():

@@ -245,6 +245,42 @@ def test_replay_keeps_history_and_cancel(sessions) -> None:
         assert [j.state for j in queue.list_jobs(s)] == ["cancelled", "failed"]
 
 
+def _done_with_results(sessions, n: int, at: datetime) -> int:
+    _ready_study(sessions, n, at)
+    scan(sessions, at + timedelta(seconds=60))
+    with sessions.begin() as s:
+        job = queue.claim_next(s, "w", 60, at + timedelta(seconds=61))
+        assert queue.finish_job(s, job.id, "w", ok=True, result={"instances": [{"sop_instance_uid": "2.25.1"}]},
+                                now=at + timedelta(seconds=62))
+    return job.id
+
+
+def test_a_mask_arriving_while_a_resend_is_queued_is_predicted_not_answered_with_the_old_result(sessions) -> None:
+    first = _done_with_results(sessions, 3, T0)
+    with sessions.begin() as s:
+        resend, created = queue.replay(s, "6.3")
+        assert created and resend.resend_only and resend.result == {"resend_of_job": first}
+    # a corrected SEG arrives before the re-send ran: what the re-send would send is stale
+    receive(sessions, rec("6.3", "6.3.3", "6.3.3.0", modality="SEG", refs=("6.3.1",)), T0 + timedelta(seconds=70))
+    scan(sessions, T0 + timedelta(seconds=130))
+    with sessions.begin() as s:
+        job = queue.claim_next(s, "w", 60, T0 + timedelta(seconds=131))
+        assert job.id == resend.id and not job.resend_only and job.result is None and job.trigger == "arrival"
+
+
+def test_a_rerun_asked_for_while_a_resend_is_queued_turns_it_into_a_rerun(sessions) -> None:
+    first = _done_with_results(sessions, 4, T0)
+    with sessions.begin() as s:
+        resend, _ = queue.replay(s, "6.4")
+    with sessions.begin() as s:
+        rerun, changed = queue.replay(s, "6.4", rerun=True)
+        assert changed and rerun.id == resend.id and not rerun.resend_only and rerun.trigger == "replay"
+        assert rerun.replay_of_id == first and rerun.result is None
+    with sessions.begin() as s:  # asked again: nothing more to change
+        same, changed = queue.replay(s, "6.4", rerun=True)
+        assert not changed and same.id == resend.id
+
+
 def test_concurrent_workers_never_claim_the_same_job(sessions) -> None:
     for n in range(10, 22):
         _ready_study(sessions, n, T0)
