@@ -35,13 +35,19 @@ from db.models import ACTIVE_JOB_PREDICATE_SQL, Base, Deletion, Instance, Job, J
 from db.sop_classes import mask_kind_of, moves_queue
 
 __all__ = ["InstanceRecord", "RecordOutcome", "record_instance", "prepare_recording", "find_instance", "ARRIVING_REASON",
-           "StudyBeingDeleted"]
+           "StudyBeingDeleted", "SeriesOfAnotherStudy"]
 
 
 class StudyBeingDeleted(RuntimeError):
     """A known instance of a study retention is deleting arrived again: acknowledging it as a
     duplicate would lose it with the study, so it is refused (the peer retries later, and the
     retry is stored afresh)."""
+
+
+class SeriesOfAnotherStudy(ValueError):
+    """The instance's Series Instance UID is recorded under another study: recording it would
+    put the instance (and the study's mask or images) under the wrong study, so it is refused."""
+
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +251,8 @@ def _statements(dialect: Dialect) -> _Statements:
         last_received_at=bindparam("now"),
     )
     series = new_series.on_conflict_do_update(
-        index_elements=[series_t.c.series_uid], set_={"last_received_at": new_series.excluded.last_received_at}
+        index_elements=[series_t.c.series_uid], set_={"last_received_at": new_series.excluded.last_received_at},
+        where=series_t.c.study_id == new_series.excluded.study_id,  # a series of another study returns no row
     ).returning(series_t.c.id)
     touch_job = (
         update(job_t)
@@ -323,7 +330,7 @@ def _insert_new(engine: Engine, record: InstanceRecord, now: datetime) -> None:
 def _insert_statements(cursor: Any, sql: _Statements, record: InstanceRecord, now: datetime) -> None:
     upsert_study = sql.upsert_study if record.moves_queue else sql.upsert_study_quiet
     study_id = upsert_study.execute(cursor, {"study_uid": record.study_uid, "now": now}).fetchone()[0]
-    series_id = sql.upsert_series.execute(
+    series_row = sql.upsert_series.execute(
         cursor,
         {
             "series_uid": record.series_uid,
@@ -334,7 +341,11 @@ def _insert_statements(cursor: Any, sql: _Statements, record: InstanceRecord, no
             "frame_of_reference_uid": record.frame_of_reference_uid,
             "now": now,
         },
-    ).fetchone()[0]
+    ).fetchone()
+    if series_row is None:
+        raise SeriesOfAnotherStudy(f"series {record.series_uid} is recorded under another study than "
+                                   f"{record.study_uid}: instance {record.sop_instance_uid} refused")
+    series_id = series_row[0]
     sql.insert_instance.execute(
         cursor,
         {

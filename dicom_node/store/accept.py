@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import DatabaseFileReplaced
-from db.ingest import RecordOutcome, StudyBeingDeleted
+from db.ingest import RecordOutcome, SeriesOfAnotherStudy, StudyBeingDeleted
 from dicom_node.log_safety import OutageLog, database_outage, peer_text
 from dicom_node.store.archive import Archive, ArchiveFull, ArchiveNotWritable
 from dicom_node.store.dataset_check import DatasetTooLarge, IncompleteDataset, check_part10_file
@@ -188,6 +188,9 @@ def accept_file(
     except StudyBeingDeleted as exc:
         log.warning("%s %s refused: %s", door, header.sop_instance_uid, exc, extra=extra)
         return Acceptance(Status.OUT_OF_RESOURCES, "study being deleted by retention: send it again later", header=header)
+    except SeriesOfAnotherStudy as exc:
+        log.warning("%s %s refused: %s", door, header.sop_instance_uid, exc, extra=extra)
+        return Acceptance(Status.NON_CONFORMANT, "Series Instance UID already used by another study", header=header)
     except ArchiveNotWritable as exc:
         log.error("%s %s refused: %s", door, header.sop_instance_uid, exc.strerror, extra=extra)
         return Acceptance(Status.OUT_OF_RESOURCES, f"archive cannot be written ({os.strerror(exc.errno or 0)})",

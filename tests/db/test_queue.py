@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from db.engine import make_engine, make_sessionmaker
-from db.ingest import ARRIVING_REASON, InstanceRecord, RecordOutcome, record_instance
+from db.ingest import ARRIVING_REASON, InstanceRecord, RecordOutcome, SeriesOfAnotherStudy, record_instance
 from db.migrate import current_revision, head_revision, upgrade
 from db.models import Base, Instance, Job, JobState, Study
 from db import queue, sop_classes
@@ -78,6 +78,16 @@ def test_duplicate_is_idempotent_and_conflict_is_counted(sessions) -> None:
         assert len(instances) == 1
         assert instances[0].sha256 == "a" * 64  # the first copy is kept
         assert instances[0].conflict_count == 1
+
+
+def test_a_series_uid_of_another_study_is_refused_and_records_nothing(sessions) -> None:
+    receive(sessions, rec("1.2", "1.2.1", "1.2.1.1"), T0)
+    with pytest.raises(SeriesOfAnotherStudy, match="series 1.2.1 is recorded under another study than 2.2"):
+        receive(sessions, rec("2.2", "1.2.1", "2.2.1.1", modality="SEG", refs=("1.2.1",)), T0)
+    with sessions.begin() as s:  # nothing of it: no instance under study 1.2, no study 2.2, no job for it
+        assert [i.sop_instance_uid for i in s.scalars(select(Instance))] == ["1.2.1.1"]
+        assert [st.study_uid for st in s.scalars(select(Study))] == ["1.2"]
+    assert jobs_of(sessions, "2.2") == []
 
 
 def test_a_recorded_instance_reads_back_through_the_orm_as_it_was_given(sessions) -> None:

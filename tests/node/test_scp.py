@@ -154,6 +154,15 @@ def test_path_traversal_uid_is_refused(node: DicomNode, runtime) -> None:
     assert archive_files(runtime) == []
 
 
+def test_a_series_uid_already_used_by_another_study_is_refused_and_nothing_is_kept(node: DicomNode, runtime) -> None:
+    first = mr_series(2)
+    (other,) = mr_series(1)
+    other.SeriesInstanceUID = first[0].SeriesInstanceUID  # a sender that reused a series UID in another study
+    assert store(node.port, [*first, other]) == [0, 0, Status.NON_CONFORMANT]
+    assert [r.sop_instance_uid for r in instances(runtime)] == [ds.SOPInstanceUID for ds in first]
+    assert len(archive_files(runtime)) == 2 and not any(other.StudyInstanceUID in str(p) for p in archive_files(runtime))
+
+
 def test_dataset_that_does_not_match_the_request(node: DicomNode, runtime, tmp_path: Path, send_files_raw) -> None:
     (image,) = mr_series(1)
     path = tmp_path / "mismatch.dcm"
