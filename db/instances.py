@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from db.models import Instance, Series, Study
+from db.sop_classes import IMAGE_SOP_CLASSES
 
-__all__ = ["received_study_paths", "node_instance_paths", "instance_path"]
+__all__ = ["received_study_paths", "received_study_inputs", "node_instance_paths", "instance_path"]
 
 
 def received_study_paths(session: Session, study_uid: str) -> list[str]:
@@ -20,6 +21,18 @@ def received_study_paths(session: Session, study_uid: str) -> list[str]:
     return list(session.scalars(
         select(Instance.path).join(Series).join(Study)
         .where(Study.study_uid == study_uid, Instance.origin == "received").order_by(Instance.id)
+    ))
+
+
+def received_study_inputs(session: Session, study_uid: str) -> list[str]:
+    """Archive paths (relative) of what the pipeline reads of a study: its received images and
+    masks (by class, or a viewer outline by ``mask_kind``), in the order they were recorded;
+    never a report, a capture or a PDF that came with it."""
+    return list(session.scalars(
+        select(Instance.path).join(Series).join(Study)
+        .where(Study.study_uid == study_uid, Instance.origin == "received",
+               or_(Instance.sop_class_uid.in_(sorted(IMAGE_SOP_CLASSES)), Instance.mask_kind.is_not(None)))
+        .order_by(Instance.id)
     ))
 
 

@@ -12,8 +12,13 @@ removed here as well (they may hold anything). Every written file is then checke
 the original identifying values (patient name, ID, birth date, accession number, institution,
 the original UIDs) may remain anywhere in its bytes; a file that fails is not written.
 
-Only what the node received is exported (never the node's own SR, SEG or card), and only
-studies whose outcome is positive or negative.
+Only what the pipeline reads of what the node received is exported: the images and the
+lesion masks, never the node's own SR, SEG or card, nor a report, PDF or capture that came with
+the study (their free text or pixels may name the patient, which no check of attributes sees).
+Only studies whose outcome is positive or negative from the metastasis (resection or biopsy;
+the primary tumour only when asked, as ``train --from-outcomes`` counts them). A patient with
+several studies is one ``group`` in ``labels.csv`` (``patient_id`` numbered per study), so
+``train`` keeps them in one fold.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.instances import received_study_paths
+from db.instances import received_study_inputs
 from db.outcomes import list_outcomes
 
 __all__ = ["ExportedCohort", "DeidentificationError", "export_cohort", "IDENTIFYING"]
@@ -60,21 +65,26 @@ def _identifying_values(ds: pydicom.Dataset) -> dict[str, bytes]:
     return out
 
 
-def export_cohort(sessions: sessionmaker[Session], archive_root: Path, out: Path) -> ExportedCohort:
-    """Write every confirmed (positive or negative) study's received instances, de-identified,
-    to ``out/<new study UID>/``, and ``out/labels.csv`` (the cohort CSV ``train`` and
-    ``import`` read). ``out`` must not exist."""
+def export_cohort(sessions: sessionmaker[Session], archive_root: Path, out: Path, *,
+                  include_primary: bool = False) -> ExportedCohort:
+    """Write every confirmed (positive or negative) study's received images and masks,
+    de-identified, to ``out/<new study UID>/``, and ``out/labels.csv`` (the cohort CSV
+    ``train`` and ``import`` read). ``out`` must not exist."""
     from dicognito.anonymizer import Anonymizer
+
+    from training.outcomes_cohort import METASTASIS_SOURCES
 
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new folder for the export")
     with sessions() as session:
-        confirmed = [o for o in list_outcomes(session) if o.value.label is not None]
-        files = {o.study_uid: received_study_paths(session, o.study_uid) for o in confirmed}
+        sources = (*METASTASIS_SOURCES, "primary_only") if include_primary else METASTASIS_SOURCES
+        confirmed = [o for o in list_outcomes(session) if o.value.label is not None and o.value.source in sources]
+        files = {o.study_uid: received_study_inputs(session, o.study_uid) for o in confirmed}
     anonymizer = Anonymizer()  # one key for the whole export: UIDs consistent across MR, mask and labels
     out.mkdir(parents=True)
     rows, instances = [], 0
+    studies_of: dict[str, int] = {}  # a patient's studies so far, by their new Patient ID
     for outcome in confirmed:
         new_study = patient = None
         for relative in files[outcome.study_uid]:
@@ -97,11 +107,15 @@ def export_cohort(sessions: sessionmaker[Session], archive_root: Path, out: Path
             log.warning("study %s has an outcome but no received instance in the archive: not exported",
                         outcome.study_uid, extra={"study_uid": outcome.study_uid})
             continue
-        rows.append({"patient_id": patient, "study_uid": new_study, "egfr_status": outcome.value.status,
-                     "source": outcome.value.source, "subtype": outcome.value.subtype or "", "folder": new_study})
+        patient = patient or new_study  # no Patient ID: the study stands alone
+        studies_of[patient] = studies_of.get(patient, 0) + 1
+        rows.append({"patient_id": f"{patient}-{studies_of[patient]}", "group": patient, "study_uid": new_study,
+                     "egfr_status": outcome.value.status, "source": outcome.value.source,
+                     "subtype": outcome.value.subtype or "", "folder": new_study})
     labels = out / "labels.csv"
     with open(labels, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["patient_id", "study_uid", "egfr_status", "source", "subtype", "folder"])
+        writer = csv.DictWriter(handle, fieldnames=["patient_id", "group", "study_uid", "egfr_status", "source", "subtype",
+                                                    "folder"])
         writer.writeheader()
         writer.writerows(rows)
     (out / "README.txt").write_text(

@@ -4,8 +4,8 @@ Every study with a recorded outcome of positive or negative from the metastasis 
 (resection or biopsy; the primary tumour only with ``include_primary``), optionally only those
 with a pathology date on or after ``since``, read from the node's archive as its jobs read it
 (the received instances). With ``holdout_after`` the cases whose pathology date is after it
-are kept apart (a temporal split): the new bundle never sees them, and ``evaluate`` measures
-it on them. Patients are grouped by a pseudonym of their Patient ID keyed by a random value of
+are kept apart (a temporal split), with every other study of the same patients: the new bundle
+never sees them, and ``evaluate`` measures it on them. Patients are grouped by a pseudonym of their Patient ID keyed by a random value of
 this run, so two studies of one patient stay in one fold and no ID reaches the bundle. The
 provenance (which outcomes, entered when and by whom, from which tissue) goes into the bundle.
 """
@@ -82,8 +82,12 @@ def cohort_from_outcomes(database_url: str, archive_root: Path, *, since: date |
         entries.append(CohortEntry(f"{group}-{counts[group]}", entry.study_uid, entry.label, entry.folder, group=group,
                                    row=entry.row, in_archive=True, files=entry.files))
     by_uid = {v.study_uid: v for v in used}
-    later = {e.study_uid for e in entries if holdout_after is not None
+    after = {e.study_uid for e in entries if holdout_after is not None
              and (when := by_uid[e.study_uid].value.outcome_date) is not None and when > holdout_after}
+    # A patient is held out whole: an earlier study of a patient whose later one is held out
+    # would otherwise train the bundle that is then measured on that patient.
+    held_groups = {e.group for e in entries if e.study_uid in after}
+    later = {e.study_uid for e in entries if e.group in held_groups}
     train = Cohort(source, tuple(e for e in entries if e.study_uid not in later))
     holdout = Cohort(source, tuple(e for e in entries if e.study_uid in later)) if holdout_after is not None else None
     provenance = {
@@ -97,6 +101,7 @@ def cohort_from_outcomes(database_url: str, archive_root: Path, *, since: date |
                       "date": v.value.outcome_date.isoformat() if v.value.outcome_date else None,
                       "entered_by": v.entered_by, "entered_at": v.entered_at.isoformat() + "Z",
                       "updated_by": v.updated_by, "updated_at": v.updated_at.isoformat() + "Z",
-                      "role": "holdout" if v.study_uid in later else "train"} for v in used],
+                      "role": ("holdout" if v.study_uid in after else "holdout (same patient as a later case)")
+                      if v.study_uid in later else "train"} for v in used],
     }
     return OutcomeCohort(train, holdout, provenance)

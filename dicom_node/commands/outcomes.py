@@ -37,6 +37,8 @@ def register(sub: Any) -> None:
     m.set_defaults(run=run)
     m = outcomes.add_parser("export-cohort", help="the confirmed studies, de-identified, with their labels")
     m.add_argument("--deidentify", type=Path, required=True, metavar="OUT", help="folder to create")
+    m.add_argument("--include-primary", action="store_true",
+                   help="export studies whose outcome came from the primary tumour only too")
     m.set_defaults(run=run)
 
 
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
             from dicom_node.deidentify import DeidentificationError, export_cohort
 
             try:
-                done = export_cohort(runtime.sessions, runtime.archive.root, args.deidentify)
+                done = export_cohort(runtime.sessions, runtime.archive.root, args.deidentify,
+                                     include_primary=args.include_primary)
             except (FileExistsError, DeidentificationError) as exc:
                 return fail(str(exc))
             print(f"{done.studies} confirmed studies ({done.instances} instances) de-identified into {done.folder}; "
