@@ -151,7 +151,7 @@ def run_job(ctx: JobContext, study_uid: str, ensemble: FoldEnsemble, job_key: st
     slices = prepared.model_input.provenance["slices"]
     calibrated = manifest.calibration_map.applied
     log.info("study %s: EGFR %s, %s) (bundle %s %s); SR %s", study_uid,
-             status_word(prediction.positive), probability_words(prediction.probability, calibrated),
+             status_word(prediction.positive), probability_words(prediction.probability, calibrated, threshold=manifest.threshold),
              manifest.name,
              manifest.version, instances.sr, extra={"study_uid": study_uid})
     outlined = study.selection["lesion"] if study.mask_kind == OUTLINE else {}

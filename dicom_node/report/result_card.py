@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.report._checks import check_real, check_series_number, check_uid
 from dicom_node.report.series_time import stamp_series_and_content_time
-from dicom_node.report.sr import AlgorithmInfo, probability_words
+from dicom_node.report.sr import AlgorithmInfo, probability_words, shown_decimals
 
 __all__ = ["CAVEAT", "CARD_SERIES_DESCRIPTION", "build_result_card", "render_result_card"]
 
@@ -82,9 +82,10 @@ def render_result_card(crops: np.ndarray, lesion_mask: np.ndarray, slice_scores:
     status = "predicted EGFR mutation POSITIVE" if positive else "predicted EGFR mutation NEGATIVE"
     figure.text(0.5, 0.985, f"{algorithm.name} {algorithm.version}: EGFR mutation prediction (RESEARCH USE ONLY)",
                 ha="center", va="top", color="white", fontsize=12, weight="bold")
+    decimals = shown_decimals(probability, algorithm.threshold, 2)  # the number on the side its status says
     lines = [
-        (f"{probability_words(probability, calibrated, 2).capitalize()})   Status: {status}   "
-         f"(decision threshold {algorithm.threshold:.2f})",
+        (f"{probability_words(probability, calibrated, decimals).capitalize()})   Status: {status}   "
+         f"(decision threshold {algorithm.threshold:.{decimals}f})",
          "#ffd040" if positive else "#80d0ff", 13),
         (f"Slice scores aggregated by {algorithm.slice_aggregation}, fold models by {algorithm.fold_aggregation}; "
          f"red outline: lesion mask", "white", 9),

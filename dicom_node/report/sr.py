@@ -49,7 +49,7 @@ from dicom_node.report.image_library import image_library
 from dicom_node.report.image_point import ImagePoint
 
 __all__ = ["AlgorithmInfo", "LesionFinding", "OHIF_TRACKING_PREFIX", "SR_SERIES_DESCRIPTION", "SRResult", "build_sr",
-           "probability_words", "read_sr_result", "result_text", "set_containers_separate"]
+           "probability_words", "read_sr_result", "result_text", "set_containers_separate", "shown_decimals"]
 
 SR_SERIES_DESCRIPTION = "EGFR prediction RESEARCH USE ONLY - not a diagnosis"
 #: Cornerstone3D's tracking identifier of its arrow annotation; OHIF loads a group whose
@@ -169,18 +169,33 @@ def set_containers_separate(item: Dataset) -> None:
         set_containers_separate(child)
 
 
-def probability_words(probability: float, calibrated: bool, decimals: int = PROBABILITY_DECIMALS) -> str:
+def shown_decimals(probability: float, threshold: float | None, decimals: int = PROBABILITY_DECIMALS) -> int:
+    """The decimals to show ``probability`` with: ``decimals``, or more (up to 6) while the
+    rounded number would sit on the other side of ``threshold`` than the status says (0.49996
+    against 0.5 is NEGATIVE, and "0.500" would read as POSITIVE: it is shown as 0.49996)."""
+    if threshold is None:
+        return decimals
+    while decimals < 6 and (float(f"{probability:.{decimals}f}") >= threshold) != (probability >= threshold):
+        decimals += 1
+    return decimals
+
+
+def probability_words(probability: float, calibrated: bool, decimals: int = PROBABILITY_DECIMALS,
+                      threshold: float | None = None) -> str:
     """"probability 0.734 (calibrated" or "score 0.734 (not a calibrated probability": what
-    the number is, said wherever it is shown (SR, card, console)."""
+    the number is, said wherever it is shown (SR, card, console). With ``threshold``, more
+    decimals where fewer would put the shown number on the wrong side of it."""
+    decimals = shown_decimals(probability, threshold, decimals)
     if calibrated:
         return f"probability {probability:.{decimals}f} (calibrated"
     return f"score {probability:.{decimals}f} (not a calibrated probability"
 
 
-def result_text(finding: LesionFinding) -> str:
+def result_text(finding: LesionFinding, threshold: float | None = None) -> str:
     """The result in words, as the SR's Comment and the viewers' label say it."""
     status = "POSITIVE" if finding.positive else "NEGATIVE"
-    return f"EGFR mutation {status}, {probability_words(finding.probability, finding.calibrated)}; research use only)"
+    words = probability_words(finding.probability, finding.calibrated, threshold=threshold)
+    return f"EGFR mutation {status}, {words}; research use only)"
 
 
 def _lesion_coordinates(point: ImagePoint) -> hd.sr.CoordinatesForMeasurement:
@@ -199,7 +214,7 @@ def _viewer_group(finding: LesionFinding, algorithm: AlgorithmInfo,
     lesion, the result in words as the Comment, and the coded status."""
     probability = hd.sr.Measurement(
         name=report_codes.PROBABILITY,
-        value=round(finding.probability, PROBABILITY_DECIMALS),
+        value=round(finding.probability, shown_decimals(finding.probability, algorithm.threshold)),
         unit=report_codes.NO_UNITS,
         referenced_coordinates=[_lesion_coordinates(lesion_point)],
     )
@@ -213,7 +228,7 @@ def _viewer_group(finding: LesionFinding, algorithm: AlgorithmInfo,
         qualitative_evaluations=[_evaluation(finding)],
     )
     group[0].ContentSequence.append(hd.sr.TextContentItem(
-        name=report_codes.COMMENT, value=result_text(finding), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        name=report_codes.COMMENT, value=result_text(finding, algorithm.threshold), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     return group
 
 

@@ -32,7 +32,7 @@ from dicom_node.report import (
 )
 from dicom_node.report import codes as report_codes
 from dicom_node.report.image_point import ImagePoint, nearest_image_point
-from dicom_node.report.sr import OHIF_TRACKING_PREFIX, result_text
+from dicom_node.report.sr import OHIF_TRACKING_PREFIX, read_sr_result, result_text, shown_decimals
 from pipeline.load.masks import load_seg_mask
 from pipeline.load.select import SelectionRules
 from pipeline.load.study import LoadedStudy, load_study
@@ -211,6 +211,21 @@ def test_sr_on_a_seg_study_is_valid_and_readable(phantom_study, algorithm, tmp_p
     sop_class = Comprehensive3DSRStorage if comprehensive_3d else ComprehensiveSRStorage
     ds = check_sr_file(path, images, seg, finding, algorithm, sop_class, point)
     assert ds.SeriesNumber == 9901 and ds.InstitutionName == "Clinic"
+
+
+def test_a_probability_beside_the_threshold_is_shown_on_the_side_its_status_says(phantom_study, algorithm,
+                                                                                  tmp_path: Path) -> None:
+    assert algorithm.threshold == 0.5
+    assert [shown_decimals(p, t, d) for p, t, d in ((0.77, 0.5, 3), (0.49996, 0.5, 3), (0.5004, 0.5003, 3),
+                                                     (0.4372, 0.4379, 2), (0.5, 0.5, 3))] == [3, 5, 4, 3, 3]
+    images, seg = headers(phantom_study("axial2d", "seg").folder)
+    finding = finding_for(seg, 0.49996, False)  # NEGATIVE: "0.500" would read as at the threshold
+    point = point_in(images, (0.0, 0.0, 0.0))
+    sr = build_sr(images, seg, finding, algorithm, lesion_point=point, sop_instance_uid=generate_uid(),
+                  series_instance_uid=generate_uid())
+    dump = dsrdump(write(sr, tmp_path / "sr.dcm"))
+    assert "EGFR mutation NEGATIVE, score 0.49996 (not a calibrated probability" in dump and "0.500 " not in dump
+    assert read_sr_result(sr).probability == 0.49996 and not read_sr_result(sr).positive
 
 
 def test_sr_on_an_enhanced_mr_references_the_multiframe_instance(phantom_study, algorithm, tmp_path: Path) -> None:
