@@ -17,6 +17,7 @@ from typing import Any
 
 from dicom_node.commands._common import fail, with_runtime
 from dicom_node.commands.models import shell_user
+from pipeline.model.performance import calibration_words
 
 __all__ = ["register", "run", "report_lines"]
 
@@ -63,7 +64,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"at the threshold {b['threshold']:.3f}: sensitivity {_pct(f['sensitivity'])}, specificity "
                      f"{_pct(f['specificity'])}")
         cal = f["calibration"]
-        lines.append(f"calibration: slope {cal['slope']:.2f}, in-the-large {cal['in_the_large']:+.2f}, Brier {cal['brier']:.3f}")
+        lines.append(f"calibration: {calibration_words(cal)}")
     elif f:
         lines.append(f["note"])
     for d in report["discordant"]:

@@ -24,6 +24,7 @@ from db.outcomes import history as outcome_history
 from db.shadow import shadow_results
 from db.models import JobState, utcnow
 from pipeline.model.bundle import Manifest
+from pipeline.model.performance import calibration_words
 from db.queue import QueueError, cancel, count_jobs_by_state, get_job, list_jobs, replay
 from db.retention import deletion_totals
 from dicom_node.store.archive import Archive
@@ -174,8 +175,7 @@ class Console:
             return None
         cal = f["calibration"]
         return png_bytes(reliability_figure({"this site's confirmed cases": f["reliability"]},
-                                            f"slope {cal['slope']:.2f}, in-the-large {cal['in_the_large']:+.2f}, "
-                                            f"Brier {cal['brier']:.3f}"))
+                                            calibration_words(cal)))
 
     def shadow(self, user: str, key: str | None, remote: str = "") -> dict[str, Any]:
         from dicom_node.bundles import set_shadow

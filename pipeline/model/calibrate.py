@@ -168,7 +168,9 @@ def fit_calibration(labels: np.ndarray | Sequence[int], scores: np.ndarray | Seq
 
     negatives = int(y.size) - positives
     x = logit(s).reshape(-1, 1)
-    separable = x[y == 0].max() < x[y == 1].min() or x[y == 1].max() < x[y == 0].min()
+    # (quasi-)complete separation, ties at the boundary included (a float32 softmax saturates
+    # at exactly 1.0): no finite maximum likelihood either way
+    separable = x[y == 0].max() <= x[y == 1].min() or x[y == 1].max() <= x[y == 0].min()
     if separable:  # no finite maximum likelihood: Platt's smoothed targets
         target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
         note = "the scores separate these patients perfectly: fitted on Platt's smoothed targets"

@@ -40,6 +40,7 @@ __all__ = [
     "proportion_ci",
     "threshold_figures",
     "calibration_figures",
+    "calibration_words",
     "reliability_curve",
     "net_benefit",
     "paired_auc_difference",
@@ -195,14 +196,27 @@ def calibration_figures(labels: Sequence[int] | np.ndarray, probabilities: Seque
     if len(np.unique(y)) < 2:
         return out
     offset = logit(p)
-    fit = LogisticRegression(C=np.inf, max_iter=1000).fit(offset.reshape(-1, 1), y)
-    out["slope"], out["intercept"] = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    # the probabilities separate the classes (ties at the boundary included): the calibration
+    # slope has no finite estimate; left undefined rather than the solver's arbitrary large value
+    if not (offset[y == 0].max() <= offset[y == 1].min() or offset[y == 1].max() <= offset[y == 0].min()):
+        fit = LogisticRegression(C=np.inf, max_iter=1000).fit(offset.reshape(-1, 1), y)
+        out["slope"], out["intercept"] = float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
     def score(a: float) -> float:  # d/da of the log-likelihood with logit(p) as offset
         return float((y - 1.0 / (1.0 + np.exp(-(a + offset)))).sum())
 
     out["in_the_large"] = float(brentq(score, -50.0, 50.0))
     return out
+
+
+def calibration_words(figures: dict[str, float]) -> str:
+    """"slope 0.93, in-the-large +0.12, Brier 0.184": :func:`calibration_figures` in words,
+    an undefined figure said so (the probabilities separate the cases, or one class only)."""
+    def fmt(value: float, spec: str) -> str:
+        return format(value, spec) if math.isfinite(value) else "undefined"
+
+    return (f"slope {fmt(figures['slope'], '.2f')}, in-the-large {fmt(figures['in_the_large'], '+.2f')}, "
+            f"Brier {fmt(figures['brier'], '.3f')}")
 
 
 def reliability_curve(labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray,

@@ -13,7 +13,7 @@ from pipeline.model.aggregate import served_probability
 from pipeline.model.bundle import BundleError, Manifest
 from pipeline.model.calibrate import MIN_SLOPE, Calibration, fit_calibration, logit
 from pipeline.model.performance import (
-    auc, calibration_figures, net_benefit, paired_auc_difference, performance, reliability_curve, threshold_figures,
+    auc, calibration_figures, calibration_words, net_benefit, paired_auc_difference, performance, reliability_curve, threshold_figures,
 )
 from tests.node.bundles import write_random_bundle
 
@@ -56,6 +56,20 @@ def test_separable_scores_get_a_finite_slope_and_a_reversed_ranking_is_never_ser
     assert flat.apply(reversed_scores).mean() == pytest.approx(0.5, abs=0.05)  # about the prevalence
     with pytest.raises(ValueError, match="one class"):
         fit_calibration(np.zeros(5), np.linspace(0, 1, 5))
+
+
+def test_scores_that_separate_the_classes_at_a_tie_are_treated_as_separable() -> None:
+    # a negative and a positive share the boundary score (a float32 softmax saturates at 1.0
+    # the same way): the unpenalised fit has no finite slope and used to return a step
+    y = np.array([0] * 10 + [1] * 10)
+    tied = np.concatenate([np.linspace(0.05, 0.5, 10), np.linspace(0.5, 0.95, 10)])
+    fitted = fit_calibration(y, tied)
+    assert "separate these patients perfectly" in fitted.note and 0 < fitted.slope < 50
+    assert fitted.apply([0.49])[0] > 0.1 and fitted.apply([0.51])[0] < 0.9  # no step at the boundary
+    figures = calibration_figures(y, tied)
+    assert math.isnan(figures["slope"]) and math.isnan(figures["intercept"])  # undefined, not a solver's 67
+    assert calibration_words(figures).startswith("slope undefined, in-the-large ")  # as the console and CLI say it
+    assert not math.isnan(calibration_figures(y, np.clip(tied + np.r_[[0.2] * 10, [-0.2] * 10], 0.01, 0.99))["slope"])
 
 
 def test_isotonic_is_scikit_learns_and_round_trips() -> None:
