@@ -230,6 +230,11 @@ class Console:
             manifest = Manifest.from_json(out["manifest"])
             out["calibration_text"] = manifest.calibration_map.describe()
             out["concerns"] = manifest.activation_concerns()
+            # the fold assignment names every training patient by the cohort's ID (a CSV's may be
+            # a record number): counted here, as `egfr-node models show` leaves it out too
+            training = out["manifest"].get("training")
+            if isinstance(training, dict) and "splits" in training:
+                training["splits"] = f"{len(training['splits'])} patients (the fold assignment: splits.csv in the bundle)"
         except (OSError, ValueError) as exc:
             out["manifest"] = None
             out["manifest_error"] = f"{folder / 'manifest.json'}: {type(exc).__name__}"

@@ -70,7 +70,10 @@ def console_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleNo
     config = replace(config, node=replace(config.node, port=node.port),
                      web=replace(config.web, enabled=True, port=free_port(), refresh_seconds=1.0))
     worker = Worker(config, runtime.sessions, runtime.archive)
-    models.activate(runtime.sessions, str(write_random_bundle(tmp / "bundle-1", version="1.0.0")), user="test", force=True)
+    # its fold assignment names a training patient by the cohort's ID, as a CSV cohort's does
+    splits = [{"patient_id": "MRN-0042", "study_uid": "1.2.826.0.1.3680043.9.7.42", "group": "MRN-0042", "fold": 0}]
+    models.activate(runtime.sessions, str(write_random_bundle(tmp / "bundle-1", version="1.0.0",
+                                                              training={"splits": splits})), user="test", force=True)
     worker.start()
     add_user(config.web_users_path, USER, PASSWORD)
     console = ConsoleProcess(config)

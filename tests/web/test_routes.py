@@ -94,6 +94,9 @@ def test_every_documented_route_answers(console_node: ConsoleNode, phantom_study
             answer = session.request(method.upper(), url, json={} if method == "post" else None, timeout=60)
             expected = 422 if path == "/api/session" and method == "post" else 403  # sign-in needs a body, not a token
             assert answer.status_code == expected, (path, method, answer.status_code, answer.text[:300])
+    for page in ("/api/models/1", "/models/1"):  # the training patients' IDs stay in the bundle
+        shown = session.get(here.url + page, timeout=30)
+        assert shown.status_code == 200 and "MRN-0042" not in shown.text and "1 patients" in shown.text, page
     health = session.get(here.url + "/api/health", timeout=30).json()
     assert health["database"] is True and 0 < health["used_percent"] < 100 and health["deleted_studies"] == 0
     metrics = session.get(here.url + "/api/metrics", timeout=30).text
