@@ -72,7 +72,7 @@ def export_cohort(sessions: sessionmaker[Session], archive_root: Path, out: Path
     ``train`` and ``import`` read). ``out`` must not exist."""
     from dicognito.anonymizer import Anonymizer
 
-    from training.outcomes_cohort import METASTASIS_SOURCES
+    from dicom_node.outcomes import METASTASIS_SOURCES
 
     out = Path(out)
     if out.exists():

@@ -37,14 +37,16 @@ METASTASIS_SOURCES = ("resection", "biopsy")
 def record(sessions: sessionmaker[Session], study_uid: str, value: OutcomeValue, *, user: str, via: str,
            remote: str = "") -> dict[str, Any]:
     """Record one study's outcome (history kept, study pinned) and audit it."""
-    with sessions.begin() as session:
-        try:
+    try:
+        with sessions.begin() as session:
             view, changed = record_outcome(session, study_uid, value, user=user, via=via)
-        except OutcomeError as exc:
+            audit.record(session, user, "outcome", f"study {study_uid}"[:128],
+                         f"{value.status} ({value.source})" if changed else "unchanged", remote)
+    except OutcomeError as exc:
+        # the refused change is rolled back; the refusal is audited in a transaction of its own
+        with sessions.begin() as session:
             audit.record(session, user, "outcome", f"study {study_uid}"[:128], f"refused: {exc}", remote)
-            raise
-        audit.record(session, user, "outcome", f"study {study_uid}"[:128],
-                     f"{value.status} ({value.source})" if changed else "unchanged", remote)
+        raise
     return {"outcome": view.to_json(), "changed": changed}
 
 

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from db import bundles
+from db.audit import list_audit
 from db.models import utcnow
 from db.outcomes import OutcomeError, OutcomeValue, get_outcome, history
 from db.shadow import shadow_results
@@ -74,6 +75,13 @@ def test_outcomes_import_all_or_nothing_export_and_history(tmp_path: Path, phant
             changes = history(session, a.study_uid)
         assert [c.new["status"] for c in changes] == ["not_assessable", "negative"]  # newest first
         assert changes[0].old["status"] == "negative" and changes[1].old is None and changes[0].via == "import"
+        # a refused change is audited (it used to be rolled back with the change it refused)
+        with pytest.raises(OutcomeError):
+            outcomes.record(runtime.sessions, "1.2.826.0.1.3680043.9.7.404", OutcomeValue("negative", "resection"),
+                            user="alice", via="console")
+        with runtime.sessions() as session:
+            [entry] = [e for e in list_audit(session) if e.user == "alice"]
+        assert entry.action == "outcome" and entry.outcome.startswith("refused: ") and "9.7.404" in entry.target
         with pytest.raises(OutcomeError, match="needs the status positive"):
             OutcomeValue("negative", "resection", subtype="L858R")
         with pytest.raises(OutcomeError, match="in the future"):
