@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterator, Mapping
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.engine import rowcount
 from db.models import ACTIVE_JOB_STATES, Instance, Job, JobState, Series, Study, utcnow
@@ -340,7 +340,11 @@ def claim_next(
     only succeeds while the job is still queued.
     """
     now = now or utcnow()
-    eligible = Job.state == JobState.QUEUED
+    running = aliased(Job)
+    # one job of a study at a time: a newer job (a mask that came while the study's job ran)
+    # waits for it, so the older result never reaches PACS after the newer one
+    eligible = (Job.state == JobState.QUEUED) & ~exists().where(running.study_id == Job.study_id,
+                                                                running.state == JobState.RUNNING)
     if not any_job:
         eligible = eligible & Job.resend_only.is_(True)
     for _ in range(5):
@@ -434,7 +438,7 @@ def release_for_retry(
 ) -> JobState | None:
     """A transient failure: back to queued while attempts remain, else failed. None if the lease was lost."""
     now = now or utcnow()
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id, with_for_update=True)  # a claim in flight commits first
     if job is None or job.state is not JobState.RUNNING or job.lease_owner != worker_id:
         return None
     job.lease_owner = None
@@ -453,7 +457,7 @@ def hand_back(session: Session, job_id: int, worker_id: str, reason: str, now: d
     """A running job this worker gives up without a failure (it is stopping): back to queued,
     the lease released, the attempt not counted. False if the job is no longer this worker's."""
     now = now or utcnow()
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id, with_for_update=True)  # a claim in flight commits first
     if job is None or job.state is not JobState.RUNNING or job.lease_owner != worker_id:
         return False
     job.state, job.queued_at, job.updated_at = JobState.QUEUED, now, now
@@ -502,7 +506,8 @@ def replay(session: Session, study_uid_or_job_id: str, now: datetime | None = No
     """
     now = now or utcnow()
     study = _resolve_study(session, study_uid_or_job_id)
-    active = session.scalars(select(Job).where(Job.study_id == study.id, Job.state.in_(ACTIVE_JOB_STATES))).one_or_none()
+    active = session.scalars(select(Job).where(Job.study_id == study.id, Job.state.in_(ACTIVE_JOB_STATES))
+                             .with_for_update()).one_or_none()
     if active is not None:
         if rerun and active.resend_only:
             # asked to predict again: the queued re-send of the old result predicts instead
@@ -556,7 +561,7 @@ def _with_results(session: Session, job: Job | None) -> Job | None:
 def cancel(session: Session, job_id: int, now: datetime | None = None) -> JobView:
     """waiting/queued -> cancelled. A running job cannot be cancelled (its worker owns it)."""
     now = now or utcnow()
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id, with_for_update=True)  # a claim in flight commits first
     if job is None:
         raise QueueError(f"no job {job_id}")
     if job.state not in ACTIVE_JOB_STATES:

@@ -291,6 +291,27 @@ def test_a_rerun_asked_for_while_a_resend_is_queued_turns_it_into_a_rerun(sessio
         assert not changed and same.id == resend.id
 
 
+def test_a_newer_job_of_a_study_waits_while_its_older_job_runs(sessions) -> None:
+    _ready_study(sessions, 5, T0)
+    _ready_study(sessions, 6, T0)
+    scan(sessions, T0 + timedelta(seconds=60))
+    with sessions.begin() as s:
+        first = queue.claim_next(s, "w1", 60, T0 + timedelta(seconds=61))
+    assert first.study_uid == "6.5"
+    # a corrected mask arrives while the job runs: a new job, which no other worker starts yet
+    receive(sessions, rec("6.5", "6.5.3", "6.5.3.0", modality="SEG", refs=("6.5.1",)), T0 + timedelta(seconds=62))
+    scan(sessions, T0 + timedelta(seconds=130))
+    with sessions.begin() as s:
+        other = queue.claim_next(s, "w2", 60, T0 + timedelta(seconds=131))
+        assert other.study_uid == "6.6"  # another study's job is claimed meanwhile
+        assert queue.claim_next(s, "w3", 60, T0 + timedelta(seconds=131)) is None
+    with sessions.begin() as s:
+        assert queue.finish_job(s, first.id, "w1", ok=True, now=T0 + timedelta(seconds=132))
+    with sessions.begin() as s:
+        newer = queue.claim_next(s, "w3", 60, T0 + timedelta(seconds=133))
+    assert newer.study_uid == "6.5" and newer.id != first.id
+
+
 def test_concurrent_workers_never_claim_the_same_job(sessions) -> None:
     for n in range(10, 22):
         _ready_study(sessions, n, T0)
