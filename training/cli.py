@@ -329,20 +329,30 @@ def _train(args: argparse.Namespace, archive_root: Path | None, database_url: st
           f"(95% CI {h['auc_ci95']}), selection {settings.selection}")
     for failure in d["failures"]:
         print(f"failed: study {failure['study_uid']}: {failure['reason']}")
+    holdout_failed = False
     if holdout is not None:
-        from training.evaluate import evaluate_bundle
+        from pipeline.model.bundle import BundleError
+        from training.evaluate import EvaluationError, evaluate_bundle
 
-        evaluation = evaluate_bundle(outcome.bundle, holdout, Path(outcome.bundle) / "holdout", archive_root=archive_root,
-                                     database_url=database_url, cache_dir=args.cache, device=settings.device,
-                                     bootstrap=settings.bootstrap, seed=settings.seed)
-        r = evaluation.report
-        print(f"hold-out (pathology after {args.holdout_after.isoformat()}): {r['cases_scored']} patients, AUC "
-              f"{r['auc'] if r['auc'] is not None else 'n/a'} (95% CI {r['auc_ci']}); report {evaluation.folder / 'report.md'}")
+        # the training run's cache (beside the bundle), never one inside the bundle it would ship in
+        cache = args.cache if args.cache is not None else Path(outcome.bundle).absolute().parent / ".egfr-train-cache"
+        try:
+            evaluation = evaluate_bundle(outcome.bundle, holdout, Path(outcome.bundle) / "holdout",
+                                         archive_root=archive_root, database_url=database_url, cache_dir=cache,
+                                         device=settings.device, bootstrap=settings.bootstrap, seed=settings.seed)
+        except (EvaluationError, BundleError, CohortError, ValueError, RuntimeError, FileNotFoundError) as exc:
+            holdout_failed = True  # the bundle is written (and registered below when asked): say what is missing
+            print(f"error: the hold-out evaluation failed, so the bundle has no hold-out report: {exc}", file=sys.stderr)
+        else:
+            r = evaluation.report
+            print(f"hold-out (pathology after {args.holdout_after.isoformat()}): {r['cases_scored']} patients, AUC "
+                  f"{r['auc'] if r['auc'] is not None else 'n/a'} (95% CI {r['auc_ci']}); "
+                  f"report {evaluation.folder / 'report.md'}")
     if args.register:
         assert register_url is not None
         model_id, created = register_bundle(outcome.bundle, register_url)
         print(f"registered as model {model_id}{'' if created else ' (already known)'}; not active: activate it explicitly")
-    return 0
+    return 1 if holdout_failed else 0
 
 
 def _checkpoint_folder(args: argparse.Namespace) -> Path:

@@ -78,7 +78,9 @@ def _band(name: str, value: Any) -> str:
     if value is None:
         return "unknown"
     if name == "field_strength_t":
-        return f"{float(value):g} T" if float(value) in (1.5, 3.0, 7.0) else ("< 1.5 T" if value < 1.5 else "other")
+        # scanners write their exact field (1.494, 2.89362 T): named by the nearest usual one
+        nominal = min((1.5, 3.0, 7.0), key=lambda t: abs(float(value) - t))
+        return f"{nominal:g} T" if abs(float(value) - nominal) <= 0.15 else ("< 1.5 T" if value < 1.5 else "other")
     if name == "slice_thickness_mm":
         return "<= 1.5 mm" if value <= 1.5 else ("1.5-3 mm" if value <= 3.0 else "> 3 mm")
     return str(value)
@@ -160,8 +162,14 @@ def _report(bundle: Path, manifest: Manifest, cohort_csv: Path, scored: list[Eva
     p = np.array([c.probability for c in scored], dtype=np.float64)
     raw = np.array([c.raw_score for c in scored], dtype=np.float64)
     figures = performance(y, p, manifest.threshold, bootstrap, seed, raw_scores=raw)
-    trained_on = {row.get("study_uid") for row in manifest.training.get("splits", []) if isinstance(row, dict)}
+    splits = [row for row in manifest.training.get("splits", []) if isinstance(row, dict)]
+    trained_on = {row.get("study_uid") for row in splits}
+    trained_patients = {row.get("patient_id") for row in splits} - {None, ""}
     overlap = sorted(c.study_uid for c in scored + failed if c.study_uid in trained_on)
+    # another study of a patient ID that trained the bundle: a follow-up of that patient, or an
+    # ID another cohort happens to reuse; named by study UID, for the researcher to check
+    same_patient_id = sorted(c.study_uid for c in scored + failed
+                             if c.study_uid not in trained_on and c.patient_id in trained_patients)
     spreads = [float(np.std(c.fold_probabilities)) for c in scored if c.fold_probabilities]
     calibration = manifest.calibration_map
     report = {
@@ -185,6 +193,7 @@ def _report(bundle: Path, manifest: Manifest, cohort_csv: Path, scored: list[Eva
         "cases_failed": len(failed),
         "failures": [{"patient_id": c.patient_id, "study_uid": c.study_uid, "reason": c.failure} for c in failed],
         "trained_on": overlap,
+        "patient_id_in_training": same_patient_id,
         "auc": figures["auc"],
         "auc_ci": figures["auc_ci"],
         "figures": figures,
@@ -193,7 +202,12 @@ def _report(bundle: Path, manifest: Manifest, cohort_csv: Path, scored: list[Eva
         "subgroups": _subgroups(scored, manifest.threshold, bootstrap, seed),
         "statement": ("The bundle was scored as the node serves it, one study at a time. "
                       + ("Some of these patients trained the bundle: this is not an independent evaluation. "
-                         if overlap else "None of these patients is in the bundle's training splits. ")
+                         if overlap else
+                         f"{len(same_patient_id)} of these studies belong to a patient ID that is in the bundle's "
+                         "training splits (another study of a training patient, or an ID reused by another cohort): "
+                         "if they are the same patients, this is not an independent evaluation. "
+                         if same_patient_id else
+                         "None of these studies or patient IDs is in the bundle's training splits. ")
                       + "Figures on one site's patients describe that site's scanners, protocols and population; only "
                         "cohorts from other centres show how the model transfers."),
         "bootstrap": bootstrap,
@@ -221,6 +235,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["trained_on"]:
         lines.append(f"- **{len(report['trained_on'])} of these studies are in the bundle's training splits**: "
                      + ", ".join(report["trained_on"][:10]) + (" ..." if len(report["trained_on"]) > 10 else ""))
+    if report.get("patient_id_in_training"):
+        same = report["patient_id_in_training"]
+        lines.append(f"- **{len(same)} of these studies have a patient ID that is in the bundle's training splits** "
+                     "(check whether they are the same patients): " + ", ".join(same[:10]) + (" ..." if len(same) > 10 else ""))
     lines += ["", "## Performance (patient level, scored cases)", ""]
     lines += figure_lines(f, raw_label="without the bundle's calibration (the folds' mean score)")
     spread = report["fold_spread"]
@@ -331,6 +349,9 @@ def main(argv: list[str] | None = None, *, archive_root: Path | None = None, dat
           f"report {outcome.folder / 'report.md'}")
     if r["trained_on"]:
         print(f"warning: {len(r['trained_on'])} of these studies trained the bundle: not an independent evaluation")
+    elif r["patient_id_in_training"]:
+        print(f"warning: {len(r['patient_id_in_training'])} of these studies have a patient ID that trained the bundle: "
+              "check whether they are the same patients")
     return 0
 
 

@@ -104,6 +104,7 @@ def test_retrain_from_outcomes_with_a_temporal_holdout_then_share_the_cohort(tmp
     holdout = json.loads((out / "holdout" / "report.json").read_text())
     assert holdout["cases_scored"] == 5 and holdout["trained_on"] == [] and "auc" in holdout
     assert (out / "report.md").is_file() and (out / "holdout" / "report.md").is_file()
+    assert not list(out.rglob("*.npz"))  # the hold-out's preprocessed images stay in the run's cache, not the bundle
     text = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.suffix in (".csv", ".json", ".md"))
     for name, patient_id in originals.values():
         assert patient_id not in text  # the bundle groups patients by a pseudonym, never by their ID

@@ -41,7 +41,7 @@ def test_a_learned_bundle_separates_patients_it_never_saw(learned_bundle, heldou
     assert report["cases_listed"] == 21 and report["cases_scored"] == 20 and report["cases_failed"] == 1
     [failure] = report["failures"]
     assert failure["study_uid"] == "1.2.826.0.1.3680043.9.7.1" and "does not exist" in failure["reason"]
-    assert report["trained_on"] == [] and "None of these patients" in report["statement"]
+    assert report["trained_on"] == report["patient_id_in_training"] == [] and "None of these studies" in report["statement"]
     f = report["figures"]
     for key in ("sensitivity", "specificity", "ppv", "npv", "accuracy"):
         assert len(f[key]["ci95"]) == 2, key
@@ -80,3 +80,34 @@ def test_patients_the_bundle_trained_on_are_named(learned_bundle, learning_cohor
     report = evaluate_bundle(learned_bundle.bundle, learning_cohort, tmp_path / "eval", cache_dir=cache_dir,
                              bootstrap=0).report
     assert len(report["trained_on"]) == report["cases_listed"] and "not an independent evaluation" in report["statement"]
+
+
+def test_a_new_study_of_a_patient_id_the_bundle_trained_on_is_named(learned_bundle, learning_cohort: Path,  # noqa: ANN001
+                                                                    heldout_cohort: Path, tmp_path: Path,
+                                                                    cache_dir: Path) -> None:
+    def rows(cohort_csv: Path) -> list[dict[str, str]]:
+        with open(cohort_csv, newline="") as handle:
+            return [{**r, "folder": str(cohort_csv.parent / r["folder"])} for r in csv.DictReader(handle)]
+
+    training_patient = rows(learning_cohort)[0]["patient_id"]
+    new = rows(heldout_cohort)
+    new[0]["patient_id"] = training_patient  # a follow-up study of a patient the bundle trained on
+    cohort = tmp_path / "follow-up.csv"
+    with open(cohort, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(new[0]))
+        writer.writeheader()
+        writer.writerows(new)
+    report = evaluate_bundle(learned_bundle.bundle, cohort, tmp_path / "eval", cache_dir=cache_dir, bootstrap=0).report
+    assert report["trained_on"] == [] and report["patient_id_in_training"] == [new[0]["study_uid"]]
+    assert "1 of these studies belong to a patient ID" in report["statement"]
+    assert "None of these" not in report["statement"]
+    text = (tmp_path / "eval" / "report.md").read_text()
+    assert new[0]["study_uid"] in text and training_patient not in text  # named by study UID, never the patient
+
+
+def test_field_strength_subgroups_name_the_nominal_field() -> None:
+    from training.evaluate import _band
+
+    # scanners write their exact field: a Siemens 1.5 T says 1.494, a 3 T says 2.89362
+    values = (1.494, 2.89362, 3.0, 7.0, 1.0, 4.7, None)
+    assert [_band("field_strength_t", v) for v in values] == ["1.5 T", "3 T", "3 T", "7 T", "< 1.5 T", "other", "unknown"]
