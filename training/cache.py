@@ -75,6 +75,17 @@ def _rules_for(entry: CohortEntry) -> SelectionRules | None:
                           lesion_fallback_largest=False)
 
 
+def _inputs_key(entry: CohortEntry) -> str:
+    """What besides the study and the parameters decides its input: the lesion the cohort names,
+    and the node's received files (a corrected mask is a new file), as "-<12 hex digits>"; ""
+    for a study folder without a lesion label (the name it always had: prepared caches carried
+    without their DICOM folders still match)."""
+    parts = [entry.lesion_label or ""] + sorted(str(path) for path in entry.files or ())
+    if parts == [""]:
+        return ""
+    return "-" + hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:12]
+
+
 def _atomic_save(path: Path, array: np.ndarray, provenance: dict[str, Any], lesion_mask: np.ndarray | None = None) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     record = np.array(json.dumps(provenance, default=str))
@@ -109,7 +120,8 @@ def prepare_cohort(
     failures: list[StudyFailure] = []
     cached = computed = 0
     for index, entry in enumerate(cohort.entries):
-        target = folder / f"{entry.study_uid}.npz" if folder is not None and is_uid(entry.study_uid) else None
+        target = folder / f"{entry.study_uid}{_inputs_key(entry)}.npz" if folder is not None and is_uid(entry.study_uid) \
+            else None
         array: np.ndarray | None = None
         mask: np.ndarray | None = None
         series: dict[str, Any] = {}
@@ -144,7 +156,8 @@ def prepare_cohort(
             except PipelineError as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 failures.append(StudyFailure(entry.patient_id, entry.study_uid, f"{type(exc).__name__}: {reason}"))
-                log.warning("study failed preprocessing", extra={"study_uid": entry.study_uid, "reason": reason})
+                log.warning("study %s failed preprocessing: %s", entry.study_uid, reason,
+                            extra={"study_uid": entry.study_uid, "reason": reason})
         if array is not None:
             expected = (params.slice_count, params.channels, params.output_size, params.output_size)
             if array.shape != expected:

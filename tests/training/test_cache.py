@@ -52,6 +52,25 @@ def test_second_run_reads_the_cache_and_failures_have_reasons(clear_cohort: Path
     assert [c.name for c in calls] == ["broken"]  # only the failed study is tried again
     assert np.array_equal(first_run.inputs, second.inputs)
 
+    # the lesion the cohort names and the node's received files (a corrected mask is a new file)
+    # are part of what is cached: a change is computed again, never read back
+    from dataclasses import replace as changed
+
+    entry = cohort.entries[0]
+    files = tuple(sorted(entry.folder.rglob("*.dcm")))
+    tried: list[object] = []
+
+    def tries(**change: object) -> int:
+        tried.clear()
+        prepare_cohort(changed(cohort, entries=(changed(entry, **change),)), TEST_PARAMS, cache,
+                       prepare=lambda given, params, rules: (tried.append(given), prepare_study(given, params, rules))[1])
+        return len(tried)
+
+    assert tries() == 0  # the study folder as before: its cached input
+    assert tries(files=files) == 1 and tries(files=files) == 0  # the node's files: computed once, then cached
+    assert tries(files=files[1:]) == 1  # other files: computed again
+    assert tries(lesion_label="Lesion 2") == 1  # another lesion: computed again (this one has none: a failure)
+
     other = PreprocessParams.from_dict(TEST_PARAMS.to_dict() | {"output_size": 24})
     assert params_key(other) != params_key(TEST_PARAMS)
     third = prepare_cohort(cohort, other, cache, prepare=counting)
