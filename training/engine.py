@@ -80,6 +80,18 @@ class FoldResult:
     train_images: int = 0
     seconds: float = 0.0
 
+    def youden_threshold(self, how: str) -> float | None:
+        """The threshold nested selection placed on the inner patients' scores under the slice
+        aggregation ``how`` (each aggregation has its own scale), or None when they could not
+        place one (one class, AUC <= 0.5) or selection was not nested."""
+        placed = self.selection.get("youden")
+        if placed is not None:
+            value = placed.get(how)
+            return None if value is None else float(value)
+        # a result from before the per-aggregation record: its one threshold, for its aggregation
+        rule = str(self.selection.get("threshold_rule", ""))
+        return self.threshold if rule == "youden" and how == self.slice_aggregation else None
+
 
 def build_model(settings: TrainSettings, seed: int) -> EGFRNet:
     """The network, initialised from ``seed``; ImageNet body from the local file when configured."""
@@ -213,7 +225,8 @@ def choose_aggregation_and_threshold(labels: np.ndarray, scores: np.ndarray,
     When the inner patients cannot place a threshold (one class only, or no aggregation
     separates them better than chance: AUC <= 0.5) the threshold is ``fallback`` (the
     pre-specified one) and the aggregation median. The third value records what was done:
-    ``{"auc": {aggregation: AUC or nan}, "threshold_rule": "youden" | "fallback: <why>"}``."""
+    ``{"auc": {aggregation: AUC or nan}, "threshold_rule": "youden" | "fallback: <why>",
+    "youden": {aggregation: its threshold, for each that separates them}}``."""
     from sklearn.metrics import roc_curve
 
     aucs = {how: _auc(labels, aggregate_slices(scores, how)) for how in SLICE_AGGREGATIONS}
@@ -223,18 +236,24 @@ def choose_aggregation_and_threshold(labels: np.ndarray, scores: np.ndarray,
     if not valid:
         record["threshold_rule"] = f"fallback {fallback:g}: the inner patients hold one class only"
         return "median", fallback, record
+    record["youden"] = {}
     best = max(valid, key=lambda how: (aucs[how], -order.index(how)))
     if aucs[best] <= 0.5:
         record["threshold_rule"] = (f"fallback {fallback:g}: no slice aggregation separates the inner patients "
                                     f"(best AUC {aucs[best]:.3f})")
         return "median", fallback, record
-    patient = aggregate_slices(scores, best)
-    fpr, tpr, thresholds = roc_curve(labels, patient, drop_intermediate=False)  # every score: its neighbour
-    index = int(np.argmax(tpr - fpr))  # > 0: the AUC above 0.5 puts J above 0 somewhere
-    lower = thresholds[index + 1] if index + 1 < len(thresholds) else thresholds[index]
-    threshold = float(np.clip((thresholds[index] + lower) / 2 if np.isfinite(thresholds[index]) else 1.0, 0.0, 1.0))
+
+    def youden(how: str) -> float:
+        fpr, tpr, thresholds = roc_curve(labels, aggregate_slices(scores, how), drop_intermediate=False)
+        index = int(np.argmax(tpr - fpr))  # > 0: the AUC above 0.5 puts J above 0 somewhere
+        lower = thresholds[index + 1] if index + 1 < len(thresholds) else thresholds[index]
+        return float(np.clip((thresholds[index] + lower) / 2 if np.isfinite(thresholds[index]) else 1.0, 0.0, 1.0))
+
+    # every aggregation that separates the inner patients gets its own: the bundle may serve
+    # another aggregation than this fold chose, and a threshold is only valid on its own scale
+    record["youden"] = {how: youden(how) for how in valid if aucs[how] > 0.5}
     record["threshold_rule"] = "youden"
-    return best, threshold, record
+    return best, record["youden"][best], record
 
 
 def recompute_batchnorm_statistics(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
@@ -435,6 +454,7 @@ class FoldTrainer:
                                                                       settings.threshold)
             selection["inner_auc"] = {k: (None if np.isnan(v) else round(v, 6)) for k, v in record["auc"].items()}
             selection["threshold_rule"] = record["threshold_rule"]
+            selection["youden"] = record["youden"]
         else:
             how, threshold = "median", settings.threshold
             selection["threshold_rule"] = f"pre-specified {settings.threshold:g}"

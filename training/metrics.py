@@ -46,9 +46,12 @@ def binary_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] |
         "f1": float(f1_score(y, predicted, zero_division=0)),
         "auc": auc(y, s),
     }
-def fold_table(folds: Sequence[dict[str, Any]], thresholds: Sequence[float] | None = None) -> list[dict[str, Any]]:
+def fold_table(folds: Sequence[dict[str, Any]], thresholds: Sequence[float] | None = None,
+               by_aggregation: Sequence[dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """Per fold: slice-level metrics and, for every slice aggregation, patient-level metrics
-    (the paper's Table 2 rows). Each item of ``folds``: ``{"fold", "labels" [n], "scores" [n, S]}``."""
+    (the paper's Table 2 rows). Each item of ``folds``: ``{"fold", "labels" [n], "scores" [n, S]}``.
+    ``by_aggregation``: each fold's threshold per aggregation (nested selection places one on
+    each aggregation's scale), else ``thresholds`` for all."""
     rows = []
     for index, fold in enumerate(folds):
         y = np.asarray(fold["labels"], dtype=int)
@@ -57,22 +60,27 @@ def fold_table(folds: Sequence[dict[str, Any]], thresholds: Sequence[float] | No
         row: dict[str, Any] = {
             "fold": int(fold["fold"]),
             "slice": binary_metrics(np.repeat(y, scores.shape[1]), scores.reshape(-1), threshold),
-            "patient": {how: binary_metrics(y, aggregate_slices(scores, how), threshold) for how in SLICE_AGGREGATIONS},
+            "patient": {how: binary_metrics(y, aggregate_slices(scores, how),
+                                            by_aggregation[index][how] if by_aggregation else threshold)
+                        for how in SLICE_AGGREGATIONS},
         }
         rows.append(row)
     return rows
 
 
-def pooled_metrics(labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+def pooled_metrics(labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, resamples: int = 2000, seed: int = 0,
+                   by_aggregation: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Pooled out-of-fold metrics over all patients: ``scores [N, S]`` (each patient scored
-    by the fold model that did not see it), ``thresholds [N]`` (that fold's threshold)."""
+    by the fold model that did not see it), ``thresholds [N]`` (that fold's threshold), or per
+    aggregation ``by_aggregation[how] [N]`` (that fold's threshold on that aggregation's scale)."""
     y = np.asarray(labels, dtype=int)
     scores = np.asarray(scores, dtype=np.float64)
     out: dict[str, Any] = {"slice": binary_metrics(np.repeat(y, scores.shape[1]), scores.reshape(-1), np.repeat(thresholds, scores.shape[1]))}
     for how in SLICE_AGGREGATIONS:
         patient = aggregate_slices(scores, how)
-        metrics: dict[str, Any] = binary_metrics(y, patient, thresholds)
-        predicted = patient >= thresholds
+        cut = by_aggregation[how] if by_aggregation else thresholds
+        metrics: dict[str, Any] = binary_metrics(y, patient, cut)
+        predicted = patient >= cut
         tp, fn = int((predicted & (y == 1)).sum()), int((~predicted & (y == 1)).sum())
         tn, fp = int((~predicted & (y == 0)).sum()), int((predicted & (y == 0)).sum())
         metrics["auc_ci95"] = list(auc_ci(y, patient, resamples, seed))

@@ -198,6 +198,10 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         "slice_aggregation": served.slice_aggregation,
         "auc": f["auc"], "auc_ci95": f["auc_ci"],
         "recall": f["sensitivity"]["value"], "specificity": f["specificity"]["value"], "accuracy": f["accuracy"]["value"],
+        # the calibration (and so where the threshold falls on the scores) was fitted on these
+        # patients: the cross-fitted figures are the honest estimate of the served threshold's
+        "recall_cross_fitted": served.cross_fitted_figures["sensitivity"]["value"],
+        "specificity_cross_fitted": served.cross_fitted_figures["specificity"]["value"],
         "threshold": served.threshold,
         "calibration": f["calibration"], "calibration_raw": f["calibration_raw"],
         "calibration_cross_fitted": served.cross_fitted_figures["calibration"],
@@ -258,6 +262,8 @@ def build_report(cohort: Cohort, prepared: PreparedCohort, labels: np.ndarray, r
         "pooled_patient_auc_ci95": f["auc_ci"],
         "sensitivity": f["sensitivity"]["value"],
         "specificity": f["specificity"]["value"],
+        "sensitivity_cross_fitted": served.cross_fitted_figures["sensitivity"]["value"],
+        "specificity_cross_fitted": served.cross_fitted_figures["specificity"]["value"],
         "threshold": served.threshold,
         "calibration": f["calibration"],
         "calibration_raw": f["calibration_raw"],
@@ -400,6 +406,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"{_fmt(p['mean'])}, max {_fmt(p['max'])}; the real AUC {_fmt(p['real_auc'])} (as each permutation's: "
                   "the first run's pooled out-of-fold score, uncalibrated); permutation p = "
                   f"{_fmt(p['p_value'], 3)} ((1 + permutations at least as high) / (1 + permutations))."]
+        lines += [f"- Left out (a training fold of the real split held too few of a shuffled class): {why}"
+                  for why in p.get("skipped") or ()]
     r = report["repeats"]
     sel = report["as_selected_per_fold"]
     lines += ["", "## As selected per fold", "", sel["statement"], "",

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.model.aggregate import aggregate_slices
+from pipeline.model.aggregate import SLICE_AGGREGATIONS, aggregate_slices
 from pipeline.model.bundle import FoldFile, Manifest, new_device_uid
 from pipeline.model.performance import auc, auc_ci, calibration_figures
 from pipeline.model.network import architecture_of
@@ -48,7 +48,7 @@ from training.export import write_bundle
 from training.metrics import binary_metrics, fold_table, pooled_metrics
 from training.served import ServedRule, fit_served_rule
 from training.settings import TrainSettings
-from training.splits import assign_folds, inner_split
+from training.splits import SplitError, assign_folds, inner_split
 
 __all__ = ["CVRun", "TrainOutcome", "run_cv", "train_bundle", "default_bundle_name", "permutation_test", "code_version",
            "TrainingError"]
@@ -132,12 +132,20 @@ def run_cv(inputs: np.ndarray, labels: np.ndarray, groups: list[str], settings: 
             aggregation[i] = result.slice_aggregation
     if np.isnan(oof).any():
         raise TrainingError("a patient was not scored out of fold (fold assignment bug)")
+    # each fold's threshold on each aggregation's own scale (nested selection places one per
+    # aggregation that separates its inner patients; else the pre-specified one)
+    per_fold_cut = [{how: t if (t := r.youden_threshold(how)) is not None else settings.threshold
+                     for how in SLICE_AGGREGATIONS} for r in results]
+    cut_by_aggregation = {how: np.array(threshold) for how in SLICE_AGGREGATIONS}
+    for result, cuts in zip(results, per_fold_cut):
+        for how in SLICE_AGGREGATIONS:
+            cut_by_aggregation[how][result.test_index] = cuts[how]
     run = CVRun(seed, folds, results, labels, oof, threshold, aggregation)
     run.per_fold = fold_table(
         [{"fold": r.fold, "labels": labels[r.test_index], "scores": r.test_scores} for r in results],
-        [r.threshold for r in results],
+        [r.threshold for r in results], per_fold_cut,
     )
-    run.pooled = pooled_metrics(labels, oof, threshold, settings.bootstrap, seed)
+    run.pooled = pooled_metrics(labels, oof, threshold, settings.bootstrap, seed, cut_by_aggregation)
 
     selected = run.selected_scores
     run.selected = {
@@ -167,15 +175,21 @@ def permutation_test(inputs: np.ndarray, labels: np.ndarray, groups: list[str], 
     computed alike: one run's pooled out-of-fold score under the bundle's aggregation,
     uncalibrated (an ensemble of repeats, or an isotonic map's ties, would make them differ)."""
     real_auc = auc(labels, fit_served_rule([real], settings.replace(bootstrap=0), real.seed).raw)
-    aucs = []
+    aucs, skipped = [], []
     for i in range(settings.permutations):
         permuted = np.random.default_rng([settings.seed, 0x9E57, i]).permutation(labels)
-        run = run_cv(inputs, permuted, groups, settings, real.seed, progress, folds=real.folds, checkpoints=checkpoints,
-                     label=f"permutation{i}")
+        try:
+            run = run_cv(inputs, permuted, groups, settings, real.seed, progress, folds=real.folds,
+                         checkpoints=checkpoints, label=f"permutation{i}")
+        except SplitError as exc:
+            # the real folds were stratified on the real labels: a permutation can leave a training
+            # fold too few of a class to split; that permutation is left out, the real run stands
+            skipped.append(f"permutation {i + 1}: {exc}")
+            continue
         aucs.append(auc(permuted, fit_served_rule([run], settings.replace(bootstrap=0), real.seed).raw))
     finite = [a for a in aucs if np.isfinite(a)]
     at_least = sum(a >= real_auc for a in finite)
-    return {"permutations": len(aucs), "real_auc": real_auc, "auc": aucs,
+    return {"permutations": len(aucs), "skipped": skipped, "real_auc": real_auc, "auc": aucs,
             "p_value": (1 + at_least) / (1 + len(finite)) if finite else None,
             "mean": float(np.mean(finite)) if finite else None,
             "max": float(np.max(finite)) if finite else None}

@@ -15,8 +15,9 @@ out of fold:
    fitted on one model's scores makes an ensemble under-confident (averaging removes noise the
    map had to shrink away): ``--repeats 5`` with 5 folds fits it on ensembles of the served size;
 3. threshold, on the calibrated scale: the pre-specified ``settings.threshold`` (fixed and
-   paper selection), or the median of the folds' inner-patient Youden thresholds mapped
-   through the calibration (nested selection: chosen inside the training folds only);
+   paper selection), or the median of the folds' inner-patient Youden thresholds under the
+   served aggregation, mapped through the calibration (nested selection: chosen inside the
+   training folds only; the pre-specified one when no fold could place one);
 4. each patient's probability by :func:`pipeline.model.aggregate.served_probability` on its
    out-of-fold scores (one fold model), and the figures of
    :func:`pipeline.model.performance.performance` on them.
@@ -97,11 +98,19 @@ def fit_served_rule(runs: Sequence[Any], settings: TrainSettings, seed: int) -> 
         calibration = replace(calibration, note="; ".join(filter(None, [calibration.note, single_model_note(
             len(runs), len(run.results))])))
     scale = "the calibrated probability" if calibration.applied else "the uncalibrated score"
-    if settings.selection == "nested":
-        raw_threshold = float(np.median([r.threshold for r in run.results]))
+    placed = [t for r in run.results if (t := r.youden_threshold(how)) is not None]
+    if settings.selection == "nested" and placed:
+        # each fold's threshold under the aggregation the bundle serves (the scale it applies
+        # to); a fold whose inner patients could not place one has none to give
+        raw_threshold = float(np.median(placed))
         threshold = float(np.clip(calibration.apply(raw_threshold), 0.0, 1.0))
-        rule = (f"Youden's J on each training fold's inner patients, median over the {len(run.results)} folds "
-                f"({raw_threshold:.3f} on the score), {threshold:.3f} on {scale}")
+        rule = (f"Youden's J on each training fold's inner patients under the {how} of slices, median over the "
+                f"{len(placed)} of {len(run.results)} folds that could place one ({raw_threshold:.3f} on the score), "
+                f"{threshold:.3f} on {scale}")
+    elif settings.selection == "nested":
+        threshold = float(settings.threshold)
+        rule = (f"pre-specified {settings.threshold:g} on {scale}: no training fold's inner patients could place "
+                f"a threshold under the {how} of slices")
     else:
         threshold = float(settings.threshold)
         rule = f"pre-specified {settings.threshold:g} on {scale}"

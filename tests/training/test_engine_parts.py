@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from training.augment import augment_batch, mixup_batch
+from pipeline.model.aggregate import aggregate_slices
 from training.engine import (
+    FoldResult,
     build_model, choose_aggregation_and_threshold, epoch_batches, make_optimizer, make_scheduler,
 )
 from training.lr_find import lr_range_test, valley
@@ -121,6 +123,25 @@ def test_nested_threshold_is_youden_or_a_stated_fallback() -> None:
     assert (how, threshold) == ("median", 0.5) and record["threshold_rule"].startswith("fallback 0.5: no slice aggregation")
     one_class = choose_aggregation_and_threshold(np.zeros(4, dtype=int), separable[:4], fallback=0.4)
     assert one_class[1] == 0.4 and "one class only" in one_class[2]["threshold_rule"]
+
+
+def test_nested_selection_places_a_threshold_on_each_aggregations_own_scale() -> None:
+    # one bright slice per patient: the max of slices sits far above the median, so a threshold
+    # placed on the median's scale would call every patient positive under the max
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    base = np.array([0.1, 0.15, 0.2, 0.3, 0.35, 0.4])[:, None] * np.ones((6, 5))
+    base[:, 2] += 0.5
+    how, threshold, record = choose_aggregation_and_threshold(labels, base)
+    assert how == "median" and threshold == pytest.approx(0.25)
+    assert record["youden"]["median"] == threshold and record["youden"]["max"] == pytest.approx(0.75)
+    for aggregation, cut in record["youden"].items():  # each separates the classes on its own scale
+        patient = aggregate_slices(base, aggregation)
+        assert ((patient >= cut) == labels.astype(bool)).all(), aggregation
+    result = FoldResult(0, {}, 1, [], np.arange(6), base, how, threshold, {"threshold_rule": "youden",
+                                                                            "youden": record["youden"]})
+    assert result.youden_threshold("max") == pytest.approx(0.75)
+    old = FoldResult(0, {}, 1, [], np.arange(6), base, how, threshold, {"threshold_rule": "youden"})  # an older record
+    assert old.youden_threshold("median") == threshold and old.youden_threshold("max") is None
 
 
 def test_lr_range_test_on_training_patients_suggests_a_rate_in_its_range() -> None:
