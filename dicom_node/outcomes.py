@@ -82,8 +82,11 @@ def performance_of(sessions: sessionmaker[Session], model_id: int, *, include_pr
     with sessions() as session:
         record = bundles.get_bundle(session, model_id)
         rows = predictions(session, model_id)
-    threshold = _threshold(record.bundle_path)
+    threshold, unreadable = _threshold(record.bundle_path)
     counted, apart = _counted(rows, include_primary)
+    if unreadable:
+        # the statuses the node gave stand: the lowest probability it called positive reproduces them
+        threshold = min((p.probability for p in counted if p.positive), default=1.0)
     y = np.array([p.outcome.label for p in counted], dtype=int)
     probability = np.array([p.probability for p in counted], dtype=np.float64)
     positives, negatives = int(y.sum()), int(y.size - y.sum())
@@ -100,6 +103,10 @@ def performance_of(sessions: sessionmaker[Session], model_id: int, *, include_pr
     if positives < MIN_PER_CLASS or negatives < MIN_PER_CLASS:
         out["caution"] = (f"fewer than {MIN_PER_CLASS} confirmed cases of a class ({positives} positive, {negatives} "
                           "negative): every figure here is very uncertain")
+    if unreadable:
+        out["caution"] = "; ".join(filter(None, [out["caution"], (
+            f"the bundle's manifest cannot be read ({unreadable}): its decision threshold is unknown, so sensitivity "
+            "and specificity are those of the statuses the node gave")]))
     if positives and negatives:
         out["figures"] = performance(y, probability, threshold, resamples, 0)
     elif y.size:
@@ -111,16 +118,17 @@ def performance_of(sessions: sessionmaker[Session], model_id: int, *, include_pr
     return out
 
 
-def _threshold(bundle_path: str) -> float:
-    """The bundle's decision threshold, read from its manifest (0.5 when it cannot be read)."""
+def _threshold(bundle_path: str) -> tuple[float, str]:
+    """The bundle's decision threshold, read from its manifest, and "" ; (nan, why) when the
+    manifest cannot be read (the bundle folder moved or was deleted)."""
     from pathlib import Path
 
     from pipeline.model.bundle import BundleError, Manifest
 
     try:
-        return Manifest.read(Path(bundle_path)).threshold
-    except (BundleError, OSError):
-        return 0.5
+        return Manifest.read(Path(bundle_path)).threshold, ""
+    except (BundleError, OSError) as exc:
+        return float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else bundle_path}"
 
 
 def comparison(sessions: sessionmaker[Session], model_a: int, model_b: int, *, include_primary: bool = False,

@@ -272,10 +272,17 @@ class Worker:
         destinations = [d.name for d in self.config.destinations]
         with self.sessions.begin() as session:
             if transient:
-                release_for_retry(session, job.id, self.worker_id, reason or "", self.settings.max_attempts)
-            elif finish_job(session, job.id, self.worker_id, ok=ok, reason=reason,
-                            result=result.to_json() if result else None) and ok and result:
-                deliveries.create_deliveries(session, job.id, result.instances.sop_uids(), destinations, sent=sent)
+                kept = release_for_retry(session, job.id, self.worker_id, reason or "",
+                                         self.settings.max_attempts) is not None
+            else:
+                kept = finish_job(session, job.id, self.worker_id, ok=ok, reason=reason,
+                                  result=result.to_json() if result else None)
+                if kept and ok and result:
+                    deliveries.create_deliveries(session, job.id, result.instances.sop_uids(), destinations, sent=sent)
+        if not kept:  # the lease ran out between the last heartbeat and now: the job is someone else's
+            log.warning("job %d: lease lost after it ran; its result is discarded", job.id,
+                        extra={"study_uid": job.study_uid, "job_id": job.id})
+            return job
         if ok:
             self.deliver_due()
             if not job.resend_only and job.trigger == "arrival":

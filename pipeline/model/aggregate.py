@@ -7,10 +7,11 @@ max or mean of the slice scores. The node averages the K fold models' patient sc
 that probability is at least the bundle's decision threshold (0.5 in the paper).
 
 The rule the node serves (:func:`served_probability`, issue 27): for each fold model the
-slice scores are aggregated into that model's patient score, the bundle's calibration
-(:mod:`pipeline.model.calibrate`, fitted on such single-model scores) turns it into a
-probability, and the folds' probabilities are combined (mean); the status compares that
-probability with the threshold, which is on the calibrated scale. Training's out-of-fold
+slice scores are aggregated into that model's patient score, the folds' scores are combined
+(``fold_aggregation`` on the bundle's ``fold_scale``: the mean of their probabilities, or of
+their logits), and the bundle's calibration (:mod:`pipeline.model.calibrate`, fitted on such
+combined scores) turns the result into the probability; the status compares that probability
+with the threshold, which is on the calibrated scale. Training's out-of-fold
 figures for the served rule and ``egfr-node evaluate`` call the same function.
 
 Pure functions on numpy arrays: the node's inference and training's evaluation call the

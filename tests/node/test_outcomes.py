@@ -137,6 +137,13 @@ def test_running_performance_and_a_shadow_bundle_never_sent(tmp_path: Path, phan
         assert f["sensitivity"]["count"][1] == 3 and f["specificity"]["count"][1] == 2
         expected = sum(1 for s, j in zip(studies[:5], jobs) if (j.result["status"] == "positive") != s.egfr_positive)
         assert len(report["discordant"]) == expected and all(d["job_id"] in {j.id for j in jobs} for d in report["discordant"])
+        # the bundle folder moved away: no invented 0.5, the statuses the node gave, and it says so
+        (tmp_path / "active").rename(tmp_path / "active-moved")
+        moved = outcomes.performance_of(node.runtime.sessions, active, resamples=200)
+        assert "manifest cannot be read" in moved["caution"] and "fewer than 10" in moved["caution"]
+        assert moved["figures"]["sensitivity"]["count"] == f["sensitivity"]["count"]
+        assert moved["figures"]["specificity"]["count"] == f["specificity"]["count"]
+        (tmp_path / "active-moved").rename(tmp_path / "active")
         compared = outcomes.comparison(node.runtime.sessions, active, candidate.id, resamples=200)
         assert compared["cases"] == 4  # the five counted, less the one whose shadow was skipped
         assert compared["paired"] is not None and set(compared["paired"]) >= {"difference", "ci95"}
