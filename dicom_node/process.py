@@ -90,12 +90,21 @@ def _segment_tracking(seg: Dataset, segment_number: int) -> tuple[str | None, st
     return None, None
 
 
+def _fold_rule(aggregation: str, scale: str | None, calibrated: bool) -> str:
+    """How the fold models' scores make the probability, in the words the SR and card print:
+    "mean of logits, then calibrated"."""
+    plural = {"probability": "probabilities", "logit": "logits"}.get(scale or "probability", f"{scale}s")
+    return f"{aggregation} of {plural}" + (", then calibrated" if calibrated else "")
+
+
 def _algorithm(bundle: FoldEnsemble, config: Config, contrast: str = "", activated_despite: str = "") -> AlgorithmInfo:
     m = bundle.manifest
     return AlgorithmInfo(
         name=m.name[:64], version=m.version[:64], device_uid=m.device_uid, manufacturer=config.report.manufacturer[:64],
         model_name=f"{m.architecture} x{len(m.folds)} folds"[:64], threshold=m.threshold,
-        slice_aggregation=m.slice_aggregation, fold_aggregation=m.fold_aggregation, contrast_evidence=contrast,
+        slice_aggregation=m.slice_aggregation, fold_aggregation=_fold_rule(m.fold_aggregation, m.fold_scale,
+                                                                           m.calibration_map.applied),
+        contrast_evidence=contrast,
         bundle_parameters=tuple(line[:1024] for line in m.parameter_lines()), activated_despite=activated_despite[:1024],
     )
 

@@ -87,12 +87,13 @@ def render_result_card(crops: np.ndarray, lesion_mask: np.ndarray, slice_scores:
         (f"{probability_words(probability, calibrated, decimals).capitalize()})   Status: {status}   "
          f"(decision threshold {algorithm.threshold:.{decimals}f})",
          "#ffd040" if positive else "#80d0ff", 13),
-        (f"Slice scores aggregated by {algorithm.slice_aggregation}, fold models by {algorithm.fold_aggregation}; "
-         f"red outline: lesion mask", "white", 9),
+        (f"Slice scores: the fold models' mean network output (not calibrated). Probability: slices by "
+         f"{algorithm.slice_aggregation} per model,", "white", 9),
+        (f"fold models by {algorithm.fold_aggregation}. Red outline: lesion mask.", "white", 9),
         (CAVEAT, "#ff8080", 11),
     ]
-    for row, (text, color, size) in enumerate(lines):
-        figure.text(0.5, 0.30 - row * 0.1, text, ha="center", va="top", color=color, fontsize=size)
+    for top, (text, color, size) in zip((0.30, 0.21, 0.165, 0.09), lines):
+        figure.text(0.5, top, text, ha="center", va="top", color=color, fontsize=size)
     canvas.draw()  # type: ignore[no-untyped-call]  # matplotlib's Agg backend is not annotated
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # type: ignore[no-untyped-call]  # Agg is not annotated
 
