@@ -16,6 +16,7 @@ services the console, the API, ``egfr-node outcomes`` and ``/metrics`` share.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -50,19 +51,40 @@ def record(sessions: sessionmaker[Session], study_uid: str, value: OutcomeValue,
     return {"outcome": view.to_json(), "changed": changed}
 
 
-def import_rows(sessions: sessionmaker[Session], rows: Sequence[OutcomeRow], *, user: str) -> tuple[int, int]:
-    """Apply every row in one transaction: a row naming a study the node does not have stops
-    the import with its line, and nothing of the file is applied. (changed, unchanged)."""
+def import_rows(sessions: sessionmaker[Session], rows: Sequence[OutcomeRow], *, user: str,
+                archive_root: Path | None = None) -> tuple[int, int]:
+    """Apply every row in one transaction: a row naming a study the node does not have, or
+    (with ``archive_root``) a patient ID other than the one the study's received images carry
+    (a Study UID copied from another patient's line), stops the import with its line, and
+    nothing of the file is applied. (changed, unchanged)."""
     changed = unchanged = 0
     with sessions.begin() as session:
         for row in rows:
             try:
+                if archive_root is not None and row.patient_id.strip():
+                    _check_patient(session, archive_root, row)
                 _, done = record_outcome(session, row.study_uid, row.value, user=user, via="import")
             except OutcomeError as exc:
                 raise OutcomeError(f"line {row.line}: {exc}") from None
             changed, unchanged = changed + done, unchanged + (not done)
         audit.record(session, user, "outcome import", f"{len(rows)} rows", f"{changed} changed, {unchanged} unchanged")
     return changed, unchanged
+
+
+def _check_patient(session: Session, archive_root: Path, row: OutcomeRow) -> None:
+    """OutcomeError when the row's patient ID is not the one in the study's first received
+    instance (compared without case or surrounding spaces; neither ID is repeated in the message)."""
+    import pydicom
+
+    from db.instances import received_study_paths
+
+    paths = received_study_paths(session, row.study_uid)
+    if not paths:
+        return  # not in the archive: record_outcome says so
+    ds = pydicom.dcmread(Path(archive_root) / paths[0], stop_before_pixels=True, specific_tags=["PatientID"])
+    if str(ds.get("PatientID", "")).strip().casefold() != row.patient_id.strip().casefold():
+        raise OutcomeError(f"the patient ID does not match the one in study {row.study_uid}'s images (a Study UID "
+                           "from another patient's line?): correct it, or leave the patient_id column empty")
 
 
 def _counted(rows: list[Prediction], include_primary: bool) -> tuple[list[Prediction], dict[str, int]]:
@@ -121,8 +143,6 @@ def performance_of(sessions: sessionmaker[Session], model_id: int, *, include_pr
 def _threshold(bundle_path: str) -> tuple[float, str]:
     """The bundle's decision threshold, read from its manifest, and "" ; (nan, why) when the
     manifest cannot be read (the bundle folder moved or was deleted)."""
-    from pathlib import Path
-
     from pipeline.model.bundle import BundleError, Manifest
 
     try:

@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
             try:
                 rows = read_outcomes_csv(args.csv)
-                changed, unchanged = outcomes.import_rows(runtime.sessions, rows, user=shell_user())
+                changed, unchanged = outcomes.import_rows(runtime.sessions, rows, user=shell_user(),
+                                                          archive_root=runtime.archive.root)
             except (CohortError, OutcomeError) as exc:
                 return fail(f"{exc}; nothing of {args.csv} was applied")
             print(f"{len(rows)} outcomes read from {args.csv}: {changed} recorded or changed, {unchanged} unchanged")

@@ -9,6 +9,7 @@ import csv
 from datetime import date, timedelta
 from pathlib import Path
 
+import pydicom
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -44,20 +45,28 @@ def test_outcomes_import_all_or_nothing_export_and_history(tmp_path: Path, phant
     for study in (a, b):
         assert cli(config, "import", str(study.folder), "--quiet", timeout=120).returncode == 0
     today = date.today().isoformat()
+    patient_a, patient_b = (str(pydicom.dcmread(next(s.folder.rglob("*.dcm")), stop_before_pixels=True).PatientID)
+                            for s in (a, b))
     bad = _csv(tmp_path / "bad.csv", [["P1", a.study_uid, "negative", today, "resection", ""],
                                       ["P2", b.study_uid, "maybe", today, "biopsy", ""]])
     done = cli(config, "outcomes", "import", str(bad))
     assert done.returncode == 1 and "line 3" in done.stderr and "nothing of" in done.stderr, done.stderr
-    unknown = _csv(tmp_path / "unknown.csv", [["P1", a.study_uid, "negative", today, "resection", ""],
+    unknown = _csv(tmp_path / "unknown.csv", [[patient_a, a.study_uid, "negative", today, "resection", ""],
                                               ["P9", "1.2.826.0.1.3680043.9.7.99", "positive", today, "resection", ""]])
     done = cli(config, "outcomes", "import", str(unknown))
     assert done.returncode == 1 and "line 3" in done.stderr and "not in this node's archive" in done.stderr
     assert "0 outcomes written" in cli(config, "outcomes", "export", str(tmp_path / "none.csv")).stdout  # nothing applied
-    good = _csv(tmp_path / "good.csv", [["P1", a.study_uid, "negative", today, "resection", ""],
-                                        ["P2", b.study_uid, "positive", today, "biopsy", "L858R"]])
+    swapped = _csv(tmp_path / "swapped.csv", [[patient_a, a.study_uid, "negative", today, "resection", ""],
+                                              [patient_a, b.study_uid, "positive", today, "biopsy", ""]])
+    done = cli(config, "outcomes", "import", str(swapped))  # line 3 names a's patient with b's study
+    assert done.returncode == 1 and "line 3: the patient ID does not match" in done.stderr, done.stderr
+    assert patient_a not in done.stderr and patient_b not in done.stderr
+    assert "0 outcomes written" in cli(config, "outcomes", "export", str(tmp_path / "none.csv")).stdout
+    good = _csv(tmp_path / "good.csv", [[f" {patient_a.lower()}", a.study_uid, "negative", today, "resection", ""],
+                                        ["", b.study_uid, "positive", today, "biopsy", "L858R"]])
     done = cli(config, "outcomes", "import", str(good))
     assert done.returncode == 0 and "2 recorded or changed" in done.stdout, done.stderr
-    again = _csv(tmp_path / "again.csv", [["P1", a.study_uid, "not assessable", today, "resection", ""]])
+    again = _csv(tmp_path / "again.csv", [[patient_a, a.study_uid, "not assessable", today, "resection", ""]])
     assert cli(config, "outcomes", "import", str(again)).returncode == 0
     assert cli(config, "outcomes", "export", str(tmp_path / "out.csv")).returncode == 0
     with open(tmp_path / "out.csv", newline="") as handle:
