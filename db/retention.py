@@ -21,11 +21,11 @@ from sqlalchemy import ColumnElement, ScalarSelect, delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from db.engine import rowcount
-from db.models import Deletion, Delivery, DeliveryState, Instance, Job, JobState, Series, Study, utcnow
+from db.models import Deletion, Delivery, DeliveryState, Instance, Job, JobState, Outcome, Series, Study, utcnow
 
 __all__ = ["Candidate", "DeletionView", "eligible_studies", "mark_deletion", "marked_deletions", "finish_deletion",
            "cancel_deletion", "still_eligible",
-           "pin", "pinned", "unpin", "release", "kept_unanswered", "StudyCounts", "study_counts", "deletion_totals", "recent_deletions", "marked_paths"]
+           "pin", "pinned", "unpin", "has_outcome", "release", "kept_unanswered", "StudyCounts", "study_counts", "deletion_totals", "recent_deletions", "marked_paths"]
 
 _BUSY = (JobState.WAITING, JobState.QUEUED, JobState.RUNNING)
 _UNSENT = (DeliveryState.PENDING, DeliveryState.RETRYING)
@@ -84,6 +84,14 @@ def _settled() -> ColumnElement[bool]:
     return ~busy & ~unsent
 
 
+def _unkept() -> ColumnElement[bool]:
+    """Neither pinned nor holding a recorded pathology outcome (the site's validation and
+    retraining need those studies whatever their pin: a pin taken by a cohort and released
+    after training must not release them)."""
+    outcome = select(Outcome.id).where(Outcome.study_uid == Study.study_uid).correlate(Study).exists()
+    return Study.pinned_at.is_(None) & ~outcome
+
+
 def _finished_conditions() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     return _settled(), _answered() | Study.released_at.is_not(None)
 
@@ -95,7 +103,7 @@ def eligible_studies(session: Session, finished_before: datetime, limit: int = 1
     last_sent = (select(func.max(Delivery.sent_at)).join(Job, Delivery.job_id == Job.id)
                  .where(Job.study_id == Study.id).scalar_subquery())
     rows = session.execute(select(Study.id, Study.study_uid, Study.last_received_at, last_job, last_sent)
-                           .where(Study.pinned_at.is_(None), ~marked, *_finished_conditions())).all()
+                           .where(_unkept(), ~marked, *_finished_conditions())).all()
     candidates = [Candidate(sid, uid, max(t for t in (received, ended, sent) if t is not None))
                   for sid, uid, received, ended, sent in rows]
     candidates = sorted((c for c in candidates if c.finished_at < finished_before), key=lambda c: (c.finished_at, c.study_id))
@@ -115,7 +123,7 @@ def still_eligible(session: Session, study_uid: str) -> bool:
 
 
 def _still_eligible(session: Session, study_id: int) -> bool:
-    return session.execute(select(Study.id).where(Study.id == study_id, Study.pinned_at.is_(None),
+    return session.execute(select(Study.id).where(Study.id == study_id, _unkept(),
                                                   *_finished_conditions())).first() is not None
 
 
@@ -218,7 +226,7 @@ def kept_unanswered(session: Session, limit: int = 100) -> list[tuple[str, str]]
     """Studies retention keeps because they were never answered: (study UID, why), the why
     from the latest job (failed with its reason, cancelled, done with results unsent)."""
     rows = session.execute(select(Study.study_uid, Job.state, Job.reason, Job.id).join(Job, Job.id == _latest_job())
-                           .where(Study.pinned_at.is_(None), Study.released_at.is_(None), _settled(), ~_answered())
+                           .where(_unkept(), Study.released_at.is_(None), _settled(), ~_answered())
                            .order_by(Study.id).limit(limit)).all()
     out = []
     for uid, state, reason, job_id in rows:
@@ -227,6 +235,11 @@ def kept_unanswered(session: Session, limit: int = 100) -> list[tuple[str, str]]
             state, f"job {job_id} done, its results not all sent")
         out.append((uid, why[:300]))
     return out
+
+
+def has_outcome(session: Session, study_uid: str) -> bool:
+    """Whether a pathology outcome is recorded for the study (retention keeps it, pinned or not)."""
+    return session.scalar(select(Outcome.id).where(Outcome.study_uid == study_uid)) is not None
 
 
 def unpin(session: Session, study_uid: str) -> bool:
@@ -251,12 +264,12 @@ def study_counts(session: Session) -> StudyCounts:
     """How the archive's studies stand for retention (``archive usage``)."""
     sizes = dict(session.execute(select(Series.study_id, func.sum(Instance.size_bytes)).join(Instance)
                                  .group_by(Series.study_id)).all())
-    pinned = set(session.scalars(select(Study.id).where(Study.pinned_at.is_not(None))))
-    finished = set(session.scalars(select(Study.id).where(Study.pinned_at.is_(None), *_finished_conditions())))
+    pinned = set(session.scalars(select(Study.id).where(~_unkept())))  # pinned, or an outcome keeps it
+    finished = set(session.scalars(select(Study.id).where(_unkept(), *_finished_conditions())))
     ids = set(session.scalars(select(Study.id)))
     size = {k: int(v or 0) for k, v in sizes.items()}
     has_job = select(Job.id).where(Job.study_id == Study.id).exists()
-    unanswered = set(session.scalars(select(Study.id).where(Study.pinned_at.is_(None), Study.released_at.is_(None),
+    unanswered = set(session.scalars(select(Study.id).where(_unkept(), Study.released_at.is_(None),
                                                             has_job, _settled(), ~_answered())))
     return StudyCounts(studies=len(ids), pinned=len(pinned), finished=len(finished), busy=len(ids - pinned - finished),
                        size_bytes=sum(size.values()), pinned_bytes=sum(size.get(i, 0) for i in pinned),

@@ -46,7 +46,12 @@ def unpin_studies(sessions: sessionmaker[Session], study_uids: list[str]) -> lis
     with sessions.begin() as session:
         for uid in study_uids:
             uid = check_uid("StudyInstanceUID", uid)
-            lines.append(f"{uid}: unpinned" if records.unpin(session, uid) else f"{uid}: not in the archive")
+            if not records.unpin(session, uid):
+                lines.append(f"{uid}: not in the archive")
+            elif records.has_outcome(session, uid):
+                lines.append(f"{uid}: unpinned, and still kept: a pathology outcome is recorded for it")
+            else:
+                lines.append(f"{uid}: unpinned")
     return lines
 
 

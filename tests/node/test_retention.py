@@ -23,7 +23,8 @@ from sqlalchemy import select, update
 from db import deliveries, queue
 from db.migrate import upgrade
 from db.models import Deletion, Instance, Job, JobState, Series, Study, utcnow
-from db.retention import eligible_studies, kept_unanswered, pin, release, study_counts
+from db.outcomes import OutcomeValue, record_outcome
+from db.retention import eligible_studies, has_outcome, kept_unanswered, pin, release, study_counts, unpin
 from dicom_node.cli import main as cli_main
 from dicom_node.check import check_node
 from dicom_node.store.import_files import import_file
@@ -122,6 +123,14 @@ def test_only_finished_unpinned_studies_past_their_time_are_deleted(site: Site) 
     pinned = site.finished(at=old)
     with site.sessions.begin() as session:
         assert pin(session, pinned, "admin", "teaching file")
+    # pinned by a training cohort, its pathology recorded, the cohort's pin released after training:
+    # the outcome keeps it
+    confirmed = site.finished(at=old)
+    with site.sessions.begin() as session:
+        assert pin(session, confirmed, "train", "training cohort")
+        record_outcome(session, confirmed, OutcomeValue("negative", "resection"), user="pathologist", via="api")
+    with site.sessions.begin() as session:
+        assert unpin(session, confirmed) and has_outcome(session, confirmed)
     running = site.study()  # claimed by a worker that is still at it
     with site.sessions.begin() as session:
         queue.scan_waiting_jobs(session, 0.0, utcnow() + timedelta(seconds=1))
@@ -136,10 +145,10 @@ def test_only_finished_unpinned_studies_past_their_time_are_deleted(site: Site) 
     # the failed study was never answered (issue 29): kept until a job succeeds or an admin releases it
     assert [d.study_uid for d in report.deleted] == [done]
     assert {d.reason for d in report.deleted} == {"age"}
-    assert site.studies() == {young, undelivered, waiting, running, pinned, failed}
+    assert site.studies() == {young, undelivered, waiting, running, pinned, failed, confirmed}
     assert site.files_of(done) == []
     assert not (site.archive.root / done).exists(), "the empty study folder is removed"
-    for kept in (young, undelivered, waiting, running, pinned, failed):
+    for kept in (young, undelivered, waiting, running, pinned, failed, confirmed):
         assert len(site.files_of(kept)) == 4
     with site.sessions() as session:
         assert kept_unanswered(session) == [(failed, f"job {_jobs_of(session, failed)[-1]} failed: no evidence of contrast")]
