@@ -49,11 +49,12 @@ def _session(peer: Peer) -> Any:
     return session
 
 
-def web_client(peer: Peer, timeout: float = 30.0) -> Any:
-    """A ``dicomweb_client.DICOMwebClient`` for ``peer``'s DICOMweb URL, authenticated."""
+def web_client(peer: Peer, timeout: float = 30.0, session: Any = None) -> Any:
+    """A ``dicomweb_client.DICOMwebClient`` for ``peer``'s DICOMweb URL, authenticated
+    (``session``: one made by :func:`_session` for this peer, to watch its responses)."""
     from dicomweb_client.api import DICOMwebClient
 
-    client = DICOMwebClient(peer.dicomweb_url.rstrip("/"), session=_session(peer), timeout=timeout)
+    client = DICOMwebClient(peer.dicomweb_url.rstrip("/"), session=session or _session(peer), timeout=timeout)
     client.set_http_retry_params(retry=False)  # the node's delivery and fetch retry with their own backoff
     return client
 
@@ -69,7 +70,8 @@ def failure_reasons(answer: Dataset) -> list[str]:
 
 
 def _answer_of(response: Any) -> Dataset:
-    """The DICOM JSON body of a STOW-RS response (an empty dataset when there is none)."""
+    """The DICOM JSON body of a STOW-RS response, whatever parameters its media type carries
+    (an empty dataset when there is none)."""
     if not response.content or "json" not in response.headers.get("Content-Type", ""):
         return Dataset()
     try:
@@ -91,7 +93,10 @@ def stow_files(destination: Peer, paths: Sequence[Path], *, timeout: float = 30.
     where = destination.where()
     studies = {str(ds.StudyInstanceUID) for ds in datasets}
     study = studies.pop() if len(studies) == 1 else None
-    client = web_client(destination, timeout)
+    session = _session(destination)
+    responses: list[Any] = []  # the library parses the body only for an exact media type: kept to read it here
+    session.hooks["response"].append(lambda response, *args, **kwargs: responses.append(response))
+    client = web_client(destination, timeout, session)
     try:
         answer = client.store_instances(datasets, study_instance_uid=study)
     except requests.HTTPError as exc:
@@ -102,9 +107,21 @@ def stow_files(destination: Peer, paths: Sequence[Path], *, timeout: float = 30.
                         + (f" ({'; '.join(reasons)[:300]})" if reasons else "")) from None
     except requests.RequestException as exc:
         raise SendError(f"{where}: STOW-RS failed: {_why(exc)}") from None
+    if not len(answer) and responses:
+        answer = _answer_of(responses[-1])  # "application/dicom+json; charset=utf-8" and the like
     failed = failure_reasons(answer)
     if failed:
         raise SendError(f"{where}: STOW-RS refused {'; '.join(failed)[:300]}")
+    # stored is what the server lists as stored: a body that is not DICOM JSON (a proxy's page),
+    # an empty one, or one missing an instance confirms nothing, and is a failed try
+    stored = {str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("ReferencedSOPSequence", [])}
+    missing = [str(ds.SOPInstanceUID) for ds in datasets if str(ds.SOPInstanceUID) not in stored]
+    if missing:
+        last = responses[-1] if responses else None
+        what = (f"HTTP {last.status_code}, {last.headers.get('Content-Type') or 'no Content-Type'}"
+                if last is not None else "no response")
+        raise SendError(f"{where}: STOW-RS did not confirm {len(missing)} of {len(datasets)} instances as stored "
+                        f"({what}): {', '.join(missing)[:200]}")
     warned = {str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("ReferencedSOPSequence", [])
               if "WarningReason" in item}
     return [SendResult(str(ds.SOPInstanceUID), STOW_WARNING if str(ds.SOPInstanceUID) in warned else 0)
