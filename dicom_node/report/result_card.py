@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.report._checks import check_real, check_series_number, check_uid
 from dicom_node.report.series_time import stamp_series_and_content_time
-from dicom_node.report.sr import AlgorithmInfo, probability_words, shown_decimals
+from dicom_node.report.sr import AlgorithmInfo, probability_words, result_character_set, shown_decimals
 
 __all__ = ["CAVEAT", "CARD_SERIES_DESCRIPTION", "build_result_card", "render_result_card"]
 
@@ -147,7 +147,11 @@ def build_result_card(
         manufacturer=algorithm.manufacturer,
         patient_orientation=("L", "P"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        specific_character_set=result_character_set(source_image),
     )
+    # the whole Patient and Study modules, as the SR and SEG carry them (from_ref_dataset copies
+    # a few: a PACS that qualifies the ID by its issuer would file the card under another patient)
+    card.copy_patient_and_study_information(source_image)
     card.SeriesDescription = CARD_SERIES_DESCRIPTION
     card.ImageComments = CAVEAT
     card.BurnedInAnnotation = "YES"

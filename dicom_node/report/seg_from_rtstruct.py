@@ -26,6 +26,7 @@ from pydicom.pixels.utils import pack_bits
 
 from dicom_node.report import codes as report_codes
 from dicom_node.report.series_time import stamp_series_and_content_time
+from dicom_node.report.sr import result_character_set
 from dicom_node.report._checks import check_datasets, check_series_number, check_text, check_uid
 
 __all__ = ["DRAWN_AS", "OUTLINE_SEG_SERIES_DESCRIPTION", "SEG_SERIES_DESCRIPTION", "lesion_volume", "seg_from_volume_mask"]
@@ -182,6 +183,7 @@ def seg_from_volume_mask(
         content_label="LESION",
         content_description=DRAWN_AS[drawn_as],
         series_description=SEG_SERIES_DESCRIPTION if drawn_as == "RTSTRUCT" else OUTLINE_SEG_SERIES_DESCRIPTION,
+        specific_character_set=result_character_set(images[0]),
     )
     if device_uid is not None:
         seg.DeviceUID = device_uid

@@ -37,6 +37,7 @@ from datetime import datetime
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage
 
@@ -49,12 +50,35 @@ from dicom_node.report.image_library import image_library
 from dicom_node.report.image_point import ImagePoint
 
 __all__ = ["AlgorithmInfo", "LesionFinding", "OHIF_TRACKING_PREFIX", "SR_SERIES_DESCRIPTION", "SRResult", "build_sr",
-           "probability_words", "read_sr_result", "result_text", "set_containers_separate", "shown_decimals"]
+           "probability_words", "read_sr_result", "result_text", "set_containers_separate", "shown_decimals",
+           "result_character_set"]
 
 SR_SERIES_DESCRIPTION = "EGFR prediction RESEARCH USE ONLY - not a diagnosis"
 #: Cornerstone3D's tracking identifier of its arrow annotation; OHIF loads a group whose
 #: Tracking Identifier starts with it as that tool (``isValidCornerstoneTrackingIdentifier``).
 OHIF_TRACKING_PREFIX = "Cornerstone3DTools@^0.1.0:ArrowAnnotate"
+def result_character_set(source: Dataset) -> str | list[str] | None:
+    """The Specific Character Set of a result (SR, SEG, card) made from ``source``: the
+    source's own, written the way highdicom (and the standard's defined terms) accept it. The
+    default repertoire ("ISO_IR 6", or none) is left out; the empty first value of a code
+    extension ("\\ISO 2022 IR 87", as Japanese sites send it) is "ISO 2022 IR 6"; a value
+    highdicom does not know gives UTF-8 ("ISO_IR 192"), in which pydicom re-encodes the names.
+    highdicom copies the source's value as it is and refuses those forms: every job of such a
+    site failed at its results."""
+    from highdicom.enum import SpecificCharacterSetValues
+
+    value = source.get("SpecificCharacterSet")
+    terms = [str(v).strip() for v in (value if isinstance(value, (list, tuple, MultiValue)) else [value or ""])]
+    terms = ["ISO 2022 IR 6" if not t and len(terms) > 1 else t for t in terms]
+    terms = [t for t in terms if t and t != "ISO_IR 6"]
+    if not terms:
+        return None
+    known = {v.value for v in SpecificCharacterSetValues}
+    if not all(t in known for t in terms):
+        return "ISO_IR 192"
+    return terms[0] if len(terms) == 1 else terms
+
+
 #: Decimals of the probability in the SR (what viewers print).
 PROBABILITY_DECIMALS = 3
 
@@ -364,6 +388,7 @@ def build_sr(
         is_verified=False,
         institution_name=institution_name or None,
         contributing_equipment=[equipment],
+        specific_character_set=result_character_set(images[0]),
     )
     sr.SeriesDescription = SR_SERIES_DESCRIPTION
     sr.ManufacturerModelName = algorithm.model_name

@@ -465,3 +465,35 @@ def test_lesion_point_lies_on_the_lesion_in_the_nearest_image(phantom_study) -> 
         index = study.lesion.TransformPhysicalPointToIndex([float(v) for v in lps])
         assert study.lesion[index] == 1, geometry
 
+
+
+@pytest.mark.parametrize(("character_set", "written"), [
+    ("ISO_IR 6", None), (["", "ISO 2022 IR 87"], ["ISO 2022 IR 6", "ISO 2022 IR 87"]), ("ISO_IR 100", "ISO_IR 100"),
+    ("ISO_IR 999", "ISO_IR 192"),
+])
+def test_results_keep_the_images_character_set_in_a_form_every_reader_takes(algorithm, tmp_path: Path, character_set,
+                                                                          written) -> None:  # noqa: ANN001
+    # a Japanese site's images ("\ISO 2022 IR 87": highdicom refuses the empty first value) and
+    # plain ASCII ("ISO_IR 6": refused too) used to make every job of theirs fail at its results
+    name = "Yamada^Tarou=山田^太郎" if "87" in str(character_set) else "YAMADA^TAROU"
+    values = np.ones((4, 16, 16), dtype=np.uint16)
+    images = make_mr_series(values, patient_name=name)
+    for ds in images:
+        ds.SpecificCharacterSet = character_set
+        ds.IssuerOfPatientID = "HOSP-A"
+    mask = np.zeros((4, 16, 16), np.uint8)
+    mask[1:3, 5:9, 5:9] = 1
+    seg = seg_from_volume_mask(images, mask, (-10.0, -12.0, 5.0), (1.0, 1.0, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
+                               segment_label="Lesion 1", tracking_id="L1", tracking_uid=generate_uid(),
+                               sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(), manufacturer="m",
+                               software_version="1")
+    finding = LesionFinding(1, "L1", str(seg.SegmentSequence[0].TrackingUID), 0.7, True)
+    sr = build_sr(images, seg, finding, algorithm, lesion_point=nearest_image_point(images, (-4.0, -6.0, 8.0)),
+                  sop_instance_uid=generate_uid(), series_instance_uid=generate_uid())
+    crops, card_mask, scores = card_inputs()
+    card = build_result_card(images[0], crops, card_mask, scores, 0.7, True, algorithm, sop_instance_uid=generate_uid(),
+                             series_instance_uid=generate_uid())
+    for kind, ds in (("seg", seg), ("sr", sr), ("card", card)):
+        back = pydicom.dcmread(write(ds, tmp_path / f"{kind}.dcm"))
+        assert back.get("SpecificCharacterSet") == written, kind
+        assert str(back.PatientName) == name and back.IssuerOfPatientID == "HOSP-A", kind
