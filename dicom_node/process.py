@@ -42,6 +42,7 @@ from pipeline.model.infer import FoldEnsemble, Prediction
 from pipeline.prepare import PreparedStudy, prepare_study
 from pipeline.prep.bias_cache import BiasFieldCache
 from pipeline.timing import Laps
+from pipeline.uids import is_uid
 
 __all__ = ["JobContext", "run_job", "run_shadow", "result_uids"]
 
@@ -88,6 +89,23 @@ def _segment_tracking(seg: Dataset, segment_number: int) -> tuple[str | None, st
             ident = item.get("TrackingID")
             return (str(ident) if ident else None), (str(uid) if uid else None)
     return None, None
+
+
+def _usable_id(tracking_id: str | None, segment: int) -> str:
+    """The mask's tracking identifier for the result, or "Lesion N" when it has none (or only spaces)."""
+    text = (tracking_id or "").strip()
+    return (text or f"Lesion {segment}")[:64]
+
+
+def _usable_uid(tracking_uid: str | None, fallback: str, study_uid: str) -> str:
+    """The mask's tracking UID for the result, or the node's own when the mask has none or one
+    that is not a valid UID (a sender's bug must not fail the job at its last step)."""
+    if tracking_uid and is_uid(tracking_uid):
+        return tracking_uid
+    if tracking_uid:
+        log.warning("study %s: the mask's tracking UID is not a valid UID; the results use the node's own", study_uid,
+                    extra={"study_uid": study_uid})
+    return fallback
 
 
 def _fold_rule(aggregation: str, scale: str | None, calibrated: bool) -> str:
@@ -228,8 +246,9 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
                 _series_headers(prepared), sitk.GetArrayViewFromImage(lesion).astype(np.uint8),
                 lesion.GetOrigin(), lesion.GetSpacing(), lesion.GetDirection(),
                 segment_label=(study.lesion_label or "Lesion")[:64],
-                tracking_id=(outlined.get("tracking_id") or f"Lesion {study.lesion_number}")[:64],
-                tracking_uid=outlined.get("tracking_uid") or uids["seg_tracking"], sop_instance_uid=uids["seg"],
+                tracking_id=_usable_id(outlined.get("tracking_id"), study.lesion_number),
+                tracking_uid=_usable_uid(outlined.get("tracking_uid"), uids["seg_tracking"], study.study_uid),
+                sop_instance_uid=uids["seg"],
                 series_instance_uid=uids["seg_series"], drawn_as="outline" if study.mask_kind == OUTLINE else "RTSTRUCT",
                 manufacturer=config.report.manufacturer[:64], software_version=ensemble.manifest.version[:64],
                 device_uid=ensemble.manifest.device_uid, created=created,
@@ -237,8 +256,9 @@ def _build_and_archive(ctx: JobContext, prepared: PreparedStudy, prediction: Pre
         tracking_id, tracking_uid = _segment_tracking(seg, 1)
         derived_seg_uid = archived(uids["seg"], lambda: seg)
     finding = LesionFinding(
-        segment_number=segment, tracking_id=(tracking_id or f"Lesion {segment}")[:64],
-        tracking_uid=tracking_uid or uids["seg_tracking"], probability=float(np.clip(prediction.probability, 0.0, 1.0)),
+        segment_number=segment, tracking_id=_usable_id(tracking_id, segment),
+        tracking_uid=_usable_uid(tracking_uid, uids["seg_tracking"], study.study_uid),
+        probability=float(np.clip(prediction.probability, 0.0, 1.0)),
         positive=prediction.positive, calibrated=calibrated,
     )
 

@@ -161,6 +161,28 @@ def test_rtstruct_lesion_becomes_a_seg_the_sr_references_with_dcmtk_as_pacs(tmp_
         peer.stop()
 
 
+def test_a_seg_with_an_invalid_tracking_uid_still_gets_its_answer(tmp_path, bundle_a, phantom_study, pacs) -> None:
+    # a sender's SEG with a Tracking UID that is not a UID and a blank Tracking ID: the job used
+    # to fail three times at its SR; the results name the lesion with the node's own identity
+    study = phantom_study("axial2d", "seg")
+    [seg_path] = [p for p in study.folder.rglob("*.dcm") if dcmread(p, stop_before_pixels=True).Modality == "SEG"]
+    seg = dcmread(seg_path)
+    seg.SegmentSequence[0].TrackingUID, seg.SegmentSequence[0].TrackingID = "1.2.840.10008.0123", " "
+    seg.save_as(seg_path)
+    node = Node(tmp_path, pacs.port)
+    try:
+        node.activate(bundle_a)
+        node.arrive(study.folder)
+        job = node.worker.claim_once()
+        assert job.state == "done" and job.attempts == 1, job.reason
+        [sr] = pacs.of_class(Comprehensive3DSRStorage)
+        content = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+        [group] = content.get_volumetric_roi_measurement_groups() or content.get_planar_roi_measurement_groups()
+        assert str(group.tracking_uid) != "1.2.840.10008.0123" and group.tracking_identifier == "Lesion 1"
+    finally:
+        node.close()
+
+
 def test_destination_down_is_retried_with_growing_intervals_then_delivered_once(tmp_path, bundle_a, phantom_study) -> None:
     port = free_port()  # nobody listens yet
     node = Node(tmp_path, port, delivery=DeliverySection(initial_backoff_seconds=0.3, max_backoff_seconds=10.0,
