@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, Association, build_role, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -86,7 +87,10 @@ def send_files(destination: Peer, paths: Sequence[Path], *, calling_aet: str, ti
     ae = _make_ae(calling_aet, timeout)
     contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
     for sop_class, syntax in contexts:
-        ae.add_requested_context(sop_class, [syntax])
+        # Implicit VR Little Endian too, the one every storage SCP must accept: pynetdicom
+        # re-encodes an explicit-VR file for a peer that takes only that
+        ae.add_requested_context(sop_class, [syntax, ImplicitVRLittleEndian] if syntax == ExplicitVRLittleEndian
+                                 else [syntax])
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     assoc = _associate(ae, destination)
     if not assoc.is_established:

@@ -29,13 +29,15 @@ PynetdicomPacs = LocalPacs
 class StorescpPacs:
     """DCMTK storescp as PACS (TCP_NODELAY=1 as NOTES.md says), writing into ``folder``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, syntaxes: str = "+xa") -> None:
+        """``syntaxes``: storescp's transfer syntax option (``+xa`` any, ``+xi`` implicit VR
+        little endian only, as the oldest receivers)."""
         require_tool("storescp")
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.port = free_port()
         self.process = subprocess.Popen(
-            ["storescp", "-aet", "PACS", "-od", str(folder), "+xa", str(self.port)],
+            ["storescp", "-aet", "PACS", "-od", str(folder), syntaxes, str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TCP_NODELAY": "1"},
         )
         wait_for(self._listening, 30, f"storescp listening on port {self.port}")

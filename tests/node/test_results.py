@@ -141,7 +141,9 @@ def test_study_in_one_sr_out_readable_and_sent_back_triggers_nothing(tmp_path, p
 
 
 def test_rtstruct_lesion_becomes_a_seg_the_sr_references_with_dcmtk_as_pacs(tmp_path, bundle_a, phantom_study) -> None:
-    peer = StorescpPacs(tmp_path / "storescp")
+    # a PACS that accepts Implicit VR Little Endian only, the one every receiver must: the node's
+    # explicit-VR results reach it re-encoded (they were refused, and the delivery failed)
+    peer = StorescpPacs(tmp_path / "storescp", syntaxes="+xi")
     node = Node(tmp_path, peer.port)
     try:
         node.activate(bundle_a)
