@@ -220,7 +220,11 @@ def fetch_study(config: Config, archive: Archive, sessions: sessionmaker[Session
                     return fetched.count(accept_bytes(data, archive, sessions, max_instance_bytes=limit, door="C-GET",
                                                       calling_aet=source.ae_title, transfer_syntax_uid=syntax))
 
-                c_get(source, identifier, store, calling_aet=config.node.ae_title, timeout=timeout)
+                refused_here = fetched.failed
+                counts = c_get(source, identifier, store, calling_aet=config.node.ae_title, timeout=timeout)
+                # what the source could not send (a class or syntax it cannot offer), besides what
+                # the node refused (counted already, and counted by the source as failed too)
+                fetched.failed += max(0, counts.failed - (fetched.failed - refused_here))
             else:
                 _wado_series(source, study.study_uid, series_uid, archive, sessions, limit, timeout, fetched)
         except SendError as exc:
@@ -301,7 +305,9 @@ class MaskImageFetcher:
         try:
             fetched = fetch_study(self.config, self.archive, self.sessions, self.source,
                                   FoundStudy(study_uid, "", ""), series_uids=series_uids)
-            outcome, error = fetched.summary(), ""
+            outcome = fetched.summary()
+            # a retrieval that failed in part, or brought nothing, is tried again
+            error = outcome if fetched.failed or not (fetched.stored + fetched.duplicates + fetched.moved) else ""
         except Exception as exc:  # FetchError, a database outage: the next try, or the reason on the job
             outcome = error = str(exc) if isinstance(exc, FetchError) else f"{type(exc).__name__}: {exc}"
         try:
