@@ -172,14 +172,22 @@ class Archive:
                 synced.result()  # its OSError (EIO, ENOSPC) is raised here, as a direct fsync's would be
             elif self.fsync and not synced:
                 _fsync_path(source)
-            try:
-                os.link(source, final)
-            except FileExistsError:  # another association linked it a moment ago
-                return self._existing(final, digest)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                return self._copy_into_place(relative_path, source, digest)
+            for attempt in range(3):
+                try:
+                    os.link(source, final)
+                    break
+                except FileExistsError:  # another association linked it a moment ago
+                    return self._existing(final, digest)
+                except FileNotFoundError:
+                    # retention removed the emptied study folder between our mkdir and the link
+                    # (the source is still there): made again, linked again
+                    if attempt == 2 or not source.exists():
+                        raise
+                    self._make_folders(final.parent)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    return self._copy_into_place(relative_path, source, digest)
             if self.fsync:
                 _fsync_path(final.parent)
         except OSError as exc:

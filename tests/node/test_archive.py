@@ -47,6 +47,27 @@ def test_only_stale_temporary_files_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in archive.incoming.iterdir()) == sorted([mine.name, elsewhere.name])
 
 
+def test_a_study_folder_retention_removes_between_mkdir_and_link_is_made_again(tmp_path: Path) -> None:
+    class RacedByRetention(Archive):
+        """Retention empties and removes the study's folders right after the intake made them."""
+
+        raced = False
+
+        def _make_folders(self, folder: Path) -> None:
+            super()._make_folders(folder)
+            if not self.raced:
+                self.raced = True
+                folder.rmdir()
+                folder.parent.rmdir()
+
+    archive = RacedByRetention(tmp_path)
+    spool = archive.incoming / "spool.tmp"
+    spool.write_bytes(b"instance")
+    # the link used to fail with ENOENT: 0xC211 "processing failure", which senders do not retry
+    assert archive.store_file("1.3/1.3.3/1.3.3.4.dcm", spool, synced=True).written and archive.raced
+    assert (tmp_path / "1.3/1.3.3/1.3.3.4.dcm").read_bytes() == b"instance"
+
+
 def test_a_file_its_writer_is_still_fsyncing_is_linked_only_once_that_fsync_succeeded(tmp_path: Path) -> None:
     archive = Archive(tmp_path)
     spool = archive.incoming / "spool.tmp"
