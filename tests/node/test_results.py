@@ -4,6 +4,7 @@ back; deliveries retried with growing intervals; bundles swapped while a job run
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import threading
 import time
@@ -166,15 +167,16 @@ def test_rtstruct_lesion_becomes_a_seg_the_sr_references_with_dcmtk_as_pacs(tmp_
 def test_a_seg_with_an_invalid_tracking_uid_still_gets_its_answer(tmp_path, bundle_a, phantom_study, pacs) -> None:
     # a sender's SEG with a Tracking UID that is not a UID and a blank Tracking ID: the job used
     # to fail three times at its SR; the results name the lesion with the node's own identity
-    study = phantom_study("axial2d", "seg")
-    [seg_path] = [p for p in study.folder.rglob("*.dcm") if dcmread(p, stop_before_pixels=True).Modality == "SEG"]
+    folder = tmp_path / "study"  # a copy: the phantom study is the session's, shared with other tests
+    shutil.copytree(phantom_study("axial2d", "seg").folder, folder)
+    [seg_path] = [p for p in folder.rglob("*.dcm") if dcmread(p, stop_before_pixels=True).Modality == "SEG"]
     seg = dcmread(seg_path)
     seg.SegmentSequence[0].TrackingUID, seg.SegmentSequence[0].TrackingID = "1.2.840.10008.0123", " "
     seg.save_as(seg_path)
     node = Node(tmp_path, pacs.port)
     try:
         node.activate(bundle_a)
-        node.arrive(study.folder)
+        node.arrive(folder)
         job = node.worker.claim_once()
         assert job.state == "done" and job.attempts == 1, job.reason
         [sr] = pacs.of_class(Comprehensive3DSRStorage)
