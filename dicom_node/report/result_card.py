@@ -82,10 +82,8 @@ def render_result_card(crops: np.ndarray, lesion_mask: np.ndarray, slice_scores:
     status = "predicted EGFR mutation POSITIVE" if positive else "predicted EGFR mutation NEGATIVE"
     figure.text(0.5, 0.985, f"{algorithm.name} {algorithm.version}: EGFR mutation prediction (RESEARCH USE ONLY)",
                 ha="center", va="top", color="white", fontsize=12, weight="bold")
-    decimals = shown_decimals(probability, algorithm.threshold, 2)  # the number on the side its status says
-    threshold = algorithm.threshold
-    while decimals < 6 and probability != threshold and f"{probability:.{decimals}f}" == f"{threshold:.{decimals}f}":
-        decimals += 1  # 0.450 against 0.4549 is not "0.45 ... threshold 0.45"
+    # the number on the side its status says, and told apart from the threshold printed beside it
+    decimals = shown_decimals(probability, algorithm.threshold, 2, threshold_beside=True)
     lines = [
         (f"{probability_words(probability, calibrated, decimals).capitalize()})   Status: {status}   "
          f"(decision threshold {algorithm.threshold:.{decimals}f})",

@@ -193,13 +193,22 @@ def set_containers_separate(item: Dataset) -> None:
         set_containers_separate(child)
 
 
-def shown_decimals(probability: float, threshold: float | None, decimals: int = PROBABILITY_DECIMALS) -> int:
+def shown_decimals(probability: float, threshold: float | None, decimals: int = PROBABILITY_DECIMALS, *,
+                   threshold_beside: bool = False) -> int:
     """The decimals to show ``probability`` with: ``decimals``, or more (up to 6) while the
     rounded number would sit on the other side of ``threshold`` than the status says (0.49996
-    against 0.5 is NEGATIVE, and "0.500" would read as POSITIVE: it is shown as 0.49996)."""
+    against 0.5 is NEGATIVE, and "0.500" would read as POSITIVE: it is shown as 0.49996).
+    ``threshold_beside``: the threshold is printed with the same decimals, so more too while the
+    two would read alike (0.450 against 0.4549 is not "0.45 ... threshold 0.45")."""
     if threshold is None:
         return decimals
-    while decimals < 6 and (float(f"{probability:.{decimals}f}") >= threshold) != (probability >= threshold):
+
+    def misread(d: int) -> bool:
+        shown, cut = f"{probability:.{d}f}", f"{threshold:.{d}f}"
+        return (float(shown) >= threshold) != (probability >= threshold) or \
+            (threshold_beside and probability != threshold and shown == cut)
+
+    while decimals < 6 and misread(decimals):
         decimals += 1
     return decimals
 
